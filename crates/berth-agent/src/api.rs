@@ -1,0 +1,1236 @@
+//! The agent's HTTP API (see `berth-api` for the contract).
+//!
+//! Long operations (deploy, rollback, restart) run in their own task: the response streams
+//! their progress, and a client that disconnects does not stop them half-way.
+
+use crate::engine::{Engine, ImagePlan, ReleasePlan, release_manifest};
+use crate::error::{ErrorKind, OpError};
+use crate::progress::Progress;
+use crate::secrets;
+use crate::status::release_info;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use berth_api::*;
+use berth_manifest::{ImageSource, ManifestSource};
+use berth_runtime::LogQuery;
+use berth_state::{ReleaseKind, ReleaseStatus};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub engine: Arc<Engine>,
+    pub info: AgentInfo,
+    pub uploads: PathBuf,
+    /// `unix` or `tcp`: recorded with the actor in the audit log.
+    pub transport: &'static str,
+    /// Required as a bearer token when set (TCP listeners).
+    pub token: Option<Arc<String>>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Everything `/metrics` reports.
+pub struct Metrics {
+    pub registry: prometheus_client::registry::Registry,
+    pub edge: Arc<crate::edge::Edge>,
+}
+
+impl Metrics {
+    fn render(&self) -> Response {
+        self.edge.metrics.update(&self.edge.store);
+        let mut text = String::new();
+        if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
+        (
+            [(
+                http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response()
+    }
+}
+
+/// The router of the optional plain-HTTP metrics listener (`--metrics ADDR`).
+pub fn metrics_router(metrics: Arc<Metrics>) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let metrics = metrics.clone();
+            async move { metrics.render() }
+        }),
+    )
+}
+
+async fn metrics_endpoint(State(state): State<ApiState>) -> Response {
+    state.metrics.render()
+}
+
+pub fn router(state: ApiState) -> Router {
+    let token = state.token.clone();
+    Router::new()
+        .route("/v1/info", get(info))
+        .route("/v1/status", get(status))
+        .route("/v1/audit", get(audit))
+        .route("/v1/metrics", get(metrics_endpoint))
+        .route("/v1/certificates/{domain}/renew", post(renew_certificate))
+        .route("/v1/apps/{app}/maintenance", post(maintenance))
+        .route("/v1/uploads", post(upload))
+        .route("/v1/deploy", post(deploy))
+        .route("/v1/apps/{app}/rollback", post(rollback))
+        .route("/v1/apps/{app}/releases", get(releases))
+        .route("/v1/apps/{app}/services/{service}/restart", post(restart))
+        .route("/v1/apps/{app}/services/{service}/logs", get(logs))
+        .route("/v1/apps/{app}/services/{service}/exec", post(exec))
+        .route("/v1/apps/{app}/backups/run", post(backup_run))
+        .route("/v1/apps/{app}/backups/list", post(backup_list))
+        .route("/v1/apps/{app}/backups/verify", post(backup_verify))
+        .route("/v1/apps/{app}/backups/prune", post(backup_prune))
+        .route("/v1/apps/{app}/restore", post(restore))
+        .route("/v1/apps/{app}/secrets", get(list_secrets))
+        .route("/v1/apps/{app}/secrets/{name}", get(get_secret).put(set_secret).delete(delete_secret))
+        .route("/v1/apps/{app}/secrets/{name}/generate", post(generate_secret))
+        // Build contexts can be large; everything else is small JSON.
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn(move |request: axum::extract::Request, next: axum::middleware::Next| {
+            let token = token.clone();
+            async move {
+                if let Some(expected) = token {
+                    let presented = request
+                        .headers()
+                        .get(http::header::AUTHORIZATION)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.strip_prefix("Bearer "))
+                        .unwrap_or("");
+                    if !constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
+                        return ApiFailure(
+                            OpError::new(ErrorKind::Invalid, "missing or wrong API token")
+                                .hint("pass the token from the agent's api-token file (BERTH_TOKEN)"),
+                            StatusCode::UNAUTHORIZED,
+                        )
+                        .into_response();
+                    }
+                }
+                next.run(request).await
+            }
+        }))
+        .with_state(state)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// An error answer: the operation's error with its HTTP status.
+struct ApiFailure(OpError, StatusCode);
+// (OpError is a box, so this stays small.)
+
+impl From<OpError> for ApiFailure {
+    fn from(error: OpError) -> Self {
+        let status = error.kind.status();
+        ApiFailure(error, status)
+    }
+}
+
+impl From<berth_state::StateError> for ApiFailure {
+    fn from(error: berth_state::StateError) -> Self {
+        OpError::from(error).into()
+    }
+}
+
+impl IntoResponse for ApiFailure {
+    fn into_response(self) -> Response {
+        if self.1.is_server_error() {
+            tracing::error!(error = %self.0.message, "request failed");
+        }
+        (self.1, Json(self.0.to_api())).into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiFailure>;
+
+fn actor(state: &ApiState, headers: &HeaderMap) -> String {
+    let claimed = headers
+        .get(ACTOR_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 200)
+        .unwrap_or("unknown");
+    format!("{claimed} via {}", state.transport)
+}
+
+fn check_app_name(app: &str) -> ApiResult<()> {
+    let valid = app.len() <= 64
+        && app.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+        && app
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if valid {
+        Ok(())
+    } else {
+        Err(OpError::invalid(format!("`{app}` is not a valid app name")).into())
+    }
+}
+
+/// Newline-delimited JSON from a channel, ending when the sender is dropped.
+fn ndjson<T: Serialize + Send + 'static>(receiver: mpsc::UnboundedReceiver<T>) -> Response {
+    let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        let item = receiver.recv().await?;
+        let mut line = serde_json::to_vec(&item).unwrap_or_default();
+        line.push(b'\n');
+        Some((
+            Ok::<_, std::convert::Infallible>(bytes::Bytes::from(line)),
+            receiver,
+        ))
+    });
+    Response::builder()
+        .header(http::header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+// ---- info, status, audit --------------------------------------------------------------
+
+async fn docker_status(engine: &Engine) -> DockerStatus {
+    let endpoint = engine.runtime.endpoint();
+    match tokio::time::timeout(std::time::Duration::from_secs(3), engine.runtime.info()).await {
+        Ok(Ok(info)) => DockerStatus {
+            endpoint,
+            version: Some(info.version),
+            error: None,
+        },
+        Ok(Err(error)) => DockerStatus {
+            endpoint,
+            version: None,
+            error: Some(error.to_string()),
+        },
+        Err(_) => DockerStatus {
+            endpoint,
+            version: None,
+            error: Some("Docker did not answer within 3s".into()),
+        },
+    }
+}
+
+async fn info(State(state): State<ApiState>) -> Json<AgentInfo> {
+    let mut info = state.info.clone();
+    info.docker = docker_status(&state.engine).await;
+    Json(info)
+}
+
+#[derive(Deserialize)]
+struct StatusQuery {
+    app: Option<String>,
+}
+
+async fn status(
+    State(state): State<ApiState>,
+    Query(query): Query<StatusQuery>,
+) -> ApiResult<Json<Status>> {
+    let mut agent = state.info.clone();
+    agent.docker = docker_status(&state.engine).await;
+    let names: Vec<String> = match &query.app {
+        Some(app) => {
+            if state.engine.store.app(app)?.is_none() {
+                return Err(OpError::not_found(format!(
+                    "no app named {app} has been deployed to this agent"
+                ))
+                .into());
+            }
+            vec![app.clone()]
+        }
+        None => state
+            .engine
+            .store
+            .apps()?
+            .into_iter()
+            .map(|a| a.name)
+            .collect(),
+    };
+    let mut apps = Vec::new();
+    for name in names {
+        apps.push(state.engine.app_status(&name).await?);
+    }
+    Ok(Json(Status {
+        agent,
+        apps,
+        certificates: state.engine.edge.certificates(),
+    }))
+}
+
+#[derive(Deserialize)]
+struct LimitQuery {
+    limit: Option<usize>,
+}
+
+async fn audit(
+    State(state): State<ApiState>,
+    Query(query): Query<LimitQuery>,
+) -> ApiResult<Json<Vec<AuditEntry>>> {
+    let entries = state
+        .engine
+        .store
+        .audit(query.limit.unwrap_or(50).min(10_000))?;
+    Ok(Json(
+        entries
+            .into_iter()
+            .map(|e| AuditEntry {
+                at: e.at,
+                actor: e.actor,
+                action: e.action,
+                target: e.target,
+                result: e.result,
+                detail: e.detail,
+            })
+            .collect(),
+    ))
+}
+
+// ---- uploads --------------------------------------------------------------------------
+
+async fn upload(State(state): State<ApiState>, body: Body) -> ApiResult<Json<Upload>> {
+    let id = hex::encode(rand::random::<[u8; 12]>());
+    let path = state.uploads.join(format!("{id}.tar"));
+    let failed = |e: std::io::Error| -> ApiFailure {
+        let message = if e.raw_os_error() == Some(28) {
+            format!(
+                "the agent's disk is full while receiving the build context ({})",
+                state.uploads.display()
+            )
+        } else {
+            format!(
+                "cannot store the build context in {}: {e}",
+                state.uploads.display()
+            )
+        };
+        OpError::failed(message).into()
+    };
+    let mut file = tokio::fs::File::create(&path).await.map_err(failed)?;
+    let mut stream = body.into_data_stream();
+    let mut bytes = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(error) => {
+                let _ = tokio::fs::remove_file(&path).await;
+                return Err(
+                    OpError::invalid(format!("the upload was interrupted: {error}")).into(),
+                );
+            }
+        };
+        bytes += chunk.len() as u64;
+        if let Err(error) = file.write_all(&chunk).await {
+            let _ = tokio::fs::remove_file(&path).await;
+            return Err(failed(error));
+        }
+    }
+    file.sync_all().await.map_err(failed)?;
+    Ok(Json(Upload { id, bytes }))
+}
+
+fn upload_path(state: &ApiState, id: &str) -> Option<PathBuf> {
+    if id.is_empty() || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    let path = state.uploads.join(format!("{id}.tar"));
+    path.exists().then_some(path)
+}
+
+// ---- operations -----------------------------------------------------------------------
+
+/// Takes the app's lock (or fails with who holds it), then runs `operation` in its own task,
+/// streaming its events.
+fn start_operation<F, Fut>(
+    state: &ApiState,
+    app: &str,
+    name: &str,
+    actor: &str,
+    wait: bool,
+    cleanup: Vec<PathBuf>,
+    operation: F,
+) -> ApiResult<Response>
+where
+    F: FnOnce(Progress) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Outcome> + Send + 'static,
+{
+    let locks = state.engine.locks.clone();
+    start_locked_operation(state, &locks, app, name, actor, wait, cleanup, operation)
+}
+
+/// [`start_operation`] under another set of locks (backups have their own).
+#[allow(clippy::too_many_arguments)]
+fn start_locked_operation<F, Fut>(
+    state: &ApiState,
+    locks: &Arc<crate::locks::AppLocks>,
+    app: &str,
+    name: &str,
+    actor: &str,
+    wait: bool,
+    cleanup: Vec<PathBuf>,
+    operation: F,
+) -> ApiResult<Response>
+where
+    F: FnOnce(Progress) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Outcome> + Send + 'static,
+{
+    let engine = state.engine.clone();
+    let locks = locks.clone();
+    let lock_info = LockInfo {
+        operation: name.to_owned(),
+        holder: actor.to_owned(),
+        since: berth_state::now_ms(),
+    };
+    let lock = if wait {
+        None
+    } else {
+        match locks.try_acquire(app, lock_info.clone()) {
+            Ok(lock) => Some(lock),
+            Err(holder) => {
+                return Err(OpError::new(
+                    ErrorKind::Locked,
+                    format!(
+                        "a {} of {app} is already in progress, started by {} at {}",
+                        holder.operation,
+                        holder.holder,
+                        format_time(holder.since)
+                    ),
+                )
+                .hint("wait for it to finish, or run again with --wait to queue behind it")
+                .into());
+            }
+        }
+    };
+    let (sender, receiver) = mpsc::unbounded_channel();
+    let progress = Progress::new(app, Some(sender.clone()), Some(engine.store.clone()));
+    let app = app.to_owned();
+    tokio::spawn(async move {
+        let _lock = match lock {
+            Some(lock) => lock,
+            None => {
+                let waiting = |holder: &LockInfo| {
+                    progress.log(format!(
+                        "waiting for the {} of {app} started by {} at {}",
+                        holder.operation,
+                        holder.holder,
+                        format_time(holder.since)
+                    ))
+                };
+                locks.acquire(&app, lock_info, waiting).await
+            }
+        };
+        let outcome = operation(progress.clone()).await;
+        progress.finish(OperationEvent::Finished(Box::new(outcome)));
+        for path in cleanup {
+            let _ = tokio::fs::remove_file(path).await;
+        }
+    });
+    drop(sender);
+    Ok(ndjson(receiver))
+}
+
+fn parse_manifest(
+    text: &str,
+    path: &str,
+    base_dir: &str,
+    environment: Option<&str>,
+) -> ApiResult<berth_manifest::Manifest> {
+    let source = ManifestSource {
+        file: path,
+        text,
+        base_dir: std::path::Path::new(base_dir),
+    };
+    berth_manifest::load(source, environment).map_err(|error| {
+        let mut op = OpError::invalid(format!("the manifest {path} is not valid"))
+            .hint("run `berth check` to see every problem");
+        op.details = vec![error.to_string()];
+        ApiFailure::from(op)
+    })
+}
+
+pub(crate) fn format_time(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_else(|_| ms.to_string())
+}
+
+async fn deploy(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Json(request): Json<DeployRequest>,
+) -> ApiResult<Response> {
+    let actor = actor(&state, &headers);
+    let manifest = parse_manifest(
+        &request.manifest,
+        &request.manifest_path,
+        &request.base_dir,
+        request.environment.as_deref(),
+    )?;
+    let mut contexts = BTreeMap::new();
+    let mut used_uploads = Vec::new();
+    for service in manifest
+        .services
+        .values()
+        .chain(manifest.accessories.values())
+    {
+        if let ImageSource::Build(_) = service.source {
+            let path = request
+                .contexts
+                .get(&service.name)
+                .and_then(|id| upload_path(&state, id))
+                .ok_or_else(|| {
+                    OpError::invalid(format!(
+                        "service {} builds an image but no build context was uploaded for it",
+                        service.name
+                    ))
+                    .hint("deploy with `berth deploy`, which uploads each service's build context")
+                })?;
+            used_uploads.push(path.clone());
+            contexts.insert(service.name.clone(), path);
+        }
+    }
+    let mut image_archives = Vec::new();
+    for id in &request.image_archives {
+        let path = upload_path(&state, id).ok_or_else(|| {
+            OpError::invalid(format!("the image archive upload {id} is not on the agent"))
+        })?;
+        used_uploads.push(path.clone());
+        image_archives.push(path);
+    }
+    state.engine.secret_values(&manifest)?;
+    state.engine.check_route_conflicts(&manifest)?;
+    let version = request
+        .version
+        .clone()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| jiff::Timestamp::now().strftime("%Y%m%d-%H%M%S").to_string());
+    let app = manifest.app.clone();
+    let plan = ReleasePlan {
+        manifest,
+        image_archives,
+        manifest_toml: request.manifest.clone(),
+        version,
+        images: ImagePlan::Build(contexts),
+        kind: ReleaseKind::Deploy,
+        rollback_of: None,
+        actor: actor.clone(),
+    };
+    let engine = state.engine.clone();
+    used_uploads.sort();
+    used_uploads.dedup();
+    start_operation(
+        &state,
+        &app,
+        "deploy",
+        &actor,
+        request.wait_for_lock,
+        used_uploads,
+        move |progress| engine.run_release(plan, progress),
+    )
+}
+
+async fn rollback(
+    State(state): State<ApiState>,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+    Json(request): Json<RollbackRequest>,
+) -> ApiResult<Response> {
+    check_app_name(&app)?;
+    let actor = actor(&state, &headers);
+    let store = &state.engine.store;
+    let live = store.live_release(&app)?.ok_or_else(|| {
+        OpError::not_found(format!("app {app} has no live release to roll back from"))
+    })?;
+    let target = match request.release {
+        Some(number) => store.release(&app, number)?.ok_or_else(|| {
+            OpError::not_found(format!("app {app} has no release {number}"))
+                .hint("`berth releases` lists them")
+        })?,
+        // The previous release: the newest one that was live before the current one.
+        None => store
+            .releases(&app, 1000)?
+            .into_iter()
+            .find(|r| r.number < live.number && r.status == ReleaseStatus::Retired)
+            .ok_or_else(|| {
+                OpError::not_found(format!("app {app} has no earlier release to roll back to"))
+            })?,
+    };
+    if target.status == ReleaseStatus::Failed || target.status == ReleaseStatus::Deploying {
+        return Err(OpError::invalid(format!(
+            "release {} of {app} never went live ({}), so berth will not return to it",
+            target.number,
+            target.status.as_str()
+        ))
+        .hint("`berth releases` shows which releases were live")
+        .into());
+    }
+    if target.number == live.number {
+        return Err(OpError::invalid(format!("release {} is already live", target.number)).into());
+    }
+    let manifest = release_manifest(&target)?;
+    let plan = ReleasePlan {
+        manifest,
+        image_archives: Vec::new(),
+        manifest_toml: target.manifest_toml.clone(),
+        version: target.version.clone(),
+        images: ImagePlan::Existing(target.images.clone()),
+        kind: ReleaseKind::Rollback,
+        rollback_of: Some(target.number),
+        actor: actor.clone(),
+    };
+    let engine = state.engine.clone();
+    start_operation(
+        &state,
+        &app,
+        "rollback",
+        &actor,
+        request.wait_for_lock,
+        Vec::new(),
+        move |progress| engine.run_release(plan, progress),
+    )
+}
+
+async fn restart(
+    State(state): State<ApiState>,
+    Path((app, service)): Path<(String, String)>,
+    headers: HeaderMap,
+    Json(request): Json<RestartRequest>,
+) -> ApiResult<Response> {
+    check_app_name(&app)?;
+    let actor = actor(&state, &headers);
+    state.engine.service_role(&app, &service)?;
+    let engine = state.engine.clone();
+    let (app2, actor2) = (app.clone(), actor.clone());
+    start_operation(
+        &state,
+        &app,
+        "restart",
+        &actor,
+        request.wait_for_lock,
+        Vec::new(),
+        move |progress| engine.restart_service(app2, service, actor2, progress),
+    )
+}
+
+async fn releases(
+    State(state): State<ApiState>,
+    Path(app): Path<String>,
+    Query(query): Query<LimitQuery>,
+) -> ApiResult<Json<Vec<ReleaseInfo>>> {
+    check_app_name(&app)?;
+    if state.engine.store.app(&app)?.is_none() {
+        return Err(OpError::not_found(format!(
+            "no app named {app} has been deployed to this agent"
+        ))
+        .into());
+    }
+    let releases = state
+        .engine
+        .store
+        .releases(&app, query.limit.unwrap_or(20).min(1000))?;
+    Ok(Json(releases.iter().map(release_info).collect()))
+}
+
+// ---- logs and exec --------------------------------------------------------------------
+
+#[derive(Deserialize)]
+struct LogsQuery {
+    tail: Option<usize>,
+    #[serde(default)]
+    follow: bool,
+    /// Unix seconds.
+    since: Option<i64>,
+}
+
+async fn logs(
+    State(state): State<ApiState>,
+    Path((app, service)): Path<(String, String)>,
+    Query(query): Query<LogsQuery>,
+) -> ApiResult<Response> {
+    check_app_name(&app)?;
+    let role = state.engine.service_role(&app, &service)?;
+    let containers = state
+        .engine
+        .service_containers(&app, &service, role == berth_manifest::Role::Accessory)
+        .await?;
+    if containers.is_empty() {
+        return Err(OpError::not_found(format!(
+            "service {service} of {app} has no running containers"
+        ))
+        .into());
+    }
+    let (sender, receiver) = mpsc::unbounded_channel::<LogLine>();
+    let log_query = LogQuery {
+        tail: query.tail,
+        follow: query.follow,
+        since: query.since,
+        timestamps: false,
+    };
+    for (id, name) in containers {
+        let sender = sender.clone();
+        let mut stream = state.engine.runtime.logs(&id, &log_query);
+        tokio::spawn(async move {
+            let mut pending: BTreeMap<String, String> = BTreeMap::new();
+            while let Some(chunk) = stream.next().await {
+                let chunk = match chunk {
+                    Ok(chunk) => chunk,
+                    Err(error) => {
+                        let _ = sender.send(LogLine {
+                            container: name.clone(),
+                            stream: "stderr".into(),
+                            line: format!("berth: {error}"),
+                        });
+                        return;
+                    }
+                };
+                let stream_name = match chunk.stream {
+                    berth_runtime::LogStream::Stdout => "stdout",
+                    berth_runtime::LogStream::Stderr => "stderr",
+                };
+                let buffer = pending.entry(stream_name.to_owned()).or_default();
+                buffer.push_str(&String::from_utf8_lossy(&chunk.data));
+                while let Some(end) = buffer.find('\n') {
+                    let line: String = buffer.drain(..=end).collect();
+                    let line = LogLine {
+                        container: name.clone(),
+                        stream: stream_name.into(),
+                        line: line.trim_end_matches(['\n', '\r']).to_owned(),
+                    };
+                    if sender.send(line).is_err() {
+                        return; // the client went away
+                    }
+                }
+            }
+            for (stream_name, rest) in pending {
+                if !rest.is_empty() {
+                    let _ = sender.send(LogLine {
+                        container: name.clone(),
+                        stream: stream_name,
+                        line: rest,
+                    });
+                }
+            }
+        });
+    }
+    drop(sender);
+    Ok(ndjson(receiver))
+}
+
+async fn exec(
+    State(state): State<ApiState>,
+    Path((app, service)): Path<(String, String)>,
+    headers: HeaderMap,
+    Json(request): Json<ExecRequest>,
+) -> ApiResult<Response> {
+    check_app_name(&app)?;
+    if request.command.is_empty() {
+        return Err(OpError::invalid("no command given")
+            .hint("berth exec web -- COMMAND ARGS")
+            .into());
+    }
+    let role = state.engine.service_role(&app, &service)?;
+    let containers = state
+        .engine
+        .service_containers(&app, &service, role == berth_manifest::Role::Accessory)
+        .await?;
+    let Some((id, name)) = containers.into_iter().next() else {
+        return Err(OpError::not_found(format!(
+            "service {service} of {app} has no running container"
+        ))
+        .into());
+    };
+    let actor = actor(&state, &headers);
+    state.engine.audit(
+        &actor,
+        "exec",
+        &format!("{app}/{service}"),
+        "started",
+        &request.command.join(" "),
+    );
+    let session = state
+        .engine
+        .runtime
+        .exec(&id, &request.command)
+        .await
+        .map_err(OpError::from)?;
+    let (sender, receiver) = mpsc::unbounded_channel::<ExecEvent>();
+    let engine = state.engine.clone();
+    tokio::spawn(async move {
+        let mut output = session.output;
+        while let Some(chunk) = output.next().await {
+            let event = match chunk {
+                Ok(chunk) => ExecEvent::Output {
+                    stream: match chunk.stream {
+                        berth_runtime::LogStream::Stdout => "stdout".into(),
+                        berth_runtime::LogStream::Stderr => "stderr".into(),
+                    },
+                    data: String::from_utf8_lossy(&chunk.data).into_owned(),
+                },
+                Err(error) => ExecEvent::Error {
+                    message: error.to_string(),
+                },
+            };
+            if sender.send(event).is_err() {
+                return;
+            }
+        }
+        let mut code = None;
+        for _ in 0..100 {
+            match engine.runtime.exec_exit_code(&session.id).await {
+                Ok(Some(c)) => {
+                    code = Some(c);
+                    break;
+                }
+                Ok(None) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+                Err(error) => {
+                    let _ = sender.send(ExecEvent::Error {
+                        message: error.to_string(),
+                    });
+                    return;
+                }
+            }
+        }
+        let _ = sender.send(ExecEvent::Exit {
+            code: code.unwrap_or(-1),
+            container: name,
+        });
+    });
+    Ok(ndjson(receiver))
+}
+
+// ---- secrets --------------------------------------------------------------------------
+
+fn check_secret_name(name: &str) -> ApiResult<()> {
+    let valid = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.len() <= 128;
+    if valid {
+        Ok(())
+    } else {
+        Err(OpError::invalid(format!("`{name}` is not a valid secret name"))
+            .hint("use letters, digits and underscores, not starting with a digit, such as JWT_SECRET_KEY")
+            .into())
+    }
+}
+
+/// Services of the live release that use each secret.
+fn secret_users(engine: &Engine, app: &str) -> BTreeMap<String, Vec<String>> {
+    let mut users: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let Some(manifest) = engine
+        .store
+        .live_release(app)
+        .ok()
+        .flatten()
+        .and_then(|r| release_manifest(&r).ok())
+    else {
+        return users;
+    };
+    for service in manifest
+        .services
+        .values()
+        .chain(manifest.accessories.values())
+    {
+        for secret in &service.secrets {
+            users
+                .entry(secret.name.clone())
+                .or_default()
+                .push(service.name.clone());
+        }
+    }
+    users
+}
+
+async fn list_secrets(
+    State(state): State<ApiState>,
+    Path(app): Path<String>,
+) -> ApiResult<Json<Vec<SecretInfo>>> {
+    check_app_name(&app)?;
+    let users = secret_users(&state.engine, &app);
+    let secrets = state.engine.store.secrets(&app)?;
+    Ok(Json(
+        secrets
+            .into_iter()
+            .map(|s| SecretInfo {
+                used_by: users.get(&s.name).cloned().unwrap_or_default(),
+                name: s.name,
+                created_at: s.created_at,
+                updated_at: s.updated_at,
+            })
+            .collect(),
+    ))
+}
+
+fn secret_info(state: &ApiState, app: &str, name: &str) -> ApiResult<SecretInfo> {
+    let users = secret_users(&state.engine, app);
+    let stored = state
+        .engine
+        .store
+        .secrets(app)?
+        .into_iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| OpError::failed(format!("secret {name} vanished after it was stored")))?;
+    Ok(SecretInfo {
+        used_by: users.get(name).cloned().unwrap_or_default(),
+        name: stored.name,
+        created_at: stored.created_at,
+        updated_at: stored.updated_at,
+    })
+}
+
+fn store_secret(
+    state: &ApiState,
+    app: &str,
+    name: &str,
+    value: &str,
+    actor: &str,
+    action: &str,
+) -> ApiResult<SecretInfo> {
+    let sealed = state.engine.secrets.seal(value).map_err(OpError::from)?;
+    state.engine.store.put_secret(app, name, &sealed)?;
+    // Only the name is ever recorded.
+    state
+        .engine
+        .audit(actor, action, &format!("{app}/{name}"), "ok", "");
+    secret_info(state, app, name)
+}
+
+async fn set_secret(
+    State(state): State<ApiState>,
+    Path((app, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    Json(value): Json<SecretValue>,
+) -> ApiResult<Json<SecretInfo>> {
+    check_app_name(&app)?;
+    check_secret_name(&name)?;
+    if value.value.is_empty() {
+        return Err(OpError::invalid("the secret's value is empty").into());
+    }
+    Ok(Json(store_secret(
+        &state,
+        &app,
+        &name,
+        &value.value,
+        &actor(&state, &headers),
+        "secret.set",
+    )?))
+}
+
+async fn get_secret(
+    State(state): State<ApiState>,
+    Path((app, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Json<SecretValue>> {
+    check_app_name(&app)?;
+    check_secret_name(&name)?;
+    let ciphertext = state
+        .engine
+        .store
+        .secret_ciphertext(&app, &name)?
+        .ok_or_else(|| {
+            OpError::not_found(format!("app {app} has no secret {name}")).hint(format!(
+                "set it with `berth secrets set {name} --app {app}`"
+            ))
+        })?;
+    let value = state
+        .engine
+        .secrets
+        .open_value(&name, &ciphertext)
+        .map_err(OpError::from)?;
+    state.engine.audit(
+        &actor(&state, &headers),
+        "secret.get",
+        &format!("{app}/{name}"),
+        "ok",
+        "",
+    );
+    Ok(Json(SecretValue { value }))
+}
+
+async fn delete_secret(
+    State(state): State<ApiState>,
+    Path((app, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<StatusCode> {
+    check_app_name(&app)?;
+    check_secret_name(&name)?;
+    if !state.engine.store.delete_secret(&app, &name)? {
+        return Err(OpError::not_found(format!("app {app} has no secret {name}")).into());
+    }
+    state.engine.audit(
+        &actor(&state, &headers),
+        "secret.rm",
+        &format!("{app}/{name}"),
+        "ok",
+        "",
+    );
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct GenerateQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn generate_secret(
+    State(state): State<ApiState>,
+    Path((app, name)): Path<(String, String)>,
+    Query(query): Query<GenerateQuery>,
+    headers: HeaderMap,
+) -> ApiResult<Json<SecretInfo>> {
+    check_app_name(&app)?;
+    check_secret_name(&name)?;
+    if !query.force && state.engine.store.secret_ciphertext(&app, &name)?.is_some() {
+        return Err(OpError::new(
+            ErrorKind::Locked,
+            format!("secret {name} of {app} already exists"),
+        )
+        .hint("pass --force to replace it with a new random value")
+        .into());
+    }
+    let value = secrets::generate_value();
+    Ok(Json(store_secret(
+        &state,
+        &app,
+        &name,
+        &value,
+        &actor(&state, &headers),
+        "secret.generate",
+    )?))
+}
+
+// ---- edge --------------------------------------------------------------------------------
+
+async fn maintenance(
+    State(state): State<ApiState>,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+    Json(request): Json<MaintenanceRequest>,
+) -> ApiResult<Json<AppStatus>> {
+    check_app_name(&app)?;
+    let message = request
+        .enabled
+        .then(|| request.message.clone().unwrap_or_default());
+    state
+        .engine
+        .set_maintenance(&app, message.as_deref(), &actor(&state, &headers))?;
+    Ok(Json(state.engine.app_status(&app).await?))
+}
+
+async fn renew_certificate(
+    State(state): State<ApiState>,
+    Path(domain): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<StatusCode> {
+    state.engine.edge.renew(&domain.to_ascii_lowercase())?;
+    state.engine.audit(
+        &actor(&state, &headers),
+        "certificate.renew",
+        &domain,
+        "requested",
+        "",
+    );
+    Ok(StatusCode::ACCEPTED)
+}
+
+// ---- backups ----------------------------------------------------------------------------
+
+/// The manifest a backup request is about: the one sent (for this app), else the live one.
+fn backup_manifest(
+    state: &ApiState,
+    app: &str,
+    sent: Option<&ManifestText>,
+) -> ApiResult<berth_manifest::Manifest> {
+    check_app_name(app)?;
+    let sent = match sent {
+        Some(text) => Some(parse_manifest(
+            &text.manifest,
+            &text.manifest_path,
+            &text.base_dir,
+            text.environment.as_deref(),
+        )?),
+        None => None,
+    };
+    Ok(state.engine.backup_manifest(app, sent)?)
+}
+
+fn check_backup_id(id: Option<&str>) -> ApiResult<()> {
+    match id {
+        Some(id) if !berth_backup::meta::is_valid_id(id) => {
+            Err(OpError::invalid(format!("`{id}` is not a backup id"))
+                .hint("ids look like 20261123T030001Z-3f9a; `berth backup list` shows them")
+                .into())
+        }
+        _ => Ok(()),
+    }
+}
+
+async fn backup_run(
+    State(state): State<ApiState>,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+    Json(request): Json<BackupRunRequest>,
+) -> ApiResult<Response> {
+    let actor = actor(&state, &headers);
+    let manifest = backup_manifest(&state, &app, request.manifest.as_ref())?;
+    let names = Engine::backup_names(&manifest, &request.names)?;
+    let engine = state.engine.clone();
+    let locks = engine.backup_locks.clone();
+    let actor2 = actor.clone();
+    start_locked_operation(
+        &state,
+        &locks,
+        &app,
+        "backup",
+        &actor,
+        true,
+        Vec::new(),
+        move |progress| {
+            engine.run_backups(
+                manifest,
+                names,
+                berth_backup::Reason::Manual,
+                actor2,
+                progress,
+            )
+        },
+    )
+}
+
+async fn backup_list(
+    State(state): State<ApiState>,
+    Path(app): Path<String>,
+    Json(request): Json<BackupListRequest>,
+) -> ApiResult<Json<BackupList>> {
+    let manifest = backup_manifest(&state, &app, request.manifest.as_ref())?;
+    if let Some(name) = &request.name {
+        Engine::backup_named(&manifest, name)?;
+    }
+    Ok(Json(
+        state
+            .engine
+            .list_backups(&manifest, request.name.as_deref(), request.refresh)
+            .await?,
+    ))
+}
+
+async fn backup_verify(
+    State(state): State<ApiState>,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+    Json(request): Json<BackupVerifyRequest>,
+) -> ApiResult<Response> {
+    let actor = actor(&state, &headers);
+    let manifest = backup_manifest(&state, &app, request.manifest.as_ref())?;
+    let names = Engine::backup_names(&manifest, &request.names)?;
+    check_backup_id(request.id.as_deref())?;
+    let engine = state.engine.clone();
+    let locks = engine.backup_locks.clone();
+    let actor2 = actor.clone();
+    start_locked_operation(
+        &state,
+        &locks,
+        &app,
+        "verification",
+        &actor,
+        true,
+        Vec::new(),
+        move |progress| engine.verify_backups(manifest, names, request.id, actor2, progress),
+    )
+}
+
+async fn backup_prune(
+    State(state): State<ApiState>,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+    Json(request): Json<BackupPruneRequest>,
+) -> ApiResult<Response> {
+    let actor = actor(&state, &headers);
+    let manifest = backup_manifest(&state, &app, request.manifest.as_ref())?;
+    let names = Engine::backup_names(&manifest, &request.names)?;
+    let engine = state.engine.clone();
+    let locks = engine.backup_locks.clone();
+    let actor2 = actor.clone();
+    start_locked_operation(
+        &state,
+        &locks,
+        &app,
+        "prune",
+        &actor,
+        true,
+        Vec::new(),
+        move |progress| engine.prune_backups(manifest, names, request.dry_run, actor2, progress),
+    )
+}
+
+async fn restore(
+    State(state): State<ApiState>,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+    Json(request): Json<RestoreRequest>,
+) -> ApiResult<Response> {
+    let actor = actor(&state, &headers);
+    let manifest = backup_manifest(&state, &app, request.manifest.as_ref())?;
+    Engine::backup_named(&manifest, &request.name)?;
+    check_backup_id(request.id.as_deref())?;
+    let at = match &request.at {
+        Some(text) => Some(crate::restore::parse_at(text)?),
+        None => None,
+    };
+    let identity = match &request.identity {
+        Some(text) => Some(
+            berth_backup::Identities::parse(text)
+                .map_err(|e| OpError::invalid(format!("the identity given: {e}")))?,
+        ),
+        None => None,
+    };
+    if let Some(from) = &request.from
+        && !manifest.backup.backups[&request.name].to.contains(from)
+    {
+        return Err(
+            OpError::invalid(format!("backup {} is not stored on {from}", request.name))
+                .hint(format!(
+                    "its storage: {}",
+                    manifest.backup.backups[&request.name].to.join(", ")
+                ))
+                .into(),
+        );
+    }
+    let plan = crate::restore::RestorePlan {
+        manifest,
+        name: request.name,
+        id: request.id,
+        at,
+        to: request.to.map(PathBuf::from),
+        force: request.force,
+        from: request.from,
+        identity,
+        actor: actor.clone(),
+    };
+    let engine = state.engine.clone();
+    // The deploy lock: nothing may replace the containers a restore stops and starts.
+    start_operation(
+        &state,
+        &app,
+        "restore",
+        &actor,
+        false,
+        Vec::new(),
+        move |progress| engine.restore(plan, progress),
+    )
+}

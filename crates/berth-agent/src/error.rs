@@ -1,0 +1,141 @@
+//! Errors of agent operations, carrying what the operator needs: the cause, a fix, and the
+//! log lines of whatever failed.
+
+use berth_api::{ApiError, OperationError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request itself is wrong (manifest, missing secret, unknown release): exit code 2.
+    Invalid,
+    /// Another operation holds the app's lock.
+    Locked,
+    NotFound,
+    /// The operation was attempted and failed.
+    Failed,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Invalid => "invalid",
+            ErrorKind::Locked => "locked",
+            ErrorKind::NotFound => "not-found",
+            ErrorKind::Failed => "failed",
+        }
+    }
+
+    pub fn status(self) -> http::StatusCode {
+        match self {
+            ErrorKind::Invalid => http::StatusCode::BAD_REQUEST,
+            ErrorKind::Locked => http::StatusCode::CONFLICT,
+            ErrorKind::NotFound => http::StatusCode::NOT_FOUND,
+            ErrorKind::Failed => http::StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// An operation's error. Boxed: it travels through many `Result`s and is rarely built.
+#[derive(Debug, Clone)]
+pub struct OpError(Box<OpErrorBody>);
+
+#[derive(Debug, Clone)]
+pub struct OpErrorBody {
+    pub kind: ErrorKind,
+    pub message: String,
+    pub hint: Option<String>,
+    pub details: Vec<String>,
+    pub log_source: Option<String>,
+    pub log_tail: Vec<String>,
+}
+
+impl std::ops::Deref for OpError {
+    type Target = OpErrorBody;
+    fn deref(&self) -> &OpErrorBody {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for OpError {
+    fn deref_mut(&mut self) -> &mut OpErrorBody {
+        &mut self.0
+    }
+}
+
+impl OpError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self(Box::new(OpErrorBody {
+            kind,
+            message: message.into(),
+            hint: None,
+            details: Vec::new(),
+            log_source: None,
+            log_tail: Vec::new(),
+        }))
+    }
+
+    pub fn failed(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Failed, message)
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Invalid, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::NotFound, message)
+    }
+
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    pub fn logs(mut self, source: impl Into<String>, tail: Vec<String>) -> Self {
+        self.log_source = Some(source.into());
+        self.log_tail = tail;
+        self
+    }
+
+    pub fn to_api(&self) -> ApiError {
+        ApiError {
+            message: self.message.clone(),
+            hint: self.hint.clone(),
+            kind: self.kind.as_str().into(),
+            details: self.details.clone(),
+        }
+    }
+
+    pub fn to_operation(&self) -> OperationError {
+        OperationError {
+            kind: self.kind.as_str().into(),
+            message: self.message.clone(),
+            hint: self.hint.clone(),
+            log_source: self.log_source.clone(),
+            log_tail: self.log_tail.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for OpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<berth_runtime::RuntimeError> for OpError {
+    fn from(error: berth_runtime::RuntimeError) -> Self {
+        OpError::failed(error.to_string())
+    }
+}
+
+impl From<berth_state::StateError> for OpError {
+    fn from(error: berth_state::StateError) -> Self {
+        OpError::failed(error.to_string())
+    }
+}
+
+impl From<crate::secrets::SecretError> for OpError {
+    fn from(error: crate::secrets::SecretError) -> Self {
+        OpError::failed(error.to_string())
+    }
+}

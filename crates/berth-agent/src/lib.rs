@@ -1,0 +1,565 @@
+//! berth's agent: the long-lived process that owns an app's containers on one server.
+//!
+//! [`run`] is the composition root: it takes the data directory's lock, opens the state
+//! file and the secrets key, binds the proxy's and the API's listeners, reconciles Docker
+//! with the state file, and serves until asked to stop.
+
+mod api;
+mod backups;
+mod edge;
+mod engine;
+mod error;
+mod health;
+mod locks;
+mod names;
+mod progress;
+mod reconcile;
+mod restore;
+mod secrets;
+mod status;
+
+pub use berth_proxy::ProxyConfig;
+pub use engine::Engine;
+pub use error::{ErrorKind, OpError};
+
+use berth_api::{AgentInfo, DockerStatus};
+use berth_proxy::{AccessLog, Proxy, Scheme};
+use berth_runtime::DockerRuntime;
+use berth_state::Store;
+use berth_tls::{Acme, AcmeConfig, CertStore};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where an API listener is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    Unix(PathBuf),
+    Tcp(SocketAddr),
+}
+
+impl FromStr for ListenAddr {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if let Some(path) = text.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(
+                    "`unix:` needs a socket path, such as unix:/var/lib/berth/berth.sock".into(),
+                );
+            }
+            return Ok(ListenAddr::Unix(PathBuf::from(path)));
+        }
+        text.parse().map(ListenAddr::Tcp).map_err(|_| {
+            format!("`{text}` is neither unix:PATH nor HOST:PORT (such as 127.0.0.1:7070)")
+        })
+    }
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+            ListenAddr::Tcp(addr) => write!(f, "{addr}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub data_dir: PathBuf,
+    /// API listeners; the default is `unix:DATA_DIR/berth.sock`.
+    pub api: Vec<ListenAddr>,
+    /// Where the proxy serves HTTP; `None` disables it.
+    pub http: Option<SocketAddr>,
+    /// Where the proxy serves HTTPS; `None` disables it.
+    pub https: Option<SocketAddr>,
+    /// Certificates for routes with `tls = "auto"` (only with an HTTPS listener).
+    pub acme: Option<AcmeConfig>,
+    /// A plain HTTP listener serving Prometheus metrics at `/metrics`.
+    pub metrics: Option<SocketAddr>,
+    /// The JSON access log (rotated at 100 MB, 5 kept); `None` disables it.
+    pub access_log: Option<PathBuf>,
+    /// Listener limits.
+    pub proxy: ProxyConfig,
+    /// Event loops serving each proxy listener (one per core is best).
+    pub proxy_threads: usize,
+    /// How long open requests may take to finish when the agent stops.
+    pub shutdown_grace: Duration,
+}
+
+impl AgentConfig {
+    pub fn socket_path(data_dir: &Path) -> PathBuf {
+        data_dir.join("berth.sock")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot use the data directory {path}: {message}")]
+    DataDir { path: PathBuf, message: String },
+    #[error(
+        "another agent (pid {pid}) is already running with the data directory {path}; stop it first, or pick another --data-dir"
+    )]
+    AlreadyRunning { path: PathBuf, pid: String },
+    #[error(transparent)]
+    State(#[from] berth_state::StateError),
+    #[error(transparent)]
+    Secrets(#[from] secrets::SecretError),
+    #[error(transparent)]
+    Tls(#[from] berth_tls::TlsError),
+    #[error("cannot set up TLS: {0}")]
+    TlsConfig(String),
+    #[error("cannot listen on {addr}: {message}; {hint}")]
+    Listen {
+        addr: String,
+        message: String,
+        hint: String,
+    },
+}
+
+/// The file next to the state where a running agent says where it listens.
+pub const AGENT_FILE: &str = "agent.json";
+
+fn data_dir_error(path: &Path) -> impl Fn(std::io::Error) -> AgentError + '_ {
+    move |e| AgentError::DataDir {
+        path: path.to_owned(),
+        message: e.to_string(),
+    }
+}
+
+fn listen_error(addr: &str, error: std::io::Error) -> AgentError {
+    let hint = match error.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            "another program (a web server such as nginx?) already uses it; stop it or choose another address"
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            "ports below 1024 need root or CAP_NET_BIND_SERVICE; run the agent as root or choose a port above 1024"
+        }
+        _ => "check the address",
+    };
+    AgentError::Listen {
+        addr: addr.to_owned(),
+        message: error.to_string(),
+        hint: hint.to_owned(),
+    }
+}
+
+/// Runs the agent until `shutdown` resolves.
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let data_dir = &config.data_dir;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)
+        .map_err(data_dir_error(data_dir))?;
+    let uploads = data_dir.join("uploads");
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&uploads)
+        .map_err(data_dir_error(data_dir))?;
+
+    // One agent per data directory: a second one would fight over the same containers.
+    let lock_path = data_dir.join("agent.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .read(true)
+        .open(&lock_path)
+        .map_err(data_dir_error(data_dir))?;
+    if lock.try_lock().is_err() {
+        let pid = std::fs::read_to_string(data_dir.join(AGENT_FILE))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v.get("pid").map(|p| p.to_string()))
+            .unwrap_or_else(|| "unknown".into());
+        return Err(AgentError::AlreadyRunning {
+            path: data_dir.clone(),
+            pid,
+        });
+    }
+    // Uploads of a previous run are never needed again.
+    if let Ok(entries) = std::fs::read_dir(&uploads) {
+        for entry in entries.flatten() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+
+    let store = Arc::new(Store::open(&data_dir.join("state.db"))?);
+    // Backup runs the previous agent was in the middle of ended with it; their scratch files
+    // (restores staged, checks in progress) are never needed again.
+    match store.abandon_running_backup_runs() {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            runs = n,
+            "backup runs were interrupted when the agent stopped; recorded as failed"
+        ),
+        Err(error) => tracing::error!(%error, "cannot record interrupted backup runs"),
+    }
+    let _ = std::fs::remove_dir_all(data_dir.join("tmp"));
+    let agent_id = agent_id(data_dir)?;
+    let secrets = secrets::SecretBox::open(&data_dir.join("secrets.key"))?;
+    let runtime = Arc::new(DockerRuntime::from_env());
+
+    let proxy = Proxy::new(config.proxy.clone());
+    if let Some(path) = &config.access_log {
+        match AccessLog::open(path, 100 << 20, 5) {
+            Ok(log) => proxy.set_access_log(log),
+            Err(error) => {
+                return Err(AgentError::DataDir {
+                    path: path.clone(),
+                    message: format!("cannot open the access log: {error}"),
+                });
+            }
+        }
+    }
+    let (stop_sender, stop) = tokio::sync::watch::channel(false);
+    let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stop.wait_for(|s| *s).await.map(|_| ());
+    };
+
+    // The proxy: one event loop per thread on each listener, like nginx's workers.
+    let threads = config.proxy_threads.max(1);
+    let cert_store = CertStore::new();
+    proxy.set_tls_hooks(Arc::new(edge::EdgeHooks(cert_store.clone())));
+    let mut workers = Vec::new();
+    let https_addr = match config.https {
+        Some(addr) => {
+            let tls = berth_tls::server_config(cert_store.clone())
+                .map_err(|e| AgentError::TlsConfig(e.to_string()))?;
+            let https = proxy
+                .serve_threads(
+                    addr,
+                    Scheme::Https(tls),
+                    threads,
+                    stop.clone(),
+                    config.shutdown_grace,
+                )
+                .map_err(|e| listen_error(&addr.to_string(), e))?;
+            proxy.set_https_port(https.addr.port());
+            let bound = https.addr;
+            workers.push(https);
+            Some(bound)
+        }
+        None => None,
+    };
+    let http_addr = match config.http {
+        Some(addr) => {
+            let http = proxy
+                .serve_threads(
+                    addr,
+                    Scheme::Http,
+                    threads,
+                    stop.clone(),
+                    config.shutdown_grace,
+                )
+                .map_err(|e| listen_error(&addr.to_string(), e))?;
+            let bound = http.addr;
+            workers.push(http);
+            Some(bound)
+        }
+        None => None,
+    };
+    let http_url = http_addr.map(|addr| {
+        let host = if addr.ip().is_unspecified() {
+            "localhost".to_owned()
+        } else {
+            addr.ip().to_string()
+        };
+        if addr.port() == 80 {
+            format!("http://{host}")
+        } else {
+            format!("http://{host}:{}", addr.port())
+        }
+    });
+
+    // Certificates: a store the TLS listener asks by server name, filled from files and ACME.
+    let mut tasks = tokio::task::JoinSet::new();
+    let acme_channels = match (&config.acme, https_addr) {
+        (Some(acme_config), Some(_)) => {
+            let acme = Acme::new(
+                acme_config.clone(),
+                cert_store.clone(),
+                &data_dir.join("tls"),
+            )?;
+            let (wanted, wanted_receiver) =
+                tokio::sync::watch::channel(std::collections::BTreeSet::new());
+            let (renew, renew_receiver) = tokio::sync::mpsc::channel(16);
+            tasks.spawn(acme.run(wanted_receiver, renew_receiver, stopped(stop.clone())));
+            Some((wanted, renew))
+        }
+        _ => None,
+    };
+    let edge = Arc::new(edge::Edge::new(
+        cert_store.clone(),
+        https_addr.is_some(),
+        acme_channels,
+    ));
+
+    let engine = Arc::new(Engine::new(
+        runtime.clone(),
+        store,
+        proxy.clone(),
+        secrets,
+        data_dir.clone(),
+        agent_id,
+        http_url,
+        edge.clone(),
+    ));
+
+    let info = AgentInfo {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        data_dir: data_dir.display().to_string(),
+        pid: std::process::id(),
+        http: http_addr.map(|a| a.to_string()),
+        https: https_addr.map(|a| a.to_string()),
+        docker: DockerStatus {
+            endpoint: berth_runtime::ContainerRuntime::endpoint(runtime.as_ref()),
+            version: None,
+            error: None,
+        },
+    };
+
+    let mut registry = prometheus_client::registry::Registry::default();
+    proxy.metrics().register(&mut registry);
+    edge.metrics.register(&mut registry);
+    engine.backup_metrics.register(&mut registry);
+    let metrics = Arc::new(api::Metrics {
+        registry,
+        edge: edge.clone(),
+    });
+
+    // Certificate files renewed by other tools are picked up without a restart.
+    let files_edge = edge.clone();
+    let mut files_stop = stop.clone();
+    tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(60)) => files_edge.refresh_files(),
+                _ = files_stop.wait_for(|s| *s) => return,
+            }
+        }
+    });
+    let mut metrics_addr = None;
+    if let Some(addr) = config.metrics {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| listen_error(&addr.to_string(), e))?;
+        metrics_addr = listener.local_addr().ok();
+        let router = api::metrics_router(metrics.clone());
+        let stop = stopped(stop.clone());
+        tasks.spawn(async move {
+            if let Err(error) = axum::serve(listener, router)
+                .with_graceful_shutdown(stop)
+                .await
+            {
+                tracing::error!(%error, "the metrics server stopped");
+            }
+        });
+    }
+
+    let api_addrs = if config.api.is_empty() {
+        vec![ListenAddr::Unix(AgentConfig::socket_path(data_dir))]
+    } else {
+        config.api.clone()
+    };
+    let mut sockets = Vec::new();
+    // What the listeners are actually bound to (a TCP port 0 becomes a real port).
+    let mut bound: Vec<String> = Vec::new();
+    for addr in &api_addrs {
+        match addr {
+            ListenAddr::Unix(path) => {
+                // We hold the data directory's lock, so a socket file here is stale.
+                let _ = std::fs::remove_file(path);
+                let listener = tokio::net::UnixListener::bind(path)
+                    .map_err(|e| listen_error(&addr.to_string(), e))?;
+                // Owner only: whoever can talk to the agent controls the server.
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| listen_error(&addr.to_string(), e))?;
+                sockets.push(path.clone());
+                bound.push(addr.to_string());
+                let state = api::ApiState {
+                    engine: engine.clone(),
+                    info: info.clone(),
+                    uploads: uploads.clone(),
+                    transport: "unix",
+                    token: None,
+                    metrics: metrics.clone(),
+                };
+                let stop = stopped(stop.clone());
+                tasks.spawn(async move {
+                    if let Err(error) = axum::serve(listener, api::router(state))
+                        .with_graceful_shutdown(stop)
+                        .await
+                    {
+                        tracing::error!(%error, "the API server stopped");
+                    }
+                });
+            }
+            ListenAddr::Tcp(socket_addr) => {
+                let token = api_token(data_dir)?;
+                let listener = tokio::net::TcpListener::bind(socket_addr)
+                    .await
+                    .map_err(|e| listen_error(&addr.to_string(), e))?;
+                if let Ok(local) = listener.local_addr() {
+                    bound.push(local.to_string());
+                }
+                let state = api::ApiState {
+                    engine: engine.clone(),
+                    info: info.clone(),
+                    uploads: uploads.clone(),
+                    transport: "tcp",
+                    token: Some(Arc::new(token)),
+                    metrics: metrics.clone(),
+                };
+                let stop = stopped(stop.clone());
+                tasks.spawn(async move {
+                    if let Err(error) = axum::serve(listener, api::router(state))
+                        .with_graceful_shutdown(stop)
+                        .await
+                    {
+                        tracing::error!(%error, "the API server stopped");
+                    }
+                });
+            }
+        }
+    }
+
+    let agent_file = serde_json::json!({
+        "pid": std::process::id(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "api": bound,
+        "http": http_addr.map(|a| a.to_string()),
+        "https": https_addr.map(|a| a.to_string()),
+        "metrics": metrics_addr.map(|a| a.to_string()),
+    });
+    std::fs::write(data_dir.join(AGENT_FILE), agent_file.to_string())
+        .map_err(data_dir_error(data_dir))?;
+    tracing::info!(data_dir = %data_dir.display(), api = ?bound, http = ?http_addr, "agent started");
+
+    // Reconcile in the background, retrying while Docker is unreachable; then run the
+    // backup schedule (never while containers are being put back in order).
+    let reconciler = engine.clone();
+    let mut reconcile_stop = stop.clone();
+    let schedule_stop = stop.clone();
+    tasks.spawn(async move {
+        loop {
+            match reconciler.reconcile_all().await {
+                Ok(report) => {
+                    tracing::info!(
+                        removed = ?report.removed,
+                        started = ?report.started,
+                        recreated = ?report.recreated,
+                        interrupted = ?report.interrupted_releases,
+                        "reconciled with Docker"
+                    );
+                    backups::scheduler(reconciler, stopped(schedule_stop)).await;
+                    return;
+                }
+                Err(error) => tracing::error!(error = %error.message, "cannot reconcile with Docker yet; retrying in 5s"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = reconcile_stop.wait_for(|s| *s) => return,
+            }
+        }
+    });
+
+    shutdown.await;
+    tracing::info!("stopping: finishing open requests");
+    let _ = stop_sender.send(true);
+    let proxies = tokio::task::spawn_blocking(move || {
+        for worker in workers {
+            worker.join();
+        }
+    });
+    if tokio::time::timeout(config.shutdown_grace + Duration::from_secs(1), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        tracing::warn!("some work was still running at shutdown");
+    }
+    if tokio::time::timeout(config.shutdown_grace + Duration::from_secs(1), proxies)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the proxy was still serving at shutdown");
+    }
+    for socket in sockets {
+        let _ = std::fs::remove_file(socket);
+    }
+    let _ = std::fs::remove_file(data_dir.join(AGENT_FILE));
+    drop(lock);
+    Ok(())
+}
+
+/// A random identity for this data directory, labelled on everything the agent creates.
+fn agent_id(data_dir: &Path) -> Result<String, AgentError> {
+    let path = data_dir.join("agent-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
+        _ => {
+            let id = hex::encode(rand::random::<[u8; 8]>());
+            std::fs::write(&path, &id).map_err(data_dir_error(data_dir))?;
+            Ok(id)
+        }
+    }
+}
+
+/// The bearer token TCP API clients need, created on first use (mode 0600).
+fn api_token(data_dir: &Path) -> Result<String, AgentError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join("api-token");
+    if let Ok(token) = std::fs::read_to_string(&path)
+        && !token.trim().is_empty()
+    {
+        return Ok(token.trim().to_owned());
+    }
+    let token = hex::encode(rand::random::<[u8; 32]>());
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(data_dir_error(data_dir))?;
+    file.write_all(token.as_bytes())
+        .map_err(data_dir_error(data_dir))?;
+    Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses_parse() {
+        assert_eq!(
+            "unix:/tmp/b.sock".parse::<ListenAddr>(),
+            Ok(ListenAddr::Unix("/tmp/b.sock".into()))
+        );
+        assert_eq!(
+            "127.0.0.1:7070".parse::<ListenAddr>(),
+            Ok(ListenAddr::Tcp("127.0.0.1:7070".parse().unwrap()))
+        );
+        assert!(
+            "localhost"
+                .parse::<ListenAddr>()
+                .unwrap_err()
+                .contains("unix:PATH")
+        );
+        assert!("unix:".parse::<ListenAddr>().is_err());
+    }
+}

@@ -1,0 +1,111 @@
+//! One deploy, rollback or restart at a time per app.
+
+use berth_api::LockInfo;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
+
+#[derive(Default)]
+pub struct AppLocks {
+    held: Mutex<HashMap<String, LockInfo>>,
+    released: Notify,
+}
+
+pub struct AppLock {
+    locks: Arc<AppLocks>,
+    app: String,
+}
+
+impl Drop for AppLock {
+    fn drop(&mut self) {
+        self.locks.lock_map().remove(&self.app);
+        self.locks.released.notify_waiters();
+    }
+}
+
+impl AppLocks {
+    fn lock_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, LockInfo>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes the app's lock, or says who holds it.
+    pub fn try_acquire(self: &Arc<Self>, app: &str, info: LockInfo) -> Result<AppLock, LockInfo> {
+        let mut held = self.lock_map();
+        if let Some(current) = held.get(app) {
+            return Err(current.clone());
+        }
+        held.insert(app.to_owned(), info);
+        Ok(AppLock {
+            locks: Arc::clone(self),
+            app: app.to_owned(),
+        })
+    }
+
+    /// Takes the app's lock, waiting for the holder to finish; `waiting` is told who that is.
+    pub async fn acquire(
+        self: &Arc<Self>,
+        app: &str,
+        info: LockInfo,
+        waiting: impl Fn(&LockInfo),
+    ) -> AppLock {
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            match self.try_acquire(app, info.clone()) {
+                Ok(lock) => return lock,
+                Err(holder) => {
+                    waiting(&holder);
+                    released.await;
+                }
+            }
+        }
+    }
+
+    pub fn holder(&self, app: &str) -> Option<LockInfo> {
+        self.lock_map().get(app).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn info(who: &str) -> LockInfo {
+        LockInfo {
+            operation: "deploy".into(),
+            holder: who.into(),
+            since: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_second_caller_is_told_who_holds_the_lock_or_waits_for_it() {
+        let locks = Arc::new(AppLocks::default());
+        let first = locks.try_acquire("app", info("alice")).unwrap();
+        assert_eq!(
+            locks.try_acquire("app", info("bob")).err().unwrap().holder,
+            "alice"
+        );
+        assert!(
+            locks.try_acquire("other", info("bob")).is_ok(),
+            "locks are per app"
+        );
+
+        let waiter = {
+            let locks = locks.clone();
+            tokio::spawn(async move { locks.acquire("app", info("bob"), |_| {}).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished());
+        drop(first);
+        let second = tokio::time::timeout(Duration::from_secs(2), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(locks.holder("app").unwrap().holder, "bob");
+        drop(second);
+        assert!(locks.holder("app").is_none());
+    }
+}

@@ -1,0 +1,891 @@
+//! `berth restore`: put a backup's data back, into the service's volume or database, or to a
+//! path.
+//!
+//! Invariants:
+//! - The backup is read back whole (checksum compared, decrypted, decompressed) into a staging
+//!   file and checked before anything live is touched: a damaged backup changes nothing.
+//! - Live data is replaced only with `--force`, and only after a safety backup of it
+//!   succeeded; the result names that backup.
+//! - Services whose data is replaced are stopped first and started (or replaced) after, even
+//!   when the restore fails half-way.
+
+use crate::backups::{
+    Place, USER_TABLES_SQL, feed_file, finish_outcome, last_lines, mysql_tool, psql, strings,
+    transfer_events, volume_users,
+};
+use crate::engine::Engine;
+use crate::error::OpError;
+use crate::progress::Progress;
+use berth_api::{BackupsOutcome, Outcome, RestoreResult, human_bytes};
+use berth_backup::meta::{BackupMeta, ContentKind, Reason};
+use berth_backup::runner::WriteToFile;
+use berth_backup::{Identities, archive, sqlite};
+use berth_manifest::{Backup, BackupSource, Manifest};
+use berth_state::RunFinish;
+use jiff::Timestamp;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub struct RestorePlan {
+    pub manifest: Manifest,
+    pub name: String,
+    pub id: Option<String>,
+    pub at: Option<Timestamp>,
+    /// Restore to this path on the agent's machine instead of the live data.
+    pub to: Option<PathBuf>,
+    pub force: bool,
+    /// The storage to read from.
+    pub from: Option<String>,
+    /// Identities given for this restore only.
+    pub identity: Option<Identities>,
+    pub actor: String,
+}
+
+/// `--at` as people write it: RFC 3339, or a date and time (or a date, meaning its end) in
+/// the server's time zone.
+pub fn parse_at(text: &str) -> Result<Timestamp, OpError> {
+    let text = text.trim();
+    if let Ok(timestamp) = text.parse::<Timestamp>() {
+        return Ok(timestamp);
+    }
+    let tz = jiff::tz::TimeZone::system();
+    if let Ok(datetime) = text.replace(' ', "T").parse::<jiff::civil::DateTime>() {
+        return datetime
+            .to_zoned(tz)
+            .map(|z| z.timestamp())
+            .map_err(|e| OpError::invalid(format!("`{text}`: {e}")));
+    }
+    if let Ok(date) = text.parse::<jiff::civil::Date>() {
+        return date
+            .at(23, 59, 59, 999_999_999)
+            .to_zoned(tz)
+            .map(|z| z.timestamp())
+            .map_err(|e| OpError::invalid(format!("`{text}`: {e}")));
+    }
+    Err(OpError::invalid(format!("`{text}` is not a time"))
+        .hint("write 2026-11-23T03:00:00Z, 2026-11-23 03:00 (server time) or 2026-11-23"))
+}
+
+/// The things a restore did, in order, for its result.
+struct Actions(Vec<String>);
+
+impl Actions {
+    fn push(&mut self, progress: &Progress, text: String) {
+        progress.log(text.clone());
+        self.0.push(text);
+    }
+}
+
+impl Engine {
+    pub async fn restore(self: Arc<Self>, plan: RestorePlan, progress: Progress) -> Outcome {
+        let started = Instant::now();
+        let app = plan.manifest.app.clone();
+        let run = self
+            .store
+            .start_backup_run(&app, &plan.name, "restore", &plan.actor)
+            .unwrap_or_default();
+        let _backup_lock = self
+            .backup_locks
+            .acquire(
+                &app,
+                berth_api::LockInfo {
+                    operation: "restore".into(),
+                    holder: plan.actor.clone(),
+                    since: berth_state::now_ms(),
+                },
+                |holder| {
+                    progress.log(format!(
+                        "waiting for the {} of {app}'s backups started by {}",
+                        holder.operation, holder.holder
+                    ))
+                },
+            )
+            .await;
+        let mut actions = Actions(Vec::new());
+        let result = self.restore_steps(&plan, &mut actions, &progress).await;
+        let (status, error) = match &result {
+            Ok(_) => ("ok", None),
+            Err(e) => ("failed", Some(e.message.clone())),
+        };
+        if run > 0
+            && let Err(e) = self.store.finish_backup_run(
+                run,
+                &RunFinish {
+                    status,
+                    backup_id: result.as_ref().ok().map(|r| r.id.as_str()),
+                    cause: error.as_ref().map(|_| "restore-failed"),
+                    error: error.as_deref(),
+                },
+            )
+        {
+            tracing::error!(error = %e, "cannot record a restore");
+        }
+        self.audit(
+            &plan.actor,
+            "restore",
+            &format!("{app}/{}", plan.name),
+            status,
+            &match &result {
+                Ok(r) => format!("{} from {} to {}", r.id, r.storage, r.target),
+                Err(e) => e.message.clone(),
+            },
+        );
+        let (restored, error) = match result {
+            Ok(restored) => (Some(restored), None),
+            Err(mut error) => {
+                if !actions.0.is_empty() {
+                    error.details = actions.0.clone();
+                    let done = actions.0.join("; ");
+                    let hint = error.hint.clone().unwrap_or_default();
+                    error.hint = Some(format!(
+                        "done before it failed: {done}{}{hint}",
+                        if hint.is_empty() { "" } else { "\n" }
+                    ));
+                }
+                (None, Some(error))
+            }
+        };
+        finish_outcome(
+            &app,
+            "restore",
+            started,
+            error,
+            BackupsOutcome {
+                restored,
+                ..BackupsOutcome::default()
+            },
+        )
+    }
+
+    /// Picks the backup and the copy to read.
+    async fn choose_backup(
+        &self,
+        plan: &RestorePlan,
+        backup: &Backup,
+    ) -> Result<(BackupMeta, String), OpError> {
+        let manifest = &plan.manifest;
+        let mut refreshed = false;
+        loop {
+            let (copies, warnings) = self.catalog_for(manifest, backup, refreshed).await;
+            let wanted: Vec<&(BackupMeta, String)> = copies
+                .iter()
+                .filter(|(meta, storage)| {
+                    plan.from.as_ref().is_none_or(|f| f == storage)
+                        && match (&plan.id, plan.at) {
+                            (Some(id), _) => &meta.id == id,
+                            (None, Some(at)) => {
+                                meta.created_at <= at && meta.reason != Reason::Safety
+                            }
+                            (None, None) => meta.reason != Reason::Safety,
+                        }
+                })
+                .collect();
+            // The newest backup; of its copies, the first in the backup's storage order.
+            let newest = wanted.iter().map(|(m, _)| m.created_at).max();
+            let choice = wanted
+                .iter()
+                .filter(|(m, _)| Some(m.created_at) == newest)
+                .min_by_key(|(_, storage)| {
+                    backup
+                        .to
+                        .iter()
+                        .position(|s| s == storage)
+                        .unwrap_or(usize::MAX)
+                });
+            if let Some((meta, storage)) = choice {
+                return Ok((meta.clone(), storage.clone()));
+            }
+            if !refreshed {
+                refreshed = true;
+                continue;
+            }
+            let what = match (&plan.id, plan.at) {
+                (Some(id), _) => format!("no backup {id} of {}", backup.name),
+                (None, Some(at)) => format!("no backup of {} taken at or before {at}", backup.name),
+                (None, None) => format!("no backups of {}", backup.name),
+            };
+            let mut error = OpError::not_found(format!(
+                "{what} on {}",
+                plan.from.clone().unwrap_or_else(|| backup.to.join(" or "))
+            ))
+            .hint("`berth backup list` shows what there is");
+            error.details = warnings;
+            return Err(error);
+        }
+    }
+
+    async fn restore_steps(
+        &self,
+        plan: &RestorePlan,
+        actions: &mut Actions,
+        progress: &Progress,
+    ) -> Result<RestoreResult, OpError> {
+        let manifest = &plan.manifest;
+        let backup = Self::backup_named(manifest, &plan.name)?;
+        let (meta, storage) = self.choose_backup(plan, backup).await?;
+        let step = progress.step(format!("find {} {}", plan.name, meta.id));
+        step.done(Some(format!(
+            "taken {}, {} on {storage}",
+            meta.created_at.strftime("%Y-%m-%d %H:%M:%S UTC"),
+            human_bytes(meta.content_size)
+        )));
+        let mut result = RestoreResult {
+            name: plan.name.clone(),
+            id: meta.id.clone(),
+            storage: storage.clone(),
+            target: String::new(),
+            safety_backup: None,
+            bytes: meta.content_size,
+            actions: Vec::new(),
+        };
+        if let Some(to) = &plan.to {
+            result.target = to.display().to_string();
+            self.restore_to_path(plan, &meta, &storage, to, actions, progress)
+                .await?;
+        } else {
+            self.restore_live(
+                plan,
+                backup,
+                &meta,
+                &storage,
+                &mut result,
+                actions,
+                progress,
+            )
+            .await?;
+        }
+        result.actions = actions.0.clone();
+        Ok(result)
+    }
+
+    /// Reads the backup back into `file` (checksum, decryption, decompression all checked).
+    async fn stage(
+        &self,
+        plan: &RestorePlan,
+        meta: &BackupMeta,
+        storage: &str,
+        file: &Path,
+        progress: &Progress,
+    ) -> Result<(), OpError> {
+        let step_name = format!("read {} from {storage}", meta.id);
+        let step = progress.step(step_name.clone());
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| OpError::failed(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let attempt = async {
+            let runner = self.runner(
+                &plan.manifest,
+                &[storage.to_owned()],
+                plan.identity.as_ref(),
+                transfer_events(progress, &step_name),
+            )?;
+            let identities = runner.identities.clone();
+            Ok::<_, OpError>(
+                runner
+                    .read_back(
+                        &runner.destinations[0],
+                        meta,
+                        &identities,
+                        &WriteToFile {
+                            path: file.to_owned(),
+                        },
+                    )
+                    .await?,
+            )
+        };
+        match attempt.await {
+            Ok(_) => {
+                step.done(Some(format!(
+                    "checksum and decryption good, {}",
+                    human_bytes(meta.content_size)
+                )));
+                Ok(())
+            }
+            Err(error) => {
+                let _ = std::fs::remove_file(file);
+                step.fail(&error.message);
+                Err(error)
+            }
+        }
+    }
+
+    fn scratch_file(&self, meta: &BackupMeta) -> PathBuf {
+        self.data_dir
+            .join("tmp")
+            .join(format!("restore-{}.{}", meta.id, meta.kind.extension()))
+    }
+
+    async fn restore_to_path(
+        &self,
+        plan: &RestorePlan,
+        meta: &BackupMeta,
+        storage: &str,
+        to: &Path,
+        actions: &mut Actions,
+        progress: &Progress,
+    ) -> Result<(), OpError> {
+        if !to.is_absolute() {
+            return Err(OpError::invalid(format!(
+                "--to {} must be an absolute path on the agent's machine",
+                to.display()
+            )));
+        }
+        let archive_kind = matches!(meta.kind, ContentKind::Tar | ContentKind::BerthState);
+        let occupied = if archive_kind {
+            std::fs::read_dir(to).is_ok_and(|mut d| d.next().is_some())
+        } else {
+            to.exists()
+        };
+        if occupied && !plan.force {
+            return Err(OpError::invalid(format!(
+                "{} already exists{}",
+                to.display(),
+                if archive_kind {
+                    " and is not empty"
+                } else {
+                    ""
+                }
+            ))
+            .hint("choose another path, or pass --force to overwrite it"));
+        }
+        if archive_kind {
+            let staged = self.scratch_file(meta);
+            self.stage(plan, meta, storage, &staged, progress).await?;
+            let step = progress.step(format!("unpack into {}", to.display()));
+            let unpacked = unpack_file(&staged, to).await;
+            let _ = std::fs::remove_file(&staged);
+            let info = step.finish(unpacked)?;
+            actions.push(progress, format!("unpacked {} into {}", info, to.display()));
+            return Ok(());
+        }
+        let partial = partial_path(to);
+        self.stage(plan, meta, storage, &partial, progress).await?;
+        if meta.kind == ContentKind::Sqlite {
+            let step = progress.step("check the database");
+            let checked = check_sqlite(&partial).await;
+            if checked.is_err() {
+                let _ = std::fs::remove_file(&partial);
+            }
+            let report = step.finish(checked)?;
+            actions.push(progress, format!("checked the database: {report}"));
+        }
+        std::fs::rename(&partial, to).map_err(|e| {
+            let _ = std::fs::remove_file(&partial);
+            OpError::failed(format!(
+                "cannot move the restored file to {}: {e}",
+                to.display()
+            ))
+        })?;
+        actions.push(
+            progress,
+            format!(
+                "wrote {} to {}",
+                human_bytes(meta.content_size),
+                to.display()
+            ),
+        );
+        Ok(())
+    }
+
+    /// A safety backup of what is about to be replaced, to the local storage.
+    async fn safety_backup(
+        &self,
+        plan: &RestorePlan,
+        backup: &Backup,
+        actions: &mut Actions,
+        progress: &Progress,
+    ) -> Result<String, OpError> {
+        let result = self
+            .backup_once(
+                &plan.manifest,
+                backup,
+                Reason::Safety,
+                &[berth_manifest::LOCAL_STORAGE.to_owned()],
+                &plan.actor,
+                progress,
+            )
+            .await;
+        match (result.status.as_str(), result.id) {
+            ("ok", Some(id)) => {
+                actions.push(
+                    progress,
+                    format!("took safety backup {id} of the current data (local storage)"),
+                );
+                Ok(id)
+            }
+            _ => Err(OpError::failed(format!(
+                "the safety backup of the current data failed, so nothing was restored: {}",
+                result.error.unwrap_or_default()
+            ))),
+        }
+    }
+
+    /// Refuses to go on over live data without `--force`; with it, takes the safety backup.
+    async fn guard_live_data(
+        &self,
+        plan: &RestorePlan,
+        backup: &Backup,
+        live: Option<String>,
+        result: &mut RestoreResult,
+        actions: &mut Actions,
+        progress: &Progress,
+    ) -> Result<(), OpError> {
+        let Some(what) = live else {
+            actions.push(progress, format!("{} holds no data yet", result.target));
+            return Ok(());
+        };
+        if !plan.force {
+            return Err(OpError::invalid(format!(
+                "{} holds live data ({what}); berth will not replace it without --force",
+                result.target
+            ))
+            .hint(
+                "run again with --force: a safety backup of the current data is taken first; or restore elsewhere with --to PATH",
+            ));
+        }
+        result.safety_backup = Some(self.safety_backup(plan, backup, actions, progress).await?);
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn restore_live(
+        &self,
+        plan: &RestorePlan,
+        backup: &Backup,
+        meta: &BackupMeta,
+        storage: &str,
+        result: &mut RestoreResult,
+        actions: &mut Actions,
+        progress: &Progress,
+    ) -> Result<(), OpError> {
+        let manifest = &plan.manifest;
+        match &backup.source {
+            BackupSource::Berth => Err(OpError::invalid(
+                "berth's own state cannot be restored over the running agent's",
+            )
+            .hint(
+                "restore it to a new data directory (berth restore NAME --to /var/lib/berth-restored) and start an agent there (berth agent --data-dir …)",
+            )),
+            BackupSource::Sqlite { service, path } => {
+                let target = match service {
+                    Some(service) => self.host_path(manifest, service, path, true).await?,
+                    None => PathBuf::from(path),
+                };
+                result.target = match service {
+                    Some(service) => format!("{path} in service {service}"),
+                    None => path.clone(),
+                };
+                let live = std::fs::metadata(&target)
+                    .ok()
+                    .filter(|m| m.len() > 0)
+                    .map(|m| format!("a database of {}", human_bytes(m.len())));
+                self.guard_live_data(plan, backup, live, result, actions, progress)
+                    .await?;
+                let staged = hidden_sibling(&target, &meta.id);
+                self.stage(plan, meta, storage, &staged, progress).await?;
+                let step = progress.step("check the database");
+                let checked = check_sqlite(&staged).await;
+                if checked.is_err() {
+                    let _ = std::fs::remove_file(&staged);
+                }
+                let report = step.finish(checked)?;
+                actions.push(progress, format!("checked the restored database: {report}"));
+                let services: Vec<String> = service.iter().cloned().collect();
+                self.with_services_stopped(manifest, &services, actions, progress, async {
+                    sqlite::install(&staged, &target).map_err(|e| {
+                        let _ = std::fs::remove_file(&staged);
+                        OpError::from(e)
+                    })?;
+                    Ok(format!("replaced {}", target.display()))
+                })
+                .await
+            }
+            BackupSource::Volume { volume, .. } => {
+                let dir = self.volume_dir(&manifest.app, volume, true).await?;
+                result.target = format!("volume {}", crate::names::volume(&manifest.app, volume));
+                let users = volume_users(manifest, volume);
+                self.restore_directory(plan, backup, meta, storage, &dir, &users, result, actions, progress)
+                    .await
+            }
+            BackupSource::Directory { path } => {
+                result.target = format!("directory {}", path.display());
+                std::fs::create_dir_all(path).map_err(|e| {
+                    OpError::failed(format!("cannot create {}: {e}", path.display()))
+                })?;
+                self.restore_directory(plan, backup, meta, storage, path, &[], result, actions, progress)
+                    .await
+            }
+            BackupSource::Postgres(db) => {
+                let access = self.database_access(manifest, db, true).await?;
+                result.target = format!(
+                    "postgres database {} in {}",
+                    db.database,
+                    access.place.describe()
+                );
+                let tables = access
+                    .place
+                    .query(&psql(&db.user, &db.database, USER_TABLES_SQL), &access.env)
+                    .await
+                    .map_err(|e| OpError::failed(format!("cannot look at the database: {e}")))?;
+                let live = tables_held(&tables);
+                self.guard_live_data(plan, backup, live, result, actions, progress)
+                    .await?;
+                let staged = self.scratch_file(meta);
+                self.stage(plan, meta, storage, &staged, progress).await?;
+                let step = progress.step(format!("pg_restore into {}", db.database));
+                let command = strings(&[
+                    "pg_restore",
+                    "--no-password",
+                    "--clean",
+                    "--if-exists",
+                    "--no-owner",
+                    "--single-transaction",
+                    "--exit-on-error",
+                    "--username",
+                    &db.user,
+                    "--dbname",
+                    &db.database,
+                ]);
+                let ran = access
+                    .place
+                    .run(&command, &access.env, Some(feed_file(staged.clone())), None)
+                    .await;
+                let _ = std::fs::remove_file(&staged);
+                let outcome = step.finish(ran.map_err(OpError::from))?.0;
+                if outcome.exit_code != Some(0) {
+                    return Err(OpError::failed(format!(
+                        "pg_restore failed, and its single transaction was rolled back (the database is as it was): {}",
+                        last_lines(&outcome.stderr)
+                    )));
+                }
+                actions.push(
+                    progress,
+                    format!("restored {} into database {} (one transaction)", meta.id, db.database),
+                );
+                Ok(())
+            }
+            BackupSource::Mysql(db) => {
+                let access = self.database_access(manifest, db, false).await?;
+                result.target = format!(
+                    "mysql database {} in {}",
+                    db.database,
+                    access.place.describe()
+                );
+                let mut count = strings(&["--batch", "--skip-column-names", "--user", &db.user]);
+                count.extend(access.host_args.clone());
+                count.extend(strings(&[
+                    "--execute",
+                    &format!(
+                        "SELECT count(*) FROM information_schema.tables WHERE table_schema = '{}'",
+                        db.database.replace('\'', "''")
+                    ),
+                ]));
+                let tables = access
+                    .place
+                    .query(&mysql_tool(&access.place, "mariadb", "mysql", count), &access.env)
+                    .await
+                    .map_err(|e| OpError::failed(format!("cannot look at the database: {e}")))?;
+                let live = tables_held(&tables);
+                self.guard_live_data(plan, backup, live, result, actions, progress)
+                    .await?;
+                let staged = self.scratch_file(meta);
+                self.stage(plan, meta, storage, &staged, progress).await?;
+                let step = progress.step(format!("load the dump into {}", db.database));
+                let mut args = strings(&["--user", &db.user]);
+                args.extend(access.host_args.clone());
+                args.push(db.database.clone());
+                let command = mysql_tool(&access.place, "mariadb", "mysql", args);
+                let ran = access
+                    .place
+                    .run(&command, &access.env, Some(feed_file(staged.clone())), None)
+                    .await;
+                let _ = std::fs::remove_file(&staged);
+                let outcome = step.finish(ran.map_err(OpError::from))?.0;
+                if outcome.exit_code != Some(0) {
+                    return Err(OpError::failed(format!(
+                        "loading the dump stopped part-way: {}",
+                        last_lines(&outcome.stderr)
+                    ))
+                    .hint(match &result.safety_backup {
+                        Some(id) => format!("the safety backup {id} holds what was there before: berth restore {} --id {id} --force", backup.name),
+                        None => "the database held no tables before".to_owned(),
+                    }));
+                }
+                actions.push(progress, format!("loaded {} into database {}", meta.id, db.database));
+                Ok(())
+            }
+            BackupSource::Command { service, restore, .. } => {
+                let Some(restore) = restore else {
+                    return Err(OpError::invalid(format!(
+                        "backup {} has no restore command",
+                        backup.name
+                    ))
+                    .hint("add restore = [\"…\"] to its source, or restore to a file with --to PATH"));
+                };
+                result.target = format!("`{}` in {service}", restore.join(" "));
+                // What a command keeps cannot be looked at: it always counts as live data.
+                self.guard_live_data(plan, backup, Some("unknown".to_owned()), result, actions, progress)
+                    .await?;
+                let staged = self.scratch_file(meta);
+                self.stage(plan, meta, storage, &staged, progress).await?;
+                let place = self
+                    .running_containers(manifest, service)
+                    .await?
+                    .into_iter()
+                    .next()
+                    .map(|(id, name)| Place::Container {
+                        runtime: self.runtime.clone(),
+                        id,
+                        name,
+                    })
+                    .ok_or_else(|| OpError::failed(format!("{service} has no running container")))?;
+                let step = progress.step(format!("run `{}`", restore.join(" ")));
+                let ran = place.run(restore, &[], Some(feed_file(staged.clone())), None).await;
+                let _ = std::fs::remove_file(&staged);
+                let outcome = step.finish(ran.map_err(OpError::from))?.0;
+                if outcome.exit_code != Some(0) {
+                    return Err(OpError::failed(format!(
+                        "the restore command exited with status {}: {}",
+                        outcome.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "unknown".into()),
+                        outcome.stderr.trim()
+                    )));
+                }
+                actions.push(progress, format!("fed {} to `{}`", meta.id, restore.join(" ")));
+                Ok(())
+            }
+        }
+    }
+
+    /// Replaces a directory's contents with a tar backup: unpacked next to it first (so a
+    /// bad archive changes nothing), then swapped in with the services using it stopped.
+    #[allow(clippy::too_many_arguments)]
+    async fn restore_directory(
+        &self,
+        plan: &RestorePlan,
+        backup: &Backup,
+        meta: &BackupMeta,
+        storage: &str,
+        dir: &Path,
+        users: &[String],
+        result: &mut RestoreResult,
+        actions: &mut Actions,
+        progress: &Progress,
+    ) -> Result<(), OpError> {
+        let entries = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+        let live = (entries > 0).then(|| format!("{entries} entries"));
+        self.guard_live_data(plan, backup, live, result, actions, progress)
+            .await?;
+        let staged = self.scratch_file(meta);
+        self.stage(plan, meta, storage, &staged, progress).await?;
+        let unpacked = hidden_sibling(dir, &meta.id);
+        let _ = std::fs::remove_dir_all(&unpacked);
+        std::fs::create_dir_all(&unpacked)
+            .map_err(|e| OpError::failed(format!("cannot create {}: {e}", unpacked.display())))?;
+        let step = progress.step("unpack the archive");
+        let done = unpack_file(&staged, &unpacked).await;
+        let _ = std::fs::remove_file(&staged);
+        if done.is_err() {
+            let _ = std::fs::remove_dir_all(&unpacked);
+        }
+        let info = step.finish(done)?;
+        actions.push(progress, format!("unpacked {info} next to the live data"));
+        let outcome = self
+            .with_services_stopped(&plan.manifest, users, actions, progress, async {
+                swap_contents(&unpacked, dir)?;
+                Ok(format!("replaced the contents of {}", dir.display()))
+            })
+            .await;
+        let _ = std::fs::remove_dir_all(&unpacked);
+        outcome
+    }
+
+    /// Stops the running containers of `services`, runs `change`, then brings the services
+    /// back (accessories restarted, services replaced through the health gate), whatever
+    /// `change` returned.
+    async fn with_services_stopped<F>(
+        &self,
+        manifest: &Manifest,
+        services: &[String],
+        actions: &mut Actions,
+        progress: &Progress,
+        change: F,
+    ) -> Result<(), OpError>
+    where
+        F: std::future::Future<Output = Result<String, OpError>>,
+    {
+        let mut stopped = Vec::new();
+        for service in services {
+            let containers = self.running_containers(manifest, service).await?;
+            if containers.is_empty() {
+                continue;
+            }
+            let timeout = manifest
+                .services
+                .get(service)
+                .or_else(|| manifest.accessories.get(service))
+                .map(|s| s.stop_timeout)
+                .unwrap_or(Duration::from_secs(10));
+            let step = progress.step(format!("stop {service}"));
+            for (id, _) in &containers {
+                if let Err(e) = self.runtime.stop_container(id, timeout).await {
+                    step.fail(&e.to_string());
+                    // The stop failed, so that is the error to report; what could not be
+                    // brought back is listed in the actions.
+                    let _ = self.bring_back(&stopped, actions, progress).await;
+                    return Err(e.into());
+                }
+            }
+            step.done(Some(format!("{} containers", containers.len())));
+            actions.push(progress, format!("stopped {service}"));
+            stopped.push(service.clone());
+        }
+        let changed = change.await;
+        if let Ok(what) = &changed {
+            actions.push(progress, what.clone());
+        }
+        let restarted = self.bring_back(&stopped, actions, progress).await;
+        changed?;
+        restarted
+    }
+
+    async fn bring_back(
+        &self,
+        services: &[String],
+        actions: &mut Actions,
+        progress: &Progress,
+    ) -> Result<(), OpError> {
+        let mut first_error = None;
+        for service in services {
+            let app = progress.app().to_owned();
+            match self.restart_steps(&app, service, progress).await {
+                Ok(()) => actions.push(progress, format!("started {service} again")),
+                Err(error) => {
+                    actions.push(
+                        progress,
+                        format!("could not start {service} again: {}", error.message),
+                    );
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        match first_error {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What a database holds, from a table count a query printed: `None` when empty. Anything
+/// unreadable counts as live data.
+fn tables_held(count: &str) -> Option<String> {
+    match count.trim().parse::<u64>() {
+        Ok(0) => None,
+        Ok(n) => Some(format!("{n} tables")),
+        Err(_) => Some("it could not be counted".to_owned()),
+    }
+}
+
+fn partial_path(to: &Path) -> PathBuf {
+    let mut name = to.as_os_str().to_owned();
+    name.push(".berth-partial");
+    PathBuf::from(name)
+}
+
+/// `.NAME.berth-restore-ID` next to `path`: on the same file system, so it can be renamed in.
+fn hidden_sibling(path: &Path, id: &str) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.berth-restore-{id}"))
+}
+
+async fn check_sqlite(path: &Path) -> Result<String, OpError> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || sqlite::check(&path))
+        .await
+        .map_err(|e| OpError::failed(format!("the check stopped: {e}")))?
+        .map(|report| report.to_string())
+        .map_err(|detail| {
+            OpError::failed(format!(
+                "the restored database fails its check ({detail}); nothing was replaced"
+            ))
+        })
+}
+
+async fn unpack_file(file: &Path, dest: &Path) -> Result<String, OpError> {
+    let (file, dest) = (file.to_owned(), dest.to_owned());
+    tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&dest)
+            .map_err(|e| OpError::failed(format!("cannot create {}: {e}", dest.display())))?;
+        let mut input = std::io::BufReader::new(
+            std::fs::File::open(&file)
+                .map_err(|e| OpError::failed(format!("cannot read {}: {e}", file.display())))?,
+        );
+        archive::unpack(&mut input, &dest)
+            .map(|info| info.to_string())
+            .map_err(OpError::from)
+    })
+    .await
+    .map_err(|e| OpError::failed(format!("unpacking stopped: {e}")))?
+}
+
+/// Empties `dir` and moves everything from `from` into it (same file system: renames).
+fn swap_contents(from: &Path, dir: &Path) -> Result<(), OpError> {
+    let failed = |what: String, e: std::io::Error| OpError::failed(format!("{what}: {e}"));
+    for entry in
+        std::fs::read_dir(dir).map_err(|e| failed(format!("cannot read {}", dir.display()), e))?
+    {
+        let entry = entry.map_err(|e| failed(format!("cannot read {}", dir.display()), e))?;
+        let path = entry.path();
+        let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.map_err(|e| failed(format!("cannot remove {}", path.display()), e))?;
+    }
+    for entry in
+        std::fs::read_dir(from).map_err(|e| failed(format!("cannot read {}", from.display()), e))?
+    {
+        let entry = entry.map_err(|e| failed(format!("cannot read {}", from.display()), e))?;
+        let target = dir.join(entry.file_name());
+        std::fs::rename(entry.path(), &target)
+            .map_err(|e| failed(format!("cannot move {} into place", target.display()), e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_read_the_ways_people_write_them() {
+        assert_eq!(
+            parse_at("2026-11-23T03:00:00Z").unwrap().to_string(),
+            "2026-11-23T03:00:00Z"
+        );
+        assert!(parse_at("2026-11-23 03:00").is_ok());
+        assert!(parse_at("2026-11-23").is_ok());
+        let error = parse_at("yesterday").unwrap_err();
+        assert!(error.hint.as_deref().unwrap_or("").contains("2026-11-23"));
+    }
+
+    #[test]
+    fn swapping_contents_replaces_everything() {
+        let live = tempfile::tempdir().unwrap();
+        let staged = tempfile::tempdir().unwrap();
+        std::fs::write(live.path().join("old.txt"), b"old").unwrap();
+        std::fs::create_dir(live.path().join("olddir")).unwrap();
+        std::fs::write(staged.path().join("new.txt"), b"new").unwrap();
+        swap_contents(staged.path(), live.path()).unwrap();
+        let names: Vec<String> = std::fs::read_dir(live.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["new.txt"]);
+    }
+}

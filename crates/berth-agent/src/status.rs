@@ -1,0 +1,200 @@
+//! `berth status`: every app's live release and each service's replicas with their health.
+
+use crate::engine::{Engine, release_manifest};
+use crate::error::OpError;
+use crate::health::{self, ProbeResult};
+use crate::names;
+use berth_api::{AppStatus, ReleaseInfo, ReplicaStatus, ServiceStatus};
+use berth_manifest::{Role, Service};
+use berth_runtime::ContainerState;
+use berth_state::{InstanceState, Release};
+use std::time::Duration;
+
+pub fn release_info(release: &Release) -> ReleaseInfo {
+    ReleaseInfo {
+        number: release.number,
+        version: release.version.clone(),
+        kind: release.kind.as_str().into(),
+        rollback_of: release.rollback_of,
+        status: release.status.as_str().into(),
+        actor: release.actor.clone(),
+        created_at: release.created_at,
+        finished_at: release.finished_at,
+        error: release.error.clone(),
+        images: release.images.clone(),
+    }
+}
+
+impl Engine {
+    /// Container IDs and names serving a service now (current replicas, or the accessory).
+    pub async fn service_containers(
+        &self,
+        app: &str,
+        service: &str,
+        accessory: bool,
+    ) -> Result<Vec<(String, String)>, OpError> {
+        if accessory {
+            let containers = self
+                .runtime
+                .list_containers(&[
+                    (names::AGENT, &self.agent_id),
+                    (names::APP, app),
+                    (names::ROLE, "accessory"),
+                    (names::SERVICE, service),
+                ])
+                .await?;
+            return Ok(containers.into_iter().map(|c| (c.id, c.name)).collect());
+        }
+        Ok(self
+            .store
+            .instances(app)?
+            .into_iter()
+            .filter(|i| i.service == service && i.state == InstanceState::Current)
+            .map(|i| (i.container_id, i.name))
+            .collect())
+    }
+
+    pub async fn app_status(&self, app: &str) -> Result<AppStatus, OpError> {
+        let live = self.store.live_release(app)?;
+        let mut status = AppStatus {
+            name: app.to_owned(),
+            live_release: live.as_ref().map(release_info),
+            operation: self
+                .locks
+                .holder(app)
+                .filter(|l| l.operation != "reconcile"),
+            services: Vec::new(),
+            urls: Vec::new(),
+            maintenance: self.store.app(app)?.and_then(|a| a.maintenance),
+            backups: Vec::new(),
+        };
+        let Some(live) = live else { return Ok(status) };
+        let manifest = release_manifest(&live)?;
+        status.urls = self.urls(&manifest);
+        status.backups = self.backup_status(&manifest);
+        let services: Vec<&Service> = manifest
+            .service_start_order()
+            .into_iter()
+            .filter_map(|n| manifest.services.get(n))
+            .chain(manifest.accessories.values())
+            .collect();
+        let probes = services.iter().map(|service| async move {
+            let containers = self
+                .service_containers(app, &service.name, service.accessory)
+                .await?;
+            let mut replicas = Vec::new();
+            for (id, name) in containers {
+                replicas.push(self.replica_status(app, service, &id, &name).await);
+            }
+            Ok::<_, OpError>(ServiceStatus {
+                name: service.name.clone(),
+                role: service.role().as_str().into(),
+                release: (!service.accessory).then_some(live.number),
+                desired_replicas: service.replicas,
+                replicas,
+            })
+        });
+        for service in futures_util::future::join_all(probes).await {
+            status.services.push(service?);
+        }
+        Ok(status)
+    }
+
+    async fn replica_status(
+        &self,
+        app: &str,
+        service: &Service,
+        id: &str,
+        name: &str,
+    ) -> ReplicaStatus {
+        let info = match self.runtime.inspect_container(id).await {
+            Ok(Some(info)) => info,
+            Ok(None) => {
+                return ReplicaStatus {
+                    container: name.to_owned(),
+                    state: "missing".into(),
+                    health: "unhealthy".into(),
+                    health_detail: Some("the container no longer exists".into()),
+                    started_at: None,
+                    uptime_seconds: None,
+                    restarts: 0,
+                };
+            }
+            Err(error) => {
+                return ReplicaStatus {
+                    container: name.to_owned(),
+                    state: "unknown".into(),
+                    health: "unknown".into(),
+                    health_detail: Some(error.to_string()),
+                    started_at: None,
+                    uptime_seconds: None,
+                    restarts: 0,
+                };
+            }
+        };
+        let (health, detail) = if info.state != ContainerState::Running {
+            (
+                "unhealthy",
+                Some(format!("the container is {}", info.state.as_str())),
+            )
+        } else {
+            // Status must answer quickly even when an app hangs.
+            let mut quick = service.clone();
+            quick.healthcheck.timeout = quick.healthcheck.timeout.min(Duration::from_secs(2));
+            let ip = info.addresses.get(&names::network(app)).copied();
+            match health::probe(
+                self.runtime.as_ref(),
+                id,
+                ip,
+                &quick,
+                &crate::engine::host_header(service),
+            )
+            .await
+            {
+                ProbeResult::Healthy => ("healthy", None),
+                ProbeResult::Unhealthy(why) => ("unhealthy", Some(why)),
+            }
+        };
+        let uptime = info
+            .started_at
+            .as_deref()
+            .and_then(|s| s.parse::<jiff::Timestamp>().ok())
+            .filter(|_| info.state == ContainerState::Running)
+            .map(|t| jiff::Timestamp::now().duration_since(t).as_secs().max(0) as u64);
+        ReplicaStatus {
+            container: name.to_owned(),
+            state: info.state.as_str().into(),
+            health: health.into(),
+            health_detail: detail,
+            started_at: info.started_at,
+            uptime_seconds: uptime,
+            restarts: info.restart_count,
+        }
+    }
+
+    /// Whether a service name is a service or an accessory of the app's live release.
+    pub fn service_role(&self, app: &str, service: &str) -> Result<Role, OpError> {
+        let live = self.store.live_release(app)?.ok_or_else(|| {
+            OpError::not_found(format!("app {app} has no live release"))
+                .hint("deploy it first with `berth deploy`")
+        })?;
+        let manifest = release_manifest(&live)?;
+        if let Some(s) = manifest
+            .services
+            .get(service)
+            .or_else(|| manifest.accessories.get(service))
+        {
+            return Ok(s.role());
+        }
+        let known: Vec<&str> = manifest
+            .services
+            .keys()
+            .chain(manifest.accessories.keys())
+            .map(String::as_str)
+            .collect();
+        Err(
+            OpError::not_found(format!("app {app} has no service {service}"))
+                .hint(format!("its services: {}", known.join(", "))),
+        )
+    }
+}

@@ -1,0 +1,541 @@
+//! The agent's API, as types. The agent serves JSON (and newline-delimited JSON for long
+//! operations) under `/v1`; the CLI and tests speak it through these types.
+//!
+//! | method + path | body | answer |
+//! |---|---|---|
+//! | `GET /v1/info` | | [`AgentInfo`] |
+//! | `GET /v1/status[?app=A]` | | [`Status`] |
+//! | `POST /v1/uploads` | a tar archive | [`Upload`] |
+//! | `POST /v1/deploy` | [`DeployRequest`] | NDJSON [`OperationEvent`]s |
+//! | `POST /v1/apps/A/rollback` | [`RollbackRequest`] | NDJSON [`OperationEvent`]s |
+//! | `POST /v1/apps/A/services/S/restart` | [`RestartRequest`] | NDJSON [`OperationEvent`]s |
+//! | `GET /v1/apps/A/releases[?limit=N]` | | `Vec<`[`ReleaseInfo`]`>` |
+//! | `GET /v1/apps/A/services/S/logs?tail=&follow=&since=` | | NDJSON [`LogLine`]s |
+//! | `POST /v1/apps/A/services/S/exec` | [`ExecRequest`] | NDJSON [`ExecEvent`]s |
+//! | `GET /v1/apps/A/secrets` | | `Vec<`[`SecretInfo`]`>` |
+//! | `PUT /v1/apps/A/secrets/N` | [`SecretValue`] | [`SecretInfo`] |
+//! | `GET /v1/apps/A/secrets/N` | | [`SecretValue`] |
+//! | `DELETE /v1/apps/A/secrets/N` | | 204 |
+//! | `POST /v1/apps/A/secrets/N/generate` | | [`SecretInfo`] |
+//! | `GET /v1/audit[?limit=N]` | | `Vec<`[`AuditEntry`]`>` |
+//! | `POST /v1/apps/A/maintenance` | [`MaintenanceRequest`] | [`AppStatus`] |
+//! | `POST /v1/certificates/D/renew` | | [`CertificateInfo`] |
+//! | `GET /v1/metrics` | | Prometheus text |
+//! | `POST /v1/apps/A/backups/run` | [`BackupRunRequest`] | NDJSON [`OperationEvent`]s |
+//! | `POST /v1/apps/A/backups/list` | [`BackupListRequest`] | [`BackupList`] |
+//! | `POST /v1/apps/A/backups/verify` | [`BackupVerifyRequest`] | NDJSON [`OperationEvent`]s |
+//! | `POST /v1/apps/A/backups/prune` | [`BackupPruneRequest`] | NDJSON [`OperationEvent`]s |
+//! | `POST /v1/apps/A/restore` | [`RestoreRequest`] | NDJSON [`OperationEvent`]s |
+//!
+//! Errors are a non-2xx status with an [`ApiError`] body. Requests carry the caller's
+//! identity in the `x-berth-actor` header for the audit log; over TCP they need
+//! `Authorization: Bearer TOKEN`.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub const ACTOR_HEADER: &str = "x-berth-actor";
+
+/// A byte count for people: `512 B`, `1.6 MiB` (the agent's messages and the CLI agree).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ApiError {
+    /// What went wrong.
+    pub message: String,
+    /// What to do about it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+    /// A stable machine-readable kind: `invalid-manifest`, `locked`, `not-found`, ...
+    pub kind: String,
+    /// Manifest diagnostics, already rendered with file:line:column.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AgentInfo {
+    pub version: String,
+    pub data_dir: String,
+    pub pid: u32,
+    /// Where the proxy listens for HTTP, if it does.
+    pub http: Option<String>,
+    /// Where the proxy serves HTTPS, if it does.
+    #[serde(default)]
+    pub https: Option<String>,
+    pub docker: DockerStatus,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DockerStatus {
+    pub endpoint: String,
+    pub version: Option<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Upload {
+    pub id: String,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeployRequest {
+    /// The manifest's text.
+    pub manifest: String,
+    /// The manifest's path as the user named it, for messages.
+    pub manifest_path: String,
+    /// The manifest's directory, against which relative paths resolve.
+    pub base_dir: String,
+    pub environment: Option<String>,
+    pub version: Option<String>,
+    /// Uploaded build context per service that builds.
+    #[serde(default)]
+    pub contexts: BTreeMap<String, String>,
+    /// Uploaded `docker save` archives to load before images are resolved.
+    #[serde(default)]
+    pub image_archives: Vec<String>,
+    /// Wait for a deploy in progress instead of failing at once.
+    #[serde(default)]
+    pub wait_for_lock: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct RollbackRequest {
+    /// The release to return to; the one before the live release when absent.
+    pub release: Option<i64>,
+    #[serde(default)]
+    pub wait_for_lock: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct RestartRequest {
+    #[serde(default)]
+    pub wait_for_lock: bool,
+}
+
+/// One line of a deploy, rollback or restart stream. The last line is always `Finished`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum OperationEvent {
+    /// A step began.
+    Started { step: String },
+    /// A step ended well.
+    Done {
+        step: String,
+        elapsed_ms: u64,
+        detail: Option<String>,
+    },
+    /// A step failed (the operation fails with it).
+    Failed {
+        step: String,
+        elapsed_ms: u64,
+        message: String,
+    },
+    /// Output worth showing (build output, waiting for a lock).
+    Log { message: String },
+    /// Bytes moved so far by a step (a backup read, a restore written).
+    Transfer {
+        step: String,
+        bytes: u64,
+        total: Option<u64>,
+    },
+    /// The outcome.
+    Finished(Box<Outcome>),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Outcome {
+    pub ok: bool,
+    pub app: String,
+    pub operation: String,
+    pub release: Option<i64>,
+    pub version: Option<String>,
+    /// The release serving traffic now.
+    pub live_release: Option<i64>,
+    pub elapsed_ms: u64,
+    /// URLs the app is served at through the proxy.
+    #[serde(default)]
+    pub urls: Vec<String>,
+    pub error: Option<OperationError>,
+    /// What a backup, verify, prune or restore did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backups: Option<BackupsOutcome>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OperationError {
+    /// `invalid` (the request was wrong: exit code 2), `locked`, `not-found` or `failed`.
+    pub kind: String,
+    pub message: String,
+    pub hint: Option<String>,
+    /// Whose log the tail is from.
+    pub log_source: Option<String>,
+    #[serde(default)]
+    pub log_tail: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReleaseInfo {
+    pub number: i64,
+    pub version: String,
+    pub kind: String,
+    pub rollback_of: Option<i64>,
+    pub status: String,
+    pub actor: String,
+    pub created_at: i64,
+    pub finished_at: Option<i64>,
+    pub error: Option<String>,
+    /// Image ID per service.
+    pub images: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Status {
+    pub agent: AgentInfo,
+    pub apps: Vec<AppStatus>,
+    /// Certificates the agent serves (from ACME or from files).
+    #[serde(default)]
+    pub certificates: Vec<CertificateInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CertificateInfo {
+    pub domain: String,
+    /// `acme` or `files`.
+    pub source: String,
+    /// `valid`, `pending`, `failing` or `expired`.
+    pub state: String,
+    /// Unix seconds.
+    pub not_after: Option<i64>,
+    pub issuer: Option<String>,
+    pub last_error: Option<String>,
+    /// Unix seconds: the next attempt after a failure, or the planned renewal.
+    pub next_attempt: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MaintenanceRequest {
+    pub enabled: bool,
+    /// What visitors read on the maintenance page.
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AppStatus {
+    pub name: String,
+    pub live_release: Option<ReleaseInfo>,
+    /// The deploy, rollback or restart in progress, if any.
+    pub operation: Option<LockInfo>,
+    pub services: Vec<ServiceStatus>,
+    pub urls: Vec<String>,
+    /// The maintenance page's message while maintenance mode is on.
+    #[serde(default)]
+    pub maintenance: Option<String>,
+    /// Each backup's schedule, last run and failures.
+    #[serde(default)]
+    pub backups: Vec<BackupStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LockInfo {
+    pub operation: String,
+    pub holder: String,
+    pub since: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ServiceStatus {
+    pub name: String,
+    /// `web`, `worker` or `accessory`.
+    pub role: String,
+    pub release: Option<i64>,
+    pub desired_replicas: u32,
+    pub replicas: Vec<ReplicaStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    pub container: String,
+    pub state: String,
+    /// `healthy`, `unhealthy` or `unknown`.
+    pub health: String,
+    pub health_detail: Option<String>,
+    pub started_at: Option<String>,
+    pub uptime_seconds: Option<u64>,
+    pub restarts: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LogLine {
+    pub container: String,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    pub line: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExecRequest {
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum ExecEvent {
+    Output { stream: String, data: String },
+    Exit { code: i64, container: String },
+    Error { message: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SecretValue {
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SecretInfo {
+    pub name: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// Services of the live release that use it (a changed secret reaches them on the next deploy).
+    #[serde(default)]
+    pub used_by: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub at: i64,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub result: String,
+    pub detail: String,
+}
+
+// ---- backups ----------------------------------------------------------------------------
+
+/// The manifest a backup command is about, as the CLI read it. Without one the agent uses
+/// the live release's manifest.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ManifestText {
+    pub manifest: String,
+    pub manifest_path: String,
+    pub base_dir: String,
+    pub environment: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct BackupRunRequest {
+    #[serde(default)]
+    pub manifest: Option<ManifestText>,
+    /// Backup names; empty means every backup in the manifest.
+    #[serde(default)]
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct BackupListRequest {
+    #[serde(default)]
+    pub manifest: Option<ManifestText>,
+    pub name: Option<String>,
+    /// Re-read every storage's records instead of the agent's catalog.
+    #[serde(default)]
+    pub refresh: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct BackupVerifyRequest {
+    #[serde(default)]
+    pub manifest: Option<ManifestText>,
+    /// Backup names; empty means every backup in the manifest.
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// One backup only; every kept backup when absent.
+    pub id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct BackupPruneRequest {
+    #[serde(default)]
+    pub manifest: Option<ManifestText>,
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// Say what would go without deleting anything.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct RestoreRequest {
+    #[serde(default)]
+    pub manifest: Option<ManifestText>,
+    pub name: String,
+    /// The backup; the newest (at or before `at`) when absent.
+    pub id: Option<String>,
+    /// RFC 3339 time, or `YYYY-MM-DD[ HH:MM]` in the server's time zone.
+    pub at: Option<String>,
+    /// An absolute path on the agent's machine to restore to instead of the live data.
+    pub to: Option<String>,
+    /// Replace live data (after a safety backup of it).
+    #[serde(default)]
+    pub force: bool,
+    /// The storage to read from (default: the first that holds the backup).
+    pub from: Option<String>,
+    /// The text of an age identity file, for backups this agent's key cannot open (a new
+    /// server). Used for this restore only, never stored.
+    pub identity: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct BackupsOutcome {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runs: Vec<BackupResult>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub verified: Vec<VerifyResult>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pruned: Vec<PruneResult>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored: Option<RestoreResult>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BackupResult {
+    pub name: String,
+    pub id: Option<String>,
+    /// `ok` (every copy stored and verified), `partial` (some copies) or `failed`.
+    pub status: String,
+    pub source: String,
+    pub source_summary: Option<String>,
+    pub content_size: Option<u64>,
+    pub size: Option<u64>,
+    pub copies: Vec<CopyResult>,
+    /// Reading, compressing, encrypting and storing every copy.
+    #[serde(default)]
+    pub write_ms: Option<u64>,
+    /// Reading every copy back and checking it.
+    #[serde(default)]
+    pub verify_ms: Option<u64>,
+    pub error: Option<String>,
+    /// A short machine-readable cause: `source-failed`, `unreachable`, `disk-full`...
+    pub cause: Option<String>,
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CopyResult {
+    pub storage: String,
+    pub ok: bool,
+    /// What the read-back check found.
+    pub check: Option<String>,
+    pub error: Option<String>,
+    pub cause: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VerifyResult {
+    pub name: String,
+    pub id: String,
+    pub storage: String,
+    pub ok: bool,
+    pub check: Option<String>,
+    pub error: Option<String>,
+    pub cause: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PruneResult {
+    pub name: String,
+    pub storage: String,
+    pub kept: Vec<String>,
+    pub removed: Vec<String>,
+    pub dry_run: bool,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RestoreResult {
+    pub name: String,
+    pub id: String,
+    pub storage: String,
+    /// What was replaced or written (`volume shop_data`, `/srv/restore/app.db`...).
+    pub target: String,
+    /// The safety backup taken of what was replaced, if there was anything.
+    pub safety_backup: Option<String>,
+    pub bytes: u64,
+    /// Each thing done, in order.
+    pub actions: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct BackupList {
+    pub backups: Vec<BackupInfo>,
+    /// Storage that could not be read (the list may be incomplete).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BackupInfo {
+    pub name: String,
+    pub id: String,
+    pub kind: String,
+    /// `scheduled`, `manual` or `safety`.
+    pub reason: String,
+    /// Milliseconds since the epoch.
+    pub created_at: i64,
+    /// Stored bytes.
+    pub size: u64,
+    pub content_size: u64,
+    pub source: String,
+    pub copies: Vec<CopyInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CopyInfo {
+    pub storage: String,
+    /// Milliseconds since the epoch.
+    pub verified_at: i64,
+    pub check: String,
+    /// Set when the latest re-verification failed.
+    pub verify_error: Option<String>,
+}
+
+/// A backup's health in `berth status`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BackupStatus {
+    pub name: String,
+    pub schedule: Option<String>,
+    /// Milliseconds since the epoch.
+    pub next_run: Option<i64>,
+    pub last_ok: Option<i64>,
+    /// The latest run of any kind: its operation, status and error.
+    pub last_run: Option<BackupRunInfo>,
+    /// Copies whose latest verification failed.
+    pub failing_copies: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BackupRunInfo {
+    pub operation: String,
+    pub status: String,
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+    pub backup_id: Option<String>,
+    pub cause: Option<String>,
+    pub error: Option<String>,
+}

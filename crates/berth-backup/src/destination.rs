@@ -1,0 +1,685 @@
+//! Where backups are stored: a directory on the server, or an S3-compatible bucket (AWS,
+//! DigitalOcean Spaces, Backblaze B2, Cloudflare R2, MinIO, Garage...).
+//!
+//! Both hold the same layout, `APP/NAME/ID.KIND.zst.age` beside `APP/NAME/ID.json`, and both
+//! make an object appear whole or not at all: a directory writes to a hidden `.partial` file
+//! and renames it after `fsync`; a bucket completes (or aborts) a multipart upload.
+
+use crate::error::{BackupError, Result, is_disk_full};
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::BoxStream;
+use futures_util::{StreamExt, TryStreamExt};
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, oneshot};
+
+/// How an S3-compatible destination is reached. Credentials come from the agent's secrets.
+#[derive(Debug, Clone)]
+pub struct S3Settings {
+    pub bucket: String,
+    /// `https://…` for anything but AWS itself (whose endpoint follows from the region).
+    pub endpoint: Option<String>,
+    pub region: String,
+    /// Address buckets as `endpoint/bucket` (MinIO, Garage) instead of `bucket.endpoint`.
+    pub path_style: bool,
+    /// A key prefix inside the bucket, without slashes at either end (may be empty).
+    pub prefix: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    /// The names of the secrets the keys came from, for error messages.
+    pub key_secret_names: (String, String),
+    /// Bytes per multipart part; uploads larger than one part go up in parts.
+    pub part_size: usize,
+    /// Parts in flight at once.
+    pub concurrency: usize,
+}
+
+pub enum Destination {
+    Local(LocalDir),
+    S3(Box<S3Bucket>),
+}
+
+impl Destination {
+    pub fn local(name: &str, root: PathBuf) -> Self {
+        Destination::Local(LocalDir {
+            name: name.to_owned(),
+            root,
+        })
+    }
+
+    pub fn s3(name: &str, settings: S3Settings) -> Result<Self> {
+        let endpoint = settings.endpoint.clone();
+        let mut builder = AmazonS3Builder::new()
+            .with_bucket_name(&settings.bucket)
+            .with_region(&settings.region)
+            .with_access_key_id(&settings.access_key_id)
+            .with_secret_access_key(&settings.secret_access_key)
+            .with_virtual_hosted_style_request(!settings.path_style)
+            .with_retry(object_store::RetryConfig {
+                backoff: object_store::BackoffConfig {
+                    init_backoff: Duration::from_millis(200),
+                    max_backoff: Duration::from_secs(5),
+                    base: 2.0,
+                },
+                max_retries: 3,
+                retry_timeout: Duration::from_secs(60),
+            })
+            .with_client_options(
+                object_store::ClientOptions::new()
+                    .with_connect_timeout(Duration::from_secs(10))
+                    .with_timeout(Duration::from_secs(300))
+                    .with_allow_http(
+                        endpoint
+                            .as_deref()
+                            .is_some_and(|e| e.starts_with("http://")),
+                    ),
+            );
+        if let Some(endpoint) = &endpoint {
+            builder = builder.with_endpoint(endpoint);
+        }
+        let store = builder.build().map_err(|e| {
+            BackupError::Invalid(format!("destination {name}: cannot set up S3: {e}"))
+        })?;
+        Ok(Destination::S3(Box::new(S3Bucket {
+            name: name.to_owned(),
+            store: Arc::new(store),
+            settings,
+        })))
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Destination::Local(d) => &d.name,
+            Destination::S3(b) => &b.name,
+        }
+    }
+
+    /// Where it is, for people: a path or `s3://bucket/prefix at endpoint`.
+    pub fn describe(&self) -> String {
+        match self {
+            Destination::Local(d) => d.root.display().to_string(),
+            Destination::S3(b) => b.url(),
+        }
+    }
+
+    pub fn is_local(&self) -> bool {
+        matches!(self, Destination::Local(_))
+    }
+
+    /// Stores the chunks arriving on `chunks` as `key`, once `commit` says `true` after the
+    /// channel closed; anything else leaves no trace. Returns the bytes stored.
+    pub async fn put_stream(
+        &self,
+        key: &str,
+        chunks: mpsc::Receiver<Bytes>,
+        commit: oneshot::Receiver<bool>,
+        progress: Arc<AtomicU64>,
+    ) -> Result<u64> {
+        match self {
+            Destination::Local(d) => d.put_stream(key, chunks, commit, progress).await,
+            Destination::S3(b) => b.put_stream(key, chunks, commit, progress).await,
+        }
+    }
+
+    /// Stores a small object atomically.
+    pub async fn put_bytes(&self, key: &str, data: Bytes) -> Result<()> {
+        match self {
+            Destination::Local(d) => d.put_bytes(key, data).await,
+            Destination::S3(b) => b
+                .store
+                .put(&b.path(key), data.into())
+                .await
+                .map(|_| ())
+                .map_err(|e| b.classify(e, key)),
+        }
+    }
+
+    pub async fn get_stream(&self, key: &str) -> Result<BoxStream<'static, Result<Bytes>>> {
+        match self {
+            Destination::Local(d) => d.get_stream(key).await,
+            Destination::S3(b) => {
+                let result = b
+                    .store
+                    .get(&b.path(key))
+                    .await
+                    .map_err(|e| b.classify(e, key))?;
+                let this = b.error_context();
+                let key = key.to_owned();
+                Ok(result
+                    .into_stream()
+                    .map_err(move |e| this.classify(e, &key))
+                    .boxed())
+            }
+        }
+    }
+
+    pub async fn get_bytes(&self, key: &str) -> Result<Bytes> {
+        let mut stream = self.get_stream(key).await?;
+        let mut data = BytesMut::new();
+        while let Some(chunk) = stream.next().await {
+            data.extend_from_slice(&chunk?);
+        }
+        Ok(data.freeze())
+    }
+
+    /// The file names directly under `dir` (a key prefix such as `app/db`).
+    pub async fn list(&self, dir: &str) -> Result<Vec<String>> {
+        match self {
+            Destination::Local(d) => d.list(dir).await,
+            Destination::S3(b) => {
+                let prefix = b.path(dir);
+                let listing = b
+                    .store
+                    .list_with_delimiter(Some(&prefix))
+                    .await
+                    .map_err(|e| b.classify(e, dir))?;
+                Ok(listing
+                    .objects
+                    .into_iter()
+                    .filter_map(|o| o.location.filename().map(str::to_owned))
+                    .collect())
+            }
+        }
+    }
+
+    /// Removes unfinished uploads under `dir` older than `age` (what a crash mid-backup left)
+    /// and returns their names. A bucket keeps unfinished multipart uploads out of listings;
+    /// a lifecycle rule on the bucket expires them.
+    pub async fn remove_stale_partials(&self, dir: &str, age: std::time::Duration) -> Vec<String> {
+        let Destination::Local(local) = self else {
+            return Vec::new();
+        };
+        let path = local.path(dir);
+        let Ok(mut entries) = tokio::fs::read_dir(&path).await else {
+            return Vec::new();
+        };
+        let mut removed = Vec::new();
+        while let Ok(Some(entry)) = entries.next_entry().await {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !(name.starts_with('.') && name.ends_with(".partial")) {
+                continue;
+            }
+            let old = entry
+                .metadata()
+                .await
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|elapsed| elapsed > age);
+            if old && tokio::fs::remove_file(entry.path()).await.is_ok() {
+                removed.push(name);
+            }
+        }
+        removed
+    }
+
+    /// Removes `key`; a missing key is not an error.
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        match self {
+            Destination::Local(d) => d.delete(key).await,
+            Destination::S3(b) => match b.store.delete(&b.path(key)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(b.classify(e, key)),
+            },
+        }
+    }
+}
+
+pub struct LocalDir {
+    name: String,
+    root: PathBuf,
+}
+
+impl LocalDir {
+    fn path(&self, key: &str) -> PathBuf {
+        self.root.join(key)
+    }
+
+    fn io_error(&self, path: &Path, action: &str, error: std::io::Error) -> BackupError {
+        if is_disk_full(&error) {
+            BackupError::DiskFull {
+                destination: self.name.clone(),
+                path: path.display().to_string(),
+            }
+        } else if error.kind() == std::io::ErrorKind::NotFound && action == "read" {
+            BackupError::NotFound {
+                destination: self.name.clone(),
+                key: path.display().to_string(),
+            }
+        } else {
+            BackupError::Storage {
+                destination: self.name.clone(),
+                detail: format!("cannot {action} {}: {error}", path.display()),
+            }
+        }
+    }
+
+    /// The hidden file an object is written to before it is complete.
+    fn partial_path(&self, key: &str) -> PathBuf {
+        let path = self.path(key);
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        path.with_file_name(format!(".{name}.partial"))
+    }
+
+    async fn put_stream(
+        &self,
+        key: &str,
+        mut chunks: mpsc::Receiver<Bytes>,
+        commit: oneshot::Receiver<bool>,
+        progress: Arc<AtomicU64>,
+    ) -> Result<u64> {
+        let path = self.path(key);
+        let partial = self.partial_path(key);
+        if let Some(dir) = path.parent() {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(|e| self.io_error(dir, "create", e))?;
+        }
+        let result = async {
+            let mut file = tokio::fs::File::create(&partial)
+                .await
+                .map_err(|e| self.io_error(&partial, "create", e))?;
+            let mut written = 0u64;
+            while let Some(chunk) = chunks.recv().await {
+                file.write_all(&chunk)
+                    .await
+                    .map_err(|e| self.io_error(&partial, "write", e))?;
+                written += chunk.len() as u64;
+                progress.store(written, Ordering::Relaxed);
+            }
+            if !commit.await.unwrap_or(false) {
+                return Err(BackupError::Source("the backup was abandoned".to_owned()));
+            }
+            file.flush()
+                .await
+                .map_err(|e| self.io_error(&partial, "write", e))?;
+            file.sync_all()
+                .await
+                .map_err(|e| self.io_error(&partial, "sync", e))?;
+            drop(file);
+            tokio::fs::rename(&partial, &path)
+                .await
+                .map_err(|e| self.io_error(&path, "rename into", e))?;
+            sync_dir(path.parent()).await;
+            Ok(written)
+        }
+        .await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&partial).await;
+        }
+        result
+    }
+
+    async fn put_bytes(&self, key: &str, data: Bytes) -> Result<()> {
+        // The same hidden-file, fsync and rename path as a whole backup.
+        let (sender, chunks) = mpsc::channel(1);
+        let (commit, committed) = oneshot::channel();
+        let _ = sender.send(data).await;
+        drop(sender);
+        let _ = commit.send(true);
+        self.put_stream(key, chunks, committed, Arc::new(AtomicU64::new(0)))
+            .await
+            .map(|_| ())
+    }
+
+    async fn get_stream(&self, key: &str) -> Result<BoxStream<'static, Result<Bytes>>> {
+        let path = self.path(key);
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| self.io_error(&path, "read", e))?;
+        let name = self.name.clone();
+        let shown = path.display().to_string();
+        Ok(
+            tokio_util::io::ReaderStream::with_capacity(file, crate::pipeline::CHUNK)
+                .map_err(move |e| BackupError::Storage {
+                    destination: name.clone(),
+                    detail: format!("cannot read {shown}: {e}"),
+                })
+                .boxed(),
+        )
+    }
+
+    async fn list(&self, dir: &str) -> Result<Vec<String>> {
+        let path = self.path(dir);
+        let mut entries = match tokio::fs::read_dir(&path).await {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.io_error(&path, "list", e)),
+        };
+        let mut names = Vec::new();
+        while let Some(entry) = entries
+            .next_entry()
+            .await
+            .map_err(|e| self.io_error(&path, "list", e))?
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with('.') {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let path = self.path(key);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.io_error(&path, "delete", e)),
+        }
+    }
+}
+
+async fn sync_dir(dir: Option<&Path>) {
+    if let Some(dir) = dir
+        && let Ok(handle) = tokio::fs::File::open(dir).await
+    {
+        let _ = handle.sync_all().await;
+    }
+}
+
+pub struct S3Bucket {
+    name: String,
+    store: Arc<AmazonS3>,
+    settings: S3Settings,
+}
+
+/// What an S3 error message needs, detached from the bucket so streams can own it.
+#[derive(Clone)]
+struct S3ErrorContext {
+    name: String,
+    bucket: String,
+    endpoint: String,
+    key_secret_names: (String, String),
+}
+
+impl S3Bucket {
+    fn path(&self, key: &str) -> ObjectPath {
+        if self.settings.prefix.is_empty() {
+            ObjectPath::from(key)
+        } else {
+            ObjectPath::from(format!("{}/{key}", self.settings.prefix))
+        }
+    }
+
+    fn url(&self) -> String {
+        let mut url = format!("s3://{}", self.settings.bucket);
+        if !self.settings.prefix.is_empty() {
+            url.push('/');
+            url.push_str(&self.settings.prefix);
+        }
+        if let Some(endpoint) = &self.settings.endpoint {
+            url.push_str(" at ");
+            url.push_str(endpoint);
+        }
+        url
+    }
+
+    fn error_context(&self) -> S3ErrorContext {
+        S3ErrorContext {
+            name: self.name.clone(),
+            bucket: self.settings.bucket.clone(),
+            endpoint: self
+                .settings
+                .endpoint
+                .clone()
+                .unwrap_or_else(|| format!("s3.{}.amazonaws.com", self.settings.region)),
+            key_secret_names: self.settings.key_secret_names.clone(),
+        }
+    }
+
+    fn classify(&self, error: object_store::Error, key: &str) -> BackupError {
+        self.error_context().classify(error, key)
+    }
+
+    async fn put_stream(
+        &self,
+        key: &str,
+        mut chunks: mpsc::Receiver<Bytes>,
+        commit: oneshot::Receiver<bool>,
+        progress: Arc<AtomicU64>,
+    ) -> Result<u64> {
+        let path = self.path(key);
+        let part_size = self.settings.part_size.max(5 << 20);
+        // Hold back the first part: a backup smaller than one part goes up in one PUT.
+        let mut first = BytesMut::new();
+        let mut written = 0u64;
+        while first.len() < part_size {
+            match chunks.recv().await {
+                Some(chunk) => {
+                    written += chunk.len() as u64;
+                    first.extend_from_slice(&chunk);
+                }
+                None => {
+                    if !commit.await.unwrap_or(false) {
+                        return Err(BackupError::Source("the backup was abandoned".to_owned()));
+                    }
+                    self.store
+                        .put(&path, first.freeze().into())
+                        .await
+                        .map_err(|e| self.classify(e, key))?;
+                    progress.store(written, Ordering::Relaxed);
+                    return Ok(written);
+                }
+            }
+        }
+        let upload = self
+            .store
+            .put_multipart(&path)
+            .await
+            .map_err(|e| self.classify(e, key))?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, part_size);
+        let outcome = async {
+            writer.put(first.freeze());
+            while let Some(chunk) = chunks.recv().await {
+                writer
+                    .wait_for_capacity(self.settings.concurrency.max(1))
+                    .await
+                    .map_err(|e| self.classify(e, key))?;
+                written += chunk.len() as u64;
+                writer.put(chunk);
+                progress.store(written, Ordering::Relaxed);
+            }
+            Ok::<_, BackupError>(commit.await.unwrap_or(false))
+        }
+        .await;
+        match outcome {
+            Ok(true) => {
+                writer.finish().await.map_err(|e| self.classify(e, key))?;
+                progress.store(written, Ordering::Relaxed);
+                Ok(written)
+            }
+            Ok(false) => {
+                let _ = writer.abort().await;
+                Err(BackupError::Source("the backup was abandoned".to_owned()))
+            }
+            Err(error) => {
+                let _ = writer.abort().await;
+                Err(error)
+            }
+        }
+    }
+}
+
+impl S3ErrorContext {
+    fn classify(&self, error: object_store::Error, key: &str) -> BackupError {
+        let text = error_chain(&error);
+        let lower = text.to_ascii_lowercase();
+        let refused_credentials = matches!(
+            error,
+            object_store::Error::Unauthenticated { .. }
+                | object_store::Error::PermissionDenied { .. }
+        ) || [
+            "invalidaccesskeyid",
+            "signaturedoesnotmatch",
+            "accessdenied",
+            "403 forbidden",
+            "status 403",
+        ]
+        .iter()
+        .any(|needle| lower.contains(needle));
+        if lower.contains("nosuchbucket") {
+            return BackupError::NoSuchBucket {
+                destination: self.name.clone(),
+                bucket: self.bucket.clone(),
+            };
+        }
+        if refused_credentials {
+            return BackupError::CredentialsRefused {
+                destination: self.name.clone(),
+                detail: summarize(&text),
+                key_secret: self.key_secret_names.0.clone(),
+                secret_secret: self.key_secret_names.1.clone(),
+            };
+        }
+        if let object_store::Error::NotFound { .. } = error {
+            return BackupError::NotFound {
+                destination: self.name.clone(),
+                key: key.to_owned(),
+            };
+        }
+        let unreachable = [
+            "connection refused",
+            "error trying to connect",
+            "tcp connect error",
+            "dns error",
+            "failed to lookup address",
+            "connection reset",
+            "timed out",
+            "deadline has elapsed",
+            "error sending request",
+            "client error (connect)",
+        ]
+        .iter()
+        .any(|needle| lower.contains(needle));
+        if unreachable {
+            return BackupError::Unreachable {
+                destination: self.name.clone(),
+                endpoint: self.endpoint.clone(),
+                detail: summarize(&text),
+            };
+        }
+        BackupError::Storage {
+            destination: self.name.clone(),
+            detail: format!("{key}: {}", summarize(&text)),
+        }
+    }
+}
+
+/// The error and its sources, joined: the useful part of an object_store error is often
+/// several sources deep.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        let part = inner.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = inner.source();
+    }
+    text
+}
+
+/// Keeps error text to one readable line.
+fn summarize(text: &str) -> String {
+    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if line.len() > 400 {
+        let mut end = 400;
+        while !line.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}…", &line[..end])
+    } else {
+        line
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn put(dest: &Destination, key: &str, data: &[u8], commit: bool) -> Result<u64> {
+        let (tx, rx) = mpsc::channel(4);
+        let (commit_tx, commit_rx) = oneshot::channel();
+        let data = Bytes::copy_from_slice(data);
+        let feeder = tokio::spawn(async move {
+            for chunk in data.chunks(1000) {
+                if tx.send(Bytes::copy_from_slice(chunk)).await.is_err() {
+                    break;
+                }
+            }
+            drop(tx);
+            let _ = commit_tx.send(commit);
+        });
+        let result = dest
+            .put_stream(key, rx, commit_rx, Arc::new(AtomicU64::new(0)))
+            .await;
+        feeder.await.unwrap();
+        result
+    }
+
+    #[tokio::test]
+    async fn a_local_object_appears_only_when_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = Destination::local("local", dir.path().to_owned());
+        let data = vec![5u8; 10_000];
+        assert_eq!(
+            put(&dest, "app/db/a.bin", &data, true).await.unwrap(),
+            10_000
+        );
+        assert!(put(&dest, "app/db/b.bin", &data, false).await.is_err());
+        assert_eq!(dest.list("app/db").await.unwrap(), ["a.bin"]);
+        assert_eq!(dest.get_bytes("app/db/a.bin").await.unwrap(), data);
+        dest.delete("app/db/a.bin").await.unwrap();
+        dest.delete("app/db/a.bin").await.unwrap();
+        assert!(dest.list("app/db").await.unwrap().is_empty());
+        let missing = dest.get_bytes("app/db/a.bin").await.unwrap_err();
+        assert!(matches!(missing, BackupError::NotFound { .. }), "{missing}");
+    }
+
+    #[tokio::test]
+    async fn stale_partial_uploads_are_removed_fresh_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = Destination::local("local", dir.path().to_owned());
+        let folder = dir.path().join("app/db");
+        std::fs::create_dir_all(&folder).unwrap();
+        let stale = folder.join(".20250101T000000Z-aaaa.sqlite.zst.age.partial");
+        let fresh = folder.join(".20250102T000000Z-bbbb.sqlite.zst.age.partial");
+        std::fs::write(&stale, b"x").unwrap();
+        std::fs::write(&fresh, b"x").unwrap();
+        let two_days_ago =
+            std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86_400);
+        std::fs::File::options()
+            .write(true)
+            .open(&stale)
+            .unwrap()
+            .set_modified(two_days_ago)
+            .unwrap();
+        let removed = dest
+            .remove_stale_partials("app/db", std::time::Duration::from_secs(86_400))
+            .await;
+        assert_eq!(removed.len(), 1);
+        assert!(!stale.exists());
+        assert!(fresh.exists());
+    }
+
+    #[test]
+    fn long_errors_are_summarized_on_one_line() {
+        let text = format!("a\n  b {}", "x".repeat(1000));
+        let line = summarize(&text);
+        assert!(!line.contains('\n'));
+        assert!(line.len() < 410);
+    }
+}

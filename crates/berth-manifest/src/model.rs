@@ -1,0 +1,390 @@
+//! The resolved, validated manifest: what the agent acts on and stores with each release.
+//! Every value has been checked and every default filled in.
+
+use crate::backups::BackupSettings;
+use crate::units::duration_ms;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The app's instance name on the agent (`app`, or `app-ENV` for an environment overlay
+    /// that does not name the app itself).
+    pub app: String,
+    /// The environment overlay applied, if any.
+    pub environment: Option<String>,
+    /// Services replaced on every deploy, by name.
+    pub services: BTreeMap<String, Service>,
+    /// Long-lived accessories, by name.
+    pub accessories: BTreeMap<String, Service>,
+    pub deploy: DeploySettings,
+    /// Backups, their storage and encryption. Absent in manifests stored before backups
+    /// existed.
+    #[serde(default)]
+    pub backup: BackupSettings,
+}
+
+impl Manifest {
+    /// Services that receive HTTP traffic through berth's proxy or on the app network.
+    pub fn web_services(&self) -> impl Iterator<Item = &Service> {
+        self.services.values().filter(|s| s.role() == Role::Web)
+    }
+
+    pub fn workers(&self) -> impl Iterator<Item = &Service> {
+        self.services.values().filter(|s| s.role() == Role::Worker)
+    }
+
+    /// Every secret name any service or accessory needs.
+    pub fn secret_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .services
+            .values()
+            .chain(self.accessories.values())
+            .flat_map(|s| s.secrets.iter().map(|r| r.name.as_str()))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
+    /// Names of the services in an order that respects `depends_on` among services.
+    pub fn service_start_order(&self) -> Vec<&str> {
+        topological_order(&self.services)
+    }
+
+    /// Names of the accessories in an order that respects `depends_on` among accessories.
+    pub fn accessory_start_order(&self) -> Vec<&str> {
+        topological_order(&self.accessories)
+    }
+}
+
+fn topological_order(services: &BTreeMap<String, Service>) -> Vec<&str> {
+    let mut ordered: Vec<&str> = Vec::new();
+    // Validation has refused cycles, so repeatedly taking every service whose in-group
+    // dependencies are already placed terminates.
+    while ordered.len() < services.len() {
+        let before = ordered.len();
+        for (name, service) in services {
+            if ordered.contains(&name.as_str()) {
+                continue;
+            }
+            let ready = service
+                .depends_on
+                .iter()
+                .filter(|d| services.contains_key(*d))
+                .all(|d| ordered.contains(&d.as_str()));
+            if ready {
+                ordered.push(name);
+            }
+        }
+        if ordered.len() == before {
+            // Unreachable for validated manifests; keep the rest in name order.
+            for name in services.keys() {
+                if !ordered.contains(&name.as_str()) {
+                    ordered.push(name);
+                }
+            }
+        }
+    }
+    ordered
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Listens on a port; gated by an HTTP or TCP check; may be routed.
+    Web,
+    /// No port; replaced after the web services are live.
+    Worker,
+    /// Long-lived; not replaced by deploys.
+    Accessory,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Web => "web",
+            Role::Worker => "worker",
+            Role::Accessory => "accessory",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeploySettings {
+    pub keep_releases: u32,
+    #[serde(with = "duration_ms")]
+    pub drain_timeout: Duration,
+    #[serde(with = "duration_ms")]
+    pub release_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Service {
+    pub name: String,
+    pub accessory: bool,
+    pub source: ImageSource,
+    pub port: Option<u16>,
+    pub command: Option<Vec<String>>,
+    pub env: BTreeMap<String, String>,
+    pub secrets: Vec<SecretRef>,
+    pub volumes: Vec<VolumeMount>,
+    pub healthcheck: Healthcheck,
+    pub release_command: Option<Vec<String>>,
+    pub replicas: u32,
+    pub memory: Option<u64>,
+    pub cpus: Option<f64>,
+    #[serde(with = "duration_ms")]
+    pub stop_timeout: Duration,
+    pub depends_on: Vec<String>,
+    pub gpus: Option<Gpus>,
+    pub route: Option<Route>,
+    pub publish: Vec<PortBinding>,
+    pub restart: RestartPolicy,
+    pub init: bool,
+    pub logging: Logging,
+}
+
+impl Service {
+    pub fn role(&self) -> Role {
+        if self.accessory {
+            Role::Accessory
+        } else if self.port.is_some() {
+            Role::Web
+        } else {
+            Role::Worker
+        }
+    }
+
+    /// A stable fingerprint of everything that shapes this service's containers. Accessories
+    /// are recreated only when it changes. Secret values are mixed in by the caller.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        hex::encode(Sha256::digest(&json))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImageSource {
+    /// Use (and pull if missing) an existing image.
+    Image { reference: String },
+    /// Build from a context directory on the machine running the CLI.
+    Build(BuildSpec),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildSpec {
+    /// Absolute path of the context directory (resolved against the manifest's directory).
+    pub context: PathBuf,
+    /// Dockerfile path relative to the context.
+    pub dockerfile: String,
+    pub args: BTreeMap<String, String>,
+    pub target: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretRef {
+    pub name: String,
+    pub delivery: SecretDelivery,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SecretDelivery {
+    /// An environment variable named like the secret.
+    Env,
+    /// A read-only file at `/run/secrets/NAME`.
+    File,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeMount {
+    pub source: VolumeSource,
+    pub target: String,
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VolumeSource {
+    /// A Docker named volume, created as `APP_NAME` so apps never share one by accident.
+    Named(String),
+    /// A directory on the agent's host.
+    Bind(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Healthcheck {
+    pub probe: Probe,
+    #[serde(with = "duration_ms")]
+    pub interval: Duration,
+    #[serde(with = "duration_ms")]
+    pub timeout: Duration,
+    #[serde(with = "duration_ms")]
+    pub start_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Probe {
+    /// GET `path` on the service's port; healthy when the status is in range.
+    Http { path: String, status: StatusRange },
+    /// Healthy when the port accepts a connection.
+    Tcp,
+    /// Healthy when the command exits 0 inside the container.
+    Command(Vec<String>),
+    /// Healthy when the container is still running after the start period (workers and
+    /// accessories without a check).
+    Running,
+}
+
+impl Probe {
+    pub fn describe(&self, port: Option<u16>) -> String {
+        match self {
+            Probe::Http { path, status } => format!(
+                "GET {path} on port {} expecting {status}",
+                port.unwrap_or_default()
+            ),
+            Probe::Tcp => format!("TCP connect to port {}", port.unwrap_or_default()),
+            Probe::Command(cmd) => format!("command `{}` exits 0", cmd.join(" ")),
+            Probe::Running => "container keeps running".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusRange {
+    pub min: u16,
+    pub max: u16,
+}
+
+impl StatusRange {
+    pub fn contains(&self, status: u16) -> bool {
+        (self.min..=self.max).contains(&status)
+    }
+}
+
+impl std::fmt::Display for StatusRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.min == self.max {
+            write!(f, "status {}", self.min)
+        } else if self.min.is_multiple_of(100) && self.max == self.min + 99 {
+            write!(f, "status {}xx", self.min / 100)
+        } else {
+            write!(f, "status {}-{}", self.min, self.max)
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Gpus {
+    All,
+    Count(u32),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Route {
+    /// Lower-case host names; empty routes every host.
+    pub domains: Vec<String>,
+    /// Path prefix, starting with `/`, without a trailing slash unless it is `/`.
+    pub path: String,
+    #[serde(default)]
+    pub strip_prefix: bool,
+    #[serde(default)]
+    pub tls: Tls,
+    #[serde(default = "yes")]
+    pub redirect_http: bool,
+    #[serde(default = "yes")]
+    pub hsts: bool,
+    #[serde(default = "default_max_body")]
+    pub max_body: u64,
+    #[serde(with = "duration_ms", default = "default_response_timeout")]
+    pub response_timeout: Duration,
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
+    #[serde(default)]
+    pub balance: Balance,
+}
+
+fn yes() -> bool {
+    true
+}
+
+pub const DEFAULT_MAX_BODY: u64 = 10 << 20;
+
+fn default_max_body() -> u64 {
+    DEFAULT_MAX_BODY
+}
+
+fn default_response_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Tls {
+    /// Certificates from the agent's ACME directory for every domain (when the agent serves
+    /// HTTPS); plain HTTP for a route without domains.
+    #[default]
+    Auto,
+    Off,
+    /// Certificate and key files on the server.
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimit {
+    pub requests: u32,
+    #[serde(with = "duration_ms")]
+    pub per: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    LeastConnections,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortBinding {
+    pub host_ip: Option<String>,
+    pub host_port: u16,
+    pub container_port: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    UnlessStopped,
+    Always,
+    OnFailure,
+    No,
+}
+
+impl RestartPolicy {
+    pub fn as_docker(self) -> &'static str {
+        match self {
+            RestartPolicy::UnlessStopped => "unless-stopped",
+            RestartPolicy::Always => "always",
+            RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::No => "no",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Logging {
+    pub driver: String,
+    pub max_size: u64,
+    pub max_files: u32,
+}

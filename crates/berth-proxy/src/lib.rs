@@ -1,0 +1,1240 @@
+//! berth's edge: an HTTP reverse proxy (HTTP/1.1 and HTTP/2 from clients, over plain TCP or
+//! TLS) that routes by host and path prefix to the live release's containers.
+//!
+//! What makes deploys lose no requests:
+//! - the route table is immutable and swapped atomically ([`Proxy::set_app_routes`]), so each
+//!   request sees either the old release or the new one, never a mix or a gap;
+//! - every upstream counts its in-flight requests, WebSockets and streams included, so the
+//!   agent can wait for the old release to drain ([`Upstream::wait_drained`]) before its
+//!   containers get SIGTERM;
+//! - a request that could not be delivered (connection refused, a pooled connection closed
+//!   before the request was written) is retried on another replica, re-reading the route
+//!   table, for up to [`ProxyConfig::retry_budget`]; a request that reached an upstream is
+//!   never sent twice unless it is a body-less idempotent one.
+//!
+//! What protects it: limits on header size and time (slowloris), body size, response time,
+//! open connections and (per route) requests per client; malformed requests get a 400 from
+//! hyper's parser, which refuses ambiguous framing (request smuggling).
+
+mod access_log;
+mod body;
+mod framing;
+mod limits;
+mod metrics;
+mod pages;
+mod routes;
+mod upstream;
+
+pub use access_log::{AccessLog, AccessRecord};
+pub use limits::RateLimit;
+pub use metrics::ProxyMetrics;
+pub use routes::{Balance, RouteSettings, RouteSpec, RouteSummary};
+pub use upstream::Upstream;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body::{Body, Frame};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use limits::RateLimiter;
+
+use routes::{Route, RouteTable};
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use upstream::InflightGuard;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use body::ProxyBody;
+
+/// Listener-wide settings (per-route ones are in [`RouteSettings`]).
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// How long to wait for a TCP connection to an upstream.
+    pub connect_timeout: Duration,
+    /// How long a request may keep looking for an upstream that accepts it before a 502.
+    pub retry_budget: Duration,
+    /// How long a client may take to send request headers, and how long an idle keep-alive
+    /// connection stays open (slowloris protection).
+    pub header_read_timeout: Duration,
+    /// Largest request head accepted (431 beyond it).
+    pub max_header_size: usize,
+    /// Client connections accepted at once; more wait in the listen queue.
+    pub max_connections: usize,
+    /// How long an upstream that refused a connection is skipped.
+    pub passive_down_time: Duration,
+    /// How long a TLS handshake may take.
+    pub tls_handshake_timeout: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(2),
+            retry_budget: Duration::from_secs(5),
+            header_read_timeout: Duration::from_secs(30),
+            max_header_size: 32 * 1024,
+            max_connections: 10_000,
+            passive_down_time: Duration::from_secs(2),
+            tls_handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the proxy asks of the TLS side.
+pub trait TlsHooks: Send + Sync {
+    /// The key authorization for a pending ACME HTTP-01 token.
+    fn http01_response(&self, token: &str) -> Option<String>;
+    /// Whether HTTPS can be served for `host` now (plain HTTP redirects only then).
+    fn serves_https(&self, host: &str) -> bool;
+}
+
+/// The threads serving one listener address.
+pub struct ProxyWorkers {
+    /// The address bound (a real port when port 0 was asked for).
+    pub addr: SocketAddr,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl ProxyWorkers {
+    /// Waits until every thread has stopped (after the stop signal and grace period).
+    pub fn join(self) {
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A listening socket other threads may bind too (the kernel spreads connections).
+fn bind_shared(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// How a listener's connections arrive.
+#[derive(Clone)]
+pub enum Scheme {
+    Http,
+    Https(Arc<rustls::ServerConfig>),
+}
+
+impl Scheme {
+    fn name(&self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https(_) => "https",
+        }
+    }
+}
+
+pub struct Proxy {
+    config: ProxyConfig,
+    table: ArcSwap<RouteTable>,
+    /// The routes of every app; the table is rebuilt from these on each change.
+    apps: Mutex<BTreeMap<String, Vec<RouteSpec>>>,
+    /// Rate limiters by (app, service, path), kept across table rebuilds so a deploy does not
+    /// reset them.
+    limiters: Mutex<HashMap<(String, String, String), Arc<RateLimiter>>>,
+    metrics: ProxyMetrics,
+    /// Metrics of requests no route matched.
+    unrouted: metrics::AppMetrics,
+    access_log: OnceLock<AccessLog>,
+    tls: OnceLock<Arc<dyn TlsHooks>>,
+    /// Where HTTPS is served, for redirects (unset: no redirects).
+    https_port: OnceLock<u16>,
+    connections: Arc<tokio::sync::Semaphore>,
+}
+
+impl Proxy {
+    pub fn new(config: ProxyConfig) -> Arc<Self> {
+        let connections = Arc::new(tokio::sync::Semaphore::new(config.max_connections.max(1)));
+        let metrics = ProxyMetrics::default();
+        Arc::new(Self {
+            config,
+            table: ArcSwap::from_pointee(RouteTable::default()),
+            apps: Mutex::new(BTreeMap::new()),
+            limiters: Mutex::new(HashMap::new()),
+            unrouted: metrics.for_app("-"),
+            metrics,
+            access_log: OnceLock::new(),
+            tls: OnceLock::new(),
+            https_port: OnceLock::new(),
+            connections,
+        })
+    }
+
+    pub fn config(&self) -> &ProxyConfig {
+        &self.config
+    }
+
+    pub fn metrics(&self) -> &ProxyMetrics {
+        &self.metrics
+    }
+
+    /// Starts writing access logs (once).
+    pub fn set_access_log(&self, log: AccessLog) {
+        let _ = self.access_log.set(log);
+    }
+
+    /// Says where HTTPS is served, so plain HTTP can redirect there (once).
+    pub fn set_https_port(&self, port: u16) {
+        let _ = self.https_port.set(port);
+    }
+
+    /// Serves `scheme` on `addr` with `threads` event loops, each on its own thread with its
+    /// own listening socket (SO_REUSEPORT, as nginx's workers do), so a request and its
+    /// upstream connection never cross threads. Stops when `stop` turns true, letting open
+    /// requests finish for up to `grace`.
+    pub fn serve_threads(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        scheme: Scheme,
+        threads: usize,
+        stop: tokio::sync::watch::Receiver<bool>,
+        grace: Duration,
+    ) -> std::io::Result<ProxyWorkers> {
+        let mut bound = addr;
+        let mut handles = Vec::new();
+        for index in 0..threads.max(1) {
+            let (ready, started) = std::sync::mpsc::channel::<std::io::Result<SocketAddr>>();
+            let (proxy, scheme, mut stop, target) =
+                (Arc::clone(self), scheme.clone(), stop.clone(), bound);
+            let handle = std::thread::Builder::new()
+                .name(format!("berth-proxy-{index}"))
+                .spawn(move || {
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(runtime) => runtime,
+                        Err(error) => {
+                            let _ = ready.send(Err(error));
+                            return;
+                        }
+                    };
+                    runtime.block_on(async move {
+                        let listener = match bind_shared(target) {
+                            Ok(listener) => listener,
+                            Err(error) => {
+                                let _ = ready.send(Err(error));
+                                return;
+                            }
+                        };
+                        let _ = ready.send(listener.local_addr());
+                        let shutdown = async move {
+                            let _ = stop.wait_for(|s| *s).await.map(|_| ());
+                        };
+                        proxy.serve(listener, scheme, shutdown, grace).await;
+                    });
+                })?;
+            match started.recv() {
+                Ok(Ok(local)) => {
+                    // Port 0: every later thread binds the port the first one got.
+                    bound = local;
+                    handles.push(handle);
+                }
+                Ok(Err(error)) => {
+                    let _ = handle.join();
+                    return Err(error);
+                }
+                Err(_) => {
+                    return Err(std::io::Error::other(
+                        "a proxy thread stopped while starting",
+                    ));
+                }
+            }
+        }
+        Ok(ProxyWorkers {
+            addr: bound,
+            threads: handles,
+        })
+    }
+
+    /// Connects the TLS side (once).
+    pub fn set_tls_hooks(&self, hooks: Arc<dyn TlsHooks>) {
+        let _ = self.tls.set(hooks);
+    }
+
+    /// Replaces all routes of one app in a single atomic step.
+    pub fn set_app_routes(&self, app: &str, routes: Vec<RouteSpec>) {
+        let mut apps = self.apps.lock().unwrap_or_else(|p| p.into_inner());
+        if routes.is_empty() {
+            apps.remove(app);
+        } else {
+            apps.insert(app.to_owned(), routes);
+        }
+        let limiters = {
+            let mut limiters = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
+            let mut wanted = HashMap::new();
+            for spec in apps.values().flatten() {
+                if let Some(limit) = spec.settings.rate_limit {
+                    let key = (spec.app.clone(), spec.service.clone(), spec.path.clone());
+                    let limiter = match limiters.get(&key) {
+                        Some(existing) if existing.limit() == limit => existing.clone(),
+                        _ => Arc::new(RateLimiter::new(limit)),
+                    };
+                    wanted.insert(key, limiter);
+                }
+            }
+            *limiters = wanted.clone();
+            wanted
+        };
+        self.table.store(Arc::new(RouteTable::build(
+            apps.values().flatten(),
+            &limiters,
+            &self.metrics,
+        )));
+    }
+
+    pub fn routes(&self) -> Vec<RouteSummary> {
+        let apps = self.apps.lock().unwrap_or_else(|p| p.into_inner());
+        apps.values()
+            .flatten()
+            .map(|spec| RouteSummary {
+                app: spec.app.clone(),
+                service: spec.service.clone(),
+                release: spec.release,
+                domains: spec.domains.clone(),
+                path: spec.path.clone(),
+                upstreams: spec
+                    .upstreams
+                    .iter()
+                    .map(|u| format!("{} ({})", u.name(), u.addr()))
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Serves `scheme` on `listener` until `shutdown` resolves, then lets open requests
+    /// finish for up to `grace`.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        scheme: Scheme,
+        shutdown: impl Future<Output = ()>,
+        grace: Duration,
+    ) {
+        let connections = tokio_util::task::TaskTracker::new();
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.config.header_read_timeout)
+            .max_buf_size(self.config.max_header_size.max(8192))
+            .keep_alive(true);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(self.config.max_header_size).unwrap_or(u32::MAX))
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .max_concurrent_streams(250);
+        let builder = Arc::new(builder);
+        let acceptor = match &scheme {
+            Scheme::Https(config) => Some(tokio_rustls::TlsAcceptor::from(config.clone())),
+            Scheme::Http => None,
+        };
+        tokio::pin!(shutdown);
+        loop {
+            // At the connection limit, stop accepting: new clients wait in the listen queue.
+            let permit = tokio::select! {
+                permit = self.connections.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+                () = &mut shutdown => break,
+            };
+            let (stream, client) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(error) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(%error, "accepting a connection failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let proxy = Arc::clone(&self);
+            let builder = Arc::clone(&builder);
+            let acceptor = acceptor.clone();
+            let scheme_name = scheme.name();
+            let mut stopping = stopping.clone();
+            connections.spawn(async move {
+                let _permit = permit;
+                proxy.metrics.open_connections.inc();
+                let connection = Arc::new(ClientConnection {
+                    addr: client,
+                    identity: ClientIdentity::new(client),
+                    scheme: scheme_name,
+                    framing_violation: AtomicBool::new(false),
+                });
+                let service = {
+                    let proxy = Arc::clone(&proxy);
+                    let connection = Arc::clone(&connection);
+                    hyper::service::service_fn(move |request: Request<Incoming>| {
+                        let proxy = Arc::clone(&proxy);
+                        let connection = Arc::clone(&connection);
+                        async move {
+                            Ok::<_, std::convert::Infallible>(
+                                proxy.handle(request, &connection).await,
+                            )
+                        }
+                    })
+                };
+                let flag = FlagHandle(Arc::clone(&connection));
+                let stop_requested = async move {
+                    // The guard `wait_for` returns is not Send; drop it before awaiting more.
+                    let _ = stopping.wait_for(|stop| *stop).await.map(|_| ());
+                };
+                let result = match acceptor {
+                    None => {
+                        serve_connection(
+                            &builder,
+                            TokioIo::new(framing::Watched::new(stream, flag)),
+                            service,
+                            stop_requested,
+                        )
+                        .await
+                    }
+                    Some(acceptor) => match tokio::time::timeout(
+                        proxy.config.tls_handshake_timeout,
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(tls)) => {
+                            let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+                            if alpn.as_deref() == Some(b"acme-tls/1") {
+                                // A TLS-ALPN-01 validation: the handshake itself was the answer.
+                                Ok(())
+                            } else {
+                                serve_connection(
+                                    &builder,
+                                    TokioIo::new(framing::Watched::new(tls, flag)),
+                                    service,
+                                    stop_requested,
+                                )
+                                .await
+                            }
+                        }
+                        Ok(Err(error)) => {
+                            tracing::debug!(%client, %error, "TLS handshake failed");
+                            Ok(())
+                        }
+                        Err(_) => {
+                            tracing::debug!(%client, "TLS handshake timed out");
+                            Ok(())
+                        }
+                    },
+                };
+                if let Err(error) = result {
+                    tracing::debug!(%client, %error, "client connection ended with an error");
+                }
+                proxy.metrics.open_connections.dec();
+            });
+        }
+        drop(listener);
+        let _ = stop.send(true);
+        connections.close();
+        if tokio::time::timeout(grace, connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some connections were still open after the shutdown grace period");
+        }
+    }
+
+    /// Proxies one request. Never fails: problems become error pages.
+    async fn handle(
+        self: &Arc<Self>,
+        mut request: Request<Incoming>,
+        connection: &ClientConnection,
+    ) -> Response<ProxyBody> {
+        let (client, scheme) = (connection.addr, connection.scheme);
+        let started = Instant::now();
+        let host = request_host(&request);
+        let path = request.uri().path().to_owned();
+        let mut log = LogContext {
+            started,
+            client,
+            version: request.version(),
+            host: host.clone(),
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            user_agent: request.headers().get(header::USER_AGENT).cloned(),
+            route: None,
+            upstream: None,
+        };
+
+        if scheme == "http"
+            && let Some(token) = path.strip_prefix("/.well-known/acme-challenge/")
+            && let Some(answer) = self.tls.get().and_then(|tls| tls.http01_response(token))
+        {
+            return self.finish_local(pages::text(StatusCode::OK, answer), log);
+        }
+
+        let smuggling = connection.framing_violation.load(Ordering::Acquire)
+            && request.headers().contains_key(header::TRANSFER_ENCODING);
+        if smuggling {
+            return self.finish_local(
+                pages::bad_request("the request has both Content-Length and Transfer-Encoding"),
+                log,
+            );
+        }
+        if let Some(problem) = framing_problem(request.headers()) {
+            return self.finish_local(pages::bad_request(problem), log);
+        }
+        let Some(mut route) = self.table.load().lookup(&host, &path) else {
+            return self.finish_local(pages::no_route(&host), log);
+        };
+        log.route = Some(Arc::clone(&route));
+        let settings = route.spec.settings.clone();
+
+        if scheme == "http"
+            && settings.redirect_https
+            && let (Some(port), Some(tls)) = (self.https_port.get().copied(), self.tls.get())
+            && tls.serves_https(&host)
+        {
+            let authority = if port == 443 {
+                host.clone()
+            } else {
+                format!("{host}:{port}")
+            };
+            let target = format!(
+                "https://{authority}{}",
+                log.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+            );
+            return self.finish_local(pages::redirect(&target), log);
+        }
+        if let Some(message) = &settings.maintenance {
+            return self.finish_local(pages::maintenance(&route.spec.app, message), log);
+        }
+        if let Some(limiter) = &route.limiter
+            && let Err(wait) = limiter.check(client.ip(), Instant::now())
+        {
+            return self.finish_local(pages::too_many_requests(wait), log);
+        }
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > settings.max_body) {
+            return self.finish_local(pages::too_large(settings.max_body), log);
+        }
+
+        let upgrade = is_upgrade(request.headers()).then(|| hyper::upgrade::on(&mut request));
+        let (mut parts, body) = request.into_parts();
+        prepare_request_headers(&mut parts.headers, &host, &connection.identity, scheme);
+        parts.uri = upstream_uri(&parts.uri, &route.spec.path, settings.strip_prefix);
+        parts.version = http::Version::HTTP_11;
+        // A body-less idempotent request can be replayed if its connection dies after it was
+        // written (the upstream closed an idle keep-alive connection at the same moment). The
+        // copy that takes is made only when the connection was idle long enough for that.
+        let replayable = is_idempotent(&parts.method) && body.is_end_stream() && upgrade.is_none();
+        let mut replay_head: Option<(Method, Uri, HeaderMap)> = None;
+        let limited = http_body_util::Limited::new(
+            body,
+            usize::try_from(settings.max_body).unwrap_or(usize::MAX),
+        );
+        let mut request = Some(Request::from_parts(parts, ProxyBody::upload(limited)));
+
+        let in_flight = route.metrics.in_flight.clone();
+        in_flight.inc();
+        let _in_flight = scopeguard(move || {
+            in_flight.dec();
+        });
+
+        let deadline = tokio::time::Instant::now() + self.config.retry_budget;
+        let mut tried: Vec<usize> = Vec::new();
+        let mut replays = 0;
+        let mut last_error = String::from("no replica is running");
+        loop {
+            let Some((index, upstream)) = route.pick(&tried) else {
+                // Every replica of this route was tried. The table may have been switched since
+                // (a deploy in progress): wait a moment, re-read it and start over.
+                if tokio::time::Instant::now() >= deadline {
+                    self.metrics.upstream_error(&route.spec.app, "connect");
+                    return self.finish_local(
+                        pages::bad_gateway(&route.spec.app, &route.spec.service, &last_error),
+                        log,
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+                match self.table.load().lookup(&host, &path) {
+                    Some(fresh) => route = fresh,
+                    None => return self.finish_local(pages::no_route(&host), log),
+                }
+                tried.clear();
+                continue;
+            };
+            tried.push(index);
+            let guard = upstream.begin_request();
+            let (mut sender, idle) = match upstream.connection(self.config.connect_timeout).await {
+                Ok(connection) => connection,
+                Err(error) => {
+                    upstream.mark_down(self.config.passive_down_time);
+                    last_error = error.to_string();
+                    tracing::debug!(upstream = upstream.name(), %error, "upstream refused; trying another");
+                    continue;
+                }
+            };
+            let Some(outgoing) = request.take() else {
+                return self.finish_local(
+                    pages::bad_gateway(&route.spec.app, &route.spec.service, &last_error),
+                    log,
+                );
+            };
+            if replayable && replay_head.is_none() && idle.is_some_and(|idle| idle > REPLAY_IF_IDLE)
+            {
+                replay_head = Some((
+                    outgoing.method().clone(),
+                    outgoing.uri().clone(),
+                    outgoing.headers().clone(),
+                ));
+            }
+            log.upstream = Some(upstream.shared_name());
+            let sent =
+                tokio::time::timeout(settings.response_timeout, sender.try_send_request(outgoing))
+                    .await;
+            match sent {
+                Ok(Ok(mut response)) => {
+                    if response.status() == StatusCode::SWITCHING_PROTOCOLS
+                        && let Some(client_upgrade) = upgrade
+                    {
+                        return self.splice_upgrade(client_upgrade, &mut response, guard, log);
+                    }
+                    return self.finish_response(
+                        response,
+                        sender,
+                        guard,
+                        log,
+                        settings.hsts && scheme == "https",
+                    );
+                }
+                Ok(Err(mut error)) => {
+                    if let Some(unsent) = error.take_message() {
+                        // Never written: safe to send elsewhere.
+                        request = Some(unsent);
+                        tried.pop();
+                        last_error = error.error().to_string();
+                        continue;
+                    }
+                    if body_too_large(error.error()) {
+                        return self.finish_local(pages::too_large(settings.max_body), log);
+                    }
+                    match &replay_head {
+                        Some((method, uri, headers)) if replays < 2 => {
+                            replays += 1;
+                            let mut replay = Request::new(ProxyBody::empty());
+                            *replay.method_mut() = method.clone();
+                            *replay.uri_mut() = uri.clone();
+                            *replay.headers_mut() = headers.clone();
+                            request = Some(replay);
+                            last_error = error.error().to_string();
+                            continue;
+                        }
+                        _ => {
+                            tracing::warn!(upstream = upstream.name(), error = %error.error(), "upstream failed mid-request");
+                            self.metrics.upstream_error(&route.spec.app, "broken");
+                            return self.finish_local(
+                                pages::bad_gateway(
+                                    &route.spec.app,
+                                    &route.spec.service,
+                                    &error.error().to_string(),
+                                ),
+                                log,
+                            );
+                        }
+                    }
+                }
+                Err(_) => {
+                    self.metrics.upstream_error(&route.spec.app, "timeout");
+                    return self.finish_local(
+                        pages::gateway_timeout(
+                            &route.spec.app,
+                            &route.spec.service,
+                            settings.response_timeout,
+                        ),
+                        log,
+                    );
+                }
+            }
+        }
+    }
+
+    /// Finishes a response the proxy made itself.
+    fn finish_local(&self, response: Response<ProxyBody>, log: LogContext) -> Response<ProxyBody> {
+        let bytes = response.body().size_hint().exact().unwrap_or(0);
+        self.record(log, response.status().as_u16(), bytes);
+        response
+    }
+
+    /// Counts a finished request and queues its access log line.
+    fn record(&self, log: LogContext, status: u16, bytes: u64) {
+        let elapsed = log.started.elapsed();
+        let metrics = log
+            .route
+            .as_ref()
+            .map(|r| &*r.metrics)
+            .unwrap_or(&self.unrouted);
+        metrics.record(status, elapsed.as_secs_f64());
+        if let Some(access_log) = self.access_log.get() {
+            let route = log.route.as_ref();
+            access_log.record(AccessRecord {
+                at: std::time::SystemTime::now(),
+                client: log.client.ip(),
+                version: log.version,
+                host: log.host,
+                method: log.method,
+                uri: log.uri,
+                status,
+                bytes,
+                duration: elapsed,
+                app: route.map(|r| Arc::clone(&r.app)),
+                service: route.map(|r| Arc::clone(&r.service)),
+                release: route.map(|r| r.spec.release),
+                upstream: log.upstream,
+                user_agent: log.user_agent,
+            });
+        }
+    }
+
+    fn finish_response(
+        self: &Arc<Self>,
+        response: Response<Incoming>,
+        sender: SendRequest<ProxyBody>,
+        guard: InflightGuard,
+        log: LogContext,
+        hsts: bool,
+    ) -> Response<ProxyBody> {
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        if hsts {
+            parts.headers.insert(
+                header::STRICT_TRANSPORT_SECURITY,
+                HeaderValue::from_static("max-age=31536000"),
+            );
+        }
+        let status = parts.status.as_u16();
+        let empty = body.is_end_stream();
+        let mut body = TrackedBody {
+            inner: body,
+            guard: Some(guard),
+            sender: Some(sender),
+            bytes: 0,
+            log: Some((log, status)),
+            proxy: Arc::clone(self),
+        };
+        if empty {
+            // No body will be polled (204, 304, HEAD): done now.
+            body.complete(true);
+        }
+        Response::from_parts(parts, ProxyBody::tracked(body))
+    }
+
+    /// Connects an upgraded client connection (a WebSocket) to the upgraded upstream one.
+    /// The upstream counts it as in flight until it closes, so a deploy's drain waits for it.
+    fn splice_upgrade(
+        &self,
+        client: hyper::upgrade::OnUpgrade,
+        response: &mut Response<Incoming>,
+        guard: InflightGuard,
+        log: LogContext,
+    ) -> Response<ProxyBody> {
+        let upstream = hyper::upgrade::on(&mut *response);
+        let name = guard.upstream().name().to_owned();
+        tokio::spawn(async move {
+            let _guard = guard;
+            match tokio::try_join!(client, upstream) {
+                Ok((client, upstream)) => {
+                    let mut client = TokioIo::new(client);
+                    let mut upstream = TokioIo::new(upstream);
+                    if let Err(error) =
+                        tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+                    {
+                        tracing::debug!(upstream = %name, %error, "upgraded connection ended");
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!(upstream = %name, %error, "the connection upgrade failed")
+                }
+            }
+        });
+        self.record(log, 101, 0);
+        let mut out = Response::new(ProxyBody::empty());
+        *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        *out.headers_mut() = response.headers().clone();
+        out
+    }
+}
+
+async fn serve_connection<I, S>(
+    builder: &hyper_util::server::conn::auto::Builder<TokioExecutor>,
+    io: TokioIo<I>,
+    service: S,
+    stop_requested: impl Future<Output = ()>,
+) -> Result<(), BoxError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<ProxyBody>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let connection = builder.serve_connection_with_upgrades(io, service);
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => result,
+        () = stop_requested => {
+            // Finish the requests in progress, then close instead of keeping alive.
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    }
+}
+
+/// A pooled connection idle for less than this is not at risk of the upstream closing it as
+/// a request is written (keep-alive timeouts are seconds), so no replay copy is kept.
+const REPLAY_IF_IDLE: Duration = Duration::from_millis(100);
+
+/// One client connection, as the request handler sees it.
+struct ClientConnection {
+    addr: SocketAddr,
+    identity: ClientIdentity,
+    scheme: &'static str,
+    /// Set by the framing watcher when a request head on this connection had both
+    /// Content-Length and Transfer-Encoding.
+    framing_violation: AtomicBool,
+}
+
+/// Lets the framing watcher raise a connection's flag.
+struct FlagHandle(Arc<ClientConnection>);
+
+impl framing::Flag for FlagHandle {
+    fn raise(&self) {
+        self.0.framing_violation.store(true, Ordering::Release);
+    }
+}
+
+/// What the access log and metrics need to know about a request.
+struct LogContext {
+    started: Instant,
+    client: SocketAddr,
+    version: http::Version,
+    host: String,
+    method: Method,
+    uri: Uri,
+    user_agent: Option<HeaderValue>,
+    route: Option<Arc<Route>>,
+    upstream: Option<Arc<str>>,
+}
+
+pub(crate) fn version_name(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// Runs a closure when dropped (a request leaving the in-flight gauge, however it ends).
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
+
+/// Ambiguous message framing, the raw material of request smuggling: refused outright
+/// rather than interpreted.
+fn framing_problem(headers: &HeaderMap) -> Option<&'static str> {
+    let transfer_encodings: Vec<&HeaderValue> =
+        headers.get_all(header::TRANSFER_ENCODING).iter().collect();
+    if transfer_encodings.is_empty() {
+        return None;
+    }
+    if headers.contains_key(header::CONTENT_LENGTH) {
+        return Some("the request has both Content-Length and Transfer-Encoding");
+    }
+    let only_chunked = transfer_encodings.len() == 1
+        && transfer_encodings[0]
+            .to_str()
+            .is_ok_and(|v| v.trim().eq_ignore_ascii_case("chunked"));
+    if !only_chunked {
+        return Some("the only Transfer-Encoding accepted is `chunked`");
+    }
+    None
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+fn body_too_large(error: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = source {
+        if current.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = current.source();
+    }
+    false
+}
+
+/// The host a request is for: lower-case, without port.
+fn request_host<B>(request: &Request<B>) -> String {
+    let raw = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| request.uri().host().map(str::to_owned))
+        .unwrap_or_default();
+    strip_port(&raw).to_ascii_lowercase()
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host
+            .split_once(']')
+            .map(|(h, _)| &host[..h.len() + 1])
+            .unwrap_or(host);
+    }
+    host.rsplit_once(':')
+        .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
+        .map(|(h, _)| h)
+        .unwrap_or(host)
+}
+
+/// The origin-form URI sent upstream, without the route's prefix when it is stripped.
+fn upstream_uri(uri: &Uri, prefix: &str, strip: bool) -> Uri {
+    let stripping = strip && prefix != "/";
+    if uri.scheme().is_none() && uri.authority().is_none() && !stripping {
+        // Already origin-form (HTTP/1.1): forward as is.
+        return uri.clone();
+    }
+    let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let rewritten = if strip && prefix != "/" {
+        match path_and_query.strip_prefix(prefix) {
+            Some(rest) if rest.is_empty() || rest.starts_with('?') => format!("/{rest}"),
+            Some(rest) if rest.starts_with('/') => rest.to_owned(),
+            _ => path_and_query.to_owned(),
+        }
+    } else {
+        path_and_query.to_owned()
+    };
+    rewritten.parse().unwrap_or_else(|_| Uri::from_static("/"))
+}
+
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes hop-by-hop headers (including any the Connection header names). `Upgrade` is kept
+/// when the connection is being upgraded.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of these: one pass over the names before hashing any.
+    let present = headers
+        .keys()
+        .any(|name| name == header::UPGRADE || HOP_BY_HOP.contains(name));
+    if !present {
+        return;
+    }
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().to_ascii_lowercase().as_bytes()).ok())
+        .collect();
+    let upgrading = named.contains(&header::UPGRADE);
+    for name in HOP_BY_HOP.iter().chain(named.iter()) {
+        if upgrading && name == header::UPGRADE {
+            continue;
+        }
+        headers.remove(name);
+    }
+    if upgrading {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// How a client is named in forwarding headers, worked out once per connection.
+struct ClientIdentity {
+    ip: HeaderValue,
+    /// The `for=` node of a Forwarded header (IPv6 quoted and bracketed).
+    forwarded_node: String,
+}
+
+impl ClientIdentity {
+    fn new(client: SocketAddr) -> Self {
+        let ip = client.ip().to_string();
+        let forwarded_node = if client.is_ipv6() {
+            format!("\"[{ip}]\"")
+        } else {
+            ip.clone()
+        };
+        Self {
+            ip: HeaderValue::from_str(&ip).unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            forwarded_node,
+        }
+    }
+}
+
+fn prepare_request_headers(
+    headers: &mut HeaderMap,
+    host: &str,
+    client: &ClientIdentity,
+    scheme: &'static str,
+) {
+    strip_hop_by_hop(headers);
+    // HTTP/2 carries the host in the :authority pseudo-header; HTTP/1.1 upstreams need Host.
+    if !headers.contains_key(header::HOST)
+        && let Ok(value) = HeaderValue::from_str(host)
+    {
+        headers.insert(header::HOST, value);
+    }
+    // berth is the edge: what a client claims about earlier hops is not trusted.
+    headers.insert(
+        HeaderName::from_static("x-forwarded-for"),
+        client.ip.clone(),
+    );
+    headers.insert(HeaderName::from_static("x-real-ip"), client.ip.clone());
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static(scheme),
+    );
+    if let Ok(value) = HeaderValue::from_str(host) {
+        headers.insert(HeaderName::from_static("x-forwarded-host"), value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&format!(
+        "for={};proto={scheme};host=\"{host}\"",
+        client.forwarded_node
+    )) {
+        headers.insert(header::FORWARDED, value);
+    }
+}
+
+/// The upstream's response body on its way to the client. When it ends, the connection goes
+/// back to the pool; when it ends or is dropped, the request stops counting as in flight and
+/// is logged.
+pub(crate) struct TrackedBody {
+    inner: Incoming,
+    guard: Option<InflightGuard>,
+    sender: Option<SendRequest<ProxyBody>>,
+    bytes: u64,
+    log: Option<(LogContext, u16)>,
+    proxy: Arc<Proxy>,
+}
+
+impl TrackedBody {
+    fn complete(&mut self, clean: bool) {
+        if let (true, Some(sender), Some(guard)) = (clean, self.sender.take(), self.guard.as_ref())
+        {
+            guard.upstream().release(sender);
+        }
+        self.sender = None;
+        self.guard = None;
+        if let Some((log, status)) = self.log.take() {
+            self.proxy.record(log, status, self.bytes);
+        }
+    }
+}
+
+impl Drop for TrackedBody {
+    fn drop(&mut self) {
+        // The client went away before the end: log what was sent; don't reuse the connection.
+        self.complete(false);
+    }
+}
+
+impl Body for TrackedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(None) => {
+                this.complete(true);
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(error))) => {
+                this.complete(false);
+                Poll::Ready(Some(Err(error.into())))
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes += data.len() as u64;
+                }
+                // The server stops polling once it has sent Content-Length bytes, so the end
+                // must be noticed here for the connection to go back to the pool.
+                if this.inner.is_end_stream() {
+                    this.complete(true);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_lose_their_port() {
+        assert_eq!(strip_port("example.com:8080"), "example.com");
+        assert_eq!(strip_port("example.com"), "example.com");
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed_including_named_ones() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret"),
+        );
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1, "{headers:?}");
+        assert!(headers.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn upgrade_headers_survive_an_upgrade() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(is_upgrade(&headers));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.get(header::UPGRADE).unwrap(), "websocket");
+        assert_eq!(headers.get(header::CONNECTION).unwrap(), "upgrade");
+    }
+
+    #[test]
+    fn forwarded_headers_replace_what_the_client_claimed() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        headers.insert(header::FORWARDED, HeaderValue::from_static("for=6.6.6.6"));
+        prepare_request_headers(
+            &mut headers,
+            "example.com",
+            &ClientIdentity::new("10.1.2.3:5555".parse().unwrap()),
+            "https",
+        );
+        assert_eq!(headers.get("x-forwarded-for").unwrap(), "10.1.2.3");
+        assert_eq!(headers.get("x-forwarded-host").unwrap(), "example.com");
+        assert_eq!(headers.get("x-forwarded-proto").unwrap(), "https");
+        assert_eq!(
+            headers.get(header::FORWARDED).unwrap(),
+            "for=10.1.2.3;proto=https;host=\"example.com\""
+        );
+        assert_eq!(
+            headers.get(header::HOST).unwrap(),
+            "example.com",
+            "HTTP/2 requests get a Host header"
+        );
+    }
+
+    #[test]
+    fn ipv6_clients_are_quoted_in_forwarded() {
+        let mut headers = HeaderMap::new();
+        prepare_request_headers(
+            &mut headers,
+            "example.com",
+            &ClientIdentity::new("[::1]:5555".parse().unwrap()),
+            "http",
+        );
+        assert_eq!(
+            headers.get(header::FORWARDED).unwrap(),
+            "for=\"[::1]\";proto=http;host=\"example.com\""
+        );
+        assert_eq!(headers.get("x-forwarded-for").unwrap(), "::1");
+    }
+
+    #[test]
+    fn prefixes_are_stripped_on_segment_boundaries() {
+        let uri: Uri = "/api/users?id=1".parse().unwrap();
+        assert_eq!(upstream_uri(&uri, "/api", true), "/users?id=1");
+        assert_eq!(upstream_uri(&uri, "/api", false), "/api/users?id=1");
+        assert_eq!(upstream_uri(&"/api".parse().unwrap(), "/api", true), "/");
+        assert_eq!(
+            upstream_uri(&"/api?x=1".parse().unwrap(), "/api", true),
+            "/?x=1"
+        );
+        assert_eq!(upstream_uri(&uri, "/", true), "/api/users?id=1");
+    }
+}

@@ -1,0 +1,143 @@
+//! Error responses the proxy produces itself. They say what happened without exposing
+//! internal addresses.
+
+use crate::ProxyBody;
+use http::{Response, StatusCode, header};
+use std::time::Duration;
+
+fn page(status: StatusCode, title: &str, detail: &str) -> Response<ProxyBody> {
+    let html = format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{code} {title}</title></head>\
+         <body style=\"font-family:system-ui,sans-serif;max-width:40em;margin:4em auto\">\
+         <h1>{code} {title}</h1><p>{detail}</p><hr><p><small>berth</small></p></body></html>\n",
+        code = status.as_u16(),
+        title = escape(title),
+        detail = escape(detail),
+    );
+    let mut response = Response::new(ProxyBody::full(html));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    headers.insert("x-berth-error", header::HeaderValue::from_static("1"));
+    response
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+pub(crate) fn no_route(host: &str) -> Response<ProxyBody> {
+    page(
+        StatusCode::NOT_FOUND,
+        "Not Found",
+        &format!("No app is routed for the host \u{201c}{host}\u{201d} at this path."),
+    )
+}
+
+pub(crate) fn bad_gateway(app: &str, service: &str, cause: &str) -> Response<ProxyBody> {
+    tracing::warn!(app, service, cause, "no upstream accepted the request");
+    page(
+        StatusCode::BAD_GATEWAY,
+        "Bad Gateway",
+        &format!("The {service} service of {app} could not be reached."),
+    )
+}
+
+pub(crate) fn gateway_timeout(app: &str, service: &str, after: Duration) -> Response<ProxyBody> {
+    page(
+        StatusCode::GATEWAY_TIMEOUT,
+        "Gateway Timeout",
+        &format!(
+            "The {service} service of {app} did not answer within {} seconds.",
+            after.as_secs()
+        ),
+    )
+}
+
+pub(crate) fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain"),
+    );
+    response
+}
+
+pub(crate) fn redirect(target: &str) -> Response<ProxyBody> {
+    let mut response = page(
+        StatusCode::PERMANENT_REDIRECT,
+        "Permanent Redirect",
+        &format!("This site is served at {target}."),
+    );
+    if let Ok(location) = header::HeaderValue::from_str(target) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response.headers_mut().remove("x-berth-error");
+    response
+}
+
+pub(crate) fn maintenance(app: &str, message: &str) -> Response<ProxyBody> {
+    let detail = if message.is_empty() {
+        format!("{app} is down for maintenance. Please try again soon.")
+    } else {
+        message.to_owned()
+    };
+    let mut response = page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Down for Maintenance",
+        &detail,
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("120"));
+    response
+}
+
+pub(crate) fn too_many_requests(wait: Duration) -> Response<ProxyBody> {
+    let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+    let mut response = page(
+        StatusCode::TOO_MANY_REQUESTS,
+        "Too Many Requests",
+        &format!("Slow down: try again in {seconds} s."),
+    );
+    if let Ok(value) = header::HeaderValue::from_str(&seconds.to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
+pub(crate) fn too_large(limit: u64) -> Response<ProxyBody> {
+    let mut response = page(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "Payload Too Large",
+        &format!(
+            "The request body is larger than this site accepts ({} bytes).",
+            limit
+        ),
+    );
+    response.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    response
+}
+
+pub(crate) fn bad_request(problem: &str) -> Response<ProxyBody> {
+    let mut response = page(StatusCode::BAD_REQUEST, "Bad Request", problem);
+    response.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    response
+}

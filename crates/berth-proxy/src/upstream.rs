@@ -1,0 +1,236 @@
+//! One upstream (a container's address): its pooled keep-alive connections, in-flight count
+//! and passive health.
+
+use crate::ProxyBody;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::ThreadId;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+/// Idle connections older than this are dropped rather than reused: the upstream may be
+/// about to close them, and a request sent just as it does would be lost.
+const IDLE_LIMIT: Duration = Duration::from_secs(20);
+const MAX_IDLE: usize = 128;
+
+/// Ready connections and when each became idle.
+type IdleConnections = Vec<(SendRequest<ProxyBody>, Instant)>;
+
+pub struct Upstream {
+    addr: SocketAddr,
+    name: Arc<str>,
+    inflight: AtomicUsize,
+    /// Idle connections by the thread whose event loop drives them: a request only reuses
+    /// its own thread's, so no response crosses threads.
+    idle: Mutex<HashMap<ThreadId, IdleConnections>>,
+    /// Milliseconds since `epoch` until which the upstream is skipped after refusing a
+    /// connection (passive health).
+    down_until: AtomicU64,
+    epoch: Instant,
+    retired: AtomicBool,
+    drained: Notify,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connecting to {name} ({addr}) timed out after {timeout:?}")]
+    Timeout {
+        name: String,
+        addr: SocketAddr,
+        timeout: Duration,
+    },
+    #[error("cannot connect to {name} ({addr}): {message}")]
+    Failed {
+        name: String,
+        addr: SocketAddr,
+        message: String,
+    },
+}
+
+impl Upstream {
+    pub fn new(addr: SocketAddr, name: impl Into<String>) -> Arc<Self> {
+        Arc::new(Self {
+            addr,
+            name: Arc::from(name.into()),
+            inflight: AtomicUsize::new(0),
+            idle: Mutex::new(HashMap::new()),
+            down_until: AtomicU64::new(0),
+            epoch: Instant::now(),
+            retired: AtomicBool::new(false),
+            drained: Notify::new(),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn shared_name(&self) -> Arc<str> {
+        Arc::clone(&self.name)
+    }
+
+    /// Requests sent to this upstream whose responses have not finished.
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::Acquire)
+    }
+
+    /// Waits until no request is in flight, or the timeout passes. Returns whether it drained.
+    pub async fn wait_drained(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.inflight() == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.inflight() == 0;
+            }
+        }
+    }
+
+    /// Stops reusing connections: called once the upstream is out of every route and drained,
+    /// so its idle sockets close before the container gets SIGTERM.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        self.lock_idle().clear();
+    }
+
+    pub fn is_available(&self) -> bool {
+        self.elapsed_ms() >= self.down_until.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn mark_down(&self, for_how_long: Duration) {
+        let until = self.elapsed_ms() + for_how_long.as_millis() as u64;
+        self.down_until.store(until, Ordering::Release);
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, HashMap<ThreadId, IdleConnections>> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn begin_request(self: &Arc<Self>) -> InflightGuard {
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+        InflightGuard {
+            upstream: Arc::clone(self),
+        }
+    }
+
+    /// A ready connection: a pooled one if any is fresh (with how long it sat idle), else a
+    /// new one.
+    pub(crate) async fn connection(
+        &self,
+        timeout: Duration,
+    ) -> Result<(SendRequest<ProxyBody>, Option<Duration>), ConnectError> {
+        loop {
+            let candidate = self
+                .lock_idle()
+                .get_mut(&std::thread::current().id())
+                .and_then(Vec::pop);
+            let Some((mut sender, since)) = candidate else {
+                break;
+            };
+            let idle = since.elapsed();
+            if sender.is_closed() || idle > IDLE_LIMIT {
+                continue;
+            }
+            if sender.is_ready() {
+                return Ok((sender, Some(idle)));
+            }
+            // Normally ready at once; don't wait on a stuck one.
+            if let Ok(Ok(())) =
+                tokio::time::timeout(Duration::from_millis(50), sender.ready()).await
+            {
+                return Ok((sender, Some(idle)));
+            }
+        }
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(self.addr)).await {
+            Err(_) => {
+                return Err(ConnectError::Timeout {
+                    name: self.name.to_string(),
+                    addr: self.addr,
+                    timeout,
+                });
+            }
+            Ok(Err(e)) => {
+                return Err(ConnectError::Failed {
+                    name: self.name.to_string(),
+                    addr: self.addr,
+                    message: e.to_string(),
+                });
+            }
+            Ok(Ok(stream)) => stream,
+        };
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ConnectError::Failed {
+                name: self.name.to_string(),
+                addr: self.addr,
+                message: e.to_string(),
+            })?;
+        let name = self.name.clone();
+        tokio::spawn(async move {
+            if let Err(error) = connection.with_upgrades().await {
+                tracing::debug!(upstream = %name, %error, "upstream connection ended");
+            }
+        });
+        Ok((sender, None))
+    }
+
+    /// Returns a connection whose response has finished to the pool.
+    pub(crate) fn release(&self, sender: SendRequest<ProxyBody>) {
+        if self.retired.load(Ordering::Acquire) || sender.is_closed() {
+            return;
+        }
+        let mut idle = self.lock_idle();
+        let mine = idle.entry(std::thread::current().id()).or_default();
+        if mine.len() < MAX_IDLE {
+            mine.push((sender, Instant::now()));
+        }
+    }
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("addr", &self.addr)
+            .field("name", &self.name)
+            .field("inflight", &self.inflight())
+            .finish()
+    }
+}
+
+/// Counts a request as in flight until dropped (when its response body ends or is abandoned).
+pub(crate) struct InflightGuard {
+    upstream: Arc<Upstream>,
+}
+
+impl InflightGuard {
+    pub(crate) fn upstream(&self) -> &Arc<Upstream> {
+        &self.upstream
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        if self.upstream.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.upstream.drained.notify_waiters();
+        }
+    }
+}

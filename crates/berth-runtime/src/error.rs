@@ -1,0 +1,60 @@
+//! Runtime errors: each names what failed, why, and what the operator can do about it.
+
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot reach Docker at {endpoint}: {reason}; {hint}")]
+    Unreachable {
+        endpoint: String,
+        reason: String,
+        hint: &'static str,
+    },
+    #[error(
+        "permission denied on the Docker socket {endpoint}; add the agent's user to the docker group (`sudo usermod -aG docker $USER`, then log in again) or run the agent as root"
+    )]
+    PermissionDenied { endpoint: String },
+    #[error(
+        "the Docker host is out of disk space while trying to {action}; free space (`docker system prune`, old volumes, logs) or grow the disk"
+    )]
+    DiskFull { action: String },
+    #[error("image `{reference}` is not on this host and could not be pulled: {reason}")]
+    ImageUnavailable { reference: String, reason: String },
+    #[error("{kind} `{name}` does not exist")]
+    NotFound { kind: &'static str, name: String },
+    #[error("cannot {action}: {message}")]
+    Conflict { action: String, message: String },
+    #[error("building image `{tag}` failed: {message}")]
+    BuildFailed {
+        tag: String,
+        message: String,
+        /// The last lines of build output, for the operator.
+        log_tail: Vec<String>,
+    },
+    #[error("Docker did not answer within {}s while trying to {action}; it may be overloaded", timeout.as_secs())]
+    Timeout { action: String, timeout: Duration },
+    #[error("Docker refused to {action}: {message}")]
+    Api {
+        action: String,
+        status: u16,
+        message: String,
+    },
+    #[error("cannot {action}: {message}")]
+    Io { action: String, message: String },
+}
+
+impl RuntimeError {
+    /// True when Docker itself could not be reached (nothing was done).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            RuntimeError::Unreachable { .. } | RuntimeError::PermissionDenied { .. }
+        )
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, RuntimeError::NotFound { .. })
+    }
+}
+
+pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;

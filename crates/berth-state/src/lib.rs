@@ -1,0 +1,782 @@
+//! berth's embedded state: one SQLite file (WAL mode, versioned migrations) in the agent's
+//! data directory.
+//!
+//! Invariants:
+//! - `apps.live_release` changes only in [`Store::commit_switch`], in the same transaction
+//!   that marks the new release live, the old one retired and their containers current or
+//!   retiring. That transaction is the commit point of a deploy: after a crash, the agent
+//!   serves whatever it says.
+//! - Secret values are stored only encrypted; this crate never sees plaintext.
+
+mod model;
+
+pub use model::*;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite_migration::{M, Migrations};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot open the state file {path}: {message}")]
+    Open { path: PathBuf, message: String },
+    #[error(
+        "cannot upgrade the state file {path}: {message}; restore it from a backup or move it aside"
+    )]
+    Migrate { path: PathBuf, message: String },
+    #[error("the disk holding the state file is full while trying to {action}; free some space")]
+    DiskFull { action: &'static str },
+    #[error("state file error while trying to {action}: {message}")]
+    Sqlite {
+        action: &'static str,
+        message: String,
+    },
+    #[error("the state file holds an unreadable {what}: {message}")]
+    Corrupt { what: &'static str, message: String },
+    #[error("{0}")]
+    Conflict(String),
+}
+
+pub type Result<T, E = StateError> = std::result::Result<T, E>;
+
+fn sql(action: &'static str) -> impl FnOnce(rusqlite::Error) -> StateError {
+    move |error| match error.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull) => StateError::DiskFull { action },
+        _ => StateError::Sqlite {
+            action,
+            message: error.to_string(),
+        },
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub struct Store {
+    connection: Mutex<Connection>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the state file and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Self> {
+        let open_error = |e: rusqlite::Error| StateError::Open {
+            path: path.to_owned(),
+            message: e.to_string(),
+        };
+        let mut connection = Connection::open(path).map_err(open_error)?;
+        connection
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_error)?;
+        connection
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_error)?;
+        connection
+            .pragma_update(None, "foreign_keys", "ON")
+            .map_err(open_error)?;
+        connection
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_error)?;
+        migrations()
+            .to_latest(&mut connection)
+            .map_err(|e| StateError::Migrate {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+        Ok(Self {
+            connection: Mutex::new(connection),
+        })
+    }
+
+    /// An in-memory store, for unit tests of the logic above it.
+    pub fn in_memory() -> Result<Self> {
+        let mut connection =
+            Connection::open_in_memory().map_err(sql("open an in-memory store"))?;
+        migrations()
+            .to_latest(&mut connection)
+            .map_err(|e| StateError::Migrate {
+                path: ":memory:".into(),
+                message: e.to_string(),
+            })?;
+        Ok(Self {
+            connection: Mutex::new(connection),
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll
+        // back), so a poisoned lock is safe to keep using.
+        self.connection
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    // ---- apps --------------------------------------------------------------------------
+
+    pub fn ensure_app(&self, name: &str) -> Result<()> {
+        self.conn()
+            .execute(
+                "INSERT OR IGNORE INTO apps (name, created_at) VALUES (?1, ?2)",
+                params![name, now_ms()],
+            )
+            .map(|_| ())
+            .map_err(sql("record the app"))
+    }
+
+    pub fn apps(&self) -> Result<Vec<App>> {
+        let conn = self.conn();
+        let mut statement = conn
+            .prepare("SELECT name, created_at, live_release, maintenance FROM apps ORDER BY name")
+            .map_err(sql("list apps"))?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok(App {
+                    name: row.get(0)?,
+                    created_at: row.get(1)?,
+                    live_release: row.get(2)?,
+                    maintenance: row.get(3)?,
+                })
+            })
+            .map_err(sql("list apps"))?;
+        rows.collect::<Result<_, _>>().map_err(sql("list apps"))
+    }
+
+    pub fn app(&self, name: &str) -> Result<Option<App>> {
+        self.conn()
+            .query_row(
+                "SELECT name, created_at, live_release, maintenance FROM apps WHERE name = ?1",
+                [name],
+                |row| {
+                    Ok(App {
+                        name: row.get(0)?,
+                        created_at: row.get(1)?,
+                        live_release: row.get(2)?,
+                        maintenance: row.get(3)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(sql("read an app"))
+    }
+
+    /// Turns maintenance mode on (with the message shown to visitors) or off. Returns whether
+    /// the app exists.
+    pub fn set_maintenance(&self, app: &str, message: Option<&str>) -> Result<bool> {
+        self.conn()
+            .execute(
+                "UPDATE apps SET maintenance = ?2 WHERE name = ?1",
+                params![app, message],
+            )
+            .map(|n| n > 0)
+            .map_err(sql("set maintenance mode"))
+    }
+
+    // ---- releases ----------------------------------------------------------------------
+
+    /// Records a new release in `deploying` state with the next number for its app.
+    pub fn create_release(&self, new: &NewRelease) -> Result<Release> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(sql("record a release"))?;
+        tx.execute(
+            "INSERT OR IGNORE INTO apps (name, created_at) VALUES (?1, ?2)",
+            params![new.app, now_ms()],
+        )
+        .map_err(sql("record a release"))?;
+        let number: i64 = tx
+            .query_row(
+                "SELECT COALESCE(MAX(number), 0) + 1 FROM releases WHERE app = ?1",
+                [&new.app],
+                |r| r.get(0),
+            )
+            .map_err(sql("record a release"))?;
+        let now = now_ms();
+        tx.execute(
+            "INSERT INTO releases (app, number, version, kind, rollback_of, status, manifest_toml, manifest_json, actor, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'deploying', ?6, ?7, ?8, ?9)",
+            params![new.app, number, new.version, new.kind.as_str(), new.rollback_of, new.manifest_toml, new.manifest_json, new.actor, now],
+        )
+        .map_err(sql("record a release"))?;
+        tx.commit().map_err(sql("record a release"))?;
+        drop(conn);
+        self.release(&new.app, number)?.ok_or_else(|| {
+            StateError::Conflict(format!(
+                "release {number} of {} vanished after it was recorded",
+                new.app
+            ))
+        })
+    }
+
+    pub fn set_release_images(
+        &self,
+        app: &str,
+        number: i64,
+        images: &std::collections::BTreeMap<String, String>,
+    ) -> Result<()> {
+        let json = serde_json::to_string(images).map_err(|e| StateError::Corrupt {
+            what: "image list",
+            message: e.to_string(),
+        })?;
+        self.conn()
+            .execute(
+                "UPDATE releases SET images_json = ?3 WHERE app = ?1 AND number = ?2",
+                params![app, number, json],
+            )
+            .map(|_| ())
+            .map_err(sql("record release images"))
+    }
+
+    pub fn fail_release(&self, app: &str, number: i64, error: &str) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(sql("record a failed release"))?;
+        tx.execute(
+            "UPDATE releases SET status = 'failed', finished_at = ?3, error = ?4 WHERE app = ?1 AND number = ?2 AND status = 'deploying'",
+            params![app, number, now_ms(), error],
+        )
+        .map_err(sql("record a failed release"))?;
+        tx.execute(
+            "DELETE FROM instances WHERE app = ?1 AND release = ?2 AND state = 'pending'",
+            params![app, number],
+        )
+        .map_err(sql("record a failed release"))?;
+        tx.commit().map_err(sql("record a failed release"))
+    }
+
+    /// The commit point of a deploy or restart: the new containers become current, the ones
+    /// they replace start retiring, and (for a deploy) the release becomes the app's live one.
+    pub fn commit_switch(&self, switch: &Switch<'_>) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(sql("switch releases"))?;
+        let now = now_ms();
+        if let Some(number) = switch.new_live_release {
+            tx.execute(
+                "UPDATE releases SET status = 'retired' WHERE app = ?1 AND status = 'live' AND number != ?2",
+                params![switch.app, number],
+            )
+            .map_err(sql("switch releases"))?;
+            tx.execute(
+                "UPDATE releases SET status = 'live', finished_at = ?3, error = NULL WHERE app = ?1 AND number = ?2",
+                params![switch.app, number, now],
+            )
+            .map_err(sql("switch releases"))?;
+            tx.execute(
+                "UPDATE apps SET live_release = ?2 WHERE name = ?1",
+                params![switch.app, number],
+            )
+            .map_err(sql("switch releases"))?;
+        }
+        for id in switch.retiring {
+            tx.execute(
+                "UPDATE instances SET state = 'retiring' WHERE container_id = ?1",
+                [id],
+            )
+            .map_err(sql("switch releases"))?;
+        }
+        for id in switch.now_current {
+            tx.execute(
+                "UPDATE instances SET state = 'current' WHERE container_id = ?1",
+                [id],
+            )
+            .map_err(sql("switch releases"))?;
+        }
+        tx.commit().map_err(sql("switch releases"))
+    }
+
+    pub fn release(&self, app: &str, number: i64) -> Result<Option<Release>> {
+        let conn = self.conn();
+        let mut statement = conn
+            .prepare(&format!("{RELEASE_COLUMNS} WHERE app = ?1 AND number = ?2"))
+            .map_err(sql("read a release"))?;
+        statement
+            .query_row(params![app, number], release_from_row)
+            .optional()
+            .map_err(sql("read a release"))
+    }
+
+    /// An app's releases, newest first.
+    pub fn releases(&self, app: &str, limit: usize) -> Result<Vec<Release>> {
+        let conn = self.conn();
+        let mut statement = conn
+            .prepare(&format!(
+                "{RELEASE_COLUMNS} WHERE app = ?1 ORDER BY number DESC LIMIT ?2"
+            ))
+            .map_err(sql("list releases"))?;
+        let rows = statement
+            .query_map(params![app, limit as i64], release_from_row)
+            .map_err(sql("list releases"))?;
+        rows.collect::<Result<_, _>>().map_err(sql("list releases"))
+    }
+
+    pub fn releases_with_status(&self, status: ReleaseStatus) -> Result<Vec<Release>> {
+        let conn = self.conn();
+        let mut statement = conn
+            .prepare(&format!(
+                "{RELEASE_COLUMNS} WHERE status = ?1 ORDER BY app, number"
+            ))
+            .map_err(sql("list releases"))?;
+        let rows = statement
+            .query_map([status.as_str()], release_from_row)
+            .map_err(sql("list releases"))?;
+        rows.collect::<Result<_, _>>().map_err(sql("list releases"))
+    }
+
+    pub fn live_release(&self, app: &str) -> Result<Option<Release>> {
+        match self.app(app)?.and_then(|a| a.live_release) {
+            Some(number) => self.release(app, number),
+            None => Ok(None),
+        }
+    }
+
+    // ---- instances ---------------------------------------------------------------------
+
+    pub fn add_instance(&self, instance: &Instance) -> Result<()> {
+        self.conn()
+            .execute(
+                "INSERT OR REPLACE INTO instances (container_id, name, app, service, release, replica, state, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    instance.container_id,
+                    instance.name,
+                    instance.app,
+                    instance.service,
+                    instance.release,
+                    instance.replica,
+                    instance.state.as_str(),
+                    instance.created_at
+                ],
+            )
+            .map(|_| ())
+            .map_err(sql("record a container"))
+    }
+
+    pub fn remove_instance(&self, container_id: &str) -> Result<()> {
+        self.conn()
+            .execute(
+                "DELETE FROM instances WHERE container_id = ?1",
+                [container_id],
+            )
+            .map(|_| ())
+            .map_err(sql("forget a container"))
+    }
+
+    pub fn instances(&self, app: &str) -> Result<Vec<Instance>> {
+        let conn = self.conn();
+        let mut statement = conn
+            .prepare(
+                "SELECT container_id, name, app, service, release, replica, state, created_at
+                 FROM instances WHERE app = ?1 ORDER BY service, release, replica, created_at",
+            )
+            .map_err(sql("list containers"))?;
+        let rows = statement
+            .query_map([app], |row| {
+                let state: String = row.get(6)?;
+                Ok(Instance {
+                    container_id: row.get(0)?,
+                    name: row.get(1)?,
+                    app: row.get(2)?,
+                    service: row.get(3)?,
+                    release: row.get(4)?,
+                    replica: row.get(5)?,
+                    state: InstanceState::parse(&state),
+                    created_at: row.get(7)?,
+                })
+            })
+            .map_err(sql("list containers"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(sql("list containers"))
+    }
+
+    // ---- events and audit --------------------------------------------------------------
+
+    pub fn add_event(
+        &self,
+        app: &str,
+        release: Option<i64>,
+        level: &str,
+        message: &str,
+    ) -> Result<()> {
+        self.conn()
+            .execute(
+                "INSERT INTO events (app, release, at, level, message) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![app, release, now_ms(), level, message],
+            )
+            .map(|_| ())
+            .map_err(sql("record an event"))
+    }
+
+    pub fn events(&self, app: &str, release: i64) -> Result<Vec<Event>> {
+        let conn = self.conn();
+        let mut statement = conn
+            .prepare(
+                "SELECT at, level, message FROM events WHERE app = ?1 AND release = ?2 ORDER BY id",
+            )
+            .map_err(sql("list events"))?;
+        let rows = statement
+            .query_map(params![app, release], |row| {
+                Ok(Event {
+                    at: row.get(0)?,
+                    level: row.get(1)?,
+                    message: row.get(2)?,
+                })
+            })
+            .map_err(sql("list events"))?;
+        rows.collect::<Result<_, _>>().map_err(sql("list events"))
+    }
+
+    pub fn add_audit(&self, entry: &AuditEntry) -> Result<()> {
+        self.conn()
+            .execute(
+                "INSERT INTO audit (at, actor, action, target, result, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![entry.at, entry.actor, entry.action, entry.target, entry.result, entry.detail],
+            )
+            .map(|_| ())
+            .map_err(sql("record an audit entry"))
+    }
+
+    /// The newest audit entries first.
+    pub fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>> {
+        let conn = self.conn();
+        let mut statement = conn
+            .prepare("SELECT at, actor, action, target, result, detail FROM audit ORDER BY id DESC LIMIT ?1")
+            .map_err(sql("read the audit log"))?;
+        let rows = statement
+            .query_map([limit as i64], |row| {
+                Ok(AuditEntry {
+                    at: row.get(0)?,
+                    actor: row.get(1)?,
+                    action: row.get(2)?,
+                    target: row.get(3)?,
+                    result: row.get(4)?,
+                    detail: row.get(5)?,
+                })
+            })
+            .map_err(sql("read the audit log"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(sql("read the audit log"))
+    }
+
+    // ---- secrets (ciphertext only) -----------------------------------------------------
+
+    pub fn put_secret(&self, app: &str, name: &str, ciphertext: &[u8]) -> Result<()> {
+        let now = now_ms();
+        self.conn()
+            .execute(
+                "INSERT INTO secrets (app, name, ciphertext, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)
+                 ON CONFLICT (app, name) DO UPDATE SET ciphertext = excluded.ciphertext, updated_at = excluded.updated_at",
+                params![app, name, ciphertext, now],
+            )
+            .map(|_| ())
+            .map_err(sql("store a secret"))
+    }
+
+    pub fn secret_ciphertext(&self, app: &str, name: &str) -> Result<Option<Vec<u8>>> {
+        self.conn()
+            .query_row(
+                "SELECT ciphertext FROM secrets WHERE app = ?1 AND name = ?2",
+                params![app, name],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sql("read a secret"))
+    }
+
+    pub fn secrets(&self, app: &str) -> Result<Vec<SecretInfo>> {
+        let conn = self.conn();
+        let mut statement = conn
+            .prepare(
+                "SELECT name, created_at, updated_at FROM secrets WHERE app = ?1 ORDER BY name",
+            )
+            .map_err(sql("list secrets"))?;
+        let rows = statement
+            .query_map([app], |row| {
+                Ok(SecretInfo {
+                    name: row.get(0)?,
+                    created_at: row.get(1)?,
+                    updated_at: row.get(2)?,
+                })
+            })
+            .map_err(sql("list secrets"))?;
+        rows.collect::<Result<_, _>>().map_err(sql("list secrets"))
+    }
+
+    /// Returns whether the secret existed.
+    pub fn delete_secret(&self, app: &str, name: &str) -> Result<bool> {
+        self.conn()
+            .execute(
+                "DELETE FROM secrets WHERE app = ?1 AND name = ?2",
+                params![app, name],
+            )
+            .map(|n| n > 0)
+            .map_err(sql("delete a secret"))
+    }
+}
+
+impl Store {
+    // ---- backups -----------------------------------------------------------------------
+
+    /// Records (or refreshes) one good copy of a backup.
+    pub fn put_backup_copy(&self, copy: &BackupCopy) -> Result<()> {
+        self.conn()
+            .execute(
+                "INSERT INTO backup_copies (app, name, id, destination, created_at, verified_at, verify_error, meta_json)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (app, name, id, destination) DO UPDATE SET
+                   verified_at = excluded.verified_at, verify_error = excluded.verify_error,
+                   meta_json = excluded.meta_json",
+                params![
+                    copy.app,
+                    copy.name,
+                    copy.id,
+                    copy.destination,
+                    copy.created_at,
+                    copy.verified_at,
+                    copy.verify_error,
+                    copy.meta_json
+                ],
+            )
+            .map(|_| ())
+            .map_err(sql("record a backup"))
+    }
+
+    /// Marks a copy's latest re-verification as failed (it stays listed, flagged).
+    pub fn fail_backup_copy(
+        &self,
+        app: &str,
+        name: &str,
+        id: &str,
+        destination: &str,
+        error: &str,
+    ) -> Result<()> {
+        self.conn()
+            .execute(
+                "UPDATE backup_copies SET verify_error = ?5
+                 WHERE app = ?1 AND name = ?2 AND id = ?3 AND destination = ?4",
+                params![app, name, id, destination, error],
+            )
+            .map(|_| ())
+            .map_err(sql("record a failed verification"))
+    }
+
+    pub fn remove_backup_copy(
+        &self,
+        app: &str,
+        name: &str,
+        id: &str,
+        destination: &str,
+    ) -> Result<()> {
+        self.conn()
+            .execute(
+                "DELETE FROM backup_copies WHERE app = ?1 AND name = ?2 AND id = ?3 AND destination = ?4",
+                params![app, name, id, destination],
+            )
+            .map(|_| ())
+            .map_err(sql("forget a backup"))
+    }
+
+    /// Replaces what the catalog holds for one backup name on one storage with what the
+    /// storage itself lists. Copies flagged as failing keep their flag.
+    pub fn replace_backup_copies(
+        &self,
+        app: &str,
+        name: &str,
+        destination: &str,
+        copies: &[BackupCopy],
+    ) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction()
+            .map_err(sql("refresh the backup catalog"))?;
+        let flagged: Vec<(String, String)> = {
+            let mut statement = tx
+                .prepare(
+                    "SELECT id, verify_error FROM backup_copies
+                     WHERE app = ?1 AND name = ?2 AND destination = ?3 AND verify_error IS NOT NULL",
+                )
+                .map_err(sql("refresh the backup catalog"))?;
+            let rows = statement
+                .query_map(params![app, name, destination], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
+                .map_err(sql("refresh the backup catalog"))?;
+            rows.collect::<Result<_, _>>()
+                .map_err(sql("refresh the backup catalog"))?
+        };
+        tx.execute(
+            "DELETE FROM backup_copies WHERE app = ?1 AND name = ?2 AND destination = ?3",
+            params![app, name, destination],
+        )
+        .map_err(sql("refresh the backup catalog"))?;
+        for copy in copies {
+            let error = copy.verify_error.clone().or_else(|| {
+                flagged
+                    .iter()
+                    .find(|(id, _)| id == &copy.id)
+                    .map(|(_, e)| e.clone())
+            });
+            tx.execute(
+                "INSERT INTO backup_copies (app, name, id, destination, created_at, verified_at, verify_error, meta_json)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    copy.app,
+                    copy.name,
+                    copy.id,
+                    copy.destination,
+                    copy.created_at,
+                    copy.verified_at,
+                    error,
+                    copy.meta_json
+                ],
+            )
+            .map_err(sql("refresh the backup catalog"))?;
+        }
+        tx.commit().map_err(sql("refresh the backup catalog"))
+    }
+
+    /// Copies of an app's backups (of one name, or all), oldest first.
+    pub fn backup_copies(&self, app: &str, name: Option<&str>) -> Result<Vec<BackupCopy>> {
+        let conn = self.conn();
+        let mut statement = conn
+            .prepare(
+                "SELECT app, name, id, destination, created_at, verified_at, verify_error, meta_json
+                 FROM backup_copies WHERE app = ?1 AND (?2 IS NULL OR name = ?2)
+                 ORDER BY created_at, id, destination",
+            )
+            .map_err(sql("list backups"))?;
+        let rows = statement
+            .query_map(params![app, name], |row| {
+                Ok(BackupCopy {
+                    app: row.get(0)?,
+                    name: row.get(1)?,
+                    id: row.get(2)?,
+                    destination: row.get(3)?,
+                    created_at: row.get(4)?,
+                    verified_at: row.get(5)?,
+                    verify_error: row.get(6)?,
+                    meta_json: row.get(7)?,
+                })
+            })
+            .map_err(sql("list backups"))?;
+        rows.collect::<Result<_, _>>().map_err(sql("list backups"))
+    }
+
+    pub fn start_backup_run(
+        &self,
+        app: &str,
+        name: &str,
+        operation: &str,
+        actor: &str,
+    ) -> Result<i64> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO backup_runs (app, name, operation, actor, started_at, status) VALUES (?1, ?2, ?3, ?4, ?5, 'running')",
+            params![app, name, operation, actor, now_ms()],
+        )
+        .map_err(sql("record a backup run"))?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    pub fn finish_backup_run(&self, run: i64, finish: &RunFinish<'_>) -> Result<()> {
+        self.conn()
+            .execute(
+                "UPDATE backup_runs SET finished_at = ?2, status = ?3, backup_id = ?4, cause = ?5, error = ?6 WHERE id = ?1",
+                params![run, now_ms(), finish.status, finish.backup_id, finish.cause, finish.error],
+            )
+            .map(|_| ())
+            .map_err(sql("record a backup run"))
+    }
+
+    /// Runs the agent was doing when it stopped: they are failed, with that as the cause.
+    pub fn abandon_running_backup_runs(&self) -> Result<usize> {
+        self.conn()
+            .execute(
+                "UPDATE backup_runs SET finished_at = ?1, status = 'failed', cause = 'interrupted',
+                 error = 'the agent stopped while this ran; nothing it wrote was recorded as a backup'
+                 WHERE status = 'running'",
+                [now_ms()],
+            )
+            .map_err(sql("record interrupted backup runs"))
+    }
+
+    /// The latest run of each (name, operation) of an app.
+    pub fn latest_backup_runs(&self, app: &str) -> Result<Vec<BackupRun>> {
+        let conn = self.conn();
+        let mut statement = conn
+            .prepare(
+                "SELECT id, app, name, operation, actor, started_at, finished_at, status, backup_id, cause, error
+                 FROM backup_runs WHERE id IN (
+                   SELECT max(id) FROM backup_runs WHERE app = ?1 GROUP BY name, operation)
+                 ORDER BY name, operation",
+            )
+            .map_err(sql("list backup runs"))?;
+        let rows = statement
+            .query_map([app], |row| {
+                Ok(BackupRun {
+                    id: row.get(0)?,
+                    app: row.get(1)?,
+                    name: row.get(2)?,
+                    operation: row.get(3)?,
+                    actor: row.get(4)?,
+                    started_at: row.get(5)?,
+                    finished_at: row.get(6)?,
+                    status: row.get(7)?,
+                    backup_id: row.get(8)?,
+                    cause: row.get(9)?,
+                    error: row.get(10)?,
+                })
+            })
+            .map_err(sql("list backup runs"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(sql("list backup runs"))
+    }
+
+    /// When the last successful backup of a name finished, if any.
+    pub fn last_good_backup(&self, app: &str, name: &str) -> Result<Option<i64>> {
+        self.conn()
+            .query_row(
+                "SELECT max(finished_at) FROM backup_runs
+                 WHERE app = ?1 AND name = ?2 AND operation = 'backup' AND status = 'ok'",
+                params![app, name],
+                |row| row.get(0),
+            )
+            .map_err(sql("read backup runs"))
+    }
+}
+
+fn migrations() -> Migrations<'static> {
+    Migrations::new(vec![
+        M::up(include_str!("migrations.sql")),
+        M::up(include_str!("migration2.sql")),
+        M::up(include_str!("migration3.sql")),
+    ])
+}
+
+const RELEASE_COLUMNS: &str = "SELECT app, number, version, kind, rollback_of, status, manifest_toml, manifest_json, images_json, actor, created_at, finished_at, error FROM releases";
+
+fn release_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Release> {
+    let kind: String = row.get(3)?;
+    let status: String = row.get(5)?;
+    let images_json: String = row.get(8)?;
+    Ok(Release {
+        app: row.get(0)?,
+        number: row.get(1)?,
+        version: row.get(2)?,
+        kind: ReleaseKind::parse(&kind),
+        rollback_of: row.get(4)?,
+        status: ReleaseStatus::parse(&status),
+        manifest_toml: row.get(6)?,
+        manifest_json: row.get(7)?,
+        images: serde_json::from_str(&images_json).unwrap_or_default(),
+        actor: row.get(9)?,
+        created_at: row.get(10)?,
+        finished_at: row.get(11)?,
+        error: row.get(12)?,
+    })
+}
+
+#[cfg(test)]
+mod tests;

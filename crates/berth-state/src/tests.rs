@@ -1,0 +1,258 @@
+use super::*;
+
+fn release(store: &Store, app: &str) -> Release {
+    store
+        .create_release(&NewRelease {
+            app: app.into(),
+            version: "v1".into(),
+            kind: ReleaseKind::Deploy,
+            rollback_of: None,
+            manifest_toml: "app = \"a\"".into(),
+            manifest_json: "{}".into(),
+            actor: "tester".into(),
+        })
+        .unwrap()
+}
+
+fn instance(store: &Store, id: &str, release: i64, state: InstanceState) {
+    store
+        .add_instance(&Instance {
+            container_id: id.into(),
+            name: format!("a-web-{id}"),
+            app: "a".into(),
+            service: "web".into(),
+            release,
+            replica: 1,
+            state,
+            created_at: now_ms(),
+        })
+        .unwrap();
+}
+
+#[test]
+fn release_numbers_count_up_per_app() {
+    let store = Store::in_memory().unwrap();
+    assert_eq!(release(&store, "a").number, 1);
+    assert_eq!(release(&store, "a").number, 2);
+    assert_eq!(release(&store, "b").number, 1);
+    let r = store.release("a", 2).unwrap().unwrap();
+    assert_eq!(r.status, ReleaseStatus::Deploying);
+    assert_eq!(
+        store
+            .releases("a", 10)
+            .unwrap()
+            .iter()
+            .map(|r| r.number)
+            .collect::<Vec<_>>(),
+        [2, 1]
+    );
+}
+
+#[test]
+fn the_switch_moves_live_release_and_containers_in_one_step() {
+    let store = Store::in_memory().unwrap();
+    let first = release(&store, "a");
+    instance(&store, "c1", first.number, InstanceState::Pending);
+    store
+        .commit_switch(&Switch {
+            app: "a",
+            new_live_release: Some(1),
+            now_current: &["c1".into()],
+            retiring: &[],
+        })
+        .unwrap();
+    assert_eq!(store.live_release("a").unwrap().unwrap().number, 1);
+
+    let second = release(&store, "a");
+    instance(&store, "c2", second.number, InstanceState::Pending);
+    store
+        .commit_switch(&Switch {
+            app: "a",
+            new_live_release: Some(2),
+            now_current: &["c2".into()],
+            retiring: &["c1".into()],
+        })
+        .unwrap();
+    assert_eq!(store.live_release("a").unwrap().unwrap().number, 2);
+    assert_eq!(
+        store.release("a", 1).unwrap().unwrap().status,
+        ReleaseStatus::Retired
+    );
+    let states: Vec<_> = store
+        .instances("a")
+        .unwrap()
+        .into_iter()
+        .map(|i| (i.container_id, i.state))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("c1".to_owned(), InstanceState::Retiring),
+            ("c2".to_owned(), InstanceState::Current)
+        ]
+    );
+}
+
+#[test]
+fn a_failed_release_forgets_its_pending_containers_and_keeps_the_live_one() {
+    let store = Store::in_memory().unwrap();
+    let first = release(&store, "a");
+    instance(&store, "c1", first.number, InstanceState::Current);
+    store
+        .commit_switch(&Switch {
+            app: "a",
+            new_live_release: Some(1),
+            now_current: &[],
+            retiring: &[],
+        })
+        .unwrap();
+    let second = release(&store, "a");
+    instance(&store, "c2", second.number, InstanceState::Pending);
+    store.fail_release("a", 2, "health gate timed out").unwrap();
+    let failed = store.release("a", 2).unwrap().unwrap();
+    assert_eq!(failed.status, ReleaseStatus::Failed);
+    assert_eq!(failed.error.as_deref(), Some("health gate timed out"));
+    assert_eq!(store.live_release("a").unwrap().unwrap().number, 1);
+    assert_eq!(store.instances("a").unwrap().len(), 1);
+}
+
+#[test]
+fn secrets_are_upserted_listed_and_deleted() {
+    let store = Store::in_memory().unwrap();
+    store.put_secret("a", "K", b"one").unwrap();
+    store.put_secret("a", "K", b"two").unwrap();
+    assert_eq!(
+        store.secret_ciphertext("a", "K").unwrap().as_deref(),
+        Some(&b"two"[..])
+    );
+    assert_eq!(store.secrets("a").unwrap().len(), 1);
+    assert!(store.secrets("b").unwrap().is_empty());
+    assert!(store.delete_secret("a", "K").unwrap());
+    assert!(!store.delete_secret("a", "K").unwrap());
+}
+
+#[test]
+fn a_state_file_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    {
+        let store = Store::open(&path).unwrap();
+        release(&store, "a");
+        store
+            .add_audit(&AuditEntry {
+                at: now_ms(),
+                actor: "me".into(),
+                action: "deploy".into(),
+                target: "a".into(),
+                result: "ok".into(),
+                detail: String::new(),
+            })
+            .unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.releases("a", 5).unwrap().len(), 1);
+    assert_eq!(store.audit(10).unwrap()[0].action, "deploy");
+}
+
+#[test]
+fn a_file_that_is_not_a_database_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    std::fs::write(
+        &path,
+        b"this is not sqlite, just some text that is long enough to be a header",
+    )
+    .unwrap();
+    let error = Store::open(&path).err().unwrap().to_string();
+    assert!(error.contains("state.db"), "{error}");
+}
+
+#[test]
+fn maintenance_mode_is_stored_per_app() {
+    let store = Store::in_memory().unwrap();
+    release(&store, "a");
+    assert!(store.set_maintenance("a", Some("back soon")).unwrap());
+    assert_eq!(
+        store.app("a").unwrap().unwrap().maintenance.as_deref(),
+        Some("back soon")
+    );
+    assert!(store.set_maintenance("a", None).unwrap());
+    assert_eq!(store.app("a").unwrap().unwrap().maintenance, None);
+    assert!(!store.set_maintenance("nope", Some("x")).unwrap());
+}
+
+fn copy(id: &str, destination: &str, at: i64) -> BackupCopy {
+    BackupCopy {
+        app: "a".into(),
+        name: "db".into(),
+        id: id.into(),
+        destination: destination.into(),
+        created_at: at,
+        verified_at: at,
+        verify_error: None,
+        meta_json: "{}".into(),
+    }
+}
+
+#[test]
+fn the_backup_catalog_follows_its_storage_and_keeps_failure_flags() {
+    let store = Store::in_memory().unwrap();
+    store.put_backup_copy(&copy("b1", "local", 1)).unwrap();
+    store.put_backup_copy(&copy("b2", "local", 2)).unwrap();
+    store.put_backup_copy(&copy("b2", "offsite", 2)).unwrap();
+    store
+        .fail_backup_copy("a", "db", "b2", "local", "checksum mismatch")
+        .unwrap();
+    // A refresh from the local storage: b1 was pruned elsewhere, b3 appeared.
+    store
+        .replace_backup_copies(
+            "a",
+            "db",
+            "local",
+            &[copy("b2", "local", 2), copy("b3", "local", 3)],
+        )
+        .unwrap();
+    let listed = store.backup_copies("a", Some("db")).unwrap();
+    let ids: Vec<(&str, &str)> = listed
+        .iter()
+        .map(|c| (c.id.as_str(), c.destination.as_str()))
+        .collect();
+    assert_eq!(ids, [("b2", "local"), ("b2", "offsite"), ("b3", "local")]);
+    assert_eq!(listed[0].verify_error.as_deref(), Some("checksum mismatch"));
+    // A good verification clears the flag.
+    store.put_backup_copy(&copy("b2", "local", 2)).unwrap();
+    assert_eq!(
+        store.backup_copies("a", None).unwrap()[0].verify_error,
+        None
+    );
+    store.remove_backup_copy("a", "db", "b3", "local").unwrap();
+    assert_eq!(store.backup_copies("a", None).unwrap().len(), 2);
+}
+
+#[test]
+fn backup_runs_record_outcomes_and_interruptions() {
+    let store = Store::in_memory().unwrap();
+    let first = store.start_backup_run("a", "db", "backup", "cli").unwrap();
+    store
+        .finish_backup_run(
+            first,
+            &RunFinish {
+                status: "ok",
+                backup_id: Some("b1"),
+                cause: None,
+                error: None,
+            },
+        )
+        .unwrap();
+    let second = store
+        .start_backup_run("a", "db", "backup", "schedule")
+        .unwrap();
+    assert!(second > first);
+    assert!(store.last_good_backup("a", "db").unwrap().is_some());
+    assert_eq!(store.abandon_running_backup_runs().unwrap(), 1);
+    let latest = store.latest_backup_runs("a").unwrap();
+    assert_eq!(latest.len(), 1);
+    assert_eq!(latest[0].status, "failed");
+    assert_eq!(latest[0].cause.as_deref(), Some("interrupted"));
+    assert_eq!(store.last_good_backup("a", "nope").unwrap(), None);
+}

@@ -1,0 +1,1575 @@
+//! What each command does.
+
+use crate::client::{Client, ClientError, Target};
+use crate::output::{self, Mode, OperationView};
+use crate::{
+    AppArgs, BackupCommand, CertsCommand, Cli, Command, EdgeArgs, MaintenanceCommand, ManifestArgs,
+    SecretsCommand,
+};
+use anyhow::{Context, anyhow};
+use berth_api::*;
+use berth_manifest::{ImageSource, Manifest, ManifestSource};
+use console::style;
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Marks an error as the user's input being wrong: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Invalid {
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+fn invalid(message: impl Into<String>, hint: Option<&str>) -> anyhow::Error {
+    anyhow::Error::new(Invalid {
+        message: message.into(),
+        hint: hint.map(str::to_owned),
+    })
+}
+
+/// Prints an error the way the user needs it and picks the exit code.
+pub fn report(error: &anyhow::Error, json: bool) -> ExitCode {
+    let (code, message, hint, details) = if let Some(e) = error.downcast_ref::<Invalid>() {
+        (2, e.message.clone(), e.hint.clone(), Vec::new())
+    } else if let Some(e) = error.downcast_ref::<ClientError>() {
+        let code = match e {
+            ClientError::Api { error, .. }
+                if matches!(error.kind.as_str(), "invalid" | "not-found") =>
+            {
+                2
+            }
+            _ => 1,
+        };
+        let details = match e {
+            ClientError::Api { error, .. } => error.details.clone(),
+            _ => Vec::new(),
+        };
+        (code, e.to_string(), e.hint(), details)
+    } else if let Some(e) = error.downcast_ref::<berth_manifest::ManifestError>() {
+        (2, String::new(), None, vec![e.to_string()])
+    } else {
+        (1, format!("{error:#}"), None, Vec::new())
+    };
+    if json {
+        let body = serde_json::json!({ "ok": false, "error": { "message": message, "hint": hint, "details": details } });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&body).unwrap_or_default()
+        );
+    } else {
+        if !message.is_empty() {
+            eprintln!("{} {message}", style("error:").red().bold());
+        }
+        for detail in &details {
+            eprint!("{detail}");
+            if !detail.ends_with('\n') {
+                eprintln!();
+            }
+        }
+        if let Some(hint) = hint {
+            for line in hint.lines() {
+                eprintln!("  {} {line}", style("→").yellow());
+            }
+        }
+    }
+    ExitCode::from(code)
+}
+
+pub fn default_data_dir() -> PathBuf {
+    let root = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false);
+    if root {
+        return PathBuf::from("/var/lib/berth");
+    }
+    match std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        Some(data) => PathBuf::from(data).join("berth"),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| ".".into()))
+            .join(".local/share/berth"),
+    }
+}
+
+struct Ctx {
+    agent: Option<String>,
+    data_dir: PathBuf,
+    mode: Mode,
+    json: bool,
+}
+
+impl Ctx {
+    fn target(&self) -> anyhow::Result<Target> {
+        match &self.agent {
+            Some(text) => Target::parse(text).map_err(|e| invalid(e, None)),
+            None => Ok(Target::Unix(berth_agent::AgentConfig::socket_path(
+                &self.data_dir,
+            ))),
+        }
+    }
+
+    fn client(&self) -> anyhow::Result<Client> {
+        let token = std::env::var("BERTH_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+            .or_else(|| {
+                std::fs::read_to_string(self.data_dir.join("api-token"))
+                    .ok()
+                    .map(|t| t.trim().to_owned())
+            });
+        Ok(Client::new(self.target()?, token))
+    }
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let ctx = Ctx {
+        agent: cli.agent.clone(),
+        data_dir: cli.data_dir.clone().unwrap_or_else(default_data_dir),
+        mode: Mode::detect(cli.json),
+        json: cli.json,
+    };
+    match cli.command {
+        Command::Check { manifest } => check(&ctx, &manifest),
+        Command::Agent {
+            api,
+            http,
+            edge,
+            log_json,
+        } => agent(&ctx, api, http, edge, log_json).await,
+        Command::Maintenance { action } => maintenance(&ctx, action).await,
+        Command::Certs { action } => certs(&ctx, action.unwrap_or(CertsCommand::List)).await,
+        Command::Up {
+            manifest,
+            http,
+            version,
+            load,
+        } => up(&ctx, &manifest, &http, version, &load).await,
+        Command::Deploy {
+            manifest,
+            version,
+            wait,
+            load,
+        } => deploy(&ctx, &manifest, version, wait, &load).await,
+        Command::Rollback { release, app, wait } => {
+            let app = resolve_app(&app)?;
+            let request = RollbackRequest {
+                release,
+                wait_for_lock: wait,
+            };
+            operation(
+                &ctx,
+                &format!("/v1/apps/{app}/rollback"),
+                &request,
+                &format!("rolling back {app}"),
+            )
+            .await
+        }
+        Command::Restart { service, app, wait } => {
+            let app = resolve_app(&app)?;
+            let request = RestartRequest {
+                wait_for_lock: wait,
+            };
+            operation(
+                &ctx,
+                &format!("/v1/apps/{app}/services/{service}/restart"),
+                &request,
+                &format!("restarting {service} of {app}"),
+            )
+            .await
+        }
+        Command::Releases { app, limit } => releases(&ctx, &resolve_app(&app)?, limit).await,
+        Command::Status { app } => status(&ctx, app).await,
+        Command::Logs {
+            service,
+            app,
+            follow,
+            lines,
+            since,
+        } => logs(&ctx, &resolve_app(&app)?, &service, follow, lines, since).await,
+        Command::Exec {
+            service,
+            app,
+            command,
+        } => exec(&ctx, &resolve_app(&app)?, &service, command).await,
+        Command::Secrets { action } => secrets(&ctx, action).await,
+        Command::Audit { limit } => audit(&ctx, limit).await,
+        Command::Backup { action } => backup(&ctx, action).await,
+        Command::Restore {
+            name,
+            app,
+            id,
+            at,
+            to,
+            force,
+            from,
+            identity,
+        } => {
+            let (app, manifest) = backup_target(&app)?;
+            let identity = match identity {
+                Some(path) => Some(std::fs::read_to_string(&path).map_err(|e| {
+                    invalid(
+                        format!("cannot read the identity file {}: {e}", path.display()),
+                        Some("give the file age-keygen wrote (AGE-SECRET-KEY-1…)"),
+                    )
+                })?),
+                None => None,
+            };
+            let to = match to {
+                Some(path) => Some(
+                    std::path::absolute(&path)
+                        .with_context(|| format!("cannot resolve {}", path.display()))?
+                        .display()
+                        .to_string(),
+                ),
+                None => None,
+            };
+            let request = RestoreRequest {
+                manifest,
+                name: name.clone(),
+                id,
+                at,
+                to,
+                force,
+                from,
+                identity,
+            };
+            operation(
+                &ctx,
+                &format!("/v1/apps/{app}/restore"),
+                &request,
+                &format!("restoring {name} of {app}"),
+            )
+            .await
+        }
+        Command::DialStdio => {
+            crate::client::dial_stdio(&ctx.target()?)
+                .await
+                .context("cannot connect to the local agent")?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+// ---- manifests ------------------------------------------------------------------------
+
+struct LoadedManifest {
+    manifest: Manifest,
+    text: String,
+    path: PathBuf,
+    base_dir: PathBuf,
+}
+
+fn read_manifest(args: &ManifestArgs) -> anyhow::Result<(String, PathBuf)> {
+    let text = std::fs::read_to_string(&args.file).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            invalid(
+                format!("there is no manifest at {}", args.file.display()),
+                Some("run in the directory holding berth.toml, or name it with -f FILE"),
+            )
+        } else {
+            anyhow!("cannot read {}: {e}", args.file.display())
+        }
+    })?;
+    let base_dir = std::path::absolute(
+        args.file
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new(".")),
+    )
+    .with_context(|| format!("cannot resolve the directory of {}", args.file.display()))?;
+    Ok((text, base_dir))
+}
+
+fn load_manifest(args: &ManifestArgs) -> anyhow::Result<LoadedManifest> {
+    let (text, base_dir) = read_manifest(args)?;
+    let file = args.file.display().to_string();
+    let source = ManifestSource {
+        file: &file,
+        text: &text,
+        base_dir: &base_dir,
+    };
+    let manifest = berth_manifest::load(source, args.environment.as_deref())?;
+    Ok(LoadedManifest {
+        manifest,
+        text,
+        path: args.file.clone(),
+        base_dir,
+    })
+}
+
+fn resolve_app(args: &AppArgs) -> anyhow::Result<String> {
+    if let Some(app) = &args.app {
+        return Ok(app.clone());
+    }
+    if args.file.exists() {
+        let manifest = ManifestArgs {
+            file: args.file.clone(),
+            environment: args.environment.clone(),
+        };
+        return Ok(load_manifest(&manifest)?.manifest.app);
+    }
+    Err(invalid(
+        "which app? No --app was given and there is no berth.toml here",
+        Some(
+            "pass --app APP, or run in the directory of the app's berth.toml (or name it with -f FILE)",
+        ),
+    ))
+}
+
+fn check(ctx: &Ctx, args: &ManifestArgs) -> anyhow::Result<ExitCode> {
+    let (text, base_dir) = read_manifest(args)?;
+    let file = args.file.display().to_string();
+    let source = ManifestSource {
+        file: &file,
+        text: &text,
+        base_dir: &base_dir,
+    };
+    let result = match &args.environment {
+        Some(env) => berth_manifest::load(source, Some(env)).map(|m| vec![m]),
+        None => berth_manifest::check_all(source),
+    };
+    match result {
+        Ok(manifests) => {
+            if ctx.json {
+                let apps: Vec<_> = manifests
+                    .iter()
+                    .map(|m| serde_json::json!({ "app": m.app, "environment": m.environment, "services": m.services.keys().collect::<Vec<_>>(), "accessories": m.accessories.keys().collect::<Vec<_>>() }))
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "valid": true, "file": file, "apps": apps })
+                    )?
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            for manifest in &manifests {
+                let env = manifest
+                    .environment
+                    .as_ref()
+                    .map(|e| format!(" (environment {e})"))
+                    .unwrap_or_default();
+                println!(
+                    "{} {file}{env}: app {}",
+                    style("✓").green(),
+                    style(&manifest.app).bold()
+                );
+                for service in manifest
+                    .services
+                    .values()
+                    .chain(manifest.accessories.values())
+                {
+                    let replicas = if service.replicas > 1 {
+                        format!(", {} replicas", service.replicas)
+                    } else {
+                        String::new()
+                    };
+                    let route = service
+                        .route
+                        .as_ref()
+                        .map(|r| {
+                            let hosts = if r.domains.is_empty() {
+                                "any host".to_owned()
+                            } else {
+                                r.domains.join(", ")
+                            };
+                            format!(
+                                ", routed from {hosts}{}",
+                                if r.path == "/" {
+                                    String::new()
+                                } else {
+                                    format!(" at {}", r.path)
+                                }
+                            )
+                        })
+                        .unwrap_or_default();
+                    println!(
+                        "    {} ({}{replicas}{route})",
+                        service.name,
+                        service.role().as_str()
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) => {
+            if ctx.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "valid": false, "file": file, "errors": error.located() })
+                    )?
+                );
+            } else {
+                eprint!("{error}");
+                let count = error.diagnostics().len();
+                eprintln!(
+                    "{} {file} has {count} {}",
+                    style("✗").red(),
+                    if count == 1 { "problem" } else { "problems" }
+                );
+            }
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+// ---- the agent ------------------------------------------------------------------------
+
+async fn agent(
+    ctx: &Ctx,
+    api: Vec<String>,
+    http: Option<String>,
+    edge: EdgeArgs,
+    log_json: bool,
+) -> anyhow::Result<ExitCode> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if log_json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let api = api
+        .iter()
+        .map(|a| {
+            a.parse::<berth_agent::ListenAddr>()
+                .map_err(|e| invalid(e, None))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let root = default_data_dir() == Path::new("/var/lib/berth");
+    let http = match http.as_deref() {
+        Some("off") => None,
+        Some(text) => Some(
+            text.parse()
+                .map_err(|_| invalid(format!("`{text}` is not HOST:PORT (or `off`)"), None))?,
+        ),
+        None if root => Some("0.0.0.0:80".parse()?),
+        None => Some("127.0.0.1:8080".parse()?),
+    };
+    let address = |flag: &str, text: &str| -> anyhow::Result<std::net::SocketAddr> {
+        text.parse().map_err(|_| {
+            invalid(
+                format!("--{flag} `{text}` is not HOST:PORT (or `off`)"),
+                None,
+            )
+        })
+    };
+    let https = match edge.https.as_deref() {
+        Some("off") => None,
+        Some(text) => Some(address("https", text)?),
+        None if root => Some("0.0.0.0:443".parse()?),
+        None => None,
+    };
+    let duration = |flag: &str, text: &str| {
+        berth_manifest::units::parse_duration(text).map_err(|e| {
+            invalid(
+                format!("--{flag} `{text}`: {e}"),
+                Some("durations look like 30s, 12h or 30d"),
+            )
+        })
+    };
+    let acme = match edge.acme_directory.as_str() {
+        "off" => None,
+        directory => Some(berth_tls::AcmeConfig {
+            directory: match directory {
+                "letsencrypt" => berth_tls::LETS_ENCRYPT.to_owned(),
+                "letsencrypt-staging" => berth_tls::LETS_ENCRYPT_STAGING.to_owned(),
+                url if url.starts_with("https://") => url.to_owned(),
+                other => {
+                    return Err(invalid(
+                        format!(
+                            "--acme-directory `{other}` is not letsencrypt, letsencrypt-staging, off or an https:// URL"
+                        ),
+                        None,
+                    ));
+                }
+            },
+            contact: edge.acme_email.clone(),
+            directory_root: edge.acme_ca_root.clone(),
+            challenge: match edge.acme_challenge.as_str() {
+                "http-01" => berth_tls::Challenge::Http01,
+                "tls-alpn-01" => berth_tls::Challenge::TlsAlpn01,
+                other => {
+                    return Err(invalid(
+                        format!("--acme-challenge `{other}` is not http-01 or tls-alpn-01"),
+                        None,
+                    ));
+                }
+            },
+            renew_before: duration("acme-renew-before", &edge.acme_renew_before)?,
+            check_interval: Duration::from_secs(3600),
+        }),
+    };
+    let metrics = match edge.metrics.as_deref() {
+        None | Some("off") => None,
+        Some(text) => Some(address("metrics", text)?),
+    };
+    let access_log = match edge.access_log.as_deref() {
+        Some("off") => None,
+        Some(path) => Some(PathBuf::from(path)),
+        None => Some(ctx.data_dir.join("logs").join("access.log")),
+    };
+    let proxy = berth_agent::ProxyConfig {
+        max_connections: edge.max_connections.max(1),
+        header_read_timeout: duration("header-timeout", &edge.header_timeout)?,
+        ..berth_agent::ProxyConfig::default()
+    };
+    let config = berth_agent::AgentConfig {
+        data_dir: ctx.data_dir.clone(),
+        api,
+        http,
+        https,
+        acme,
+        metrics,
+        access_log,
+        proxy,
+        proxy_threads: match edge.proxy_threads {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            n => n,
+        },
+        shutdown_grace: Duration::from_secs(10),
+    };
+    let shutdown = async {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    berth_agent::run(config, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Makes sure an agent answers at the default address, starting one in the background.
+async fn ensure_agent(ctx: &Ctx, http: &str) -> anyhow::Result<Client> {
+    let client = ctx.client()?;
+    if client.get::<AgentInfo>("/v1/info").await.is_ok() {
+        return Ok(client);
+    }
+    if ctx.agent.is_some() {
+        // An explicitly named agent is not ours to start.
+        client.get::<AgentInfo>("/v1/info").await?;
+    }
+    std::fs::create_dir_all(&ctx.data_dir)
+        .with_context(|| format!("cannot create {}", ctx.data_dir.display()))?;
+    let log_path = ctx.data_dir.join("agent.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("cannot open {}", log_path.display()))?;
+    let exe = std::env::current_exe().context("cannot find the berth executable")?;
+    let mut child = std::process::Command::new(exe);
+    child
+        .arg("agent")
+        .arg("--data-dir")
+        .arg(&ctx.data_dir)
+        .arg("--http")
+        .arg(http)
+        // A local quickstart: localhost names cannot get public certificates.
+        .arg("--https")
+        .arg("off")
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // Its own process group: it outlives this command and a Ctrl-C in this terminal.
+    std::os::unix::process::CommandExt::process_group(&mut child, 0);
+    let mut child = child.spawn().context("cannot start the agent")?;
+    if ctx.mode != Mode::Json {
+        eprintln!(
+            "started an agent in the background (pid {}, data in {}, log in {})",
+            child.id(),
+            ctx.data_dir.display(),
+            log_path.display()
+        );
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if client.get::<AgentInfo>("/v1/info").await.is_ok() {
+            return Ok(client);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let tail: Vec<&str> = log
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            return Err(anyhow!(
+                "the agent exited ({status}) right after starting:\n{}",
+                tail.join("\n")
+            ));
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(anyhow!(
+                "the agent did not answer within 20s; see {}",
+                log_path.display()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+// ---- deploy, rollback, restart --------------------------------------------------------
+
+fn git_version(dir: &Path) -> Option<String> {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let commit = git(&["rev-parse", "--short", "HEAD"]).filter(|c| !c.is_empty())?;
+    let dirty =
+        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    Some(if dirty {
+        format!("{commit}-dirty")
+    } else {
+        commit
+    })
+}
+
+async fn deploy(
+    ctx: &Ctx,
+    args: &ManifestArgs,
+    version: Option<String>,
+    wait: bool,
+    archives: &[PathBuf],
+) -> anyhow::Result<ExitCode> {
+    let loaded = load_manifest(args)?;
+    let client = ctx.client()?;
+    deploy_with(ctx, &client, loaded, version, wait, archives).await
+}
+
+async fn up(
+    ctx: &Ctx,
+    args: &ManifestArgs,
+    http: &str,
+    version: Option<String>,
+    archives: &[PathBuf],
+) -> anyhow::Result<ExitCode> {
+    let loaded = load_manifest(args)?;
+    let client = ensure_agent(ctx, http).await?;
+    deploy_with(ctx, &client, loaded, version, true, archives).await
+}
+
+async fn deploy_with(
+    ctx: &Ctx,
+    client: &Client,
+    loaded: LoadedManifest,
+    version: Option<String>,
+    wait: bool,
+    archives: &[PathBuf],
+) -> anyhow::Result<ExitCode> {
+    let manifest = &loaded.manifest;
+    if ctx.mode != Mode::Json {
+        eprintln!(
+            "deploying {} to {}",
+            style(&manifest.app).bold(),
+            client.target
+        );
+    }
+    // Pack and upload each distinct build context once.
+    let mut contexts = BTreeMap::new();
+    let mut uploaded: Vec<((PathBuf, String), String)> = Vec::new();
+    for service in manifest
+        .services
+        .values()
+        .chain(manifest.accessories.values())
+    {
+        let ImageSource::Build(spec) = &service.source else {
+            continue;
+        };
+        let key = (spec.context.clone(), spec.dockerfile.clone());
+        if let Some((_, id)) = uploaded.iter().find(|(k, _)| *k == key) {
+            contexts.insert(service.name.clone(), id.clone());
+            continue;
+        }
+        let archive = tempfile::NamedTempFile::new().context("cannot create a temporary file")?;
+        let (context_dir, dockerfile, path) = (
+            spec.context.clone(),
+            spec.dockerfile.clone(),
+            archive.path().to_owned(),
+        );
+        let packed = tokio::task::spawn_blocking(move || {
+            crate::context::pack(&context_dir, &dockerfile, &path)
+        })
+        .await?
+        .map_err(|e| {
+            invalid(
+                format!("service {}: {e}", service.name),
+                Some("fix `build` in the manifest, or the directory it names"),
+            )
+        })?;
+        let upload: Upload = client.upload("/v1/uploads", archive.path()).await?;
+        if ctx.mode != Mode::Json {
+            eprintln!(
+                "  {} build context {} ({} files, {})",
+                style("↑").dim(),
+                spec.context.display(),
+                packed.files,
+                output::bytes(packed.bytes)
+            );
+        }
+        contexts.insert(service.name.clone(), upload.id.clone());
+        uploaded.push((key, upload.id));
+    }
+    let mut image_archives = Vec::new();
+    for archive in archives {
+        if !archive.is_file() {
+            return Err(invalid(
+                format!("there is no image archive at {}", archive.display()),
+                Some("make one with `docker save IMAGE -o FILE`"),
+            ));
+        }
+        let upload: Upload = client.upload("/v1/uploads", archive).await?;
+        if ctx.mode != Mode::Json {
+            eprintln!(
+                "  {} image archive {} ({})",
+                style("↑").dim(),
+                archive.display(),
+                output::bytes(upload.bytes)
+            );
+        }
+        image_archives.push(upload.id);
+    }
+    let request = DeployRequest {
+        image_archives,
+        manifest: loaded.text.clone(),
+        manifest_path: loaded.path.display().to_string(),
+        base_dir: loaded.base_dir.display().to_string(),
+        environment: manifest.environment.clone(),
+        version: version.or_else(|| git_version(&loaded.base_dir)),
+        contexts,
+        wait_for_lock: wait,
+    };
+    watch(
+        ctx,
+        client
+            .stream(http::Method::POST, "/v1/deploy", Some(&request))
+            .await?,
+    )
+    .await
+}
+
+async fn operation<B: serde::Serialize>(
+    ctx: &Ctx,
+    path: &str,
+    body: &B,
+    what: &str,
+) -> anyhow::Result<ExitCode> {
+    let client = ctx.client()?;
+    if ctx.mode != Mode::Json {
+        eprintln!("{what} on {}", client.target);
+    }
+    watch(
+        ctx,
+        client.stream(http::Method::POST, path, Some(body)).await?,
+    )
+    .await
+}
+
+/// Shows an operation's events until its outcome arrives; the exit code follows it.
+async fn watch(ctx: &Ctx, mut lines: crate::client::Lines) -> anyhow::Result<ExitCode> {
+    let mut view = OperationView::new(ctx.mode);
+    loop {
+        let event: Option<OperationEvent> = match lines.next().await {
+            Ok(event) => event,
+            Err(error) => {
+                view.close();
+                return Err(error.into());
+            }
+        };
+        let Some(event) = event else {
+            view.close();
+            return Err(anyhow!(
+                "the agent ended the operation without reporting its outcome; `berth status` shows the app's state"
+            ));
+        };
+        view.show(&event);
+        if let OperationEvent::Finished(outcome) = event {
+            view.close();
+            output::outcome(ctx.mode, &outcome);
+            return Ok(match &outcome.error {
+                None => ExitCode::SUCCESS,
+                Some(error) if matches!(error.kind.as_str(), "invalid" | "not-found") => {
+                    ExitCode::from(2)
+                }
+                Some(_) => ExitCode::from(1),
+            });
+        }
+    }
+}
+
+// ---- history and state ----------------------------------------------------------------
+
+async fn releases(ctx: &Ctx, app: &str, limit: usize) -> anyhow::Result<ExitCode> {
+    let releases: Vec<ReleaseInfo> = ctx
+        .client()?
+        .get(&format!("/v1/apps/{app}/releases?limit={limit}"))
+        .await?;
+    if ctx.json {
+        println!("{}", serde_json::to_string_pretty(&releases)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = releases
+        .iter()
+        .map(|r| {
+            let status = match r.status.as_str() {
+                "live" => style("live").green().bold().to_string(),
+                "failed" => style("failed").red().to_string(),
+                other => other.to_owned(),
+            };
+            let kind = match r.rollback_of {
+                Some(of) => format!("rollback to {of}"),
+                None => r.kind.clone(),
+            };
+            let error = r
+                .error
+                .as_deref()
+                .map(|e| e.chars().take(80).collect::<String>())
+                .unwrap_or_default();
+            vec![
+                r.number.to_string(),
+                r.version.clone(),
+                status,
+                kind,
+                output::time(r.created_at),
+                r.actor.clone(),
+                error,
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        output::table(
+            &[
+                "RELEASE", "VERSION", "STATUS", "KIND", "CREATED", "BY", "ERROR"
+            ],
+            &rows
+        )
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn status(ctx: &Ctx, app: Option<String>) -> anyhow::Result<ExitCode> {
+    let path = match &app {
+        Some(app) => format!("/v1/status?app={app}"),
+        None => "/v1/status".to_owned(),
+    };
+    let status: Status = ctx.client()?.get(&path).await?;
+    if ctx.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let docker = match (&status.agent.docker.version, &status.agent.docker.error) {
+        (Some(version), _) => format!("Docker {version}"),
+        (None, Some(error)) => style(format!("Docker unreachable: {error}"))
+            .red()
+            .to_string(),
+        (None, None) => "Docker unknown".into(),
+    };
+    println!(
+        "agent {} (pid {}) · {docker} · http {} · https {}",
+        status.agent.version,
+        status.agent.pid,
+        status.agent.http.as_deref().unwrap_or("off"),
+        status.agent.https.as_deref().unwrap_or("off")
+    );
+    if status.apps.is_empty() {
+        println!("no apps deployed yet: run `berth deploy` in an app's directory");
+    }
+    let mut unhealthy = false;
+    for app in &status.apps {
+        println!();
+        let live = match &app.live_release {
+            Some(r) => format!(
+                "release {} ({}) live since {}",
+                r.number,
+                r.version,
+                output::time(r.finished_at.unwrap_or(r.created_at))
+            ),
+            None => "no live release".into(),
+        };
+        println!("{} · {live}", style(&app.name).bold());
+        if let Some(message) = &app.maintenance {
+            let shown = if message.is_empty() {
+                String::new()
+            } else {
+                format!(": {message}")
+            };
+            println!("  {} maintenance mode is on{shown}", style("⚠").yellow());
+        }
+        if let Some(operation) = &app.operation {
+            println!(
+                "  {} {} in progress, started by {} at {}",
+                style("⟳").yellow(),
+                operation.operation,
+                operation.holder,
+                output::time(operation.since)
+            );
+        }
+        for url in &app.urls {
+            println!("  {}", style(url).cyan());
+        }
+        let mut rows = Vec::new();
+        for service in &app.services {
+            let healthy = service
+                .replicas
+                .iter()
+                .filter(|r| r.health == "healthy")
+                .count();
+            if healthy < service.desired_replicas as usize {
+                unhealthy = true;
+            }
+            let health = if healthy == service.replicas.len() && !service.replicas.is_empty() {
+                style("healthy").green().to_string()
+            } else {
+                let detail = service
+                    .replicas
+                    .iter()
+                    .find_map(|r| r.health_detail.clone())
+                    .unwrap_or_else(|| "no containers".into());
+                style(format!("unhealthy: {detail}")).red().to_string()
+            };
+            let uptime = service
+                .replicas
+                .iter()
+                .filter_map(|r| r.uptime_seconds)
+                .min()
+                .map(output::age)
+                .unwrap_or_else(|| "-".into());
+            let restarts: i64 = service.replicas.iter().map(|r| r.restarts).sum();
+            rows.push(vec![
+                format!("  {}", service.name),
+                service.role.clone(),
+                service
+                    .release
+                    .map(|r| r.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                format!(
+                    "{}/{}",
+                    service
+                        .replicas
+                        .iter()
+                        .filter(|r| r.state == "running")
+                        .count(),
+                    service.desired_replicas
+                ),
+                health,
+                uptime,
+                restarts.to_string(),
+            ]);
+        }
+        if !rows.is_empty() {
+            print!(
+                "{}",
+                output::table(
+                    &[
+                        "  SERVICE",
+                        "ROLE",
+                        "RELEASE",
+                        "RUNNING",
+                        "HEALTH",
+                        "UPTIME",
+                        "RESTARTS"
+                    ],
+                    &rows
+                )
+            );
+        }
+        if !app.backups.is_empty() {
+            let (rows, failing) = backup_status_rows(&app.backups);
+            unhealthy |= failing;
+            print!(
+                "{}",
+                output::table(
+                    &["  BACKUP", "SCHEDULE", "LAST GOOD", "LAST RUN", "NEXT"],
+                    &rows
+                )
+            );
+            for backup in &app.backups {
+                if let Some(run) = &backup.last_run
+                    && run.status != "ok"
+                    && run.status != "running"
+                {
+                    println!(
+                        "  {} {} {} {}: {}",
+                        style("✗").red(),
+                        backup.name,
+                        run.operation,
+                        run.status,
+                        run.error.as_deref().unwrap_or("no detail")
+                    );
+                }
+                for copy in &backup.failing_copies {
+                    println!(
+                        "  {} {} {copy} failed its last verification",
+                        style("✗").red(),
+                        backup.name
+                    );
+                }
+            }
+        }
+    }
+    if !status.certificates.is_empty() {
+        println!();
+        print!(
+            "{}",
+            output::table(
+                &["CERTIFICATE", "SOURCE", "STATE", "EXPIRES", "NOTE"],
+                &certificate_rows(&status.certificates)
+            )
+        );
+        unhealthy |= status
+            .certificates
+            .iter()
+            .any(|c| c.state == "failing" || c.state == "expired");
+    }
+    Ok(if unhealthy {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn logs(
+    ctx: &Ctx,
+    app: &str,
+    service: &str,
+    follow: bool,
+    lines: Option<usize>,
+    since: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let mut query = vec![format!("follow={follow}")];
+    if let Some(n) = lines {
+        query.push(format!("tail={n}"));
+    }
+    if let Some(since) = since {
+        let ago = berth_manifest::units::parse_duration(&since).map_err(|e| {
+            invalid(
+                format!("--since {since}: {e}"),
+                Some("durations look like 10m, 2h or 1d"),
+            )
+        })?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        query.push(format!("since={}", now.saturating_sub(ago.as_secs())));
+    }
+    let path = format!("/v1/apps/{app}/services/{service}/logs?{}", query.join("&"));
+    let mut stream = ctx
+        .client()?
+        .stream::<()>(http::Method::GET, &path, None)
+        .await?;
+    let colors = [
+        console::Color::Cyan,
+        console::Color::Magenta,
+        console::Color::Yellow,
+        console::Color::Blue,
+        console::Color::Green,
+    ];
+    let mut assigned: Vec<String> = Vec::new();
+    let stdout = std::io::stdout();
+    while let Some(line) = stream.next::<LogLine>().await? {
+        let mut out = stdout.lock();
+        if ctx.json {
+            writeln!(out, "{}", serde_json::to_string(&line)?)?;
+            continue;
+        }
+        let index = match assigned.iter().position(|c| *c == line.container) {
+            Some(i) => i,
+            None => {
+                assigned.push(line.container.clone());
+                assigned.len() - 1
+            }
+        };
+        let prefix = style(format!("{} |", line.container)).fg(colors[index % colors.len()]);
+        if writeln!(out, "{prefix} {}", line.line).is_err() {
+            break; // stdout closed (piped into `head`)
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn exec(
+    ctx: &Ctx,
+    app: &str,
+    service: &str,
+    command: Vec<String>,
+) -> anyhow::Result<ExitCode> {
+    let request = ExecRequest { command };
+    let mut stream = ctx
+        .client()?
+        .stream(
+            http::Method::POST,
+            &format!("/v1/apps/{app}/services/{service}/exec"),
+            Some(&request),
+        )
+        .await?;
+    while let Some(event) = stream.next::<ExecEvent>().await? {
+        match event {
+            ExecEvent::Output { stream, data } => {
+                if stream == "stderr" {
+                    eprint!("{data}");
+                } else {
+                    print!("{data}");
+                    let _ = std::io::stdout().flush();
+                }
+            }
+            ExecEvent::Exit { code, .. } => {
+                return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
+            }
+            ExecEvent::Error { message } => return Err(anyhow!(message)),
+        }
+    }
+    Err(anyhow!("the command's output ended without an exit status"))
+}
+
+async fn audit(ctx: &Ctx, limit: usize) -> anyhow::Result<ExitCode> {
+    let entries: Vec<AuditEntry> = ctx
+        .client()?
+        .get(&format!("/v1/audit?limit={limit}"))
+        .await?;
+    if ctx.json {
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            vec![
+                output::time(e.at),
+                e.actor.clone(),
+                e.action.clone(),
+                e.target.clone(),
+                e.result.clone(),
+                e.detail.clone(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        output::table(
+            &["WHEN", "WHO", "ACTION", "TARGET", "RESULT", "DETAIL"],
+            &rows
+        )
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+// ---- secrets --------------------------------------------------------------------------
+
+fn read_secret_value(name: &str) -> anyhow::Result<String> {
+    if std::io::stdin().is_terminal() {
+        let term = console::Term::stderr();
+        term.write_str(&format!("value for {name} (not echoed): "))?;
+        let value = term.read_secure_line()?;
+        return Ok(value);
+    }
+    let mut value = String::new();
+    std::io::stdin()
+        .read_to_string(&mut value)
+        .context("cannot read the value from stdin")?;
+    // A value piped with `echo` ends with one newline that is not part of it.
+    if value.ends_with('\n') {
+        value.pop();
+        if value.ends_with('\r') {
+            value.pop();
+        }
+    }
+    Ok(value)
+}
+
+async fn secrets(ctx: &Ctx, action: SecretsCommand) -> anyhow::Result<ExitCode> {
+    let client = ctx.client()?;
+    let redeploy_hint = |app: &str, info: &SecretInfo| {
+        if !info.used_by.is_empty() {
+            eprintln!(
+                "  {} the live release of {app} uses it in {}: run `berth deploy` (or `berth restart SERVICE`) to roll it out",
+                style("→").yellow(),
+                info.used_by.join(", ")
+            );
+        }
+    };
+    match action {
+        SecretsCommand::Set { name, value, app } => {
+            let app = resolve_app(&app)?;
+            let value = match value {
+                Some(v) => v,
+                None => read_secret_value(&name)?,
+            };
+            if value.is_empty() {
+                return Err(invalid(
+                    "the value is empty",
+                    Some(
+                        "pipe it in (`printf %s \"$VALUE\" | berth secrets set NAME`) or pass --value",
+                    ),
+                ));
+            }
+            let info: SecretInfo = client
+                .request(
+                    http::Method::PUT,
+                    &format!("/v1/apps/{app}/secrets/{name}"),
+                    &SecretValue { value },
+                )
+                .await?;
+            if ctx.json {
+                println!("{}", serde_json::to_string_pretty(&info)?);
+            } else {
+                println!("{} secret {name} of {app} is set", style("✓").green());
+                redeploy_hint(&app, &info);
+            }
+        }
+        SecretsCommand::Generate { name, force, app } => {
+            let app = resolve_app(&app)?;
+            let info: SecretInfo = client
+                .request(
+                    http::Method::POST,
+                    &format!("/v1/apps/{app}/secrets/{name}/generate?force={force}"),
+                    &(),
+                )
+                .await?;
+            if ctx.json {
+                println!("{}", serde_json::to_string_pretty(&info)?);
+            } else {
+                println!(
+                    "{} secret {name} of {app} is set to 32 random bytes (see it with `berth secrets get {name}`)",
+                    style("✓").green()
+                );
+                redeploy_hint(&app, &info);
+            }
+        }
+        SecretsCommand::Get { name, app } => {
+            let app = resolve_app(&app)?;
+            let value: SecretValue = client
+                .get(&format!("/v1/apps/{app}/secrets/{name}"))
+                .await?;
+            if ctx.json {
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                println!("{}", value.value);
+            }
+        }
+        SecretsCommand::List { app } => {
+            let app = resolve_app(&app)?;
+            let list: Vec<SecretInfo> = client.get(&format!("/v1/apps/{app}/secrets")).await?;
+            if ctx.json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else if list.is_empty() {
+                println!("app {app} has no secrets");
+            } else {
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|s| {
+                        vec![
+                            s.name.clone(),
+                            output::time(s.updated_at),
+                            if s.used_by.is_empty() {
+                                "-".into()
+                            } else {
+                                s.used_by.join(", ")
+                            },
+                        ]
+                    })
+                    .collect();
+                print!("{}", output::table(&["NAME", "UPDATED", "USED BY"], &rows));
+            }
+        }
+        SecretsCommand::Rm { name, app } => {
+            let app = resolve_app(&app)?;
+            client
+                .delete(&format!("/v1/apps/{app}/secrets/{name}"))
+                .await?;
+            if !ctx.json {
+                println!("{} secret {name} of {app} is deleted", style("✓").green());
+            } else {
+                println!("{}", serde_json::json!({ "ok": true }));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+// ---- maintenance and certificates -----------------------------------------------------
+
+async fn maintenance(ctx: &Ctx, action: MaintenanceCommand) -> anyhow::Result<ExitCode> {
+    let (app, request) = match action {
+        MaintenanceCommand::On { message, app } => (
+            resolve_app(&app)?,
+            MaintenanceRequest {
+                enabled: true,
+                message,
+            },
+        ),
+        MaintenanceCommand::Off { app } => (
+            resolve_app(&app)?,
+            MaintenanceRequest {
+                enabled: false,
+                message: None,
+            },
+        ),
+    };
+    let status: AppStatus = ctx
+        .client()?
+        .request(
+            http::Method::POST,
+            &format!("/v1/apps/{app}/maintenance"),
+            &request,
+        )
+        .await?;
+    if ctx.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else if status.maintenance.is_some() {
+        println!(
+            "{} {app} now serves a maintenance page (503); `berth maintenance off` brings it back",
+            style("✓").green()
+        );
+    } else {
+        println!("{} {app} is served again", style("✓").green());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn certs(ctx: &Ctx, action: CertsCommand) -> anyhow::Result<ExitCode> {
+    let client = ctx.client()?;
+    match action {
+        CertsCommand::Renew { domain } => {
+            let _: serde_json::Value = client
+                .request(
+                    http::Method::POST,
+                    &format!("/v1/certificates/{domain}/renew"),
+                    &(),
+                )
+                .await
+                .or_else(|e| match e {
+                    // 202 with an empty body is the expected answer.
+                    crate::client::ClientError::Protocol { .. } => Ok(serde_json::Value::Null),
+                    other => Err(other),
+                })?;
+            if !ctx.json {
+                println!(
+                    "{} renewal of {domain} started; `berth certs` shows when it is done",
+                    style("✓").green()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CertsCommand::List => {
+            let status: Status = client.get("/v1/status").await?;
+            if ctx.json {
+                println!("{}", serde_json::to_string_pretty(&status.certificates)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            if status.certificates.is_empty() {
+                let why = if status.agent.https.is_none() {
+                    " (the agent serves no HTTPS: start it with --https)"
+                } else {
+                    ""
+                };
+                println!("no certificates{why}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            print!(
+                "{}",
+                output::table(
+                    &["DOMAIN", "SOURCE", "STATE", "EXPIRES", "NOTE"],
+                    &certificate_rows(&status.certificates)
+                )
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn certificate_rows(certificates: &[CertificateInfo]) -> Vec<Vec<String>> {
+    certificates
+        .iter()
+        .map(|c| {
+            let state = match c.state.as_str() {
+                "valid" => style("valid").green().to_string(),
+                "pending" => style("pending").yellow().to_string(),
+                other => style(other).red().to_string(),
+            };
+            let expires = c
+                .not_after
+                .map(|t| output::time(t * 1000))
+                .unwrap_or_else(|| "-".into());
+            let note = match (&c.last_error, c.next_attempt) {
+                (Some(error), Some(next)) => {
+                    format!("{error} (next attempt {})", output::time(next * 1000))
+                }
+                (Some(error), None) => error.clone(),
+                _ => String::new(),
+            };
+            vec![c.domain.clone(), c.source.clone(), state, expires, note]
+        })
+        .collect()
+}
+
+// ---- backups --------------------------------------------------------------------------
+
+/// The app a backup command is about and, when its manifest is at hand, the manifest (sent
+/// so backups work before the first deploy and on a new server).
+fn backup_target(args: &AppArgs) -> anyhow::Result<(String, Option<ManifestText>)> {
+    if !args.file.exists() {
+        return Ok((resolve_app(args)?, None));
+    }
+    let loaded = load_manifest(&ManifestArgs {
+        file: args.file.clone(),
+        environment: args.environment.clone(),
+    })?;
+    if let Some(app) = &args.app
+        && app != &loaded.manifest.app
+    {
+        return Err(invalid(
+            format!(
+                "--app {app} does not match the app of {} ({})",
+                loaded.path.display(),
+                loaded.manifest.app
+            ),
+            Some("drop --app, or point --file at that app's manifest"),
+        ));
+    }
+    let text = ManifestText {
+        manifest: loaded.text,
+        manifest_path: loaded.path.display().to_string(),
+        base_dir: loaded.base_dir.display().to_string(),
+        environment: loaded.manifest.environment.clone(),
+    };
+    Ok((loaded.manifest.app, Some(text)))
+}
+
+async fn backup(ctx: &Ctx, action: BackupCommand) -> anyhow::Result<ExitCode> {
+    match action {
+        BackupCommand::Run { name, app } => {
+            let (app, manifest) = backup_target(&app)?;
+            let request = BackupRunRequest {
+                manifest,
+                names: name.into_iter().collect(),
+            };
+            operation(
+                ctx,
+                &format!("/v1/apps/{app}/backups/run"),
+                &request,
+                &format!("backing up {app}"),
+            )
+            .await
+        }
+        BackupCommand::Verify { name, app, id } => {
+            let (app, manifest) = backup_target(&app)?;
+            let request = BackupVerifyRequest {
+                manifest,
+                names: name.into_iter().collect(),
+                id,
+            };
+            operation(
+                ctx,
+                &format!("/v1/apps/{app}/backups/verify"),
+                &request,
+                &format!("verifying the backups of {app}"),
+            )
+            .await
+        }
+        BackupCommand::Prune { name, app, dry_run } => {
+            let (app, manifest) = backup_target(&app)?;
+            let request = BackupPruneRequest {
+                manifest,
+                names: name.into_iter().collect(),
+                dry_run,
+            };
+            operation(
+                ctx,
+                &format!("/v1/apps/{app}/backups/prune"),
+                &request,
+                &format!("pruning the backups of {app}"),
+            )
+            .await
+        }
+        BackupCommand::List { name, app, refresh } => {
+            let (app, manifest) = backup_target(&app)?;
+            let request = BackupListRequest {
+                manifest,
+                name,
+                refresh,
+            };
+            let list: BackupList = ctx
+                .client()?
+                .request(
+                    http::Method::POST,
+                    &format!("/v1/apps/{app}/backups/list"),
+                    &request,
+                )
+                .await?;
+            if ctx.json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                output::backup_list(&list);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Rows of `berth status`'s backup table; true when any backup is failing.
+fn backup_status_rows(backups: &[BackupStatus]) -> (Vec<Vec<String>>, bool) {
+    let mut failing = false;
+    let rows = backups
+        .iter()
+        .map(|b| {
+            let last_run = match &b.last_run {
+                None => "-".to_owned(),
+                Some(run) => {
+                    let text = format!(
+                        "{} {} {}",
+                        run.operation,
+                        run.status,
+                        output::time(run.finished_at.unwrap_or(run.started_at))
+                    );
+                    if run.status == "ok" || run.status == "running" {
+                        style(text).green().to_string()
+                    } else {
+                        failing = true;
+                        style(text).red().to_string()
+                    }
+                }
+            };
+            failing |= !b.failing_copies.is_empty();
+            vec![
+                format!("  {}", b.name),
+                b.schedule.clone().unwrap_or_else(|| "by hand".into()),
+                b.last_ok
+                    .map(output::time)
+                    .unwrap_or_else(|| "never".into()),
+                last_run,
+                b.next_run.map(output::time).unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    (rows, failing)
+}

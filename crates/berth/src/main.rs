@@ -1,0 +1,404 @@
+//! `berth`: the command line. Thin: it parses arguments, reads the manifest and build
+//! contexts, talks to the agent over its API, and shows the results. The work happens in the
+//! agent (`berth agent`).
+
+mod client;
+mod commands;
+mod context;
+mod output;
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Deploy and operate a small web app on your own server with Docker.
+#[derive(Parser)]
+#[command(name = "berth", version, about, disable_help_subcommand = true)]
+struct Cli {
+    /// The agent to talk to: unix:PATH, HOST:PORT or ssh://USER@HOST (default: the local
+    /// agent's socket in the data directory).
+    #[arg(long, global = true, env = "BERTH_AGENT", value_name = "ADDR")]
+    agent: Option<String>,
+    /// The agent's data directory (default: /var/lib/berth for root, else
+    /// ~/.local/share/berth).
+    #[arg(long, global = true, env = "BERTH_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct ManifestArgs {
+    /// The manifest.
+    #[arg(
+        short = 'f',
+        long = "file",
+        default_value = "berth.toml",
+        value_name = "FILE"
+    )]
+    file: PathBuf,
+    /// Apply the `[environments.ENV]` overlay.
+    #[arg(long = "env", value_name = "ENV")]
+    environment: Option<String>,
+}
+
+/// Which app a command is about. No short `-f` here: `logs -f` means follow.
+#[derive(Args, Clone)]
+struct AppArgs {
+    /// The app (default: the one named in ./berth.toml, or in the manifest given with --file).
+    #[arg(long, value_name = "APP")]
+    app: Option<String>,
+    /// The manifest naming the app.
+    #[arg(long = "file", default_value = "berth.toml", value_name = "FILE")]
+    file: PathBuf,
+    /// The environment overlay whose app is meant.
+    #[arg(long = "env", value_name = "ENV")]
+    environment: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check a manifest: every problem with file:line:column and a fix.
+    Check {
+        #[command(flatten)]
+        manifest: ManifestArgs,
+    },
+    /// Run the agent: the long-lived process that deploys and serves apps.
+    Agent {
+        /// Where the API listens: unix:PATH (default DATA_DIR/berth.sock) or HOST:PORT (needs
+        /// the token in DATA_DIR/api-token). Repeat for several.
+        #[arg(long = "api", value_name = "ADDR")]
+        api: Vec<String>,
+        /// Where the proxy serves HTTP (default 0.0.0.0:80 for root, else 127.0.0.1:8080;
+        /// `off` to disable).
+        #[arg(long, env = "BERTH_HTTP", value_name = "ADDR")]
+        http: Option<String>,
+        #[command(flatten)]
+        edge: EdgeArgs,
+        /// Log as JSON lines.
+        #[arg(long)]
+        log_json: bool,
+    },
+    /// Local quickstart: start an agent in the background if none answers, then deploy.
+    Up {
+        #[command(flatten)]
+        manifest: ManifestArgs,
+        /// Where a started agent's proxy serves HTTP.
+        #[arg(
+            long,
+            env = "BERTH_HTTP",
+            default_value = "127.0.0.1:8080",
+            value_name = "ADDR"
+        )]
+        http: String,
+        /// The version to record (default: the git commit, else a timestamp).
+        #[arg(long, value_name = "V")]
+        version: Option<String>,
+        /// Load a `docker save` archive first. Repeatable.
+        #[arg(long = "load", value_name = "ARCHIVE")]
+        load: Vec<PathBuf>,
+    },
+    /// Deploy with zero downtime; exits 0 only when the new release serves.
+    Deploy {
+        #[command(flatten)]
+        manifest: ManifestArgs,
+        /// The version to record (default: the git commit, else a timestamp).
+        #[arg(long, value_name = "V")]
+        version: Option<String>,
+        /// Wait for a deploy in progress instead of failing.
+        #[arg(long)]
+        wait: bool,
+        /// Load a `docker save` archive on the server first (for images built elsewhere
+        /// without a registry). Repeatable.
+        #[arg(long = "load", value_name = "ARCHIVE")]
+        load: Vec<PathBuf>,
+    },
+    /// Return to the previous (or the named) release, with zero downtime.
+    Rollback {
+        /// The release number (default: the one before the live release).
+        release: Option<i64>,
+        #[command(flatten)]
+        app: AppArgs,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// The app's release history.
+    Releases {
+        #[command(flatten)]
+        app: AppArgs,
+        /// How many releases to show.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Every app and service: live release, replicas, health, uptime.
+    Status {
+        /// Only this app.
+        #[arg(long, value_name = "APP")]
+        app: Option<String>,
+    },
+    /// A service's logs.
+    Logs {
+        service: String,
+        #[command(flatten)]
+        app: AppArgs,
+        /// Keep printing new lines.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only the last N lines of each container.
+        #[arg(short = 'n', long = "lines", value_name = "N")]
+        lines: Option<usize>,
+        /// Only lines newer than this (such as 10m or 2h).
+        #[arg(long, value_name = "DURATION")]
+        since: Option<String>,
+    },
+    /// Run a command in a running container of a service.
+    Exec {
+        service: String,
+        #[command(flatten)]
+        app: AppArgs,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Replace a service's containers with fresh ones (zero downtime for web services).
+    Restart {
+        service: String,
+        #[command(flatten)]
+        app: AppArgs,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Encrypted secrets, injected into containers at deploy.
+    Secrets {
+        #[command(subcommand)]
+        action: SecretsCommand,
+    },
+    /// Serve a maintenance page instead of an app (or stop doing so).
+    Maintenance {
+        #[command(subcommand)]
+        action: MaintenanceCommand,
+    },
+    /// TLS certificates: list them, or renew one now.
+    Certs {
+        #[command(subcommand)]
+        action: Option<CertsCommand>,
+    },
+    /// Backups: take them now, list, verify, prune.
+    Backup {
+        #[command(subcommand)]
+        action: BackupCommand,
+    },
+    /// Put a backup's data back: into the live service (with --force), or --to a path.
+    Restore {
+        /// The backup's name in berth.toml (`[backups.NAME]`).
+        name: String,
+        #[command(flatten)]
+        app: AppArgs,
+        /// The backup to restore (default: the newest).
+        #[arg(long, value_name = "ID", conflicts_with = "at")]
+        id: Option<String>,
+        /// The newest backup taken at or before TIME: 2026-11-23T03:00:00Z, "2026-11-23
+        /// 03:00" (the server's time zone) or a date.
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
+        /// Write the data here on the agent's machine instead of replacing the live data (a
+        /// database file or dump, or a directory for archives).
+        #[arg(long, value_name = "PATH")]
+        to: Option<PathBuf>,
+        /// Replace live data; a safety backup of it is taken first.
+        #[arg(long)]
+        force: bool,
+        /// Read from this storage (default: the first in the backup's `to` that has it).
+        #[arg(long, value_name = "STORAGE")]
+        from: Option<String>,
+        /// An age identity file, for backups this agent's own key cannot open (a new
+        /// server). Sent for this restore only, never stored.
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
+    },
+    /// Who changed what, and when.
+    Audit {
+        #[arg(short = 'n', long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Connect stdin/stdout to the local agent (used by `--agent ssh://`).
+    #[command(hide = true)]
+    DialStdio,
+}
+
+/// The agent's edge: HTTPS, certificates, limits, logs and metrics.
+#[derive(Args, Clone)]
+struct EdgeArgs {
+    /// Where the proxy serves HTTPS (default 0.0.0.0:443 for root, else off; `off` to
+    /// disable).
+    #[arg(long, env = "BERTH_HTTPS", value_name = "ADDR")]
+    https: Option<String>,
+    /// Where certificates for `tls = "auto"` routes come from: `letsencrypt`,
+    /// `letsencrypt-staging`, an ACME directory URL, or `off`.
+    #[arg(
+        long,
+        env = "BERTH_ACME_DIRECTORY",
+        default_value = "letsencrypt",
+        value_name = "DIRECTORY"
+    )]
+    acme_directory: String,
+    /// An email address for the certificate authority's expiry notices.
+    #[arg(long, env = "BERTH_ACME_EMAIL", value_name = "EMAIL")]
+    acme_email: Option<String>,
+    /// A PEM root certificate to trust for the ACME directory's own HTTPS (a private CA).
+    #[arg(long, value_name = "FILE")]
+    acme_ca_root: Option<PathBuf>,
+    /// How control of a domain is proven: `http-01` (port 80) or `tls-alpn-01` (port 443).
+    #[arg(long, default_value = "http-01", value_name = "CHALLENGE")]
+    acme_challenge: String,
+    /// Renew certificates when less than this validity is left.
+    #[arg(long, default_value = "30d", value_name = "DURATION")]
+    acme_renew_before: String,
+    /// Serve Prometheus metrics at http://ADDR/metrics (they are also at /v1/metrics on the API).
+    #[arg(long, env = "BERTH_METRICS", value_name = "ADDR")]
+    metrics: Option<String>,
+    /// The JSON access log (default DATA_DIR/logs/access.log; `off` to disable).
+    #[arg(long, value_name = "PATH")]
+    access_log: Option<String>,
+    /// Event loops serving the proxy (0: one per core).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    proxy_threads: usize,
+    /// Client connections served at once; more wait in the listen queue.
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    max_connections: usize,
+    /// How long a client may take to send its request headers (and how long an idle
+    /// keep-alive connection stays open).
+    #[arg(long, default_value = "30s", value_name = "DURATION")]
+    header_timeout: String,
+}
+
+#[derive(Subcommand)]
+enum BackupCommand {
+    /// Take a backup now (every backup in the manifest, or the named one): stored, read
+    /// back and checked on each storage, then old ones pruned by `keep`.
+    Run {
+        name: Option<String>,
+        #[command(flatten)]
+        app: AppArgs,
+    },
+    /// Each backup: when, how big, where it is stored, when it was last verified.
+    List {
+        name: Option<String>,
+        #[command(flatten)]
+        app: AppArgs,
+        /// Read the storage itself instead of the agent's catalog.
+        #[arg(long)]
+        refresh: bool,
+    },
+    /// Read backups back, decrypt, decompress and check them again.
+    Verify {
+        name: Option<String>,
+        #[command(flatten)]
+        app: AppArgs,
+        /// Only this backup.
+        #[arg(long, value_name = "ID")]
+        id: Option<String>,
+    },
+    /// Delete the backups `keep` no longer keeps.
+    Prune {
+        name: Option<String>,
+        #[command(flatten)]
+        app: AppArgs,
+        /// Show what would be deleted without deleting.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// The certificates the agent serves.
+    List,
+    /// Obtain a new ACME certificate for a domain now.
+    Renew { domain: String },
+}
+
+#[derive(Subcommand)]
+enum MaintenanceCommand {
+    /// Serve a 503 maintenance page instead of the app.
+    On {
+        /// What visitors read.
+        #[arg(long, value_name = "TEXT")]
+        message: Option<String>,
+        #[command(flatten)]
+        app: AppArgs,
+    },
+    /// Serve the app again.
+    Off {
+        #[command(flatten)]
+        app: AppArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum SecretsCommand {
+    /// Set a secret (the value is read from stdin unless --value is given).
+    Set {
+        name: String,
+        #[arg(long, value_name = "VALUE")]
+        value: Option<String>,
+        #[command(flatten)]
+        app: AppArgs,
+    },
+    /// Print a secret's value.
+    Get {
+        name: String,
+        #[command(flatten)]
+        app: AppArgs,
+    },
+    /// List secret names (never values).
+    List {
+        #[command(flatten)]
+        app: AppArgs,
+    },
+    /// Delete a secret.
+    Rm {
+        name: String,
+        #[command(flatten)]
+        app: AppArgs,
+    },
+    /// Set a secret to 32 random bytes (64 hex characters).
+    Generate {
+        name: String,
+        /// Replace an existing value.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        app: AppArgs,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    let json = cli.json;
+    match runtime.block_on(commands::run(cli)) {
+        Ok(code) => code,
+        Err(error) => commands::report(&error, json),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
+}

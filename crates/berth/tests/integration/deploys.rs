@@ -1,0 +1,307 @@
+//! Deploys that go well: first deploy, redeploy, rollback, workers, accessories, restart,
+//! logs and exec.
+
+use crate::harness::{Agent, web};
+
+fn names_of(agent: &Agent, app: &str, service: &str) -> Vec<String> {
+    let mut names: Vec<String> = agent
+        .containers()
+        .into_iter()
+        .filter(|(_, labels)| {
+            labels.get("berth.app").map(String::as_str) == Some(app)
+                && labels.get("berth.service").map(String::as_str) == Some(service)
+        })
+        .map(|(name, _)| name)
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn first_deploy_then_redeploy_replaces_the_release() {
+    let agent = Agent::start();
+    let app = agent.app("first");
+    app.write(&web("GREETING = \"hi\""));
+
+    let run = agent.berth_in(app.path(), &["deploy", "--version", "v1", "--json"]);
+    let outcome = run.success().json();
+    assert_eq!(outcome["ok"], true);
+    assert_eq!(outcome["release"], 1);
+    assert_eq!(outcome["version"], "v1");
+    assert_eq!(outcome["urls"][0], format!("http://{}/", agent.http));
+    assert_eq!(agent.get("/").unwrap(), (200, "hi v1\n".into()));
+    let first = names_of(&agent, &app.name, "web");
+    assert_eq!(first.len(), 1);
+    assert!(first[0].starts_with(&format!("{}-web-r1-", app.name)));
+
+    let run = agent.berth_in(app.path(), &["deploy", "--version", "v2"]);
+    run.success();
+    assert!(
+        run.stdout.contains("release 2 (v2) is live"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stderr.contains("✓ health check web"),
+        "progress is shown step by step: {}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("drain and stop release 1"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(agent.get("/").unwrap(), (200, "hi v2\n".into()));
+    let second = names_of(&agent, &app.name, "web");
+    assert_eq!(second.len(), 1, "the old container is gone: {second:?}");
+    assert!(second[0].starts_with(&format!("{}-web-r2-", app.name)));
+
+    let releases = agent.berth_in(app.path(), &["releases", "--json"]).json();
+    let statuses: Vec<(i64, String)> = releases
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["number"].as_i64().unwrap(),
+                r["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        [(2, "live".to_owned()), (1, "retired".to_owned())]
+    );
+
+    let status = agent
+        .berth(&["status", "--json", "--app", &app.name])
+        .json();
+    let service = &status["apps"][0]["services"][0];
+    assert_eq!(service["name"], "web");
+    assert_eq!(service["release"], 2);
+    assert_eq!(service["replicas"][0]["health"], "healthy");
+    assert_eq!(service["replicas"][0]["state"], "running");
+    assert!(service["replicas"][0]["uptime_seconds"].is_u64());
+}
+
+#[test]
+fn replicas_share_traffic_and_rollback_returns_to_the_previous_release() {
+    let agent = Agent::start();
+    let app = agent.app("rollback");
+    app.write(&(web("") + "replicas = 2\n"));
+    agent
+        .berth_in(app.path(), &["deploy", "--version", "v1"])
+        .success();
+    agent
+        .berth_in(app.path(), &["deploy", "--version", "v2"])
+        .success();
+    assert_eq!(names_of(&agent, &app.name, "web").len(), 2);
+    agent.wait_serving("v2");
+
+    let outcome = agent
+        .berth_in(app.path(), &["rollback", "--json"])
+        .success()
+        .json();
+    assert_eq!(outcome["release"], 3);
+    assert_eq!(outcome["version"], "v1");
+    assert_eq!(agent.get("/").unwrap().1, "hello v1\n");
+    let releases = agent
+        .berth(&["releases", "--app", &app.name, "--json"])
+        .json();
+    assert_eq!(releases[0]["kind"], "rollback");
+    assert_eq!(releases[0]["rollback_of"], 1);
+    assert_eq!(releases[0]["status"], "live");
+
+    // Rolling back to a named release.
+    let outcome = agent
+        .berth(&["rollback", "2", "--app", &app.name, "--json"])
+        .success()
+        .json();
+    assert_eq!(outcome["version"], "v2");
+    assert_eq!(agent.get("/").unwrap().1, "hello v2\n");
+
+    // A release that never went live is refused, as is an unknown one.
+    let run = agent.berth(&["rollback", "99", "--app", &app.name]);
+    run.failure(2);
+    assert!(run.stderr.contains("has no release 99"), "{}", run.stderr);
+}
+
+#[test]
+fn workers_are_replaced_after_the_web_service_is_live() {
+    let agent = Agent::start();
+    let app = agent.app("workers");
+    let manifest = web("")
+        + "\n[services.worker]\nbuild = \".\"\ncommand = [\"worker\"]\nstop_timeout = \"1s\"\n";
+    app.write(&manifest);
+    agent
+        .berth_in(app.path(), &["deploy", "--version", "v1"])
+        .success();
+    let first = names_of(&agent, &app.name, "worker");
+    assert_eq!(first.len(), 1);
+
+    let run = agent.berth_in(app.path(), &["deploy", "--version", "v2"]);
+    run.success();
+    let switch = run.stderr.find("switch traffic").unwrap();
+    let worker = run.stderr.find("start worker").unwrap();
+    assert!(
+        switch < worker,
+        "workers start after the switch:\n{}",
+        run.stderr
+    );
+    let second = names_of(&agent, &app.name, "worker");
+    assert_eq!(second.len(), 1);
+    assert_ne!(first, second);
+
+    let logs = agent
+        .berth_in(app.path(), &["logs", "worker", "-n", "5"])
+        .success()
+        .stdout
+        .clone();
+    assert!(logs.contains("hello worker v2: tick"), "{logs}");
+    assert!(!logs.contains("v1"), "only the new worker's log: {logs}");
+}
+
+#[test]
+fn accessories_keep_their_container_and_data_across_deploys() {
+    let agent = Agent::start();
+    let app = agent.app("accessory");
+    let manifest = |web_env: &str, store_env: &str| {
+        web(web_env)
+            + &format!(
+                "depends_on = [\"store\"]\n\n[accessories.store]\nbuild = \".\"\nenv = {{ DATA_DIR = \"/data\", {store_env} }}\nvolumes = [\"storedata:/data\"]\nport = 8080\n"
+            )
+    };
+    app.write(&manifest("GREETING = \"a\"", "MODE = \"1\""));
+    let run = agent.berth_in(app.path(), &["deploy", "--version", "v1"]);
+    run.success();
+    assert!(
+        run.stderr.contains("start accessory store"),
+        "{}",
+        run.stderr
+    );
+    let count = |agent: &Agent| {
+        agent
+            .berth_in(app.path(), &["exec", "store", "--", "/hello", "count"])
+            .success()
+            .stdout
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(count(&agent), "1");
+    let store = names_of(&agent, &app.name, "store");
+
+    // A deploy that changes only the web service leaves the accessory alone.
+    app.write(&manifest("GREETING = \"b\"", "MODE = \"1\""));
+    let run = agent.berth_in(app.path(), &["deploy", "--version", "v2"]);
+    run.success();
+    assert!(
+        run.stderr.contains("accessory store is unchanged"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(names_of(&agent, &app.name, "store"), store);
+    assert_eq!(count(&agent), "2");
+
+    // Changing the accessory's own configuration recreates it, on the same volume.
+    app.write(&manifest("GREETING = \"b\"", "MODE = \"2\""));
+    let run = agent.berth_in(app.path(), &["deploy", "--version", "v3"]);
+    run.success();
+    assert!(
+        run.stderr.contains("recreate accessory store"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(count(&agent), "3", "the data survived the recreation");
+
+    let status = agent
+        .berth(&["status", "--json", "--app", &app.name])
+        .json();
+    let services = status["apps"][0]["services"].as_array().unwrap();
+    let store_status = services.iter().find(|s| s["name"] == "store").unwrap();
+    assert_eq!(store_status["role"], "accessory");
+    assert_eq!(store_status["replicas"][0]["health"], "healthy");
+}
+
+#[test]
+fn restart_exec_and_logs_work_on_the_live_release() {
+    let agent = Agent::start();
+    let app = agent.app("ops");
+    app.write(&web("GREETING = \"ops\""));
+    agent
+        .berth_in(app.path(), &["deploy", "--version", "v1"])
+        .success();
+    let before = names_of(&agent, &app.name, "web");
+
+    let outcome = agent
+        .berth_in(app.path(), &["restart", "web", "--json"])
+        .success()
+        .json();
+    assert_eq!(outcome["operation"], "restart");
+    assert_eq!(outcome["release"], 1);
+    let after = names_of(&agent, &app.name, "web");
+    assert_eq!(after.len(), 1);
+    assert_ne!(before, after, "restart replaces the container");
+    assert_eq!(agent.get("/").unwrap(), (200, "ops v1\n".into()));
+
+    let run = agent.berth_in(app.path(), &["exec", "web", "--", "/hello", "migrate"]);
+    run.success();
+    assert!(run.stdout.contains("migrations done"), "{}", run.stdout);
+    agent
+        .berth_in(app.path(), &["exec", "web", "--", "/hello", "nonsense"])
+        .failure(2);
+
+    let logs = agent
+        .berth_in(app.path(), &["logs", "web", "-n", "10", "--json"])
+        .success()
+        .stdout
+        .clone();
+    let first: serde_json::Value = serde_json::from_str(logs.lines().next().unwrap()).unwrap();
+    assert_eq!(first["container"], after[0]);
+    assert!(logs.contains("listening on port 8080"), "{logs}");
+
+    let run = agent.berth_in(app.path(), &["logs", "nope"]);
+    run.failure(2);
+    assert!(
+        run.stderr.contains("has no service nope") && run.stderr.contains("its services: web"),
+        "{}",
+        run.stderr
+    );
+
+    let audit = agent.berth(&["audit", "--json"]).json();
+    let actions: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert!(
+        actions.contains(&"restart") && actions.contains(&"deploy") && actions.contains(&"exec"),
+        "{actions:?}"
+    );
+}
+
+#[test]
+fn environments_deploy_as_separate_app_instances() {
+    let agent = Agent::start();
+    let app = agent.app("envs");
+    agent.track(&format!("{}-staging", app.name));
+    app.write(&(web("GREETING = \"prod\"") + "\n[environments.staging]\nservices.web.env = { GREETING = \"staging\" }\nservices.web.route.domains = [\"staging.local\"]\n"));
+    agent
+        .berth_in(app.path(), &["deploy", "--version", "v1"])
+        .success();
+    let outcome = agent
+        .berth_in(
+            app.path(),
+            &["deploy", "--env", "staging", "--version", "v1", "--json"],
+        )
+        .success()
+        .json();
+    assert_eq!(outcome["app"], format!("{}-staging", app.name));
+    assert_eq!(agent.get("/").unwrap().1, "prod v1\n");
+    assert_eq!(
+        berth_testkit::http_get(&agent.http, "/", "staging.local")
+            .unwrap()
+            .1,
+        "staging v1\n"
+    );
+}

@@ -1,0 +1,204 @@
+//! The edge end to end: WebSockets across a deploy, maintenance mode, per-route limits,
+//! metrics and the access log.
+
+use crate::harness::{Agent, web};
+use futures_util::{SinkExt, StreamExt};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+#[test]
+fn a_websocket_opened_before_a_deploy_keeps_working_until_it_closes() {
+    let agent = Agent::start();
+    let app = agent.app("ws");
+    app.write(&(web("") + "\n[deploy]\ndrain_timeout = \"60s\"\n"));
+    agent
+        .berth_in(app.path(), &["deploy", "--version", "v1"])
+        .success();
+
+    let url = format!("ws://{}/ws", agent.http);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (mut socket, _) = runtime
+        .block_on(tokio_tungstenite::connect_async(url.as_str()))
+        .expect("the WebSocket upgrade goes through the proxy");
+    let ask = |socket: &mut tokio_tungstenite::WebSocketStream<_>, text: &str| -> String {
+        runtime.block_on(async {
+            socket.send(Message::text(text)).await.unwrap();
+            match tokio::time::timeout(Duration::from_secs(10), socket.next()).await {
+                Ok(Some(Ok(Message::Text(reply)))) => reply.to_string(),
+                other => panic!("no echo: {other:?}"),
+            }
+        })
+    };
+    assert_eq!(ask(&mut socket, "version"), "v1");
+    assert_eq!(ask(&mut socket, "hello"), "hello");
+
+    // Deploy v2 while the WebSocket stays open: new requests go to v2, the socket keeps
+    // talking to v1, and the deploy waits (drains) until the socket closes.
+    let started = Instant::now();
+    let deploy = std::thread::scope(|scope| {
+        let deploy = scope.spawn(|| agent.berth_in(app.path(), &["deploy", "--version", "v2"]));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while agent.get("/").map(|(_, b)| b).unwrap_or_default() != "hello v2\n" {
+            assert!(Instant::now() < deadline, "v2 never went live");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(
+            !deploy.is_finished(),
+            "the deploy waits for the open WebSocket to drain"
+        );
+        assert_eq!(
+            ask(&mut socket, "version"),
+            "v1",
+            "the open socket still reaches the old release"
+        );
+        assert_eq!(ask(&mut socket, "still there?"), "still there?");
+        runtime.block_on(socket.close(None)).unwrap();
+        // The connection ends when the client lets go of it.
+        drop(socket);
+        deploy.join().unwrap()
+    });
+    deploy.success();
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    assert!(
+        deploy.stderr.contains("drain and stop release 1"),
+        "{}",
+        deploy.stderr
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the drain ended when the socket closed, not at the drain timeout"
+    );
+    // A new socket reaches v2.
+    let (mut socket, _) = runtime
+        .block_on(tokio_tungstenite::connect_async(url.as_str()))
+        .unwrap();
+    assert_eq!(ask(&mut socket, "version"), "v2");
+}
+
+#[test]
+fn maintenance_mode_limits_metrics_and_the_access_log() {
+    let agent = Agent::start_with(&[], &["--metrics", "127.0.0.1:0"]);
+    let app = agent.app("edge");
+    app.write(&web("").replace(
+        "route = { domains = [] }",
+        "route = { domains = [], rate_limit = \"20/min\", max_body = \"1k\" }",
+    ));
+    agent
+        .berth_in(app.path(), &["deploy", "--version", "v1"])
+        .success();
+
+    // Maintenance mode: a 503 page with the message, then back.
+    let run = agent.berth_in(
+        app.path(),
+        &[
+            "maintenance",
+            "on",
+            "--message",
+            "Upgrading the database, back at noon.",
+        ],
+    );
+    run.success();
+    let (status, page) = agent.get("/").unwrap();
+    assert_eq!(status, 503);
+    assert!(
+        page.contains("Upgrading the database, back at noon."),
+        "{page}"
+    );
+    let shown = agent.berth(&["status"]);
+    assert!(
+        shown
+            .stdout
+            .contains("maintenance mode is on: Upgrading the database"),
+        "{}",
+        shown.stdout
+    );
+    agent
+        .berth_in(app.path(), &["maintenance", "off"])
+        .success();
+    assert_eq!(agent.get("/").unwrap().0, 200);
+    // It survives a deploy.
+    agent.berth_in(app.path(), &["maintenance", "on"]).success();
+    agent
+        .berth_in(app.path(), &["deploy", "--version", "v2"])
+        .success();
+    assert_eq!(
+        agent.get("/").unwrap().0,
+        503,
+        "maintenance mode stays on across deploys"
+    );
+    agent
+        .berth_in(app.path(), &["maintenance", "off"])
+        .success();
+
+    // A request body over the route's limit.
+    let oversized = {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&agent.http).unwrap();
+        write!(
+            stream,
+            "POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 5000\r\nconnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        let _ = stream.read_to_string(&mut text);
+        text
+    };
+    assert!(oversized.starts_with("HTTP/1.1 413"), "{oversized}");
+
+    // The per-client rate limit.
+    let statuses: Vec<u16> = (0..30).map(|_| agent.get("/").unwrap().0).collect();
+    assert!(statuses.contains(&429), "{statuses:?}");
+
+    // Metrics, on their own listener.
+    let metrics = agent.agent_file()["metrics"].as_str().unwrap().to_owned();
+    let (status, text) = berth_testkit::http_get(&metrics, "/metrics", "localhost").unwrap();
+    assert_eq!(status, 200);
+    let app_label = format!("app=\"{}\"", app.name);
+    assert!(
+        text.contains(&format!(
+            "berth_http_requests_total{{{app_label},status_class=\"2xx\"}}"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "berth_http_requests_total{{{app_label},status_class=\"5xx\"}}"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "berth_http_requests_total{{{app_label},status_class=\"4xx\"}}"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("berth_http_request_duration_seconds_bucket{le="),
+        "{text}"
+    );
+    assert!(text.contains("berth_http_requests_in_flight"), "{text}");
+
+    // The access log, one JSON line per request.
+    std::thread::sleep(Duration::from_millis(300));
+    let log = std::fs::read_to_string(agent.dir.path().join("logs/access.log")).unwrap();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines.len() >= 30, "{} lines", lines.len());
+    let ok = lines.iter().find(|l| l["status"] == 200).unwrap();
+    assert_eq!(ok["app"], app.name.as_str());
+    assert_eq!(ok["service"], "web");
+    assert_eq!(ok["method"], "GET");
+    assert!(
+        ok["upstream"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{}-web-r", app.name))
+    );
+    assert!(lines.iter().any(|l| l["status"] == 429));
+}

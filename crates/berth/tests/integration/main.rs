@@ -1,0 +1,15 @@
+//! berth end to end: the real binary, the real Docker Engine, real HTTP traffic.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failure report
+
+mod backups;
+mod crash;
+mod deploys;
+mod edge;
+mod failures;
+mod harness;
+mod operations;
+mod pebble;
+mod peers;
+mod secrets;
+mod tls;
+mod zero_downtime;

@@ -1,0 +1,336 @@
+//! What berth asks of Docker for each container, image housekeeping, loading images without
+//! a registry, the TCP API, the local quickstart, and stopping the agent.
+
+use crate::harness::{Agent, block_on, web};
+use berth_runtime::ContainerRuntime;
+use std::process::Command;
+use std::time::Duration;
+
+fn inspect(container: &str) -> serde_json::Value {
+    let output = Command::new("docker")
+        .args(["inspect", container])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()[0].clone()
+}
+
+fn container_of(agent: &Agent, app: &str, service: &str) -> String {
+    agent
+        .containers()
+        .into_iter()
+        .find(|(_, l)| {
+            l.get("berth.app").map(String::as_str) == Some(app)
+                && l.get("berth.service").map(String::as_str) == Some(service)
+        })
+        .map(|(name, _)| name)
+        .unwrap_or_else(|| panic!("no container for {app}/{service}"))
+}
+
+#[test]
+fn containers_get_log_rotation_limits_restart_policy_and_labels() {
+    let agent = Agent::start();
+    let app = agent.app("settings");
+    app.write(&(web("") + "memory = \"64m\"\ncpus = 0.5\nlogging = { max_size = \"5m\", max_files = 2 }\n\n[services.worker]\nbuild = \".\"\ncommand = [\"worker\"]\n"));
+    agent
+        .berth_in(app.path(), &["deploy", "--version", "v1"])
+        .success();
+
+    let web = inspect(&container_of(&agent, &app.name, "web"));
+    let host = &web["HostConfig"];
+    assert_eq!(host["LogConfig"]["Type"], "json-file");
+    assert_eq!(
+        host["LogConfig"]["Config"]["max-size"],
+        (5u64 << 20).to_string()
+    );
+    assert_eq!(host["LogConfig"]["Config"]["max-file"], "2");
+    assert_eq!(host["Memory"], 64u64 << 20);
+    assert_eq!(host["NanoCpus"], 500_000_000u64);
+    assert_eq!(host["RestartPolicy"]["Name"], "unless-stopped");
+    assert_eq!(host["Init"], true);
+    let labels = &web["Config"]["Labels"];
+    assert_eq!(labels["berth.app"], app.name.as_str());
+    assert_eq!(labels["berth.role"], "web");
+    assert_eq!(labels["berth.release"], "1");
+    let network = format!("berth-{}", app.name);
+    assert!(
+        web["NetworkSettings"]["Networks"][&network]["Aliases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a == "web"),
+        "services find each other by name"
+    );
+    let env: Vec<&str> = web["Config"]["Env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    assert!(
+        env.contains(&"BERTH_VERSION=v1") && env.contains(&"BERTH_RELEASE=1"),
+        "{env:?}"
+    );
+
+    // The default rotation applies to every container, workers included.
+    let worker = inspect(&container_of(&agent, &app.name, "worker"));
+    assert_eq!(
+        worker["HostConfig"]["LogConfig"]["Config"]["max-size"],
+        (10u64 << 20).to_string()
+    );
+    assert_eq!(worker["HostConfig"]["LogConfig"]["Config"]["max-file"], "3");
+}
+
+#[test]
+fn only_the_last_releases_keep_their_images_for_rollback() {
+    let agent = Agent::start();
+    let app = agent.app("prune");
+    // A build argument makes each release's image distinct.
+    std::fs::write(
+        app.path().join("Dockerfile"),
+        "FROM scratch\nARG V\nLABEL version=$V\nCOPY hello /hello\nENTRYPOINT [\"/hello\"]\n",
+    )
+    .unwrap();
+    let manifest = |v: &str| {
+        web("").replace(
+            "build = \".\"",
+            &format!("build = {{ context = \".\", args = {{ V = \"{v}\" }} }}"),
+        ) + "\n[deploy]\nkeep_releases = 2\n"
+    };
+    for v in ["1", "2", "3", "4"] {
+        app.write(&manifest(v));
+        agent
+            .berth_in(app.path(), &["deploy", "--version", &format!("v{v}")])
+            .success();
+    }
+    let tags: Vec<String> = block_on(async {
+        berth_runtime::DockerRuntime::from_env()
+            .images_matching(&format!("berth/{}/web", app.name))
+            .await
+            .unwrap()
+            .into_iter()
+            .flat_map(|i| i.tags)
+            .collect()
+    });
+    let mut tags: Vec<&str> = tags
+        .iter()
+        .filter_map(|t| t.rsplit_once(':').map(|(_, tag)| tag))
+        .collect();
+    tags.sort();
+    assert_eq!(tags, ["r3", "r4"], "releases 1 and 2 were pruned");
+
+    let run = agent.berth_in(app.path(), &["rollback", "1"]);
+    run.failure(1);
+    assert!(
+        run.stderr.contains("is no longer on this host"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("only the images of the last `deploy.keep_releases` releases are kept"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(agent.get("/").unwrap().1, "hello v4\n");
+    agent.berth_in(app.path(), &["rollback", "3"]).success();
+    assert_eq!(agent.get("/").unwrap().1, "hello v3\n");
+}
+
+#[test]
+fn an_image_archive_is_loaded_when_no_registry_can_be_reached() {
+    let agent = Agent::start();
+    let app = agent.app("load");
+    let reference = format!("berth-test/{}:1.0", app.name);
+    // An image built elsewhere, saved to a file, and absent from this host.
+    block_on(async {
+        let docker = berth_runtime::DockerRuntime::from_env();
+        let archive = berth_testkit::tar_directory(app.path());
+        let request = berth_runtime::BuildRequest {
+            context_tar: archive.path().to_owned(),
+            dockerfile: "Dockerfile".into(),
+            tag: reference.clone(),
+            args: Default::default(),
+            target: None,
+            labels: Default::default(),
+        };
+        docker.build_image(&request, &|_| {}).await.unwrap();
+    });
+    let saved = app.path().join("image.tar");
+    assert!(
+        Command::new("docker")
+            .args(["save", "-o"])
+            .arg(&saved)
+            .arg(&reference)
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        Command::new("docker")
+            .args(["rmi", &reference])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+
+    app.write(&web("").replace("build = \".\"", &format!("image = \"{reference}\"")));
+    let run = agent.berth_in(
+        app.path(),
+        &["deploy", "--version", "loaded", "--load", "image.tar"],
+    );
+    run.success();
+    assert!(
+        run.stderr
+            .contains(&format!("load 1 image archive(s): {reference}")),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(agent.get("/").unwrap().1, "hello loaded\n");
+    let _ = Command::new("docker").args(["rmi", &reference]).output();
+
+    let run = agent.berth_in(app.path(), &["deploy", "--load", "missing.tar"]);
+    run.failure(2);
+    assert!(
+        run.stderr
+            .contains("there is no image archive at missing.tar"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn an_image_that_cannot_be_pulled_is_named() {
+    let agent = Agent::start();
+    let app = agent.app("nopull");
+    app.write(&web("").replace(
+        "build = \".\"",
+        "image = \"registry.invalid/berth/nothing:1\"",
+    ));
+    let run = agent.berth_in(app.path(), &["deploy"]);
+    run.failure(1);
+    assert!(
+        run.stderr.contains(
+            "image `registry.invalid/berth/nothing:1` is not on this host and could not be pulled"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("docker load"),
+        "the fix is named: {}",
+        run.stderr
+    );
+}
+
+#[test]
+fn the_tcp_api_requires_the_token() {
+    // `{dir}` is the agent's data directory: keep the local socket, add a TCP listener.
+    let agent = Agent::start_with(
+        &[],
+        &["--api", "unix:{dir}/berth.sock", "--api", "127.0.0.1:0"],
+    );
+    let api = agent.agent_file()["api"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .find(|a| !a.starts_with("unix:"))
+        .unwrap()
+        .to_owned();
+    let token = std::fs::read_to_string(agent.dir.path().join("api-token")).unwrap();
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(agent.dir.path().join("api-token"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+
+    let ok = agent.berth_env(
+        agent.dir.path(),
+        &[("BERTH_TOKEN", token.trim())],
+        &["status", "--json", "--agent", &api],
+    );
+    ok.success();
+    assert_eq!(ok.json()["agent"]["pid"], agent.agent_file()["pid"]);
+    let wrong = agent.berth_env(
+        agent.dir.path(),
+        &[("BERTH_TOKEN", "not-the-token")],
+        &["status", "--agent", &api],
+    );
+    wrong.failure(2);
+    assert!(
+        wrong.stderr.contains("missing or wrong API token"),
+        "{}",
+        wrong.stderr
+    );
+}
+
+#[test]
+fn up_starts_an_agent_in_the_background_and_deploys() {
+    let agent = Agent::unstarted();
+    let app = agent.app("up");
+    app.write(&web("GREETING = \"up\""));
+    let run = agent.berth_in(
+        app.path(),
+        &["up", "--http", &agent.http, "--version", "v1"],
+    );
+    run.success();
+    assert!(
+        run.stderr.contains("started an agent in the background"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stdout.contains(&format!("http://{}/", agent.http)),
+        "the URL is printed: {}",
+        run.stdout
+    );
+    assert_eq!(agent.get("/").unwrap(), (200, "up v1\n".into()));
+
+    let again = agent.berth_in(
+        app.path(),
+        &["up", "--http", &agent.http, "--version", "v2"],
+    );
+    again.success();
+    assert!(
+        !again.stderr.contains("started an agent"),
+        "the running agent is reused: {}",
+        again.stderr
+    );
+    assert_eq!(agent.get("/").unwrap().1, "up v2\n");
+}
+
+#[test]
+fn sigterm_lets_open_requests_finish_and_cleans_up() {
+    let mut agent = Agent::start();
+    let app = agent.app("sigterm");
+    app.write(&web(""));
+    agent
+        .berth_in(app.path(), &["deploy", "--version", "v1"])
+        .success();
+    let http = agent.http.clone();
+    let slow =
+        std::thread::spawn(move || berth_testkit::http_get(&http, "/slow?ms=1500", "localhost"));
+    std::thread::sleep(Duration::from_millis(300));
+    let status = agent.terminate();
+    assert!(status.success(), "the agent exits cleanly: {status}");
+    assert_eq!(
+        slow.join().unwrap().unwrap().0,
+        200,
+        "the request in flight finished"
+    );
+    assert!(
+        !agent.dir.path().join("berth.sock").exists(),
+        "the socket is removed"
+    );
+    assert!(!agent.dir.path().join("agent.json").exists());
+    // The app's containers keep running; a new agent picks them up.
+    agent.restart();
+    agent.wait_serving("hello v1");
+}

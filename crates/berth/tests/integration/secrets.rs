@@ -1,0 +1,196 @@
+//! Secrets: stored encrypted, injected as environment variables or files, never shown in
+//! status, release records, the audit log or the agent's log.
+
+use crate::harness::{Agent, web};
+use std::io::Write;
+use std::process::Stdio;
+
+fn set_from_stdin(agent: &Agent, app: &str, name: &str, value: &str) {
+    let mut child = std::process::Command::new(crate::harness::BERTH)
+        .args(["secrets", "set", name, "--app", app])
+        .env("BERTH_DATA_DIR", agent.dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{value}\n").as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn secrets_reach_containers_and_nothing_else() {
+    let agent = Agent::start();
+    let app = agent.app("secrets");
+    let api_key = "sk-live-0123456789abcdef";
+    let password = "correct horse battery staple";
+    set_from_stdin(&agent, &app.name, "API_KEY", api_key);
+    set_from_stdin(&agent, &app.name, "DB_PASSWORD", password);
+    agent
+        .berth(&["secrets", "generate", "JWT_SECRET", "--app", &app.name])
+        .success();
+    let jwt = agent
+        .berth(&["secrets", "get", "JWT_SECRET", "--app", &app.name])
+        .success()
+        .stdout
+        .trim()
+        .to_owned();
+    assert_eq!(jwt.len(), 64);
+
+    app.write(
+        &(web("HELLO_DEBUG = \"1\"")
+            + "secrets = [\"API_KEY\", \"JWT_SECRET\"]\nsecret_files = [\"DB_PASSWORD\"]\n"),
+    );
+    agent
+        .berth_in(app.path(), &["deploy", "--version", "v1"])
+        .success();
+    assert_eq!(
+        agent.get("/env/API_KEY").unwrap(),
+        (200, api_key.to_owned())
+    );
+    assert_eq!(agent.get("/env/JWT_SECRET").unwrap(), (200, jwt.clone()));
+    assert_eq!(
+        agent.get("/file/run/secrets/DB_PASSWORD").unwrap(),
+        (200, password.to_owned())
+    );
+    assert_eq!(
+        agent.get("/env/DB_PASSWORD").unwrap().0,
+        404,
+        "a file secret is not also an environment variable"
+    );
+
+    let list = agent
+        .berth(&["secrets", "list", "--app", &app.name, "--json"])
+        .success()
+        .json();
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["API_KEY", "DB_PASSWORD", "JWT_SECRET"]);
+    assert_eq!(list[0]["used_by"][0], "web");
+
+    // Rotation: the new value reaches the app with the next deploy.
+    set_from_stdin(&agent, &app.name, "API_KEY", "sk-rotated");
+    let run = agent.berth(&[
+        "secrets",
+        "set",
+        "API_KEY",
+        "--app",
+        &app.name,
+        "--value",
+        "sk-rotated-2",
+    ]);
+    run.success();
+    assert!(run.stderr.contains("run `berth deploy`"), "{}", run.stderr);
+    assert_eq!(
+        agent.get("/env/API_KEY").unwrap().1,
+        api_key,
+        "running containers keep the value they started with"
+    );
+    agent
+        .berth_in(app.path(), &["deploy", "--version", "v2"])
+        .success();
+    assert_eq!(agent.get("/env/API_KEY").unwrap().1, "sk-rotated-2");
+
+    // No value anywhere it should not be.
+    let places = [
+        agent.berth(&["status", "--json"]).stdout.clone(),
+        agent
+            .berth(&["releases", "--app", &app.name, "--json"])
+            .stdout
+            .clone(),
+        agent
+            .berth(&["audit", "--json", "-n", "1000"])
+            .stdout
+            .clone(),
+        agent.log(),
+        String::from_utf8_lossy(&std::fs::read(agent.dir.path().join("state.db")).unwrap())
+            .into_owned(),
+        String::from_utf8_lossy(
+            &std::fs::read(agent.dir.path().join("state.db-wal")).unwrap_or_default(),
+        )
+        .into_owned(),
+    ];
+    for value in [api_key, password, jwt.as_str(), "sk-rotated-2"] {
+        for (index, place) in places.iter().enumerate() {
+            assert!(
+                !place.contains(value),
+                "a secret value leaked into place #{index}"
+            );
+        }
+    }
+    let audit = agent.berth(&["audit", "--json", "-n", "1000"]).json();
+    let secret_actions: Vec<String> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"].as_str().unwrap().starts_with("secret."))
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["action"].as_str().unwrap(),
+                e["target"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert!(
+        secret_actions.contains(&format!("secret.set {}/API_KEY", app.name)),
+        "{secret_actions:?}"
+    );
+    assert!(
+        secret_actions.contains(&format!("secret.generate {}/JWT_SECRET", app.name)),
+        "{secret_actions:?}"
+    );
+    assert!(
+        secret_actions.contains(&format!("secret.get {}/JWT_SECRET", app.name)),
+        "{secret_actions:?}"
+    );
+
+    agent
+        .berth(&["secrets", "rm", "JWT_SECRET", "--app", &app.name])
+        .success();
+    agent
+        .berth(&["secrets", "get", "JWT_SECRET", "--app", &app.name])
+        .failure(2);
+    let key_mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(agent.dir.path().join("secrets.key"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(key_mode & 0o777, 0o600);
+}
+
+#[test]
+fn a_missing_secret_stops_the_deploy_before_it_starts() {
+    let agent = Agent::start();
+    let app = agent.app("nosecret");
+    app.write(&(web("") + "secrets = [\"STRIPE_KEY\", \"OTHER_KEY\"]\n"));
+    let run = agent.berth_in(app.path(), &["deploy"]);
+    run.failure(2);
+    assert!(
+        run.stderr
+            .contains("secrets OTHER_KEY, STRIPE_KEY not set for app"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains(&format!("berth secrets set OTHER_KEY --app {}", app.name)),
+        "{}",
+        run.stderr
+    );
+    assert!(agent.containers().is_empty());
+}
