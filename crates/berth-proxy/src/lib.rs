@@ -90,6 +90,10 @@ impl Default for ProxyConfig {
     }
 }
 
+/// How often each event loop wakes when idle (see `serve_threads`): shorter than every
+/// request timer (connect, TLS handshake, header, response timeouts).
+const HEARTBEAT: Duration = Duration::from_millis(500);
+
 /// What the proxy asks of the TLS side.
 pub trait TlsHooks: Send + Sync {
     /// The key authorization for a pending ACME HTTP-01 token.
@@ -229,6 +233,18 @@ impl Proxy {
                         }
                     };
                     runtime.block_on(async move {
+                        // tokio wakes its event loop through an eventfd whenever a timer is
+                        // armed earlier than the loop's next planned wake-up, which hyper's
+                        // per-request header timer would do on almost every request. A
+                        // heartbeat keeps that planned wake-up under a second away, earlier
+                        // than any request timer, so arming one costs no system call.
+                        let heartbeat = tokio::spawn(async {
+                            let mut tick = tokio::time::interval(HEARTBEAT);
+                            loop {
+                                tick.tick().await;
+                            }
+                        });
+                        let _heartbeat = scopeguard(move || heartbeat.abort());
                         let listener = match bind_shared(target) {
                             Ok(listener) => listener,
                             Err(error) => {
