@@ -522,6 +522,19 @@ async fn agent(
     let proxy = berth_agent::ProxyConfig {
         max_connections: edge.max_connections.max(1),
         header_read_timeout: duration("header-timeout", &edge.header_timeout)?,
+        max_header_size: berth_manifest::units::parse_size(&edge.max_header_size)
+            .ok()
+            .and_then(|size| usize::try_from(size).ok())
+            .filter(|size| (8 << 10..=1 << 20).contains(size))
+            .ok_or_else(|| {
+                invalid(
+                    format!(
+                        "--max-header-size `{}` is not a size from 8KiB to 1MiB",
+                        edge.max_header_size
+                    ),
+                    Some("sizes look like 16KiB or 64k"),
+                )
+            })?,
         ..berth_agent::ProxyConfig::default()
     };
     let config = berth_agent::AgentConfig {

@@ -273,6 +273,10 @@ struct EdgeArgs {
     /// keep-alive connection stays open).
     #[arg(long, default_value = "30s", value_name = "DURATION")]
     header_timeout: String,
+    /// The largest request head (request line and headers) a client may send, 8KiB to
+    /// 1MiB; larger ones get 431.
+    #[arg(long, default_value = "32KiB", value_name = "SIZE")]
+    max_header_size: String,
 }
 
 #[derive(Subcommand)]

@@ -202,3 +202,41 @@ fn maintenance_mode_limits_metrics_and_the_access_log() {
     );
     assert!(lines.iter().any(|l| l["status"] == 429));
 }
+
+/// Sends one raw request and returns the status line of the answer.
+fn status_line(addr: &str, request: &[u8]) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request).unwrap();
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).unwrap();
+    line.trim_end().to_owned()
+}
+
+#[test]
+fn the_agent_takes_its_header_size_limit_from_the_command_line() {
+    let agent = Agent::start_with(&[], &["--max-header-size", "8KiB"]);
+    let small = status_line(&agent.http, b"GET / HTTP/1.1\r\nHost: nowhere.test\r\n\r\n");
+    assert!(small.contains(" 404 "), "no route, but read: {small}");
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: nowhere.test\r\nX-Padding: {}\r\n\r\n",
+        "a".repeat(12 * 1024)
+    );
+    // Under the default limit (32KiB) this head would be accepted.
+    let refused = status_line(&agent.http, big.as_bytes());
+    assert!(refused.contains(" 431 "), "{refused}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(crate::harness::BERTH)
+        .args(["agent", "--data-dir"])
+        .arg(dir.path())
+        .args(["--http", "127.0.0.1:0", "--max-header-size", "lots"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--max-header-size `lots`"), "{stderr}");
+}
