@@ -220,12 +220,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("access.log");
         let log = AccessLog::open(&path, 600, 2).unwrap();
-        for n in 0..20 {
-            log.record(record(n));
-            std::thread::sleep(std::time::Duration::from_millis(2));
+        // Four batches of three lines (each batch larger than the limit), each waited for
+        // before the next, so the writer sees four separate writes however busy the machine.
+        for batch in 0..4u16 {
+            for n in batch * 3..batch * 3 + 3 {
+                log.record(record(n));
+            }
+            let last = format!("\"/{}\"", batch * 3 + 2);
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !std::fs::read_to_string(&path).is_ok_and(|text| text.contains(&last)) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "batch {batch} never written"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
         }
         drop(log);
-        std::thread::sleep(std::time::Duration::from_millis(200));
         let current = std::fs::read_to_string(&path).unwrap();
         let first = current.lines().next().unwrap();
         let value: serde_json::Value = serde_json::from_str(first).unwrap();
