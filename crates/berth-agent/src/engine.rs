@@ -464,6 +464,8 @@ impl Engine {
                         .await?;
                 }
             }
+            self.note_removed_accessories(&ctx, manifest, progress)
+                .await;
             for name in manifest.service_start_order() {
                 if let Some(service) = manifest.services.get(name)
                     && service.release_command.is_some()
@@ -742,6 +744,38 @@ impl Engine {
         };
         self.runtime.start_container(&id).await?;
         self.gate_accessory(ctx, accessory, &id, step).await
+    }
+
+    /// Accessories hold data, so a deploy never removes one that left the manifest; it says
+    /// so instead, so the container is not forgotten running.
+    async fn note_removed_accessories(
+        &self,
+        ctx: &ReleaseContext<'_>,
+        manifest: &Manifest,
+        progress: &Progress,
+    ) {
+        let Ok(containers) = self
+            .runtime
+            .list_containers(&[
+                (names::AGENT, &self.agent_id),
+                (names::APP, ctx.app),
+                (names::ROLE, "accessory"),
+            ])
+            .await
+        else {
+            return;
+        };
+        for container in containers {
+            if let Some(service) = container.labels.get(names::SERVICE)
+                && !manifest.accessories.contains_key(service)
+            {
+                progress.log(format!(
+                    "accessory {service} is no longer in the manifest: berth leaves its \
+                     container {} and its volumes alone; remove them once their data is safe",
+                    container.name
+                ));
+            }
+        }
     }
 
     async fn gate_accessory(

@@ -212,6 +212,7 @@ fn accessories_keep_their_container_and_data_across_deploys() {
         run.stderr
     );
     assert_eq!(count(&agent), "3", "the data survived the recreation");
+    let store_after_recreate = names_of(&agent, &app.name, "store");
 
     let status = agent
         .berth(&["status", "--json", "--app", &app.name])
@@ -220,6 +221,18 @@ fn accessories_keep_their_container_and_data_across_deploys() {
     let store_status = services.iter().find(|s| s["name"] == "store").unwrap();
     assert_eq!(store_status["role"], "accessory");
     assert_eq!(store_status["replicas"][0]["health"], "healthy");
+
+    // Dropped from the manifest: kept with its data, and the deploy says so.
+    app.write(&web("GREETING = \"c\""));
+    let run = agent.berth_in(app.path(), &["deploy", "--version", "v4"]);
+    run.success();
+    assert!(
+        run.stderr
+            .contains("accessory store is no longer in the manifest"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(names_of(&agent, &app.name, "store"), store_after_recreate);
 }
 
 #[test]
