@@ -14,7 +14,7 @@ pub struct AccessRecord {
     pub at: std::time::SystemTime,
     pub client: std::net::IpAddr,
     pub version: http::Version,
-    pub host: String,
+    pub host: Arc<str>,
     pub method: http::Method,
     pub uri: http::Uri,
     pub status: u16,
@@ -37,7 +37,7 @@ impl Serialize for AccessRecord {
         line.serialize_field("time", &time)?;
         line.serialize_field("client", &self.client.to_string())?;
         line.serialize_field("proto", crate::version_name(self.version))?;
-        line.serialize_field("host", &self.host)?;
+        line.serialize_field("host", &*self.host)?;
         line.serialize_field("method", self.method.as_str())?;
         line.serialize_field(
             "path",

@@ -165,6 +165,9 @@ impl<F: Flag> FramingWatcher<F> {
     }
 
     fn after_head(&self, head: &[u8]) -> State {
+        if !needs_parse(head) {
+            return State::Head(Vec::new());
+        }
         let mut headers = [httparse::EMPTY_HEADER; 128];
         let mut request = httparse::Request::new(&mut headers);
         match request.parse(head) {
@@ -244,6 +247,26 @@ fn take_line(line: &mut Vec<u8>, bytes: &mut &[u8]) -> LineResult {
             }
         }
     }
+}
+
+/// Whether a head can say anything the watcher must act on: a body's framing, an upgrade,
+/// CONNECT, or a folded line it would have to read closely. Most requests (a GET with a
+/// dozen headers) say none of it, and one look at the start of each line shows that
+/// without parsing the head again after hyper.
+fn needs_parse(head: &[u8]) -> bool {
+    if head.starts_with(b"CONNECT ") {
+        return true;
+    }
+    head.split(|b| *b == b'\n').skip(1).any(|line| {
+        let starts_with = |name: &[u8]| {
+            line.get(..name.len())
+                .is_some_and(|start| start.eq_ignore_ascii_case(name))
+        };
+        matches!(line.first(), Some(b' ' | b'\t'))
+            || starts_with(b"content-length")
+            || starts_with(b"transfer-encoding")
+            || starts_with(b"upgrade")
+    })
 }
 
 fn find_head_end(head: &[u8]) -> Option<usize> {
@@ -363,6 +386,22 @@ mod tests {
         let request = b"GET / HTTP/1.1\r\nhost: x\r\n\r\nPOST / HTTP/1.1\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n";
         let single: Vec<&[u8]> = request.chunks(1).collect();
         assert!(watch(&single).0);
+    }
+
+    #[test]
+    fn only_heads_that_name_framing_upgrades_or_folds_are_parsed_again() {
+        assert!(!needs_parse(
+            b"GET /a HTTP/1.1\r\nhost: x\r\naccept: */*\r\nx-content-length: 3\r\n\r\n"
+        ));
+        assert!(needs_parse(b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\n"));
+        assert!(needs_parse(
+            b"POST / HTTP/1.1\r\nTRANSFER-ENCODING: chunked\r\n\r\n"
+        ));
+        assert!(needs_parse(b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n"));
+        assert!(needs_parse(b"CONNECT x:443 HTTP/1.1\r\nhost: x\r\n\r\n"));
+        assert!(needs_parse(
+            b"GET / HTTP/1.1\r\nx-a: 1\r\n transfer-encoding: chunked\r\n\r\n"
+        ));
     }
 
     #[test]

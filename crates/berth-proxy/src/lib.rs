@@ -18,6 +18,7 @@
 
 mod access_log;
 mod body;
+mod forwarding;
 mod framing;
 mod limits;
 mod metrics;
@@ -33,7 +34,8 @@ pub use upstream::Upstream;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use forwarding::{ClientIdentity, prepare_request_headers, strip_hop_by_hop};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::{Body, Frame};
 use hyper::body::Incoming;
@@ -400,7 +402,7 @@ impl Proxy {
                 proxy.metrics.open_connections.inc();
                 let connection = Arc::new(ClientConnection {
                     addr: client,
-                    identity: ClientIdentity::new(client),
+                    identity: ClientIdentity::new(client, scheme_name),
                     scheme: scheme_name,
                     framing_violation: AtomicBool::new(false),
                 });
@@ -488,15 +490,17 @@ impl Proxy {
     ) -> Response<ProxyBody> {
         let (client, scheme) = (connection.addr, connection.scheme);
         let started = Instant::now();
-        let host = request_host(&request);
-        let path = request.uri().path().to_owned();
+        let request_host = connection.identity.host(host_sent(&request));
+        let host: &str = &request_host.name;
+        let uri = request.uri().clone();
+        let path = uri.path();
         let mut log = LogContext {
             started,
             client,
             version: request.version(),
-            host: host.clone(),
+            host: Arc::clone(&request_host.name),
             method: request.method().clone(),
-            uri: request.uri().clone(),
+            uri: uri.clone(),
             user_agent: request.headers().get(header::USER_AGENT).cloned(),
             route: None,
             upstream: None,
@@ -520,19 +524,21 @@ impl Proxy {
         if let Some(problem) = framing_problem(request.headers()) {
             return self.finish_local(pages::bad_request(problem), log);
         }
-        let Some(mut route) = self.table.load().lookup(&host, &path) else {
-            return self.finish_local(pages::no_route(&host), log);
+        let Some(mut route) = self.table.load().lookup(host, path) else {
+            return self.finish_local(pages::no_route(host), log);
         };
         log.route = Some(Arc::clone(&route));
-        let settings = route.spec.settings.clone();
+        // The settings of the route first matched hold for the whole request, retries included.
+        let matched = Arc::clone(&route);
+        let settings = &matched.spec.settings;
 
         if scheme == "http"
             && settings.redirect_https
             && let (Some(port), Some(tls)) = (self.https_port.get().copied(), self.tls.get())
-            && tls.serves_https(&host)
+            && tls.serves_https(host)
         {
             let authority = if port == 443 {
-                host.clone()
+                host.to_owned()
             } else {
                 format!("{host}:{port}")
             };
@@ -561,7 +567,7 @@ impl Proxy {
 
         let upgrade = is_upgrade(request.headers()).then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
-        prepare_request_headers(&mut parts.headers, &host, &connection.identity, scheme);
+        prepare_request_headers(&mut parts.headers, &request_host, &connection.identity);
         parts.uri = upstream_uri(&parts.uri, &route.spec.path, settings.strip_prefix);
         parts.version = http::Version::HTTP_11;
         // A body-less idempotent request can be replayed if its connection dies after it was
@@ -597,9 +603,9 @@ impl Proxy {
                     );
                 }
                 tokio::time::sleep(Duration::from_millis(25)).await;
-                match self.table.load().lookup(&host, &path) {
+                match self.table.load().lookup(host, path) {
                     Some(fresh) => route = fresh,
-                    None => return self.finish_local(pages::no_route(&host), log),
+                    None => return self.finish_local(pages::no_route(host), log),
                 }
                 tried.clear();
                 continue;
@@ -862,7 +868,7 @@ struct LogContext {
     started: Instant,
     client: SocketAddr,
     version: http::Version,
-    host: String,
+    host: Arc<str>,
     method: Method,
     uri: Uri,
     user_agent: Option<HeaderValue>,
@@ -944,16 +950,14 @@ fn body_too_large(error: &hyper::Error) -> bool {
     false
 }
 
-/// The host a request is for: lower-case, without port.
-fn request_host<B>(request: &Request<B>) -> String {
-    let raw = request
+/// The host a request names: its Host header, or for HTTP/2 its URI's host.
+fn host_sent<B>(request: &Request<B>) -> &str {
+    request
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| request.uri().host().map(str::to_owned))
-        .unwrap_or_default();
-    strip_port(&raw).to_ascii_lowercase()
+        .or_else(|| request.uri().host())
+        .unwrap_or_default()
 }
 
 fn strip_port(host: &str) -> &str {
@@ -987,104 +991,6 @@ fn upstream_uri(uri: &Uri, prefix: &str, strip: bool) -> Uri {
         path_and_query.to_owned()
     };
     rewritten.parse().unwrap_or_else(|_| Uri::from_static("/"))
-}
-
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-];
-
-/// Removes hop-by-hop headers (including any the Connection header names). `Upgrade` is kept
-/// when the connection is being upgraded.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none of these: one pass over the names before hashing any.
-    let present = headers
-        .keys()
-        .any(|name| name == header::UPGRADE || HOP_BY_HOP.contains(name));
-    if !present {
-        return;
-    }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().to_ascii_lowercase().as_bytes()).ok())
-        .collect();
-    let upgrading = named.contains(&header::UPGRADE);
-    for name in HOP_BY_HOP.iter().chain(named.iter()) {
-        if upgrading && name == header::UPGRADE {
-            continue;
-        }
-        headers.remove(name);
-    }
-    if upgrading {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::UPGRADE);
-    }
-}
-
-/// How a client is named in forwarding headers, worked out once per connection.
-struct ClientIdentity {
-    ip: HeaderValue,
-    /// The `for=` node of a Forwarded header (IPv6 quoted and bracketed).
-    forwarded_node: String,
-}
-
-impl ClientIdentity {
-    fn new(client: SocketAddr) -> Self {
-        let ip = client.ip().to_string();
-        let forwarded_node = if client.is_ipv6() {
-            format!("\"[{ip}]\"")
-        } else {
-            ip.clone()
-        };
-        Self {
-            ip: HeaderValue::from_str(&ip).unwrap_or_else(|_| HeaderValue::from_static("unknown")),
-            forwarded_node,
-        }
-    }
-}
-
-fn prepare_request_headers(
-    headers: &mut HeaderMap,
-    host: &str,
-    client: &ClientIdentity,
-    scheme: &'static str,
-) {
-    strip_hop_by_hop(headers);
-    // HTTP/2 carries the host in the :authority pseudo-header; HTTP/1.1 upstreams need Host.
-    if !headers.contains_key(header::HOST)
-        && let Ok(value) = HeaderValue::from_str(host)
-    {
-        headers.insert(header::HOST, value);
-    }
-    // berth is the edge: what a client claims about earlier hops is not trusted.
-    headers.insert(
-        HeaderName::from_static("x-forwarded-for"),
-        client.ip.clone(),
-    );
-    headers.insert(HeaderName::from_static("x-real-ip"), client.ip.clone());
-    headers.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static(scheme),
-    );
-    if let Ok(value) = HeaderValue::from_str(host) {
-        headers.insert(HeaderName::from_static("x-forwarded-host"), value);
-    }
-    if let Ok(value) = HeaderValue::from_str(&format!(
-        "for={};proto={scheme};host=\"{host}\"",
-        client.forwarded_node
-    )) {
-        headers.insert(header::FORWARDED, value);
-    }
 }
 
 /// The upstream's response body on its way to the client. When it ends, the connection goes
@@ -1171,74 +1077,6 @@ mod tests {
         assert_eq!(strip_port("example.com:8080"), "example.com");
         assert_eq!(strip_port("example.com"), "example.com");
         assert_eq!(strip_port("[::1]:80"), "[::1]");
-    }
-
-    #[test]
-    fn hop_by_hop_headers_are_removed_including_named_ones() {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, X-Secret"),
-        );
-        headers.insert("x-secret", HeaderValue::from_static("1"));
-        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        headers.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
-        headers.insert("x-kept", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut headers);
-        assert_eq!(headers.len(), 1, "{headers:?}");
-        assert!(headers.contains_key("x-kept"));
-    }
-
-    #[test]
-    fn upgrade_headers_survive_an_upgrade() {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        assert!(is_upgrade(&headers));
-        strip_hop_by_hop(&mut headers);
-        assert_eq!(headers.get(header::UPGRADE).unwrap(), "websocket");
-        assert_eq!(headers.get(header::CONNECTION).unwrap(), "upgrade");
-    }
-
-    #[test]
-    fn forwarded_headers_replace_what_the_client_claimed() {
-        let mut headers = HeaderMap::new();
-        headers.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
-        headers.insert(header::FORWARDED, HeaderValue::from_static("for=6.6.6.6"));
-        prepare_request_headers(
-            &mut headers,
-            "example.com",
-            &ClientIdentity::new("10.1.2.3:5555".parse().unwrap()),
-            "https",
-        );
-        assert_eq!(headers.get("x-forwarded-for").unwrap(), "10.1.2.3");
-        assert_eq!(headers.get("x-forwarded-host").unwrap(), "example.com");
-        assert_eq!(headers.get("x-forwarded-proto").unwrap(), "https");
-        assert_eq!(
-            headers.get(header::FORWARDED).unwrap(),
-            "for=10.1.2.3;proto=https;host=\"example.com\""
-        );
-        assert_eq!(
-            headers.get(header::HOST).unwrap(),
-            "example.com",
-            "HTTP/2 requests get a Host header"
-        );
-    }
-
-    #[test]
-    fn ipv6_clients_are_quoted_in_forwarded() {
-        let mut headers = HeaderMap::new();
-        prepare_request_headers(
-            &mut headers,
-            "example.com",
-            &ClientIdentity::new("[::1]:5555".parse().unwrap()),
-            "http",
-        );
-        assert_eq!(
-            headers.get(header::FORWARDED).unwrap(),
-            "for=\"[::1]\";proto=http;host=\"example.com\""
-        );
-        assert_eq!(headers.get("x-forwarded-for").unwrap(), "::1");
     }
 
     #[test]

@@ -1,0 +1,232 @@
+//! The headers a request gets on its way upstream: hop-by-hop ones removed, and the client's
+//! address, scheme and host stated by the edge (`X-Forwarded-*`, `X-Real-IP`, `Forwarded`).
+//!
+//! What depends only on the connection is worked out once per connection, and what depends on
+//! the host once per connection and host, so a keep-alive client's requests copy prepared
+//! values instead of formatting and allocating them each time.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes hop-by-hop headers (including any the Connection header names). `Upgrade` is kept
+/// when the connection is being upgraded.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of these: one pass over the names before hashing any.
+    let present = headers
+        .keys()
+        .any(|name| name == header::UPGRADE || HOP_BY_HOP.contains(name));
+    if !present {
+        return;
+    }
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().to_ascii_lowercase().as_bytes()).ok())
+        .collect();
+    let upgrading = named.contains(&header::UPGRADE);
+    for name in HOP_BY_HOP.iter().chain(named.iter()) {
+        if upgrading && name == header::UPGRADE {
+            continue;
+        }
+        headers.remove(name);
+    }
+    if upgrading {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// One client connection as forwarding headers name it.
+pub(crate) struct ClientIdentity {
+    ip: HeaderValue,
+    /// The `for=` node of a Forwarded header (IPv6 quoted and bracketed).
+    forwarded_node: String,
+    scheme: &'static str,
+    /// The host of this connection's last request: a keep-alive connection nearly always
+    /// asks for one host.
+    last_host: Mutex<Option<Arc<RequestHost>>>,
+}
+
+/// A request's host: its name for routing and logs, and the header values that state it.
+pub(crate) struct RequestHost {
+    /// What the client sent (the Host header, or the URI's host for HTTP/2).
+    sent: Box<str>,
+    /// Lower-case, without the port.
+    pub(crate) name: Arc<str>,
+    /// `name` as a header value (Host for HTTP/2 requests, and X-Forwarded-Host).
+    value: Option<HeaderValue>,
+    forwarded: Option<HeaderValue>,
+}
+
+impl ClientIdentity {
+    pub(crate) fn new(client: SocketAddr, scheme: &'static str) -> Self {
+        let ip = client.ip().to_string();
+        let forwarded_node = if client.is_ipv6() {
+            format!("\"[{ip}]\"")
+        } else {
+            ip.clone()
+        };
+        Self {
+            ip: HeaderValue::from_str(&ip).unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            forwarded_node,
+            scheme,
+            last_host: Mutex::new(None),
+        }
+    }
+
+    /// The host a request is for, given what it sent: prepared once per connection and host.
+    pub(crate) fn host(&self, sent: &str) -> Arc<RequestHost> {
+        let mut last = self.last_host.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(host) = last.as_ref().filter(|h| *h.sent == *sent) {
+            return Arc::clone(host);
+        }
+        let name = super::strip_port(sent).to_ascii_lowercase();
+        let forwarded = format!(
+            "for={};proto={};host=\"{name}\"",
+            self.forwarded_node, self.scheme
+        );
+        let host = Arc::new(RequestHost {
+            sent: sent.into(),
+            value: HeaderValue::from_str(&name).ok(),
+            forwarded: HeaderValue::from_str(&forwarded).ok(),
+            name: Arc::from(name),
+        });
+        *last = Some(Arc::clone(&host));
+        host
+    }
+}
+
+/// Makes a client's request headers fit to send upstream. berth is the edge: whatever a
+/// client claims about earlier hops is replaced, never passed on.
+pub(crate) fn prepare_request_headers(
+    headers: &mut HeaderMap,
+    host: &RequestHost,
+    client: &ClientIdentity,
+) {
+    strip_hop_by_hop(headers);
+    match &host.value {
+        Some(value) => {
+            // HTTP/2 carries the host in :authority; HTTP/1.1 upstreams need Host.
+            if !headers.contains_key(header::HOST) {
+                headers.insert(header::HOST, value.clone());
+            }
+            headers.insert(X_FORWARDED_HOST, value.clone());
+        }
+        None => {
+            headers.remove(X_FORWARDED_HOST);
+        }
+    }
+    headers.insert(X_FORWARDED_FOR, client.ip.clone());
+    headers.insert(X_REAL_IP, client.ip.clone());
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(client.scheme));
+    match &host.forwarded {
+        Some(value) => headers.insert(header::FORWARDED, value.clone()),
+        None => headers.remove(header::FORWARDED),
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prepared(client: &str, scheme: &'static str, host: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        headers.insert("x-forwarded-host", HeaderValue::from_static("evil.test"));
+        headers.insert(header::FORWARDED, HeaderValue::from_static("for=6.6.6.6"));
+        let identity = ClientIdentity::new(client.parse().unwrap(), scheme);
+        prepare_request_headers(&mut headers, &identity.host(host), &identity);
+        headers
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed_including_named_ones() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret"),
+        );
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1, "{headers:?}");
+        assert!(headers.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn upgrade_headers_survive_an_upgrade() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(super::super::is_upgrade(&headers));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.get(header::UPGRADE).unwrap(), "websocket");
+        assert_eq!(headers.get(header::CONNECTION).unwrap(), "upgrade");
+    }
+
+    #[test]
+    fn forwarded_headers_replace_what_the_client_claimed() {
+        let headers = prepared("10.1.2.3:5555", "https", "Example.com:8443");
+        assert_eq!(headers.get("x-forwarded-for").unwrap(), "10.1.2.3");
+        assert_eq!(headers.get("x-real-ip").unwrap(), "10.1.2.3");
+        assert_eq!(headers.get("x-forwarded-host").unwrap(), "example.com");
+        assert_eq!(headers.get("x-forwarded-proto").unwrap(), "https");
+        assert_eq!(
+            headers.get(header::FORWARDED).unwrap(),
+            "for=10.1.2.3;proto=https;host=\"example.com\""
+        );
+        assert_eq!(
+            headers.get(header::HOST).unwrap(),
+            "example.com",
+            "HTTP/2 requests get a Host header"
+        );
+    }
+
+    #[test]
+    fn ipv6_clients_are_quoted_in_forwarded() {
+        let headers = prepared("[::1]:5555", "http", "example.com");
+        assert_eq!(
+            headers.get(header::FORWARDED).unwrap(),
+            "for=\"[::1]\";proto=http;host=\"example.com\""
+        );
+        assert_eq!(headers.get("x-forwarded-for").unwrap(), "::1");
+    }
+
+    #[test]
+    fn a_connection_reuses_its_host_until_the_client_names_another() {
+        let identity = ClientIdentity::new("10.1.2.3:5555".parse().unwrap(), "http");
+        let first = identity.host("a.example");
+        assert!(Arc::ptr_eq(&first, &identity.host("a.example")));
+        let other = identity.host("B.example:80");
+        assert_eq!(&*other.name, "b.example");
+        let mut headers = HeaderMap::new();
+        prepare_request_headers(&mut headers, &other, &identity);
+        assert_eq!(
+            headers.get(header::FORWARDED).unwrap(),
+            "for=10.1.2.3;proto=http;host=\"b.example\""
+        );
+        assert!(!Arc::ptr_eq(&first, &identity.host("a.example")));
+    }
+}
