@@ -94,6 +94,11 @@ impl ClientIdentity {
         }
     }
 
+    /// `http` or `https`: how the client reached the edge.
+    pub(crate) fn scheme(&self) -> &'static str {
+        self.scheme
+    }
+
     /// The host a request is for, given what it sent: prepared once per connection and host.
     pub(crate) fn host(&self, sent: &str) -> Arc<RequestHost> {
         let mut last = self.last_host.lock().unwrap_or_else(|p| p.into_inner());

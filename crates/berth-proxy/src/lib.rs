@@ -403,7 +403,6 @@ impl Proxy {
                 let connection = Arc::new(ClientConnection {
                     addr: client,
                     identity: ClientIdentity::new(client, scheme_name),
-                    scheme: scheme_name,
                     framing_violation: AtomicBool::new(false),
                 });
                 let service = {
@@ -488,7 +487,7 @@ impl Proxy {
         mut request: Request<Incoming>,
         connection: &ClientConnection,
     ) -> Response<ProxyBody> {
-        let (client, scheme) = (connection.addr, connection.scheme);
+        let (client, scheme) = (connection.addr, connection.identity.scheme());
         let started = Instant::now();
         let request_host = connection.identity.host(host_sent(&request));
         let host: &str = &request_host.name;
@@ -848,7 +847,6 @@ const REPLAY_IF_IDLE: Duration = Duration::from_millis(100);
 struct ClientConnection {
     addr: SocketAddr,
     identity: ClientIdentity,
-    scheme: &'static str,
     /// Set by the framing watcher when a request head on this connection had both
     /// Content-Length and Transfer-Encoding.
     framing_violation: AtomicBool,
