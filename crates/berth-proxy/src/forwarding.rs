@@ -25,6 +25,26 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
+/// Headers a client may send that the edge states itself: never passed on as sent.
+const EDGE_STATED: [HeaderName; 5] = [
+    X_FORWARDED_FOR,
+    X_FORWARDED_HOST,
+    X_FORWARDED_PROTO,
+    X_REAL_IP,
+    header::FORWARDED,
+];
+
+/// The headers a Connection header names (which are hop-by-hop too).
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().to_ascii_lowercase().as_bytes()).ok())
+        .collect()
+}
+
 /// Removes hop-by-hop headers (including any the Connection header names). `Upgrade` is kept
 /// when the connection is being upgraded.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -35,13 +55,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !present {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().to_ascii_lowercase().as_bytes()).ok())
-        .collect();
+    let named = connection_named(headers);
     let upgrading = named.contains(&header::UPGRADE);
     for name in HOP_BY_HOP.iter().chain(named.iter()) {
         if upgrading && name == header::UPGRADE {
@@ -62,6 +76,7 @@ pub(crate) struct ClientIdentity {
     /// The `for=` node of a Forwarded header (IPv6 quoted and bracketed).
     forwarded_node: String,
     scheme: &'static str,
+    scheme_value: HeaderValue,
     /// The host of this connection's last request: a keep-alive connection nearly always
     /// asks for one host.
     last_host: Mutex<Option<Arc<RequestHost>>>,
@@ -90,6 +105,7 @@ impl ClientIdentity {
             ip: HeaderValue::from_str(&ip).unwrap_or_else(|_| HeaderValue::from_static("unknown")),
             forwarded_node,
             scheme,
+            scheme_value: HeaderValue::from_static(scheme),
             last_host: Mutex::new(None),
         }
     }
@@ -129,25 +145,61 @@ pub(crate) fn prepare_request_headers(
     client: &ClientIdentity,
 ) {
     strip_hop_by_hop(headers);
-    match &host.value {
-        Some(value) => {
-            // HTTP/2 carries the host in :authority; HTTP/1.1 upstreams need Host.
-            if !headers.contains_key(header::HOST) {
-                headers.insert(header::HOST, value.clone());
-            }
-            headers.insert(X_FORWARDED_HOST, value.clone());
-        }
-        None => {
-            headers.remove(X_FORWARDED_HOST);
+    for name in &EDGE_STATED {
+        headers.remove(name);
+    }
+    let sent_host = headers.contains_key(header::HOST);
+    for_each_edge_header(sent_host, host, client, |name, value| {
+        headers.insert(name.clone(), value.clone());
+    });
+}
+
+/// What [`prepare_request_headers`] leaves, field by field, without changing the map: the
+/// client's headers less hop-by-hop and edge-stated ones (an upgrade is never involved), then
+/// the edge's own.
+pub(crate) fn for_each_upstream_header(
+    headers: &HeaderMap,
+    host: &RequestHost,
+    client: &ClientIdentity,
+    mut emit: impl FnMut(&HeaderName, &HeaderValue),
+) {
+    let named = if headers.contains_key(header::CONNECTION) {
+        connection_named(headers)
+    } else {
+        Vec::new()
+    };
+    for (name, value) in headers {
+        let dropped = name == header::UPGRADE
+            || HOP_BY_HOP.contains(name)
+            || EDGE_STATED.contains(name)
+            || named.contains(name);
+        if !dropped {
+            emit(name, value);
         }
     }
-    headers.insert(X_FORWARDED_FOR, client.ip.clone());
-    headers.insert(X_REAL_IP, client.ip.clone());
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(client.scheme));
-    match &host.forwarded {
-        Some(value) => headers.insert(header::FORWARDED, value.clone()),
-        None => headers.remove(header::FORWARDED),
-    };
+    for_each_edge_header(headers.contains_key(header::HOST), host, client, emit);
+}
+
+/// The headers the edge states: Host (when the client sent none, as HTTP/2 clients do),
+/// X-Forwarded-Host/-For/-Proto, X-Real-IP and Forwarded.
+fn for_each_edge_header(
+    sent_host: bool,
+    host: &RequestHost,
+    client: &ClientIdentity,
+    mut emit: impl FnMut(&HeaderName, &HeaderValue),
+) {
+    if let Some(value) = &host.value {
+        if !sent_host {
+            emit(&header::HOST, value);
+        }
+        emit(&X_FORWARDED_HOST, value);
+    }
+    emit(&X_FORWARDED_FOR, &client.ip);
+    emit(&X_REAL_IP, &client.ip);
+    emit(&X_FORWARDED_PROTO, &client.scheme_value);
+    if let Some(value) = &host.forwarded {
+        emit(&header::FORWARDED, value);
+    }
 }
 
 #[cfg(test)]
@@ -217,6 +269,64 @@ mod tests {
             "for=\"[::1]\";proto=http;host=\"example.com\""
         );
         assert_eq!(headers.get("x-forwarded-for").unwrap(), "::1");
+    }
+
+    #[test]
+    fn fields_written_directly_are_those_the_prepared_map_holds() {
+        let identity = ClientIdentity::new("[2001:db8::7]:5555".parse().unwrap(), "https");
+        let mut with_host = HeaderMap::new();
+        for (name, value) in [
+            ("host", "App.example:8443"),
+            ("connection", "keep-alive, X-Secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-real-ip", "6.6.6.6"),
+            ("forwarded", "for=6.6.6.6"),
+            ("accept", "text/html"),
+            ("cookie", "a=1"),
+            ("cookie", "b=2"),
+        ] {
+            with_host.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        let mut without_host = with_host.clone();
+        without_host.remove(header::HOST);
+        // A client's Host is passed on as sent; an HTTP/2 client's authority becomes one.
+        for (client_headers, expected_host) in [
+            (with_host, "App.example:8443"),
+            (without_host, "app.example"),
+        ] {
+            let host = identity.host("App.example:8443");
+            let mut written = Vec::new();
+            for_each_upstream_header(&client_headers, &host, &identity, |name, value| {
+                written.push((name.to_string(), value.clone()));
+            });
+            let mut prepared = client_headers.clone();
+            prepare_request_headers(&mut prepared, &host, &identity);
+            let mut expected: Vec<(String, HeaderValue)> = prepared
+                .iter()
+                .map(|(name, value)| (name.to_string(), value.clone()))
+                .collect();
+            written.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.as_bytes().cmp(b.1.as_bytes())));
+            expected.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.as_bytes().cmp(b.1.as_bytes())));
+            assert_eq!(written, expected);
+            let hosts: Vec<&HeaderValue> = written
+                .iter()
+                .filter(|(n, _)| n == "host")
+                .map(|(_, v)| v)
+                .collect();
+            assert_eq!(hosts, [expected_host]);
+            assert!(
+                !written
+                    .iter()
+                    .any(|(n, _)| n == "x-secret" || n == "upgrade" || n == "te")
+            );
+        }
     }
 
     #[test]

@@ -20,6 +20,7 @@ mod access_log;
 mod body;
 mod forwarding;
 mod framing;
+mod h1;
 mod limits;
 mod metrics;
 mod pages;
@@ -566,19 +567,32 @@ impl Proxy {
 
         let upgrade = is_upgrade(request.headers()).then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
-        prepare_request_headers(&mut parts.headers, &request_host, &connection.identity);
         parts.uri = upstream_uri(&parts.uri, &route.spec.path, settings.strip_prefix);
-        parts.version = http::Version::HTTP_11;
-        // A body-less idempotent request can be replayed if its connection dies after it was
-        // written (the upstream closed an idle keep-alive connection at the same moment). The
-        // copy that takes is made only when the connection was idle long enough for that.
-        let replayable = is_idempotent(&parts.method) && body.is_end_stream() && upgrade.is_none();
-        let mut replay_head: Option<(Method, Uri, HeaderMap)> = None;
-        let limited = http_body_util::Limited::new(
-            body,
-            usize::try_from(settings.max_body).unwrap_or(usize::MAX),
-        );
-        let mut request = Some(Request::from_parts(parts, ProxyBody::upload(limited)));
+        let hsts = settings.hsts && scheme == "https";
+        // Body-less requests (nearly all GETs) go the short way, written and read by this task
+        // on a plain pooled socket (see `h1`); the rest through hyper's client.
+        let mut outgoing = if upgrade.is_none() && body.is_end_stream() {
+            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            let mut head = h1::RequestHead::new(&parts.method, path);
+            forwarding::for_each_upstream_header(
+                &parts.headers,
+                &request_host,
+                &connection.identity,
+                |name, value| head.field(name, value),
+            );
+            Outgoing::Direct {
+                head: head.finish(&parts.method),
+                method: parts.method,
+            }
+        } else {
+            prepare_request_headers(&mut parts.headers, &request_host, &connection.identity);
+            parts.version = http::Version::HTTP_11;
+            let limited = http_body_util::Limited::new(
+                body,
+                usize::try_from(settings.max_body).unwrap_or(usize::MAX),
+            );
+            Outgoing::Hyper(Some(Request::from_parts(parts, ProxyBody::upload(limited))))
+        };
 
         let in_flight = route.metrics.in_flight.clone();
         in_flight.inc();
@@ -611,96 +625,134 @@ impl Proxy {
             };
             tried.push(index);
             let guard = upstream.begin_request();
-            let (mut sender, idle) = match upstream.connection(self.config.connect_timeout).await {
-                Ok(connection) => connection,
-                Err(error) => {
-                    upstream.mark_down(self.config.passive_down_time);
-                    last_error = error.to_string();
-                    tracing::debug!(upstream = upstream.name(), %error, "upstream refused; trying another");
-                    continue;
-                }
-            };
-            let Some(outgoing) = request.take() else {
-                return self.finish_local(
-                    pages::bad_gateway(&route.spec.app, &route.spec.service, &last_error),
-                    log,
-                );
-            };
-            if replayable && replay_head.is_none() && idle.is_some_and(|idle| idle > REPLAY_IF_IDLE)
-            {
-                replay_head = Some((
-                    outgoing.method().clone(),
-                    outgoing.uri().clone(),
-                    outgoing.headers().clone(),
-                ));
-            }
-            log.upstream = Some(upstream.shared_name());
-            let sent =
-                tokio::time::timeout(settings.response_timeout, sender.try_send_request(outgoing))
-                    .await;
-            match sent {
-                Ok(Ok(mut response)) => {
-                    if response.status() == StatusCode::SWITCHING_PROTOCOLS
-                        && let Some(client_upgrade) = upgrade
+            let failure = match &mut outgoing {
+                Outgoing::Direct { head, method } => {
+                    let (connection, reused) = match upstream
+                        .direct_connection(self.config.connect_timeout)
+                        .await
                     {
-                        return self.splice_upgrade(client_upgrade, &mut response, guard, log);
-                    }
-                    return self.finish_response(
-                        response,
-                        sender,
-                        guard,
-                        log,
-                        settings.hsts && scheme == "https",
-                    );
-                }
-                Ok(Err(mut error)) => {
-                    if let Some(unsent) = error.take_message() {
-                        // Never written: safe to send elsewhere.
-                        request = Some(unsent);
-                        tried.pop();
-                        last_error = error.error().to_string();
-                        continue;
-                    }
-                    if body_too_large(error.error()) {
-                        return self.finish_local(pages::too_large(settings.max_body), log);
-                    }
-                    match &replay_head {
-                        Some((method, uri, headers)) if replays < 2 => {
-                            replays += 1;
-                            let mut replay = Request::new(ProxyBody::empty());
-                            *replay.method_mut() = method.clone();
-                            *replay.uri_mut() = uri.clone();
-                            *replay.headers_mut() = headers.clone();
-                            request = Some(replay);
-                            last_error = error.error().to_string();
+                        Ok(connection) => connection,
+                        Err(error) => {
+                            upstream.mark_down(self.config.passive_down_time);
+                            last_error = error.to_string();
+                            tracing::debug!(upstream = upstream.name(), %error, "upstream refused; trying another");
                             continue;
                         }
-                        _ => {
-                            tracing::warn!(upstream = upstream.name(), error = %error.error(), "upstream failed mid-request");
-                            self.metrics.upstream_error(&route.spec.app, "broken");
-                            return self.finish_local(
-                                pages::bad_gateway(
-                                    &route.spec.app,
-                                    &route.spec.service,
-                                    &error.error().to_string(),
-                                ),
+                    };
+                    log.upstream = Some(upstream.shared_name());
+                    let exchanged = tokio::time::timeout(
+                        settings.response_timeout,
+                        connection.exchange(head, method),
+                    )
+                    .await;
+                    match exchanged {
+                        Ok(Ok((parts, body))) => {
+                            return self.finish_response(
+                                parts,
+                                UpstreamBody::Direct(body),
+                                guard,
                                 log,
+                                hsts,
                             );
                         }
+                        // A pooled connection the upstream closed as the request was written
+                        // (its keep-alive timeout): an idempotent request can go again.
+                        Ok(Err(h1::Failure::NoResponse(message)))
+                            if reused && is_idempotent(method) && replays < 2 =>
+                        {
+                            replays += 1;
+                            tried.pop();
+                            last_error = message;
+                            continue;
+                        }
+                        Ok(Err(failure)) => Some(failure.to_string()),
+                        Err(_) => None,
                     }
                 }
-                Err(_) => {
+                Outgoing::Hyper(request) => {
+                    let mut sender = match upstream.connection(self.config.connect_timeout).await {
+                        Ok((sender, _idle)) => sender,
+                        Err(error) => {
+                            upstream.mark_down(self.config.passive_down_time);
+                            last_error = error.to_string();
+                            tracing::debug!(upstream = upstream.name(), %error, "upstream refused; trying another");
+                            continue;
+                        }
+                    };
+                    let Some(outgoing) = request.take() else {
+                        return self.finish_local(
+                            pages::bad_gateway(&route.spec.app, &route.spec.service, &last_error),
+                            log,
+                        );
+                    };
+                    log.upstream = Some(upstream.shared_name());
+                    let sent = tokio::time::timeout(
+                        settings.response_timeout,
+                        sender.try_send_request(outgoing),
+                    )
+                    .await;
+                    match sent {
+                        Ok(Ok(mut response)) => {
+                            if response.status() == StatusCode::SWITCHING_PROTOCOLS
+                                && let Some(client_upgrade) = upgrade
+                            {
+                                return self.splice_upgrade(
+                                    client_upgrade,
+                                    &mut response,
+                                    guard,
+                                    log,
+                                );
+                            }
+                            let (parts, body) = response.into_parts();
+                            return self.finish_response(
+                                parts,
+                                UpstreamBody::Hyper {
+                                    body,
+                                    sender: Some(sender),
+                                },
+                                guard,
+                                log,
+                                hsts,
+                            );
+                        }
+                        Ok(Err(mut error)) => {
+                            if let Some(unsent) = error.take_message() {
+                                // Never written: safe to send elsewhere.
+                                *request = Some(unsent);
+                                tried.pop();
+                                last_error = error.error().to_string();
+                                continue;
+                            }
+                            if body_too_large(error.error()) {
+                                return self.finish_local(pages::too_large(settings.max_body), log);
+                            }
+                            Some(error.error().to_string())
+                        }
+                        Err(_) => None,
+                    }
+                }
+            };
+            return match failure {
+                Some(message) => {
+                    tracing::warn!(upstream = upstream.name(), error = %message, "upstream failed mid-request");
+                    self.metrics.upstream_error(&route.spec.app, "broken");
+                    self.finish_local(
+                        pages::bad_gateway(&route.spec.app, &route.spec.service, &message),
+                        log,
+                    )
+                }
+                None => {
                     self.metrics.upstream_error(&route.spec.app, "timeout");
-                    return self.finish_local(
+                    self.finish_local(
                         pages::gateway_timeout(
                             &route.spec.app,
                             &route.spec.service,
                             settings.response_timeout,
                         ),
                         log,
-                    );
+                    )
                 }
-            }
+            };
         }
     }
 
@@ -743,13 +795,12 @@ impl Proxy {
 
     fn finish_response(
         self: &Arc<Self>,
-        response: Response<Incoming>,
-        sender: SendRequest<ProxyBody>,
+        mut parts: http::response::Parts,
+        body: UpstreamBody,
         guard: InflightGuard,
         log: LogContext,
         hsts: bool,
     ) -> Response<ProxyBody> {
-        let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         if hsts {
             parts.headers.insert(
@@ -758,16 +809,14 @@ impl Proxy {
             );
         }
         let status = parts.status.as_u16();
-        let empty = body.is_end_stream();
         let mut body = TrackedBody {
             inner: body,
             guard: Some(guard),
-            sender: Some(sender),
             bytes: 0,
             log: Some((log, status)),
             proxy: Arc::clone(self),
         };
-        if empty {
+        if body.inner.is_end_stream() {
             // No body will be polled (204, 304, HEAD): done now.
             body.complete(true);
         }
@@ -838,10 +887,6 @@ where
         }
     }
 }
-
-/// A pooled connection idle for less than this is not at risk of the upstream closing it as
-/// a request is written (keep-alive timeouts are seconds), so no replay copy is kept.
-const REPLAY_IF_IDLE: Duration = Duration::from_millis(100);
 
 /// One client connection, as the request handler sees it.
 struct ClientConnection {
@@ -991,13 +1036,72 @@ fn upstream_uri(uri: &Uri, prefix: &str, strip: bool) -> Uri {
     rewritten.parse().unwrap_or_else(|_| Uri::from_static("/"))
 }
 
+/// What a request sends upstream, by the way it goes.
+// One per request, inside its future: boxing the larger variant would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Outgoing {
+    /// Written by the proxy itself (see [`h1`]); kept whole so it can be sent again.
+    Direct { head: Bytes, method: Method },
+    /// Through hyper's client; `None` once sent.
+    Hyper(Option<Request<ProxyBody>>),
+}
+
+/// An upstream's response body, with the connection it arrives on.
+enum UpstreamBody {
+    Direct(h1::ResponseBody),
+    Hyper {
+        body: Incoming,
+        sender: Option<SendRequest<ProxyBody>>,
+    },
+}
+
+impl UpstreamBody {
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Direct(body) => body.is_end_stream(),
+            UpstreamBody::Hyper { body, .. } => body.is_end_stream(),
+        }
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self {
+            UpstreamBody::Direct(body) => body.poll_frame(cx).map_err(Into::into),
+            UpstreamBody::Hyper { body, .. } => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    /// Hands the connection back to the pool, when the body ended cleanly and it can be reused.
+    fn release(&mut self, upstream: &Upstream) {
+        match self {
+            UpstreamBody::Direct(body) => {
+                let body = std::mem::replace(body, h1::ResponseBody::ended());
+                if let Some(connection) = body.into_reusable() {
+                    upstream.release_direct(connection);
+                }
+            }
+            UpstreamBody::Hyper { sender, .. } => {
+                if let Some(sender) = sender.take() {
+                    upstream.release(sender);
+                }
+            }
+        }
+    }
+
+    /// Drops the connection instead of reusing it.
+    fn discard(&mut self) {
+        match self {
+            UpstreamBody::Direct(body) => *body = h1::ResponseBody::ended(),
+            UpstreamBody::Hyper { sender, .. } => *sender = None,
+        }
+    }
+}
+
 /// The upstream's response body on its way to the client. When it ends, the connection goes
 /// back to the pool; when it ends or is dropped, the request stops counting as in flight and
 /// is logged.
 pub(crate) struct TrackedBody {
-    inner: Incoming,
+    inner: UpstreamBody,
     guard: Option<InflightGuard>,
-    sender: Option<SendRequest<ProxyBody>>,
     bytes: u64,
     log: Option<(LogContext, u16)>,
     proxy: Arc<Proxy>,
@@ -1005,11 +1109,10 @@ pub(crate) struct TrackedBody {
 
 impl TrackedBody {
     fn complete(&mut self, clean: bool) {
-        if let (true, Some(sender), Some(guard)) = (clean, self.sender.take(), self.guard.as_ref())
-        {
-            guard.upstream().release(sender);
+        match (clean, self.guard.as_ref()) {
+            (true, Some(guard)) => self.inner.release(guard.upstream()),
+            _ => self.inner.discard(),
         }
-        self.sender = None;
         self.guard = None;
         if let Some((log, status)) = self.log.take() {
             self.proxy.record(log, status, self.bytes);
@@ -1033,14 +1136,18 @@ impl Body for TrackedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        if this.guard.is_none() {
+            // Already complete (and the connection released): nothing more to read.
+            return Poll::Ready(None);
+        }
+        match this.inner.poll_frame(cx) {
             Poll::Ready(None) => {
                 this.complete(true);
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(error))) => {
                 this.complete(false);
-                Poll::Ready(Some(Err(error.into())))
+                Poll::Ready(Some(Err(error)))
             }
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
@@ -1058,11 +1165,15 @@ impl Body for TrackedBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.guard.is_none() || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            _ if self.guard.is_none() => http_body::SizeHint::with_exact(0),
+            UpstreamBody::Direct(body) => body.size_hint(),
+            UpstreamBody::Hyper { body, .. } => body.size_hint(),
+        }
     }
 }
 

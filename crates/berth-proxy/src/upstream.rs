@@ -1,7 +1,7 @@
 //! One upstream (a container's address): its pooled keep-alive connections, in-flight count
 //! and passive health.
 
-use crate::ProxyBody;
+use crate::{ProxyBody, h1};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
@@ -18,8 +18,14 @@ use tokio::sync::Notify;
 const IDLE_LIMIT: Duration = Duration::from_secs(20);
 const MAX_IDLE: usize = 128;
 
-/// Ready connections and when each became idle.
-type IdleConnections = Vec<(SendRequest<ProxyBody>, Instant)>;
+/// One thread's idle connections to an upstream, and when each became idle.
+#[derive(Default)]
+struct IdleConnections {
+    /// Driven by hyper's client (requests with a body, upgrades).
+    hyper: Vec<(SendRequest<ProxyBody>, Instant)>,
+    /// Plain sockets for the proxy's own HTTP/1.1 exchanges (body-less requests).
+    direct: Vec<(h1::Connection, Instant)>,
+}
 
 pub struct Upstream {
     addr: SocketAddr,
@@ -130,20 +136,37 @@ impl Upstream {
         }
     }
 
-    /// A ready connection: a pooled one if any is fresh (with how long it sat idle), else a
-    /// new one.
+    fn pop_idle<T>(
+        &self,
+        pick: impl FnOnce(&mut IdleConnections) -> &mut Vec<(T, Instant)>,
+    ) -> Option<(T, Instant)> {
+        self.lock_idle()
+            .get_mut(&std::thread::current().id())
+            .and_then(|idle| pick(idle).pop())
+    }
+
+    fn push_idle<T>(
+        &self,
+        connection: T,
+        pick: impl FnOnce(&mut IdleConnections) -> &mut Vec<(T, Instant)>,
+    ) {
+        if self.retired.load(Ordering::Acquire) {
+            return;
+        }
+        let mut idle = self.lock_idle();
+        let mine = pick(idle.entry(std::thread::current().id()).or_default());
+        if mine.len() < MAX_IDLE {
+            mine.push((connection, Instant::now()));
+        }
+    }
+
+    /// A ready connection driven by hyper's client: a pooled one if any is fresh (with how
+    /// long it sat idle), else a new one.
     pub(crate) async fn connection(
         &self,
         timeout: Duration,
     ) -> Result<(SendRequest<ProxyBody>, Option<Duration>), ConnectError> {
-        loop {
-            let candidate = self
-                .lock_idle()
-                .get_mut(&std::thread::current().id())
-                .and_then(Vec::pop);
-            let Some((mut sender, since)) = candidate else {
-                break;
-            };
+        while let Some((mut sender, since)) = self.pop_idle(|idle| &mut idle.hyper) {
             let idle = since.elapsed();
             if sender.is_closed() || idle > IDLE_LIMIT {
                 continue;
@@ -158,24 +181,7 @@ impl Upstream {
                 return Ok((sender, Some(idle)));
             }
         }
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(self.addr)).await {
-            Err(_) => {
-                return Err(ConnectError::Timeout {
-                    name: self.name.to_string(),
-                    addr: self.addr,
-                    timeout,
-                });
-            }
-            Ok(Err(e)) => {
-                return Err(ConnectError::Failed {
-                    name: self.name.to_string(),
-                    addr: self.addr,
-                    message: e.to_string(),
-                });
-            }
-            Ok(Ok(stream)) => stream,
-        };
-        let _ = stream.set_nodelay(true);
+        let stream = self.connect(timeout).await?;
         let (sender, connection) = hyper::client::conn::http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -193,16 +199,49 @@ impl Upstream {
         Ok((sender, None))
     }
 
-    /// Returns a connection whose response has finished to the pool.
+    /// A plain connection for [`h1`] exchanges: a pooled one that is still usable (and
+    /// `true`, it was reused), else a new one.
+    pub(crate) async fn direct_connection(
+        &self,
+        timeout: Duration,
+    ) -> Result<(h1::Connection, bool), ConnectError> {
+        while let Some((mut connection, since)) = self.pop_idle(|idle| &mut idle.direct) {
+            if since.elapsed() <= IDLE_LIMIT && connection.is_usable() {
+                return Ok((connection, true));
+            }
+        }
+        Ok((h1::Connection::new(self.connect(timeout).await?), false))
+    }
+
+    async fn connect(&self, timeout: Duration) -> Result<TcpStream, ConnectError> {
+        match tokio::time::timeout(timeout, TcpStream::connect(self.addr)).await {
+            Err(_) => Err(ConnectError::Timeout {
+                name: self.name.to_string(),
+                addr: self.addr,
+                timeout,
+            }),
+            Ok(Err(e)) => Err(ConnectError::Failed {
+                name: self.name.to_string(),
+                addr: self.addr,
+                message: e.to_string(),
+            }),
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                Ok(stream)
+            }
+        }
+    }
+
+    /// Returns a hyper connection whose response has finished to the pool.
     pub(crate) fn release(&self, sender: SendRequest<ProxyBody>) {
-        if self.retired.load(Ordering::Acquire) || sender.is_closed() {
-            return;
+        if !sender.is_closed() {
+            self.push_idle(sender, |idle| &mut idle.hyper);
         }
-        let mut idle = self.lock_idle();
-        let mine = idle.entry(std::thread::current().id()).or_default();
-        if mine.len() < MAX_IDLE {
-            mine.push((sender, Instant::now()));
-        }
+    }
+
+    /// Returns a plain connection whose response ended cleanly to the pool.
+    pub(crate) fn release_direct(&self, connection: h1::Connection) {
+        self.push_idle(connection, |idle| &mut idle.direct);
     }
 }
 
