@@ -319,69 +319,70 @@ enum Head {
 }
 
 /// How the response body is delimited, and whether the connection may be reused after it.
-fn framing(parts: &mut http::response::Parts, method: &Method) -> Result<(Framing, bool), Failure> {
-    let mut keep_alive = !connection_has(&parts.headers, "close")
-        && (parts.version == Version::HTTP_11 || connection_has(&parts.headers, "keep-alive"));
+fn framing(
+    parts: &mut http::response::Parts,
+    method: &Method,
+) -> Result<(Framing, bool), Failure> {
+    // One pass over the fields rather than a hashed lookup for each name.
+    let (mut close, mut keep_alive_token) = (false, false);
+    let mut transfer_encoding: Option<&HeaderValue> = None;
+    let mut content_length: Option<u64> = None;
+    let mut content_length_valid = true;
+    for (name, value) in &parts.headers {
+        if name == header::CONNECTION {
+            for token in value.to_str().unwrap_or_default().split(',') {
+                close |= token.trim().eq_ignore_ascii_case("close");
+                keep_alive_token |= token.trim().eq_ignore_ascii_case("keep-alive");
+            }
+        } else if name == header::TRANSFER_ENCODING {
+            transfer_encoding = Some(value);
+        } else if name == header::CONTENT_LENGTH {
+            // Repeated (or listed) values must all agree.
+            for item in value.to_str().unwrap_or("x").split(',') {
+                let item = item.trim();
+                let parsed = item
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+                    .then(|| item.parse::<u64>().ok())
+                    .flatten();
+                match (parsed, content_length) {
+                    (Some(n), None) => content_length = Some(n),
+                    (Some(n), Some(seen)) if n == seen => {}
+                    _ => content_length_valid = false,
+                }
+            }
+        }
+    }
+    let keep_alive = !close && (parts.version == Version::HTTP_11 || keep_alive_token);
     if *method == Method::HEAD
         || parts.status == StatusCode::NO_CONTENT
         || parts.status == StatusCode::NOT_MODIFIED
     {
         return Ok((Framing::Length(0), keep_alive));
     }
-    if let Some(last) = parts
-        .headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-    {
-        let chunked = last
+    if let Some(codings) = transfer_encoding {
+        let chunked = codings
             .to_str()
             .ok()
             .and_then(|codings| codings.rsplit(',').next())
             .is_some_and(|coding| coding.trim().eq_ignore_ascii_case("chunked"));
-        if parts.headers.remove(header::CONTENT_LENGTH).is_some() {
-            // Both: Transfer-Encoding wins, and the connection is not trusted again.
-            keep_alive = false;
-        }
+        // With both, Transfer-Encoding wins and the connection is not trusted again.
+        let both = parts.headers.remove(header::CONTENT_LENGTH).is_some();
         return Ok(if chunked {
-            (Framing::Chunked(Chunked::Size), keep_alive)
+            (Framing::Chunked(Chunked::Size), keep_alive && !both)
         } else {
             (Framing::UntilClose, false)
         });
     }
-    let mut length: Option<u64> = None;
-    for value in parts.headers.get_all(header::CONTENT_LENGTH) {
-        for item in value.to_str().unwrap_or("x").split(',') {
-            let item = item.trim();
-            let parsed = item
-                .bytes()
-                .all(|b| b.is_ascii_digit())
-                .then(|| item.parse::<u64>().ok())
-                .flatten();
-            match (parsed, length) {
-                (Some(n), None) => length = Some(n),
-                (Some(n), Some(seen)) if n == seen => {}
-                _ => {
-                    return Err(Failure::Invalid(
-                        "the upstream sent an invalid or conflicting Content-Length".into(),
-                    ));
-                }
-            }
-        }
+    if !content_length_valid {
+        return Err(Failure::Invalid(
+            "the upstream sent an invalid or conflicting Content-Length".into(),
+        ));
     }
-    Ok(match length {
+    Ok(match content_length {
         Some(length) => (Framing::Length(length), keep_alive),
         None => (Framing::UntilClose, false),
     })
-}
-
-fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 enum Framing {
