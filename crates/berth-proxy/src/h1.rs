@@ -319,10 +319,7 @@ enum Head {
 }
 
 /// How the response body is delimited, and whether the connection may be reused after it.
-fn framing(
-    parts: &mut http::response::Parts,
-    method: &Method,
-) -> Result<(Framing, bool), Failure> {
+fn framing(parts: &mut http::response::Parts, method: &Method) -> Result<(Framing, bool), Failure> {
     // One pass over the fields rather than a hashed lookup for each name.
     let (mut close, mut keep_alive_token) = (false, false);
     let mut transfer_encoding: Option<&HeaderValue> = None;

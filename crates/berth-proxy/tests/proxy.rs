@@ -380,6 +380,84 @@ async fn a_refusing_replica_is_skipped_without_an_error() {
     }
 }
 
+/// An upstream that answers one request per connection as keep-alive, then closes the
+/// connection after a delay that varies from 0 to 9 ms, as a short keep-alive timeout would,
+/// racing the proxy's reuse of it. Counts the requests it answered.
+async fn closing_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let counter = answered.clone();
+    tokio::spawn(async move {
+        for connection in 0u64.. {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                counter.fetch_add(1, Ordering::SeqCst);
+                let _ = socket
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(Duration::from_millis(connection % 10)).await;
+                // Whatever arrived meanwhile is unread: the close resets the connection.
+            });
+        }
+    });
+    (addr, answered)
+}
+
+#[tokio::test]
+async fn pooled_connections_the_upstream_closes_cost_no_request() {
+    let (addr, answered) = closing_upstream().await;
+    let running = start_proxy(ProxyConfig::default()).await;
+    running.proxy.set_app_routes(
+        "app",
+        vec![route(
+            "web",
+            1,
+            &[],
+            "/",
+            vec![Upstream::new(addr, "closing")],
+        )],
+    );
+    let client = client();
+    // GETs at gaps that land before, around and after the upstream's closes: a request that
+    // met a closed pooled connection is sent again on a fresh one.
+    for i in 0..150u64 {
+        assert_eq!(
+            get(&client, running.addr, "x", "/").await,
+            (200, "ok".into()),
+            "request {i}"
+        );
+        tokio::time::sleep(Duration::from_millis(i % 12)).await;
+    }
+    // A body-less POST is never sent twice; well after a close, the dead pooled connection is
+    // noticed before it is used.
+    for i in 0..5 {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let request = Request::post(format!("http://{}/", running.addr))
+            .header("host", "x")
+            .body(Empty::new())
+            .unwrap();
+        let response = client.request(request).await.unwrap();
+        assert_eq!(response.status(), 200, "POST {i}");
+    }
+    assert_eq!(
+        answered.load(Ordering::SeqCst),
+        155,
+        "each request answered once"
+    );
+}
+
 #[tokio::test]
 async fn a_request_waits_for_an_upstream_that_is_coming_up() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
