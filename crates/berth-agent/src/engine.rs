@@ -1558,6 +1558,7 @@ fn route_settings(
             requests: r.requests,
             per: r.per,
         }),
+        max_concurrent: route.max_concurrent.map(|n| n as usize),
         balance: match route.balance {
             berth_manifest::Balance::RoundRobin => Balance::RoundRobin,
             berth_manifest::Balance::LeastConnections => Balance::LeastConnections,

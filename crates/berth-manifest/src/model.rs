@@ -307,6 +307,9 @@ pub struct Route {
     pub response_timeout: Duration,
     #[serde(default)]
     pub rate_limit: Option<RateLimit>,
+    /// Requests served at once (WebSockets and streams count until they end).
+    #[serde(default)]
+    pub max_concurrent: Option<u32>,
     #[serde(default)]
     pub balance: Balance,
 }

@@ -333,6 +333,8 @@ pub struct RawRoute {
     pub response_timeout: Option<SpannedString>,
     /// Requests per client address, such as `"60/min"` or `"10/s"`.
     pub rate_limit: Option<SpannedString>,
+    /// Requests served at once, WebSockets and streams included (503 beyond it; default none).
+    pub max_concurrent: Option<Spanned<i64>>,
     /// `"round-robin"` (default) or `"least-connections"`.
     pub balance: Option<SpannedString>,
 }

@@ -945,6 +945,10 @@ impl<'a> Checker<'a> {
                         None
                     }
                 });
+        let max_concurrent = route
+            .max_concurrent
+            .as_ref()
+            .map(|n| self.integer("route.max_concurrent", Some(n), 1, 1..=1_000_000));
         let balance = match route.balance.as_ref().map(|b| (b, b.get_ref().as_str())) {
             None | Some((_, "round-robin")) => Balance::RoundRobin,
             Some((_, "least-connections")) => Balance::LeastConnections,
@@ -967,6 +971,7 @@ impl<'a> Checker<'a> {
             max_body,
             response_timeout,
             rate_limit,
+            max_concurrent,
             balance,
         })
     }

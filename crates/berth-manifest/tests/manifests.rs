@@ -824,7 +824,7 @@ app = "a"
 [services.web]
 image = "x"
 port = 80
-route = { domains = ["a.com"], path = "/api", strip_prefix = true, tls = { cert = "certs/a.pem", key = "/etc/a.key" }, hsts = false, max_body = "1g", response_timeout = "5m", rate_limit = "60/min", balance = "least-connections" }
+route = { domains = ["a.com"], path = "/api", strip_prefix = true, tls = { cert = "certs/a.pem", key = "/etc/a.key" }, hsts = false, max_body = "1g", response_timeout = "5m", rate_limit = "60/min", max_concurrent = 200, balance = "least-connections" }
 [services.plain]
 image = "x"
 port = 80
@@ -851,12 +851,26 @@ route = { domains = ["b.com"] }
             per: Duration::from_secs(60)
         })
     );
+    assert_eq!(route.max_concurrent, Some(200));
     assert_eq!(route.balance, Balance::LeastConnections);
     let plain = m.services["plain"].route.clone().unwrap();
+    assert_eq!(plain.max_concurrent, None);
     assert_eq!(plain.tls, Tls::Auto);
     assert_eq!(plain.max_body, 10 << 20);
     assert_eq!(plain.response_timeout, Duration::from_secs(60));
     assert_eq!(plain.rate_limit, None);
+}
+
+#[test]
+fn a_concurrency_limit_out_of_range_is_named_with_its_place() {
+    let text =
+        "app = \"a\"\n[services.web]\nimage = \"x\"\nport = 80\nroute = { max_concurrent = 0 }\n";
+    let error = load(source(text), None).unwrap_err().to_string();
+    assert!(
+        error.contains("`route.max_concurrent` = 0 is out of range"),
+        "{error}"
+    );
+    assert!(error.contains(":5:"), "names the line: {error}");
 }
 
 #[test]

@@ -42,7 +42,7 @@ use http_body::{Body, Frame};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use limits::RateLimiter;
+use limits::{ConcurrencyLimit, RateLimiter, RouteLimiters};
 
 use routes::{Route, RouteTable};
 use std::collections::{BTreeMap, HashMap};
@@ -157,7 +157,7 @@ pub struct Proxy {
     apps: Mutex<BTreeMap<String, Vec<RouteSpec>>>,
     /// Rate limiters by (app, service, path), kept across table rebuilds so a deploy does not
     /// reset them.
-    limiters: Mutex<HashMap<(String, String, String), Arc<RateLimiter>>>,
+    limiters: Mutex<HashMap<(String, String, String), RouteLimiters>>,
     metrics: ProxyMetrics,
     /// Metrics of requests no route matched.
     unrouted: metrics::AppMetrics,
@@ -302,14 +302,26 @@ impl Proxy {
             let mut limiters = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
             let mut wanted = HashMap::new();
             for spec in apps.values().flatten() {
-                if let Some(limit) = spec.settings.rate_limit {
-                    let key = (spec.app.clone(), spec.service.clone(), spec.path.clone());
-                    let limiter = match limiters.get(&key) {
-                        Some(existing) if existing.limit() == limit => existing.clone(),
-                        _ => Arc::new(RateLimiter::new(limit)),
-                    };
-                    wanted.insert(key, limiter);
+                let settings = &spec.settings;
+                if settings.rate_limit.is_none() && settings.max_concurrent.is_none() {
+                    continue;
                 }
+                let key = (spec.app.clone(), spec.service.clone(), spec.path.clone());
+                let existing = limiters.get(&key).cloned().unwrap_or_default();
+                let rate = settings.rate_limit.map(|limit| match existing.rate {
+                    Some(rate) if rate.limit() == limit => rate,
+                    _ => Arc::new(RateLimiter::new(limit)),
+                });
+                let concurrency = settings
+                    .max_concurrent
+                    .map(|max| match existing.concurrency {
+                        Some(concurrency) => {
+                            concurrency.set_max(max);
+                            concurrency
+                        }
+                        None => ConcurrencyLimit::new(max),
+                    });
+                wanted.insert(key, RouteLimiters { rate, concurrency });
             }
             *limiters = wanted.clone();
             wanted
@@ -556,6 +568,16 @@ impl Proxy {
         {
             return self.finish_local(pages::too_many_requests(wait), log);
         }
+        // Held until the response (or the upgraded connection) ends, by the in-flight guard.
+        let mut permit = match &route.concurrency {
+            None => None,
+            Some(limit) => match limit.try_acquire() {
+                Some(permit) => Some(permit),
+                None => {
+                    return self.finish_local(pages::at_capacity(&route.spec.app), log);
+                }
+            },
+        };
         let declared = request
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -624,7 +646,7 @@ impl Proxy {
                 continue;
             };
             tried.push(index);
-            let guard = upstream.begin_request();
+            let mut guard = upstream.begin_request();
             let failure = match &mut outgoing {
                 Outgoing::Direct { head, method } => {
                     let (connection, reused) = match upstream
@@ -647,6 +669,7 @@ impl Proxy {
                     .await;
                     match exchanged {
                         Ok(Ok((parts, body))) => {
+                            guard.hold(permit.take());
                             return self.finish_response(
                                 parts,
                                 UpstreamBody::Direct(body),
@@ -693,6 +716,7 @@ impl Proxy {
                     .await;
                     match sent {
                         Ok(Ok(mut response)) => {
+                            guard.hold(permit.take());
                             if response.status() == StatusCode::SWITCHING_PROTOCOLS
                                 && let Some(client_upgrade) = upgrade
                             {

@@ -1,9 +1,66 @@
-//! Per-client rate limiting: a token bucket per (route, client address).
+//! Per-route limits: a rate per client address (a token bucket per route and address), and
+//! how many requests a route serves at once.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// A route's limiters, kept across route-table rebuilds (a deploy) so that neither the
+/// buckets nor the count of requests in progress start again from zero.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RouteLimiters {
+    pub rate: Option<Arc<RateLimiter>>,
+    pub concurrency: Option<Arc<ConcurrencyLimit>>,
+}
+
+/// How many requests a route serves at once.
+#[derive(Debug)]
+pub(crate) struct ConcurrencyLimit {
+    max: AtomicUsize,
+    active: AtomicUsize,
+}
+
+impl ConcurrencyLimit {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max: AtomicUsize::new(max),
+            active: AtomicUsize::new(0),
+        })
+    }
+
+    /// A new deploy may change the limit; requests in progress keep counting.
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
+    }
+
+    /// A permit for one more request, held until it ends; `None` at the limit.
+    pub fn try_acquire(self: &Arc<Self>) -> Option<ConcurrencyPermit> {
+        let max = self.max.load(Ordering::Relaxed);
+        self.active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |active| {
+                (active < max).then_some(active + 1)
+            })
+            .ok()
+            .map(|_| ConcurrencyPermit(Arc::clone(self)))
+    }
+
+    #[cfg(test)]
+    fn active(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+}
+
+/// One request counted against its route's [`ConcurrencyLimit`] until dropped.
+#[derive(Debug)]
+pub(crate) struct ConcurrencyPermit(Arc<ConcurrencyLimit>);
+
+impl Drop for ConcurrencyPermit {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// `requests` per `per`, with bursts up to `requests`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -56,6 +113,21 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn concurrency_permits_are_counted_until_dropped() {
+        let limit = ConcurrencyLimit::new(2);
+        let first = limit.try_acquire().expect("first");
+        let second = limit.try_acquire().expect("second");
+        assert!(limit.try_acquire().is_none(), "third is over the limit");
+        drop(first);
+        let third = limit.try_acquire().expect("a permit was given back");
+        limit.set_max(1);
+        assert!(limit.try_acquire().is_none(), "lowered limit");
+        drop((second, third));
+        assert_eq!(limit.active(), 0);
+        assert!(limit.try_acquire().is_some());
+    }
 
     #[test]
     fn a_burst_is_allowed_then_the_rate_applies() {

@@ -117,6 +117,21 @@ pub(crate) fn too_many_requests(wait: Duration) -> Response<ProxyBody> {
     response
 }
 
+/// The route already serves as many requests as its `max_concurrent` allows.
+pub(crate) fn at_capacity(app: &str) -> Response<ProxyBody> {
+    let mut response = page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Service Unavailable",
+        &format!(
+            "{app} is serving as many requests as it is set to take at once. Try again in a moment."
+        ),
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    response
+}
+
 pub(crate) fn too_large(limit: u64) -> Response<ProxyBody> {
     let mut response = page(
         StatusCode::PAYLOAD_TOO_LARGE,

@@ -1,7 +1,7 @@
 //! The route table: which upstreams serve a request, by host and path prefix. Tables are
 //! immutable; a switch builds a new one and swaps it in atomically.
 
-use crate::limits::{RateLimit, RateLimiter};
+use crate::limits::{ConcurrencyLimit, RateLimit, RateLimiter, RouteLimiters};
 use crate::metrics::{AppMetrics, ProxyMetrics};
 use crate::upstream::Upstream;
 use serde::Serialize;
@@ -30,6 +30,10 @@ pub struct RouteSettings {
     pub response_timeout: Duration,
     /// Requests per client address (429 beyond it).
     pub rate_limit: Option<RateLimit>,
+    /// Requests served at once, WebSockets and streams included until they end (503 beyond
+    /// it). The route's own cap on connections to the app, where the agent-wide
+    /// `max_connections` caps client connections before any route is known.
+    pub max_concurrent: Option<usize>,
     pub balance: Balance,
     /// Redirect plain HTTP to HTTPS when HTTPS can be served for the host.
     pub redirect_https: bool,
@@ -46,6 +50,7 @@ impl Default for RouteSettings {
             max_body: 10 << 20,
             response_timeout: Duration::from_secs(60),
             rate_limit: None,
+            max_concurrent: None,
             balance: Balance::RoundRobin,
             redirect_https: true,
             hsts: true,
@@ -72,6 +77,7 @@ pub struct RouteSpec {
 pub(crate) struct Route {
     pub spec: RouteSpec,
     pub limiter: Option<Arc<RateLimiter>>,
+    pub concurrency: Option<Arc<ConcurrencyLimit>>,
     /// Shared copies of names the access log records for every request.
     pub app: Arc<str>,
     pub service: Arc<str>,
@@ -149,22 +155,24 @@ type LimiterKey = (String, String, String);
 impl RouteTable {
     pub fn build<'a>(
         specs: impl Iterator<Item = &'a RouteSpec>,
-        limiters: &HashMap<LimiterKey, Arc<RateLimiter>>,
+        limiters: &HashMap<LimiterKey, RouteLimiters>,
         metrics: &ProxyMetrics,
     ) -> Self {
         let mut table = RouteTable::default();
         let mut per_app: HashMap<String, Arc<AppMetrics>> = HashMap::new();
         for spec in specs {
-            let limiter = limiters
+            let limiters = limiters
                 .get(&(spec.app.clone(), spec.service.clone(), spec.path.clone()))
-                .cloned();
+                .cloned()
+                .unwrap_or_default();
             let app_metrics = per_app
                 .entry(spec.app.clone())
                 .or_insert_with(|| Arc::new(metrics.for_app(&spec.app)))
                 .clone();
             let route = Arc::new(Route {
                 spec: spec.clone(),
-                limiter,
+                limiter: limiters.rate,
+                concurrency: limiters.concurrency,
                 app: Arc::from(spec.app.as_str()),
                 service: Arc::from(spec.service.as_str()),
                 metrics: app_metrics,

@@ -133,6 +133,7 @@ impl Upstream {
         self.inflight.fetch_add(1, Ordering::AcqRel);
         InflightGuard {
             upstream: Arc::clone(self),
+            permit: None,
         }
     }
 
@@ -258,9 +259,15 @@ impl std::fmt::Debug for Upstream {
 /// Counts a request as in flight until dropped (when its response body ends or is abandoned).
 pub(crate) struct InflightGuard {
     upstream: Arc<Upstream>,
+    /// The route's concurrency permit, released with the guard.
+    permit: Option<crate::limits::ConcurrencyPermit>,
 }
 
 impl InflightGuard {
+    pub(crate) fn hold(&mut self, permit: Option<crate::limits::ConcurrencyPermit>) {
+        self.permit = permit;
+    }
+
     pub(crate) fn upstream(&self) -> &Arc<Upstream> {
         &self.upstream
     }

@@ -869,6 +869,74 @@ async fn a_client_over_its_rate_gets_429() {
 }
 
 #[tokio::test]
+async fn a_route_at_its_concurrency_limit_answers_503_until_requests_end() {
+    let (web, _) = upstream("web").await;
+    let running = start_proxy(ProxyConfig::default()).await;
+    let mut spec = route("web", 1, &[], "/", vec![Upstream::new(web, "web")]);
+    spec.settings.max_concurrent = Some(2);
+    running.proxy.set_app_routes("app", vec![spec.clone()]);
+    let client = client();
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let client = client.clone();
+            let addr = running.addr;
+            tokio::spawn(async move { get(&client, addr, "x", "/slow?ms=1500").await })
+        })
+        .collect();
+    // Wait until both are in progress.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut refused = None;
+    while Instant::now() < deadline {
+        let request = Request::get(format!("http://{}/", running.addr))
+            .header("host", "x")
+            .body(Empty::new())
+            .unwrap();
+        let response = client.request(request).await.unwrap();
+        if response.status() == 503 {
+            refused = Some(response);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refused = refused.expect("a third concurrent request was refused");
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let page = refused.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&page).contains("as many requests"));
+    // A route switch (a deploy) keeps counting the requests in progress.
+    running.proxy.set_app_routes("app", vec![spec.clone()]);
+    assert_eq!(get(&client, running.addr, "x", "/").await.0, 503);
+    for request in slow {
+        assert_eq!(request.await.unwrap(), (200, "web".into()));
+    }
+    assert_eq!(
+        get(&client, running.addr, "x", "/").await,
+        (200, "web".into())
+    );
+
+    // A streamed response holds its place until its body ends.
+    spec.settings.max_concurrent = Some(1);
+    running.proxy.set_app_routes("app", vec![spec]);
+    let request = Request::get(format!("http://{}/stream", running.addr))
+        .header("host", "x")
+        .body(Empty::new())
+        .unwrap();
+    let mut stream = client.request(request).await.unwrap().into_body();
+    let first = stream.frame().await.unwrap().unwrap();
+    assert!(first.is_data());
+    assert_eq!(get(&client, running.addr, "x", "/").await.0, 503);
+    while stream.frame().await.is_some() {}
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = get(&client, running.addr, "x", "/").await.0;
+        if status == 200 || Instant::now() > deadline {
+            assert_eq!(status, 200, "the stream's place was given back");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
 async fn maintenance_mode_serves_a_503_page() {
     let (web, hits) = upstream("web").await;
     let running = start_proxy(ProxyConfig::default()).await;
