@@ -688,13 +688,13 @@ impl Proxy {
                             last_error = message;
                             continue;
                         }
-                        Ok(Err(failure)) => Some(failure.to_string()),
-                        Err(_) => None,
+                        Ok(Err(failure)) => Failed::Broken(failure.to_string()),
+                        Err(_) => Failed::TimedOut,
                     }
                 }
                 Outgoing::Hyper(request) => {
                     let mut sender = match upstream.connection(self.config.connect_timeout).await {
-                        Ok((sender, _idle)) => sender,
+                        Ok(sender) => sender,
                         Err(error) => {
                             upstream.mark_down(self.config.passive_down_time);
                             last_error = error.to_string();
@@ -750,14 +750,14 @@ impl Proxy {
                             if body_too_large(error.error()) {
                                 return self.finish_local(pages::too_large(settings.max_body), log);
                             }
-                            Some(error.error().to_string())
+                            Failed::Broken(error.error().to_string())
                         }
-                        Err(_) => None,
+                        Err(_) => Failed::TimedOut,
                     }
                 }
             };
             return match failure {
-                Some(message) => {
+                Failed::Broken(message) => {
                     tracing::warn!(upstream = upstream.name(), error = %message, "upstream failed mid-request");
                     self.metrics.upstream_error(&route.spec.app, "broken");
                     self.finish_local(
@@ -765,7 +765,7 @@ impl Proxy {
                         log,
                     )
                 }
-                None => {
+                Failed::TimedOut => {
                     self.metrics.upstream_error(&route.spec.app, "timeout");
                     self.finish_local(
                         pages::gateway_timeout(
@@ -1058,6 +1058,14 @@ fn upstream_uri(uri: &Uri, prefix: &str, strip: bool) -> Uri {
         path_and_query.to_owned()
     };
     rewritten.parse().unwrap_or_else(|_| Uri::from_static("/"))
+}
+
+/// Why a request that reached an upstream got no response to pass on.
+enum Failed {
+    /// The connection broke or the upstream answered with something unusable.
+    Broken(String),
+    /// No response head within the route's response timeout.
+    TimedOut,
 }
 
 /// What a request sends upstream, by the way it goes.

@@ -161,25 +161,24 @@ impl Upstream {
         }
     }
 
-    /// A ready connection driven by hyper's client: a pooled one if any is fresh (with how
-    /// long it sat idle), else a new one.
+    /// A ready connection driven by hyper's client: a pooled one if any is fresh, else a new
+    /// one.
     pub(crate) async fn connection(
         &self,
         timeout: Duration,
-    ) -> Result<(SendRequest<ProxyBody>, Option<Duration>), ConnectError> {
+    ) -> Result<SendRequest<ProxyBody>, ConnectError> {
         while let Some((mut sender, since)) = self.pop_idle(|idle| &mut idle.hyper) {
-            let idle = since.elapsed();
-            if sender.is_closed() || idle > IDLE_LIMIT {
+            if sender.is_closed() || since.elapsed() > IDLE_LIMIT {
                 continue;
             }
             if sender.is_ready() {
-                return Ok((sender, Some(idle)));
+                return Ok(sender);
             }
             // Normally ready at once; don't wait on a stuck one.
             if let Ok(Ok(())) =
                 tokio::time::timeout(Duration::from_millis(50), sender.ready()).await
             {
-                return Ok((sender, Some(idle)));
+                return Ok(sender);
             }
         }
         let stream = self.connect(timeout).await?;
@@ -197,7 +196,7 @@ impl Upstream {
                 tracing::debug!(upstream = %name, %error, "upstream connection ended");
             }
         });
-        Ok((sender, None))
+        Ok(sender)
     }
 
     /// A plain connection for [`h1`] exchanges: a pooled one that is still usable (and
