@@ -112,6 +112,17 @@ impl CertStore {
         certs.get(&format!("*.{parent}")).cloned()
     }
 
+    /// What a client that names no server (one connecting by IP address) is shown: the one
+    /// certificate installed, if there is just one; with several, none, since no choice would
+    /// be right for every such client.
+    fn only_certificate(&self) -> Option<Arc<CertifiedKey>> {
+        let certs = self.certs.load();
+        let mut keys = certs.values();
+        let first = keys.next()?;
+        keys.all(|other| Arc::ptr_eq(first, other))
+            .then(|| Arc::clone(first))
+    }
+
     /// Whether a certificate is installed for `host`.
     pub fn has_certificate(&self, host: &str) -> bool {
         self.lookup(host).is_some()
@@ -163,7 +174,9 @@ impl CertStore {
 
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let name = hello.server_name()?.to_owned();
+        let Some(name) = hello.server_name().map(str::to_owned) else {
+            return self.only_certificate();
+        };
         let validating = hello
             .alpn()
             .is_some_and(|mut protocols| protocols.any(|p| p == b"acme-tls/1"));
@@ -187,4 +200,89 @@ pub fn server_config(store: Arc<CertStore>) -> Result<Arc<rustls::ServerConfig>,
         .with_cert_resolver(store);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"acme-tls/1".to_vec()];
     Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::ServerName;
+
+    fn certificate(
+        names: &[&str],
+    ) -> (
+        Arc<CertifiedKey>,
+        rustls::pki_types::CertificateDer<'static>,
+    ) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap()
+                .self_signed(&key)
+                .unwrap();
+        let loaded = crate::pem::load(
+            cert.pem().as_bytes(),
+            key.serialize_pem().as_bytes(),
+            "test",
+        )
+        .unwrap();
+        (loaded.key, loaded.leaf)
+    }
+
+    /// A full handshake in memory; the client sends SNI only for a DNS name. Returns the
+    /// certificate the server presented.
+    fn handshake(
+        store: Arc<CertStore>,
+        trusted: &rustls::pki_types::CertificateDer<'static>,
+        server_name: &str,
+    ) -> Result<rustls::pki_types::CertificateDer<'static>, rustls::Error> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(trusted.clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let client_config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = ServerName::try_from(server_name.to_owned()).unwrap();
+        let mut client = rustls::ClientConnection::new(Arc::new(client_config), name).unwrap();
+        let mut server = rustls::ServerConnection::new(server_config(store).unwrap()).unwrap();
+        for _ in 0..10 {
+            let mut bytes = Vec::new();
+            client.write_tls(&mut bytes).unwrap();
+            server.read_tls(&mut bytes.as_slice()).unwrap();
+            server.process_new_packets()?;
+            let mut bytes = Vec::new();
+            server.write_tls(&mut bytes).unwrap();
+            client.read_tls(&mut bytes.as_slice()).unwrap();
+            client.process_new_packets()?;
+            if !client.is_handshaking() && !server.is_handshaking() {
+                break;
+            }
+        }
+        Ok(client.peer_certificates().unwrap()[0].clone())
+    }
+
+    #[test]
+    fn a_client_without_sni_gets_the_only_certificate_and_none_when_there_are_several() {
+        let store = CertStore::new();
+        let (key, leaf) = certificate(&["a.example", "127.0.0.1"]);
+        store.install(&["a.example".into(), "www.a.example".into()], key);
+        assert_eq!(
+            handshake(store.clone(), &leaf, "a.example").unwrap(),
+            leaf,
+            "by SNI"
+        );
+        assert_eq!(
+            handshake(store.clone(), &leaf, "127.0.0.1").unwrap(),
+            leaf,
+            "no SNI (an IP address), one certificate"
+        );
+        let (other, _) = certificate(&["b.example"]);
+        store.install(&["b.example".into()], other);
+        assert!(
+            handshake(store.clone(), &leaf, "127.0.0.1").is_err(),
+            "no SNI, two certificates: none fits every client"
+        );
+        assert_eq!(handshake(store, &leaf, "a.example").unwrap(), leaf);
+    }
 }
