@@ -376,7 +376,9 @@ impl Proxy {
             .max_header_list_size(u32::try_from(self.config.max_header_size).unwrap_or(u32::MAX))
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(20))
-            .max_concurrent_streams(250);
+            .max_concurrent_streams(250)
+            // WebSockets over HTTP/2 (RFC 8441): browsers use them when this is announced.
+            .enable_connect_protocol();
         let builder = Arc::new(builder);
         let acceptor = match &scheme {
             Scheme::Https(config) => Some(tokio_rustls::TlsAcceptor::from(config.clone())),
@@ -587,6 +589,7 @@ impl Proxy {
             return self.finish_local(pages::too_large(settings.max_body), log);
         }
 
+        extended_connect_as_upgrade(&mut request);
         let upgrade = is_upgrade(request.headers()).then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
         parts.uri = upstream_uri(&parts.uri, &route.spec.path, settings.strip_prefix);
@@ -875,10 +878,23 @@ impl Proxy {
                 }
             }
         });
-        self.record(log, 101, 0);
         let mut out = Response::new(ProxyBody::empty());
-        *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         *out.headers_mut() = response.headers().clone();
+        if log.version == http::Version::HTTP_2 {
+            // An extended CONNECT (RFC 8441) succeeds with a 200 and none of HTTP/1.1's
+            // handshake fields.
+            for name in [
+                header::CONNECTION,
+                header::UPGRADE,
+                header::SEC_WEBSOCKET_ACCEPT,
+                header::CONTENT_LENGTH,
+            ] {
+                out.headers_mut().remove(name);
+            }
+        } else {
+            *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        }
+        self.record(log, out.status().as_u16(), 0);
         out
     }
 }
@@ -985,6 +1001,56 @@ fn framing_problem(headers: &HeaderMap) -> Option<&'static str> {
         return Some("the only Transfer-Encoding accepted is `chunked`");
     }
     None
+}
+
+/// Turns an HTTP/2 extended CONNECT (RFC 8441: a CONNECT naming a protocol, as a browser
+/// opens a WebSocket over HTTP/2) into the HTTP/1.1 upgrade request an upstream understands.
+fn extended_connect_as_upgrade<B>(request: &mut Request<B>) {
+    if request.method() != Method::CONNECT {
+        return;
+    }
+    let Some(protocol) = request.extensions_mut().remove::<hyper::ext::Protocol>() else {
+        return;
+    };
+    let Ok(upgrade) = HeaderValue::from_str(protocol.as_str()) else {
+        return;
+    };
+    *request.method_mut() = Method::GET;
+    let headers = request.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, upgrade);
+    // RFC 8441 drops the key handshake; an HTTP/1.1 WebSocket server still wants a key.
+    if protocol.as_str().eq_ignore_ascii_case("websocket")
+        && !headers.contains_key(header::SEC_WEBSOCKET_KEY)
+    {
+        headers.insert(header::SEC_WEBSOCKET_KEY, websocket_key());
+    }
+}
+
+/// A `Sec-WebSocket-Key`: 16 bytes, base64. It guards against caches, not attackers, so
+/// std's randomly seeded hasher is random enough.
+fn websocket_key() -> HeaderValue {
+    use std::hash::{BuildHasher, Hasher};
+    let mut bytes = [0u8; 16];
+    for (i, half) in bytes.chunks_mut(8).enumerate() {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_usize(i);
+        half.copy_from_slice(&hasher.finish().to_le_bytes());
+    }
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut encoded = Vec::with_capacity(24);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            encoded.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]);
+        }
+    }
+    encoded.resize(24, b'=');
+    HeaderValue::from_bytes(&encoded)
+        .unwrap_or_else(|_| HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="))
 }
 
 fn is_idempotent(method: &Method) -> bool {
@@ -1212,6 +1278,25 @@ impl Body for TrackedBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn websocket_keys_are_16_random_bytes_in_base64() {
+        let decode = |c: u8| match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            other => panic!("not base64: {other}"),
+        };
+        let first = websocket_key();
+        let text = first.as_bytes();
+        assert_eq!(text.len(), 24);
+        assert!(text.ends_with(b"=="), "16 bytes pad to two '='");
+        // 22 symbols carry 132 bits; the last two bits of the 16 bytes' encoding are zero.
+        assert_eq!(decode(text[21]) & 0b1111, 0);
+        assert_ne!(first, websocket_key(), "each key differs");
+    }
 
     #[test]
     fn hosts_lose_their_port() {

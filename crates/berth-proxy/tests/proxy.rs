@@ -722,6 +722,108 @@ async fn upgraded_connections_are_spliced_and_drain_like_requests() {
 }
 
 #[tokio::test]
+async fn http2_clients_open_websockets_with_extended_connect() {
+    // A WebSocket upstream that records the handshake it got, answers 101, then echoes.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_addr = listener.local_addr().unwrap();
+    let (seen_tx, seen_rx) = tokio::sync::oneshot::channel::<String>();
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = socket.read(&mut buf).await.unwrap();
+            head.extend_from_slice(&buf[..n]);
+        }
+        let _ = seen_tx.send(String::from_utf8_lossy(&head).to_lowercase());
+        socket
+            .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Protocol: chat\r\n\r\n")
+            .await
+            .unwrap();
+        loop {
+            match socket.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => socket.write_all(&buf[..n]).await.unwrap(),
+            }
+        }
+    });
+    let (web, _) = upstream("web").await;
+    let running = start_proxy(ProxyConfig::default()).await;
+    let sockets = Upstream::new(upstream_addr, "ws-1");
+    running.proxy.set_app_routes(
+        "app",
+        vec![
+            route(
+                "web",
+                1,
+                &["example.com"],
+                "/",
+                vec![Upstream::new(web, "web-1")],
+            ),
+            route("ws", 1, &["example.com"], "/chat", vec![sockets.clone()]),
+        ],
+    );
+    let port = running.addr.port();
+    let direct = tokio::net::TcpStream::connect(running.addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(
+        TokioExecutor::new(),
+        TokioIo::new(direct),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    // An ordinary request first, so the server's SETTINGS announcing extended CONNECT are in.
+    let warm = Request::get(format!("http://example.com:{port}/"))
+        .body(Empty::new())
+        .unwrap();
+    assert_eq!(sender.send_request(warm).await.unwrap().status(), 200);
+
+    let mut connect = Request::builder()
+        .method(hyper::Method::CONNECT)
+        .uri(format!("http://example.com:{port}/chat"))
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-protocol", "chat")
+        .body(Empty::new())
+        .unwrap();
+    connect
+        .extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let response = sender.send_request(connect).await.unwrap();
+    assert_eq!(response.status(), 200, "RFC 8441 succeeds with a 200");
+    for absent in ["upgrade", "connection", "sec-websocket-accept"] {
+        assert!(
+            response.headers().get(absent).is_none(),
+            "{absent} is HTTP/1.1 only"
+        );
+    }
+    assert_eq!(response.headers()["sec-websocket-protocol"], "chat");
+
+    let seen = seen_rx.await.unwrap();
+    assert!(seen.starts_with("get /chat http/1.1\r\n"), "{seen}");
+    assert!(seen.contains("upgrade: websocket"), "{seen}");
+    assert!(seen.contains("connection: upgrade"), "{seen}");
+    assert!(seen.contains("sec-websocket-version: 13"), "{seen}");
+    let key = seen
+        .lines()
+        .find_map(|line| line.strip_prefix("sec-websocket-key: "))
+        .expect("the upstream gets a key");
+    assert_eq!(key.len(), 24, "{key}");
+
+    let mut stream = TokioIo::new(hyper::upgrade::on(response).await.unwrap());
+    stream.write_all(b"ping").await.unwrap();
+    let mut echo = [0u8; 4];
+    stream.read_exact(&mut echo).await.unwrap();
+    assert_eq!(&echo, b"ping");
+    assert_eq!(
+        sockets.inflight(),
+        1,
+        "an open WebSocket counts as in flight"
+    );
+    drop(stream);
+    assert!(sockets.wait_drained(Duration::from_secs(3)).await);
+}
+
+#[tokio::test]
 async fn streamed_responses_flow_without_buffering() {
     let (web, _) = upstream("web").await;
     let running = start_proxy(ProxyConfig::default()).await;
