@@ -238,11 +238,16 @@ impl Acme {
                 continue;
             };
             if let Ok((info, _)) = account.renewal_info(&id).await {
-                let start = info.suggested_window.start.unix_timestamp();
+                let window = &info.suggested_window;
+                let at = point_in_window(
+                    domain,
+                    window.start.unix_timestamp(),
+                    window.end.unix_timestamp(),
+                );
                 self.suggested
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(domain.clone(), start);
+                    .insert(domain.clone(), at);
             }
         }
     }
@@ -552,9 +557,49 @@ fn fnv(text: &str) -> u64 {
     })
 }
 
+/// When to renew within the CA's suggested window: spread over it (RFC 9773 asks clients not
+/// to all come at its start), but the same point for the same domain and window, so repeated
+/// checks do not move it around.
+fn point_in_window(domain: &str, start: i64, end: i64) -> i64 {
+    use std::hash::{Hash, Hasher};
+    let Ok(width) = u64::try_from(end - start) else {
+        return start;
+    };
+    if width == 0 {
+        return start;
+    }
+    let mut hasher = std::hash::DefaultHasher::new();
+    (domain, start, end).hash(&mut hasher);
+    start + (hasher.finish() % width) as i64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn renewal_points_spread_over_the_window_and_stay_put() {
+        let (start, end) = (1_800_000_000, 1_800_000_000 + 2 * 86_400);
+        let points: Vec<i64> = (0..200)
+            .map(|i| point_in_window(&format!("site{i}.example"), start, end))
+            .collect();
+        assert!(points.iter().all(|p| (start..end).contains(p)));
+        let first_half = points.iter().filter(|p| **p < start + 86_400).count();
+        assert!(
+            (60..=140).contains(&first_half),
+            "{first_half} of 200 in the first half"
+        );
+        assert_eq!(
+            point_in_window("a.example", start, end),
+            point_in_window("a.example", start, end)
+        );
+        assert_eq!(
+            point_in_window("a.example", end, start),
+            end,
+            "an inverted window"
+        );
+        assert_eq!(point_in_window("a.example", start, start), start);
+    }
 
     #[test]
     fn backoff_doubles_from_a_minute_to_an_hour() {
