@@ -658,9 +658,7 @@ impl Proxy {
                     {
                         Ok(connection) => connection,
                         Err(error) => {
-                            upstream.mark_down(self.config.passive_down_time);
-                            last_error = error.to_string();
-                            tracing::debug!(upstream = upstream.name(), %error, "upstream refused; trying another");
+                            last_error = self.refused(&upstream, error);
                             continue;
                         }
                     };
@@ -699,9 +697,7 @@ impl Proxy {
                     let mut sender = match upstream.connection(self.config.connect_timeout).await {
                         Ok(sender) => sender,
                         Err(error) => {
-                            upstream.mark_down(self.config.passive_down_time);
-                            last_error = error.to_string();
-                            tracing::debug!(upstream = upstream.name(), %error, "upstream refused; trying another");
+                            last_error = self.refused(&upstream, error);
                             continue;
                         }
                     };
@@ -781,6 +777,14 @@ impl Proxy {
                 }
             };
         }
+    }
+
+    /// An upstream refused a connection: skipped for a while (passive health); returns why,
+    /// for the 502 page if no other replica answers.
+    fn refused(&self, upstream: &Upstream, error: upstream::ConnectError) -> String {
+        upstream.mark_down(self.config.passive_down_time);
+        tracing::debug!(upstream = upstream.name(), %error, "upstream refused; trying another");
+        error.to_string()
     }
 
     /// Finishes a response the proxy made itself.

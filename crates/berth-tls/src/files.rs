@@ -136,18 +136,13 @@ mod tests {
     use super::*;
 
     fn write_cert(dir: &std::path::Path, names: &[&str]) -> CertificateFiles {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert =
-            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap()
-                .self_signed(&key)
-                .unwrap();
+        let (cert, key) = crate::pem::self_signed(names);
         let files = CertificateFiles {
             cert: dir.join("cert.pem"),
             key: dir.join("key.pem"),
         };
-        std::fs::write(&files.cert, cert.pem()).unwrap();
-        std::fs::write(&files.key, key.serialize_pem()).unwrap();
+        std::fs::write(&files.cert, cert).unwrap();
+        std::fs::write(&files.key, key).unwrap();
         files
     }
 

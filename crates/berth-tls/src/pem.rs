@@ -69,18 +69,21 @@ pub fn now() -> i64 {
         .unwrap_or(0)
 }
 
+/// A self-signed certificate for `names` and its key, both PEM: the crate's tests' fixture.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn self_signed(names: &[&str]) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn self_signed(names: &[&str]) -> (String, String) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let params =
-            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
 
     #[test]
     fn a_certificate_and_its_key_load_with_names_and_expiry() {

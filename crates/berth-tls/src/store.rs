@@ -213,18 +213,8 @@ mod tests {
         Arc<CertifiedKey>,
         rustls::pki_types::CertificateDer<'static>,
     ) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert =
-            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap()
-                .self_signed(&key)
-                .unwrap();
-        let loaded = crate::pem::load(
-            cert.pem().as_bytes(),
-            key.serialize_pem().as_bytes(),
-            "test",
-        )
-        .unwrap();
+        let (cert, key) = crate::pem::self_signed(names);
+        let loaded = crate::pem::load(cert.as_bytes(), key.as_bytes(), "test").unwrap();
         (loaded.key, loaded.leaf)
     }
 
