@@ -163,16 +163,21 @@ pub(crate) fn for_each_upstream_header(
     client: &ClientIdentity,
     mut emit: impl FnMut(&HeaderName, &HeaderValue),
 ) {
-    let named = if headers.contains_key(header::CONNECTION) {
-        connection_named(headers)
-    } else {
-        Vec::new()
+    // Compared in place rather than collected: browsers send `Connection: keep-alive` with
+    // every HTTP/1.1 request, and this runs for each of them.
+    let connection = headers.get_all(header::CONNECTION);
+    let named_by_connection = |name: &HeaderName| {
+        connection
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
     };
     for (name, value) in headers {
         let dropped = name == header::UPGRADE
             || HOP_BY_HOP.contains(name)
             || EDGE_STATED.contains(name)
-            || named.contains(name);
+            || named_by_connection(name);
         if !dropped {
             emit(name, value);
         }
