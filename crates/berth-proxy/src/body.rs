@@ -8,7 +8,12 @@ use hyper::body::Incoming;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-pub struct ProxyBody(Kind);
+pub struct ProxyBody {
+    kind: Kind,
+    /// Keeps the request counted as in progress on its client connection until the
+    /// response body is done with (see `admission`).
+    _activity: Option<crate::RequestActivity>,
+}
 
 // The response body lives in one place for its whole life; boxing the large variant would
 // bring back the allocation this type exists to avoid.
@@ -23,20 +28,32 @@ enum Kind {
 }
 
 impl ProxyBody {
+    fn of(kind: Kind) -> Self {
+        Self {
+            kind,
+            _activity: None,
+        }
+    }
+
+    /// Ties the request's activity to this response body.
+    pub(crate) fn hold(&mut self, activity: crate::RequestActivity) {
+        self._activity = Some(activity);
+    }
+
     pub(crate) fn empty() -> Self {
-        ProxyBody(Kind::Empty)
+        ProxyBody::of(Kind::Empty)
     }
 
     pub(crate) fn full(bytes: impl Into<Bytes>) -> Self {
-        ProxyBody(Kind::Full(Some(bytes.into())))
+        ProxyBody::of(Kind::Full(Some(bytes.into())))
     }
 
     pub(crate) fn upload(body: http_body_util::Limited<Incoming>) -> Self {
-        ProxyBody(Kind::Upload(body))
+        ProxyBody::of(Kind::Upload(body))
     }
 
     pub(crate) fn tracked(body: crate::TrackedBody) -> Self {
-        ProxyBody(Kind::Tracked(body))
+        ProxyBody::of(Kind::Tracked(body))
     }
 }
 
@@ -48,7 +65,7 @@ impl Body for ProxyBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match &mut self.0 {
+        match &mut self.kind {
             Kind::Empty => Poll::Ready(None),
             Kind::Full(bytes) => Poll::Ready(
                 bytes
@@ -62,7 +79,7 @@ impl Body for ProxyBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.0 {
+        match &self.kind {
             Kind::Empty => true,
             Kind::Full(bytes) => bytes.as_ref().is_none_or(Bytes::is_empty),
             Kind::Upload(body) => body.is_end_stream(),
@@ -71,7 +88,7 @@ impl Body for ProxyBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.0 {
+        match &self.kind {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Upload(body) => body.size_hint(),

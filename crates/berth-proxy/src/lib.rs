@@ -17,6 +17,7 @@
 //! hyper's parser, which refuses ambiguous framing (request smuggling).
 
 mod access_log;
+mod admission;
 mod body;
 mod forwarding;
 mod framing;
@@ -33,6 +34,7 @@ pub use metrics::ProxyMetrics;
 pub use routes::{Balance, RouteSettings, RouteSpec, RouteSummary};
 pub use upstream::Upstream;
 
+use admission::{Admission, Deadlines, Noticed, Refusal, RequestActivity, Verdict};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use forwarding::{ClientIdentity, prepare_request_headers, strip_hop_by_hop};
@@ -66,13 +68,23 @@ pub struct ProxyConfig {
     pub connect_timeout: Duration,
     /// How long a request may keep looking for an upstream that accepts it before a 502.
     pub retry_budget: Duration,
-    /// How long a client may take to send request headers, and how long an idle keep-alive
-    /// connection stays open (slowloris protection).
+    /// How long a client may take to send request headers (slowloris protection): measured
+    /// from `accept` for a connection's first request (TLS handshake and protocol detection
+    /// included), and from the end of the previous response for later HTTP/1.1 requests.
     pub header_read_timeout: Duration,
+    /// How long a new connection may stay silent before its first byte.
+    pub first_byte_timeout: Duration,
+    /// How long a connection with no request in progress stays open (HTTP/1.1 keep-alive
+    /// and HTTP/2 alike).
+    pub idle_timeout: Duration,
     /// Largest request head accepted (431 beyond it).
     pub max_header_size: usize,
-    /// Client connections accepted at once; more wait in the listen queue.
+    /// Client connections open at once. At the cap, the connection idle the longest is
+    /// closed for a new client; only when every one has a request in progress do new clients
+    /// wait in the listen queue.
     pub max_connections: usize,
+    /// Client connections one client address (an IPv6 /64) may hold; more are closed.
+    pub max_connections_per_client: usize,
     /// How long an upstream that refused a connection is skipped.
     pub passive_down_time: Duration,
     /// How long a TLS handshake may take.
@@ -85,8 +97,11 @@ impl Default for ProxyConfig {
             connect_timeout: Duration::from_secs(2),
             retry_budget: Duration::from_secs(5),
             header_read_timeout: Duration::from_secs(30),
+            first_byte_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
             max_header_size: 32 * 1024,
             max_connections: 10_000,
+            max_connections_per_client: 256,
             passive_down_time: Duration::from_secs(2),
             tls_handshake_timeout: Duration::from_secs(10),
         }
@@ -165,12 +180,12 @@ pub struct Proxy {
     tls: OnceLock<Arc<dyn TlsHooks>>,
     /// Where HTTPS is served, for redirects (unset: no redirects).
     https_port: OnceLock<u16>,
-    connections: Arc<tokio::sync::Semaphore>,
+    admission: Arc<Admission>,
 }
 
 impl Proxy {
     pub fn new(config: ProxyConfig) -> Arc<Self> {
-        let connections = Arc::new(tokio::sync::Semaphore::new(config.max_connections.max(1)));
+        let admission = Admission::new(config.max_connections, config.max_connections_per_client);
         let metrics = ProxyMetrics::default();
         Arc::new(Self {
             config,
@@ -182,7 +197,7 @@ impl Proxy {
             access_log: OnceLock::new(),
             tls: OnceLock::new(),
             https_port: OnceLock::new(),
-            connections,
+            admission,
         })
     }
 
@@ -363,37 +378,18 @@ impl Proxy {
     ) {
         let connections = tokio_util::task::TaskTracker::new();
         let (stop, stopping) = tokio::sync::watch::channel(false);
-        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.config.header_read_timeout)
-            .max_buf_size(self.config.max_header_size.max(8192))
-            .keep_alive(true);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(self.config.max_header_size).unwrap_or(u32::MAX))
-            .keep_alive_interval(Some(Duration::from_secs(30)))
-            .keep_alive_timeout(Duration::from_secs(20))
-            .max_concurrent_streams(250)
-            // WebSockets over HTTP/2 (RFC 8441): browsers use them when this is announced.
-            .enable_connect_protocol();
-        let builder = Arc::new(builder);
+        let builders = Arc::new(Builders::new(&self.config));
+        let deadlines = Deadlines {
+            first_byte: self.config.first_byte_timeout,
+            first_request: self.config.header_read_timeout,
+            idle: self.config.idle_timeout,
+        };
         let acceptor = match &scheme {
             Scheme::Https(config) => Some(tokio_rustls::TlsAcceptor::from(config.clone())),
             Scheme::Http => None,
         };
         tokio::pin!(shutdown);
-        loop {
-            // At the connection limit, stop accepting: new clients wait in the listen queue.
-            let permit = tokio::select! {
-                permit = self.connections.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break,
-                },
-                () = &mut shutdown => break,
-            };
+        'accepting: loop {
             let (stream, client) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(pair) => pair,
@@ -406,83 +402,69 @@ impl Proxy {
                 },
                 () = &mut shutdown => break,
             };
+            let admitted = loop {
+                match self.admission.admit(client.ip()) {
+                    Ok(admitted) => break admitted,
+                    Err(Refusal::ClientCap) => {
+                        tracing::debug!(%client, "client at its connection cap; closing");
+                        self.metrics.closed_by_edge("client_cap");
+                        continue 'accepting;
+                    }
+                    // At the cap: make room by closing the idlest connection; while every one
+                    // is busy, wait (later clients wait in the listen queue meanwhile).
+                    Err(Refusal::Full) => {
+                        self.admission.evict_idlest();
+                        tokio::select! {
+                            () = self.admission.wait_freed() => {}
+                            () = &mut shutdown => break 'accepting,
+                        }
+                    }
+                }
+            };
             let _ = stream.set_nodelay(true);
             let proxy = Arc::clone(&self);
-            let builder = Arc::clone(&builder);
+            let builders = Arc::clone(&builders);
             let acceptor = acceptor.clone();
             let scheme_name = scheme.name();
             let mut stopping = stopping.clone();
             connections.spawn(async move {
-                let _permit = permit;
                 proxy.metrics.open_connections.inc();
+                let liveness = Arc::clone(&admitted.liveness);
+                let watchdog = async {
+                    tokio::select! {
+                        verdict = liveness.watch(deadlines) => Some(verdict),
+                        // The guard `wait_for` returns is not Send: dropped at once.
+                        _ = stopping.wait_for(|stop| *stop) => None,
+                    }
+                };
                 let connection = Arc::new(ClientConnection {
                     addr: client,
                     identity: ClientIdentity::new(client, scheme_name),
                     framing_violation: AtomicBool::new(false),
                 });
-                let service = {
-                    let proxy = Arc::clone(&proxy);
-                    let connection = Arc::clone(&connection);
-                    hyper::service::service_fn(move |request: Request<Incoming>| {
-                        let proxy = Arc::clone(&proxy);
-                        let connection = Arc::clone(&connection);
-                        async move {
-                            Ok::<_, std::convert::Infallible>(
-                                proxy.handle(request, &connection).await,
-                            )
-                        }
-                    })
-                };
-                let flag = FlagHandle(Arc::clone(&connection));
-                let stop_requested = async move {
-                    // The guard `wait_for` returns is not Send; drop it before awaiting more.
-                    let _ = stopping.wait_for(|stop| *stop).await.map(|_| ());
-                };
-                let result = match acceptor {
-                    None => {
-                        serve_connection(
-                            &builder,
-                            TokioIo::new(framing::Watched::new(stream, flag)),
-                            service,
-                            stop_requested,
-                        )
-                        .await
+                let stream = Noticed::new(stream, Arc::clone(&admitted.liveness));
+                let result = serve_client(
+                    &proxy,
+                    &builders,
+                    acceptor,
+                    stream,
+                    connection,
+                    &admitted.liveness,
+                    watchdog,
+                )
+                .await;
+                match result {
+                    Ok(Some(verdict)) => {
+                        tracing::debug!(%client, reason = verdict.reason(), "closed the connection");
+                        proxy.metrics.closed_by_edge(verdict.reason());
                     }
-                    Some(acceptor) => match tokio::time::timeout(
-                        proxy.config.tls_handshake_timeout,
-                        acceptor.accept(stream),
-                    )
-                    .await
-                    {
-                        Ok(Ok(tls)) => {
-                            let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
-                            if alpn.as_deref() == Some(b"acme-tls/1") {
-                                // A TLS-ALPN-01 validation: the handshake itself was the answer.
-                                Ok(())
-                            } else {
-                                serve_connection(
-                                    &builder,
-                                    TokioIo::new(framing::Watched::new(tls, flag)),
-                                    service,
-                                    stop_requested,
-                                )
-                                .await
-                            }
-                        }
-                        Ok(Err(error)) => {
-                            tracing::debug!(%client, %error, "TLS handshake failed");
-                            Ok(())
-                        }
-                        Err(_) => {
-                            tracing::debug!(%client, "TLS handshake timed out");
-                            Ok(())
-                        }
-                    },
-                };
-                if let Err(error) = result {
-                    tracing::debug!(%client, %error, "client connection ended with an error");
+                    Ok(None) => {}
+                    Err(error) => {
+                        tracing::debug!(%client, %error, "client connection ended with an error")
+                    }
                 }
                 proxy.metrics.open_connections.dec();
+                drop(admitted);
             });
         }
         drop(listener);
@@ -497,10 +479,13 @@ impl Proxy {
     }
 
     /// Proxies one request. Never fails: problems become error pages.
+    /// `activity` counts the request as in progress on its connection: it rides on the
+    /// response body, or on an upgraded connection's splice.
     async fn handle(
         self: &Arc<Self>,
         mut request: Request<Incoming>,
         connection: &ClientConnection,
+        activity: &mut Option<RequestActivity>,
     ) -> Response<ProxyBody> {
         let (client, scheme) = (connection.addr, connection.identity.scheme());
         let started = Instant::now();
@@ -722,7 +707,7 @@ impl Proxy {
                                 return self.splice_upgrade(
                                     client_upgrade,
                                     &mut response,
-                                    guard,
+                                    (guard, activity.take()),
                                     log,
                                 );
                             }
@@ -855,18 +840,20 @@ impl Proxy {
     }
 
     /// Connects an upgraded client connection (a WebSocket) to the upgraded upstream one.
-    /// The upstream counts it as in flight until it closes, so a deploy's drain waits for it.
+    /// The upstream counts it as in flight until it closes, so a deploy's drain waits for it;
+    /// so does the client's connection (an HTTP/2 one carrying it is never idle meanwhile).
     fn splice_upgrade(
         &self,
         client: hyper::upgrade::OnUpgrade,
         response: &mut Response<Incoming>,
-        guard: InflightGuard,
+        (guard, activity): (InflightGuard, Option<RequestActivity>),
         log: LogContext,
     ) -> Response<ProxyBody> {
         let upstream = hyper::upgrade::on(&mut *response);
         let name = guard.upstream().name().to_owned();
         tokio::spawn(async move {
             let _guard = guard;
+            let _activity = activity;
             match tokio::try_join!(client, upstream) {
                 Ok((client, upstream)) => {
                     let mut client = TokioIo::new(client);
@@ -903,33 +890,158 @@ impl Proxy {
     }
 }
 
-async fn serve_connection<I, S>(
-    builder: &hyper_util::server::conn::auto::Builder<TokioExecutor>,
-    io: TokioIo<I>,
-    service: S,
-    stop_requested: impl Future<Output = ()>,
-) -> Result<(), BoxError>
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<
-            Request<Incoming>,
-            Response = Response<ProxyBody>,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    let connection = builder.serve_connection_with_upgrades(io, service);
-    let mut connection = std::pin::pin!(connection);
-    tokio::select! {
-        result = connection.as_mut() => result,
-        () = stop_requested => {
-            // Finish the requests in progress, then close instead of keeping alive.
-            connection.as_mut().graceful_shutdown();
-            connection.await
+/// The HTTP servers a connection can get: HTTP/1.1 or HTTP/2 when TLS's ALPN chose, and one
+/// that tells them apart by the first bytes (plain TCP, where HTTP/2 comes with prior
+/// knowledge).
+struct Builders {
+    sniffing: hyper_util::server::conn::auto::Builder<TokioExecutor>,
+    http1: hyper::server::conn::http1::Builder,
+    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new(config: &ProxyConfig) -> Self {
+        let max_header_list = u32::try_from(config.max_header_size).unwrap_or(u32::MAX);
+        let mut sniffing = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        sniffing
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.header_read_timeout)
+            .max_buf_size(config.max_header_size.max(8192))
+            .keep_alive(true);
+        sniffing
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(max_header_list)
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .max_concurrent_streams(250)
+            // WebSockets over HTTP/2 (RFC 8441): browsers use them when this is announced.
+            .enable_connect_protocol();
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.header_read_timeout)
+            .max_buf_size(config.max_header_size.max(8192))
+            .keep_alive(true);
+        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_header_list_size(max_header_list)
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .max_concurrent_streams(250)
+            .enable_connect_protocol();
+        Self {
+            sniffing,
+            http1,
+            http2,
         }
     }
+}
+
+/// Serves one client connection from `accept` to its end: the TLS handshake, then HTTP. The
+/// watchdog's verdict closes it (at once before its first request; gracefully after). Returns
+/// the verdict when the edge closed the connection.
+async fn serve_client(
+    proxy: &Arc<Proxy>,
+    builders: &Builders,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    stream: Noticed<tokio::net::TcpStream>,
+    connection: Arc<ClientConnection>,
+    liveness: &Arc<admission::Liveness>,
+    watchdog: impl Future<Output = Option<Verdict>>,
+) -> Result<Option<Verdict>, BoxError> {
+    tokio::pin!(watchdog);
+    let service = {
+        let proxy = Arc::clone(proxy);
+        let connection = Arc::clone(&connection);
+        let liveness = Arc::clone(liveness);
+        hyper::service::service_fn(move |request: Request<Incoming>| {
+            let proxy = Arc::clone(&proxy);
+            let connection = Arc::clone(&connection);
+            let mut activity = Some(liveness.begin_request());
+            async move {
+                let mut response = proxy.handle(request, &connection, &mut activity).await;
+                if let Some(activity) = activity {
+                    response.body_mut().hold(activity);
+                }
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        })
+    };
+    let flag = FlagHandle(Arc::clone(&connection));
+    let Some(acceptor) = acceptor else {
+        let io = TokioIo::new(framing::Watched::new(stream, flag));
+        let serving = builders
+            .sniffing
+            .serve_connection_with_upgrades(io, service);
+        return until_closed(serving, |c| c.graceful_shutdown(), watchdog).await;
+    };
+    let handshake =
+        tokio::time::timeout(proxy.config.tls_handshake_timeout, acceptor.accept(stream));
+    let tls = tokio::select! {
+        tls = handshake => match tls {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(error)) => {
+                tracing::debug!(client = %connection.addr, %error, "TLS handshake failed");
+                return Ok(None);
+            }
+            Err(_) => {
+                tracing::debug!(client = %connection.addr, "TLS handshake timed out");
+                return Ok(None);
+            }
+        },
+        verdict = &mut watchdog => return Ok(verdict),
+    };
+    // ALPN already chose the protocol: no sniffing (HTTP/2 over TLS needs ALPN, so a client
+    // that names nothing speaks HTTP/1.1).
+    match tls.get_ref().1.alpn_protocol() {
+        // A TLS-ALPN-01 validation: the handshake itself was the answer.
+        Some(b"acme-tls/1") => Ok(None),
+        Some(b"h2") => {
+            let serving = builders.http2.serve_connection(TokioIo::new(tls), service);
+            until_closed(serving, |c| c.graceful_shutdown(), watchdog).await
+        }
+        _ => {
+            let io = TokioIo::new(framing::Watched::new(tls, flag));
+            let serving = builders.http1.serve_connection(io, service).with_upgrades();
+            until_closed(serving, |c| c.graceful_shutdown(), watchdog).await
+        }
+    }
+}
+
+/// Drives a connection until it ends or the watchdog speaks: a connection that never started
+/// a request is dropped at once; otherwise in-progress requests finish first (bounded when
+/// the edge closes an idle connection; the agent's own grace period bounds a shutdown).
+async fn until_closed<C, E>(
+    connection: C,
+    graceful_shutdown: impl FnOnce(Pin<&mut C>),
+    watchdog: Pin<&mut impl Future<Output = Option<Verdict>>>,
+) -> Result<Option<Verdict>, BoxError>
+where
+    C: Future<Output = Result<(), E>>,
+    E: Into<BoxError>,
+{
+    const CLOSING_GRACE: Duration = Duration::from_secs(10);
+    let mut connection = std::pin::pin!(connection);
+    let verdict = tokio::select! {
+        result = connection.as_mut() => return result.map(|()| None).map_err(Into::into),
+        verdict = watchdog => verdict,
+    };
+    if verdict.is_some_and(|v| !v.graceful()) {
+        return Ok(verdict);
+    }
+    graceful_shutdown(connection.as_mut());
+    match verdict {
+        None => connection.await.map_err(Into::into)?,
+        Some(_) => {
+            if let Ok(result) = tokio::time::timeout(CLOSING_GRACE, connection).await {
+                result.map_err(Into::into)?;
+            }
+        }
+    }
+    Ok(verdict)
 }
 
 /// One client connection, as the request handler sees it.

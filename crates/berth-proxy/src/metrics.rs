@@ -25,12 +25,20 @@ pub struct UpstreamErrorLabels {
     pub kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClosedLabels {
+    /// `silent` (no first byte), `no_request` (no whole first request), `idle`, `evicted`
+    /// (made room at the connection cap) or `client_cap`.
+    pub reason: &'static str,
+}
+
 pub struct ProxyMetrics {
     pub requests: Family<RequestLabels, Counter>,
     pub duration: Family<AppLabels, Histogram>,
     pub in_flight: Family<AppLabels, Gauge>,
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
     pub open_connections: Gauge,
+    pub closed_by_edge: Family<ClosedLabels, Counter>,
 }
 
 impl Default for ProxyMetrics {
@@ -43,6 +51,7 @@ impl Default for ProxyMetrics {
             in_flight: Family::default(),
             upstream_errors: Family::default(),
             open_connections: Gauge::default(),
+            closed_by_edge: Family::default(),
         }
     }
 }
@@ -74,6 +83,17 @@ impl ProxyMetrics {
             "Client connections open now",
             self.open_connections.clone(),
         );
+        registry.register(
+            "berth_http_connections_closed_by_edge",
+            "Client connections the edge closed: silent, no whole first request, idle, evicted at the connection cap, or over a client's cap",
+            self.closed_by_edge.clone(),
+        );
+    }
+
+    pub fn closed_by_edge(&self, reason: &'static str) {
+        self.closed_by_edge
+            .get_or_create(&ClosedLabels { reason })
+            .inc();
     }
 
     pub fn upstream_error(&self, app: &str, kind: &str) {

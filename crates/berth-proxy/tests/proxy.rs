@@ -1168,3 +1168,242 @@ async fn requests_are_logged_as_json_and_counted() {
         "{text}"
     );
 }
+
+/// Whether the proxy closes `stream` within `limit`: reads until EOF (or a reset). Returns
+/// how long that took, and what was read.
+async fn closed_within(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    limit: Duration,
+) -> Option<(Duration, Vec<u8>)> {
+    let started = Instant::now();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at((started + limit).into(), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some((started.elapsed(), out)),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => return None,
+        }
+    }
+}
+
+fn short_deadlines() -> ProxyConfig {
+    ProxyConfig {
+        first_byte_timeout: Duration::from_millis(400),
+        header_read_timeout: Duration::from_millis(900),
+        idle_timeout: Duration::from_secs(30),
+        max_connections: 8,
+        ..ProxyConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn silent_and_half_sent_connections_are_closed_while_new_clients_are_served() {
+    let (web, _) = upstream("web").await;
+    let running = start_proxy(short_deadlines()).await;
+    running.proxy.set_app_routes(
+        "app",
+        vec![route("web", 1, &[], "/", vec![Upstream::new(web, "web")])],
+    );
+    let addr = running.addr;
+    // More hostile sockets than the connection cap (8): some silent, some stopped in the
+    // middle of an HTTP/2 preface, some in the middle of an HTTP/1 request line.
+    let mut hostile = Vec::new();
+    for i in 0..12 {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        match i % 3 {
+            0 => {}
+            1 => stream.write_all(b"PRI * HTTP/2.0\r\n\r\nS").await.unwrap(),
+            _ => stream.write_all(b"GET / HT").await.unwrap(),
+        }
+        hostile.push(stream);
+    }
+    // A real client is served at once: the idlest hostile connections make room for it.
+    let started = Instant::now();
+    let served = tokio::time::timeout(Duration::from_secs(5), get(&client(), addr, "x", "/"))
+        .await
+        .expect("a new client is served while silent connections fill the cap");
+    assert_eq!(served, (200, "web".into()));
+    assert!(
+        started.elapsed() < Duration::from_millis(800),
+        "a new client waited {:?} behind silent connections",
+        started.elapsed()
+    );
+    // Every hostile socket is closed by the first-request deadline (0.9 s from accept) at the
+    // latest, and none got a response.
+    for (i, stream) in hostile.iter_mut().enumerate() {
+        let (after, bytes) = closed_within(stream, Duration::from_secs(3))
+            .await
+            .unwrap_or_else(|| panic!("hostile connection {i} is still open after 3 s"));
+        assert!(
+            bytes.is_empty() || bytes.starts_with(b"HTTP/1.1 408"),
+            "connection {i} after {after:?}: {}",
+            String::from_utf8_lossy(&bytes)
+        );
+    }
+    let mut registry = prometheus_client::registry::Registry::default();
+    running.proxy.metrics().register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(
+        text.contains("reason=\"silent\"") && text.contains("reason=\"no_request\""),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn one_client_address_cannot_take_every_connection() {
+    let (web, _) = upstream("web").await;
+    let config = ProxyConfig {
+        max_connections_per_client: 3,
+        ..short_deadlines()
+    };
+    let running = start_proxy(config).await;
+    running.proxy.set_app_routes(
+        "app",
+        vec![route("web", 1, &[], "/", vec![Upstream::new(web, "web")])],
+    );
+    let addr = running.addr;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    // The fourth from the same address is closed at once, without a response.
+    let mut fourth = tokio::net::TcpStream::connect(addr).await.unwrap();
+    fourth
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .ok();
+    let (after, bytes) = closed_within(&mut fourth, Duration::from_millis(300))
+        .await
+        .expect("the fourth connection from one address is closed at once");
+    assert!(bytes.is_empty(), "after {after:?}: {bytes:?}");
+    // Another address is served meanwhile.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut other = socket.connect(addr).await.unwrap();
+    other
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (_, response) = closed_within(&mut other, Duration::from_secs(3))
+        .await
+        .unwrap();
+    assert!(response.starts_with(b"HTTP/1.1 200"), "{response:?}");
+    drop(held);
+}
+
+#[tokio::test]
+async fn at_the_cap_idle_keep_alive_connections_make_room_and_busy_ones_do_not() {
+    let (web, _) = upstream("web").await;
+    let config = ProxyConfig {
+        max_connections: 3,
+        ..short_deadlines()
+    };
+    let running = start_proxy(config).await;
+    running.proxy.set_app_routes(
+        "app",
+        vec![route("web", 1, &[], "/", vec![Upstream::new(web, "web")])],
+    );
+    let addr = running.addr;
+    // One connection with a slow request in progress, two idle after one request each.
+    let mut busy = tokio::net::TcpStream::connect(addr).await.unwrap();
+    busy.write_all(b"GET /slow?ms=1500 HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        idle.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Two new clients: each takes the place of an idle one.
+    for _ in 0..2 {
+        let started = Instant::now();
+        let served = tokio::time::timeout(Duration::from_secs(5), get(&client(), addr, "x", "/"))
+            .await
+            .expect("a new client is served when idle connections fill the cap");
+        assert_eq!(served.0, 200);
+        assert!(started.elapsed() < Duration::from_millis(800));
+    }
+    for stream in &mut idle {
+        assert!(
+            closed_within(stream, Duration::from_secs(2))
+                .await
+                .is_some(),
+            "an idle connection was closed for a new client"
+        );
+    }
+    // The busy one got its whole response.
+    let (_, response) = closed_within(&mut busy, Duration::from_millis(2500))
+        .await
+        .map_or((Duration::ZERO, Vec::new()), |r| r);
+    let text = String::from_utf8_lossy(&response);
+    assert!(
+        text.starts_with("HTTP/1.1 200") && text.ends_with("web"),
+        "{text}"
+    );
+}
+
+fn tls_server_config() -> (
+    Arc<rustls::ServerConfig>,
+    rustls_pki_types::CertificateDer<'static>,
+) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    let certificate = params.self_signed(&key).unwrap();
+    let loaded = berth_tls::load_pem(
+        certificate.pem().as_bytes(),
+        key.serialize_pem().as_bytes(),
+        "test",
+    )
+    .unwrap();
+    let store = berth_tls::CertStore::new();
+    store.install(&loaded.names, loaded.key);
+    (berth_tls::server_config(store).unwrap(), loaded.leaf)
+}
+
+#[tokio::test]
+async fn silence_after_a_tls_handshake_is_cut_whichever_protocol_alpn_chose() {
+    let (server_config, leaf) = tls_server_config();
+    let proxy = Proxy::new(short_deadlines());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(proxy.clone().serve(
+        listener,
+        Scheme::Https(server_config),
+        async move {
+            let _ = stopped.await;
+        },
+        Duration::from_secs(1),
+    ));
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(leaf).unwrap();
+    for alpn in [Some(&b"h2"[..]), Some(&b"http/1.1"[..]), None] {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.map(|a| vec![a.to_vec()]).unwrap_or_default();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        if alpn == Some(b"h2") {
+            // Part of the preface, then nothing.
+            tls.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+        }
+        let closed = closed_within(&mut tls, Duration::from_secs(3)).await;
+        assert!(closed.is_some(), "ALPN {alpn:?}: still open after 3 s");
+    }
+}

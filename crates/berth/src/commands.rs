@@ -519,9 +519,13 @@ async fn agent(
         Some(path) => Some(PathBuf::from(path)),
         None => Some(ctx.data_dir.join("logs").join("access.log")),
     };
+    let header_read_timeout = duration("header-timeout", &edge.header_timeout)?;
     let proxy = berth_agent::ProxyConfig {
         max_connections: edge.max_connections.max(1),
-        header_read_timeout: duration("header-timeout", &edge.header_timeout)?,
+        max_connections_per_client: edge.max_connections_per_client.max(1),
+        header_read_timeout,
+        first_byte_timeout: header_read_timeout.min(Duration::from_secs(10)),
+        idle_timeout: duration("idle-timeout", &edge.idle_timeout)?,
         max_header_size: berth_manifest::units::parse_size(&edge.max_header_size)
             .ok()
             .and_then(|size| usize::try_from(size).ok())

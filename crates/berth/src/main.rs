@@ -266,13 +266,22 @@ struct EdgeArgs {
     /// Event loops serving the proxy (0: one per core).
     #[arg(long, default_value_t = 0, value_name = "N")]
     proxy_threads: usize,
-    /// Client connections served at once; more wait in the listen queue.
+    /// Client connections open at once. At the cap the connection idle the longest is
+    /// closed for a new client; new clients wait only while every one is busy.
     #[arg(long, default_value_t = 10_000, value_name = "N")]
     max_connections: usize,
-    /// How long a client may take to send its request headers (and how long an idle
-    /// keep-alive connection stays open).
+    /// Client connections one client address (an IPv6 /64 counts as one) may hold; more
+    /// are closed at once.
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    max_connections_per_client: usize,
+    /// How long a client may take to send its request headers, counted from the moment
+    /// its connection is accepted for the first request (it must send a first byte
+    /// within 10s, or this if shorter).
     #[arg(long, default_value = "30s", value_name = "DURATION")]
     header_timeout: String,
+    /// How long a connection with no request in progress stays open.
+    #[arg(long, default_value = "60s", value_name = "DURATION")]
+    idle_timeout: String,
     /// The largest request head (request line and headers) a client may send, 8KiB to
     /// 1MiB; larger ones get 431.
     #[arg(long, default_value = "32KiB", value_name = "SIZE")]

@@ -1,0 +1,462 @@
+//! Which client connections the edge keeps, and for how long.
+//!
+//! A connection costs a file descriptor and a slot under `max_connections` whether or not the
+//! client ever sends anything, so the edge does not wait on clients:
+//! - every connection must send its first byte within `first_byte_timeout` and a whole first
+//!   request (TLS handshake, protocol detection, HTTP/2 preface and SETTINGS, request head)
+//!   within `header_read_timeout` of being accepted, or it is closed;
+//! - a connection with no request in progress for `idle_timeout` is closed gracefully
+//!   (hyper's own header timeout already bounds HTTP/1's later request heads);
+//! - one client address (an IPv6 /64 counts as one) may hold at most
+//!   `max_connections_per_client`; more are closed at once;
+//! - at `max_connections`, the connection idle the longest (silent ones included) is closed to
+//!   make room for a new client; only when every connection has a request in progress do new
+//!   clients wait in the listen queue.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+
+/// The address a per-client cap counts by: an IPv4 address, or an IPv6 /64 (one subscriber's
+/// prefix; a client can pick any address in it at will).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum ClientKey {
+    V4(u32),
+    V6Prefix(u64),
+}
+
+impl ClientKey {
+    pub(crate) fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => ClientKey::V4(u32::from(v4)),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => ClientKey::V4(u32::from(v4)),
+                None => ClientKey::V6Prefix((u128::from(v6) >> 64) as u64),
+            },
+        }
+    }
+}
+
+/// Why a connection was not admitted now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// This client already holds its share; the new connection is closed.
+    ClientCap,
+    /// The edge holds `max_connections`; room is being made (or awaited).
+    Full,
+}
+
+/// The limits a connection lives under.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deadlines {
+    pub first_byte: Duration,
+    pub first_request: Duration,
+    pub idle: Duration,
+}
+
+/// Every open client connection of one proxy (all its listeners and threads).
+pub(crate) struct Admission {
+    max_total: usize,
+    max_per_client: usize,
+    registry: Mutex<Registry>,
+    /// Signalled whenever a connection leaves.
+    freed: Notify,
+}
+
+#[derive(Default)]
+struct Registry {
+    next_id: u64,
+    live: HashMap<u64, Arc<Liveness>>,
+    per_client: HashMap<ClientKey, u32>,
+}
+
+impl Admission {
+    pub(crate) fn new(max_total: usize, max_per_client: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max_total: max_total.max(1),
+            max_per_client: max_per_client.max(1),
+            registry: Mutex::new(Registry::default()),
+            freed: Notify::new(),
+        })
+    }
+
+    /// Takes a slot for a new connection from `client`.
+    pub(crate) fn admit(self: &Arc<Self>, client: IpAddr) -> Result<Admitted, Refusal> {
+        let key = ClientKey::of(client);
+        let mut registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        let held = registry.per_client.get(&key).copied().unwrap_or(0);
+        if held as usize >= self.max_per_client {
+            return Err(Refusal::ClientCap);
+        }
+        if registry.live.len() >= self.max_total {
+            return Err(Refusal::Full);
+        }
+        registry.next_id += 1;
+        let id = registry.next_id;
+        let liveness = Arc::new(Liveness::new());
+        registry.live.insert(id, Arc::clone(&liveness));
+        *registry.per_client.entry(key).or_insert(0) += 1;
+        Ok(Admitted {
+            admission: Arc::clone(self),
+            id,
+            key,
+            liveness,
+        })
+    }
+
+    /// Asks the connection idle the longest to close, so a new client can be served. Returns
+    /// false when every connection has a request in progress.
+    pub(crate) fn evict_idlest(&self) -> bool {
+        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        let idlest = registry
+            .live
+            .values()
+            .filter(|l| l.in_progress.load(Ordering::Acquire) == 0)
+            .filter(|l| !l.evicted.load(Ordering::Acquire))
+            .min_by_key(|l| l.idle_since());
+        match idlest {
+            Some(liveness) => {
+                liveness.evicted.store(true, Ordering::Release);
+                liveness.evict.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Resolves once some connection has left (or soon after, to look again).
+    pub(crate) async fn wait_freed(&self) {
+        let _ = tokio::time::timeout(Duration::from_millis(100), self.freed.notified()).await;
+    }
+
+    #[cfg(test)]
+    fn open(&self) -> usize {
+        self.registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .live
+            .len()
+    }
+}
+
+/// A connection's slot: given back when dropped.
+pub(crate) struct Admitted {
+    admission: Arc<Admission>,
+    id: u64,
+    key: ClientKey,
+    pub(crate) liveness: Arc<Liveness>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut registry = self
+            .admission
+            .registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        registry.live.remove(&self.id);
+        if let Some(count) = registry.per_client.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                registry.per_client.remove(&self.key);
+            }
+        }
+        drop(registry);
+        self.admission.freed.notify_waiters();
+    }
+}
+
+/// What the edge knows of one connection's activity, shared by its task, its requests and the
+/// registry.
+pub(crate) struct Liveness {
+    accepted: Instant,
+    got_bytes: AtomicBool,
+    started_a_request: AtomicBool,
+    in_progress: AtomicU32,
+    /// Milliseconds after `accepted` when the last request in progress ended.
+    idle_since_ms: AtomicU64,
+    evicted: AtomicBool,
+    evict: Notify,
+}
+
+/// Why the edge closes a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Not one byte within the first-byte deadline.
+    Silent,
+    /// No whole first request within the deadline (a partial head or preface).
+    NoRequest,
+    /// No request in progress for the idle timeout.
+    Idle,
+    /// Closed to make room for a new client.
+    Evicted,
+}
+
+impl Verdict {
+    /// Whether the connection may be closed gracefully (no request was ever started, so there
+    /// is nothing to finish otherwise).
+    pub(crate) fn graceful(self) -> bool {
+        matches!(self, Verdict::Idle | Verdict::Evicted)
+    }
+
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            Verdict::Silent => "silent",
+            Verdict::NoRequest => "no_request",
+            Verdict::Idle => "idle",
+            Verdict::Evicted => "evicted",
+        }
+    }
+}
+
+impl Liveness {
+    fn new() -> Self {
+        Self {
+            accepted: Instant::now(),
+            got_bytes: AtomicBool::new(false),
+            started_a_request: AtomicBool::new(false),
+            in_progress: AtomicU32::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            evicted: AtomicBool::new(false),
+            evict: Notify::new(),
+        }
+    }
+
+    /// The client sent something (called on the first non-empty read).
+    pub(crate) fn saw_bytes(&self) {
+        self.got_bytes.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn has_seen_bytes(&self) -> bool {
+        self.got_bytes.load(Ordering::Relaxed)
+    }
+
+    /// A request reached the handler; it counts as in progress until the guard is dropped
+    /// (with the response body, or the upgraded connection).
+    pub(crate) fn begin_request(self: &Arc<Self>) -> RequestActivity {
+        if !self.started_a_request.load(Ordering::Relaxed) {
+            self.started_a_request.store(true, Ordering::Relaxed);
+        }
+        self.in_progress.fetch_add(1, Ordering::AcqRel);
+        RequestActivity(Arc::clone(self))
+    }
+
+    fn idle_since(&self) -> Instant {
+        self.accepted + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire))
+    }
+
+    /// What is due at `now`: a verdict, or when to look again.
+    fn due(&self, now: Instant, deadlines: &Deadlines) -> Result<Instant, Verdict> {
+        if !self.started_a_request.load(Ordering::Acquire) {
+            let mut next = self.accepted + deadlines.first_request;
+            if now >= next {
+                return Err(Verdict::NoRequest);
+            }
+            if !self.has_seen_bytes() {
+                let first_byte = self.accepted + deadlines.first_byte;
+                if now >= first_byte {
+                    return Err(Verdict::Silent);
+                }
+                next = next.min(first_byte);
+            }
+            return Ok(next);
+        }
+        if self.in_progress.load(Ordering::Acquire) > 0 {
+            return Ok(now + deadlines.idle);
+        }
+        let until = self.idle_since() + deadlines.idle;
+        if now >= until {
+            return Err(Verdict::Idle);
+        }
+        Ok(until)
+    }
+
+    /// Resolves when the connection should be closed, and says why.
+    pub(crate) async fn watch(&self, deadlines: Deadlines) -> Verdict {
+        loop {
+            let next = match self.due(Instant::now(), &deadlines) {
+                Ok(next) => next,
+                Err(verdict) => return verdict,
+            };
+            tokio::select! {
+                () = tokio::time::sleep_until(next.into()) => {}
+                () = self.evict.notified() => return Verdict::Evicted,
+            }
+        }
+    }
+}
+
+/// A request in progress on a connection; dropping it ends it.
+pub(crate) struct RequestActivity(Arc<Liveness>);
+
+impl Drop for RequestActivity {
+    fn drop(&mut self) {
+        let liveness = &self.0;
+        if liveness.in_progress.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let ms = liveness.accepted.elapsed().as_millis();
+            liveness
+                .idle_since_ms
+                .store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Release);
+        }
+    }
+}
+
+/// A client's byte stream, noting the first byte it sends (for the first-byte deadline).
+pub(crate) struct Noticed<S> {
+    inner: S,
+    liveness: Option<Arc<Liveness>>,
+}
+
+impl<S> Noticed<S> {
+    pub(crate) fn new(inner: S, liveness: Arc<Liveness>) -> Self {
+        Self {
+            inner,
+            liveness: Some(liveness),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Noticed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before
+            && let Some(liveness) = self.liveness.take()
+        {
+            liveness.saw_bytes();
+        }
+        result
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Noticed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deadlines() -> Deadlines {
+        Deadlines {
+            first_byte: Duration::from_secs(5),
+            first_request: Duration::from_secs(20),
+            idle: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn clients_are_counted_by_address_and_ipv6_prefix() {
+        let v4 = |s: &str| ClientKey::of(s.parse().unwrap());
+        assert_eq!(v4("10.0.0.1"), v4("::ffff:10.0.0.1"));
+        assert_ne!(v4("10.0.0.1"), v4("10.0.0.2"));
+        assert_eq!(v4("2001:db8:1:2::1"), v4("2001:db8:1:2:ffff::9"));
+        assert_ne!(v4("2001:db8:1:2::1"), v4("2001:db8:1:3::1"));
+    }
+
+    #[test]
+    fn a_client_over_its_share_is_refused_and_others_are_not() {
+        let admission = Admission::new(10, 2);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "2001:db8::1".parse().unwrap();
+        let first = admission.admit(a).unwrap();
+        let _second = admission.admit(a).unwrap();
+        assert_eq!(admission.admit(a).err(), Some(Refusal::ClientCap));
+        let _other = admission.admit(b).unwrap();
+        let _same_prefix = admission.admit("2001:db8::2".parse().unwrap()).unwrap();
+        assert_eq!(
+            admission.admit("2001:db8::3".parse().unwrap()).err(),
+            Some(Refusal::ClientCap),
+            "one /64 is one client"
+        );
+        drop(first);
+        assert!(
+            admission.admit(a).is_ok(),
+            "a closed connection frees its slot"
+        );
+    }
+
+    #[test]
+    fn when_full_the_idlest_connection_is_asked_to_leave_never_a_busy_one() {
+        let admission = Admission::new(3, 10);
+        let busy = admission.admit("192.0.2.1".parse().unwrap()).unwrap();
+        let _request = busy.liveness.begin_request();
+        let silent = admission.admit("192.0.2.2".parse().unwrap()).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        let served = admission.admit("192.0.2.3".parse().unwrap()).unwrap();
+        drop(served.liveness.begin_request());
+        assert_eq!(
+            admission.admit("192.0.2.4".parse().unwrap()).err(),
+            Some(Refusal::Full)
+        );
+        assert!(admission.evict_idlest());
+        assert!(
+            silent.liveness.evicted.load(Ordering::Acquire),
+            "idle since accept: oldest"
+        );
+        assert!(admission.evict_idlest());
+        assert!(served.liveness.evicted.load(Ordering::Acquire));
+        assert!(!admission.evict_idlest(), "the busy one stays");
+        assert!(!busy.liveness.evicted.load(Ordering::Acquire));
+        drop(silent);
+        assert_eq!(admission.open(), 2);
+    }
+
+    #[test]
+    fn deadlines_run_from_accept_until_the_first_request() {
+        let liveness = Arc::new(Liveness::new());
+        let at = |secs: u64| liveness.accepted + Duration::from_secs(secs);
+        let d = deadlines();
+        assert_eq!(liveness.due(at(1), &d), Ok(at(5)));
+        assert_eq!(liveness.due(at(5), &d), Err(Verdict::Silent));
+        liveness.saw_bytes();
+        assert_eq!(liveness.due(at(5), &d), Ok(at(20)));
+        assert_eq!(liveness.due(at(20), &d), Err(Verdict::NoRequest));
+        let request = liveness.begin_request();
+        assert_eq!(liveness.due(at(100), &d), Ok(at(160)), "busy: never idle");
+        drop(request);
+        let ended = liveness.idle_since();
+        assert_eq!(liveness.due(ended, &d), Ok(ended + d.idle));
+        assert_eq!(
+            liveness.due(ended + d.idle, &d),
+            Err(Verdict::Idle),
+            "idle for the idle timeout"
+        );
+    }
+}
