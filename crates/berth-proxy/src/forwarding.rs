@@ -34,6 +34,10 @@ const EDGE_STATED: [HeaderName; 5] = [
     header::FORWARDED,
 ];
 
+/// Fields a Connection header may name but never removes: what routes the request and what
+/// frames its body are end-to-end, whatever a client claims.
+const NEVER_CONNECTION_NAMED: [HeaderName; 2] = [header::HOST, header::CONTENT_LENGTH];
+
 /// The headers a Connection header names (which are hop-by-hop too).
 fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
     headers
@@ -42,6 +46,7 @@ fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().to_ascii_lowercase().as_bytes()).ok())
+        .filter(|name| !NEVER_CONNECTION_NAMED.contains(name))
         .collect()
 }
 
@@ -123,8 +128,10 @@ impl ClientIdentity {
         }
         let name = super::strip_port(sent).to_ascii_lowercase();
         let forwarded = format!(
-            "for={};proto={};host=\"{name}\"",
-            self.forwarded_node, self.scheme
+            "for={};proto={};host=\"{}\"",
+            self.forwarded_node,
+            self.scheme,
+            quoted_string_content(&name)
         );
         let host = Arc::new(RequestHost {
             sent: sent.into(),
@@ -135,6 +142,22 @@ impl ClientIdentity {
         *last = Some(Arc::clone(&host));
         host
     }
+}
+
+/// `text` escaped for the inside of an RFC 9110 quoted-string (as in `Forwarded`'s `host=`),
+/// so a value can never close the string and add parameters or elements of its own.
+fn quoted_string_content(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains(['"', '\\']) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 4);
+    for c in text.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Makes a client's request headers fit to send upstream. berth is the edge: whatever a
@@ -167,11 +190,12 @@ pub(crate) fn for_each_upstream_header(
     // every HTTP/1.1 request, and this runs for each of them.
     let connection = headers.get_all(header::CONNECTION);
     let named_by_connection = |name: &HeaderName| {
-        connection
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
+        !NEVER_CONNECTION_NAMED.contains(name)
+            && connection
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
     };
     for (name, value) in headers {
         let dropped = name == header::UPGRADE
@@ -235,6 +259,47 @@ mod tests {
         strip_hop_by_hop(&mut headers);
         assert_eq!(headers.len(), 1, "{headers:?}");
         assert!(headers.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn connection_never_removes_host_or_content_length() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Host, content-length, x-gone"),
+        );
+        headers.insert(header::HOST, HeaderValue::from_static("example.com"));
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        headers.insert("x-gone", HeaderValue::from_static("1"));
+        let identity = ClientIdentity::new("10.0.0.1:1".parse().unwrap(), "http");
+        let host = identity.host("example.com");
+        let mut direct = Vec::new();
+        for_each_upstream_header(&headers, &host, &identity, |name, _| {
+            direct.push(name.clone())
+        });
+        assert!(direct.contains(&header::HOST), "{direct:?}");
+        assert!(direct.contains(&header::CONTENT_LENGTH), "{direct:?}");
+        assert!(!direct.iter().any(|n| n == "x-gone"), "{direct:?}");
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.get(header::HOST).unwrap(), "example.com");
+        assert_eq!(headers.get(header::CONTENT_LENGTH).unwrap(), "3");
+        assert!(!headers.contains_key("x-gone"));
+    }
+
+    #[test]
+    fn a_host_cannot_add_elements_to_forwarded() {
+        assert_eq!(quoted_string_content("example.com"), "example.com");
+        assert_eq!(
+            quoted_string_content(r#"x", for=6.6.6.6;host="y"#),
+            r#"x\", for=6.6.6.6;host=\"y"#
+        );
+        let identity = ClientIdentity::new("10.0.0.1:1".parse().unwrap(), "http");
+        let host = identity.host(r#"x", for=6.6.6.6;host="y"#);
+        let forwarded = host.forwarded.as_ref().unwrap().to_str().unwrap();
+        assert_eq!(
+            forwarded,
+            r#"for=10.0.0.1;proto=http;host="x\", for=6.6.6.6;host=\"y""#
+        );
     }
 
     #[test]

@@ -489,7 +489,8 @@ impl Proxy {
     ) -> Response<ProxyBody> {
         let (client, scheme) = (connection.addr, connection.identity.scheme());
         let started = Instant::now();
-        let request_host = connection.identity.host(host_sent(&request));
+        let sent_host = host_sent(&request);
+        let request_host = connection.identity.host(sent_host.unwrap_or_default());
         let host: &str = &request_host.name;
         let uri = request.uri().clone();
         let path = uri.path();
@@ -504,6 +505,16 @@ impl Proxy {
             route: None,
             upstream: None,
         };
+        if let Err(problem) = sent_host {
+            return self.finish_local(pages::bad_request(problem), log);
+        }
+        // A tunnel through the edge is never offered; an HTTP/2 extended CONNECT (a
+        // WebSocket, RFC 8441) names its protocol and is turned into an upgrade below.
+        if request.method() == Method::CONNECT
+            && request.extensions().get::<hyper::ext::Protocol>().is_none()
+        {
+            return self.finish_local(pages::method_not_allowed("CONNECT"), log);
+        }
 
         if scheme == "http"
             && let Some(token) = path.strip_prefix("/.well-known/acme-challenge/")
@@ -579,6 +590,7 @@ impl Proxy {
         let (mut parts, body) = request.into_parts();
         parts.uri = upstream_uri(&parts.uri, &route.spec.path, settings.strip_prefix);
         let hsts = settings.hsts && scheme == "https";
+        let body_fault = Arc::new(body::ClientBodyFault::default());
         // Body-less requests (nearly all GETs) go the short way, written and read by this task
         // on a plain pooled socket (see `h1`); the rest through hyper's client.
         let mut outgoing = if upgrade.is_none() && body.is_end_stream() {
@@ -601,7 +613,8 @@ impl Proxy {
                 body,
                 usize::try_from(settings.max_body).unwrap_or(usize::MAX),
             );
-            Outgoing::Hyper(Some(Request::from_parts(parts, ProxyBody::upload(limited))))
+            let upload = ProxyBody::upload(limited, Arc::clone(&body_fault));
+            Outgoing::Hyper(Some(Request::from_parts(parts, upload)))
         };
 
         let in_flight = route.metrics.in_flight.clone();
@@ -731,10 +744,27 @@ impl Proxy {
                                 last_error = error.error().to_string();
                                 continue;
                             }
-                            if body_too_large(error.error()) {
-                                return self.finish_local(pages::too_large(settings.max_body), log);
+                            // The client's body failed on the way: its fault, not the
+                            // upstream's.
+                            match body_fault.get() {
+                                Some(body::BodyFault::TooLarge) => {
+                                    return self
+                                        .finish_local(pages::too_large(settings.max_body), log);
+                                }
+                                Some(body::BodyFault::Broken) => {
+                                    return self.finish_local(
+                                        pages::bad_request(
+                                            "the request body is malformed or ended early",
+                                        ),
+                                        log,
+                                    );
+                                }
+                                None if body_too_large(error.error()) => {
+                                    return self
+                                        .finish_local(pages::too_large(settings.max_body), log);
+                                }
+                                None => Failed::Broken(error.error().to_string()),
                             }
-                            Failed::Broken(error.error().to_string())
                         }
                         Err(_) => Failed::TimedOut,
                     }
@@ -1199,14 +1229,72 @@ fn body_too_large(error: &hyper::Error) -> bool {
     false
 }
 
-/// The host a request names: its Host header, or for HTTP/2 its URI's host.
-fn host_sent<B>(request: &Request<B>) -> &str {
-    request
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| request.uri().host())
-        .unwrap_or_default()
+/// The host a request names: its one Host header, or the URI's authority (HTTP/2, or an
+/// absolute-form request line), which must agree with a Host header sent too. A request
+/// that names none, several, a malformed one or two different ones gets a 400 saying so:
+/// routing, the access log and the forwarding headers all rest on this one value.
+fn host_sent<B>(request: &Request<B>) -> Result<&str, &'static str> {
+    let mut hosts = request.headers().get_all(header::HOST).iter();
+    let header = hosts.next();
+    if hosts.next().is_some() {
+        return Err("the request has more than one Host header");
+    }
+    let header = match header {
+        Some(value) => match value.to_str() {
+            Ok(text) if is_valid_host(text) => Some(text),
+            _ => return Err("the Host header is not a host name or address with an optional port"),
+        },
+        None => None,
+    };
+    let authority = request.uri().authority().map(|a| a.as_str());
+    match (header, authority) {
+        (Some(header), Some(authority)) if !header.eq_ignore_ascii_case(authority) => {
+            Err("the Host header names another host than the request's target")
+        }
+        (Some(host), _) => Ok(host),
+        (None, Some(authority)) if is_valid_host(authority) => Ok(authority),
+        (None, Some(_)) => Err("the request's target names no valid host"),
+        (None, None) if request.version() == http::Version::HTTP_10 => Ok(""),
+        (None, None) => Err("an HTTP/1.1 or HTTP/2 request must name its host"),
+    }
+}
+
+/// `host[:port]` as a client may name it: a DNS name (letters, digits, `-`, `.`, `_`, `~`),
+/// an IPv4 address, or an IPv6 address in brackets. Empty is allowed (RFC 9112 §3.2).
+fn is_valid_host(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    if bytes.len() > 300 {
+        return false;
+    }
+    let (name, port) = match bytes.first() {
+        Some(b'[') => match text.find(']') {
+            Some(end) => {
+                let inside = &bytes[1..end];
+                if inside.is_empty()
+                    || !inside
+                        .iter()
+                        .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
+                {
+                    return false;
+                }
+                (&[][..], &bytes[end + 1..])
+            }
+            None => return false,
+        },
+        _ => match text.rfind(':') {
+            Some(colon) => (&bytes[..colon], &bytes[colon..]),
+            None => (bytes, &[][..]),
+        },
+    };
+    let port_ok = match port.split_first() {
+        None => true,
+        Some((b':', digits)) => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    };
+    port_ok
+        && name
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
 }
 
 fn strip_port(host: &str) -> &str {
@@ -1412,6 +1500,61 @@ mod tests {
         // 22 symbols carry 132 bits; the last two bits of the 16 bytes' encoding are zero.
         assert_eq!(decode(text[21]) & 0b1111, 0);
         assert_ne!(first, websocket_key(), "each key differs");
+    }
+
+    #[test]
+    fn hosts_are_names_or_addresses_with_a_port() {
+        for good in [
+            "example.com",
+            "Example.COM:8443",
+            "127.0.0.1:80",
+            "[::1]",
+            "[2001:db8::1]:443",
+            "my_host.internal",
+            "",
+        ] {
+            assert!(is_valid_host(good), "{good}");
+        }
+        for bad in [
+            r#"x", for=6.6.6.6;host="y"#,
+            "a b",
+            "a:b",
+            "a:123456",
+            "[::1",
+            "[]",
+            "[::1]x",
+            "a/b",
+            "a@b",
+            "a%2fb",
+            "x\"",
+        ] {
+            assert!(!is_valid_host(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_request_names_exactly_one_valid_host() {
+        let request = |version, uri: &str, hosts: &[&str]| {
+            let mut builder = Request::builder().version(version).uri(uri);
+            for host in hosts {
+                builder = builder.header(header::HOST, *host);
+            }
+            builder.body(()).unwrap()
+        };
+        use http::Version;
+        assert_eq!(
+            host_sent(&request(Version::HTTP_11, "/", &["a.com"])),
+            Ok("a.com")
+        );
+        assert!(host_sent(&request(Version::HTTP_11, "/", &["a.com", "b.com"])).is_err());
+        assert!(host_sent(&request(Version::HTTP_11, "/", &[])).is_err());
+        assert_eq!(host_sent(&request(Version::HTTP_10, "/", &[])), Ok(""));
+        assert_eq!(
+            host_sent(&request(Version::HTTP_2, "https://a.com/x", &[])),
+            Ok("a.com")
+        );
+        assert!(host_sent(&request(Version::HTTP_2, "https://a.com/x", &["b.com"])).is_err());
+        assert!(host_sent(&request(Version::HTTP_11, "/", &["a\", x"])).is_err());
     }
 
     #[test]

@@ -64,6 +64,19 @@ pub(crate) fn gateway_timeout(app: &str, service: &str, after: Duration) -> Resp
     )
 }
 
+pub(crate) fn method_not_allowed(method: &str) -> Response<ProxyBody> {
+    let mut response = page(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "Method Not Allowed",
+        &format!("{method} is not served here."),
+    );
+    response.headers_mut().insert(
+        header::ALLOW,
+        header::HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+    );
+    response
+}
+
 pub(crate) fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
     let mut response = Response::new(ProxyBody::full(body));
     *response.status_mut() = status;

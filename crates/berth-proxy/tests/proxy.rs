@@ -1407,3 +1407,120 @@ async fn silence_after_a_tls_handshake_is_cut_whichever_protocol_alpn_chose() {
         assert!(closed.is_some(), "ALPN {alpn:?}: still open after 3 s");
     }
 }
+
+#[tokio::test]
+async fn hosts_connect_and_connection_tricks_are_refused_or_neutralised() {
+    let (web, hits) = upstream("web").await;
+    let running = start_proxy(ProxyConfig::default()).await;
+    running.proxy.set_app_routes(
+        "app",
+        vec![route("web", 1, &[], "/", vec![Upstream::new(web, "web")])],
+    );
+    let addr = running.addr;
+    let refused: [(&[u8], &str); 6] = [
+        // A Host that would add an element to the Forwarded header.
+        (
+            b"GET /headers HTTP/1.1\r\nhost: x\", for=6.6.6.6;host=\"y\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+        (
+            b"GET /headers HTTP/1.1\r\nhost: a.test\r\nhost: b.test\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+        (
+            b"GET /headers HTTP/1.1\r\nuser-agent: x\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+        (
+            b"GET http://a.test/headers HTTP/1.1\r\nhost: b.test\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+        (
+            b"CONNECT internal.test:22 HTTP/1.1\r\nhost: internal.test:22\r\n\r\n",
+            "HTTP/1.1 405",
+        ),
+        (
+            b"CONNECT 10.0.0.1:6379 HTTP/1.1\r\nhost: 10.0.0.1:6379\r\n\r\n",
+            "HTTP/1.1 405",
+        ),
+    ];
+    for (request, status) in refused {
+        let response = raw(addr, request).await;
+        assert!(
+            response.starts_with(status),
+            "{:?} got {response:?}",
+            String::from_utf8_lossy(request)
+        );
+    }
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "nothing reached the upstream"
+    );
+
+    // `Connection: host` removes nothing the upstream needs, with or without a body.
+    for request in [
+        &b"GET /headers HTTP/1.1\r\nhost: x.test\r\nconnection: host, close\r\n\r\n"[..],
+        b"POST /headers HTTP/1.1\r\nhost: x.test\r\nconnection: host, content-length, close\r\ncontent-length: 2\r\n\r\nhi",
+    ] {
+        let response = raw(addr, request).await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        assert!(response.contains("\nhost: x.test"), "{response}");
+        assert!(
+            response.contains("forwarded: for=127.0.0.1;proto=http;host=\"x.test\""),
+            "{response}"
+        );
+    }
+    // HTTP/1.0 may name no host (it reaches routes for any host).
+    let response = raw(addr, b"GET / HTTP/1.0\r\n\r\n").await;
+    assert!(response.starts_with("HTTP/1.0 200"), "{response}");
+}
+
+#[tokio::test]
+async fn a_broken_client_body_is_the_clients_error_not_the_upstreams() {
+    let (web, _) = upstream("web").await;
+    let running = start_proxy(ProxyConfig::default()).await;
+    running.proxy.set_app_routes(
+        "app",
+        vec![route("web", 1, &[], "/", vec![Upstream::new(web, "web")])],
+    );
+    let addr = running.addr;
+    // Malformed chunked framing after the head was accepted.
+    let response = raw(
+        addr,
+        b"POST /body HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5\r\nabcde\r\nzz\r\n",
+    )
+    .await;
+    assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+    // A body cut short: the client stops sending (half-close) before the declared length.
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"POST /body HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nonly ten..")
+        .await
+        .unwrap();
+    stream.shutdown().await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 400"),
+        "{text}"
+    );
+
+    let mut registry = prometheus_client::registry::Registry::default();
+    running.proxy.metrics().register(&mut registry);
+    let mut metrics = String::new();
+    prometheus_client::encoding::text::encode(&mut metrics, &registry).unwrap();
+    assert!(
+        !metrics.contains("berth_upstream_errors_total{"),
+        "no upstream error is counted: {metrics}"
+    );
+    assert!(
+        metrics.contains("berth_http_requests_total{app=\"app\",status_class=\"4xx\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("berth_http_requests_total{app=\"app\",status_class=\"5xx\"} 0"),
+        "no 5xx was answered: {metrics}"
+    );
+}
