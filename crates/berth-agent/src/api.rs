@@ -1220,6 +1220,8 @@ async fn restore(
         force: request.force,
         from: request.from,
         identity,
+        keep_setuid: request.keep_setuid,
+        allow_untrusted: request.allow_untrusted,
         actor: actor.clone(),
     };
     let engine = state.engine.clone();

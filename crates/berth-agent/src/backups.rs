@@ -388,7 +388,11 @@ impl Source for BerthState {
                 .map_err(|e| BackupError::io("cannot create a scratch file", e))?;
             let info = {
                 let mut file = std::io::BufWriter::new(snapshot.as_file());
-                let info = berth_backup::sqlite::snapshot(&data_dir.join("state.db"), &mut file)?;
+                // SQLite refuses a link anywhere in the path; the data directory may be one.
+                let state = std::fs::canonicalize(&data_dir)
+                    .unwrap_or_else(|_| data_dir.clone())
+                    .join("state.db");
+                let info = berth_backup::sqlite::snapshot(&state, &mut file)?;
                 std::io::Write::flush(&mut file)
                     .map_err(|e| BackupError::io("cannot write the state snapshot", e))?;
                 info
@@ -738,15 +742,17 @@ impl Engine {
         })
     }
 
-    /// The host directory of a path inside a service's container (its volume's data), with
-    /// the volume created if it does not exist yet (a restore onto a new server).
+    /// Where a path inside a service's container lives on the host: the mount's host
+    /// directory (its volume's data, created if it does not exist yet, as on a new server),
+    /// canonical, since berth trusts it as the operator or Docker named it; and the path below
+    /// it, which the container shapes and so is never followed through a link.
     pub(crate) async fn host_path(
         &self,
         manifest: &Manifest,
         service: &str,
         path: &str,
         create: bool,
-    ) -> Result<PathBuf, OpError> {
+    ) -> Result<(PathBuf, PathBuf), OpError> {
         let found = manifest
             .services
             .get(service)
@@ -762,10 +768,11 @@ impl Engine {
             VolumeSource::Bind(host) => host.clone(),
             VolumeSource::Named(name) => self.volume_dir(&manifest.app, name, create).await?,
         };
+        let base = std::fs::canonicalize(&base).unwrap_or(base);
         let relative = Path::new(path)
             .strip_prefix(&mount.target)
             .unwrap_or(Path::new(""));
-        Ok(base.join(relative))
+        Ok((base, relative.to_owned()))
     }
 
     pub(crate) async fn volume_dir(
@@ -863,11 +870,16 @@ impl Engine {
         let prepared = match &backup.source {
             BackupSource::Sqlite { service, path } => {
                 let (host, label) = match service {
-                    Some(service) => (
-                        self.host_path(manifest, service, path, false).await?,
-                        format!("{path} in service {service}"),
+                    Some(service) => {
+                        let (base, relative) =
+                            self.host_path(manifest, service, path, false).await?;
+                        (base.join(relative), format!("{path} in service {service}"))
+                    }
+                    // The operator's own host path: trusted as named.
+                    None => (
+                        std::fs::canonicalize(path).unwrap_or_else(|_| PathBuf::from(path)),
+                        path.clone(),
                     ),
-                    None => (PathBuf::from(path), path.clone()),
                 };
                 Prepared {
                     source: Box::new(SqliteFile { path: host, label }),

@@ -1373,7 +1373,7 @@ impl Engine {
         name: &str,
         value: &str,
     ) -> Result<PathBuf, OpError> {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        use std::os::unix::fs::DirBuilderExt;
         let scope = if service.accessory {
             format!("accessory-{}", service.name)
         } else {
@@ -1392,10 +1392,12 @@ impl Engine {
             .create(&dir)
             .map_err(io)?;
         let path = dir.join(name);
-        std::fs::write(&path, value).map_err(io)?;
-        // Readable inside the container whatever user the app runs as; the directory keeps
-        // other host users out.
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).map_err(io)?;
+        // A new file renamed into place: a reader never sees half a value, and the old file
+        // being read-only (0444) is no obstacle for an agent that is not root. Readable
+        // inside the container whatever user the app runs as; the directory keeps other host
+        // users out.
+        berth_fs::write_replacing(&path, value.as_bytes(), 0o444)
+            .map_err(|e| OpError::failed(format!("cannot write secret file {name}: {e}")))?;
         Ok(path)
     }
 

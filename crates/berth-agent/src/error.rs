@@ -128,6 +128,12 @@ impl From<berth_runtime::RuntimeError> for OpError {
     }
 }
 
+impl From<berth_fs::FsError> for OpError {
+    fn from(error: berth_fs::FsError) -> Self {
+        OpError::failed(error.to_string())
+    }
+}
+
 impl From<berth_state::StateError> for OpError {
     fn from(error: berth_state::StateError) -> Self {
         OpError::failed(error.to_string())

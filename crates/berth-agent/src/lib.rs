@@ -29,7 +29,7 @@ use berth_state::Store;
 use berth_tls::{Acme, AcmeConfig, CertStore};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -155,11 +155,23 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
     let data_dir = &config.data_dir;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(data_dir)
-        .map_err(data_dir_error(data_dir))?;
+    // Everything the agent writes (state, logs, uploads, scratch files) is its user's alone;
+    // files handed to containers get their modes set explicitly.
+    berth_fs::restrict_umask();
+    match berth_fs::private_dir(data_dir) {
+        Ok(berth_fs::PrivateDir::Tightened(mode)) => tracing::warn!(
+            data_dir = %data_dir.display(),
+            old_mode = format!("{mode:o}"),
+            "the data directory was open to other users (it holds the state, keys and logs); it is now 0700"
+        ),
+        Ok(_) => {}
+        Err(error) => {
+            return Err(AgentError::DataDir {
+                path: data_dir.clone(),
+                message: error.to_string(),
+            });
+        }
+    }
     let uploads = data_dir.join("uploads");
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -174,6 +186,7 @@ pub async fn run(
         .truncate(false)
         .write(true)
         .read(true)
+        .mode(0o600)
         .open(&lock_path)
         .map_err(data_dir_error(data_dir))?;
     if lock.try_lock().is_err() {
@@ -442,8 +455,15 @@ pub async fn run(
         "https": https_addr.map(|a| a.to_string()),
         "metrics": metrics_addr.map(|a| a.to_string()),
     });
-    std::fs::write(data_dir.join(AGENT_FILE), agent_file.to_string())
-        .map_err(data_dir_error(data_dir))?;
+    berth_fs::write_replacing(
+        &data_dir.join(AGENT_FILE),
+        agent_file.to_string().as_bytes(),
+        0o600,
+    )
+    .map_err(|e| AgentError::DataDir {
+        path: data_dir.clone(),
+        message: e.to_string(),
+    })?;
     tracing::info!(data_dir = %data_dir.display(), api = ?bound, http = ?http_addr, "agent started");
 
     // Reconcile in the background, retrying while Docker is unreachable; then run the
@@ -511,33 +531,48 @@ fn agent_id(data_dir: &Path) -> Result<String, AgentError> {
         Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
         _ => {
             let id = hex::encode(rand::random::<[u8; 8]>());
-            std::fs::write(&path, &id).map_err(data_dir_error(data_dir))?;
+            berth_fs::write_replacing(&path, id.as_bytes(), 0o600).map_err(|e| {
+                AgentError::DataDir {
+                    path: data_dir.to_owned(),
+                    message: e.to_string(),
+                }
+            })?;
             Ok(id)
         }
     }
 }
 
-/// The bearer token TCP API clients need, created on first use (mode 0600).
+/// The bearer token TCP API clients need, created on first use (mode 0600). An existing one
+/// must be private to the agent's user and hold 64 hex digits (or at least 32 characters of
+/// the operator's own choosing).
 fn api_token(data_dir: &Path) -> Result<String, AgentError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let path = data_dir.join("api-token");
-    if let Ok(token) = std::fs::read_to_string(&path)
-        && !token.trim().is_empty()
-    {
-        return Ok(token.trim().to_owned());
+    let bad = |message: String| AgentError::DataDir {
+        path: path.clone(),
+        message,
+    };
+    match berth_fs::read_private(&path, 1024) {
+        Ok(bytes) => {
+            let token = String::from_utf8(bytes).map_err(|_| {
+                bad("the API token is not text; remove it so berth makes a new one".into())
+            })?;
+            let token = token.trim();
+            if token.len() < 32 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(bad(
+                    "the API token must be at least 32 characters without spaces; remove the file so berth makes a new one".into(),
+                ));
+            }
+            Ok(token.to_owned())
+        }
+        Err(berth_fs::FsError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            let token = hex::encode(rand::random::<[u8; 32]>());
+            berth_fs::write_private_new(&path, token.as_bytes()).map_err(|e| bad(e.to_string()))?;
+            Ok(token)
+        }
+        Err(error) => Err(bad(error.to_string())),
     }
-    let token = hex::encode(rand::random::<[u8; 32]>());
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(data_dir_error(data_dir))?;
-    file.write_all(token.as_bytes())
-        .map_err(data_dir_error(data_dir))?;
-    Ok(token)
 }
 
 #[cfg(test)]

@@ -39,6 +39,10 @@ pub struct RestorePlan {
     pub from: Option<String>,
     /// Identities given for this restore only.
     pub identity: Option<Identities>,
+    /// Keep setuid and setgid bits of archived files.
+    pub keep_setuid: bool,
+    /// Restore a backup whose record cannot be authenticated.
+    pub allow_untrusted: bool,
     pub actor: String,
 }
 
@@ -333,10 +337,32 @@ impl Engine {
             )));
         }
         let archive_kind = matches!(meta.kind, ContentKind::Tar | ContentKind::BerthState);
-        let occupied = if archive_kind {
-            std::fs::read_dir(to).is_ok_and(|mut d| d.next().is_some())
-        } else {
-            to.exists()
+        // The parent is the operator's choice and trusted as named; the last component is
+        // never followed (a link planted there in a shared directory is refused).
+        let (parent, name) = berth_fs::split(to)?;
+        std::fs::create_dir_all(parent)
+            .map_err(|e| OpError::failed(format!("cannot create {}: {e}", parent.display())))?;
+        let parent = berth_fs::Dir::open(parent)?;
+        let existing = parent.entry(name)?;
+        let occupied = match existing {
+            None => false,
+            Some(entry) if entry.kind == berth_fs::Kind::Symlink => {
+                return Err(berth_fs::FsError::Symlink {
+                    path: to.to_owned(),
+                    expected: if archive_kind { "directory" } else { "file" },
+                }
+                .into());
+            }
+            Some(entry) if archive_kind && entry.kind != berth_fs::Kind::Directory => {
+                return Err(OpError::invalid(format!(
+                    "{} is a {}, and this backup is a directory archive",
+                    to.display(),
+                    entry.kind.name()
+                ))
+                .hint("choose a directory path with --to"));
+            }
+            Some(_) if archive_kind => !parent.subdirectory(name, false)?.names()?.is_empty(),
+            Some(_) => true,
         };
         if occupied && !plan.force {
             return Err(OpError::invalid(format!(
@@ -350,38 +376,53 @@ impl Engine {
             ))
             .hint("choose another path, or pass --force to overwrite it"));
         }
+        let staged = self.scratch_file(meta);
+        self.stage(plan, meta, storage, &staged, progress).await?;
         if archive_kind {
-            let staged = self.scratch_file(meta);
-            self.stage(plan, meta, storage, &staged, progress).await?;
             let step = progress.step(format!("unpack into {}", to.display()));
-            let unpacked = unpack_file(&staged, to).await;
+            let unpacked = async {
+                let (staging, staging_name) = parent.create_temp_dir(name)?;
+                let unpacked =
+                    unpack_into(&staged, &parent, &staging, &staging_name, plan.keep_setuid).await;
+                let placed = unpacked.and_then(|info| {
+                    if existing.is_some() {
+                        swap_contents(&staging, &parent.subdirectory(name, false)?)?;
+                        parent.remove_any(&staging_name)?;
+                    } else {
+                        parent.rename(&staging_name, name)?;
+                    }
+                    Ok(info)
+                });
+                if placed.is_err() {
+                    let _ = parent.remove_any(&staging_name);
+                }
+                placed
+            }
+            .await;
             let _ = std::fs::remove_file(&staged);
             let info = step.finish(unpacked)?;
             actions.push(progress, format!("unpacked {} into {}", info, to.display()));
             return Ok(());
         }
-        let partial = partial_path(to);
-        self.stage(plan, meta, storage, &partial, progress).await?;
         if meta.kind == ContentKind::Sqlite {
             let step = progress.step("check the database");
-            let checked = check_sqlite(&partial).await;
+            let checked = check_sqlite(&staged).await;
             if checked.is_err() {
-                let _ = std::fs::remove_file(&partial);
+                let _ = std::fs::remove_file(&staged);
             }
             let report = step.finish(checked)?;
             actions.push(progress, format!("checked the database: {report}"));
         }
-        std::fs::rename(&partial, to).map_err(|e| {
-            let _ = std::fs::remove_file(&partial);
-            OpError::failed(format!(
-                "cannot move the restored file to {}: {e}",
-                to.display()
-            ))
-        })?;
+        // Decrypted data: readable by the agent's user only.
+        let placed = std::fs::File::open(&staged)
+            .map_err(|e| OpError::failed(format!("cannot read {}: {e}", staged.display())))
+            .and_then(|mut file| Ok(parent.replace_with_copy(name, &mut file, None, 0o600)?));
+        let _ = std::fs::remove_file(&staged);
+        placed?;
         actions.push(
             progress,
             format!(
-                "wrote {} to {}",
+                "wrote {} to {} (mode 0600)",
                 human_bytes(meta.content_size),
                 to.display()
             ),
@@ -469,21 +510,34 @@ impl Engine {
                 "restore it to a new data directory (berth restore NAME --to /var/lib/berth-restored) and start an agent there (berth agent --data-dir …)",
             )),
             BackupSource::Sqlite { service, path } => {
-                let target = match service {
+                // The database's directory, opened without following a link below the
+                // volume's root (the container shapes what is inside it).
+                let (root, relative) = match service {
                     Some(service) => self.host_path(manifest, service, path, true).await?,
-                    None => PathBuf::from(path),
+                    None => (PathBuf::from("/"), PathBuf::from(path)),
+                };
+                let name = relative.file_name().map(|n| n.to_owned()).ok_or_else(|| {
+                    OpError::invalid(format!("{path} does not name a database file"))
+                })?;
+                let parent = relative.parent().unwrap_or(Path::new("")).to_owned();
+                let dir = match service {
+                    Some(_) => berth_fs::Dir::open_beneath(&root, &parent, true)?,
+                    // A host path the operator named: trusted as named.
+                    None => berth_fs::Dir::open(&root.join(&parent))?,
                 };
                 result.target = match service {
                     Some(service) => format!("{path} in service {service}"),
                     None => path.clone(),
                 };
-                let live = std::fs::metadata(&target)
-                    .ok()
-                    .filter(|m| m.len() > 0)
-                    .map(|m| format!("a database of {}", human_bytes(m.len())));
+                let live = dir
+                    .file_entry(&name)?
+                    .filter(|entry| entry.size > 0)
+                    .map(|entry| format!("a database of {}", human_bytes(entry.size)));
                 self.guard_live_data(plan, backup, live, result, actions, progress)
                     .await?;
-                let staged = hidden_sibling(&target, &meta.id);
+                // Staged and checked where only the agent writes; copied into the volume only
+                // once it is known good.
+                let staged = self.scratch_file(meta);
                 self.stage(plan, meta, storage, &staged, progress).await?;
                 let step = progress.step("check the database");
                 let checked = check_sqlite(&staged).await;
@@ -493,14 +547,19 @@ impl Engine {
                 let report = step.finish(checked)?;
                 actions.push(progress, format!("checked the restored database: {report}"));
                 let services: Vec<String> = service.iter().cloned().collect();
-                self.with_services_stopped(manifest, &services, actions, progress, async {
-                    sqlite::install(&staged, &target).map_err(|e| {
-                        let _ = std::fs::remove_file(&staged);
-                        OpError::from(e)
-                    })?;
-                    Ok(format!("replaced {}", target.display()))
-                })
-                .await
+                let target = dir.path().join(&name);
+                let outcome = self
+                    .with_services_stopped(manifest, &services, actions, progress, async {
+                        let staged = staged.clone();
+                        tokio::task::spawn_blocking(move || sqlite::install(&staged, &dir, &name))
+                            .await
+                            .map_err(|e| OpError::failed(format!("the install stopped: {e}")))?
+                            .map_err(OpError::from)?;
+                        Ok(format!("replaced {}", target.display()))
+                    })
+                    .await;
+                let _ = std::fs::remove_file(&staged);
+                outcome
             }
             BackupSource::Volume { volume, .. } => {
                 let dir = self.volume_dir(&manifest.app, volume, true).await?;
@@ -673,31 +732,39 @@ impl Engine {
         actions: &mut Actions,
         progress: &Progress,
     ) -> Result<(), OpError> {
-        let entries = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+        let (parent, name) = berth_fs::split(dir)?;
+        let parent = berth_fs::Dir::open(parent)?;
+        let target = parent.subdirectory(name, false)?;
+        let entries = target.names()?.len();
         let live = (entries > 0).then(|| format!("{entries} entries"));
         self.guard_live_data(plan, backup, live, result, actions, progress)
             .await?;
         let staged = self.scratch_file(meta);
         self.stage(plan, meta, storage, &staged, progress).await?;
-        let unpacked = hidden_sibling(dir, &meta.id);
-        let _ = std::fs::remove_dir_all(&unpacked);
-        std::fs::create_dir_all(&unpacked)
-            .map_err(|e| OpError::failed(format!("cannot create {}: {e}", unpacked.display())))?;
         let step = progress.step("unpack the archive");
-        let done = unpack_file(&staged, &unpacked).await;
+        // Next to the live data (the same file system, so it can be moved in), in a new
+        // directory only the agent can enter.
+        let unpacked = match parent.create_temp_dir(name) {
+            Ok((staging, staging_name)) => {
+                let done =
+                    unpack_into(&staged, &parent, &staging, &staging_name, plan.keep_setuid).await;
+                if done.is_err() {
+                    let _ = parent.remove_any(&staging_name);
+                }
+                done.map(|info| (info, staging, staging_name))
+            }
+            Err(error) => Err(error.into()),
+        };
         let _ = std::fs::remove_file(&staged);
-        if done.is_err() {
-            let _ = std::fs::remove_dir_all(&unpacked);
-        }
-        let info = step.finish(done)?;
+        let (info, staging, staging_name) = step.finish(unpacked)?;
         actions.push(progress, format!("unpacked {info} next to the live data"));
         let outcome = self
             .with_services_stopped(&plan.manifest, users, actions, progress, async {
-                swap_contents(&unpacked, dir)?;
+                swap_contents(&staging, &target)?;
                 Ok(format!("replaced the contents of {}", dir.display()))
             })
             .await;
-        let _ = std::fs::remove_dir_all(&unpacked);
+        let _ = parent.remove_any(&staging_name);
         outcome
     }
 
@@ -787,21 +854,6 @@ fn tables_held(count: &str) -> Option<String> {
     }
 }
 
-fn partial_path(to: &Path) -> PathBuf {
-    let mut name = to.as_os_str().to_owned();
-    name.push(".berth-partial");
-    PathBuf::from(name)
-}
-
-/// `.NAME.berth-restore-ID` next to `path`: on the same file system, so it can be renamed in.
-fn hidden_sibling(path: &Path, id: &str) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.berth-restore-{id}"))
-}
-
 async fn check_sqlite(path: &Path) -> Result<String, OpError> {
     let path = path.to_owned();
     tokio::task::spawn_blocking(move || sqlite::check(&path))
@@ -815,46 +867,48 @@ async fn check_sqlite(path: &Path) -> Result<String, OpError> {
         })
 }
 
-async fn unpack_file(file: &Path, dest: &Path) -> Result<String, OpError> {
-    let (file, dest) = (file.to_owned(), dest.to_owned());
-    tokio::task::spawn_blocking(move || {
-        std::fs::create_dir_all(&dest)
-            .map_err(|e| OpError::failed(format!("cannot create {}: {e}", dest.display())))?;
+/// Unpacks the archive `file` into `staging` (a new directory named `staging_name` in
+/// `parent`), then checks that the name still holds that directory: if something swapped it
+/// meanwhile, what was unpacked is not used.
+async fn unpack_into(
+    file: &Path,
+    parent: &berth_fs::Dir,
+    staging: &berth_fs::Dir,
+    staging_name: &std::ffi::OsStr,
+    keep_setuid: bool,
+) -> Result<String, OpError> {
+    let (file, dest) = (file.to_owned(), staging.path().to_owned());
+    let info = tokio::task::spawn_blocking(move || {
         let mut input = std::io::BufReader::new(
             std::fs::File::open(&file)
                 .map_err(|e| OpError::failed(format!("cannot read {}: {e}", file.display())))?,
         );
-        archive::unpack(&mut input, &dest)
+        archive::unpack(&mut input, &dest, keep_setuid)
             .map(|info| info.to_string())
             .map_err(OpError::from)
     })
     .await
-    .map_err(|e| OpError::failed(format!("unpacking stopped: {e}")))?
+    .map_err(|e| OpError::failed(format!("unpacking stopped: {e}")))??;
+    let ours = staging.stat()?;
+    match parent.entry(staging_name)? {
+        Some(now) if now.dev == ours.dev && now.ino == ours.ino => Ok(info),
+        _ => Err(berth_fs::FsError::Interference {
+            path: staging.path().to_owned(),
+        }
+        .into()),
+    }
 }
 
-/// Empties `dir` and moves everything from `from` into it (same file system: renames).
-fn swap_contents(from: &Path, dir: &Path) -> Result<(), OpError> {
-    let failed = |what: String, e: std::io::Error| OpError::failed(format!("{what}: {e}"));
-    for entry in
-        std::fs::read_dir(dir).map_err(|e| failed(format!("cannot read {}", dir.display()), e))?
-    {
-        let entry = entry.map_err(|e| failed(format!("cannot read {}", dir.display()), e))?;
-        let path = entry.path();
-        let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            std::fs::remove_dir_all(&path)
-        } else {
-            std::fs::remove_file(&path)
-        };
-        removed.map_err(|e| failed(format!("cannot remove {}", path.display()), e))?;
+/// Empties `dir` and moves everything from `from` into it (same file system: renames), all
+/// through open directories, so no link planted meanwhile is followed.
+fn swap_contents(from: &berth_fs::Dir, dir: &berth_fs::Dir) -> Result<(), OpError> {
+    for name in dir.names()? {
+        dir.remove_any(&name)?;
     }
-    for entry in
-        std::fs::read_dir(from).map_err(|e| failed(format!("cannot read {}", from.display()), e))?
-    {
-        let entry = entry.map_err(|e| failed(format!("cannot read {}", from.display()), e))?;
-        let target = dir.join(entry.file_name());
-        std::fs::rename(entry.path(), &target)
-            .map_err(|e| failed(format!("cannot move {} into place", target.display()), e))?;
+    for name in from.names()? {
+        from.move_to(&name, dir)?;
     }
+    dir.sync()?;
     Ok(())
 }
 
@@ -881,7 +935,11 @@ mod tests {
         std::fs::write(live.path().join("old.txt"), b"old").unwrap();
         std::fs::create_dir(live.path().join("olddir")).unwrap();
         std::fs::write(staged.path().join("new.txt"), b"new").unwrap();
-        swap_contents(staged.path(), live.path()).unwrap();
+        swap_contents(
+            &berth_fs::Dir::open(staged.path()).unwrap(),
+            &berth_fs::Dir::open(live.path()).unwrap(),
+        )
+        .unwrap();
         let names: Vec<String> = std::fs::read_dir(live.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -33,17 +33,24 @@ impl SecretBox {
     /// Loads the key from `path`, creating it (mode 0600) on first start.
     pub fn open(path: &Path) -> Result<Self, SecretError> {
         let display = path.display().to_string();
-        match std::fs::read_to_string(path) {
-            Ok(text) => {
-                let mode = std::fs::metadata(path)
-                    .map(|m| m.permissions().mode() & 0o777)
-                    .unwrap_or(0o600);
-                if mode & 0o077 != 0 {
-                    return Err(SecretError::KeyExposed {
-                        path: display,
-                        mode,
-                    });
-                }
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.permissions().mode() & 0o077 != 0 && meta.is_file() => {
+                Err(SecretError::KeyExposed {
+                    path: display,
+                    mode: meta.permissions().mode() & 0o777,
+                })
+            }
+            Ok(_) => {
+                let text = berth_fs::read_private(path, 4096)
+                    .map_err(|e| SecretError::KeyUnreadable {
+                        path: display.clone(),
+                        message: e.to_string(),
+                    })
+                    .and_then(|bytes| {
+                        String::from_utf8(bytes).map_err(|_| SecretError::KeyMalformed {
+                            path: display.clone(),
+                        })
+                    })?;
                 let line = text
                     .lines()
                     .find(|l| l.starts_with("AGE-SECRET-KEY-"))

@@ -398,6 +398,13 @@ pub struct RestoreRequest {
     /// The text of an age identity file, for backups this agent's key cannot open (a new
     /// server). Used for this restore only, never stored.
     pub identity: Option<String>,
+    /// Keep setuid and setgid bits of files in an archive (stripped by default).
+    #[serde(default)]
+    pub keep_setuid: bool,
+    /// Restore a backup whose record berth cannot authenticate (written by someone else, or
+    /// by an older berth).
+    #[serde(default)]
+    pub allow_untrusted: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]

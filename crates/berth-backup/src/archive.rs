@@ -110,10 +110,16 @@ pub fn check(input: &mut dyn Read) -> std::result::Result<ArchiveInfo, String> {
     Ok(info)
 }
 
-/// Unpacks a tar stream into `dest`, which must exist. Entries may not escape `dest`.
-pub fn unpack(input: &mut dyn Read, dest: &Path) -> Result<ArchiveInfo> {
+/// Unpacks a tar stream into `dest`, which must exist. Entries may not escape `dest`. Files
+/// keep their owners and modes, but not setuid and setgid bits unless `keep_setuid`: a file a
+/// container (or anyone who could write the storage) put in a backup must never come back as
+/// a program that runs with its owner's rights.
+pub fn unpack(input: &mut dyn Read, dest: &Path, keep_setuid: bool) -> Result<ArchiveInfo> {
     let mut archive = tar::Archive::new(input);
     archive.set_preserve_permissions(true);
+    if !keep_setuid {
+        archive.set_mask(0o6000);
+    }
     archive.set_preserve_ownerships(true);
     archive.set_preserve_mtime(true);
     archive.set_overwrite(true);
@@ -171,7 +177,7 @@ mod tests {
         assert_eq!(checked.bytes, 100_005);
 
         let dest = tempfile::tempdir().unwrap();
-        unpack(&mut &tar[..], dest.path()).unwrap();
+        unpack(&mut &tar[..], dest.path(), false).unwrap();
         assert_eq!(
             std::fs::read(dest.path().join("a/b/file.txt")).unwrap(),
             b"hello"
@@ -185,6 +191,38 @@ mod tests {
             std::fs::read_link(dest.path().join("link")).unwrap(),
             Path::new("a/b/file.txt")
         );
+    }
+
+    #[test]
+    fn setuid_and_setgid_bits_are_stripped_unless_asked() {
+        use std::os::unix::fs::PermissionsExt;
+        let mut tar = Vec::new();
+        {
+            let mut builder = tar::Builder::new(&mut tar);
+            for (name, mode) in [("suid", 0o4755), ("sgid", 0o2750), ("sticky", 0o1777)] {
+                let mut header = tar::Header::new_gnu();
+                header.set_size(2);
+                header.set_mode(mode);
+                header.set_entry_type(tar::EntryType::Regular);
+                builder.append_data(&mut header, name, &b"#!"[..]).unwrap();
+            }
+            builder.finish().unwrap();
+        }
+        let mode = |dir: &Path, name: &str| {
+            std::fs::metadata(dir.join(name))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        let stripped = tempfile::tempdir().unwrap();
+        unpack(&mut &tar[..], stripped.path(), false).unwrap();
+        assert_eq!(mode(stripped.path(), "suid"), 0o755);
+        assert_eq!(mode(stripped.path(), "sgid"), 0o750);
+        assert_eq!(mode(stripped.path(), "sticky"), 0o1777);
+        let kept = tempfile::tempdir().unwrap();
+        unpack(&mut &tar[..], kept.path(), true).unwrap();
+        assert_eq!(mode(kept.path(), "suid"), 0o4755);
     }
 
     #[test]

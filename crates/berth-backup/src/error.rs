@@ -59,6 +59,10 @@ pub enum BackupError {
     Content { id: String, detail: String },
     #[error("{0}")]
     Invalid(String),
+    /// A file operation where another party can write was refused (a planted link) or
+    /// failed.
+    #[error(transparent)]
+    File(#[from] berth_fs::FsError),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -90,6 +94,10 @@ impl BackupError {
             BackupError::Damaged { .. } => "damaged",
             BackupError::Content { .. } => "content-check",
             BackupError::Invalid(_) => "invalid",
+            BackupError::File(berth_fs::FsError::Io { source, .. }) if is_disk_full(source) => {
+                "disk-full"
+            }
+            BackupError::File(_) => "file",
             BackupError::Io { source, .. } if is_disk_full(source) => "disk-full",
             BackupError::Io { .. } => "io",
         }

@@ -113,11 +113,21 @@ impl Identities {
 }
 
 /// The agent's own backup key: read from `path`, or created there (mode 0600) on first use.
+/// An existing key must be a private regular file of the agent's user (see
+/// `berth_fs::read_private`).
 pub fn load_or_create_agent_key(path: &Path) -> Result<Identities> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => Identities::parse(&text)
-            .map_err(|e| BackupError::Invalid(format!("the backup key {}: {e}", path.display()))),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+    match berth_fs::read_private(path, 16 * 1024) {
+        Ok(bytes) => {
+            let text = String::from_utf8(bytes).map_err(|_| {
+                BackupError::Invalid(format!("the backup key {} is not text", path.display()))
+            })?;
+            Identities::parse(&text).map_err(|e| {
+                BackupError::Invalid(format!("the backup key {}: {e}", path.display()))
+            })
+        }
+        Err(berth_fs::FsError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
             let key = age::x25519::Identity::generate();
             let text = format!(
                 "# berth backup key: decrypts this server's backups. Keep a copy off the \
@@ -129,10 +139,7 @@ pub fn load_or_create_agent_key(path: &Path) -> Result<Identities> {
             write_private(path, text.as_bytes())?;
             Identities::parse(&text)
         }
-        Err(error) => Err(BackupError::io(
-            format!("cannot read the backup key {}", path.display()),
-            error,
-        )),
+        Err(error) => Err(error.into()),
     }
 }
 

@@ -21,8 +21,20 @@ pub struct SnapshotInfo {
 }
 
 /// Writes a consistent image of the database at `path` to `out`.
+///
+/// A database in a container's volume is the container's to shape: berth never follows a
+/// symbolic link to it (it could point at a host file the agent may read and the container
+/// may not), and gives back the `-wal` and `-shm` files it may have created without
+/// following links either. SQLite refuses a link anywhere in `path`, so callers pass the
+/// trusted part of it (a volume's directory, a host path the operator named) canonical.
 pub fn snapshot(path: &Path, out: &mut dyn Write) -> Result<SnapshotInfo> {
-    let owner = match std::fs::metadata(path) {
+    let owner = match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            return Err(BackupError::Source(format!(
+                "the SQLite database {} is a symbolic link; berth does not follow links in a                  container's data (one could point at a host file). Point the backup's path at                  the database file itself",
+                path.display()
+            )));
+        }
         Ok(meta) => (meta.uid(), meta.gid()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(BackupError::Source(format!(
@@ -38,6 +50,15 @@ pub fn snapshot(path: &Path, out: &mut dyn Write) -> Result<SnapshotInfo> {
             ));
         }
     };
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let side = sidecar(path, suffix);
+        if std::fs::symlink_metadata(&side).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(BackupError::Source(format!(
+                "{} (SQLite's {suffix} file beside the database) is a symbolic link; berth does                  not follow links in a container's data (one could point at a host file).                  Remove it, and find out what created it",
+                side.display()
+            )));
+        }
+    }
     let result = snapshot_open(path, out);
     // Opening a WAL database may have created its -wal and -shm files as this (root) process;
     // give them back to the database's owner or the app could no longer open its database.
@@ -57,7 +78,9 @@ fn snapshot_open(path: &Path, out: &mut dyn Write) -> Result<SnapshotInfo> {
     // file; `query_only` keeps this connection from ever writing.
     let conn = Connection::open_with_flags(
         path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_NOFOLLOW,
     )
     .map_err(failed)?;
     conn.busy_timeout(Duration::from_secs(60)).map_err(failed)?;
@@ -140,9 +163,11 @@ fn describe(error: &rusqlite::Error) -> String {
 fn restore_owner(database: &Path, (uid, gid): (u32, u32)) {
     for suffix in ["-wal", "-shm"] {
         let path = sidecar(database, suffix);
-        if let Ok(meta) = std::fs::metadata(&path)
+        // lstat and lchown: a link planted under the sidecar's name is left alone.
+        if let Ok(meta) = std::fs::symlink_metadata(&path)
+            && meta.is_file()
             && (meta.uid() != uid || meta.gid() != gid)
-            && let Err(e) = std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+            && let Err(e) = std::os::unix::fs::lchown(&path, Some(uid), Some(gid))
         {
             tracing::warn!(path = %path.display(), error = %e, "cannot give a SQLite file back to its owner");
         }
@@ -205,38 +230,34 @@ pub fn check(path: &Path) -> std::result::Result<CheckReport, String> {
     })
 }
 
-/// Puts a checked database file in place of `target`: the old `-wal` and `-shm` files go
-/// (they belong to the old database and would corrupt the new one), the new file takes the
-/// old one's owner and mode, and the rename is atomic. The app must not have it open.
-pub fn install(restored: &Path, target: &Path) -> Result<()> {
-    let io = |what: &str, e| BackupError::io(format!("cannot {what}"), e);
-    let reference = std::fs::metadata(target)
-        .or_else(|_| std::fs::metadata(target.parent().unwrap_or(Path::new("/"))));
-    if let Ok(meta) = &reference {
-        let _ = std::os::unix::fs::chown(restored, Some(meta.uid()), Some(meta.gid()));
-        if meta.is_file() {
-            let _ = std::fs::set_permissions(restored, meta.permissions());
+/// Puts a checked database file (`staged`, in a directory only the agent writes) in place of
+/// `name` in `dir`: copied into a new file created there exclusively, given the old file's
+/// owner and mode on its descriptor, the old `-wal`, `-shm` and `-journal` files removed (they
+/// belong to the old database and would corrupt the new one), then renamed over `name`. The
+/// directory is usually a container's volume, which the container can write: nothing there is
+/// followed, and a link where the database should be is refused. The app must not have the
+/// database open.
+pub fn install(staged: &Path, dir: &berth_fs::Dir, name: &std::ffi::OsStr) -> Result<()> {
+    let previous = dir.file_entry(name)?;
+    let (owner, mode) = match previous {
+        Some(entry) => ((entry.uid, entry.gid), entry.mode & 0o777),
+        // A new database belongs to whoever owns its directory (the app's user).
+        None => {
+            let here = dir.stat()?;
+            ((here.uid, here.gid), 0o600)
         }
-    }
-    for suffix in ["-wal", "-shm", "-journal"] {
-        let path = sidecar(target, suffix);
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io(&format!("remove {}", path.display()), e)),
-        }
-    }
-    std::fs::rename(restored, target).map_err(|e| {
-        io(
-            &format!("move {} to {}", restored.display(), target.display()),
-            e,
-        )
+    };
+    let mut source = std::fs::File::open(staged)
+        .map_err(|e| BackupError::io(format!("cannot read {}", staged.display()), e))?;
+    let prepared = dir.prepare(name, Some(owner), mode, |file| {
+        std::io::copy(&mut source, file).map(|_| ())
     })?;
-    if let Some(dir) = target.parent()
-        && let Ok(dir) = std::fs::File::open(dir)
-    {
-        let _ = dir.sync_all();
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let mut sidecar = name.to_owned();
+        sidecar.push(suffix);
+        dir.remove_file(&sidecar)?;
     }
+    prepared.commit()?;
     Ok(())
 }
 
@@ -319,7 +340,8 @@ mod tests {
         std::fs::write(sidecar(&target, "-wal"), b"stale").unwrap();
         let restored = dir.path().join("restored.db");
         drop(database(&restored, 20, false));
-        install(&restored, &target).unwrap();
+        let opened = berth_fs::Dir::open(dir.path()).unwrap();
+        install(&restored, &opened, "app.db".as_ref()).unwrap();
         assert!(!sidecar(&target, "-wal").exists());
         let conn = Connection::open(&target).unwrap();
         let count: i64 = conn

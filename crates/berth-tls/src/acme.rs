@@ -12,7 +12,6 @@ use instant_acme::{
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::collections::{BTreeSet, HashMap};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -530,24 +529,13 @@ fn describe(error: &instant_acme::Error) -> String {
     }
 }
 
+/// Writes a key or certificate (0600) through a new file renamed into place: never over a
+/// leftover temporary file or through a link.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
-    use std::io::Write;
-    let storage = |e: std::io::Error| TlsError::Storage {
+    berth_fs::write_replacing(path, bytes, 0o600).map_err(|e| TlsError::Storage {
         path: path.display().to_string(),
         message: e.to_string(),
-    };
-    let temporary = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temporary)
-        .map_err(storage)?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(storage)?;
-    std::fs::rename(&temporary, path).map_err(storage)
+    })
 }
 
 /// A stable, dependency-free hash for file names.

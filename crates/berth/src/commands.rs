@@ -205,6 +205,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             force,
             from,
             identity,
+            keep_setuid,
+            allow_untrusted,
         } => {
             let (app, manifest) = backup_target(&app)?;
             let identity = match identity {
@@ -234,6 +236,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 force,
                 from,
                 identity,
+                keep_setuid,
+                allow_untrusted,
             };
             operation(
                 &ctx,
@@ -583,14 +587,26 @@ async fn ensure_agent(ctx: &Ctx, http: &str) -> anyhow::Result<Client> {
         // An explicitly named agent is not ours to start.
         client.get::<AgentInfo>("/v1/info").await?;
     }
-    std::fs::create_dir_all(&ctx.data_dir)
-        .with_context(|| format!("cannot create {}", ctx.data_dir.display()))?;
+    // The agent's own directory: private (it holds the state, keys and logs).
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&ctx.data_dir)
+            .with_context(|| format!("cannot create {}", ctx.data_dir.display()))?;
+    }
     let log_path = ctx.data_dir.join("agent.log");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("cannot open {}", log_path.display()))?;
+    let log = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&log_path)
+    }
+    .with_context(|| format!("cannot open {}", log_path.display()))?;
     let exe = std::env::current_exe().context("cannot find the berth executable")?;
     let mut child = std::process::Command::new(exe);
     child

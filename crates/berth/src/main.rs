@@ -218,6 +218,15 @@ enum Command {
         /// server). Sent for this restore only, never stored.
         #[arg(long, value_name = "FILE")]
         identity: Option<PathBuf>,
+        /// Keep the setuid and setgid bits of files in an archive (they are stripped, so a
+        /// restored file can never run with its owner's rights).
+        #[arg(long)]
+        keep_setuid: bool,
+        /// Restore a backup whose record berth cannot authenticate: one this server's (or
+        /// `--identity`'s) key did not sign, as anyone who can write to the storage could
+        /// have planted it. Look at it first (`berth backup list`).
+        #[arg(long)]
+        allow_untrusted: bool,
     },
     /// Who changed what, and when.
     Audit {

@@ -11,5 +11,6 @@ mod operations;
 mod pebble;
 mod peers;
 mod secrets;
+mod security;
 mod tls;
 mod zero_downtime;
