@@ -1150,7 +1150,16 @@ async fn backup_verify(
         &actor,
         true,
         Vec::new(),
-        move |progress| engine.verify_backups(manifest, names, request.id, actor2, progress),
+        move |progress| {
+            engine.verify_backups(
+                manifest,
+                names,
+                request.id,
+                request.adopt_unsigned,
+                actor2,
+                progress,
+            )
+        },
     )
 }
 

@@ -1343,6 +1343,7 @@ impl Engine {
                         storage: storage.clone(),
                         kept: report.kept.into_iter().map(|k| k.id).collect(),
                         removed: report.removed,
+                        untrusted: report.untrusted,
                         dry_run,
                         error: None,
                     }
@@ -1354,6 +1355,7 @@ impl Engine {
                         storage: storage.clone(),
                         kept: Vec::new(),
                         removed: Vec::new(),
+                        untrusted: Vec::new(),
                         dry_run,
                         error: Some(error.message.clone()),
                     }
@@ -1452,6 +1454,7 @@ impl Engine {
         manifest: Manifest,
         names: Vec<String>,
         id: Option<String>,
+        adopt_unsigned: bool,
         actor: String,
         progress: Progress,
     ) -> Outcome {
@@ -1467,7 +1470,7 @@ impl Engine {
                 .start_backup_run(&manifest.app, name, "verify", &actor)
                 .unwrap_or_default();
             let results = self
-                .verify_name(&manifest, backup, id.as_deref(), &progress)
+                .verify_name(&manifest, backup, id.as_deref(), adopt_unsigned, &progress)
                 .await;
             let failed: Vec<&VerifyResult> = results.iter().filter(|r| !r.ok).collect();
             let (status, cause, error) = match failed.first() {
@@ -1528,6 +1531,7 @@ impl Engine {
         manifest: &Manifest,
         backup: &Backup,
         id: Option<&str>,
+        adopt_unsigned: bool,
         progress: &Progress,
     ) -> Vec<VerifyResult> {
         let app = &manifest.app;
@@ -1564,7 +1568,12 @@ impl Engine {
                 )?;
                 Ok::<_, OpError>(
                     runner
-                        .verify(&runner.destinations[0], meta, prepared.as_ref())
+                        .verify(
+                            &runner.destinations[0],
+                            meta,
+                            prepared.as_ref(),
+                            adopt_unsigned,
+                        )
                         .await,
                 )
             };
@@ -1705,6 +1714,7 @@ impl Engine {
             .filter_map(|copy| {
                 serde_json::from_str::<BackupMeta>(&copy.meta_json)
                     .ok()
+                    .filter(|meta| meta.check_shape().is_ok())
                     .map(|meta| (meta, copy.destination))
             })
             .collect();
@@ -1723,6 +1733,7 @@ impl Engine {
             None => manifest.backup.backups.keys().cloned().collect(),
         };
         let mut list = berth_api::BackupList::default();
+        let keys = self.backup_key()?.record_keys();
         for name in names {
             let backup = Self::backup_named(manifest, &name)?;
             let (copies, warnings) = self.catalog_for(manifest, backup, refresh).await;
@@ -1736,11 +1747,13 @@ impl Engine {
                     .iter()
                     .find(|c| c.id == meta.id && c.destination == storage)
                     .and_then(|c| c.verify_error.clone());
+                let trust = meta.trust(&keys);
                 let copy = CopyInfo {
                     storage,
                     verified_at: meta.verified_at.as_millisecond(),
                     check: meta.check.clone(),
                     verify_error,
+                    untrusted: (!trust.is_trusted()).then(|| trust.as_str().to_owned()),
                 };
                 match list
                     .backups
@@ -2156,6 +2169,7 @@ fn spawn_scheduled(engine: Arc<Engine>, manifest: Manifest, name: String, operat
                         manifest,
                         vec![name.clone()],
                         None,
+                        false,
                         "schedule".into(),
                         progress,
                     )

@@ -169,9 +169,32 @@ impl Engine {
         backup: &Backup,
     ) -> Result<(BackupMeta, String), OpError> {
         let manifest = &plan.manifest;
+        // Records this server's key (or the one given for this restore) signed; others
+        // could have been planted by anyone who can write to the storage.
+        let mut identities = self.backup_key()?;
+        if let Some(extra) = &plan.identity {
+            identities.extend(extra);
+        }
+        let keys = identities.record_keys();
         let mut refreshed = false;
         loop {
             let (copies, warnings) = self.catalog_for(manifest, backup, refreshed).await;
+            let (copies, untrusted): (Vec<_>, Vec<_>) = copies
+                .into_iter()
+                .partition(|(meta, _)| plan.allow_untrusted || meta.trust(&keys).is_trusted());
+            if let Some(id) = &plan.id
+                && let Some((meta, storage)) = untrusted.iter().find(|(m, _)| &m.id == id)
+                && !copies.iter().any(|(m, _)| &m.id == id)
+            {
+                let trust = meta.trust(&keys);
+                return Err(OpError::invalid(format!(
+                    "backup {id} on {storage} is not one berth can vouch for: {}",
+                    trust.explain()
+                ))
+                .hint(
+                    "look at it with `berth backup list`; give the key of the server that wrote it with --identity, or pass --allow-untrusted if you trust the storage",
+                ));
+            }
             let wanted: Vec<&(BackupMeta, String)> = copies
                 .iter()
                 .filter(|(meta, storage)| {
@@ -213,7 +236,14 @@ impl Engine {
                 "{what} on {}",
                 plan.from.clone().unwrap_or_else(|| backup.to.join(" or "))
             ))
-            .hint("`berth backup list` shows what there is");
+            .hint(if untrusted.is_empty() {
+                "`berth backup list` shows what there is".to_owned()
+            } else {
+                format!(
+                    "{} backups there have records berth cannot vouch for (not signed by this server's key); `berth backup list` shows them. Give the key of the server that wrote them with --identity, or pass --allow-untrusted if you trust the storage",
+                    untrusted.len()
+                )
+            });
             error.details = warnings;
             return Err(error);
         }

@@ -366,6 +366,9 @@ pub struct BackupVerifyRequest {
     pub names: Vec<String>,
     /// One backup only; every kept backup when absent.
     pub id: Option<String>,
+    /// Sign unsigned records (an older berth's) once they pass every check.
+    #[serde(default)]
+    pub adopt_unsigned: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -470,6 +473,9 @@ pub struct PruneResult {
     pub storage: String,
     pub kept: Vec<String>,
     pub removed: Vec<String>,
+    /// Backups whose records berth cannot vouch for: neither counted nor removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub untrusted: Vec<String>,
     pub dry_run: bool,
     pub error: Option<String>,
 }
@@ -520,6 +526,10 @@ pub struct CopyInfo {
     pub check: String,
     /// Set when the latest re-verification failed.
     pub verify_error: Option<String>,
+    /// Set when berth cannot vouch for this copy's record (`unsigned`, `unknown-key` or
+    /// `forged`): it is never restored without `--allow-untrusted`, counted or pruned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub untrusted: Option<String>,
 }
 
 /// A backup's health in `berth status`.

@@ -204,6 +204,9 @@ mod tests {
                 header.set_size(2);
                 header.set_mode(mode);
                 header.set_entry_type(tar::EntryType::Regular);
+                header.set_uid(0);
+                header.set_gid(0);
+                header.set_mtime(0);
                 builder.append_data(&mut header, name, &b"#!"[..]).unwrap();
             }
             builder.finish().unwrap();

@@ -59,6 +59,15 @@ pub enum BackupError {
     Content { id: String, detail: String },
     #[error("{0}")]
     Invalid(String),
+    #[error(
+        "backup {id} on {destination} is not one berth can vouch for: {why}; look at it with \
+         `berth backup list`, and restore it only with --allow-untrusted if you trust the storage"
+    )]
+    Untrusted {
+        id: String,
+        destination: String,
+        why: String,
+    },
     /// A file operation where another party can write was refused (a planted link) or
     /// failed.
     #[error(transparent)]
@@ -94,6 +103,7 @@ impl BackupError {
             BackupError::Damaged { .. } => "damaged",
             BackupError::Content { .. } => "content-check",
             BackupError::Invalid(_) => "invalid",
+            BackupError::Untrusted { .. } => "untrusted",
             BackupError::File(berth_fs::FsError::Io { source, .. }) if is_disk_full(source) => {
                 "disk-full"
             }

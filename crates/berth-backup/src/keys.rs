@@ -59,7 +59,75 @@ impl std::fmt::Debug for Identities {
     }
 }
 
+/// The secret that authenticates backup records: derived from an age identity, so whoever
+/// holds the identity (this server, or the operator with a copy of `backup.key`) can tell a
+/// record berth wrote from one planted by someone who can only write to the storage (the
+/// recipients, being public, let anyone encrypt a convincing backup).
+#[derive(Clone)]
+pub struct RecordKey {
+    /// A short public name for the key, stored beside each MAC.
+    pub id: String,
+    secret: [u8; 32],
+}
+
+impl std::fmt::Debug for RecordKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RecordKey({})", self.id)
+    }
+}
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+impl RecordKey {
+    fn derive(identity: &age::x25519::Identity) -> Self {
+        use hmac::Mac;
+        use sha2::Digest;
+        let secret_text = identity.to_string();
+        let mut kdf =
+            <HmacSha256 as hmac::digest::KeyInit>::new_from_slice(b"berth backup record key v1")
+                .unwrap_or_else(|_| unreachable_hmac());
+        kdf.update(age::secrecy::ExposeSecret::expose_secret(&secret_text).as_bytes());
+        let secret: [u8; 32] = kdf.finalize().into_bytes().into();
+        let mut id_hash = sha2::Sha256::new();
+        id_hash.update(b"berth backup record key id v1");
+        id_hash.update(secret);
+        let id = hex::encode(&id_hash.finalize()[..8]);
+        RecordKey { id, secret }
+    }
+
+    /// HMAC-SHA256 of `bytes`, hex.
+    pub fn mac(&self, bytes: &[u8]) -> String {
+        use hmac::Mac;
+        let mut mac = <HmacSha256 as hmac::digest::KeyInit>::new_from_slice(&self.secret)
+            .unwrap_or_else(|_| unreachable_hmac());
+        mac.update(bytes);
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    /// Whether `mac_hex` is this key's MAC of `bytes` (compared in constant time).
+    pub fn verifies(&self, bytes: &[u8], mac_hex: &str) -> bool {
+        use hmac::Mac;
+        let Ok(expected) = hex::decode(mac_hex) else {
+            return false;
+        };
+        let mut mac = <HmacSha256 as hmac::digest::KeyInit>::new_from_slice(&self.secret)
+            .unwrap_or_else(|_| unreachable_hmac());
+        mac.update(bytes);
+        mac.verify_slice(&expected).is_ok()
+    }
+}
+
+/// HMAC takes keys of any length; its constructor cannot fail.
+fn unreachable_hmac() -> HmacSha256 {
+    <HmacSha256 as hmac::digest::KeyInit>::new(&Default::default())
+}
+
 impl Identities {
+    /// The record keys of these identities; the first signs what this server writes.
+    pub fn record_keys(&self) -> Vec<RecordKey> {
+        self.keys.iter().map(RecordKey::derive).collect()
+    }
+
     /// Parses an age identity file's text: `AGE-SECRET-KEY-1…` lines, `#` comments.
     pub fn parse(text: &str) -> Result<Self> {
         let mut keys = Vec::new();

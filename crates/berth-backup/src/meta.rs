@@ -106,6 +106,66 @@ pub struct BackupMeta {
     /// When a copy on this destination was last read back and checked.
     pub verified_at: Timestamp,
     pub berth_version: String,
+    /// The record's MAC under the key of the server that wrote it (see [`BackupMeta::trust`]).
+    /// Records of berth before 0.1 have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<RecordAuth>,
+}
+
+/// A record's authentication: HMAC-SHA256 over everything else in it, under a key derived
+/// from the writing server's age identity (`backup.key`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordAuth {
+    /// Which key (a hash of it; see `keys::RecordKey`).
+    pub key: String,
+    pub mac: String,
+}
+
+/// Whether berth can vouch for a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trust {
+    /// Its MAC is good under a key berth holds: berth (this server, or the one whose key was
+    /// given) wrote it.
+    Trusted,
+    /// It carries no MAC (written by berth before records were signed, or by someone else).
+    Unsigned,
+    /// It is signed by a key berth does not hold (another server's: give its `backup.key`
+    /// with `--identity`).
+    UnknownKey,
+    /// Its MAC does not match: it was changed after it was written, or forged.
+    Forged,
+}
+
+impl Trust {
+    pub fn is_trusted(self) -> bool {
+        self == Trust::Trusted
+    }
+
+    /// For listings and errors: `trusted`, `unsigned`, `unknown-key`, `forged`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trust::Trusted => "trusted",
+            Trust::Unsigned => "unsigned",
+            Trust::UnknownKey => "unknown-key",
+            Trust::Forged => "forged",
+        }
+    }
+
+    /// Why berth does not vouch for the record, in words.
+    pub fn explain(self) -> &'static str {
+        match self {
+            Trust::Trusted => "berth wrote this record",
+            Trust::Unsigned => {
+                "its record is not signed: an older berth wrote it, or someone who can write to the storage planted it"
+            }
+            Trust::UnknownKey => {
+                "its record is signed by another server's key: give that server's backup.key with --identity to check it"
+            }
+            Trust::Forged => {
+                "its record's signature does not match: it was changed after berth wrote it, or forged"
+            }
+        }
+    }
 }
 
 impl BackupMeta {
@@ -114,8 +174,73 @@ impl BackupMeta {
         format!("{app}/{name}")
     }
 
+    /// The data object's key. Always derived from the id and kind, never taken from the
+    /// record's `object` field, which anyone who can write the storage could point anywhere.
     pub fn object_key(&self) -> String {
-        format!("{}/{}", Self::directory(&self.app, &self.name), self.object)
+        format!(
+            "{}/{}",
+            Self::directory(&self.app, &self.name),
+            object_name(&self.id, self.kind)
+        )
+    }
+
+    /// Refuses a record whose fields could not have been written by berth: an id of another
+    /// shape, an `object` other than the one berth derives from id and kind, a checksum that
+    /// is not 64 hex digits.
+    pub fn check_shape(&self) -> Result<(), String> {
+        if !is_valid_id(&self.id) {
+            return Err(format!("the id {:?} is not a backup id", self.id));
+        }
+        let expected = object_name(&self.id, self.kind);
+        if self.object != expected {
+            return Err(format!(
+                "its object is {:?}, not {expected:?} as berth names it",
+                self.object
+            ));
+        }
+        if self.sha256.len() != 64
+            || !self
+                .sha256
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err("its sha256 is not 64 hex digits".to_owned());
+        }
+        Ok(())
+    }
+
+    /// What the MAC covers: every field but the MAC itself, in a fixed encoding.
+    fn signed_bytes(&self) -> Vec<u8> {
+        let mut unsigned = self.clone();
+        unsigned.auth = None;
+        let mut bytes = b"berth backup record v1\n".to_vec();
+        bytes.extend(serde_json::to_vec(&unsigned).unwrap_or_default());
+        bytes
+    }
+
+    /// Signs the record with `key` (after any change to it).
+    pub fn sign(&mut self, key: &crate::keys::RecordKey) {
+        self.auth = None;
+        let mac = key.mac(&self.signed_bytes());
+        self.auth = Some(RecordAuth {
+            key: key.id.clone(),
+            mac,
+        });
+    }
+
+    /// Whether one of `keys` signed this record as it is.
+    pub fn trust(&self, keys: &[crate::keys::RecordKey]) -> Trust {
+        let Some(auth) = &self.auth else {
+            return Trust::Unsigned;
+        };
+        let Some(key) = keys.iter().find(|k| k.id == auth.key) else {
+            return Trust::UnknownKey;
+        };
+        if key.verifies(&self.signed_bytes(), &auth.mac) {
+            Trust::Trusted
+        } else {
+            Trust::Forged
+        }
     }
 
     pub fn record_key(&self) -> String {
@@ -193,6 +318,7 @@ mod tests {
             check: "integrity_check ok".into(),
             verified_at: "2026-11-23T03:00:02Z".parse().unwrap(),
             berth_version: "0.1.0".into(),
+            auth: None,
         };
         let back: BackupMeta = serde_json::from_slice(&meta.to_json()).unwrap();
         assert_eq!(back, meta);
@@ -201,5 +327,94 @@ mod tests {
             "shop/db/20261123T030001Z-3f9a.sqlite.zst.age"
         );
         assert_eq!(meta.record_key(), "shop/db/20261123T030001Z-3f9a.json");
+    }
+
+    fn record() -> BackupMeta {
+        let id = "20261123T030001Z-3f9a";
+        BackupMeta {
+            format: FORMAT,
+            id: id.into(),
+            app: "shop".into(),
+            name: "db".into(),
+            kind: ContentKind::Sqlite,
+            reason: Reason::Scheduled,
+            created_at: "2026-11-23T03:00:01Z".parse().unwrap(),
+            object: object_name(id, ContentKind::Sqlite),
+            size: 10,
+            sha256: "ab".repeat(32),
+            content_size: 20,
+            compression: "zstd".into(),
+            encryption: "age".into(),
+            recipients: vec!["age1x".into()],
+            source: "sqlite /data/app.db".into(),
+            check: "integrity_check ok".into(),
+            verified_at: "2026-11-23T03:00:02Z".parse().unwrap(),
+            berth_version: "0.1.0".into(),
+            auth: None,
+        }
+    }
+
+    fn key() -> crate::keys::RecordKey {
+        let identity = age::x25519::Identity::generate();
+        let text = age::secrecy::ExposeSecret::expose_secret(&identity.to_string()).to_owned();
+        crate::keys::Identities::parse(&text)
+            .unwrap()
+            .record_keys()
+            .remove(0)
+    }
+
+    #[test]
+    fn a_signed_record_is_trusted_only_as_written_and_only_under_its_key() {
+        let (ours, theirs) = (key(), key());
+        let mut meta = record();
+        assert_eq!(meta.trust(std::slice::from_ref(&ours)), Trust::Unsigned);
+        meta.sign(&ours);
+        assert_eq!(meta.trust(std::slice::from_ref(&ours)), Trust::Trusted);
+        let back: BackupMeta = serde_json::from_slice(&meta.to_json()).unwrap();
+        assert_eq!(
+            back.trust(std::slice::from_ref(&ours)),
+            Trust::Trusted,
+            "survives JSON"
+        );
+        assert_eq!(meta.trust(std::slice::from_ref(&theirs)), Trust::UnknownKey);
+        assert_eq!(meta.trust(&[theirs.clone(), ours.clone()]), Trust::Trusted);
+        // Any field changed after signing: the checksum (another object's data), the time
+        // (to win "newest"), the reason (to dodge retention).
+        for tamper in [
+            (|m: &mut BackupMeta| m.sha256 = "cd".repeat(32)) as fn(&mut BackupMeta),
+            |m| m.created_at = "2099-01-01T00:00:00Z".parse().unwrap(),
+            |m| m.reason = Reason::Safety,
+            |m| m.recipients.push("age1attacker".into()),
+        ] {
+            let mut forged = meta.clone();
+            tamper(&mut forged);
+            assert_eq!(forged.trust(std::slice::from_ref(&ours)), Trust::Forged);
+        }
+        // A MAC that is not even hex.
+        let mut garbled = meta.clone();
+        if let Some(auth) = garbled.auth.as_mut() {
+            auth.mac = "zz".into();
+        }
+        assert_eq!(garbled.trust(std::slice::from_ref(&ours)), Trust::Forged);
+    }
+
+    #[test]
+    fn a_record_must_name_the_object_berth_derives() {
+        let good = record();
+        assert_eq!(good.check_shape(), Ok(()));
+        let mut traversal = record();
+        traversal.object = "../../../../tmp/victim".into();
+        assert!(traversal.check_shape().is_err());
+        assert_eq!(
+            traversal.object_key(),
+            "shop/db/20261123T030001Z-3f9a.sqlite.zst.age",
+            "the key never comes from the record's object field"
+        );
+        let mut other = record();
+        other.object = object_name("20250101T000000Z-0000", ContentKind::Sqlite);
+        assert!(other.check_shape().is_err(), "another backup's object");
+        let mut checksum = record();
+        checksum.sha256 = "../x".into();
+        assert!(checksum.check_shape().is_err());
     }
 }

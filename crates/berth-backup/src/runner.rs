@@ -124,6 +124,8 @@ pub struct PruneReport {
     pub removed: Vec<String>,
     /// Data objects without a record (uploads a crash interrupted) that were removed.
     pub orphans_removed: Vec<String>,
+    /// Backups whose records berth cannot vouch for: neither counted nor deleted.
+    pub untrusted: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -272,6 +274,7 @@ impl Runner {
                         check: String::new(),
                         verified_at: created_at,
                         berth_version: env!("CARGO_PKG_VERSION").to_owned(),
+                        auth: None,
                     };
                     self.commit_copy(&destination, draft, checker).await
                 }
@@ -322,6 +325,7 @@ impl Runner {
             Ok(check) => {
                 draft.check = check;
                 draft.verified_at = self.clock.now();
+                draft.sign(&self.signing_key()?);
                 destination
                     .put_bytes(&draft.record_key(), Bytes::from(draft.to_json()))
                     .await
@@ -417,19 +421,48 @@ impl Runner {
         })
     }
 
-    /// Re-verifies a listed backup and refreshes its record's `verified_at` and `check`.
+    /// The key this server signs its records with (its own identity, the first).
+    fn signing_key(&self) -> Result<crate::keys::RecordKey> {
+        self.identities
+            .record_keys()
+            .into_iter()
+            .next()
+            .ok_or_else(|| {
+                BackupError::Invalid("there is no key to sign backup records with".into())
+            })
+    }
+
+    /// Whether a record was written by berth with a key these identities hold.
+    pub fn trust(&self, meta: &BackupMeta) -> meta::Trust {
+        meta.trust(&self.identities.record_keys())
+    }
+
+    /// Re-verifies a listed backup and refreshes its record's `verified_at` and `check`
+    /// (signed again). A record berth cannot vouch for is not read, and never rewritten,
+    /// unless `adopt_unsigned` says to take an unsigned one (an older berth's) as this
+    /// server's once it passes every check.
     pub async fn verify(
         &self,
         destination: &Destination,
         meta: &BackupMeta,
         checker: &dyn Consumer,
+        adopt_unsigned: bool,
     ) -> Result<BackupMeta> {
+        let trust = self.trust(meta);
+        if !(trust.is_trusted() || adopt_unsigned && trust == meta::Trust::Unsigned) {
+            return Err(BackupError::Untrusted {
+                id: meta.id.clone(),
+                destination: destination.name().to_owned(),
+                why: trust.explain().to_owned(),
+            });
+        }
         let check = self
             .read_back(destination, meta, &self.identities, checker)
             .await?;
         let mut updated = meta.clone();
         updated.check = check;
         updated.verified_at = self.clock.now();
+        updated.sign(&self.signing_key()?);
         destination
             .put_bytes(&updated.record_key(), Bytes::from(updated.to_json()))
             .await?;
@@ -456,12 +489,18 @@ impl Runner {
         keep: &Keep,
         dry_run: bool,
     ) -> Result<PruneReport> {
-        let backups = list(destination, app, name).await?;
+        let listed = list(destination, app, name).await?;
         let now = self.clock.now();
         let mut report = PruneReport {
             destination: destination.name().to_owned(),
             ..PruneReport::default()
         };
+        // Only records berth wrote count and go: planted ones could otherwise fill the
+        // `keep` slots and push out real backups.
+        let keys = self.identities.record_keys();
+        let (backups, untrusted): (Vec<&BackupMeta>, Vec<&BackupMeta>) =
+            listed.iter().partition(|b| b.trust(&keys).is_trusted());
+        report.untrusted = untrusted.iter().map(|b| b.id.clone()).collect();
         let candidates: Vec<Candidate> = backups
             .iter()
             .filter(|b| b.reason != Reason::Safety)
@@ -515,7 +554,7 @@ impl Runner {
             if file.ends_with(".json") || !meta::is_valid_id(id) {
                 continue;
             }
-            let recorded = backups.iter().any(|b| b.id == id);
+            let recorded = listed.iter().any(|b| b.id == id);
             let old = id_time(id).is_some_and(|t| t < orphan_limit);
             if !recorded && old {
                 if !dry_run {
@@ -554,7 +593,15 @@ pub async fn list(destination: &Destination, app: &str, name: &str) -> Result<Ve
         let data = destination.get_bytes(&format!("{dir}/{file}")).await?;
         match serde_json::from_slice::<BackupMeta>(&data) {
             Ok(record) if record.id == id && record.app == app && record.name == name => {
-                backups.push(record);
+                match record.check_shape() {
+                    Ok(()) => backups.push(record),
+                    Err(problem) => tracing::warn!(
+                        file,
+                        destination = destination.name(),
+                        problem,
+                        "a backup record berth could not have written; skipped"
+                    ),
+                }
             }
             Ok(_) => tracing::warn!(
                 file,

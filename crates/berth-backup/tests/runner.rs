@@ -253,7 +253,7 @@ async fn a_flipped_byte_fails_verification_naming_the_backup() {
     bytes[middle] ^= 0x20;
     std::fs::write(&object, bytes).unwrap();
     let error = runner
-        .verify(&runner.destinations[0], &meta, &checker(work.path()))
+        .verify(&runner.destinations[0], &meta, &checker(work.path()), false)
         .await
         .unwrap_err();
     assert!(
@@ -338,4 +338,156 @@ async fn a_source_trait_object_is_enough_to_run() {
     let meta = outcome.copies[0].result.as_ref().unwrap();
     assert!(meta.check.contains("2 files"), "{}", meta.check);
     assert_eq!(meta.recipients, [keys.recipients()[0].as_str()]);
+}
+
+/// What someone who can write the storage (but holds no key) can plant: a backup encrypted
+/// to the public recipient with a correct checksum, a copy of a real record pointed at it,
+/// and a record whose object is a path out of the storage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_berth_did_not_write_are_untrusted_never_counted_deleted_or_rewritten() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    data_dir(&data);
+    let keys = identity();
+    let clock = FakeClock::at("2026-11-01T03:00:00Z");
+    let runner = runner(
+        vec![Destination::local("local", work.path().join("backups"))],
+        clock.clone(),
+        &keys,
+    );
+    let genuine = runner
+        .run(
+            "shop",
+            "files",
+            Reason::Manual,
+            &mut directory_source(&data),
+            &checker(work.path()),
+        )
+        .await
+        .unwrap()
+        .copies[0]
+        .result
+        .as_ref()
+        .unwrap()
+        .clone();
+    assert!(
+        runner.trust(&genuine).is_trusted(),
+        "berth signs what it writes"
+    );
+    let dir = work.path().join("backups/shop/files");
+
+    // A forged backup: the attacker's own archive, encrypted to the public recipient.
+    let mut archive = Vec::new();
+    {
+        let mut builder = tar::Builder::new(&mut archive);
+        let mut header = tar::Header::new_gnu();
+        header.set_size(9);
+        header.set_mode(0o4755);
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        builder
+            .append_data(&mut header, "backdoor", &b"#!/bin/sh"[..])
+            .unwrap();
+        builder.finish().unwrap();
+    }
+    let mut payload = Vec::new();
+    let encoded = berth_backup::pipeline::encode(
+        &mut &archive[..],
+        &mut payload,
+        &keys.recipients(),
+        Compression::default(),
+        &|_| {},
+    )
+    .unwrap();
+    let plant = |id: &str, auth_from: Option<&berth_backup::meta::BackupMeta>| {
+        let mut forged = genuine.clone();
+        forged.id = id.to_owned();
+        forged.created_at = "2099-12-31T00:00:00Z".parse().unwrap();
+        forged.object = berth_backup::meta::object_name(id, ContentKind::Tar);
+        forged.size = encoded.size;
+        forged.sha256 = encoded.sha256.clone();
+        forged.content_size = encoded.content_size;
+        forged.auth = auth_from.and_then(|m| m.auth.clone());
+        std::fs::write(dir.join(&forged.object), &payload).unwrap();
+        std::fs::write(dir.join(format!("{id}.json")), forged.to_json()).unwrap();
+        forged
+    };
+    let unsigned = plant("20991231T000000Z-0001", None);
+    let copied_mac = plant("20991231T000000Z-0002", Some(&genuine));
+    // A record whose object leads out of the storage, at a file the prune must not delete.
+    let victim = work.path().join("victim");
+    std::fs::write(&victim, b"keep me").unwrap();
+    let mut traversal = genuine.clone();
+    traversal.id = "20991231T000000Z-0003".into();
+    traversal.object = "../../../victim".into();
+    std::fs::write(
+        dir.join("20991231T000000Z-0003.json"),
+        serde_json::to_vec(&traversal).unwrap(),
+    )
+    .unwrap();
+
+    let listed = runner
+        .list(&runner.destinations[0], "shop", "files")
+        .await
+        .unwrap();
+    let ids: Vec<&str> = listed.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [genuine.id.as_str(), &unsigned.id, &copied_mac.id],
+        "the traversal record is not listed at all"
+    );
+    assert_eq!(
+        runner.trust(&listed[1]),
+        berth_backup::meta::Trust::Unsigned
+    );
+    assert_eq!(runner.trust(&listed[2]), berth_backup::meta::Trust::Forged);
+
+    // Verification refuses them without reading or rewriting them.
+    let before = std::fs::read(dir.join(format!("{}.json", unsigned.id))).unwrap();
+    let error = runner
+        .verify(
+            &runner.destinations[0],
+            &listed[1],
+            &checker(work.path()),
+            false,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(error, BackupError::Untrusted { .. }), "{error}");
+    assert_eq!(error.cause(), "untrusted");
+    assert_eq!(
+        std::fs::read(dir.join(format!("{}.json", unsigned.id))).unwrap(),
+        before,
+        "an untrusted record is never rewritten (and so never laundered)"
+    );
+
+    // Prune keeping one: the genuine backup stays (the newer forgeries do not count),
+    // the forgeries stay too (not berth's to delete), and nothing outside the storage goes.
+    let report = runner
+        .prune(
+            &runner.destinations[0],
+            "shop",
+            "files",
+            &Keep {
+                last: 1,
+                ..Keep::default()
+            },
+            false,
+        )
+        .await
+        .unwrap();
+    assert!(report.removed.is_empty(), "{report:?}");
+    assert_eq!(report.kept.len(), 1);
+    assert_eq!(report.kept[0].id, genuine.id);
+    assert_eq!(
+        report.untrusted,
+        [unsigned.id.clone(), copied_mac.id.clone()]
+    );
+    assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+    assert!(
+        dir.join(genuine.object_key().rsplit('/').next().unwrap())
+            .exists()
+    );
 }

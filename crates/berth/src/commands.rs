@@ -1514,12 +1514,18 @@ async fn backup(ctx: &Ctx, action: BackupCommand) -> anyhow::Result<ExitCode> {
             )
             .await
         }
-        BackupCommand::Verify { name, app, id } => {
+        BackupCommand::Verify {
+            name,
+            app,
+            id,
+            adopt_unsigned,
+        } => {
             let (app, manifest) = backup_target(&app)?;
             let request = BackupVerifyRequest {
                 manifest,
                 names: name.into_iter().collect(),
                 id,
+                adopt_unsigned,
             };
             operation(
                 ctx,

@@ -323,6 +323,11 @@ enum BackupCommand {
         /// Only this backup.
         #[arg(long, value_name = "ID")]
         id: Option<String>,
+        /// Sign the records of backups an older berth wrote (unsigned), once each passes
+        /// every check, so they count and can be restored again. Only when nobody else can
+        /// write to the storage: an unsigned record may have been planted.
+        #[arg(long)]
+        adopt_unsigned: bool,
     },
     /// Delete the backups `keep` no longer keeps.
     Prune {

@@ -367,6 +367,16 @@ fn backups_outcome(outcome: &Outcome, backups: &BackupsOutcome) {
         println!("  {} {warning}", style("!").yellow());
     }
     for prune in &backups.pruned {
+        if !prune.untrusted.is_empty() {
+            println!(
+                "  {} {} on {}: left {} backups whose records berth cannot vouch for ({}); see `berth backup list`",
+                style("?").yellow(),
+                prune.name,
+                prune.storage,
+                prune.untrusted.len(),
+                prune.untrusted.join(", ")
+            );
+        }
         match &prune.error {
             None => println!(
                 "  {} {} on {}: {} {}, {} kept",
@@ -460,9 +470,10 @@ pub fn backup_list(list: &BackupList) {
                 let storage: Vec<String> = b
                     .copies
                     .iter()
-                    .map(|c| match &c.verify_error {
-                        Some(_) => format!("{} ✗", c.storage),
-                        None => c.storage.clone(),
+                    .map(|c| match (&c.verify_error, &c.untrusted) {
+                        (_, Some(_)) => format!("{} ?", c.storage),
+                        (Some(_), None) => format!("{} ✗", c.storage),
+                        (None, None) => c.storage.clone(),
                     })
                     .collect();
                 let verified = b
@@ -480,10 +491,13 @@ pub fn backup_list(list: &BackupList) {
                     bytes(b.content_size),
                     storage.join(", "),
                     verified,
-                    if b.reason == "safety" {
-                        "safety".into()
-                    } else {
-                        String::new()
+                    match (
+                        b.copies.iter().find_map(|c| c.untrusted.as_deref()),
+                        b.reason.as_str(),
+                    ) {
+                        (Some(trust), _) => format!("UNTRUSTED ({trust})"),
+                        (None, "safety") => "safety".into(),
+                        _ => String::new(),
                     },
                 ]
             })
@@ -503,6 +517,15 @@ pub fn backup_list(list: &BackupList) {
     }
     for backup in &list.backups {
         for copy in &backup.copies {
+            if let Some(trust) = &copy.untrusted {
+                eprintln!(
+                    "{} {} {} on {}: berth cannot vouch for its record ({trust}: not signed by this server's backup key); it is not restored without --allow-untrusted, counted or pruned",
+                    style("?").yellow(),
+                    backup.name,
+                    backup.id,
+                    copy.storage
+                );
+            }
             if let Some(error) = &copy.verify_error {
                 eprintln!(
                     "{} {} {} on {} failed its last verification: {error}",

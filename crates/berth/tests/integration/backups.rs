@@ -716,6 +716,11 @@ keep = {{ last = 3 }}
         .collect();
     assert_eq!(storages, ["local", "offsite"]);
 
+    // The operator kept a copy of the server's backup key, as README says to.
+    let kept = tempfile::tempdir().unwrap();
+    let old_key = kept.path().join("backup.key");
+    std::fs::copy(agent.dir.path().join("backup.key"), &old_key).unwrap();
+
     // The server is lost: its agent, containers and volume are gone.
     let agent_dir = agent.dir.path().to_owned();
     drop(agent);
@@ -735,7 +740,15 @@ keep = {{ last = 3 }}
     );
     assert_eq!(list["backups"][0]["id"], id.as_str(), "{list}");
     assert_eq!(list["backups"][0]["copies"][0]["storage"], "offsite");
-    let denied = fresh.berth_in(app.path(), &["--json", "restore", "uploads"]);
+    // Signed by the lost server's key, which this one does not hold (yet).
+    assert_eq!(
+        list["backups"][0]["copies"][0]["untrusted"], "unknown-key",
+        "{list}"
+    );
+    let denied = fresh.berth_in(
+        app.path(),
+        &["--json", "restore", "uploads", "--allow-untrusted"],
+    );
     denied.failure(1);
     let message = json_of(&denied)["error"]["message"]
         .as_str()
@@ -746,6 +759,23 @@ keep = {{ last = 3 }}
         "{message}"
     );
     assert!(message.contains("--identity"), "{message}");
+    // The user's own key decrypts, but cannot vouch for the record: refused, saying why.
+    let untrusted = fresh.berth_in(
+        app.path(),
+        &[
+            "restore",
+            "uploads",
+            "--identity",
+            user.file.to_str().unwrap(),
+        ],
+    );
+    assert_ne!(untrusted.code, 0);
+    assert!(
+        untrusted.stderr.contains("cannot vouch") && untrusted.stderr.contains("--allow-untrusted"),
+        "{}",
+        untrusted.stderr
+    );
+    // The lost server's key both decrypts and vouches.
     fresh
         .berth_in(
             app.path(),
@@ -753,7 +783,7 @@ keep = {{ last = 3 }}
                 "restore",
                 "uploads",
                 "--identity",
-                user.file.to_str().unwrap(),
+                old_key.to_str().unwrap(),
             ],
         )
         .success();
