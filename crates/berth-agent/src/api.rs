@@ -31,7 +31,9 @@ pub struct ApiState {
     pub engine: Arc<Engine>,
     pub info: AgentInfo,
     pub uploads: PathBuf,
-    /// `unix` or `tcp`: recorded with the actor in the audit log.
+    /// The most build contexts may take in `uploads` at once, in bytes.
+    pub upload_quota: u64,
+    /// `unix`, `tcp` or `tls`: recorded with the actor in the audit log.
     pub transport: &'static str,
     /// Required as a bearer token when set (TCP listeners).
     pub token: Option<Arc<String>>,
@@ -86,7 +88,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/metrics", get(metrics_endpoint))
         .route("/v1/certificates/{domain}/renew", post(renew_certificate))
         .route("/v1/apps/{app}/maintenance", post(maintenance))
-        .route("/v1/uploads", post(upload))
+        .route(
+            "/v1/uploads",
+            post(upload).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
         .route("/v1/deploy", post(deploy))
         .route("/v1/apps/{app}/rollback", post(rollback))
         .route("/v1/apps/{app}/releases", get(releases))
@@ -101,8 +106,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/apps/{app}/secrets", get(list_secrets))
         .route("/v1/apps/{app}/secrets/{name}", get(get_secret).put(set_secret).delete(delete_secret))
         .route("/v1/apps/{app}/secrets/{name}/generate", post(generate_secret))
-        // Build contexts can be large; everything else is small JSON.
-        .layer(axum::extract::DefaultBodyLimit::disable())
+        // Everything but build contexts (above) is small JSON: manifests, secret values, keys.
+        .layer(axum::extract::DefaultBodyLimit::max(JSON_LIMIT))
         .layer(axum::middleware::from_fn(move |request: axum::extract::Request, next: axum::middleware::Next| {
             let token = token.clone();
             async move {
@@ -301,9 +306,54 @@ async fn audit(
 
 // ---- uploads --------------------------------------------------------------------------
 
+/// The largest JSON body a request may have.
+const JSON_LIMIT: usize = 4 << 20;
+/// How long an upload waits for the deploy that uses it.
+const UPLOAD_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Removes uploads older than [`UPLOAD_TTL`] (their deploy never came, or failed before it
+/// could clean up) and returns the bytes the others hold.
+fn sweep_uploads(dir: &std::path::Path) -> u64 {
+    let mut held = 0;
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let Ok(meta) = entry.metadata() else {
+            continue;
+        };
+        let expired = meta
+            .modified()
+            .ok()
+            .and_then(|m| m.elapsed().ok())
+            .is_some_and(|age| age > UPLOAD_TTL);
+        if expired {
+            tracing::info!(upload = %entry.path().display(), "removing an upload no deploy used within an hour");
+            let _ = std::fs::remove_file(entry.path());
+        } else {
+            held += meta.len();
+        }
+    }
+    held
+}
+
 async fn upload(State(state): State<ApiState>, body: Body) -> ApiResult<Json<Upload>> {
     let id = hex::encode(rand::random::<[u8; 12]>());
     let path = state.uploads.join(format!("{id}.tar"));
+    let dir = state.uploads.clone();
+    let held = tokio::task::spawn_blocking(move || sweep_uploads(&dir))
+        .await
+        .unwrap_or(0);
+    let quota = state.upload_quota;
+    let over_quota = |bytes: u64| -> ApiFailure {
+        ApiFailure(
+            OpError::invalid(format!(
+                "the agent holds {} of build contexts for deploys in progress, and this one would take it past its quota of {} (at {} so far)",
+                human_size(held),
+                human_size(quota),
+                human_size(bytes)
+            ))
+            .hint("shrink the build context (.dockerignore), wait for other deploys to finish, or raise the agent's --upload-quota"),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        )
+    };
     let failed = |e: std::io::Error| -> ApiFailure {
         let message = if e.raw_os_error() == Some(28) {
             format!(
@@ -332,6 +382,11 @@ async fn upload(State(state): State<ApiState>, body: Body) -> ApiResult<Json<Upl
             }
         };
         bytes += chunk.len() as u64;
+        if held.saturating_add(bytes) > quota {
+            drop(file);
+            let _ = tokio::fs::remove_file(&path).await;
+            return Err(over_quota(bytes));
+        }
         if let Err(error) = file.write_all(&chunk).await {
             let _ = tokio::fs::remove_file(&path).await;
             return Err(failed(error));
@@ -339,6 +394,14 @@ async fn upload(State(state): State<ApiState>, body: Body) -> ApiResult<Json<Upl
     }
     file.sync_all().await.map_err(failed)?;
     Ok(Json(Upload { id, bytes }))
+}
+
+fn human_size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b => format!("{b} bytes"),
+    }
 }
 
 fn upload_path(state: &ApiState, id: &str) -> Option<PathBuf> {

@@ -5,6 +5,7 @@
 //! with the state file, and serves until asked to stop.
 
 mod api;
+mod api_tcp;
 mod backups;
 mod edge;
 mod engine;
@@ -39,7 +40,10 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ListenAddr {
     Unix(PathBuf),
+    /// Plain HTTP: loopback only.
     Tcp(SocketAddr),
+    /// HTTPS with the agent's own certificate, pinned by its fingerprint.
+    Tls(SocketAddr),
 }
 
 impl FromStr for ListenAddr {
@@ -54,9 +58,28 @@ impl FromStr for ListenAddr {
             }
             return Ok(ListenAddr::Unix(PathBuf::from(path)));
         }
-        text.parse().map(ListenAddr::Tcp).map_err(|_| {
-            format!("`{text}` is neither unix:PATH nor HOST:PORT (such as 127.0.0.1:7070)")
-        })
+        if let Some(addr) = text.strip_prefix("https://") {
+            return addr
+                .trim_end_matches('/')
+                .parse()
+                .map(ListenAddr::Tls)
+                .map_err(|_| {
+                    format!("`{text}` is not https://HOST:PORT (such as https://0.0.0.0:7070)")
+                });
+        }
+        let addr: SocketAddr = text.trim_start_matches("http://").parse().map_err(|_| {
+            format!(
+                "`{text}` is neither unix:PATH, HOST:PORT (such as 127.0.0.1:7070) nor https://HOST:PORT"
+            )
+        })?;
+        if !addr.ip().is_loopback() {
+            return Err(format!(
+                "`{text}` would send the API token, secret values and keys over the network in clear; \
+                 use https://{addr} (TLS with the agent's own certificate, whose fingerprint it prints \
+                 for the CLI to pin), or ssh://"
+            ));
+        }
+        Ok(ListenAddr::Tcp(addr))
     }
 }
 
@@ -65,6 +88,7 @@ impl std::fmt::Display for ListenAddr {
         match self {
             ListenAddr::Unix(path) => write!(f, "unix:{}", path.display()),
             ListenAddr::Tcp(addr) => write!(f, "{addr}"),
+            ListenAddr::Tls(addr) => write!(f, "https://{addr}"),
         }
     }
 }
@@ -90,6 +114,8 @@ pub struct AgentConfig {
     pub proxy_threads: usize,
     /// How long open requests may take to finish when the agent stops.
     pub shutdown_grace: Duration,
+    /// The most build contexts may take in `DATA_DIR/uploads` at once, in bytes.
+    pub upload_quota: u64,
 }
 
 impl AgentConfig {
@@ -158,6 +184,7 @@ pub async fn run(
     // Everything the agent writes (state, logs, uploads, scratch files) is its user's alone;
     // files handed to containers get their modes set explicitly.
     berth_fs::restrict_umask();
+    raise_open_file_limit();
     match berth_fs::private_dir(data_dir) {
         Ok(berth_fs::PrivateDir::Tightened(mode)) => tracing::warn!(
             data_dir = %data_dir.display(),
@@ -386,6 +413,7 @@ pub async fn run(
         config.api.clone()
     };
     let mut sockets = Vec::new();
+    let mut api_fingerprint: Option<String> = None;
     // What the listeners are actually bound to (a TCP port 0 becomes a real port).
     let mut bound: Vec<String> = Vec::new();
     for addr in &api_addrs {
@@ -404,6 +432,7 @@ pub async fn run(
                     engine: engine.clone(),
                     info: info.clone(),
                     uploads: uploads.clone(),
+                    upload_quota: config.upload_quota,
                     transport: "unix",
                     token: None,
                     metrics: metrics.clone(),
@@ -418,33 +447,49 @@ pub async fn run(
                     }
                 });
             }
-            ListenAddr::Tcp(socket_addr) => {
+            ListenAddr::Tcp(socket_addr) | ListenAddr::Tls(socket_addr) => {
                 let token = api_token(data_dir)?;
+                let tls = match addr {
+                    ListenAddr::Tls(_) => {
+                        let mut names = vec!["berth-agent".to_owned()];
+                        if !socket_addr.ip().is_unspecified() {
+                            names.push(socket_addr.ip().to_string());
+                        }
+                        let (config, fingerprint) =
+                            berth_tls::api_server_config(&data_dir.join("api-tls"), &names)?;
+                        api_fingerprint = Some(fingerprint);
+                        Some(tokio_rustls::TlsAcceptor::from(config))
+                    }
+                    _ => None,
+                };
                 let listener = tokio::net::TcpListener::bind(socket_addr)
                     .await
                     .map_err(|e| listen_error(&addr.to_string(), e))?;
                 if let Ok(local) = listener.local_addr() {
-                    bound.push(local.to_string());
+                    bound.push(match addr {
+                        ListenAddr::Tls(_) => format!("https://{local}"),
+                        _ => local.to_string(),
+                    });
                 }
                 let state = api::ApiState {
                     engine: engine.clone(),
                     info: info.clone(),
                     uploads: uploads.clone(),
-                    transport: "tcp",
+                    upload_quota: config.upload_quota,
+                    transport: if tls.is_some() { "tls" } else { "tcp" },
                     token: Some(Arc::new(token)),
                     metrics: metrics.clone(),
                 };
                 let stop = stopped(stop.clone());
-                tasks.spawn(async move {
-                    if let Err(error) = axum::serve(listener, api::router(state))
-                        .with_graceful_shutdown(stop)
-                        .await
-                    {
-                        tracing::error!(%error, "the API server stopped");
-                    }
-                });
+                tasks.spawn(api_tcp::serve(listener, api::router(state), tls, stop));
             }
         }
+    }
+    if let Some(fingerprint) = &api_fingerprint {
+        tracing::info!(
+            fingerprint = %fingerprint,
+            "the API serves TLS with the agent's own certificate; clients pin it with BERTH_AGENT_FINGERPRINT={fingerprint}"
+        );
     }
 
     let agent_file = serde_json::json!({
@@ -454,6 +499,7 @@ pub async fn run(
         "http": http_addr.map(|a| a.to_string()),
         "https": https_addr.map(|a| a.to_string()),
         "metrics": metrics_addr.map(|a| a.to_string()),
+        "api_fingerprint": api_fingerprint,
     });
     berth_fs::write_replacing(
         &data_dir.join(AGENT_FILE),
@@ -522,6 +568,26 @@ pub async fn run(
     let _ = std::fs::remove_file(data_dir.join(AGENT_FILE));
     drop(lock);
     Ok(())
+}
+
+/// Raises the soft limit on open files to the hard one: every client connection, upstream
+/// connection and container log stream is a file descriptor, and the usual soft limit (1024)
+/// lets a few hundred idle clients starve the proxy.
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if let Some(hard) = limit.maximum
+        && limit.current.is_some_and(|soft| soft < hard)
+    {
+        let raised = rustix::process::Rlimit {
+            current: Some(hard),
+            maximum: Some(hard),
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => tracing::debug!(open_files = hard, "raised the open-file limit"),
+            Err(error) => tracing::warn!(%error, "cannot raise the open-file limit"),
+        }
+    }
 }
 
 /// A random identity for this data directory, labelled on everything the agent creates.

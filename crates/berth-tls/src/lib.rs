@@ -5,11 +5,13 @@
 mod acme;
 mod files;
 mod pem;
+mod pinned;
 mod store;
 
 pub use acme::{Acme, AcmeConfig, Challenge, LETS_ENCRYPT, LETS_ENCRYPT_STAGING};
 pub use files::{CertificateFiles, FileCertificates};
 pub use pem::{LoadedCertificate, load as load_pem};
+pub use pinned::{api_server_config, fingerprint, pinned_client_config};
 pub use store::{CertSource, CertState, CertStatus, CertStore, server_config};
 
 use prometheus_client::encoding::EncodeLabelSet;

@@ -17,7 +17,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     Unix(PathBuf),
+    /// Plain HTTP (loopback).
     Tcp(String),
+    /// HTTPS, the agent's certificate pinned by `BERTH_AGENT_FINGERPRINT`.
+    Tls(String),
     /// `ssh://[user@]host[:port][/path/to/berth.sock]`
     Ssh {
         destination: String,
@@ -46,6 +49,12 @@ impl Target {
             if destination.is_empty() {
                 return Err("ssh:// needs a host, such as ssh://deploy@example.com".into());
             }
+            // ssh would read `-oProxyCommand=…` as an option and run it.
+            if destination.starts_with('-') {
+                return Err(format!(
+                    "`{destination}` is not a host (it starts with `-`, which ssh would take for an option)"
+                ));
+            }
             return Ok(Target::Ssh {
                 destination,
                 port,
@@ -58,12 +67,20 @@ impl Target {
         if text.starts_with('/') {
             return Ok(Target::Unix(PathBuf::from(text)));
         }
+        if let Some(addr) = text.strip_prefix("https://") {
+            return Ok(Target::Tls(addr.trim_end_matches('/').to_owned()));
+        }
+        if let Some(addr) = text.strip_prefix("http://") {
+            return Ok(Target::Tcp(addr.trim_end_matches('/').to_owned()));
+        }
         if text.contains(':') {
-            return Ok(Target::Tcp(
-                text.trim_start_matches("http://")
-                    .trim_end_matches('/')
-                    .to_owned(),
-            ));
+            let addr = text.trim_end_matches('/').to_owned();
+            // Beyond loopback the agent speaks only TLS.
+            return Ok(if is_loopback(&addr) {
+                Target::Tcp(addr)
+            } else {
+                Target::Tls(addr)
+            });
         }
         Err(format!(
             "`{text}` is not an agent address: use unix:PATH, HOST:PORT or ssh://USER@HOST"
@@ -71,11 +88,25 @@ impl Target {
     }
 }
 
+/// Whether `host:port` names this machine by a loopback address or `localhost`.
+fn is_loopback(addr: &str) -> bool {
+    let host = addr
+        .rsplit_once(':')
+        .map_or(addr, |(host, _)| host)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Target::Unix(path) => write!(f, "unix:{}", path.display()),
             Target::Tcp(addr) => write!(f, "{addr}"),
+            Target::Tls(addr) => write!(f, "https://{addr}"),
             Target::Ssh {
                 destination,
                 port,
@@ -126,6 +157,8 @@ pub struct Client {
     pub target: Target,
     actor: String,
     token: Option<String>,
+    /// The agent's certificate fingerprint, for `Target::Tls`.
+    fingerprint: Option<String>,
 }
 
 /// Either end of the connection to the agent.
@@ -216,7 +249,7 @@ impl Lines {
 }
 
 impl Client {
-    pub fn new(target: Target, token: Option<String>) -> Self {
+    pub fn new(target: Target, token: Option<String>, fingerprint: Option<String>) -> Self {
         let user = std::env::var("USER")
             .or_else(|_| std::env::var("LOGNAME"))
             .ok()
@@ -229,6 +262,7 @@ impl Client {
             target,
             actor: format!("{user}@{host}"),
             token,
+            fingerprint,
         }
     }
 
@@ -239,6 +273,7 @@ impl Client {
                 path.display()
             ),
             Target::Tcp(_) => "check that the agent listens there (`berth agent --api HOST:PORT`) and that BERTH_TOKEN holds its api-token".into(),
+            Target::Tls(_) => "check that the agent listens there (`berth agent --api https://HOST:PORT`), that BERTH_AGENT_FINGERPRINT holds the fingerprint it printed (`api_fingerprint` in its agent.json) and BERTH_TOKEN its api-token".into(),
             Target::Ssh { .. } => "check that you can `ssh` to the server without a password prompt, and that berth is installed and its agent running there".into(),
         };
         ClientError::Unreachable {
@@ -258,6 +293,26 @@ impl Client {
                 .await
                 .map(|s| Box::new(s) as Box<dyn Io>)
                 .map_err(|e| self.unreachable(e.to_string())),
+            Target::Tls(addr) => {
+                let Some(fingerprint) = &self.fingerprint else {
+                    return Err(self.unreachable(
+                        "its certificate cannot be checked: BERTH_AGENT_FINGERPRINT is not set"
+                            .into(),
+                    ));
+                };
+                let config = berth_tls::pinned_client_config(fingerprint)
+                    .map_err(|e| self.unreachable(e.to_string()))?;
+                let stream = tokio::net::TcpStream::connect(addr.as_str())
+                    .await
+                    .map_err(|e| self.unreachable(e.to_string()))?;
+                let name = tokio_rustls::rustls::pki_types::ServerName::try_from("berth-agent")
+                    .map_err(|e| self.unreachable(e.to_string()))?;
+                tokio_rustls::TlsConnector::from(config)
+                    .connect(name, stream)
+                    .await
+                    .map(|s| Box::new(s) as Box<dyn Io>)
+                    .map_err(|e| self.unreachable(format!("TLS: {e}")))
+            }
             Target::Ssh {
                 destination,
                 port,
@@ -268,7 +323,12 @@ impl Client {
                 if let Some(port) = port {
                     command.arg("-p").arg(port.to_string());
                 }
-                command.arg(destination).arg("berth").arg("dial-stdio");
+                // `--` ends ssh's options: the destination is never read as one.
+                command
+                    .arg("--")
+                    .arg(destination)
+                    .arg("berth")
+                    .arg("dial-stdio");
                 if let Some(socket) = socket {
                     command.arg("--agent").arg(format!("unix:{socket}"));
                 }
@@ -523,5 +583,20 @@ mod tests {
             })
         );
         assert!(Target::parse("nonsense").is_err());
+        assert_eq!(
+            Target::parse("203.0.113.7:7070"),
+            Ok(Target::Tls("203.0.113.7:7070".into())),
+            "beyond loopback, TLS"
+        );
+        assert_eq!(
+            Target::parse("https://127.0.0.1:7070/"),
+            Ok(Target::Tls("127.0.0.1:7070".into()))
+        );
+        assert_eq!(
+            Target::parse("localhost:7070"),
+            Ok(Target::Tcp("localhost:7070".into()))
+        );
+        let error = Target::parse("ssh://-oProxyCommand=touch /tmp/pwned").unwrap_err();
+        assert!(error.contains("option"), "{error}");
     }
 }

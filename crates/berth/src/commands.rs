@@ -119,7 +119,10 @@ impl Ctx {
                     .ok()
                     .map(|t| t.trim().to_owned())
             });
-        Ok(Client::new(self.target()?, token))
+        let fingerprint = std::env::var("BERTH_AGENT_FINGERPRINT")
+            .ok()
+            .filter(|f| !f.is_empty());
+        Ok(Client::new(self.target()?, token, fingerprint))
     }
 }
 
@@ -561,6 +564,12 @@ async fn agent(
             n => n,
         },
         shutdown_grace: Duration::from_secs(10),
+        upload_quota: berth_manifest::units::parse_size(&edge.upload_quota).map_err(|_| {
+            invalid(
+                format!("--upload-quota `{}` is not a size", edge.upload_quota),
+                Some("sizes look like 4GiB or 500m"),
+            )
+        })?,
     };
     let shutdown = async {
         let mut term =

@@ -295,6 +295,10 @@ struct EdgeArgs {
     /// 1MiB; larger ones get 431.
     #[arg(long, default_value = "32KiB", value_name = "SIZE")]
     max_header_size: String,
+    /// The most disk the build contexts of deploys in progress may take at once (uploads
+    /// no deploy used within an hour are removed).
+    #[arg(long, default_value = "4GiB", value_name = "SIZE")]
+    upload_quota: String,
 }
 
 #[derive(Subcommand)]

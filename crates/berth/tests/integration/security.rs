@@ -254,3 +254,212 @@ fn the_data_directory_is_closed_to_other_users_fresh_or_not() {
         );
     }
 }
+
+fn api_address(agent: &Agent, scheme_prefix: &str) -> String {
+    agent.agent_file()["api"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .find(|a| a.starts_with(scheme_prefix))
+        .unwrap_or_else(|| panic!("no {scheme_prefix} API listener: {}", agent.agent_file()))
+        .to_owned()
+}
+
+#[test]
+fn the_api_beyond_loopback_is_tls_pinned_by_fingerprint() {
+    // Plain HTTP on a public address is refused before anything is bound.
+    let refused = Agent::unstarted().berth(&[
+        "agent",
+        "--data-dir",
+        "/nonexistent/never-created",
+        "--api",
+        "0.0.0.0:7070",
+    ]);
+    refused.failure(2);
+    assert!(
+        refused.stderr.contains("https://0.0.0.0:7070"),
+        "the fix is named: {}",
+        refused.stderr
+    );
+
+    let agent = Agent::start_with(
+        &[],
+        &[
+            "--api",
+            "unix:{dir}/berth.sock",
+            "--api",
+            "https://127.0.0.1:0",
+        ],
+    );
+    let api = api_address(&agent, "https://");
+    let fingerprint = agent.agent_file()["api_fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(fingerprint.starts_with("sha256:"), "{fingerprint}");
+    assert!(agent.log().contains(&fingerprint), "the agent prints it");
+    let token = std::fs::read_to_string(agent.dir.path().join("api-token")).unwrap();
+    let token = token.trim();
+
+    let ok = agent.berth_env(
+        agent.dir.path(),
+        &[
+            ("BERTH_TOKEN", token),
+            ("BERTH_AGENT_FINGERPRINT", &fingerprint),
+        ],
+        &["status", "--json", "--agent", &api],
+    );
+    ok.success();
+    assert_eq!(ok.json()["agent"]["pid"], agent.agent_file()["pid"]);
+
+    // Another certificate (a man in the middle) is refused before the token is sent.
+    let other = format!("sha256:{}", "ab".repeat(32));
+    let wrong = agent.berth_env(
+        agent.dir.path(),
+        &[("BERTH_TOKEN", token), ("BERTH_AGENT_FINGERPRINT", &other)],
+        &["status", "--agent", &api],
+    );
+    assert_ne!(wrong.code, 0);
+    assert!(wrong.stderr.contains("not the pinned"), "{}", wrong.stderr);
+    let unpinned = agent.berth_env(
+        agent.dir.path(),
+        &[("BERTH_TOKEN", token)],
+        &["status", "--agent", &api],
+    );
+    assert_ne!(unpinned.code, 0);
+    assert!(
+        unpinned.stderr.contains("BERTH_AGENT_FINGERPRINT"),
+        "{}",
+        unpinned.stderr
+    );
+
+    // Plain HTTP to the TLS port gets no HTTP answer.
+    let addr = api.trim_start_matches("https://");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    use std::io::{Read, Write};
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    stream
+        .write_all(b"GET /v1/info HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    assert!(!answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+}
+
+#[test]
+fn the_tcp_api_caps_connections_and_cuts_silent_ones_before_authentication() {
+    use std::io::Read;
+    use std::time::{Duration, Instant};
+    let agent = Agent::start_with(
+        &[],
+        &["--api", "unix:{dir}/berth.sock", "--api", "127.0.0.1:0"],
+    );
+    let api = api_address(&agent, "127.0.0.1:");
+    // More silent connections than the cap (64).
+    let mut silent = Vec::new();
+    for _ in 0..70 {
+        let stream = std::net::TcpStream::connect(&api).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        silent.push(stream);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let mut closed_at_once = 0;
+    for stream in &mut silent[64..] {
+        stream
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut buf = [0u8; 16];
+        if matches!(stream.read(&mut buf), Ok(0)) {
+            closed_at_once += 1;
+        }
+    }
+    assert_eq!(
+        closed_at_once, 6,
+        "connections beyond the cap are closed at once"
+    );
+    // The others are cut by the head deadline (10 s), with nothing sent.
+    for stream in &mut silent[..64] {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut buf = [0u8; 256];
+        let n = stream.read(&mut buf).unwrap_or(0);
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "{text}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "silent connections were cut after {:?}",
+        started.elapsed()
+    );
+    drop(silent);
+    let token = std::fs::read_to_string(agent.dir.path().join("api-token")).unwrap();
+    agent
+        .berth_env(
+            agent.dir.path(),
+            &[("BERTH_TOKEN", token.trim())],
+            &["status", "--agent", &api],
+        )
+        .success();
+}
+
+/// Sends one HTTP request over the agent's unix socket and returns the status code.
+fn raw_api_request(agent: &Agent, head: &str, body_size: usize) -> u16 {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::os::unix::net::UnixStream::connect(agent.dir.path().join("berth.sock")).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    stream
+        .write_all(
+            format!("{head}content-length: {body_size}\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+    let chunk = vec![b'{'; 64 * 1024];
+    let mut sent = 0;
+    while sent < body_size {
+        let n = chunk.len().min(body_size - sent);
+        if stream.write_all(&chunk[..n]).is_err() {
+            break; // the agent answered and closed early
+        }
+        sent += n;
+    }
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP answer: {text:?}"))
+}
+
+#[test]
+fn request_bodies_are_bounded_and_uploads_have_a_quota() {
+    let agent = Agent::start_with(&[], &["--upload-quota", "3MiB"]);
+    // JSON requests: at most 4 MiB.
+    let status = raw_api_request(
+        &agent,
+        "POST /v1/deploy HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n",
+        6 << 20,
+    );
+    assert_eq!(status, 413, "a 6 MiB JSON body");
+    // Build contexts: within the quota, then refused beyond it, leaving nothing behind.
+    let upload = "POST /v1/uploads HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-tar\r\n";
+    assert_eq!(raw_api_request(&agent, upload, 2 << 20), 200);
+    assert_eq!(
+        raw_api_request(&agent, upload, 2 << 20),
+        413,
+        "over the quota"
+    );
+    let uploads: Vec<_> = std::fs::read_dir(agent.dir.path().join("uploads"))
+        .unwrap()
+        .collect();
+    assert_eq!(uploads.len(), 1, "the refused upload left no file");
+}
