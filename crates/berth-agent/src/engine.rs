@@ -678,7 +678,30 @@ impl Engine {
             ImageSource::Image { reference } => self.ensure_image(reference, progress).await?,
             ImageSource::Build(_) => self.build(ctx, accessory, contexts, progress).await?,
         };
-        let fingerprint = {
+        // What the accessory is made of, secret values included: keyed with a secret of the
+        // agent's, because labels are public to whoever can `docker inspect`, and a plain hash
+        // of a weak password could be guessed offline.
+        let material = {
+            let mut material = accessory.fingerprint().into_bytes();
+            material.extend_from_slice(image.as_bytes());
+            for secret in &accessory.secrets {
+                for part in [
+                    secret.name.as_bytes(),
+                    ctx.secret_values
+                        .get(&secret.name)
+                        .map(String::as_bytes)
+                        .unwrap_or_default(),
+                ] {
+                    material.extend_from_slice(&(part.len() as u64).to_be_bytes());
+                    material.extend_from_slice(part);
+                }
+            }
+            material
+        };
+        let fingerprint = self.secrets.label_digest(&material);
+        // Accessories labelled by an older berth (a plain SHA-256) are unchanged too: they are
+        // not recreated just for a new way of labelling.
+        let legacy = {
             use sha2::{Digest, Sha256};
             let mut hasher = Sha256::new();
             hasher.update(accessory.fingerprint());
@@ -703,9 +726,11 @@ impl Engine {
                 (names::SERVICE, &accessory.name),
             ])
             .await?;
-        let current = existing
-            .iter()
-            .find(|c| c.labels.get(names::CONFIG) == Some(&fingerprint));
+        let current = existing.iter().find(|c| {
+            c.labels
+                .get(names::CONFIG)
+                .is_some_and(|label| *label == fingerprint || *label == legacy)
+        });
         if let Some(current) = current {
             if current.state == berth_runtime::ContainerState::Running {
                 progress.log(format!("accessory {} is unchanged", accessory.name));

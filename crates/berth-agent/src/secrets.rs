@@ -30,6 +30,27 @@ pub struct SecretBox {
 }
 
 impl SecretBox {
+    /// HMAC-SHA256 of `material` (hex, 24 digits) under a key derived from the secrets key:
+    /// for container labels that must change with secret values without revealing them.
+    pub fn label_digest(&self, material: &[u8]) -> String {
+        use hmac::Mac;
+        type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+        let derive = |key: &[u8], data: &[u8]| {
+            let mut mac = <HmacSha256 as hmac::digest::KeyInit>::new_from_slice(key)
+                .unwrap_or_else(
+                    |_| <HmacSha256 as hmac::digest::KeyInit>::new(&Default::default()),
+                );
+            mac.update(data);
+            mac.finalize().into_bytes()
+        };
+        let secret = self.identity.to_string();
+        let key = derive(
+            b"berth container label key v1",
+            secret.expose_secret().as_bytes(),
+        );
+        hex::encode(&derive(&key, material)[..12])
+    }
+
     /// Loads the key from `path`, creating it (mode 0600) on first start.
     pub fn open(path: &Path) -> Result<Self, SecretError> {
         let display = path.display().to_string();
@@ -116,6 +137,32 @@ pub fn generate_value() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_digests_follow_values_and_need_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let ours = SecretBox::open(&dir.path().join("a.key")).unwrap();
+        let theirs = SecretBox::open(&dir.path().join("b.key")).unwrap();
+        let digest = ours.label_digest(b"postgres:16 POSTGRES_PASSWORD=hunter2");
+        assert_eq!(digest.len(), 24);
+        assert_eq!(
+            digest,
+            ours.label_digest(b"postgres:16 POSTGRES_PASSWORD=hunter2")
+        );
+        assert_ne!(
+            digest,
+            ours.label_digest(b"postgres:16 POSTGRES_PASSWORD=hunter3")
+        );
+        assert_ne!(
+            digest,
+            theirs.label_digest(b"postgres:16 POSTGRES_PASSWORD=hunter2"),
+            "without the key, a guess cannot be checked against the label"
+        );
+        use sha2::Digest;
+        let plain =
+            hex::encode(&sha2::Sha256::digest(b"postgres:16 POSTGRES_PASSWORD=hunter2")[..12]);
+        assert_ne!(digest, plain);
+    }
 
     #[test]
     fn values_round_trip_and_the_key_is_private() {

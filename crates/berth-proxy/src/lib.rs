@@ -181,6 +181,9 @@ pub struct Proxy {
     /// Where HTTPS is served, for redirects (unset: no redirects).
     https_port: OnceLock<u16>,
     admission: Arc<Admission>,
+    /// When rate-limit buckets were last swept, in seconds after `started`.
+    last_sweep: std::sync::atomic::AtomicU64,
+    started: Instant,
 }
 
 impl Proxy {
@@ -198,6 +201,8 @@ impl Proxy {
             tls: OnceLock::new(),
             https_port: OnceLock::new(),
             admission,
+            last_sweep: std::sync::atomic::AtomicU64::new(0),
+            started: Instant::now(),
         })
     }
 
@@ -256,10 +261,14 @@ impl Proxy {
                         // per-request header timer would do on almost every request. A
                         // heartbeat keeps that planned wake-up under a second away, earlier
                         // than any request timer, so arming one costs no system call.
-                        let heartbeat = tokio::spawn(async {
+                        let beating = Arc::clone(&proxy);
+                        let heartbeat = tokio::spawn(async move {
                             let mut tick = tokio::time::interval(HEARTBEAT);
                             loop {
                                 tick.tick().await;
+                                // Housekeeping off the request path, on whichever loop
+                                // gets there first.
+                                beating.sweep_rate_limits();
                             }
                         });
                         let _heartbeat = scopeguard(move || heartbeat.abort());
@@ -298,6 +307,32 @@ impl Proxy {
             addr: bound,
             threads: handles,
         })
+    }
+
+    /// Forgets idle rate-limit buckets, at most every 10 seconds (whichever event loop asks
+    /// first does it).
+    fn sweep_rate_limits(&self) {
+        let now = self.started.elapsed().as_secs();
+        let last = self.last_sweep.load(Ordering::Relaxed);
+        if now < last + 10
+            || self
+                .last_sweep
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let rates: Vec<Arc<RateLimiter>> = self
+            .limiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter_map(|l| l.rate.clone())
+            .collect();
+        let at = Instant::now();
+        for rate in rates {
+            rate.sweep(at);
+        }
     }
 
     /// Connects the TLS side (once).

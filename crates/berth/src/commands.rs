@@ -474,6 +474,9 @@ async fn agent(
     let https = match edge.https.as_deref() {
         Some("off") => None,
         Some(text) => Some(address("https", text)?),
+        // An operator who gave a loopback HTTP address asked for nothing public: no HTTPS
+        // listener on every interface behind their back.
+        None if http.is_some_and(|addr: std::net::SocketAddr| addr.ip().is_loopback()) => None,
         None if root => Some("0.0.0.0:443".parse()?),
         None => None,
     };

@@ -463,3 +463,44 @@ fn request_bodies_are_bounded_and_uploads_have_a_quota() {
         .collect();
     assert_eq!(uploads.len(), 1, "the refused upload left no file");
 }
+
+#[test]
+fn an_agent_told_to_serve_loopback_binds_nothing_public() {
+    // As root, with only a loopback HTTP address given: no HTTPS on 0.0.0.0:443.
+    let dir = tempfile::Builder::new()
+        .prefix("berth-test-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let mut child = Command::new(crate::harness::BERTH)
+        .args(["agent", "--data-dir"])
+        .arg(dir.path())
+        .args(["--http", "127.0.0.1:0", "--acme-directory", "off"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let agent_file = dir.path().join("agent.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let json = loop {
+        if let Ok(text) = std::fs::read_to_string(&agent_file)
+            && let Ok(json) = serde_json::from_str::<serde_json::Value>(&text)
+        {
+            break json;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the agent exited: {status}");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        json["http"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{json}"
+    );
+    assert!(json["https"].is_null(), "nothing public: {json}");
+}
