@@ -10,6 +10,7 @@ mod diagnostic;
 mod model;
 mod overlay;
 mod raw;
+mod risks;
 mod shell;
 pub mod units;
 mod validate;
@@ -17,6 +18,7 @@ mod validate;
 pub use backups::*;
 pub use diagnostic::{Diagnostic, LocatedDiagnostic, ManifestError, line_column};
 pub use model::*;
+pub use risks::{Risk, risks};
 
 use serde::Deserialize;
 use std::path::Path;

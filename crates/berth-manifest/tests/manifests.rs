@@ -1048,3 +1048,40 @@ fn a_broken_storage_is_reported_once_not_again_by_its_backups() {
     assert_eq!(located.len(), 1, "{error}");
     assert!(located[0].message.contains("not a valid bucket name"));
 }
+
+#[test]
+fn mounts_and_ports_that_hand_containers_the_host_are_named() {
+    let text = r#"
+app = "risky"
+
+[services.web]
+image = "x"
+port = 80
+volumes = ["/var/run/docker.sock:/var/run/docker.sock", "/:/host:ro", "/etc/:/etc-host", "./data:/data", "/srv/app/uploads:/uploads"]
+
+[accessories.db]
+image = "postgres:16"
+publish = ["5432:5432", "127.0.0.1:6432:6432"]
+"#;
+    let manifest = load(source(text), None).unwrap();
+    let found = risks(&manifest);
+    let messages: Vec<String> = found
+        .iter()
+        .map(|r| format!("{}: {}", r.service, r.message))
+        .collect();
+    assert_eq!(found.len(), 4, "{messages:#?}");
+    assert!(
+        messages[0].starts_with("web: mounts the Docker socket"),
+        "{messages:#?}"
+    );
+    assert!(messages[0].contains("root on the host"));
+    assert!(messages[1].contains("mounts the host's /"));
+    assert!(!messages[1].contains("writable"), "read-only is said");
+    assert!(messages[2].contains("/etc (writable)"), "{messages:#?}");
+    assert!(messages[3].starts_with("db: publishes port 5432 on every address"));
+    assert!(found[3].help.contains("127.0.0.1:5432:5432"));
+    assert!(
+        risks(&load(source(FULL), None).unwrap()).is_empty(),
+        "the full example is clean"
+    );
+}

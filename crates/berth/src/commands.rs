@@ -342,7 +342,7 @@ fn check(ctx: &Ctx, args: &ManifestArgs) -> anyhow::Result<ExitCode> {
             if ctx.json {
                 let apps: Vec<_> = manifests
                     .iter()
-                    .map(|m| serde_json::json!({ "app": m.app, "environment": m.environment, "services": m.services.keys().collect::<Vec<_>>(), "accessories": m.accessories.keys().collect::<Vec<_>>() }))
+                    .map(|m| serde_json::json!({ "app": m.app, "environment": m.environment, "services": m.services.keys().collect::<Vec<_>>(), "accessories": m.accessories.keys().collect::<Vec<_>>(), "warnings": berth_manifest::risks(m) }))
                     .collect();
                 println!(
                     "{}",
@@ -396,6 +396,16 @@ fn check(ctx: &Ctx, args: &ManifestArgs) -> anyhow::Result<ExitCode> {
                         "    {} ({}{replicas}{route})",
                         service.name,
                         service.role().as_str()
+                    );
+                }
+                for risk in berth_manifest::risks(manifest) {
+                    eprintln!(
+                        "  {} {}: {}\n    {} {}",
+                        style("warning:").yellow(),
+                        risk.service,
+                        risk.message,
+                        style("help:").dim(),
+                        risk.help
                     );
                 }
             }
