@@ -107,6 +107,14 @@ impl RecordKey {
     /// Whether `mac_hex` is this key's MAC of `bytes` (compared in constant time).
     pub fn verifies(&self, bytes: &[u8], mac_hex: &str) -> bool {
         use hmac::Mac;
+        // Only the spelling berth writes (64 lower-case hex digits): one record, one form.
+        if mac_hex.len() != 64
+            || !mac_hex
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return false;
+        }
         let Ok(expected) = hex::decode(mac_hex) else {
             return false;
         };

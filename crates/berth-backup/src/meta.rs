@@ -417,4 +417,102 @@ mod tests {
         checksum.sha256 = "../x".into();
         assert!(checksum.check_shape().is_err());
     }
+
+    /// Random damage to a signed record's JSON (flipped bytes, fields swapped for others,
+    /// values from other records): parsing never panics, a record that still verifies is
+    /// the one that was signed, and the object berth would read is always the derived one.
+    /// `BERTH_FUZZ_SECONDS` runs it longer; `BERTH_FUZZ_SEED` replays one seed.
+    #[test]
+    fn fuzz_damaged_records_are_never_trusted_as_something_else() {
+        use rand::{Rng, SeedableRng};
+        let seconds: f64 = std::env::var("BERTH_FUZZ_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1.0);
+        let seed: u64 = std::env::var("BERTH_FUZZ_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(rand::random);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let key = key();
+        let mut original = record();
+        original.sign(&key);
+        let json = original.to_json();
+        let replacements: &[&[u8]] = &[
+            b"\"../../../../tmp/victim\"",
+            b"\"2099-01-01T00:00:00Z\"",
+            b"\"safety\"",
+            b"\"manual\"",
+            b"\"tar\"",
+            b"0",
+            b"18446744073709551615",
+            b"null",
+            b"{}",
+            b"[]",
+            b"\"\\u0000\"",
+            b"\"20991231T000000Z-0000\"",
+        ];
+        let started = std::time::Instant::now();
+        let mut cases = 0u64;
+        while started.elapsed().as_secs_f64() < seconds {
+            let mut damaged = json.clone();
+            for _ in 0..rng.random_range(1..4) {
+                if damaged.is_empty() {
+                    break;
+                }
+                match rng.random_range(0..3) {
+                    0 => {
+                        let at = rng.random_range(0..damaged.len());
+                        damaged[at] ^= 1 << rng.random_range(0..8);
+                    }
+                    1 => {
+                        // Replace the value after some `": "` with another.
+                        let colons: Vec<usize> = damaged
+                            .windows(2)
+                            .enumerate()
+                            .filter(|(_, w)| w == b": ")
+                            .map(|(i, _)| i + 2)
+                            .collect();
+                        if colons.is_empty() {
+                            continue;
+                        }
+                        let start = colons[rng.random_range(0..colons.len())];
+                        let end = damaged[start..]
+                            .iter()
+                            .position(|b| *b == b',' || *b == b'\n')
+                            .map_or(damaged.len(), |n| start + n);
+                        let with = replacements[rng.random_range(0..replacements.len())];
+                        damaged.splice(start..end, with.iter().copied());
+                    }
+                    _ => {
+                        let at = rng.random_range(0..damaged.len());
+                        let cut = rng.random_range(at..=damaged.len());
+                        damaged.drain(at..cut);
+                    }
+                }
+            }
+            if let Ok(parsed) = serde_json::from_slice::<BackupMeta>(&damaged) {
+                if parsed.trust(std::slice::from_ref(&key)) == Trust::Trusted {
+                    assert_eq!(
+                        parsed,
+                        original,
+                        "seed {seed}: a changed record still verifies: {}",
+                        String::from_utf8_lossy(&damaged)
+                    );
+                }
+                let derived = format!(
+                    "{}/{}",
+                    BackupMeta::directory(&parsed.app, &parsed.name),
+                    object_name(&parsed.id, parsed.kind)
+                );
+                assert_eq!(parsed.object_key(), derived, "seed {seed}");
+                if parsed.check_shape().is_ok() {
+                    assert_eq!(parsed.object, object_name(&parsed.id, parsed.kind));
+                    assert!(!parsed.object.contains('/'), "seed {seed}");
+                }
+            }
+            cases += 1;
+        }
+        assert!(cases > 100, "seed {seed}: only {cases} cases ran");
+    }
 }

@@ -69,10 +69,6 @@ impl<F: Flag> FramingWatcher<F> {
             match &mut self.state {
                 State::Off => return,
                 State::Head(head) => {
-                    if head.is_empty() && bytes.starts_with(b"PRI * HTTP/2.0") {
-                        self.state = State::Off;
-                        return;
-                    }
                     // Tolerate the empty lines some clients send between requests.
                     if head.is_empty() {
                         let skip = bytes
@@ -165,6 +161,11 @@ impl<F: Flag> FramingWatcher<F> {
     }
 
     fn after_head(&self, head: &[u8]) -> State {
+        // HTTP/2's preface (prior knowledge): binary frames follow. Recognised on the whole
+        // head, so the verdict never depends on how the bytes were split into reads.
+        if head.starts_with(b"PRI * HTTP/2.0\r\n") {
+            return State::Off;
+        }
         if !needs_parse(head) {
             return State::Head(Vec::new());
         }
@@ -412,5 +413,81 @@ mod tests {
             b"GET /ws HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n",
         ]);
         assert!(!watcher.is_following());
+    }
+
+    /// Random request streams built from the pieces smuggling attempts use, then random
+    /// garbage: whatever the bytes, the watcher never panics and reaches the same verdict
+    /// however the stream is split into reads (an attacker chooses the TCP segments).
+    /// `BERTH_FUZZ_SECONDS` runs it longer; `BERTH_FUZZ_SEED` replays one seed.
+    #[test]
+    fn fuzz_any_split_of_any_stream_gets_the_same_verdict() {
+        use rand::{Rng, SeedableRng};
+        let seconds: f64 = std::env::var("BERTH_FUZZ_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1.0);
+        let seed: u64 = std::env::var("BERTH_FUZZ_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(rand::random);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let started = std::time::Instant::now();
+        let pieces: &[&[u8]] = &[
+            b"GET / HTTP/1.1\r\n",
+            b"POST /upload HTTP/1.1\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"host: x\r\n",
+            b"content-length: 5\r\n",
+            b"Content-Length: 0\r\n",
+            b"content-length: 99999999999999999999\r\n",
+            b"transfer-encoding: chunked\r\n",
+            b"Transfer-Encoding: gzip, chunked\r\n",
+            b" transfer-encoding: chunked\r\n",
+            b"x-a: 1\r\n\tcontent-length: 3\r\n",
+            b"upgrade: websocket\r\nconnection: upgrade\r\n",
+            b"\r\n",
+            b"hello",
+            b"5\r\nhello\r\n0\r\n\r\n",
+            b"ffffffffffffffffff\r\n",
+            b"0;ext=1\r\ntrailer: x\r\n\r\n",
+            b"\n",
+            b"\r",
+            b"\0",
+        ];
+        let mut cases = 0u64;
+        while started.elapsed().as_secs_f64() < seconds {
+            let mut stream = Vec::new();
+            for _ in 0..rng.random_range(1..24) {
+                if rng.random_bool(0.1) {
+                    let garbage: Vec<u8> =
+                        (0..rng.random_range(1..40)).map(|_| rng.random()).collect();
+                    stream.extend_from_slice(&garbage);
+                } else {
+                    stream.extend_from_slice(pieces[rng.random_range(0..pieces.len())]);
+                }
+            }
+            let (whole, _) = watch(&[&stream]);
+            let mut cuts: Vec<usize> = (0..rng.random_range(1..8))
+                .map(|_| rng.random_range(0..=stream.len()))
+                .collect();
+            cuts.sort_unstable();
+            let mut chunks = Vec::new();
+            let mut at = 0;
+            for cut in cuts {
+                chunks.push(&stream[at..cut]);
+                at = cut;
+            }
+            chunks.push(&stream[at..]);
+            let (split, _) = watch(&chunks);
+            assert_eq!(
+                whole,
+                split,
+                "seed {seed}: the verdict depends on the split {:?} of {:?}",
+                chunks.iter().map(|c| c.len()).collect::<Vec<_>>(),
+                String::from_utf8_lossy(&stream)
+            );
+            cases += 1;
+        }
+        assert!(cases > 100, "seed {seed}: only {cases} cases ran");
     }
 }
