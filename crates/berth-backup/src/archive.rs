@@ -62,15 +62,58 @@ pub fn write_dir(dir: &Path, out: &mut dyn Write) -> Result<ArchiveInfo> {
             info.skipped += 1;
             continue;
         }
-        builder
-            .append_path_with_name(entry.path(), relative)
-            .map_err(|e| archive_error(entry.path(), e))?;
+        if kind.is_file() {
+            append_file(&mut builder, entry.path(), relative)?;
+        } else {
+            builder
+                .append_path_with_name(entry.path(), relative)
+                .map_err(|e| archive_error(entry.path(), e))?;
+        }
     }
     builder
         .into_inner()
         .and_then(|out| out.flush())
         .map_err(|e| BackupError::io("cannot pass the archive on", e))?;
     Ok(info)
+}
+
+/// Archives a regular file through one open descriptor: opened without following a link,
+/// checked to be a regular file, its header taken from that same descriptor. A container that
+/// swaps the file for a link (or a FIFO) between the directory listing and the read gets the
+/// backup refused, never a host file read into it.
+fn append_file<W: Write>(
+    builder: &mut tar::Builder<W>,
+    path: &Path,
+    relative: &Path,
+) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits() as i32)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+                BackupError::Source(format!(
+                    "{} became a symbolic link while it was archived; berth does not follow links in a container's data",
+                    path.display()
+                ))
+            } else {
+                archive_error(path, e)
+            }
+        })?;
+    let metadata = file.metadata().map_err(|e| archive_error(path, e))?;
+    if !metadata.is_file() {
+        return Err(BackupError::Source(format!(
+            "{} stopped being a regular file while it was archived",
+            path.display()
+        )));
+    }
+    let mut header = tar::Header::new_gnu();
+    header.set_metadata_in_mode(&metadata, tar::HeaderMode::Complete);
+    builder
+        .append_data(&mut header, relative, file)
+        .map_err(|e| archive_error(path, e))
 }
 
 fn archive_error(path: &Path, error: io::Error) -> BackupError {
@@ -191,6 +234,34 @@ mod tests {
             std::fs::read_link(dest.path().join("link")).unwrap(),
             Path::new("a/b/file.txt")
         );
+    }
+
+    #[test]
+    fn a_file_swapped_for_a_link_after_the_listing_is_refused_not_read() {
+        // What `write_dir` does once the walk has seen a regular file: the name now holds a
+        // link to a host file (a container swapped it), or a FIFO (which would block).
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("shadow");
+        std::fs::write(&victim, b"root:secret").unwrap();
+        let swapped = dir.path().join("app.db");
+        std::os::unix::fs::symlink(&victim, &swapped).unwrap();
+        let mut tar = Vec::new();
+        let mut builder = tar::Builder::new(&mut tar);
+        let error = append_file(&mut builder, &swapped, Path::new("app.db")).unwrap_err();
+        assert!(error.to_string().contains("symbolic link"), "{error}");
+        drop(builder);
+        assert!(!tar.windows(11).any(|w| w == b"root:secret"));
+        let fifo = dir.path().join("fifo");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let mut builder = tar::Builder::new(Vec::new());
+        let error = append_file(&mut builder, &fifo, Path::new("fifo")).unwrap_err();
+        assert!(error.to_string().contains("regular file"), "{error}");
     }
 
     #[test]
