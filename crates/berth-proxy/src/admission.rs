@@ -7,6 +7,10 @@
 //!   within `header_read_timeout` of being accepted, or it is closed;
 //! - a connection with no request in progress for `idle_timeout` is closed gracefully
 //!   (hyper's own header timeout already bounds HTTP/1's later request heads);
+//! - a connection whose client takes nothing of a response ready for it for `send_timeout`
+//!   (a full TCP window, an HTTP/2 flow-control window left at zero) is closed: otherwise it
+//!   would count as busy forever;
+//! - an upgraded connection (a WebSocket) keeps its slot until it ends;
 //! - one client address (an IPv6 /64 counts as one) may hold at most
 //!   `max_connections_per_client`; more are closed at once;
 //! - at `max_connections`, the connection idle the longest (silent ones included) is closed to
@@ -58,7 +62,12 @@ pub(crate) struct Deadlines {
     pub first_byte: Duration,
     pub first_request: Duration,
     pub idle: Duration,
+    pub send: Duration,
 }
+
+/// At the connection cap, a connection whose client has taken nothing for this long may be
+/// closed for a new client when none is idle.
+const EVICTABLE_STALL: Duration = Duration::from_secs(1);
 
 /// Every open client connection of one proxy (all its listeners and threads).
 pub(crate) struct Admission {
@@ -114,12 +123,25 @@ impl Admission {
     /// false when every connection has a request in progress.
     pub(crate) fn evict_idlest(&self) -> bool {
         let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
-        let idlest = registry
-            .live
-            .values()
+        let candidates = || {
+            registry
+                .live
+                .values()
+                .filter(|l| !l.evicted.load(Ordering::Acquire))
+        };
+        let now = Instant::now();
+        // The idlest; failing that, the one whose client has been taking nothing longest.
+        let idlest = candidates()
             .filter(|l| l.in_progress.load(Ordering::Acquire) == 0)
-            .filter(|l| !l.evicted.load(Ordering::Acquire))
-            .min_by_key(|l| l.idle_since());
+            .min_by_key(|l| l.idle_since())
+            .or_else(|| {
+                candidates()
+                    .filter(|l| l.waiting_on_client.load(Ordering::Acquire) > 0)
+                    .filter(|l| {
+                        now.saturating_duration_since(l.client_progress()) >= EVICTABLE_STALL
+                    })
+                    .min_by_key(|l| l.client_progress())
+            });
         match idlest {
             Some(liveness) => {
                 liveness.evicted.store(true, Ordering::Release);
@@ -145,7 +167,8 @@ impl Admission {
     }
 }
 
-/// A connection's slot: given back when dropped.
+/// A connection's slot: given back when dropped, that is when the connection and every request
+/// it started (an upgraded connection's splice included) are done.
 pub(crate) struct Admitted {
     admission: Arc<Admission>,
     id: u64,
@@ -181,6 +204,11 @@ pub(crate) struct Liveness {
     in_progress: AtomicU32,
     /// Milliseconds after `accepted` when the last request in progress ended.
     idle_since_ms: AtomicU64,
+    /// Responses with something ready for the client that it has not asked for yet.
+    waiting_on_client: AtomicU32,
+    /// Milliseconds after `accepted` when the client last took part of a response (or a
+    /// request began).
+    client_progress_ms: AtomicU64,
     evicted: AtomicBool,
     evict: Notify,
 }
@@ -196,6 +224,8 @@ pub(crate) enum Verdict {
     Idle,
     /// Closed to make room for a new client.
     Evicted,
+    /// The client took nothing of a ready response for the send timeout.
+    Stalled,
 }
 
 impl Verdict {
@@ -211,6 +241,7 @@ impl Verdict {
             Verdict::NoRequest => "no_request",
             Verdict::Idle => "idle",
             Verdict::Evicted => "evicted",
+            Verdict::Stalled => "stalled",
         }
     }
 }
@@ -223,6 +254,8 @@ impl Liveness {
             started_a_request: AtomicBool::new(false),
             in_progress: AtomicU32::new(0),
             idle_since_ms: AtomicU64::new(0),
+            waiting_on_client: AtomicU32::new(0),
+            client_progress_ms: AtomicU64::new(0),
             evicted: AtomicBool::new(false),
             evict: Notify::new(),
         }
@@ -237,18 +270,17 @@ impl Liveness {
         self.got_bytes.load(Ordering::Relaxed)
     }
 
-    /// A request reached the handler; it counts as in progress until the guard is dropped
-    /// (with the response body, or the upgraded connection).
-    pub(crate) fn begin_request(self: &Arc<Self>) -> RequestActivity {
-        if !self.started_a_request.load(Ordering::Relaxed) {
-            self.started_a_request.store(true, Ordering::Relaxed);
-        }
-        self.in_progress.fetch_add(1, Ordering::AcqRel);
-        RequestActivity(Arc::clone(self))
-    }
-
     fn idle_since(&self) -> Instant {
         self.accepted + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire))
+    }
+
+    fn client_progress(&self) -> Instant {
+        self.accepted + Duration::from_millis(self.client_progress_ms.load(Ordering::Acquire))
+    }
+
+    fn note_client_progress(&self) {
+        let ms = u64::try_from(self.accepted.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.client_progress_ms.store(ms, Ordering::Release);
     }
 
     /// What is due at `now`: a verdict, or when to look again.
@@ -265,16 +297,26 @@ impl Liveness {
                 }
                 next = next.min(first_byte);
             }
-            return Ok(next);
+            // A request may start and stall before these deadlines: look by then too.
+            return Ok(next.min(now + deadlines.send));
         }
         if self.in_progress.load(Ordering::Acquire) > 0 {
-            return Ok(now + deadlines.idle);
+            if self.waiting_on_client.load(Ordering::Acquire) == 0 {
+                // A response may become ready (and stall) later: look again by then, so a
+                // stall shows within twice the send timeout without a wake-up per frame.
+                return Ok(now + deadlines.send.min(deadlines.idle));
+            }
+            let until = self.client_progress() + deadlines.send;
+            if now >= until {
+                return Err(Verdict::Stalled);
+            }
+            return Ok(until.min(now + deadlines.idle));
         }
         let until = self.idle_since() + deadlines.idle;
         if now >= until {
             return Err(Verdict::Idle);
         }
-        Ok(until)
+        Ok(until.min(now + deadlines.send))
     }
 
     /// Resolves when the connection should be closed, and says why.
@@ -292,12 +334,64 @@ impl Liveness {
     }
 }
 
+impl Admitted {
+    /// A request reached the handler; it counts as in progress until the guard is dropped
+    /// (with the response body, or the upgraded connection), and holds the connection's slot
+    /// until then.
+    pub(crate) fn begin_request(self: &Arc<Self>) -> RequestActivity {
+        let liveness = &self.liveness;
+        if !liveness.started_a_request.load(Ordering::Relaxed) {
+            liveness.started_a_request.store(true, Ordering::Relaxed);
+        }
+        liveness.in_progress.fetch_add(1, Ordering::AcqRel);
+        liveness.note_client_progress();
+        RequestActivity {
+            admitted: Arc::clone(self),
+            waiting: false,
+        }
+    }
+}
+
 /// A request in progress on a connection; dropping it ends it.
-pub(crate) struct RequestActivity(Arc<Liveness>);
+pub(crate) struct RequestActivity {
+    admitted: Arc<Admitted>,
+    /// Counted in `waiting_on_client`: its response has something ready for the client.
+    waiting: bool,
+}
+
+impl RequestActivity {
+    fn set_waiting(&mut self, waiting: bool) {
+        if self.waiting == waiting {
+            return;
+        }
+        self.waiting = waiting;
+        let counter = &self.admitted.liveness.waiting_on_client;
+        if waiting {
+            counter.fetch_add(1, Ordering::AcqRel);
+        } else {
+            counter.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// The response is handed to the server: ready for the client until it asks for it.
+    pub(crate) fn response_ready(&mut self) {
+        self.admitted.liveness.note_client_progress();
+        self.set_waiting(true);
+    }
+
+    /// The server asked the response body for more (the client took what came before);
+    /// `ready` says whether the body had something (so the client is waited on again) or
+    /// is waiting for the upstream (so it is not), or ended.
+    pub(crate) fn body_polled(&mut self, ready: bool) {
+        self.admitted.liveness.note_client_progress();
+        self.set_waiting(ready);
+    }
+}
 
 impl Drop for RequestActivity {
     fn drop(&mut self) {
-        let liveness = &self.0;
+        self.set_waiting(false);
+        let liveness = &self.admitted.liveness;
         if liveness.in_progress.fetch_sub(1, Ordering::AcqRel) == 1 {
             let ms = liveness.accepted.elapsed().as_millis();
             liveness
@@ -378,6 +472,7 @@ mod tests {
             first_byte: Duration::from_secs(5),
             first_request: Duration::from_secs(20),
             idle: Duration::from_secs(60),
+            send: Duration::from_secs(30),
         }
     }
 
@@ -414,15 +509,20 @@ mod tests {
 
     #[test]
     fn when_full_the_idlest_connection_is_asked_to_leave_never_a_busy_one() {
-        let admission = Admission::new(3, 10);
-        let busy = admission.admit("192.0.2.1".parse().unwrap()).unwrap();
-        let _request = busy.liveness.begin_request();
-        let silent = admission.admit("192.0.2.2".parse().unwrap()).unwrap();
+        let admission = Admission::new(4, 10);
+        let admit = |ip: &str| Arc::new(admission.admit(ip.parse().unwrap()).unwrap());
+        let busy = admit("192.0.2.1");
+        let _request = busy.begin_request();
+        let silent = admit("192.0.2.2");
         std::thread::sleep(Duration::from_millis(5));
-        let served = admission.admit("192.0.2.3".parse().unwrap()).unwrap();
-        drop(served.liveness.begin_request());
+        let served = admit("192.0.2.3");
+        drop(served.begin_request());
+        // A client that takes nothing of its response.
+        let stalled = admit("192.0.2.4");
+        let mut stalled_request = stalled.begin_request();
+        stalled_request.response_ready();
         assert_eq!(
-            admission.admit("192.0.2.4".parse().unwrap()).err(),
+            admission.admit("192.0.2.5".parse().unwrap()).err(),
             Some(Refusal::Full)
         );
         assert!(admission.evict_idlest());
@@ -432,15 +532,37 @@ mod tests {
         );
         assert!(admission.evict_idlest());
         assert!(served.liveness.evicted.load(Ordering::Acquire));
-        assert!(!admission.evict_idlest(), "the busy one stays");
+        assert!(
+            !admission.evict_idlest(),
+            "busy ones stay, a stalled one too while its stall is fresh"
+        );
+        std::thread::sleep(EVICTABLE_STALL);
+        assert!(
+            admission.evict_idlest(),
+            "a client stalled for a while makes room"
+        );
+        assert!(stalled.liveness.evicted.load(Ordering::Acquire));
         assert!(!busy.liveness.evicted.load(Ordering::Acquire));
         drop(silent);
-        assert_eq!(admission.open(), 2);
+        assert_eq!(admission.open(), 3);
+    }
+
+    #[test]
+    fn a_request_holds_its_connections_slot_until_it_ends() {
+        let admission = Admission::new(1, 1);
+        let connection = Arc::new(admission.admit("192.0.2.1".parse().unwrap()).unwrap());
+        let upgraded = connection.begin_request();
+        drop(connection);
+        assert_eq!(admission.open(), 1, "a WebSocket's splice keeps the slot");
+        drop(upgraded);
+        assert_eq!(admission.open(), 0);
     }
 
     #[test]
     fn deadlines_run_from_accept_until_the_first_request() {
-        let liveness = Arc::new(Liveness::new());
+        let admission = Admission::new(1, 1);
+        let admitted = Arc::new(admission.admit("192.0.2.1".parse().unwrap()).unwrap());
+        let liveness = Arc::clone(&admitted.liveness);
         let at = |secs: u64| liveness.accepted + Duration::from_secs(secs);
         let d = deadlines();
         assert_eq!(liveness.due(at(1), &d), Ok(at(5)));
@@ -448,11 +570,33 @@ mod tests {
         liveness.saw_bytes();
         assert_eq!(liveness.due(at(5), &d), Ok(at(20)));
         assert_eq!(liveness.due(at(20), &d), Err(Verdict::NoRequest));
-        let request = liveness.begin_request();
-        assert_eq!(liveness.due(at(100), &d), Ok(at(160)), "busy: never idle");
+        let mut request = admitted.begin_request();
+        let began = liveness.client_progress();
+        assert_eq!(
+            liveness.due(at(100), &d),
+            Ok(at(130)),
+            "busy: never idle, but looked at"
+        );
+        // A response ready for a client that takes nothing: cut after the send timeout.
+        request.response_ready();
+        let ready = liveness.client_progress();
+        assert!(ready >= began);
+        assert_eq!(liveness.due(ready, &d), Ok(ready + d.send));
+        assert_eq!(liveness.due(ready + d.send, &d), Err(Verdict::Stalled));
+        // The client takes it, and the body waits for the upstream: not the client's stall.
+        request.body_polled(false);
+        assert_eq!(
+            liveness.due(ready + d.send, &d),
+            Ok(ready + d.send + d.send)
+        );
         drop(request);
         let ended = liveness.idle_since();
-        assert_eq!(liveness.due(ended, &d), Ok(ended + d.idle));
+        assert_eq!(
+            liveness.due(ended, &d),
+            Ok(ended + d.send),
+            "looked at again"
+        );
+        assert_eq!(liveness.due(ended + d.send, &d), Ok(ended + d.idle));
         assert_eq!(
             liveness.due(ended + d.idle, &d),
             Err(Verdict::Idle),

@@ -13,8 +13,9 @@ use std::task::{Context, Poll};
 pub struct ProxyBody {
     kind: Kind,
     /// Keeps the request counted as in progress on its client connection until the
-    /// response body is done with (see `admission`).
-    _activity: Option<crate::RequestActivity>,
+    /// response body is done with, and tells it when the client takes more (see
+    /// `admission`).
+    activity: Option<crate::RequestActivity>,
 }
 
 // The response body lives in one place for its whole life; boxing the large variant would
@@ -34,13 +35,13 @@ impl ProxyBody {
     fn of(kind: Kind) -> Self {
         Self {
             kind,
-            _activity: None,
+            activity: None,
         }
     }
 
     /// Ties the request's activity to this response body.
     pub(crate) fn hold(&mut self, activity: crate::RequestActivity) {
-        self._activity = Some(activity);
+        self.activity = Some(activity);
     }
 
     pub(crate) fn empty() -> Self {
@@ -71,7 +72,7 @@ impl Body for ProxyBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match &mut self.kind {
+        let polled = match &mut self.kind {
             Kind::Empty => Poll::Ready(None),
             Kind::Full(bytes) => Poll::Ready(
                 bytes
@@ -87,7 +88,11 @@ impl Body for ProxyBody {
                 polled
             }
             Kind::Tracked(body) => Pin::new(body).poll_frame(cx),
+        };
+        if let Some(activity) = self.activity.as_mut() {
+            activity.body_polled(matches!(polled, Poll::Ready(Some(Ok(_)))));
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -77,6 +77,10 @@ pub struct ProxyConfig {
     /// How long a connection with no request in progress stays open (HTTP/1.1 keep-alive
     /// and HTTP/2 alike).
     pub idle_timeout: Duration,
+    /// How long a client may take nothing of a response that is ready for it (it stopped
+    /// reading, or left an HTTP/2 flow-control window at zero) before its connection is
+    /// closed, as nginx's `send_timeout`.
+    pub send_timeout: Duration,
     /// Largest request head accepted (431 beyond it).
     pub max_header_size: usize,
     /// Client connections open at once. At the cap, the connection idle the longest is
@@ -99,6 +103,7 @@ impl Default for ProxyConfig {
             header_read_timeout: Duration::from_secs(30),
             first_byte_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
             max_header_size: 32 * 1024,
             max_connections: 10_000,
             max_connections_per_client: 256,
@@ -418,6 +423,7 @@ impl Proxy {
             first_byte: self.config.first_byte_timeout,
             first_request: self.config.header_read_timeout,
             idle: self.config.idle_timeout,
+            send: self.config.send_timeout,
         };
         let acceptor = match &scheme {
             Scheme::Https(config) => Some(tokio_rustls::TlsAcceptor::from(config.clone())),
@@ -457,6 +463,7 @@ impl Proxy {
                 }
             };
             let _ = stream.set_nodelay(true);
+            let admitted = Arc::new(admitted);
             let proxy = Arc::clone(&self);
             let builders = Arc::clone(&builders);
             let acceptor = acceptor.clone();
@@ -484,7 +491,7 @@ impl Proxy {
                     acceptor,
                     stream,
                     connection,
-                    &admitted.liveness,
+                    &admitted,
                     watchdog,
                 )
                 .await;
@@ -980,7 +987,7 @@ impl Builders {
             .max_header_list_size(max_header_list)
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(20))
-            .max_concurrent_streams(250)
+            .max_concurrent_streams(100)
             // WebSockets over HTTP/2 (RFC 8441): browsers use them when this is announced.
             .enable_connect_protocol();
         let mut http1 = hyper::server::conn::http1::Builder::new();
@@ -995,7 +1002,7 @@ impl Builders {
             .max_header_list_size(max_header_list)
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(20))
-            .max_concurrent_streams(250)
+            .max_concurrent_streams(100)
             .enable_connect_protocol();
         Self {
             sniffing,
@@ -1014,21 +1021,22 @@ async fn serve_client(
     acceptor: Option<tokio_rustls::TlsAcceptor>,
     stream: Noticed<tokio::net::TcpStream>,
     connection: Arc<ClientConnection>,
-    liveness: &Arc<admission::Liveness>,
+    admitted: &Arc<admission::Admitted>,
     watchdog: impl Future<Output = Option<Verdict>>,
 ) -> Result<Option<Verdict>, BoxError> {
     tokio::pin!(watchdog);
     let service = {
         let proxy = Arc::clone(proxy);
         let connection = Arc::clone(&connection);
-        let liveness = Arc::clone(liveness);
+        let admitted = Arc::clone(admitted);
         hyper::service::service_fn(move |request: Request<Incoming>| {
             let proxy = Arc::clone(&proxy);
             let connection = Arc::clone(&connection);
-            let mut activity = Some(liveness.begin_request());
+            let mut activity = Some(admitted.begin_request());
             async move {
                 let mut response = proxy.handle(request, &connection, &mut activity).await;
-                if let Some(activity) = activity {
+                if let Some(mut activity) = activity {
+                    activity.response_ready();
                     response.body_mut().hold(activity);
                 }
                 Ok::<_, std::convert::Infallible>(response)

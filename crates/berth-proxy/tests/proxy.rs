@@ -116,6 +116,7 @@ async fn upstream(name: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
                                     .insert("connection", "upgrade".parse().unwrap());
                                 response
                             }
+                            "/big" => Response::new(full(vec![b'x'; 8 << 20])),
                             "/path" => Response::new(full(
                                 req.uri()
                                     .path_and_query()
@@ -1523,4 +1524,93 @@ async fn a_broken_client_body_is_the_clients_error_not_the_upstreams() {
         metrics.contains("berth_http_requests_total{app=\"app\",status_class=\"5xx\"} 0"),
         "no 5xx was answered: {metrics}"
     );
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_after_the_send_timeout() {
+    let (web, _) = upstream("web").await;
+    let config = ProxyConfig {
+        send_timeout: Duration::from_millis(600),
+        ..ProxyConfig::default()
+    };
+    let running = start_proxy(config).await;
+    running.proxy.set_app_routes(
+        "app",
+        vec![route("web", 1, &[], "/", vec![Upstream::new(web, "web")])],
+    );
+    let mut stream = tokio::net::TcpStream::connect(running.addr).await.unwrap();
+    stream
+        .write_all(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // Take nothing for a while: the socket buffers fill and the response stalls.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, bytes) = closed_within(&mut stream, Duration::from_secs(5))
+        .await
+        .expect("the stalled connection was closed");
+    assert!(
+        bytes.len() < 8 << 20,
+        "cut before the end: {} bytes arrived",
+        bytes.len()
+    );
+    let mut registry = prometheus_client::registry::Registry::default();
+    running.proxy.metrics().register(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(text.contains("reason=\"stalled\"} 1"), "{text}");
+    // A client that reads is served whole.
+    let mut stream = tokio::net::TcpStream::connect(running.addr).await.unwrap();
+    stream
+        .write_all(b"GET /big HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut all = Vec::new();
+    stream.read_to_end(&mut all).await.unwrap();
+    assert!(all.len() > 8 << 20);
+}
+
+#[tokio::test]
+async fn a_websocket_keeps_its_connection_slot_until_it_closes() {
+    let (web, _) = upstream("web").await;
+    let config = ProxyConfig {
+        max_connections: 1,
+        ..short_deadlines()
+    };
+    let running = start_proxy(config).await;
+    running.proxy.set_app_routes(
+        "app",
+        vec![route("web", 1, &[], "/", vec![Upstream::new(web, "web")])],
+    );
+    let mut ws = tokio::net::TcpStream::connect(running.addr).await.unwrap();
+    ws.write_all(b"GET /ws HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = ws.read(&mut buf).await.unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 101"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    // The one slot is the WebSocket's: a new client waits (it is busy, never evicted).
+    let waiting = tokio::time::timeout(
+        Duration::from_millis(800),
+        get(&client(), running.addr, "x", "/"),
+    )
+    .await;
+    assert!(
+        waiting.is_err(),
+        "served past the connection cap: {waiting:?}"
+    );
+    ws.write_all(b"ping").await.unwrap();
+    let n = ws.read(&mut buf).await.unwrap();
+    assert_eq!(&buf[..n], b"ping", "the WebSocket still works");
+    drop(ws);
+    let served = tokio::time::timeout(
+        Duration::from_secs(5),
+        get(&client(), running.addr, "x", "/"),
+    )
+    .await
+    .expect("served once the WebSocket closed");
+    assert_eq!(served.0, 200);
 }
