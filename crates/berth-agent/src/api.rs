@@ -33,6 +33,8 @@ pub struct ApiState {
     pub uploads: PathBuf,
     /// The most build contexts may take in `uploads` at once, in bytes.
     pub upload_quota: u64,
+    /// Bytes of uploads being received now (all API listeners share it).
+    pub uploads_in_progress: Arc<std::sync::atomic::AtomicU64>,
     /// `unix`, `tcp` or `tls`: recorded with the actor in the audit log.
     pub transport: &'static str,
     /// Required as a bearer token when set (TCP listeners).
@@ -119,12 +121,18 @@ pub fn router(state: ApiState) -> Router {
                         .and_then(|v| v.strip_prefix("Bearer "))
                         .unwrap_or("");
                     if !constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
-                        return ApiFailure(
+                        let mut refused = ApiFailure(
                             OpError::new(ErrorKind::Invalid, "missing or wrong API token")
                                 .hint("pass the token from the agent's api-token file (BERTH_TOKEN)"),
                             StatusCode::UNAUTHORIZED,
                         )
                         .into_response();
+                        // An unauthenticated client does not keep its connection.
+                        refused.headers_mut().insert(
+                            http::header::CONNECTION,
+                            http::HeaderValue::from_static("close"),
+                        );
+                        return refused;
                     }
                 }
                 next.run(request).await
@@ -342,11 +350,11 @@ async fn upload(State(state): State<ApiState>, body: Body) -> ApiResult<Json<Upl
         .await
         .unwrap_or(0);
     let quota = state.upload_quota;
-    let over_quota = |bytes: u64| -> ApiFailure {
+    let over_quota = |bytes: u64, others: u64| -> ApiFailure {
         ApiFailure(
             OpError::invalid(format!(
                 "the agent holds {} of build contexts for deploys in progress, and this one would take it past its quota of {} (at {} so far)",
-                human_size(held),
+                human_size(held.saturating_add(others)),
                 human_size(quota),
                 human_size(bytes)
             ))
@@ -369,31 +377,69 @@ async fn upload(State(state): State<ApiState>, body: Body) -> ApiResult<Json<Upl
         OpError::failed(message).into()
     };
     let mut file = tokio::fs::File::create(&path).await.map_err(failed)?;
+    // Removes the file unless the upload completes, however this handler ends (a client
+    // that goes away drops it mid-way), and counts its bytes against the quota meanwhile.
+    let mut receiving = Receiving {
+        path: Some(path.clone()),
+        counted: 0,
+        in_progress: Arc::clone(&state.uploads_in_progress),
+    };
     let mut stream = body.into_data_stream();
     let mut bytes = 0u64;
     while let Some(chunk) = stream.next().await {
         let chunk = match chunk {
             Ok(chunk) => chunk,
             Err(error) => {
-                let _ = tokio::fs::remove_file(&path).await;
                 return Err(
                     OpError::invalid(format!("the upload was interrupted: {error}")).into(),
                 );
             }
         };
         bytes += chunk.len() as u64;
-        if held.saturating_add(bytes) > quota {
+        let all_in_progress = receiving.count(chunk.len() as u64);
+        if held.saturating_add(all_in_progress) > quota {
             drop(file);
-            let _ = tokio::fs::remove_file(&path).await;
-            return Err(over_quota(bytes));
+            return Err(over_quota(bytes, all_in_progress - bytes));
         }
         if let Err(error) = file.write_all(&chunk).await {
-            let _ = tokio::fs::remove_file(&path).await;
             return Err(failed(error));
         }
     }
     file.sync_all().await.map_err(failed)?;
+    receiving.done();
     Ok(Json(Upload { id, bytes }))
+}
+
+/// An upload being received: its file is removed unless [`Receiving::done`] is called, and
+/// its bytes are counted among those in progress until it ends either way.
+struct Receiving {
+    path: Option<PathBuf>,
+    counted: u64,
+    in_progress: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Receiving {
+    /// Counts `n` more bytes; returns the bytes of every upload in progress.
+    fn count(&mut self, n: u64) -> u64 {
+        self.counted += n;
+        self.in_progress
+            .fetch_add(n, std::sync::atomic::Ordering::AcqRel)
+            .saturating_add(n)
+    }
+
+    fn done(mut self) {
+        self.path = None;
+    }
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        self.in_progress
+            .fetch_sub(self.counted, std::sync::atomic::Ordering::AcqRel);
+        if let Some(path) = self.path.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 fn human_size(bytes: u64) -> String {
@@ -1202,6 +1248,13 @@ async fn backup_verify(
     let manifest = backup_manifest(&state, &app, request.manifest.as_ref())?;
     let names = Engine::backup_names(&manifest, &request.names)?;
     check_backup_id(request.id.as_deref())?;
+    if request.adopt_unsigned && request.id.is_none() {
+        return Err(OpError::invalid(
+            "adopting unsigned backups takes one backup at a time, named with --id",
+        )
+        .hint("look at each unsigned backup in `berth backup list`, and adopt only those you know this server took")
+        .into());
+    }
     let engine = state.engine.clone();
     let locks = engine.backup_locks.clone();
     let actor2 = actor.clone();

@@ -14,6 +14,8 @@ use tokio::net::TcpListener;
 
 /// Connections open at once, authenticated or not.
 pub(crate) const MAX_CONNECTIONS: usize = 64;
+/// Connections one client address may hold, so one client cannot take every slot.
+pub(crate) const MAX_PER_CLIENT: usize = 8;
 /// The TLS handshake, and each request head, must arrive within this.
 pub(crate) const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -27,6 +29,8 @@ pub(crate) async fn serve(
     stop: impl Future<Output = ()>,
 ) {
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let per_client: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>> =
+        Arc::default();
     let connections = tokio_util::task::TaskTracker::new();
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     tokio::pin!(stop);
@@ -46,11 +50,16 @@ pub(crate) async fn serve(
             tracing::warn!(%client, limit = MAX_CONNECTIONS, "too many API connections; closing a new one");
             continue;
         };
+        let Some(client_slot) = ClientSlot::take(&per_client, client.ip()) else {
+            tracing::warn!(%client, limit = MAX_PER_CLIENT, "too many API connections from one address; closing a new one");
+            continue;
+        };
         let service = TowerToHyperService::new(router.clone());
         let tls = tls.clone();
         let mut stopping = stopping.clone();
         connections.spawn(async move {
             let _permit = permit;
+            let _client_slot = client_slot;
             let stop_requested = async move {
                 let _ = stopping.wait_for(|s| *s).await.map(|_| ());
             };
@@ -104,6 +113,42 @@ where
         () = stop_requested => {
             connection.as_mut().graceful_shutdown();
             connection.await
+        }
+    }
+}
+
+/// One of a client address's API connections, given back when dropped.
+struct ClientSlot {
+    counts: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    ip: std::net::IpAddr,
+}
+
+impl ClientSlot {
+    fn take(
+        counts: &Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+        ip: std::net::IpAddr,
+    ) -> Option<ClientSlot> {
+        let mut held = counts.lock().unwrap_or_else(|p| p.into_inner());
+        let count = held.entry(ip).or_insert(0);
+        if *count >= MAX_PER_CLIENT {
+            return None;
+        }
+        *count += 1;
+        Some(ClientSlot {
+            counts: Arc::clone(counts),
+            ip,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut held = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = held.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.ip);
+            }
         }
     }
 }

@@ -413,6 +413,7 @@ pub async fn run(
         config.api.clone()
     };
     let mut sockets = Vec::new();
+    let uploads_in_progress = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut api_fingerprint: Option<String> = None;
     // What the listeners are actually bound to (a TCP port 0 becomes a real port).
     let mut bound: Vec<String> = Vec::new();
@@ -433,6 +434,7 @@ pub async fn run(
                     info: info.clone(),
                     uploads: uploads.clone(),
                     upload_quota: config.upload_quota,
+                    uploads_in_progress: Arc::clone(&uploads_in_progress),
                     transport: "unix",
                     token: None,
                     metrics: metrics.clone(),
@@ -476,6 +478,7 @@ pub async fn run(
                     info: info.clone(),
                     uploads: uploads.clone(),
                     upload_quota: config.upload_quota,
+                    uploads_in_progress: Arc::clone(&uploads_in_progress),
                     transport: if tls.is_some() { "tls" } else { "tcp" },
                     token: Some(Arc::new(token)),
                     metrics: metrics.clone(),

@@ -907,15 +907,25 @@ async fn unpack_into(
     staging_name: &std::ffi::OsStr,
     keep_setuid: bool,
 ) -> Result<String, OpError> {
-    let (file, dest) = (file.to_owned(), staging.path().to_owned());
+    let file = file.to_owned();
+    // Unpacked through a path that pins the staging directory itself: if its name is
+    // swapped for a link meanwhile (its parent may be writable by others), nothing follows it.
+    let pinned = staging.try_clone()?;
     let info = tokio::task::spawn_blocking(move || {
         let mut input = std::io::BufReader::new(
             std::fs::File::open(&file)
                 .map_err(|e| OpError::failed(format!("cannot read {}: {e}", file.display())))?,
         );
-        archive::unpack(&mut input, &dest, keep_setuid)
+        let unpacked = archive::unpack(&mut input, &pinned.pinned_path(), keep_setuid)
             .map(|info| info.to_string())
-            .map_err(OpError::from)
+            .map_err(|e| {
+                OpError::failed(e.to_string().replace(
+                    &pinned.pinned_path().display().to_string(),
+                    &pinned.path().display().to_string(),
+                ))
+            });
+        drop(pinned);
+        unpacked
     })
     .await
     .map_err(|e| OpError::failed(format!("unpacking stopped: {e}")))??;

@@ -30,45 +30,60 @@ impl std::fmt::Display for ArchiveInfo {
 
 /// Writes `dir`'s contents (not `dir` itself) as a tar stream. Symbolic links are stored as
 /// links, never followed; ownership, modes and times are kept.
+///
+/// `dir` is usually a container's volume, which the container may change while it is read:
+/// the walk goes through open directories, one entry at a time without following a link, so
+/// a directory swapped for a link mid-walk (to lead the agent into a host directory) is
+/// refused, never descended.
 pub fn write_dir(dir: &Path, out: &mut dyn Write) -> Result<ArchiveInfo> {
-    let meta = std::fs::metadata(dir).map_err(|e| {
+    let root = berth_fs::Dir::open(dir).map_err(|e| {
         BackupError::Source(format!("cannot read the directory {}: {e}", dir.display()))
     })?;
-    if !meta.is_dir() {
-        return Err(BackupError::Source(format!(
-            "{} is not a directory",
-            dir.display()
-        )));
-    }
     let mut builder = tar::Builder::new(out);
     builder.follow_symlinks(false);
-    builder.mode(tar::HeaderMode::Complete);
     let mut info = ArchiveInfo::default();
-    let walk = walkdir::WalkDir::new(dir)
-        .follow_links(false)
-        .sort_by_file_name()
-        .min_depth(1);
-    for entry in walk {
-        let entry = entry
-            .map_err(|e| BackupError::Source(format!("cannot read {}: {e}", dir.display())))?;
-        let relative = entry.path().strip_prefix(dir).unwrap_or(entry.path());
-        let kind = entry.file_type();
-        if kind.is_dir() {
-            info.directories += 1;
-        } else if kind.is_file() {
-            info.files += 1;
-            info.bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
-        } else if !kind.is_symlink() {
-            info.skipped += 1;
-            continue;
+    // Directories still to read: the open directory and its path in the archive.
+    let mut pending: Vec<(berth_fs::Dir, std::path::PathBuf)> =
+        vec![(root, std::path::PathBuf::new())];
+    while let Some((current, prefix)) = pending.pop() {
+        let mut names = current.names().map_err(|e| walk_error(dir, e))?;
+        names.sort();
+        let mut subdirectories = Vec::new();
+        for name in names {
+            let relative = prefix.join(&name);
+            let Some(entry) = current.entry(&name).map_err(|e| walk_error(dir, e))? else {
+                continue; // gone since the listing
+            };
+            match entry.kind {
+                berth_fs::Kind::Directory => {
+                    info.directories += 1;
+                    let mut header = header_of(&entry, tar::EntryType::Directory);
+                    builder
+                        .append_data(&mut header, &relative, io::empty())
+                        .map_err(|e| archive_error(&current.path().join(&name), e))?;
+                    let opened = current
+                        .subdirectory(&name, false)
+                        .map_err(|e| walk_error(dir, e))?;
+                    subdirectories.push((opened, relative));
+                }
+                berth_fs::Kind::File => {
+                    info.files += 1;
+                    let file = current.open_file(&name).map_err(|e| walk_error(dir, e))?;
+                    info.bytes +=
+                        append_file(&mut builder, file, &current.path().join(&name), &relative)?;
+                }
+                berth_fs::Kind::Symlink => {
+                    let target = current.read_link(&name).map_err(|e| walk_error(dir, e))?;
+                    let mut header = header_of(&entry, tar::EntryType::Symlink);
+                    builder
+                        .append_link(&mut header, &relative, &target)
+                        .map_err(|e| archive_error(&current.path().join(&name), e))?;
+                }
+                berth_fs::Kind::Other => info.skipped += 1,
+            }
         }
-        if kind.is_file() {
-            append_file(&mut builder, entry.path(), relative)?;
-        } else {
-            builder
-                .append_path_with_name(entry.path(), relative)
-                .map_err(|e| archive_error(entry.path(), e))?;
-        }
+        // Depth first, in name order.
+        pending.extend(subdirectories.into_iter().rev());
     }
     builder
         .into_inner()
@@ -77,43 +92,43 @@ pub fn write_dir(dir: &Path, out: &mut dyn Write) -> Result<ArchiveInfo> {
     Ok(info)
 }
 
-/// Archives a regular file through one open descriptor: opened without following a link,
-/// checked to be a regular file, its header taken from that same descriptor. A container that
-/// swaps the file for a link (or a FIFO) between the directory listing and the read gets the
-/// backup refused, never a host file read into it.
+/// A tar header for a directory or link, from what `lstat` said of it.
+fn header_of(entry: &berth_fs::Entry, kind: tar::EntryType) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(kind);
+    header.set_mode(entry.mode);
+    header.set_uid(u64::from(entry.uid));
+    header.set_gid(u64::from(entry.gid));
+    header.set_mtime(u64::try_from(entry.mtime).unwrap_or(0));
+    header.set_size(0);
+    header
+}
+
+fn walk_error(dir: &Path, error: berth_fs::FsError) -> BackupError {
+    match error {
+        berth_fs::FsError::Io { source, path, .. } if source.kind() == io::ErrorKind::NotFound => {
+            archive_error(&path, source)
+        }
+        other => BackupError::Source(format!("cannot archive {}: {other}", dir.display())),
+    }
+}
+
+/// Archives a regular file through its open descriptor (opened without following a link and
+/// checked to be a regular file by `berth_fs`), its header taken from that same descriptor.
+/// Returns its size.
 fn append_file<W: Write>(
     builder: &mut tar::Builder<W>,
+    file: std::fs::File,
     path: &Path,
     relative: &Path,
-) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(flags.bits() as i32)
-        .open(path)
-        .map_err(|e| {
-            if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
-                BackupError::Source(format!(
-                    "{} became a symbolic link while it was archived; berth does not follow links in a container's data",
-                    path.display()
-                ))
-            } else {
-                archive_error(path, e)
-            }
-        })?;
+) -> Result<u64> {
     let metadata = file.metadata().map_err(|e| archive_error(path, e))?;
-    if !metadata.is_file() {
-        return Err(BackupError::Source(format!(
-            "{} stopped being a regular file while it was archived",
-            path.display()
-        )));
-    }
     let mut header = tar::Header::new_gnu();
     header.set_metadata_in_mode(&metadata, tar::HeaderMode::Complete);
     builder
         .append_data(&mut header, relative, file)
-        .map_err(|e| archive_error(path, e))
+        .map_err(|e| archive_error(path, e))?;
+    Ok(metadata.len())
 }
 
 fn archive_error(path: &Path, error: io::Error) -> BackupError {
@@ -237,31 +252,50 @@ mod tests {
     }
 
     #[test]
-    fn a_file_swapped_for_a_link_after_the_listing_is_refused_not_read() {
-        // What `write_dir` does once the walk has seen a regular file: the name now holds a
-        // link to a host file (a container swapped it), or a FIFO (which would block).
-        let dir = tempfile::tempdir().unwrap();
-        let victim = dir.path().join("shadow");
-        std::fs::write(&victim, b"root:secret").unwrap();
-        let swapped = dir.path().join("app.db");
-        std::os::unix::fs::symlink(&victim, &swapped).unwrap();
+    fn links_in_the_tree_are_archived_as_links_never_followed() {
+        // A container's volume holding links to a host file and a host directory (or
+        // swapping its own entries for them while it is read): the archive holds the links
+        // themselves, and nothing of what they point to.
+        let host = tempfile::tempdir().unwrap();
+        std::fs::write(host.path().join("shadow"), b"root:secret").unwrap();
+        let volume = tempfile::tempdir().unwrap();
+        std::fs::write(volume.path().join("aaa"), b"app data").unwrap();
+        std::os::unix::fs::symlink(host.path().join("shadow"), volume.path().join("file-link"))
+            .unwrap();
+        std::os::unix::fs::symlink(host.path(), volume.path().join("zzz")).unwrap();
         let mut tar = Vec::new();
-        let mut builder = tar::Builder::new(&mut tar);
-        let error = append_file(&mut builder, &swapped, Path::new("app.db")).unwrap_err();
-        assert!(error.to_string().contains("symbolic link"), "{error}");
-        drop(builder);
+        let info = write_dir(volume.path(), &mut tar).unwrap();
+        assert_eq!(info.files, 1);
         assert!(!tar.windows(11).any(|w| w == b"root:secret"));
-        let fifo = dir.path().join("fifo");
-        assert!(
-            std::process::Command::new("mkfifo")
-                .arg(&fifo)
-                .status()
-                .unwrap()
-                .success()
+        let dest = tempfile::tempdir().unwrap();
+        unpack(&mut &tar[..], dest.path(), false).unwrap();
+        assert_eq!(
+            std::fs::read_link(dest.path().join("zzz")).unwrap(),
+            host.path()
         );
-        let mut builder = tar::Builder::new(Vec::new());
-        let error = append_file(&mut builder, &fifo, Path::new("fifo")).unwrap_err();
-        assert!(error.to_string().contains("regular file"), "{error}");
+    }
+
+    #[test]
+    fn unpacking_through_a_pinned_directory_ignores_a_swap_of_its_name() {
+        let src = tempfile::tempdir().unwrap();
+        std::fs::create_dir(src.path().join("sub")).unwrap();
+        std::fs::write(src.path().join("sub/file"), b"restored").unwrap();
+        let mut tar = Vec::new();
+        write_dir(src.path(), &mut tar).unwrap();
+
+        let shared = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::fs::create_dir(shared.path().join("staging")).unwrap();
+        let staging = berth_fs::Dir::open(&shared.path().join("staging")).unwrap();
+        // Someone renames the staging directory away and plants a link in its place.
+        std::fs::rename(shared.path().join("staging"), shared.path().join("moved")).unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), shared.path().join("staging")).unwrap();
+        unpack(&mut &tar[..], &staging.pinned_path(), false).unwrap();
+        assert_eq!(
+            std::fs::read(shared.path().join("moved/sub/file")).unwrap(),
+            b"restored"
+        );
+        assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
     }
 
     #[test]

@@ -202,7 +202,9 @@ impl Destination {
         let mut removed = Vec::new();
         while let Ok(Some(entry)) = entries.next_entry().await {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if !(name.starts_with('.') && name.ends_with(".partial")) {
+            // `.NAME.berth-RANDOM` (and `.NAME.partial` from older versions of berth).
+            if !(name.starts_with('.') && (name.ends_with(".partial") || name.contains(".berth-")))
+            {
                 continue;
             }
             let old = entry
@@ -260,14 +262,27 @@ impl LocalDir {
         }
     }
 
-    /// The hidden file an object is written to before it is complete.
-    fn partial_path(&self, key: &str) -> PathBuf {
-        let path = self.path(key);
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        path.with_file_name(format!(".{name}.partial"))
+    /// The directory holding `key` (made when `create`), opened below the storage's root
+    /// without following a link, and the key's file name. The storage may be a directory
+    /// others can write: nothing in it is followed.
+    fn open_dir(&self, key: &str, create: bool) -> Result<(berth_fs::Dir, std::ffi::OsString)> {
+        let relative = Path::new(key);
+        let (Some(parent), Some(name)) = (relative.parent(), relative.file_name()) else {
+            return Err(BackupError::Invalid(format!(
+                "`{key}` is not a storage key"
+            )));
+        };
+        if create {
+            std::fs::create_dir_all(&self.root)
+                .map_err(|e| self.io_error(&self.root, "create", e))?;
+        }
+        let dir = berth_fs::Dir::open_beneath(&self.root, parent, create).map_err(|e| match e {
+            berth_fs::FsError::Io { source, path, .. } => {
+                self.io_error(&path, if create { "create" } else { "read" }, source)
+            }
+            other => BackupError::File(other),
+        })?;
+        Ok((dir, name.to_owned()))
     }
 
     async fn put_stream(
@@ -277,17 +292,16 @@ impl LocalDir {
         commit: oneshot::Receiver<bool>,
         progress: Arc<AtomicU64>,
     ) -> Result<u64> {
-        let path = self.path(key);
-        let partial = self.partial_path(key);
-        if let Some(dir) = path.parent() {
-            tokio::fs::create_dir_all(dir)
-                .await
-                .map_err(|e| self.io_error(dir, "create", e))?;
-        }
+        let (dir, name) = self.open_dir(key, true)?;
+        // A new hidden file under a random name, created exclusively: never a file (or a
+        // link) someone placed there first.
+        let (file, temp) = dir.create_temp(&name).map_err(|e| BackupError::Storage {
+            destination: self.name.clone(),
+            detail: e.to_string(),
+        })?;
+        let partial = dir.path().join(&temp);
         let result = async {
-            let mut file = tokio::fs::File::create(&partial)
-                .await
-                .map_err(|e| self.io_error(&partial, "create", e))?;
+            let mut file = tokio::fs::File::from_std(file);
             let mut written = 0u64;
             while let Some(chunk) = chunks.recv().await {
                 file.write_all(&chunk)
@@ -306,15 +320,16 @@ impl LocalDir {
                 .await
                 .map_err(|e| self.io_error(&partial, "sync", e))?;
             drop(file);
-            tokio::fs::rename(&partial, &path)
-                .await
-                .map_err(|e| self.io_error(&path, "rename into", e))?;
-            sync_dir(path.parent()).await;
+            dir.rename(&temp, &name).map_err(|e| BackupError::Storage {
+                destination: self.name.clone(),
+                detail: e.to_string(),
+            })?;
+            let _ = dir.sync();
             Ok(written)
         }
         .await;
         if result.is_err() {
-            let _ = tokio::fs::remove_file(&partial).await;
+            let _ = dir.remove_file(&temp);
         }
         result
     }
@@ -333,9 +348,14 @@ impl LocalDir {
 
     async fn get_stream(&self, key: &str) -> Result<BoxStream<'static, Result<Bytes>>> {
         let path = self.path(key);
-        let file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| self.io_error(&path, "read", e))?;
+        // A regular file, reached without following a link: a link or FIFO planted in a
+        // shared storage directory is refused, never read (or waited on).
+        let (dir, name) = self.open_dir(key, false)?;
+        let file = dir.open_file(&name).map_err(|e| match e {
+            berth_fs::FsError::Io { source, .. } => self.io_error(&path, "read", source),
+            other => BackupError::File(other),
+        })?;
+        let file = tokio::fs::File::from_std(file);
         let name = self.name.clone();
         let shown = path.display().to_string();
         Ok(
@@ -372,19 +392,18 @@ impl LocalDir {
 
     async fn delete(&self, key: &str) -> Result<()> {
         let path = self.path(key);
-        match tokio::fs::remove_file(&path).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(self.io_error(&path, "delete", e)),
-        }
-    }
-}
-
-async fn sync_dir(dir: Option<&Path>) {
-    if let Some(dir) = dir
-        && let Ok(handle) = tokio::fs::File::open(dir).await
-    {
-        let _ = handle.sync_all().await;
+        let (dir, name) = match self.open_dir(key, false) {
+            Ok(found) => found,
+            Err(BackupError::NotFound { .. }) => return Ok(()),
+            Err(error) => return Err(error),
+        };
+        dir.remove_file(&name).map(|_| ()).map_err(|e| match e {
+            berth_fs::FsError::Io { source, .. } => self.io_error(&path, "delete", source),
+            other => BackupError::Storage {
+                destination: self.name.clone(),
+                detail: other.to_string(),
+            },
+        })
     }
 }
 

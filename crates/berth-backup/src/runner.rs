@@ -547,14 +547,21 @@ impl Runner {
             report.removed.push(id.clone());
         }
         let orphan_limit = now - SignedDuration::from_hours(ORPHAN_AGE_HOURS);
-        for file in destination.list(&BackupMeta::directory(app, name)).await? {
+        let files = destination.list(&BackupMeta::directory(app, name)).await?;
+        // Any record file counts, even one that cannot be read: spoiling a record must not
+        // turn its backup into an orphan that prune deletes.
+        let record_files: std::collections::HashSet<&str> = files
+            .iter()
+            .filter_map(|f| f.strip_suffix(".json"))
+            .collect();
+        for file in &files {
             let Some(id) = file.split('.').next() else {
                 continue;
             };
             if file.ends_with(".json") || !meta::is_valid_id(id) {
                 continue;
             }
-            let recorded = listed.iter().any(|b| b.id == id);
+            let recorded = listed.iter().any(|b| b.id == id) || record_files.contains(id);
             let old = id_time(id).is_some_and(|t| t < orphan_limit);
             if !recorded && old {
                 if !dry_run {
@@ -562,7 +569,7 @@ impl Runner {
                         .delete(&format!("{}/{file}", BackupMeta::directory(app, name)))
                         .await?;
                 }
-                report.orphans_removed.push(file);
+                report.orphans_removed.push(file.clone());
             }
         }
         report.orphans_removed.extend(
@@ -590,7 +597,15 @@ pub async fn list(destination: &Destination, app: &str, name: &str) -> Result<Ve
         if !meta::is_valid_id(id) {
             continue;
         }
-        let data = destination.get_bytes(&format!("{dir}/{file}")).await?;
+        let data = match destination.get_bytes(&format!("{dir}/{file}")).await {
+            Ok(data) => data,
+            // A link or special file planted where a record should be: not a record.
+            Err(BackupError::File(error)) => {
+                tracing::warn!(file, destination = destination.name(), %error, "a backup record that is not a file; skipped");
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
         match serde_json::from_slice::<BackupMeta>(&data) {
             Ok(record) if record.id == id && record.app == app && record.name == name => {
                 match record.check_shape() {

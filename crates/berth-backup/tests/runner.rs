@@ -490,4 +490,61 @@ async fn records_berth_did_not_write_are_untrusted_never_counted_deleted_or_rewr
         dir.join(genuine.object_key().rsplit('/').next().unwrap())
             .exists()
     );
+
+    // A genuine backup whose record someone spoiled, and a record that is a link (to a
+    // FIFO, which would hang a reader): listing goes on, and a month later prune still
+    // does not take the spoiled backup's data for an orphan.
+    let spoiled = runner
+        .run(
+            "shop",
+            "files",
+            Reason::Manual,
+            &mut directory_source(&data),
+            &checker(work.path()),
+        )
+        .await
+        .unwrap()
+        .copies[0]
+        .result
+        .as_ref()
+        .unwrap()
+        .clone();
+    std::fs::write(dir.join(format!("{}.json", spoiled.id)), b"{not json").unwrap();
+    let fifo = work.path().join("fifo");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::os::unix::fs::symlink(&fifo, dir.join("20991231T000000Z-0004.json")).unwrap();
+    let listed = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        runner.list(&runner.destinations[0], "shop", "files"),
+    )
+    .await
+    .expect("a planted link to a FIFO does not hang the listing")
+    .unwrap();
+    assert!(listed.iter().all(|m| m.id != spoiled.id));
+    clock.advance_days(30);
+    let report = runner
+        .prune(
+            &runner.destinations[0],
+            "shop",
+            "files",
+            &Keep {
+                last: 1,
+                ..Keep::default()
+            },
+            false,
+        )
+        .await
+        .unwrap();
+    assert!(report.orphans_removed.is_empty(), "{report:?}");
+    assert!(
+        dir.join(spoiled.object_key().rsplit('/').next().unwrap())
+            .exists(),
+        "the spoiled backup's data is still there"
+    );
 }

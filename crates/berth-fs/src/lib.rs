@@ -119,6 +119,8 @@ pub struct Entry {
     pub size: u64,
     pub dev: u64,
     pub ino: u64,
+    /// Seconds since the epoch.
+    pub mtime: i64,
 }
 
 impl Entry {
@@ -131,6 +133,7 @@ impl Entry {
             size: u64::try_from(stat.st_size).unwrap_or(0),
             dev: stat.st_dev,
             ino: stat.st_ino,
+            mtime: stat.st_mtime,
         }
     }
 }
@@ -224,6 +227,22 @@ impl Dir {
     /// The directory's path, for messages.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Another handle on the same directory (whatever is renamed or swapped around it).
+    pub fn try_clone(&self) -> Result<Dir> {
+        let fd = rustix::io::fcntl_dupfd_cloexec(&self.fd, 0).map_err(io("open", &self.path))?;
+        Ok(Dir {
+            fd,
+            path: self.path.clone(),
+        })
+    }
+
+    /// A path that names this very directory for as long as this handle is open, however
+    /// its name changes: `/proc/self/fd/N`. For libraries that only take paths.
+    pub fn pinned_path(&self) -> PathBuf {
+        use std::os::fd::AsRawFd;
+        PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
     }
 
     /// What `name` is, without following it; `None` when there is nothing there.
@@ -349,21 +368,66 @@ impl Dir {
     }
 
     /// Removes the entry `name` whatever it is: a directory with everything in it (links
-    /// inside are removed, not followed), or a file or link.
+    /// inside are removed, not followed), or a file or link. Iterative, so a hostile tree
+    /// thousands of levels deep costs descriptors (and fails cleanly when they run out),
+    /// never the stack.
     pub fn remove_any(&self, name: &OsStr) -> Result<()> {
         match self.entry(name)? {
-            None => Ok(()),
-            Some(entry) if entry.kind == Kind::Directory => {
-                let path = self.path.join(name);
-                let inner = self.subdirectory(name, false)?;
-                for child in inner.names()? {
-                    inner.remove_any(&child)?;
-                }
-                rustix::fs::unlinkat(&self.fd, name, AtFlags::REMOVEDIR)
-                    .map_err(io("remove the directory", &path))
+            None => return Ok(()),
+            Some(entry) if entry.kind != Kind::Directory => {
+                return self.remove_file(name).map(|_| ());
             }
-            Some(_) => self.remove_file(name).map(|_| ()),
+            Some(_) => {}
         }
+        // Each level: the directory and the names left to remove in it.
+        let mut levels: Vec<(Dir, Vec<OsString>)> = Vec::new();
+        let top = self.subdirectory(name, false)?;
+        let names = top.names()?;
+        levels.push((top, names));
+        loop {
+            let next = levels.last_mut().and_then(|(_, pending)| pending.pop());
+            match next {
+                Some(child) => {
+                    let Some((dir, _)) = levels.last() else {
+                        break;
+                    };
+                    match dir.entry(&child)? {
+                        Some(entry) if entry.kind == Kind::Directory => {
+                            let inner = dir.subdirectory(&child, false)?;
+                            let names = inner.names()?;
+                            levels.push((inner, names));
+                        }
+                        Some(_) => {
+                            dir.remove_file(&child)?;
+                        }
+                        None => {}
+                    }
+                }
+                None => {
+                    let Some((done, _)) = levels.pop() else {
+                        break;
+                    };
+                    let parent = levels.last().map_or(self, |(parent, _)| parent);
+                    let done_name = match levels.last() {
+                        Some(_) => done.path.file_name().map(OsStr::to_owned),
+                        None => Some(name.to_owned()),
+                    };
+                    let Some(done_name) = done_name else {
+                        return Err(FsError::OutsideRoot { path: done.path });
+                    };
+                    rustix::fs::unlinkat(&parent.fd, &done_name, AtFlags::REMOVEDIR)
+                        .map_err(io("remove the directory", &done.path))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the link `name` points.
+    pub fn read_link(&self, name: &OsStr) -> Result<PathBuf> {
+        rustix::fs::readlinkat(&self.fd, name, Vec::new())
+            .map(|target| PathBuf::from(OsStr::from_bytes(target.as_bytes())))
+            .map_err(io("read the link", &self.path.join(name)))
     }
 
     /// The names in this directory (without `.` and `..`).

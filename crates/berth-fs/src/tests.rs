@@ -153,3 +153,27 @@ fn a_read_only_file_is_replaced_by_rename() {
     assert_eq!(std::fs::read(&path).unwrap(), b"new");
     assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o444);
 }
+
+#[test]
+fn a_tree_deeper_than_any_stack_is_removed() {
+    let root = tempfile::tempdir().unwrap();
+    let mut dir = Dir::open(root.path()).unwrap();
+    let top = dir.subdirectory(OsStr::new("deep"), true).unwrap();
+    dir = top;
+    // Deeper than a small stack holds frames for (and within the usual descriptor limit,
+    // since each level is held open while its contents go).
+    for _ in 0..900 {
+        dir = dir.subdirectory(OsStr::new("d"), true).unwrap();
+    }
+    dir.create_new(OsStr::new("leaf")).unwrap();
+    drop(dir);
+    let handle = std::thread::Builder::new()
+        .stack_size(64 << 10)
+        .spawn({
+            let root = root.path().to_owned();
+            move || Dir::open(&root).unwrap().remove_any(OsStr::new("deep"))
+        })
+        .unwrap();
+    handle.join().unwrap().unwrap();
+    assert!(!root.path().join("deep").exists());
+}

@@ -71,7 +71,13 @@ impl Target {
             return Ok(Target::Tls(addr.trim_end_matches('/').to_owned()));
         }
         if let Some(addr) = text.strip_prefix("http://") {
-            return Ok(Target::Tcp(addr.trim_end_matches('/').to_owned()));
+            let addr = addr.trim_end_matches('/').to_owned();
+            if !is_loopback(&addr) {
+                return Err(format!(
+                    "`{text}` would send the API token in clear over the network; use https://{addr} (the agent's certificate pinned by BERTH_AGENT_FINGERPRINT) or ssh://"
+                ));
+            }
+            return Ok(Target::Tcp(addr));
         }
         if text.contains(':') {
             let addr = text.trim_end_matches('/').to_owned();
@@ -595,6 +601,11 @@ mod tests {
         assert_eq!(
             Target::parse("localhost:7070"),
             Ok(Target::Tcp("localhost:7070".into()))
+        );
+        assert!(
+            Target::parse("http://203.0.113.7:7070")
+                .unwrap_err()
+                .contains("in clear")
         );
         let error = Target::parse("ssh://-oProxyCommand=touch /tmp/pwned").unwrap_err();
         assert!(error.contains("option"), "{error}");

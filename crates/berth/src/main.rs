@@ -329,8 +329,9 @@ enum BackupCommand {
         id: Option<String>,
         /// Sign the records of backups an older berth wrote (unsigned), once each passes
         /// every check, so they count and can be restored again. Only when nobody else can
-        /// write to the storage: an unsigned record may have been planted.
-        #[arg(long)]
+        /// write to the storage: an unsigned record may have been planted. One backup at a
+        /// time, named with --id, after looking at it in `berth backup list`.
+        #[arg(long, requires = "id")]
         adopt_unsigned: bool,
     },
     /// Delete the backups `keep` no longer keeps.

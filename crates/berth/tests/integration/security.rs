@@ -351,40 +351,43 @@ fn the_api_beyond_loopback_is_tls_pinned_by_fingerprint() {
 
 #[test]
 fn the_tcp_api_caps_connections_and_cuts_silent_ones_before_authentication() {
-    use std::io::Read;
+    use std::io::{Read, Write};
     use std::time::{Duration, Instant};
     let agent = Agent::start_with(
         &[],
         &["--api", "unix:{dir}/berth.sock", "--api", "127.0.0.1:0"],
     );
     let api = api_address(&agent, "127.0.0.1:");
-    // More silent connections than the cap (64).
-    let mut silent = Vec::new();
-    for _ in 0..70 {
-        let stream = std::net::TcpStream::connect(&api).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        silent.push(stream);
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    let started = Instant::now();
-    let mut closed_at_once = 0;
-    for stream in &mut silent[64..] {
-        stream
+    let port: u16 = api.rsplit(':').next().unwrap().parse().unwrap();
+    let connect_from = |source: u8| {
+        let socket = connect_from_loopback(source, port);
+        socket
             .set_read_timeout(Some(Duration::from_millis(500)))
             .unwrap();
+        socket
+    };
+    let closed_at_once = |stream: &mut std::net::TcpStream| {
         let mut buf = [0u8; 16];
-        if matches!(stream.read(&mut buf), Ok(0)) {
-            closed_at_once += 1;
-        }
-    }
-    assert_eq!(
-        closed_at_once, 6,
-        "connections beyond the cap are closed at once"
+        matches!(stream.read(&mut buf), Ok(0))
+    };
+    // One address holds at most 8: the ninth is closed at once.
+    let mut silent: Vec<std::net::TcpStream> = (0..8).map(|_| connect_from(11)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut ninth = connect_from(11);
+    assert!(
+        closed_at_once(&mut ninth),
+        "a ninth connection from one address"
     );
-    // The others are cut by the head deadline (10 s), with nothing sent.
-    for stream in &mut silent[..64] {
+    // 64 in all: seven more addresses fill the cap, and the next is closed at once.
+    for source in 12..19 {
+        silent.extend((0..8).map(|_| connect_from(source)));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let mut extra = connect_from(30);
+    assert!(closed_at_once(&mut extra), "a connection beyond 64");
+    // The silent ones are cut by the head deadline (10 s), with nothing sent.
+    let started = Instant::now();
+    for stream in &mut silent {
         stream
             .set_read_timeout(Some(Duration::from_secs(20)))
             .unwrap();
@@ -399,6 +402,18 @@ fn the_tcp_api_caps_connections_and_cuts_silent_ones_before_authentication() {
         started.elapsed()
     );
     drop(silent);
+    // A request without the token is answered 401 and its connection closed.
+    let mut stream = connect_from(11);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream
+        .write_all(b"GET /v1/info HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
     let token = std::fs::read_to_string(agent.dir.path().join("api-token")).unwrap();
     agent
         .berth_env(
@@ -407,6 +422,27 @@ fn the_tcp_api_caps_connections_and_cuts_silent_ones_before_authentication() {
             &["status", "--agent", &api],
         )
         .success();
+}
+
+/// A TCP connection to 127.0.0.1:`port` from 127.0.0.`source`.
+fn connect_from_loopback(source: u8, port: u16) -> std::net::TcpStream {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let stream = runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(format!("127.0.0.{source}:0").parse().unwrap())
+            .unwrap();
+        socket
+            .connect(format!("127.0.0.1:{port}").parse().unwrap())
+            .await
+            .unwrap()
+    });
+    let stream = stream.into_std().unwrap();
+    stream.set_nonblocking(false).unwrap();
+    stream
 }
 
 /// Sends one HTTP request over the agent's unix socket and returns the status code.
