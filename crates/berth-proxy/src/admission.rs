@@ -65,6 +65,31 @@ pub(crate) struct Deadlines {
     pub send: Duration,
 }
 
+/// A clock read on the request path costs more than everything else this module does per
+/// request, and the deadlines here are tens of seconds: requests note times from this one,
+/// which every event loop's heartbeat advances twice a second.
+static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+static COARSE_MS: AtomicU64 = AtomicU64::new(0);
+
+fn epoch() -> Instant {
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Advances the coarse clock (the heartbeat calls this).
+pub(crate) fn tick() {
+    let ms = u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX);
+    COARSE_MS.fetch_max(ms, Ordering::Relaxed);
+}
+
+/// Milliseconds after the epoch, as of the last tick.
+fn coarse_ms() -> u64 {
+    COARSE_MS.load(Ordering::Relaxed)
+}
+
+fn at_ms(ms: u64) -> Instant {
+    epoch() + Duration::from_millis(ms)
+}
+
 /// At the connection cap, a connection whose client has taken nothing for this long may be
 /// closed for a new client when none is idle.
 const EVICTABLE_STALL: Duration = Duration::from_secs(1);
@@ -202,12 +227,12 @@ pub(crate) struct Liveness {
     got_bytes: AtomicBool,
     started_a_request: AtomicBool,
     in_progress: AtomicU32,
-    /// Milliseconds after `accepted` when the last request in progress ended.
+    /// When the last request in progress ended (coarse milliseconds after the epoch).
     idle_since_ms: AtomicU64,
     /// Responses with something ready for the client that it has not asked for yet.
     waiting_on_client: AtomicU32,
-    /// Milliseconds after `accepted` when the client last took part of a response (or a
-    /// request began).
+    /// When the client last took part of a response or a request began (coarse
+    /// milliseconds after the epoch).
     client_progress_ms: AtomicU64,
     evicted: AtomicBool,
     evict: Notify,
@@ -248,14 +273,16 @@ impl Verdict {
 
 impl Liveness {
     fn new() -> Self {
+        tick();
+        let now = coarse_ms();
         Self {
-            accepted: Instant::now(),
+            accepted: at_ms(now),
             got_bytes: AtomicBool::new(false),
             started_a_request: AtomicBool::new(false),
             in_progress: AtomicU32::new(0),
-            idle_since_ms: AtomicU64::new(0),
+            idle_since_ms: AtomicU64::new(now),
             waiting_on_client: AtomicU32::new(0),
-            client_progress_ms: AtomicU64::new(0),
+            client_progress_ms: AtomicU64::new(now),
             evicted: AtomicBool::new(false),
             evict: Notify::new(),
         }
@@ -271,16 +298,19 @@ impl Liveness {
     }
 
     fn idle_since(&self) -> Instant {
-        self.accepted + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire))
+        at_ms(self.idle_since_ms.load(Ordering::Acquire))
     }
 
     fn client_progress(&self) -> Instant {
-        self.accepted + Duration::from_millis(self.client_progress_ms.load(Ordering::Acquire))
+        at_ms(self.client_progress_ms.load(Ordering::Acquire))
     }
 
     fn note_client_progress(&self) {
-        let ms = u64::try_from(self.accepted.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.client_progress_ms.store(ms, Ordering::Release);
+        let ms = coarse_ms();
+        // Most calls find the same coarse time: no store (and no cache-line traffic) then.
+        if self.client_progress_ms.load(Ordering::Relaxed) != ms {
+            self.client_progress_ms.store(ms, Ordering::Release);
+        }
     }
 
     /// What is due at `now`: a verdict, or when to look again.
@@ -322,6 +352,7 @@ impl Liveness {
     /// Resolves when the connection should be closed, and says why.
     pub(crate) async fn watch(&self, deadlines: Deadlines) -> Verdict {
         loop {
+            tick();
             let next = match self.due(Instant::now(), &deadlines) {
                 Ok(next) => next,
                 Err(verdict) => return verdict,
@@ -393,10 +424,7 @@ impl Drop for RequestActivity {
         self.set_waiting(false);
         let liveness = &self.admitted.liveness;
         if liveness.in_progress.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let ms = liveness.accepted.elapsed().as_millis();
-            liveness
-                .idle_since_ms
-                .store(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::Release);
+            liveness.idle_since_ms.store(coarse_ms(), Ordering::Release);
         }
     }
 }

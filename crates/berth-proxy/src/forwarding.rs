@@ -190,12 +190,12 @@ pub(crate) fn for_each_upstream_header(
     // every HTTP/1.1 request, and this runs for each of them.
     let connection = headers.get_all(header::CONNECTION);
     let named_by_connection = |name: &HeaderName| {
-        !NEVER_CONNECTION_NAMED.contains(name)
-            && connection
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
+        connection
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
+            && !NEVER_CONNECTION_NAMED.contains(name)
     };
     for (name, value) in headers {
         let dropped = name == header::UPGRADE

@@ -261,22 +261,6 @@ impl Proxy {
                         }
                     };
                     runtime.block_on(async move {
-                        // tokio wakes its event loop through an eventfd whenever a timer is
-                        // armed earlier than the loop's next planned wake-up, which hyper's
-                        // per-request header timer would do on almost every request. A
-                        // heartbeat keeps that planned wake-up under a second away, earlier
-                        // than any request timer, so arming one costs no system call.
-                        let beating = Arc::clone(&proxy);
-                        let heartbeat = tokio::spawn(async move {
-                            let mut tick = tokio::time::interval(HEARTBEAT);
-                            loop {
-                                tick.tick().await;
-                                // Housekeeping off the request path, on whichever loop
-                                // gets there first.
-                                beating.sweep_rate_limits();
-                            }
-                        });
-                        let _heartbeat = scopeguard(move || heartbeat.abort());
                         let listener = match bind_shared(target) {
                             Ok(listener) => listener,
                             Err(error) => {
@@ -419,6 +403,22 @@ impl Proxy {
         let connections = tokio_util::task::TaskTracker::new();
         let (stop, stopping) = tokio::sync::watch::channel(false);
         let builders = Arc::new(Builders::new(&self.config));
+        // tokio wakes its event loop through an eventfd whenever a timer is armed earlier
+        // than the loop's next planned wake-up, which hyper's per-request header timer would
+        // do on almost every request. A heartbeat keeps that planned wake-up under a second
+        // away, earlier than any request timer, so arming one costs no system call. It also
+        // advances the coarse clock requests note their times by, and does housekeeping off
+        // the request path.
+        let beating = Arc::clone(&self);
+        let heartbeat = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HEARTBEAT);
+            loop {
+                tick.tick().await;
+                admission::tick();
+                beating.sweep_rate_limits();
+            }
+        });
+        let _heartbeat = scopeguard(move || heartbeat.abort());
         let deadlines = Deadlines {
             first_byte: self.config.first_byte_timeout,
             first_request: self.config.header_read_timeout,
@@ -471,12 +471,24 @@ impl Proxy {
             let mut stopping = stopping.clone();
             connections.spawn(async move {
                 proxy.metrics.open_connections.inc();
+                // The watchdog runs as a task of its own and speaks once, through a oneshot:
+                // the connection's task then polls only that cheap receiver on each wake-up,
+                // not the timers and notifications behind it.
                 let liveness = Arc::clone(&admitted.liveness);
-                let watchdog = async {
-                    tokio::select! {
+                let (verdict_tx, verdict_rx) = tokio::sync::oneshot::channel();
+                let watching = tokio::spawn(async move {
+                    let verdict = tokio::select! {
                         verdict = liveness.watch(deadlines) => Some(verdict),
                         // The guard `wait_for` returns is not Send: dropped at once.
                         _ = stopping.wait_for(|stop| *stop) => None,
+                    };
+                    let _ = verdict_tx.send(verdict);
+                });
+                let _stop_watching = scopeguard(move || watching.abort());
+                let watchdog = async move {
+                    match verdict_rx.await {
+                        Ok(verdict) => verdict,
+                        Err(_) => std::future::pending().await,
                     }
                 };
                 let connection = Arc::new(ClientConnection {
