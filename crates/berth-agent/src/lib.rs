@@ -513,7 +513,13 @@ pub async fn run(
         path: data_dir.clone(),
         message: e.to_string(),
     })?;
-    tracing::info!(data_dir = %data_dir.display(), api = ?bound, http = ?http_addr, "agent started");
+    tracing::info!(
+        data_dir = %data_dir.display(),
+        api = %bound.join(" "),
+        http = %http_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
+        https = %https_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
+        "agent started"
+    );
 
     // Reconcile in the background, retrying while Docker is unreachable; then run the
     // backup schedule (never while containers are being put back in order).

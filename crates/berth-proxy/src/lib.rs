@@ -987,11 +987,14 @@ impl Builders {
     fn new(config: &ProxyConfig) -> Self {
         let max_header_list = u32::try_from(config.max_header_size).unwrap_or(u32::MAX);
         let mut sniffing = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        // Half-closes: a client that shuts its side after a complete request (`nc -N`,
+        // health checkers, scripts) still gets its response, as from nginx and HAProxy.
         sniffing
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(config.header_read_timeout)
             .max_buf_size(config.max_header_size.max(8192))
+            .half_close(true)
             .keep_alive(true);
         sniffing
             .http2()
@@ -1007,6 +1010,7 @@ impl Builders {
             .timer(TokioTimer::new())
             .header_read_timeout(config.header_read_timeout)
             .max_buf_size(config.max_header_size.max(8192))
+            .half_close(true)
             .keep_alive(true);
         let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         http2

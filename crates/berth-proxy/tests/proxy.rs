@@ -1614,3 +1614,27 @@ async fn a_websocket_keeps_its_connection_slot_until_it_closes() {
     .expect("served once the WebSocket closed");
     assert_eq!(served.0, 200);
 }
+
+#[tokio::test]
+async fn a_client_that_half_closes_after_its_request_gets_the_response() {
+    let (web, _) = upstream("web").await;
+    let running = start_proxy(ProxyConfig::default()).await;
+    running.proxy.set_app_routes(
+        "app",
+        vec![route("web", 1, &[], "/", vec![Upstream::new(web, "web")])],
+    );
+    // As `nc -N` and some health checkers do: the request, then shutdown(SHUT_WR).
+    let mut stream = tokio::net::TcpStream::connect(running.addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    stream.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.starts_with("HTTP/1.1 200") && text.ends_with("web"),
+        "{text:?}"
+    );
+}

@@ -273,7 +273,7 @@ fn read_manifest(args: &ManifestArgs) -> anyhow::Result<(String, PathBuf)> {
         if e.kind() == std::io::ErrorKind::NotFound {
             invalid(
                 format!("there is no manifest at {}", args.file.display()),
-                Some("run in the directory holding berth.toml, or name it with -f FILE"),
+                Some("run in the directory holding berth.toml, or name it with --file FILE"),
             )
         } else {
             anyhow!("cannot read {}: {e}", args.file.display())
@@ -320,7 +320,7 @@ fn resolve_app(args: &AppArgs) -> anyhow::Result<String> {
     Err(invalid(
         "which app? No --app was given and there is no berth.toml here",
         Some(
-            "pass --app APP, or run in the directory of the app's berth.toml (or name it with -f FILE)",
+            "pass --app APP, or run in the directory of the app's berth.toml (or name it with --file FILE)",
         ),
     ))
 }
@@ -451,8 +451,11 @@ async fn agent(
             .with_writer(std::io::stderr)
             .init();
     } else {
+        // Colours only for a person at a terminal, never into a log file or journald.
+        use std::io::IsTerminal;
         tracing_subscriber::fmt()
             .with_env_filter(filter)
+            .with_ansi(std::io::stderr().is_terminal())
             .with_writer(std::io::stderr)
             .init();
     }

@@ -334,3 +334,43 @@ fn sigterm_lets_open_requests_finish_and_cleans_up() {
     agent.restart();
     agent.wait_serving("hello v1");
 }
+
+#[test]
+fn the_agents_log_has_no_colour_codes_or_debug_wrappers_when_it_is_a_file() {
+    let agent = Agent::start();
+    let log = agent.log();
+    assert!(log.contains("agent started"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "no ANSI escapes in a log file:\n{log}"
+    );
+    assert!(!log.contains("Some("), "no Rust debug output:\n{log}");
+}
+
+#[test]
+fn the_which_app_hint_names_a_flag_the_command_takes() {
+    let agent = Agent::start();
+    let app = agent.app("hint");
+    app.write(&web(""));
+    let empty = tempfile::tempdir().unwrap();
+    for command in [&["releases"][..], &["backup", "list"], &["logs", "web"]] {
+        let run = agent.berth_in(empty.path(), command);
+        run.failure(2);
+        assert!(
+            run.stderr.contains("--file FILE"),
+            "{command:?}: {}",
+            run.stderr
+        );
+        // And the flag it names works there.
+        let mut with_file = command.to_vec();
+        let manifest = app.manifest_path();
+        with_file.extend(["--file", manifest.to_str().unwrap()]);
+        let run = agent.berth_in(empty.path(), &with_file);
+        assert!(
+            !run.stderr.contains("unexpected argument"),
+            "{with_file:?}: {}",
+            run.stderr
+        );
+        assert!(!run.stderr.contains("which app?"), "{}", run.stderr);
+    }
+}
