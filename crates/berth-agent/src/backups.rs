@@ -2000,7 +2000,9 @@ impl Engine {
             .map(|backup| {
                 let last_run = runs
                     .iter()
-                    .filter(|r| r.name == backup.name && r.operation != "prune")
+                    .filter(|r| {
+                        r.name == backup.name && r.operation != "prune" && r.status != "refused"
+                    })
                     .max_by_key(|r| r.started_at)
                     .map(|r| berth_api::BackupRunInfo {
                         operation: r.operation.clone(),

@@ -108,9 +108,14 @@ impl Engine {
             .await;
         let mut actions = Actions(Vec::new());
         let result = self.restore_steps(&plan, &mut actions, &progress).await;
-        let (status, error) = match &result {
-            Ok(_) => ("ok", None),
-            Err(e) => ("failed", Some(e.message.clone())),
+        // A restore berth refused (no --force over live data, an occupied --to, an
+        // untrusted backup) changed nothing: it is no failure, and never turns status red.
+        let (status, cause, error) = match &result {
+            Ok(_) => ("ok", None, None),
+            Err(e) if e.kind == crate::ErrorKind::Invalid => {
+                ("refused", Some("refused"), Some(e.message.clone()))
+            }
+            Err(e) => ("failed", Some("restore-failed"), Some(e.message.clone())),
         };
         if run > 0
             && let Err(e) = self.store.finish_backup_run(
@@ -118,7 +123,7 @@ impl Engine {
                 &RunFinish {
                     status,
                     backup_id: result.as_ref().ok().map(|r| r.id.as_str()),
-                    cause: error.as_ref().map(|_| "restore-failed"),
+                    cause,
                     error: error.as_deref(),
                 },
             )

@@ -40,6 +40,8 @@ pub struct OperationView {
     mode: Mode,
     multi: MultiProgress,
     bars: HashMap<String, ProgressBar>,
+    /// Log lines already shown: the same warning for several backups is said once.
+    logged: std::collections::HashSet<String>,
 }
 
 impl OperationView {
@@ -53,10 +55,16 @@ impl OperationView {
             mode,
             multi,
             bars: HashMap::new(),
+            logged: std::collections::HashSet::new(),
         }
     }
 
     pub fn show(&mut self, event: &OperationEvent) {
+        if let OperationEvent::Log { message } = event
+            && !self.logged.insert(message.clone())
+        {
+            return;
+        }
         match (self.mode, event) {
             (Mode::Json, _) | (_, OperationEvent::Finished(_)) => {}
             (Mode::Terminal, OperationEvent::Started { step }) => {
@@ -159,19 +167,14 @@ impl OperationView {
         }
     }
 
+    /// A finished step leaves the live area (only running steps spin there) and is printed
+    /// above it for good, so later lines never redraw over it.
     fn finish_bar(&mut self, step: &str, line: String) {
-        match self.bars.remove(step) {
-            Some(bar) => {
-                bar.set_style(
-                    ProgressStyle::with_template("{msg}")
-                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-                );
-                bar.finish_with_message(line);
-            }
-            None => {
-                let _ = self.multi.println(line);
-            }
+        if let Some(bar) = self.bars.remove(step) {
+            bar.finish_and_clear();
+            self.multi.remove(&bar);
         }
+        let _ = self.multi.println(line);
     }
 
     /// Clears any spinner left (the stream ended early).
@@ -192,7 +195,7 @@ pub fn outcome(mode: Mode, outcome: &Outcome) {
         return;
     }
     if let Some(backups) = &outcome.backups {
-        backups_outcome(outcome, backups);
+        backups_outcome(mode, outcome, backups);
         return;
     }
     if outcome.ok {
@@ -317,7 +320,10 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 /// What a backup, verify, prune or restore did, then its error if it failed.
-fn backups_outcome(outcome: &Outcome, backups: &BackupsOutcome) {
+fn backups_outcome(mode: Mode, outcome: &Outcome, backups: &BackupsOutcome) {
+    // In a terminal the steps above already showed each copy and warning; the summary
+    // then says only what came of each backup. Piped, stdout carries it all.
+    let detailed = mode != Mode::Terminal;
     let mark = |ok: bool| {
         if ok {
             style("✓").green().bold()
@@ -344,7 +350,7 @@ fn backups_outcome(outcome: &Outcome, backups: &BackupsOutcome) {
                 run.name
             ),
         }
-        for copy in &run.copies {
+        for copy in run.copies.iter().filter(|_| detailed) {
             match (&copy.check, &copy.error) {
                 (Some(check), _) => {
                     println!("    {} {}: verified ({check})", mark(true), copy.storage)
@@ -363,7 +369,7 @@ fn backups_outcome(outcome: &Outcome, backups: &BackupsOutcome) {
     let mut warnings: Vec<&String> = backups.runs.iter().flat_map(|r| &r.warnings).collect();
     warnings.sort();
     warnings.dedup();
-    for warning in warnings {
+    for warning in warnings.into_iter().filter(|_| detailed) {
         println!("  {} {warning}", style("!").yellow());
     }
     for prune in &backups.pruned {
@@ -378,6 +384,7 @@ fn backups_outcome(outcome: &Outcome, backups: &BackupsOutcome) {
             );
         }
         match &prune.error {
+            None if !detailed => {}
             None => println!(
                 "  {} {} on {}: {} {}, {} kept",
                 style("-").dim(),

@@ -222,6 +222,10 @@ fn sqlite_under_a_live_writer_is_backed_up_consistently_and_restored_row_by_row(
         refused.stderr
     );
     assert!(refused.stderr.contains("--force"), "{}", refused.stderr);
+    // A refusal changed nothing: it is no failure, and status stays green.
+    let status = agent.berth_in(app.path(), &["--json", "status"]);
+    status.success();
+    assert!(!status.stdout.contains("\"failed\""), "{}", status.stdout);
     let first_n: i64 = {
         let list = backup_list(&agent, &app);
         let first = list["backups"]

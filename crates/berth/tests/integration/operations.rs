@@ -374,3 +374,82 @@ fn the_which_app_hint_names_a_flag_the_command_takes() {
         assert!(!run.stderr.contains("which app?"), "{}", run.stderr);
     }
 }
+
+/// Runs `berth ARGS` in `dir` inside a real terminal (a detached tmux session) and returns
+/// the screen once it exits, wrapped lines joined.
+fn in_terminal(agent: &Agent, dir: &std::path::Path, args: &str) -> String {
+    let socket = berth_testkit::unique_name("tmux");
+    let command = format!(
+        "cd {} && env -u CI BERTH_DATA_DIR={} {} {args}; echo BERTH-EXIT=$?; sleep 120",
+        dir.display(),
+        agent.dir.path().display(),
+        crate::harness::BERTH
+    );
+    let status = Command::new("tmux")
+        .args([
+            "-L",
+            &socket,
+            "new-session",
+            "-d",
+            "-x",
+            "220",
+            "-y",
+            "60",
+            &command,
+        ])
+        .status()
+        .expect("tmux is missing: scripts/install-test-peers installs it");
+    assert!(status.success());
+    let capture = || {
+        let output = Command::new("tmux")
+            .args(["-L", &socket, "capture-pane", "-p", "-J"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let screen = loop {
+        let screen = capture();
+        if screen.contains("BERTH-EXIT=") {
+            break screen;
+        }
+        assert!(std::time::Instant::now() < deadline, "no exit:\n{screen}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = Command::new("tmux")
+        .args(["-L", &socket, "kill-server"])
+        .status();
+    screen
+}
+
+#[test]
+fn in_a_terminal_each_step_and_warning_shows_once_and_stays() {
+    let agent = Agent::start();
+    let app = agent.app("tty");
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("a.txt"), b"a").unwrap();
+    app.write(&format!(
+        "{}\n[backups.one]\nsource = {{ directory = {{ path = \"{dir}\" }} }}\nkeep = {{ last = 3 }}\n\n[backups.two]\nsource = {{ directory = {{ path = \"{dir}\" }} }}\nkeep = {{ last = 3 }}\n",
+        web(""),
+        dir = data.path().display()
+    ));
+    let screen = in_terminal(&agent, app.path(), "backup run");
+    assert!(screen.contains("BERTH-EXIT=0"), "{screen}");
+    let count = |needle: &str| screen.matches(needle).count();
+    assert_eq!(
+        count("✓ back up one"),
+        1,
+        "the finished step stays:\n{screen}"
+    );
+    assert_eq!(count("✓ back up two"), 1, "{screen}");
+    assert_eq!(
+        count("encrypted only to this server's key"),
+        1,
+        "one warning, once:\n{screen}"
+    );
+    assert_eq!(
+        count(&format!("{} one ", app.name)),
+        1,
+        "one summary line per backup:\n{screen}"
+    );
+}
