@@ -56,9 +56,14 @@ impl Engine {
 
     pub async fn app_status(&self, app: &str) -> Result<AppStatus, OpError> {
         let live = self.store.live_release(app)?;
+        let newest = self.store.releases(app, 1)?.into_iter().next();
         let mut status = AppStatus {
             name: app.to_owned(),
             live_release: live.as_ref().map(release_info),
+            last_failed: newest
+                .filter(|r| r.status == berth_state::ReleaseStatus::Failed)
+                .as_ref()
+                .map(release_info),
             operation: self
                 .locks
                 .holder(app)

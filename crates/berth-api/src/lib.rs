@@ -239,6 +239,9 @@ pub struct MaintenanceRequest {
 pub struct AppStatus {
     pub name: String,
     pub live_release: Option<ReleaseInfo>,
+    /// The newest release when it failed (the live one kept serving).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failed: Option<ReleaseInfo>,
     /// The deploy, rollback or restart in progress, if any.
     pub operation: Option<LockInfo>,
     pub services: Vec<ServiceStatus>,

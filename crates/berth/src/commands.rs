@@ -909,7 +909,7 @@ async fn releases(ctx: &Ctx, app: &str, limit: usize) -> anyhow::Result<ExitCode
             let error = r
                 .error
                 .as_deref()
-                .map(|e| e.chars().take(80).collect::<String>())
+                .map(|e| output::shorten(e.lines().next().unwrap_or(""), 80))
                 .unwrap_or_default();
             vec![
                 r.number.to_string(),
@@ -974,6 +974,21 @@ async fn status(ctx: &Ctx, app: Option<String>) -> anyhow::Result<ExitCode> {
             None => "no live release".into(),
         };
         println!("{} · {live}", style(&app.name).bold());
+        if let Some(failed) = &app.last_failed {
+            println!(
+                "  {} the last deploy failed: release {} ({}) at {}: {}",
+                style("✗").red(),
+                failed.number,
+                failed.version,
+                output::time(failed.finished_at.unwrap_or(failed.created_at)),
+                style(output::shorten(
+                    failed.error.as_deref().unwrap_or("no reason recorded"),
+                    200
+                ))
+                .red()
+            );
+            println!("    (`berth releases` lists them; the release above keeps serving)");
+        }
         if let Some(message) = &app.maintenance {
             let shown = if message.is_empty() {
                 String::new()

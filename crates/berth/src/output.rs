@@ -27,6 +27,16 @@ impl Mode {
     }
 }
 
+/// `text` cut to `max` characters, with an ellipsis when something was cut.
+pub fn shorten(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
 pub fn seconds(ms: u64) -> String {
     if ms < 1000 {
         format!("{ms}ms")
@@ -548,6 +558,18 @@ pub fn backup_list(list: &BackupList) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn long_text_is_cut_with_an_ellipsis() {
+        assert_eq!(super::shorten("short", 10), "short");
+        assert_eq!(super::shorten("exactly10!", 10), "exactly10!");
+        assert_eq!(super::shorten("a bit too long", 10), "a bit too…");
+        assert_eq!(
+            super::shorten("ééééééé", 4),
+            "ééé…",
+            "characters, not bytes"
+        );
+    }
+
     use super::*;
 
     #[test]

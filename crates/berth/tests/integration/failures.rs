@@ -61,6 +61,25 @@ fn a_failed_health_gate_keeps_the_old_release_serving() {
             .contains("failed its health check")
     );
     assert_eq!(releases[1]["status"], "live");
+    // The table cuts a long error with an ellipsis, never silently.
+    let table = agent.berth_in(app.path(), &["releases"]);
+    table.success();
+    assert!(table.stdout.contains('…'), "{}", table.stdout);
+    // `status` says the last deploy failed, and why, while release 1 serves.
+    let status = agent.berth_in(app.path(), &["status", "--app", &app.name]);
+    assert!(
+        status
+            .stdout
+            .contains("the last deploy failed: release 2 (bad)")
+            && status.stdout.contains("failed its health check"),
+        "{}",
+        status.stdout
+    );
+    let status = agent
+        .berth_in(app.path(), &["status", "--json", "--app", &app.name])
+        .json();
+    assert_eq!(status["apps"][0]["last_failed"]["number"], 2, "{status}");
+    assert_eq!(status["apps"][0]["live_release"]["number"], 1);
 
     let json = agent.berth_in(app.path(), &["deploy", "--version", "bad2", "--json"]);
     json.failure(1);
