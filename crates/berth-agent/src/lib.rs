@@ -148,6 +148,9 @@ pub enum AgentError {
     },
 }
 
+/// How long the proxy holds new connections at start while the routes are rebuilt.
+const ROUTES_WAIT: Duration = Duration::from_secs(30);
+
 /// The file next to the state where a running agent says where it listens.
 pub const AGENT_FILE: &str = "agent.json";
 
@@ -160,6 +163,10 @@ fn data_dir_error(path: &Path) -> impl Fn(std::io::Error) -> AgentError + '_ {
 
 fn listen_error(addr: &str, error: std::io::Error) -> AgentError {
     let hint = match error.kind() {
+        // The proxy found who holds it and said so.
+        std::io::ErrorKind::AddrInUse if error.to_string().contains("already served by") => {
+            "stop it, or choose another address"
+        }
         std::io::ErrorKind::AddrInUse => {
             "another program (a web server such as nginx?) already uses it; stop it or choose another address"
         }
@@ -251,6 +258,10 @@ pub async fn run(
     let runtime = Arc::new(DockerRuntime::from_env());
 
     let proxy = Proxy::new(config.proxy.clone());
+    // The listeners are bound at once (the ports are ours), but accept nothing until the
+    // routes are rebuilt from the state file and Docker: a client of a restarted agent waits
+    // a moment in the listen queue instead of getting "no app is routed".
+    proxy.set_ready(false);
     if let Some(path) = &config.access_log {
         match AccessLog::open(path, 100 << 20, 5) {
             Ok(log) => proxy.set_access_log(log),
@@ -526,9 +537,26 @@ pub async fn run(
     let reconciler = engine.clone();
     let mut reconcile_stop = stop.clone();
     let schedule_stop = stop.clone();
+    let routed = proxy.clone();
+    let mut ready_stop = stop.clone();
+    tasks.spawn(async move {
+        // Waiting longer than this for Docker serves nobody: serve what can be served.
+        tokio::select! {
+            () = tokio::time::sleep(ROUTES_WAIT) => {
+                if !routed.is_ready() {
+                    tracing::warn!("routes are not rebuilt yet after {ROUTES_WAIT:?}; serving anyway");
+                }
+                routed.set_ready(true);
+            }
+            _ = ready_stop.wait_for(|s| *s) => {}
+        }
+    });
+    let routed = proxy.clone();
     tasks.spawn(async move {
         loop {
-            match reconciler.reconcile_all().await {
+            let reconciled = reconciler.reconcile_all().await;
+            routed.set_ready(true);
+            match reconciled {
                 Ok(report) => {
                     tracing::info!(
                         removed = ?report.removed,

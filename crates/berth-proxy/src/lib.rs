@@ -23,6 +23,7 @@ mod forwarding;
 mod framing;
 mod h1;
 mod limits;
+mod listeners;
 mod metrics;
 mod pages;
 mod routes;
@@ -130,6 +131,8 @@ pub struct ProxyWorkers {
     /// The address bound (a real port when port 0 was asked for).
     pub addr: SocketAddr,
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// No other process may serve the address while the threads do.
+    _claim: listeners::AddressClaim,
 }
 
 impl ProxyWorkers {
@@ -186,6 +189,10 @@ pub struct Proxy {
     /// Where HTTPS is served, for redirects (unset: no redirects).
     https_port: OnceLock<u16>,
     admission: Arc<Admission>,
+    /// Whether the listeners accept connections yet: the agent holds them off until its
+    /// routes are rebuilt, so a restart never answers "no app is routed" (clients wait in
+    /// the listen queue meanwhile).
+    ready: tokio::sync::watch::Sender<bool>,
     /// When rate-limit buckets were last swept, in seconds after `started`.
     last_sweep: std::sync::atomic::AtomicU64,
     started: Instant,
@@ -206,6 +213,7 @@ impl Proxy {
             tls: OnceLock::new(),
             https_port: OnceLock::new(),
             admission,
+            ready: tokio::sync::watch::Sender::new(true),
             last_sweep: std::sync::atomic::AtomicU64::new(0),
             started: Instant::now(),
         })
@@ -222,6 +230,17 @@ impl Proxy {
     /// Starts writing access logs (once).
     pub fn set_access_log(&self, log: AccessLog) {
         let _ = self.access_log.set(log);
+    }
+
+    /// Holds off (false) or starts (true) accepting connections on every listener; bound
+    /// sockets queue new clients meanwhile. Ready unless told otherwise.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.send_replace(ready);
+    }
+
+    /// Whether the listeners accept connections.
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
     }
 
     /// Says where HTTPS is served, so plain HTTP can redirect there (once).
@@ -241,6 +260,14 @@ impl Proxy {
         stop: tokio::sync::watch::Receiver<bool>,
         grace: Duration,
     ) -> std::io::Result<ProxyWorkers> {
+        // Only this process's event loops may share the address (see `listeners`).
+        let taken = |taken: listeners::AddressTaken| {
+            std::io::Error::new(std::io::ErrorKind::AddrInUse, taken.to_string())
+        };
+        let early_claim = match addr.port() {
+            0 => None,
+            _ => Some(listeners::claim(addr).map_err(taken)?),
+        };
         let mut bound = addr;
         let mut handles = Vec::new();
         for index in 0..threads.max(1) {
@@ -292,9 +319,14 @@ impl Proxy {
                 }
             }
         }
+        let claim = match early_claim {
+            Some(claim) => claim,
+            None => listeners::lock(bound).map_err(taken)?,
+        };
         Ok(ProxyWorkers {
             addr: bound,
             threads: handles,
+            _claim: claim,
         })
     }
 
@@ -430,7 +462,15 @@ impl Proxy {
             Scheme::Http => None,
         };
         tokio::pin!(shutdown);
+        let mut ready = self.ready.subscribe();
+        let started = tokio::select! {
+            result = ready.wait_for(|ready| *ready) => result.is_ok(),
+            () = &mut shutdown => false,
+        };
         'accepting: loop {
+            if !started {
+                break;
+            }
             let (stream, client) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(pair) => pair,

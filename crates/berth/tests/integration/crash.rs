@@ -177,3 +177,59 @@ fn sigkill_after_the_switch_finishes_the_deploy() {
     agent.restart();
     assert_eq!(assert_one_live_release(&agent, &app, 1), "v2");
 }
+
+/// A restarted agent binds its ports at once but accepts nothing until its routes are back:
+/// a client hammering it through the restart sees refused connections (while no process
+/// listens), then answers from the app, never "no app is routed".
+#[test]
+fn a_restarted_agent_never_answers_before_its_routes_are_back() {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut agent = Agent::start();
+    let app = agent.app("ready");
+    app.write(&web(""));
+    agent
+        .berth_in(app.path(), &["deploy", "--version", "one"])
+        .success();
+    let addr = agent.http.clone();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let client = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut answers: Vec<String> = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(mut stream) = std::net::TcpStream::connect(&addr) else {
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                };
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(40)));
+                if stream
+                    .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+                    .is_err()
+                {
+                    continue;
+                }
+                let mut response = Vec::new();
+                let _ = stream.read_to_end(&mut response);
+                let text = String::from_utf8_lossy(&response);
+                if let Some(status) = text.split_whitespace().nth(1) {
+                    answers.push(status.to_owned());
+                }
+            }
+            answers
+        })
+    };
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(300));
+        agent.restart();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let answers = client.join().unwrap();
+    assert!(answers.len() > 20, "{answers:?}");
+    assert!(
+        answers.iter().all(|status| status == "200"),
+        "only the app answers: {:?}",
+        answers.iter().filter(|s| *s != "200").collect::<Vec<_>>()
+    );
+}

@@ -453,3 +453,39 @@ fn in_a_terminal_each_step_and_warning_shows_once_and_stays() {
         "one summary line per backup:\n{screen}"
     );
 }
+
+#[test]
+fn a_second_agent_on_the_same_address_refuses_and_names_the_first() {
+    let first = Agent::start();
+    let pid = first.agent_file()["pid"].as_u64().unwrap();
+    let other = tempfile::Builder::new()
+        .prefix("berth-test-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let second = first.berth(&[
+        "agent",
+        "--data-dir",
+        other.path().to_str().unwrap(),
+        "--http",
+        &first.http,
+        "--https",
+        "off",
+        "--acme-directory",
+        "off",
+    ]);
+    assert_ne!(second.code, 0, "{}", second.stderr);
+    assert!(
+        second
+            .stderr
+            .contains(&format!("already served by berth (pid {pid})")),
+        "{}",
+        second.stderr
+    );
+    // The first keeps every connection: nothing else joined its address.
+    let app = first.app("solo");
+    app.write(&web(""));
+    first.berth_in(app.path(), &["deploy"]).success();
+    for _ in 0..20 {
+        assert_eq!(first.get("/").unwrap().0, 200);
+    }
+}
