@@ -635,6 +635,7 @@ async fn deploy(
         kind: ReleaseKind::Deploy,
         rollback_of: None,
         actor: actor.clone(),
+        wait_drain: request.wait_drain,
     };
     let engine = state.engine.clone();
     used_uploads.sort();
@@ -698,6 +699,7 @@ async fn rollback(
         kind: ReleaseKind::Rollback,
         rollback_of: Some(target.number),
         actor: actor.clone(),
+        wait_drain: request.wait_drain,
     };
     let engine = state.engine.clone();
     start_operation(

@@ -57,7 +57,43 @@ pub struct Engine {
     pub http_url: Option<String>,
     pub edge: Arc<Edge>,
     live: Mutex<HashMap<String, LiveApp>>,
+    /// Old releases draining after a deploy returned, by app (for `berth status`).
+    draining: Mutex<HashMap<String, Vec<Draining>>>,
+    /// This engine, for work that outlives the call that started it (a background drain).
+    me: std::sync::OnceLock<std::sync::Weak<Engine>>,
 }
+
+/// An old release draining in the background.
+#[derive(Clone)]
+pub(crate) struct Draining {
+    pub release: i64,
+    /// Milliseconds since the epoch.
+    pub since: i64,
+    /// When its WebSockets and event streams will be closed, milliseconds since the epoch.
+    pub closes_at: i64,
+    pub upstreams: Vec<Arc<Upstream>>,
+}
+
+/// How an old release drains.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DrainLimits {
+    /// Ordinary requests may finish within this.
+    pub requests: Duration,
+    /// WebSockets and event streams may stay open this long, then are closed properly.
+    pub long_lived: Duration,
+}
+
+impl DrainLimits {
+    pub(crate) fn of(manifest: &Manifest) -> Self {
+        Self {
+            requests: manifest.deploy.drain_timeout,
+            long_lived: manifest.deploy.websocket_drain,
+        }
+    }
+}
+
+/// How long closed WebSockets get to finish their close handshake.
+const CLOSING_GRACE: Duration = Duration::from_secs(12);
 
 /// What the proxy routes for an app: the live manifest and its web containers' upstreams.
 #[derive(Clone)]
@@ -86,6 +122,8 @@ pub struct ReleasePlan {
     pub kind: ReleaseKind,
     pub rollback_of: Option<i64>,
     pub actor: String,
+    /// Return only once the old release has drained.
+    pub wait_drain: bool,
 }
 
 /// Everything needed to create containers for one release.
@@ -95,6 +133,9 @@ pub(crate) struct ReleaseContext<'a> {
     pub version: &'a str,
     pub manifest: &'a Manifest,
     pub secret_values: BTreeMap<String, String>,
+    /// Wait for the old release to drain before returning (else it drains in the
+    /// background once the new one is committed).
+    pub wait_drain: bool,
 }
 
 /// A container a step started and may have to remove again.
@@ -132,7 +173,24 @@ impl Engine {
             http_url,
             edge,
             live: Mutex::new(HashMap::new()),
+            draining: Mutex::new(HashMap::new()),
+            me: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Lets the engine start work that outlives a call (call once, after `Arc::new`).
+    pub fn set_self(self: &Arc<Self>) {
+        let _ = self.me.set(Arc::downgrade(self));
+    }
+
+    /// The old releases of `app` still draining.
+    pub(crate) fn draining(&self, app: &str) -> Vec<Draining> {
+        self.draining
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(app)
+            .cloned()
+            .unwrap_or_default()
     }
 
     fn live_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, LiveApp>> {
@@ -429,6 +487,7 @@ impl Engine {
             version: &plan.version,
             manifest,
             secret_values: self.secret_values(manifest)?,
+            wait_drain: plan.wait_drain,
         };
 
         let step = progress.step("prepare network and volumes");
@@ -1022,14 +1081,32 @@ impl Engine {
         })?;
         started.clear();
 
-        self.retire(
-            ctx.app,
-            &old_instances,
-            before.as_ref(),
-            ctx.manifest.deploy.drain_timeout,
-            progress,
-        )
-        .await;
+        // The new release is live and committed: the deploy is done. The old one drains
+        // (its requests finish, its WebSockets stay until their own limit) in the
+        // background, unless the caller asked to wait for it.
+        let limits = before.as_ref().map_or_else(
+            || DrainLimits::of(ctx.manifest),
+            |b| DrainLimits::of(&b.manifest),
+        );
+        match self.me.get().and_then(std::sync::Weak::upgrade) {
+            Some(engine) if !ctx.wait_drain && !old_instances.is_empty() => {
+                progress.log(format!(
+                    "the old containers drain in the background: requests may finish within {:?}, WebSockets and event streams stay open up to {:?} (`berth status` shows them)",
+                    limits.requests, limits.long_lived
+                ));
+                let app = ctx.app.to_owned();
+                tokio::spawn(async move {
+                    let quiet = Progress::silent(&app);
+                    engine
+                        .retire(&app, &old_instances, before.as_ref(), limits, &quiet)
+                        .await;
+                });
+            }
+            _ => {
+                self.retire(ctx.app, &old_instances, before.as_ref(), limits, progress)
+                    .await;
+            }
+        }
         Ok(())
     }
 
@@ -1184,15 +1261,17 @@ impl Engine {
         futures_util::future::join_all(removals).await;
     }
 
-    /// Drains the old web containers (in-flight requests finish, up to the drain timeout),
-    /// then stops and removes every old container. The new release is already live, so
+    /// Drains the old web containers, then stops and removes every old container: ordinary
+    /// requests may finish within `limits.requests`; WebSockets and event streams may stay
+    /// open up to `limits.long_lived`, then get a proper close (a WebSocket close frame, the
+    /// end of the stream) and a moment to finish it. The new release is already live, so
     /// problems here are logged, not failures.
     pub(crate) async fn retire(
         &self,
         app: &str,
         old: &[Instance],
         before: Option<&LiveApp>,
-        drain_timeout: Duration,
+        limits: DrainLimits,
         progress: &Progress,
     ) {
         if old.is_empty() {
@@ -1220,16 +1299,41 @@ impl Engine {
                 .map(|s| s.stop_timeout)
                 .unwrap_or(Duration::from_secs(10))
         };
+        let upstreams: Vec<Arc<Upstream>> = old
+            .iter()
+            .filter_map(|i| upstream_of(&i.container_id))
+            .collect();
+        let now = berth_state::now_ms();
+        let entry = Draining {
+            release: releases.iter().next().copied().unwrap_or_default(),
+            since: now,
+            closes_at: now + i64::try_from(limits.long_lived.as_millis()).unwrap_or(i64::MAX / 2),
+            upstreams,
+        };
+        self.draining
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(app.to_owned())
+            .or_default()
+            .push(entry.clone());
         let undrained = std::sync::atomic::AtomicUsize::new(0);
+        let closed = std::sync::atomic::AtomicUsize::new(0);
         let jobs = old.iter().map(|instance| {
             let upstream = upstream_of(&instance.container_id);
             let stop_timeout = stop_timeout_of(&instance.service);
             let undrained = &undrained;
+            let closed = &closed;
             async move {
                 if let Some(upstream) = upstream {
-                    if !upstream.wait_drained(drain_timeout).await {
-                        undrained.fetch_add(upstream.inflight(), std::sync::atomic::Ordering::Relaxed);
-                        tracing::warn!(app, container = %instance.name, in_flight = upstream.inflight(), "drain timeout reached; stopping anyway");
+                    if !upstream.wait_requests_drained(limits.requests).await {
+                        undrained.fetch_add(upstream.requests_in_flight(), std::sync::atomic::Ordering::Relaxed);
+                        tracing::warn!(app, container = %instance.name, in_flight = upstream.requests_in_flight(), "drain timeout reached; stopping anyway");
+                    }
+                    if upstream.long_lived() > 0 && !upstream.wait_drained(limits.long_lived).await {
+                        closed.fetch_add(upstream.long_lived(), std::sync::atomic::Ordering::Relaxed);
+                        tracing::info!(app, container = %instance.name, open = upstream.long_lived(), "closing the old release's WebSockets and event streams (the clients reconnect to the new release)");
+                        upstream.close_long_lived();
+                        upstream.wait_drained(CLOSING_GRACE).await;
                     }
                     upstream.retire();
                 }
@@ -1247,11 +1351,28 @@ impl Engine {
             }
         });
         futures_util::future::join_all(jobs).await;
+        if let Some(list) = self
+            .draining
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(app)
+        {
+            list.retain(|d| d.since != entry.since || d.release != entry.release);
+        }
         let cut = undrained.load(std::sync::atomic::Ordering::Relaxed);
-        step.done(
-            (cut > 0)
-                .then(|| format!("{cut} requests were still in flight after the drain timeout")),
-        );
+        let closed = closed.load(std::sync::atomic::Ordering::Relaxed);
+        let mut notes = Vec::new();
+        if cut > 0 {
+            notes.push(format!(
+                "{cut} requests were still in flight after the drain timeout"
+            ));
+        }
+        if closed > 0 {
+            notes.push(format!(
+                "{closed} WebSockets or event streams closed properly"
+            ));
+        }
+        step.done((!notes.is_empty()).then(|| notes.join("; ")));
     }
 
     /// Untags the images of releases older than the newest `keep` good ones.
@@ -1458,6 +1579,7 @@ impl Engine {
             version: &release.version,
             manifest,
             secret_values: self.secret_values(manifest)?,
+            wait_drain: false,
         })
     }
 

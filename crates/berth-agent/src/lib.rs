@@ -366,6 +366,7 @@ pub async fn run(
         http_url,
         edge.clone(),
     ));
+    engine.set_self();
 
     let info = AgentInfo {
         version: env!("CARGO_PKG_VERSION").to_owned(),

@@ -64,6 +64,21 @@ impl Engine {
                 .filter(|r| r.status == berth_state::ReleaseStatus::Failed)
                 .as_ref()
                 .map(release_info),
+            draining: self
+                .draining(app)
+                .into_iter()
+                .map(|d| berth_api::DrainingInfo {
+                    release: d.release,
+                    since: d.since,
+                    requests: d
+                        .upstreams
+                        .iter()
+                        .map(|u| u.requests_in_flight() as u64)
+                        .sum(),
+                    long_lived: d.upstreams.iter().map(|u| u.long_lived() as u64).sum(),
+                    closes_at: d.closes_at,
+                })
+                .collect(),
             operation: self
                 .locks
                 .holder(app)

@@ -111,6 +111,9 @@ pub struct DeployRequest {
     /// Wait for a deploy in progress instead of failing at once.
     #[serde(default)]
     pub wait_for_lock: bool,
+    /// Return only once the old release has drained (else it drains in the background).
+    #[serde(default)]
+    pub wait_drain: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -119,6 +122,9 @@ pub struct RollbackRequest {
     pub release: Option<i64>,
     #[serde(default)]
     pub wait_for_lock: bool,
+    /// Return only once the old release has drained.
+    #[serde(default)]
+    pub wait_drain: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -242,6 +248,9 @@ pub struct AppStatus {
     /// The newest release when it failed (the live one kept serving).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failed: Option<ReleaseInfo>,
+    /// Old releases still draining after a deploy returned.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub draining: Vec<DrainingInfo>,
     /// The deploy, rollback or restart in progress, if any.
     pub operation: Option<LockInfo>,
     pub services: Vec<ServiceStatus>,
@@ -252,6 +261,21 @@ pub struct AppStatus {
     /// Each backup's schedule, last run and failures.
     #[serde(default)]
     pub backups: Vec<BackupStatus>,
+}
+
+/// An old release draining in the background.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DrainingInfo {
+    pub release: i64,
+    /// Milliseconds since the epoch.
+    pub since: i64,
+    /// Ordinary requests still in flight.
+    pub requests: u64,
+    /// WebSockets and event streams still open.
+    pub long_lived: u64,
+    /// When the WebSockets and event streams left will be closed, milliseconds since the
+    /// epoch.
+    pub closes_at: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

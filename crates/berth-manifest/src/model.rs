@@ -117,8 +117,20 @@ pub struct DeploySettings {
     pub keep_releases: u32,
     #[serde(with = "duration_ms")]
     pub drain_timeout: Duration,
+    /// How long the old release's WebSockets and event streams may stay open after a
+    /// deploy before berth closes them properly (the client reconnects to the new release).
+    #[serde(with = "duration_ms", default = "default_websocket_drain")]
+    pub websocket_drain: Duration,
     #[serde(with = "duration_ms")]
     pub release_timeout: Duration,
+}
+
+/// One hour: an old container holding WebSockets only costs memory, and a client that is
+/// cut has to reconnect (a chat loses its place); a deploy does not wait for them.
+pub const DEFAULT_WEBSOCKET_DRAIN: Duration = Duration::from_secs(3600);
+
+fn default_websocket_drain() -> Duration {
+    DEFAULT_WEBSOCKET_DRAIN
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

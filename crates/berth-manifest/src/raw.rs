@@ -179,6 +179,8 @@ pub struct RawDeploy {
     pub keep_releases: Option<Spanned<i64>>,
     /// How long in-flight requests on the old release may take to finish (default 30s).
     pub drain_timeout: Option<SpannedString>,
+    /// How long the old release's WebSockets and event streams may stay open (default 1h).
+    pub websocket_drain: Option<SpannedString>,
     /// How long a release command may run (default 10m).
     pub release_timeout: Option<SpannedString>,
 }

@@ -244,6 +244,12 @@ impl<'a> Checker<'a> {
                 Duration::from_secs(30),
                 hour,
             ),
+            websocket_drain: self.duration(
+                "deploy.websocket_drain",
+                raw.and_then(|r| r.websocket_drain.as_ref()),
+                crate::DEFAULT_WEBSOCKET_DRAIN,
+                7 * 24 * hour,
+            ),
             release_timeout: self.duration(
                 "deploy.release_timeout",
                 raw.and_then(|r| r.release_timeout.as_ref()),

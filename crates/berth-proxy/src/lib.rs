@@ -27,6 +27,7 @@ mod listeners;
 mod metrics;
 mod pages;
 mod routes;
+mod splice;
 mod upstream;
 
 pub use access_log::{AccessLog, AccessRecord};
@@ -949,12 +950,34 @@ impl Proxy {
             );
         }
         let status = parts.status.as_u16();
+        // An event stream stays open like a WebSocket: it drains on the long-lived limit and
+        // ends after its last whole chunk when that limit is reached.
+        let mut guard = guard;
+        let closing = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|t| t.to_str().ok())
+            .is_some_and(|t| t.starts_with("text/event-stream"))
+            .then(|| {
+                guard.mark_long_lived();
+                let mut signal = guard.upstream().closing_signal();
+                let closing: Pin<Box<dyn Future<Output = ()> + Send + Sync>> =
+                    Box::pin(async move {
+                        while !*signal.borrow_and_update() {
+                            if signal.changed().await.is_err() {
+                                std::future::pending::<()>().await;
+                            }
+                        }
+                    });
+                closing
+            });
         let mut body = TrackedBody {
             inner: body,
             guard: Some(guard),
             bytes: 0,
             log: Some((log, status)),
             proxy: Arc::clone(self),
+            closing,
         };
         if body.inner.is_end_stream() {
             // No body will be polled (204, 304, HEAD): done now.
@@ -974,17 +997,23 @@ impl Proxy {
         log: LogContext,
     ) -> Response<ProxyBody> {
         let upstream = hyper::upgrade::on(&mut *response);
+        let mut guard = guard;
+        guard.mark_long_lived();
         let name = guard.upstream().name().to_owned();
+        let closing = guard.upstream().closing_signal();
+        let websocket = response
+            .headers()
+            .get(header::UPGRADE)
+            .and_then(|u| u.to_str().ok())
+            .is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
         tokio::spawn(async move {
             let _guard = guard;
             let _activity = activity;
             match tokio::try_join!(client, upstream) {
                 Ok((client, upstream)) => {
-                    let mut client = TokioIo::new(client);
-                    let mut upstream = TokioIo::new(upstream);
-                    if let Err(error) =
-                        tokio::io::copy_bidirectional(&mut client, &mut upstream).await
-                    {
+                    let client = TokioIo::new(client);
+                    let upstream = TokioIo::new(upstream);
+                    if let Err(error) = splice::splice(client, upstream, closing, websocket).await {
                         tracing::debug!(upstream = %name, %error, "upgraded connection ended");
                     }
                 }
@@ -1506,6 +1535,8 @@ pub(crate) struct TrackedBody {
     bytes: u64,
     log: Option<(LogContext, u16)>,
     proxy: Arc<Proxy>,
+    /// For an event stream: resolves when its upstream's long-lived connections must end.
+    closing: Option<Pin<Box<dyn Future<Output = ()> + Send + Sync>>>,
 }
 
 impl TrackedBody {
@@ -1539,6 +1570,14 @@ impl Body for TrackedBody {
         let this = &mut *self;
         if this.guard.is_none() {
             // Already complete (and the connection released): nothing more to read.
+            return Poll::Ready(None);
+        }
+        if let Some(closing) = this.closing.as_mut()
+            && closing.as_mut().poll(cx).is_ready()
+        {
+            // The release is going away: end the stream cleanly between chunks (the client
+            // sees a complete response and reconnects to the new release).
+            this.complete(false);
             return Poll::Ready(None);
         }
         match this.inner.poll_frame(cx) {

@@ -40,6 +40,10 @@ pub struct Upstream {
     epoch: Instant,
     retired: AtomicBool,
     drained: Notify,
+    /// Of `inflight`, the WebSockets (and other upgraded connections) and event streams:
+    /// they drain on their own limit, and end properly when `closing` turns true.
+    long_lived: AtomicUsize,
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +73,8 @@ impl Upstream {
             epoch: Instant::now(),
             retired: AtomicBool::new(false),
             drained: Notify::new(),
+            long_lived: AtomicUsize::new(0),
+            closing: tokio::sync::watch::Sender::new(false),
         })
     }
 
@@ -89,19 +95,55 @@ impl Upstream {
         self.inflight.load(Ordering::Acquire)
     }
 
+    /// Of those, the WebSockets (and other upgraded connections) and event streams.
+    pub fn long_lived(&self) -> usize {
+        self.long_lived.load(Ordering::Acquire)
+    }
+
+    /// Ordinary requests in flight: all but the long-lived ones.
+    pub fn requests_in_flight(&self) -> usize {
+        self.inflight().saturating_sub(self.long_lived())
+    }
+
     /// Waits until no request is in flight, or the timeout passes. Returns whether it drained.
     pub async fn wait_drained(&self, timeout: Duration) -> bool {
+        self.wait_until(timeout, Self::inflight).await
+    }
+
+    /// Waits until no ordinary request is in flight (long-lived connections may stay), or
+    /// the timeout passes. Returns whether they drained.
+    pub async fn wait_requests_drained(&self, timeout: Duration) -> bool {
+        self.wait_until(timeout, Self::requests_in_flight).await
+    }
+
+    async fn wait_until(&self, timeout: Duration, count: fn(&Self) -> usize) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.drained.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.inflight() == 0 {
+            if count(self) == 0 {
                 return true;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.inflight() == 0;
+                return count(self) == 0;
             }
+        }
+    }
+
+    /// Ends this upstream's long-lived connections properly: WebSockets get a close frame
+    /// (1012) at a frame boundary, event streams end after their last whole chunk.
+    pub fn close_long_lived(&self) {
+        self.closing.send_replace(true);
+    }
+
+    pub(crate) fn closing_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.closing.subscribe()
+    }
+
+    fn notify_if_drained(&self) {
+        if self.requests_in_flight() == 0 {
+            self.drained.notify_waiters();
         }
     }
 
@@ -134,6 +176,7 @@ impl Upstream {
         InflightGuard {
             upstream: Arc::clone(self),
             permit: None,
+            long_lived: false,
         }
     }
 
@@ -260,6 +303,8 @@ pub(crate) struct InflightGuard {
     upstream: Arc<Upstream>,
     /// The route's concurrency permit, released with the guard.
     permit: Option<crate::limits::ConcurrencyPermit>,
+    /// Counted among the upstream's long-lived connections.
+    long_lived: bool,
 }
 
 impl InflightGuard {
@@ -270,12 +315,24 @@ impl InflightGuard {
     pub(crate) fn upstream(&self) -> &Arc<Upstream> {
         &self.upstream
     }
+
+    /// This request became a WebSocket (or an event stream): it drains on the long-lived
+    /// limit, not the ordinary one.
+    pub(crate) fn mark_long_lived(&mut self) {
+        if !self.long_lived {
+            self.long_lived = true;
+            self.upstream.long_lived.fetch_add(1, Ordering::AcqRel);
+            self.upstream.notify_if_drained();
+        }
+    }
 }
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
-        if self.upstream.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.upstream.drained.notify_waiters();
+        if self.long_lived {
+            self.upstream.long_lived.fetch_sub(1, Ordering::AcqRel);
         }
+        self.upstream.inflight.fetch_sub(1, Ordering::AcqRel);
+        self.upstream.notify_if_drained();
     }
 }

@@ -1638,3 +1638,52 @@ async fn a_client_that_half_closes_after_its_request_gets_the_response() {
         "{text:?}"
     );
 }
+
+#[tokio::test]
+async fn an_event_stream_counts_as_long_lived_and_ends_cleanly_when_its_release_goes() {
+    let (web, _) = upstream("web").await;
+    let running = start_proxy(ProxyConfig::default()).await;
+    let upstream = Upstream::new(web, "web");
+    running.proxy.set_app_routes(
+        "app",
+        vec![route("web", 1, &[], "/", vec![Arc::clone(&upstream)])],
+    );
+    let mut stream = tokio::net::TcpStream::connect(running.addr).await.unwrap();
+    stream
+        .write_all(b"GET /stream HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = vec![0u8; 4096];
+    let n = stream.read(&mut first).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&first[..n]).contains("text/event-stream"),
+        "{}",
+        String::from_utf8_lossy(&first[..n])
+    );
+    assert_eq!(upstream.long_lived(), 1, "an event stream is long-lived");
+    assert_eq!(
+        upstream.requests_in_flight(),
+        0,
+        "and not an ordinary request"
+    );
+    assert!(
+        upstream
+            .wait_requests_drained(Duration::from_millis(10))
+            .await,
+        "ordinary requests are drained while the stream stays"
+    );
+    upstream.close_long_lived();
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+    assert!(ended.is_ok(), "the stream ended");
+    let text = String::from_utf8_lossy(&rest);
+    assert!(
+        text.ends_with("0\r\n\r\n"),
+        "the chunked response ends properly: {text:?}"
+    );
+    assert!(
+        !text.contains("data: 4"),
+        "it ended before the upstream's last event: {text:?}"
+    );
+    assert!(upstream.wait_drained(Duration::from_secs(2)).await);
+}

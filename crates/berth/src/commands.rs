@@ -153,13 +153,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             manifest,
             version,
             wait,
+            wait_drain,
             load,
-        } => deploy(&ctx, &manifest, version, wait, &load).await,
-        Command::Rollback { release, app, wait } => {
+        } => deploy(&ctx, &manifest, version, (wait, wait_drain), &load).await,
+        Command::Rollback {
+            release,
+            app,
+            wait,
+            wait_drain,
+        } => {
             let app = resolve_app(&app)?;
             let request = RollbackRequest {
                 release,
                 wait_for_lock: wait,
+                wait_drain,
             };
             operation(
                 &ctx,
@@ -715,12 +722,12 @@ async fn deploy(
     ctx: &Ctx,
     args: &ManifestArgs,
     version: Option<String>,
-    wait: bool,
+    waits: (bool, bool),
     archives: &[PathBuf],
 ) -> anyhow::Result<ExitCode> {
     let loaded = load_manifest(args)?;
     let client = ctx.client()?;
-    deploy_with(ctx, &client, loaded, version, wait, archives).await
+    deploy_with(ctx, &client, loaded, version, waits, archives).await
 }
 
 async fn up(
@@ -732,7 +739,7 @@ async fn up(
 ) -> anyhow::Result<ExitCode> {
     let loaded = load_manifest(args)?;
     let client = ensure_agent(ctx, http).await?;
-    deploy_with(ctx, &client, loaded, version, true, archives).await
+    deploy_with(ctx, &client, loaded, version, (true, false), archives).await
 }
 
 async fn deploy_with(
@@ -740,7 +747,7 @@ async fn deploy_with(
     client: &Client,
     loaded: LoadedManifest,
     version: Option<String>,
-    wait: bool,
+    (wait, wait_drain): (bool, bool),
     archives: &[PathBuf],
 ) -> anyhow::Result<ExitCode> {
     let manifest = &loaded.manifest;
@@ -824,6 +831,7 @@ async fn deploy_with(
         version: version.or_else(|| git_version(&loaded.base_dir)),
         contexts,
         wait_for_lock: wait,
+        wait_drain,
     };
     watch(
         ctx,
@@ -996,6 +1004,17 @@ async fn status(ctx: &Ctx, app: Option<String>) -> anyhow::Result<ExitCode> {
                 format!(": {message}")
             };
             println!("  {} maintenance mode is on{shown}", style("⚠").yellow());
+        }
+        for draining in &app.draining {
+            println!(
+                "  {} release {} drains since {}: {} requests, {} WebSockets or streams open (closed properly at {} if still open)",
+                style("⟳").dim(),
+                draining.release,
+                output::time(draining.since),
+                draining.requests,
+                draining.long_lived,
+                output::time(draining.closes_at)
+            );
         }
         if let Some(operation) = &app.operation {
             println!(

@@ -111,6 +111,11 @@ enum Command {
         /// Wait for a deploy in progress instead of failing.
         #[arg(long)]
         wait: bool,
+        /// Return only once the old release has drained (its requests finished, its
+        /// WebSockets closed); by default it drains in the background once the new release
+        /// serves.
+        #[arg(long)]
+        wait_drain: bool,
         /// Load a `docker save` archive on the server first (for images built elsewhere
         /// without a registry). Repeatable.
         #[arg(long = "load", value_name = "ARCHIVE")]
@@ -122,8 +127,12 @@ enum Command {
         release: Option<i64>,
         #[command(flatten)]
         app: AppArgs,
+        /// Wait for a deploy in progress instead of failing.
         #[arg(long)]
         wait: bool,
+        /// Return only once the old release has drained.
+        #[arg(long)]
+        wait_drain: bool,
     },
     /// The app's release history.
     Releases {

@@ -17,6 +17,24 @@ fn names_of(agent: &Agent, app: &str, service: &str) -> Vec<String> {
     names
 }
 
+/// The containers of a service once the old release has drained in the background (a
+/// deploy returns as soon as the new one serves): waits until there are `count`.
+#[track_caller]
+fn settled_names(agent: &Agent, app: &str, service: &str, count: usize) -> Vec<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let names = names_of(agent, app, service);
+        if names.len() == count {
+            return names;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{service} still has {names:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn first_deploy_then_redeploy_replaces_the_release() {
     let agent = Agent::start();
@@ -47,13 +65,13 @@ fn first_deploy_then_redeploy_replaces_the_release() {
         run.stderr
     );
     assert!(
-        run.stderr.contains("drain and stop release 1"),
+        run.stderr
+            .contains("the old containers drain in the background"),
         "{}",
         run.stderr
     );
     assert_eq!(agent.get("/").unwrap(), (200, "hi v2\n".into()));
-    let second = names_of(&agent, &app.name, "web");
-    assert_eq!(second.len(), 1, "the old container is gone: {second:?}");
+    let second = settled_names(&agent, &app.name, "web", 1);
     assert!(second[0].starts_with(&format!("{}-web-r2-", app.name)));
 
     let releases = agent.berth_in(app.path(), &["releases", "--json"]).json();
@@ -95,7 +113,7 @@ fn replicas_share_traffic_and_rollback_returns_to_the_previous_release() {
     agent
         .berth_in(app.path(), &["deploy", "--version", "v2"])
         .success();
-    assert_eq!(names_of(&agent, &app.name, "web").len(), 2);
+    settled_names(&agent, &app.name, "web", 2);
     agent.wait_serving("v2");
 
     let outcome = agent
@@ -148,8 +166,7 @@ fn workers_are_replaced_after_the_web_service_is_live() {
         "workers start after the switch:\n{}",
         run.stderr
     );
-    let second = names_of(&agent, &app.name, "worker");
-    assert_eq!(second.len(), 1);
+    let second = settled_names(&agent, &app.name, "worker", 1);
     assert_ne!(first, second);
 
     let logs = agent
@@ -251,8 +268,7 @@ fn restart_exec_and_logs_work_on_the_live_release() {
         .json();
     assert_eq!(outcome["operation"], "restart");
     assert_eq!(outcome["release"], 1);
-    let after = names_of(&agent, &app.name, "web");
-    assert_eq!(after.len(), 1);
+    let after = settled_names(&agent, &app.name, "web", 1);
     assert_ne!(before, after, "restart replaces the container");
     assert_eq!(agent.get("/").unwrap(), (200, "ops v1\n".into()));
 

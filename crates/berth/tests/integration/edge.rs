@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
 #[test]
-fn a_websocket_opened_before_a_deploy_keeps_working_until_it_closes() {
+fn a_deploy_returns_while_an_open_websocket_drains_and_ends_with_a_close_frame() {
     let agent = Agent::start();
     let app = agent.app("ws");
-    app.write(&(web("") + "\n[deploy]\ndrain_timeout = \"60s\"\n"));
+    app.write(&(web("") + "\n[deploy]\ndrain_timeout = \"30s\"\nwebsocket_drain = \"4s\"\n"));
     agent
         .berth_in(app.path(), &["deploy", "--version", "v1"])
         .success();
@@ -33,50 +33,81 @@ fn a_websocket_opened_before_a_deploy_keeps_working_until_it_closes() {
         })
     };
     assert_eq!(ask(&mut socket, "version"), "v1");
-    assert_eq!(ask(&mut socket, "hello"), "hello");
 
-    // Deploy v2 while the WebSocket stays open: new requests go to v2, the socket keeps
-    // talking to v1, and the deploy waits (drains) until the socket closes.
+    // Deploy v2 with the WebSocket open: the deploy returns as soon as v2 is live, well
+    // before the 30 s drain timeout, and the socket still talks to v1.
     let started = Instant::now();
-    let deploy = std::thread::scope(|scope| {
-        let deploy = scope.spawn(|| agent.berth_in(app.path(), &["deploy", "--version", "v2"]));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while agent.get("/").map(|(_, b)| b).unwrap_or_default() != "hello v2\n" {
-            assert!(Instant::now() < deadline, "v2 never went live");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        std::thread::sleep(Duration::from_millis(1500));
-        assert!(
-            !deploy.is_finished(),
-            "the deploy waits for the open WebSocket to drain"
-        );
-        assert_eq!(
-            ask(&mut socket, "version"),
-            "v1",
-            "the open socket still reaches the old release"
-        );
-        assert_eq!(ask(&mut socket, "still there?"), "still there?");
-        runtime.block_on(socket.close(None)).unwrap();
-        // The connection ends when the client lets go of it.
-        drop(socket);
-        deploy.join().unwrap()
-    });
+    let deploy = agent.berth_in(app.path(), &["deploy", "--version", "v2"]);
     deploy.success();
-    assert!(started.elapsed() >= Duration::from_millis(1500));
+    let took = started.elapsed();
     assert!(
-        deploy.stderr.contains("drain and stop release 1"),
-        "{}",
-        deploy.stderr
+        took < Duration::from_secs(20),
+        "the deploy waited for the open WebSocket ({took:?})"
     );
-    assert!(
-        started.elapsed() < Duration::from_secs(30),
-        "the drain ended when the socket closed, not at the drain timeout"
+    assert_eq!(agent.get("/").unwrap().1, "hello v2\n");
+    assert_eq!(
+        ask(&mut socket, "version"),
+        "v1",
+        "the open socket still reaches the old release"
     );
-    // A new socket reaches v2.
+    // `status` shows the old release draining, with its WebSocket.
+    let status = agent
+        .berth_in(app.path(), &["status", "--json", "--app", &app.name])
+        .json();
+    let draining = &status["apps"][0]["draining"][0];
+    assert_eq!(draining["release"], 1, "{status}");
+    assert_eq!(draining["long_lived"], 1, "{status}");
+
+    // At the WebSocket drain limit (4 s) berth closes it properly: a close frame saying the
+    // service restarts (1012), not a reset.
+    let closed = runtime.block_on(async {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(30), socket.next()).await {
+                Ok(Some(Ok(Message::Close(frame)))) => break frame,
+                Ok(Some(Ok(_))) => continue,
+                other => panic!("no close frame, but {other:?}"),
+            }
+        }
+    });
+    let frame = closed.expect("the close frame has a code");
+    assert_eq!(u16::from(frame.code), 1012, "{frame:?}");
+    drop(socket);
+    // The old release is gone from status once drained, and a new socket reaches v2.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = agent
+            .berth_in(app.path(), &["status", "--json", "--app", &app.name])
+            .json();
+        if status["apps"][0]["draining"].is_null() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still draining: {status}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let (mut socket, _) = runtime
         .block_on(tokio_tungstenite::connect_async(url.as_str()))
         .unwrap();
     assert_eq!(ask(&mut socket, "version"), "v2");
+
+    // With --wait-drain the deploy returns only once the old release has drained.
+    let started = Instant::now();
+    agent
+        .berth_in(app.path(), &["deploy", "--version", "v3", "--wait-drain"])
+        .success();
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "waited for the WebSocket's drain limit"
+    );
+    let closed = runtime.block_on(async {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), socket.next()).await {
+                Ok(Some(Ok(Message::Close(frame)))) => break frame,
+                Ok(Some(Ok(_))) => continue,
+                other => panic!("no close frame, but {other:?}"),
+            }
+        }
+    });
+    assert!(closed.is_some(), "closed before the deploy returned");
 }
 
 #[test]
