@@ -289,14 +289,20 @@ struct LimitQuery {
     limit: Option<usize>,
 }
 
+#[derive(Deserialize)]
+struct AuditQuery {
+    limit: Option<usize>,
+    app: Option<String>,
+}
+
 async fn audit(
     State(state): State<ApiState>,
-    Query(query): Query<LimitQuery>,
+    Query(query): Query<AuditQuery>,
 ) -> ApiResult<Json<Vec<AuditEntry>>> {
     let entries = state
         .engine
         .store
-        .audit(query.limit.unwrap_or(50).min(10_000))?;
+        .audit(query.limit.unwrap_or(50).min(10_000), query.app.as_deref())?;
     Ok(Json(
         entries
             .into_iter()

@@ -439,13 +439,19 @@ impl Store {
     }
 
     /// The newest audit entries first.
-    pub fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>> {
+    /// The newest `limit` entries, of one app (its own and its services' and backups') when
+    /// `app` is given.
+    pub fn audit(&self, limit: usize, app: Option<&str>) -> Result<Vec<AuditEntry>> {
         let conn = self.conn();
         let mut statement = conn
-            .prepare("SELECT at, actor, action, target, result, detail FROM audit ORDER BY id DESC LIMIT ?1")
+            .prepare(
+                "SELECT at, actor, action, target, result, detail FROM audit
+                 WHERE ?2 IS NULL OR target = ?2 OR substr(target, 1, length(?2) + 1) = ?2 || '/'
+                 ORDER BY id DESC LIMIT ?1",
+            )
             .map_err(sql("read the audit log"))?;
         let rows = statement
-            .query_map([limit as i64], |row| {
+            .query_map(rusqlite::params![limit as i64, app], |row| {
                 Ok(AuditEntry {
                     at: row.get(0)?,
                     actor: row.get(1)?,

@@ -151,7 +151,7 @@ fn a_state_file_survives_reopening() {
     }
     let store = Store::open(&path).unwrap();
     assert_eq!(store.releases("a", 5).unwrap().len(), 1);
-    assert_eq!(store.audit(10).unwrap()[0].action, "deploy");
+    assert_eq!(store.audit(10, None).unwrap()[0].action, "deploy");
 }
 
 #[test]
@@ -255,4 +255,31 @@ fn backup_runs_record_outcomes_and_interruptions() {
     assert_eq!(latest[0].status, "failed");
     assert_eq!(latest[0].cause.as_deref(), Some("interrupted"));
     assert_eq!(store.last_good_backup("a", "nope").unwrap(), None);
+}
+
+#[test]
+fn the_audit_log_filters_by_app_and_its_parts_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state.db")).unwrap();
+    for target in ["shop", "shop/db", "shopping", "other/shop", "shop/web"] {
+        store
+            .add_audit(&AuditEntry {
+                at: now_ms(),
+                actor: "me".into(),
+                action: "deploy".into(),
+                target: target.into(),
+                result: "ok".into(),
+                detail: String::new(),
+            })
+            .unwrap();
+    }
+    let targets: Vec<String> = store
+        .audit(10, Some("shop"))
+        .unwrap()
+        .into_iter()
+        .map(|e| e.target)
+        .collect();
+    assert_eq!(targets, ["shop/web", "shop/db", "shop"], "newest first");
+    assert_eq!(store.audit(10, None).unwrap().len(), 5);
+    assert_eq!(store.audit(2, None).unwrap().len(), 2);
 }

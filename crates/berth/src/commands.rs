@@ -204,7 +204,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command,
         } => exec(&ctx, &resolve_app(&app)?, &service, command).await,
         Command::Secrets { action } => secrets(&ctx, action).await,
-        Command::Audit { limit } => audit(&ctx, limit).await,
+        Command::Audit { limit, app } => audit(&ctx, limit, app).await,
         Command::Backup { action } => backup(&ctx, action).await,
         Command::Restore {
             name,
@@ -1243,10 +1243,11 @@ async fn exec(
     Err(anyhow!("the command's output ended without an exit status"))
 }
 
-async fn audit(ctx: &Ctx, limit: usize) -> anyhow::Result<ExitCode> {
+async fn audit(ctx: &Ctx, limit: usize, app: Option<String>) -> anyhow::Result<ExitCode> {
+    let filter = app.map(|app| format!("&app={app}")).unwrap_or_default();
     let entries: Vec<AuditEntry> = ctx
         .client()?
-        .get(&format!("/v1/audit?limit={limit}"))
+        .get(&format!("/v1/audit?limit={limit}{filter}"))
         .await?;
     if ctx.json {
         println!("{}", serde_json::to_string_pretty(&entries)?);

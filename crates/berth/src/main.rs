@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 /// Deploy and operate a small web app on your own server with Docker.
 #[derive(Parser)]
-#[command(name = "berth", version, about, disable_help_subcommand = true)]
+#[command(name = "berth", version, about)]
 struct Cli {
     /// The agent to talk to: unix:PATH, HOST:PORT or ssh://USER@HOST (default: the local
     /// agent's socket in the data directory).
@@ -150,6 +150,7 @@ enum Command {
     },
     /// A service's logs.
     Logs {
+        /// The service or accessory, as berth.toml names it.
         service: String,
         #[command(flatten)]
         app: AppArgs,
@@ -165,6 +166,7 @@ enum Command {
     },
     /// Run a command in a running container of a service.
     Exec {
+        /// The service or accessory, as berth.toml names it.
         service: String,
         #[command(flatten)]
         app: AppArgs,
@@ -174,10 +176,12 @@ enum Command {
     },
     /// Replace a service's containers with fresh ones (zero downtime for web services).
     Restart {
+        /// The service or accessory, as berth.toml names it.
         service: String,
         #[command(flatten)]
         app: AppArgs,
         #[arg(long)]
+        /// Wait for a deploy in progress instead of failing.
         wait: bool,
     },
     /// Encrypted secrets, injected into containers at deploy.
@@ -239,8 +243,12 @@ enum Command {
     },
     /// Who changed what, and when.
     Audit {
+        /// How many entries to show, newest first.
         #[arg(short = 'n', long, default_value_t = 50)]
         limit: usize,
+        /// Only this app's entries (its deploys, services, secrets and backups).
+        #[arg(long, value_name = "APP")]
+        app: Option<String>,
     },
     /// Connect stdin/stdout to the local agent (used by `--agent ssh://`).
     #[command(hide = true)]
@@ -315,12 +323,14 @@ enum BackupCommand {
     /// Take a backup now (every backup in the manifest, or the named one): stored, read
     /// back and checked on each storage, then old ones pruned by `keep`.
     Run {
+        /// The backup's name in berth.toml (default: every backup).
         name: Option<String>,
         #[command(flatten)]
         app: AppArgs,
     },
     /// Each backup: when, how big, where it is stored, when it was last verified.
     List {
+        /// The backup's name in berth.toml (default: every backup).
         name: Option<String>,
         #[command(flatten)]
         app: AppArgs,
@@ -330,6 +340,7 @@ enum BackupCommand {
     },
     /// Read backups back, decrypt, decompress and check them again.
     Verify {
+        /// The backup's name in berth.toml (default: every backup).
         name: Option<String>,
         #[command(flatten)]
         app: AppArgs,
@@ -345,6 +356,7 @@ enum BackupCommand {
     },
     /// Delete the backups `keep` no longer keeps.
     Prune {
+        /// The backup's name in berth.toml (default: every backup).
         name: Option<String>,
         #[command(flatten)]
         app: AppArgs,
@@ -359,7 +371,10 @@ enum CertsCommand {
     /// The certificates the agent serves.
     List,
     /// Obtain a new ACME certificate for a domain now.
-    Renew { domain: String },
+    Renew {
+        /// The domain, as a route names it.
+        domain: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -383,14 +398,17 @@ enum MaintenanceCommand {
 enum SecretsCommand {
     /// Set a secret (the value is read from stdin unless --value is given).
     Set {
+        /// The secret's name, as the manifest's `secrets` and `secret_files` list it.
         name: String,
         #[arg(long, value_name = "VALUE")]
+        /// The value (visible in your shell's history and `ps`: prefer stdin).
         value: Option<String>,
         #[command(flatten)]
         app: AppArgs,
     },
     /// Print a secret's value.
     Get {
+        /// The secret's name.
         name: String,
         #[command(flatten)]
         app: AppArgs,
@@ -402,12 +420,14 @@ enum SecretsCommand {
     },
     /// Delete a secret.
     Rm {
+        /// The secret's name.
         name: String,
         #[command(flatten)]
         app: AppArgs,
     },
     /// Set a secret to 32 random bytes (64 hex characters).
     Generate {
+        /// The secret's name.
         name: String,
         /// Replace an existing value.
         #[arg(long)]
@@ -441,5 +461,35 @@ mod tests {
     #[test]
     fn the_command_line_definition_is_consistent() {
         <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
+
+    /// `--help` never shows an argument without saying what it is for.
+    #[test]
+    fn every_argument_and_command_says_what_it_is_for() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") || arg.is_hide_set() {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in command.get_subcommands() {
+                if sub.is_hide_set() || sub.get_name() == "help" {
+                    continue;
+                }
+                let sub_path = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() {
+                    missing.push(sub_path.clone());
+                }
+                walk(sub, &sub_path, missing);
+            }
+        }
+        let command = <super::Cli as clap::CommandFactory>::command();
+        let mut missing = Vec::new();
+        walk(&command, "berth", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
     }
 }
