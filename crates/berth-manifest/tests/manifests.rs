@@ -292,7 +292,7 @@ const BROKEN: &[(&str, &str, usize, usize, &str, &str)] = &[
         "app = \"a\"\n[services.web]\nimage = \"x\"\nport = \"80\"\n",
         4,
         8,
-        "invalid type: string \"80\", expected i64",
+        "invalid type: string \"80\", expected a whole number",
         "",
     ),
     (
@@ -1084,4 +1084,47 @@ publish = ["5432:5432", "127.0.0.1:6432:6432"]
         risks(&load(source(FULL), None).unwrap()).is_empty(),
         "the full example is clean"
     );
+}
+
+#[test]
+fn every_unknown_key_and_wrong_type_is_reported_at_once_in_plain_words() {
+    let text = r#"app = "shop"
+colour = "blue"
+
+[services.web]
+image = "x"
+port = "eighty"
+replicaz = 2
+
+[services.web.healthcheck]
+path = "/health"
+intervall = "1s"
+
+[deploy]
+keep_releases = "five"
+"#;
+    let error = load(source(text), None).unwrap_err();
+    let found: Vec<(usize, String)> = error
+        .located()
+        .into_iter()
+        .map(|d| (d.line.unwrap_or(0), d.message))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (2, "unknown key `colour`".to_owned()),
+            (
+                6,
+                "invalid type: string \"eighty\", expected a whole number".to_owned()
+            ),
+            (7, "unknown key `replicaz`".to_owned()),
+            (11, "unknown key `intervall`".to_owned()),
+            (
+                14,
+                "invalid type: string \"five\", expected a whole number".to_owned()
+            ),
+        ],
+        "{found:#?}"
+    );
+    assert!(!error.to_string().contains("i64"), "{error}");
 }

@@ -276,7 +276,7 @@ struct LoadedManifest {
 }
 
 fn read_manifest(args: &ManifestArgs) -> anyhow::Result<(String, PathBuf)> {
-    let text = std::fs::read_to_string(&args.file).map_err(|e| {
+    let bytes = std::fs::read(&args.file).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             invalid(
                 format!("there is no manifest at {}", args.file.display()),
@@ -285,6 +285,17 @@ fn read_manifest(args: &ManifestArgs) -> anyhow::Result<(String, PathBuf)> {
         } else {
             anyhow!("cannot read {}: {e}", args.file.display())
         }
+    })?;
+    // Not UTF-8 is an invalid manifest like any other (exit 2), not a failure to read it.
+    let text = String::from_utf8(bytes).map_err(|e| {
+        invalid(
+            format!(
+                "{} is not UTF-8 text (byte {} is not valid)",
+                args.file.display(),
+                e.utf8_error().valid_up_to()
+            ),
+            Some("save the manifest as UTF-8"),
+        )
     })?;
     let base_dir = std::path::absolute(
         args.file

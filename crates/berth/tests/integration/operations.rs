@@ -489,3 +489,13 @@ fn a_second_agent_on_the_same_address_refuses_and_names_the_first() {
         assert_eq!(first.get("/").unwrap().0, 200);
     }
 }
+
+#[test]
+fn a_manifest_that_is_not_utf8_is_invalid_input_like_any_other() {
+    let agent = Agent::unstarted();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("berth.toml"), b"app = \"\xff\"\n").unwrap();
+    let run = agent.berth_in(dir.path(), &["check"]);
+    run.failure(2);
+    assert!(run.stderr.contains("not UTF-8"), "{}", run.stderr);
+}
