@@ -1814,6 +1814,44 @@ pub(crate) fn mysql_tool(
 }
 
 /// Services and accessories that mount a named volume.
+/// Every service and accessory that mounts the data at `path` inside `service` (the same
+/// named volume, or a host directory that holds or is held by the same one): all of them are
+/// stopped while it is restored, not only the one the backup names.
+pub(crate) fn data_users(manifest: &Manifest, service: &str, path: &str) -> Vec<String> {
+    let mount = manifest
+        .services
+        .get(service)
+        .or_else(|| manifest.accessories.get(service))
+        .and_then(|found| {
+            found
+                .volumes
+                .iter()
+                .filter(|v| Path::new(path).starts_with(&v.target))
+                .max_by_key(|v| v.target.len())
+        });
+    match mount.map(|m| &m.source) {
+        Some(VolumeSource::Named(volume)) => volume_users(manifest, volume),
+        Some(VolumeSource::Bind(host)) => directory_users(manifest, host),
+        None => vec![service.to_owned()],
+    }
+}
+
+/// Every service and accessory that bind-mounts `dir`, a directory inside it, or one that
+/// holds it.
+pub(crate) fn directory_users(manifest: &Manifest, dir: &Path) -> Vec<String> {
+    manifest
+        .services
+        .values()
+        .chain(manifest.accessories.values())
+        .filter(|s| {
+            s.volumes.iter().any(|v| {
+                matches!(&v.source, VolumeSource::Bind(host) if host.starts_with(dir) || dir.starts_with(host))
+            })
+        })
+        .map(|s| s.name.clone())
+        .collect()
+}
+
 pub(crate) fn volume_users(manifest: &Manifest, volume: &str) -> Vec<String> {
     manifest
         .services
@@ -2201,4 +2239,62 @@ fn spawn_scheduled(engine: Arc<Engine>, manifest: Manifest, name: String, operat
             ),
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(text: &str) -> Manifest {
+        berth_manifest::load(
+            berth_manifest::ManifestSource {
+                file: "berth.toml",
+                text,
+                base_dir: Path::new("/srv/app"),
+            },
+            None,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn every_service_using_restored_data_is_found_not_only_the_named_one() {
+        let manifest = manifest(
+            r#"
+app = "shop"
+
+[services.web]
+image = "x"
+port = 80
+volumes = ["data:/data", "/srv/uploads:/uploads"]
+
+[services.worker]
+image = "x"
+volumes = ["data:/var/lib/app"]
+
+[services.thumbs]
+image = "x"
+volumes = ["/srv/uploads/thumbs:/thumbs"]
+
+[services.other]
+image = "x"
+volumes = ["logs:/logs", "/srv/elsewhere:/e"]
+"#,
+        );
+        assert_eq!(
+            data_users(&manifest, "web", "/data/app.db"),
+            ["web", "worker"],
+            "the same named volume, mounted elsewhere by the worker"
+        );
+        assert_eq!(
+            data_users(&manifest, "web", "/uploads/x.db"),
+            ["thumbs", "web"],
+            "a bind mount, and one inside it"
+        );
+        assert_eq!(
+            directory_users(&manifest, Path::new("/srv/uploads")),
+            ["thumbs", "web"]
+        );
+        assert!(directory_users(&manifest, Path::new("/srv/none")).is_empty());
+    }
 }

@@ -581,7 +581,11 @@ impl Engine {
                 }
                 let report = step.finish(checked)?;
                 actions.push(progress, format!("checked the restored database: {report}"));
-                let services: Vec<String> = service.iter().cloned().collect();
+                // Every service using the same data stops, not only the one named.
+                let services: Vec<String> = match service {
+                    Some(service) => crate::backups::data_users(manifest, service, path),
+                    None => crate::backups::directory_users(manifest, Path::new(path)),
+                };
                 let target = dir.path().join(&name);
                 let outcome = self
                     .with_services_stopped(manifest, &services, actions, progress, async {
@@ -608,7 +612,8 @@ impl Engine {
                 std::fs::create_dir_all(path).map_err(|e| {
                     OpError::failed(format!("cannot create {}: {e}", path.display()))
                 })?;
-                self.restore_directory(plan, backup, meta, storage, path, &[], result, actions, progress)
+                let users = crate::backups::directory_users(manifest, path);
+                self.restore_directory(plan, backup, meta, storage, path, &users, result, actions, progress)
                     .await
             }
             BackupSource::Postgres(db) => {

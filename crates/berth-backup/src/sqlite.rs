@@ -230,6 +230,38 @@ pub fn check(path: &Path) -> std::result::Result<CheckReport, String> {
     })
 }
 
+/// Checkpoints `database`'s WAL into its main file and truncates the log (its users are
+/// stopped). A failure is logged, not fatal: the restore replaces this data anyway, and a
+/// safety backup of it was taken first.
+fn fold_wal(database: &Path) {
+    let has_wal = std::fs::symlink_metadata(sidecar(database, "-wal"))
+        .is_ok_and(|m| m.is_file() && m.len() > 0);
+    if !has_wal {
+        return;
+    }
+    let folded = Connection::open_with_flags(
+        database,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_NOFOLLOW,
+    )
+    .and_then(|conn| {
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+            row.get::<_, i64>(0)
+        })
+    });
+    match folded {
+        Ok(0) => {}
+        Ok(_) => {
+            tracing::warn!(database = %database.display(), "the old database's log could not be folded in whole (still in use?)")
+        }
+        Err(error) => {
+            tracing::warn!(database = %database.display(), %error, "cannot fold the old database's log in before the restore")
+        }
+    }
+}
+
 /// Puts a checked database file (`staged`, in a directory only the agent writes) in place of
 /// `name` in `dir`: copied into a new file created there exclusively, given the old file's
 /// owner and mode on its descriptor, the old `-wal`, `-shm` and `-journal` files removed (they
@@ -252,6 +284,12 @@ pub fn install(staged: &Path, dir: &berth_fs::Dir, name: &std::ffi::OsStr) -> Re
     let prepared = dir.prepare(name, Some(owner), mode, |file| {
         std::io::copy(&mut source, file).map(|_| ())
     })?;
+    // The old database's write-ahead log goes into its main file first: a crash between
+    // removing the log and renaming the new file in then leaves the old data whole, never a
+    // main file without its newest transactions.
+    if previous.is_some() {
+        fold_wal(&dir.path().join(name));
+    }
     for suffix in ["-wal", "-shm", "-journal"] {
         let mut sidecar = name.to_owned();
         sidecar.push(suffix);
@@ -348,5 +386,30 @@ mod tests {
             .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
             .unwrap();
         assert_eq!(count, 20);
+    }
+
+    #[test]
+    fn the_old_log_is_folded_in_before_its_files_go() {
+        // An app stopped with transactions only in its WAL (as after a crash): copy the
+        // files while the writer still holds them.
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join("live.db");
+        let writer = database(&live, 0, true);
+        writer
+            .execute_batch("PRAGMA wal_autocheckpoint = 0; BEGIN; CREATE TABLE t2 (x); INSERT INTO t2 VALUES (1), (2), (3); COMMIT;")
+            .unwrap();
+        let stopped = dir.path().join("stopped.db");
+        std::fs::copy(&live, &stopped).unwrap();
+        std::fs::copy(sidecar(&live, "-wal"), sidecar(&stopped, "-wal")).unwrap();
+        drop(writer);
+        fold_wal(&stopped);
+        // What install does next: the log goes. The old data is still whole.
+        let _ = std::fs::remove_file(sidecar(&stopped, "-wal"));
+        let _ = std::fs::remove_file(sidecar(&stopped, "-shm"));
+        let conn = Connection::open(&stopped).unwrap();
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM t2", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 3, "the log's transactions reached the main file");
     }
 }
