@@ -1256,6 +1256,13 @@ async fn backup_verify(
     let manifest = backup_manifest(&state, &app, request.manifest.as_ref())?;
     let names = Engine::backup_names(&manifest, &request.names)?;
     check_backup_id(request.id.as_deref())?;
+    let identity = match &request.identity {
+        Some(text) => Some(
+            berth_backup::Identities::parse(text)
+                .map_err(|e| OpError::invalid(format!("the identity given: {e}")))?,
+        ),
+        None => None,
+    };
     if request.adopt_unsigned && request.id.is_none() {
         return Err(OpError::invalid(
             "adopting unsigned backups takes one backup at a time, named with --id",
@@ -1278,8 +1285,11 @@ async fn backup_verify(
             engine.verify_backups(
                 manifest,
                 names,
-                request.id,
-                request.adopt_unsigned,
+                crate::backups::VerifyOptions {
+                    id: request.id,
+                    adopt_unsigned: request.adopt_unsigned,
+                    identity,
+                },
                 actor2,
                 progress,
             )

@@ -1453,8 +1453,7 @@ impl Engine {
         self: Arc<Self>,
         manifest: Manifest,
         names: Vec<String>,
-        id: Option<String>,
-        adopt_unsigned: bool,
+        options: VerifyOptions,
         actor: String,
         progress: Progress,
     ) -> Outcome {
@@ -1470,14 +1469,14 @@ impl Engine {
                 .start_backup_run(&manifest.app, name, "verify", &actor)
                 .unwrap_or_default();
             let results = self
-                .verify_name(&manifest, backup, id.as_deref(), adopt_unsigned, &progress)
+                .verify_name(&manifest, backup, &options, &progress)
                 .await;
             let failed: Vec<&VerifyResult> = results.iter().filter(|r| !r.ok).collect();
             let (status, cause, error) = match failed.first() {
                 None if results.is_empty() => (
                     "failed",
                     Some("not-found".to_owned()),
-                    Some(match &id {
+                    Some(match &options.id {
                         Some(id) => format!("no backup {id} of {name} was found"),
                         None => format!("{name} has no backups to verify"),
                     }),
@@ -1503,7 +1502,7 @@ impl Engine {
                     run,
                     &RunFinish {
                         status,
-                        backup_id: id.as_deref(),
+                        backup_id: options.id.as_deref(),
                         cause: cause.as_deref(),
                         error: error.as_deref(),
                     },
@@ -1530,10 +1529,10 @@ impl Engine {
         &self,
         manifest: &Manifest,
         backup: &Backup,
-        id: Option<&str>,
-        adopt_unsigned: bool,
+        options: &VerifyOptions,
         progress: &Progress,
     ) -> Vec<VerifyResult> {
+        let id = options.id.as_deref();
         let app = &manifest.app;
         let mut results = Vec::new();
         let (list, warnings) = self.catalog_for(manifest, backup, false).await;
@@ -1563,7 +1562,7 @@ impl Engine {
                 let runner = self.runner(
                     manifest,
                     std::slice::from_ref(storage),
-                    None,
+                    options.identity.as_ref(),
                     transfer_events(progress, &step_name),
                 )?;
                 Ok::<_, OpError>(
@@ -1572,7 +1571,7 @@ impl Engine {
                             &runner.destinations[0],
                             meta,
                             prepared.as_ref(),
-                            adopt_unsigned,
+                            options.adopt_unsigned,
                         )
                         .await,
                 )
@@ -1593,9 +1592,17 @@ impl Engine {
                 }
                 Ok(Err(error)) => {
                     let message = error.to_string();
-                    if let Err(e) =
-                        self.store
-                            .fail_backup_copy(app, &backup.name, &meta.id, storage, &message)
+                    // Without the key (a backup another server took, and its records) this
+                    // server cannot check it: that is no sign the backup is bad.
+                    let unverifiable = matches!(error.cause(), "no-key" | "untrusted");
+                    if !unverifiable
+                        && let Err(e) = self.store.fail_backup_copy(
+                            app,
+                            &backup.name,
+                            &meta.id,
+                            storage,
+                            &message,
+                        )
                     {
                         tracing::error!(error = %e, "cannot record a failed verification");
                     }
@@ -1814,6 +1821,16 @@ pub(crate) fn mysql_tool(
 }
 
 /// Services and accessories that mount a named volume.
+/// What `berth backup verify` was asked.
+pub struct VerifyOptions {
+    /// One backup only.
+    pub id: Option<String>,
+    /// Sign an older berth's unsigned record once it passes every check.
+    pub adopt_unsigned: bool,
+    /// Keys given for this verification only (another server's backups).
+    pub identity: Option<Identities>,
+}
+
 /// Every service and accessory that mounts the data at `path` inside `service` (the same
 /// named volume, or a host directory that holds or is held by the same one): all of them are
 /// stopped while it is restored, not only the one the backup names.
@@ -2208,8 +2225,11 @@ fn spawn_scheduled(engine: Arc<Engine>, manifest: Manifest, name: String, operat
                     .verify_backups(
                         manifest,
                         vec![name.clone()],
-                        None,
-                        false,
+                        VerifyOptions {
+                            id: None,
+                            adopt_unsigned: false,
+                            identity: None,
+                        },
                         "schedule".into(),
                         progress,
                     )

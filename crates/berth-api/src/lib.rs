@@ -396,6 +396,10 @@ pub struct BackupVerifyRequest {
     /// Sign unsigned records (an older berth's) once they pass every check.
     #[serde(default)]
     pub adopt_unsigned: bool,
+    /// The text of an age identity file, for backups this agent's key cannot open (another
+    /// server's). Used for this verification only, never stored.
+    #[serde(default)]
+    pub identity: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]

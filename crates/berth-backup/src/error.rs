@@ -53,6 +53,10 @@ pub enum BackupError {
     },
     #[error("backup {id} cannot be decrypted: {detail}")]
     Decrypt { id: String, detail: String },
+    /// None of the keys at hand is one of the backup's recipients (its stored bytes may be
+    /// perfectly good).
+    #[error("backup {id} cannot be decrypted: {detail}")]
+    NoKey { id: String, detail: String },
     #[error("backup {id} is damaged: {detail}")]
     Damaged { id: String, detail: String },
     #[error("backup {id} failed its content check: {detail}")]
@@ -100,6 +104,7 @@ impl BackupError {
             BackupError::Source(_) => "source-failed",
             BackupError::ChecksumMismatch { .. } => "checksum-mismatch",
             BackupError::Decrypt { .. } => "decrypt",
+            BackupError::NoKey { .. } => "no-key",
             BackupError::Damaged { .. } => "damaged",
             BackupError::Content { .. } => "content-check",
             BackupError::Invalid(_) => "invalid",

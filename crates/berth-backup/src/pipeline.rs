@@ -169,11 +169,12 @@ fn decode_inner<R: io::BufRead>(
     let decrypted = decryptor
         .decrypt(identities.as_age())
         .map_err(|e| match e {
-            age::DecryptError::NoMatchingKeys => BackupError::Decrypt {
+            age::DecryptError::NoMatchingKeys => BackupError::NoKey {
                 id: id.to_owned(),
                 detail: format!(
                     "none of the given identities matches; it is encrypted to {}: give the \
-                     identity of one of them (berth restore --identity FILE)",
+                     identity of one of them (--identity FILE, to berth restore or berth \
+                     backup verify)",
                     if recipients.is_empty() {
                         "unknown recipients".to_owned()
                     } else {

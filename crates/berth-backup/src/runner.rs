@@ -409,7 +409,11 @@ impl Runner {
             });
         }
         match decoded.content {
-            Err(error @ (BackupError::Decrypt { .. } | BackupError::Damaged { .. })) => {
+            Err(
+                error @ (BackupError::Decrypt { .. }
+                | BackupError::NoKey { .. }
+                | BackupError::Damaged { .. }),
+            ) => {
                 return Err(error);
             }
             Err(error) if consumed.is_ok() => return Err(error),

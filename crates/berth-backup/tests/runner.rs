@@ -299,7 +299,8 @@ async fn without_a_matching_identity_nothing_is_restored() {
         )
         .await
         .unwrap_err();
-    assert!(matches!(error, BackupError::Decrypt { .. }), "{error}");
+    assert!(matches!(error, BackupError::NoKey { .. }), "{error}");
+    assert_eq!(error.cause(), "no-key");
     // With the right key the same backup restores.
     runner
         .read_back(

@@ -219,15 +219,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             allow_untrusted,
         } => {
             let (app, manifest) = backup_target(&app)?;
-            let identity = match identity {
-                Some(path) => Some(std::fs::read_to_string(&path).map_err(|e| {
-                    invalid(
-                        format!("cannot read the identity file {}: {e}", path.display()),
-                        Some("give the file age-keygen wrote (AGE-SECRET-KEY-1…)"),
-                    )
-                })?),
-                None => None,
-            };
+            let identity = read_identity(identity.as_deref())?;
             let to = match to {
                 Some(path) => Some(
                     std::path::absolute(&path)
@@ -273,6 +265,19 @@ struct LoadedManifest {
     text: String,
     path: PathBuf,
     base_dir: PathBuf,
+}
+
+/// The text of an age identity file given with `--identity`.
+fn read_identity(path: Option<&Path>) -> anyhow::Result<Option<String>> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    std::fs::read_to_string(path).map(Some).map_err(|e| {
+        invalid(
+            format!("cannot read the identity file {}: {e}", path.display()),
+            Some("give the file age-keygen wrote (AGE-SECRET-KEY-1…), or a server's backup.key"),
+        )
+    })
 }
 
 fn read_manifest(args: &ManifestArgs) -> anyhow::Result<(String, PathBuf)> {
@@ -1590,6 +1595,7 @@ async fn backup(ctx: &Ctx, action: BackupCommand) -> anyhow::Result<ExitCode> {
             app,
             id,
             adopt_unsigned,
+            identity,
         } => {
             let (app, manifest) = backup_target(&app)?;
             let request = BackupVerifyRequest {
@@ -1597,6 +1603,7 @@ async fn backup(ctx: &Ctx, action: BackupCommand) -> anyhow::Result<ExitCode> {
                 names: name.into_iter().collect(),
                 id,
                 adopt_unsigned,
+                identity: read_identity(identity.as_deref())?,
             };
             operation(
                 ctx,

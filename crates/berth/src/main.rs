@@ -353,6 +353,11 @@ enum BackupCommand {
         /// time, named with --id, after looking at it in `berth backup list`.
         #[arg(long, requires = "id")]
         adopt_unsigned: bool,
+        /// An age identity file (another server's backup.key, or your own recipient's),
+        /// for backups this agent's key cannot open or vouch for. Sent for this
+        /// verification only, never stored.
+        #[arg(long, value_name = "FILE")]
+        identity: Option<PathBuf>,
     },
     /// Delete the backups `keep` no longer keeps.
     Prune {

@@ -779,6 +779,39 @@ keep = {{ last = 3 }}
         "{}",
         untrusted.stderr
     );
+    // Verifying without the old key cannot vouch for the backup, which is not the same as
+    // the backup failing: it is not marked as failed. With the key it verifies (and this
+    // server signs it as its own from then on).
+    let unverified = fresh.berth_in(app.path(), &["backup", "verify", "uploads"]);
+    assert_ne!(unverified.code, 0);
+    assert!(
+        unverified.stderr.contains("--identity") || unverified.stdout.contains("--identity"),
+        "{}\n{}",
+        unverified.stdout,
+        unverified.stderr
+    );
+    let list = json_of(
+        fresh
+            .berth_in(app.path(), &["--json", "backup", "list"])
+            .success(),
+    );
+    assert!(
+        list["backups"][0]["copies"][0]["verify_error"].is_null(),
+        "not marked as failed: {list}"
+    );
+    fresh
+        .berth_in(
+            app.path(),
+            &[
+                "backup",
+                "verify",
+                "uploads",
+                "--identity",
+                old_key.to_str().unwrap(),
+            ],
+        )
+        .success();
+
     // The lost server's key both decrypts and vouches.
     fresh
         .berth_in(
