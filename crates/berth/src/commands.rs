@@ -249,6 +249,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )
             .await
         }
+        Command::Version => version(&ctx).await,
+        Command::Completions { shell } => {
+            let mut command = <crate::Cli as clap::CommandFactory>::command();
+            // Into memory first: a closed pipe (`| head`) is then an ordinary write error.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "berth", &mut script);
+            match std::io::stdout().write_all(&script) {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+                Err(e) => Err(anyhow!("cannot write the completion script: {e}")),
+            }
+        }
         Command::DialStdio => {
             crate::client::dial_stdio(&ctx.target()?)
                 .await
@@ -256,6 +268,34 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `berth version`: the CLI's, and the agent's if one answers (a mismatch is worth knowing).
+async fn version(ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    let cli = env!("CARGO_PKG_VERSION");
+    let agent = match ctx.client() {
+        Ok(client) => client.get::<AgentInfo>("/v1/info").await.ok(),
+        Err(_) => None,
+    };
+    if ctx.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "cli": cli,
+                "agent": agent.as_ref().map(|a| &a.version),
+            }))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("berth {cli}");
+    match agent {
+        Some(agent) => println!(
+            "agent {} (pid {}, {})",
+            agent.version, agent.pid, agent.data_dir
+        ),
+        None => println!("agent: none answers at {}", ctx.target()?),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 // ---- manifests ------------------------------------------------------------------------

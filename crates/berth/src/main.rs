@@ -250,6 +250,13 @@ enum Command {
         #[arg(long, value_name = "APP")]
         app: Option<String>,
     },
+    /// This CLI's version, and the agent's when one answers.
+    Version,
+    /// Print a shell completion script: `berth completions bash > /etc/bash_completion.d/berth`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
     /// Connect stdin/stdout to the local agent (used by `--agent ssh://`).
     #[command(hide = true)]
     DialStdio,

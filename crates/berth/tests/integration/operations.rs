@@ -499,3 +499,22 @@ fn a_manifest_that_is_not_utf8_is_invalid_input_like_any_other() {
     run.failure(2);
     assert!(run.stderr.contains("not UTF-8"), "{}", run.stderr);
 }
+
+#[test]
+fn version_names_the_cli_and_the_agent_and_completions_cover_the_commands() {
+    let agent = Agent::start();
+    let json = agent.berth(&["--json", "version"]).success().json();
+    assert_eq!(json["cli"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(json["agent"], env!("CARGO_PKG_VERSION"), "{json}");
+    for shell in ["bash", "zsh", "fish"] {
+        let script = agent
+            .berth(&["completions", shell])
+            .success()
+            .stdout
+            .clone();
+        for command in ["deploy", "rollback", "restore", "completions"] {
+            assert!(script.contains(command), "{shell} lacks {command}");
+        }
+    }
+    agent.berth(&["completions", "nope"]).failure(2);
+}
