@@ -1355,6 +1355,54 @@ fn read_secret_value(name: &str) -> anyhow::Result<String> {
     Ok(value)
 }
 
+/// A secret for an app named only by `--app` that berth has never seen (no release, no
+/// secret, no manifest here naming it) is most likely a typo: in a terminal, ask; otherwise
+/// refuse unless `--yes`.
+async fn confirm_app(client: &Client, args: &AppArgs, app: &str, yes: bool) -> anyhow::Result<()> {
+    if yes || args.app.is_none() {
+        return Ok(());
+    }
+    let named_here = args.file.exists()
+        && load_manifest(&ManifestArgs {
+            file: args.file.clone(),
+            environment: args.environment.clone(),
+        })
+        .is_ok_and(|m| m.manifest.app == app);
+    if named_here {
+        return Ok(());
+    }
+    let status: Status = client.get("/v1/status").await?;
+    if status.apps.iter().any(|a| a.name == app) {
+        return Ok(());
+    }
+    let secrets: Vec<SecretInfo> = client.get(&format!("/v1/apps/{app}/secrets")).await?;
+    if !secrets.is_empty() {
+        return Ok(());
+    }
+    let known: Vec<&str> = status.apps.iter().map(|a| a.name.as_str()).collect();
+    let question = format!(
+        "berth knows no app `{app}` (never deployed, no secrets, no berth.toml here names it){}",
+        if known.is_empty() {
+            String::new()
+        } else {
+            format!("; it knows {}", known.join(", "))
+        }
+    );
+    if std::io::stdin().is_terminal() && std::io::stderr().is_terminal() {
+        eprint!("{question}. Set the secret for `{app}` anyway? [y/N] ");
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if matches!(answer.trim(), "y" | "Y" | "yes") {
+            return Ok(());
+        }
+        return Err(invalid("nothing was set", None));
+    }
+    Err(invalid(
+        question,
+        Some("check the name, run where the app's berth.toml is, or pass --yes to set it anyway"),
+    ))
+}
+
 async fn secrets(ctx: &Ctx, action: SecretsCommand) -> anyhow::Result<ExitCode> {
     let client = ctx.client()?;
     let redeploy_hint = |app: &str, info: &SecretInfo| {
@@ -1367,8 +1415,14 @@ async fn secrets(ctx: &Ctx, action: SecretsCommand) -> anyhow::Result<ExitCode> 
         }
     };
     match action {
-        SecretsCommand::Set { name, value, app } => {
-            let app = resolve_app(&app)?;
+        SecretsCommand::Set {
+            name,
+            value,
+            app: app_args,
+            yes,
+        } => {
+            let app = resolve_app(&app_args)?;
+            confirm_app(&client, &app_args, &app, yes).await?;
             let value = match value {
                 Some(v) => v,
                 None => read_secret_value(&name)?,
@@ -1395,8 +1449,14 @@ async fn secrets(ctx: &Ctx, action: SecretsCommand) -> anyhow::Result<ExitCode> 
                 redeploy_hint(&app, &info);
             }
         }
-        SecretsCommand::Generate { name, force, app } => {
-            let app = resolve_app(&app)?;
+        SecretsCommand::Generate {
+            name,
+            force,
+            app: app_args,
+            yes,
+        } => {
+            let app = resolve_app(&app_args)?;
+            confirm_app(&client, &app_args, &app, yes).await?;
             let info: SecretInfo = client
                 .request(
                     http::Method::POST,

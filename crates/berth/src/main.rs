@@ -417,6 +417,10 @@ enum SecretsCommand {
         value: Option<String>,
         #[command(flatten)]
         app: AppArgs,
+        /// Set it even for an app berth knows nothing of yet (no deploy, no secrets, no
+        /// manifest here naming it), without asking.
+        #[arg(long)]
+        yes: bool,
     },
     /// Print a secret's value.
     Get {
@@ -446,6 +450,9 @@ enum SecretsCommand {
         force: bool,
         #[command(flatten)]
         app: AppArgs,
+        /// Set it even for an app berth knows nothing of yet, without asking.
+        #[arg(long)]
+        yes: bool,
     },
 }
 

@@ -7,7 +7,8 @@ use std::process::Stdio;
 
 fn set_from_stdin(agent: &Agent, app: &str, name: &str, value: &str) {
     let mut child = std::process::Command::new(crate::harness::BERTH)
-        .args(["secrets", "set", name, "--app", app])
+        // Before the app's first deploy, named only by --app: said to be meant.
+        .args(["secrets", "set", name, "--app", app, "--yes"])
         .env("BERTH_DATA_DIR", agent.dir.path())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -37,7 +38,14 @@ fn secrets_reach_containers_and_nothing_else() {
     set_from_stdin(&agent, &app.name, "API_KEY", api_key);
     set_from_stdin(&agent, &app.name, "DB_PASSWORD", password);
     agent
-        .berth(&["secrets", "generate", "JWT_SECRET", "--app", &app.name])
+        .berth(&[
+            "secrets",
+            "generate",
+            "JWT_SECRET",
+            "--app",
+            &app.name,
+            "--yes",
+        ])
         .success();
     let jwt = agent
         .berth(&["secrets", "get", "JWT_SECRET", "--app", &app.name])
@@ -193,4 +201,51 @@ fn a_missing_secret_stops_the_deploy_before_it_starts() {
         run.stderr
     );
     assert!(agent.containers().is_empty());
+}
+
+#[test]
+fn a_secret_for_an_app_berth_never_saw_needs_a_yes() {
+    let agent = Agent::start();
+    let app = agent.app("known");
+    app.write(&web(""));
+    let elsewhere = tempfile::tempdir().unwrap();
+    // A typo'd --app, with no manifest naming it: refused, saying what berth knows.
+    let refused = agent.berth_in(
+        elsewhere.path(),
+        &["secrets", "set", "TOKEN", "--value", "x", "--app", "shpo"],
+    );
+    refused.failure(2);
+    assert!(
+        refused.stderr.contains("knows no app `shpo`"),
+        "{}",
+        refused.stderr
+    );
+    assert!(refused.stderr.contains("--yes"), "{}", refused.stderr);
+    // Where its berth.toml is, or once it exists, no question.
+    agent
+        .berth_in(app.path(), &["secrets", "set", "TOKEN", "--value", "x"])
+        .success();
+    agent
+        .berth_in(
+            elsewhere.path(),
+            &[
+                "secrets", "set", "OTHER", "--value", "y", "--app", &app.name,
+            ],
+        )
+        .success();
+    agent
+        .berth_in(
+            elsewhere.path(),
+            &[
+                "secrets",
+                "set",
+                "TOKEN",
+                "--value",
+                "x",
+                "--app",
+                "brand-new",
+                "--yes",
+            ],
+        )
+        .success();
 }
