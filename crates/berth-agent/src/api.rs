@@ -795,54 +795,110 @@ async fn logs(
         since: query.since,
         timestamps: false,
     };
+    let mut followed: std::collections::HashSet<String> = std::collections::HashSet::new();
     for (id, name) in containers {
-        let sender = sender.clone();
-        let mut stream = state.engine.runtime.logs(&id, &log_query);
+        followed.insert(id.clone());
+        tokio::spawn(pass_logs(
+            state.engine.clone(),
+            id,
+            name,
+            log_query.clone(),
+            sender.clone(),
+        ));
+    }
+    if query.follow {
+        // Following a service, not a container: a restart or a deploy replaces its
+        // containers, and the new ones are followed from their first line.
+        let engine = state.engine.clone();
+        let accessory = role == berth_manifest::Role::Accessory;
         tokio::spawn(async move {
-            let mut pending: BTreeMap<String, String> = BTreeMap::new();
-            while let Some(chunk) = stream.next().await {
-                let chunk = match chunk {
-                    Ok(chunk) => chunk,
-                    Err(error) => {
+            let from_start = LogQuery {
+                tail: None,
+                follow: true,
+                since: None,
+                timestamps: false,
+            };
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                if sender.is_closed() {
+                    return;
+                }
+                let Ok(now) = engine.service_containers(&app, &service, accessory).await else {
+                    continue;
+                };
+                for (id, name) in now {
+                    if followed.insert(id.clone()) {
                         let _ = sender.send(LogLine {
                             container: name.clone(),
                             stream: "stderr".into(),
-                            line: format!("berth: {error}"),
+                            line: format!("berth: following the new container {name}"),
                         });
-                        return;
+                        tokio::spawn(pass_logs(
+                            engine.clone(),
+                            id,
+                            name,
+                            from_start.clone(),
+                            sender.clone(),
+                        ));
                     }
-                };
-                let stream_name = match chunk.stream {
-                    berth_runtime::LogStream::Stdout => "stdout",
-                    berth_runtime::LogStream::Stderr => "stderr",
-                };
-                let buffer = pending.entry(stream_name.to_owned()).or_default();
-                buffer.push_str(&String::from_utf8_lossy(&chunk.data));
-                while let Some(end) = buffer.find('\n') {
-                    let line: String = buffer.drain(..=end).collect();
-                    let line = LogLine {
-                        container: name.clone(),
-                        stream: stream_name.into(),
-                        line: line.trim_end_matches(['\n', '\r']).to_owned(),
-                    };
-                    if sender.send(line).is_err() {
-                        return; // the client went away
-                    }
-                }
-            }
-            for (stream_name, rest) in pending {
-                if !rest.is_empty() {
-                    let _ = sender.send(LogLine {
-                        container: name.clone(),
-                        stream: stream_name,
-                        line: rest,
-                    });
                 }
             }
         });
+    } else {
+        drop(sender);
     }
-    drop(sender);
     Ok(ndjson(receiver))
+}
+
+/// Passes one container's log to `sender`, line by line, until it ends or the client goes.
+async fn pass_logs(
+    engine: Arc<Engine>,
+    id: String,
+    name: String,
+    query: LogQuery,
+    sender: mpsc::UnboundedSender<LogLine>,
+) {
+    let mut stream = engine.runtime.logs(&id, &query);
+    let mut pending: BTreeMap<String, String> = BTreeMap::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(chunk) => chunk,
+            Err(error) => {
+                let _ = sender.send(LogLine {
+                    container: name.clone(),
+                    stream: "stderr".into(),
+                    line: format!("berth: {error}"),
+                });
+                return;
+            }
+        };
+        let stream_name = match chunk.stream {
+            berth_runtime::LogStream::Stdout => "stdout",
+            berth_runtime::LogStream::Stderr => "stderr",
+        };
+        let buffer = pending.entry(stream_name.to_owned()).or_default();
+        buffer.push_str(&String::from_utf8_lossy(&chunk.data));
+        while let Some(end) = buffer.find('\n') {
+            let line: String = buffer.drain(..=end).collect();
+            let line = LogLine {
+                container: name.clone(),
+                stream: stream_name.into(),
+                line: line.trim_end_matches(['\n', '\r']).to_owned(),
+            };
+            if sender.send(line).is_err() {
+                return; // the client went away
+            }
+        }
+    }
+    for (stream_name, rest) in pending {
+        if !rest.is_empty() {
+            let _ = sender.send(LogLine {
+                container: name.clone(),
+                stream: stream_name,
+                line: rest,
+            });
+        }
+    }
 }
 
 async fn exec(

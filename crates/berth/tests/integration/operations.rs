@@ -518,3 +518,46 @@ fn version_names_the_cli_and_the_agent_and_completions_cover_the_commands() {
     }
     agent.berth(&["completions", "nope"]).failure(2);
 }
+
+#[test]
+fn logs_follow_the_service_across_a_restart() {
+    let agent = Agent::start();
+    let app = agent.app("follow");
+    app.write(&web(""));
+    agent
+        .berth_in(app.path(), &["deploy", "--version", "v1"])
+        .success();
+    let log_file = tempfile::NamedTempFile::new().unwrap();
+    let mut follower = Command::new(crate::harness::BERTH)
+        .args(["logs", "web", "-f", "-n", "1"])
+        .current_dir(app.path())
+        .env("BERTH_DATA_DIR", agent.dir.path())
+        .env("CI", "true")
+        .stdout(log_file.reopen().unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    agent.berth_in(app.path(), &["restart", "web"]).success();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let followed = loop {
+        let text = std::fs::read_to_string(log_file.path()).unwrap_or_default();
+        if text.contains("following the new container")
+            && text.matches("listening on port").count() >= 1
+        {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new container was not followed:\n{text}"
+        );
+        assert!(
+            follower.try_wait().unwrap().is_none(),
+            "`logs -f` ended when the container was replaced:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = follower.kill();
+    let _ = follower.wait();
+    assert!(followed.contains("listening on port 8080"), "{followed}");
+}
