@@ -61,6 +61,8 @@ pub struct Engine {
     draining: Mutex<HashMap<String, Vec<Draining>>>,
     /// This engine, for work that outlives the call that started it (a background drain).
     me: std::sync::OnceLock<std::sync::Weak<Engine>>,
+    /// The range the apps' networks get their /24s from.
+    app_subnets: crate::subnets::Ipv4Net,
 }
 
 /// An old release draining in the background.
@@ -175,7 +177,13 @@ impl Engine {
             live: Mutex::new(HashMap::new()),
             draining: Mutex::new(HashMap::new()),
             me: std::sync::OnceLock::new(),
+            app_subnets: crate::subnets::default_range(),
         }
+    }
+
+    /// Where the apps' networks get their /24s from (set once, at start).
+    pub fn set_app_subnets(&mut self, range: crate::subnets::Ipv4Net) {
+        self.app_subnets = range;
     }
 
     /// Lets the engine start work that outlives a call (call once, after `Arc::new`).
@@ -557,8 +565,7 @@ impl Engine {
 
     async fn prepare_network_and_volumes(&self, manifest: &Manifest) -> Result<(), OpError> {
         let labels = names::base_labels(&self.agent_id, &manifest.app);
-        self.runtime
-            .ensure_network(&names::network(&manifest.app), &labels)
+        self.ensure_app_network(&names::network(&manifest.app), &labels)
             .await?;
         for service in manifest
             .services
@@ -964,6 +971,50 @@ impl Engine {
             Err(error) => {
                 step.fail(&error.message);
                 Err(error)
+            }
+        }
+    }
+
+    /// The app's network, made with a /24 of the range berth manages (see `subnets`): a
+    /// stock engine's own pools hold only 31 networks.
+    async fn ensure_app_network(
+        &self,
+        network: &str,
+        labels: &berth_runtime::Labels,
+    ) -> Result<(), OpError> {
+        if self.runtime.network_exists(network).await? {
+            return Ok(());
+        }
+        let mut attempts = 0;
+        loop {
+            let mut taken = crate::subnets::host_routes();
+            taken.extend(
+                self.runtime
+                    .network_subnets()
+                    .await?
+                    .iter()
+                    .filter_map(|s| s.parse::<crate::subnets::Ipv4Net>().ok()),
+            );
+            let Some(subnet) = crate::subnets::choose(self.app_subnets, &taken) else {
+                return Err(OpError::failed(format!(
+                    "every /24 of {} is in use by a Docker network or a host route",
+                    self.app_subnets
+                ))
+                .hint("start the agent with a larger or another free range: --app-subnets 10.214.0.0/16"));
+            };
+            match self
+                .runtime
+                .ensure_network(network, labels, Some(&subnet.to_string()))
+                .await
+            {
+                Ok(_) => return Ok(()),
+                // Another app took the same subnet a moment ago: look again.
+                Err(berth_runtime::RuntimeError::Api { message, .. })
+                    if message.contains("overlap") && attempts < 5 =>
+                {
+                    attempts += 1;
+                }
+                Err(error) => return Err(error.into()),
             }
         }
     }

@@ -18,6 +18,7 @@ mod reconcile;
 mod restore;
 mod secrets;
 mod status;
+pub mod subnets;
 
 pub use berth_proxy::ProxyConfig;
 pub use engine::Engine;
@@ -116,6 +117,8 @@ pub struct AgentConfig {
     pub shutdown_grace: Duration,
     /// The most build contexts may take in `DATA_DIR/uploads` at once, in bytes.
     pub upload_quota: u64,
+    /// The range each app's network gets a /24 of.
+    pub app_subnets: subnets::Ipv4Net,
 }
 
 impl AgentConfig {
@@ -356,7 +359,7 @@ pub async fn run(
         acme_channels,
     ));
 
-    let engine = Arc::new(Engine::new(
+    let mut engine = Engine::new(
         runtime.clone(),
         store,
         proxy.clone(),
@@ -365,7 +368,9 @@ pub async fn run(
         agent_id,
         http_url,
         edge.clone(),
-    ));
+    );
+    engine.set_app_subnets(config.app_subnets);
+    let engine = Arc::new(engine);
     engine.set_self();
 
     let info = AgentInfo {

@@ -332,32 +332,73 @@ impl ContainerRuntime for DockerRuntime {
         })
     }
 
-    async fn ensure_network(&self, name: &str, labels: &Labels) -> Result<()> {
+    async fn ensure_network(
+        &self,
+        name: &str,
+        labels: &Labels,
+        subnet: Option<&str>,
+    ) -> Result<bool> {
+        if self.network_exists(name).await? {
+            return Ok(false);
+        }
+        let docker = self.client().await?;
+        let request = NetworkCreateRequest {
+            name: name.to_owned(),
+            driver: Some("bridge".into()),
+            labels: Some(to_hash(labels)),
+            ipam: subnet.map(|subnet| bollard::models::Ipam {
+                config: Some(vec![bollard::models::IpamConfig {
+                    subnet: Some(subnet.to_owned()),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..NetworkCreateRequest::default()
+        };
+        match docker.create_network(request).await {
+            Ok(_) => Ok(true),
+            // Created concurrently by someone else: fine.
+            Err(BollardError::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Ok(false),
+            Err(BollardError::DockerResponseServerError { message, .. })
+                if message.contains("non-overlapping") || message.contains("address pool") =>
+            {
+                Err(RuntimeError::AddressPools {
+                    network: name.to_owned(),
+                    message,
+                })
+            }
+            Err(e) => Err(self.classify(e, &format!("create network {name}"))),
+        }
+    }
+
+    async fn network_exists(&self, name: &str) -> Result<bool> {
         let docker = self.client().await?;
         match docker
             .inspect_network(name, None::<q::InspectNetworkOptions>)
             .await
         {
-            Ok(_) => return Ok(()),
+            Ok(_) => Ok(true),
             Err(BollardError::DockerResponseServerError {
                 status_code: 404, ..
-            }) => {}
-            Err(e) => return Err(self.classify(e, &format!("inspect network {name}"))),
+            }) => Ok(false),
+            Err(e) => Err(self.classify(e, &format!("inspect network {name}"))),
         }
-        let request = NetworkCreateRequest {
-            name: name.to_owned(),
-            driver: Some("bridge".into()),
-            labels: Some(to_hash(labels)),
-            ..NetworkCreateRequest::default()
-        };
-        match docker.create_network(request).await {
-            Ok(_) => Ok(()),
-            // Created concurrently by someone else: fine.
-            Err(BollardError::DockerResponseServerError {
-                status_code: 409, ..
-            }) => Ok(()),
-            Err(e) => Err(self.classify(e, &format!("create network {name}"))),
-        }
+    }
+
+    async fn network_subnets(&self) -> Result<Vec<String>> {
+        let docker = self.client().await?;
+        let networks = docker
+            .list_networks(None::<q::ListNetworksOptions>)
+            .await
+            .map_err(|e| self.classify(e, "list networks"))?;
+        Ok(networks
+            .into_iter()
+            .filter_map(|n| n.ipam.and_then(|ipam| ipam.config))
+            .flatten()
+            .filter_map(|config| config.subnet)
+            .collect())
     }
 
     async fn remove_network(&self, name: &str) -> Result<()> {

@@ -22,6 +22,10 @@ pub enum RuntimeError {
     ImageUnavailable { reference: String, reason: String },
     #[error("{kind} `{name}` does not exist")]
     NotFound { kind: &'static str, name: String },
+    #[error(
+        "Docker has no address space left for the network {network} ({message}); berth gives each app a /24 of --app-subnets (10.213.0.0/16 unless set): choose a free range there, or widen Docker's `default-address-pools` in /etc/docker/daemon.json"
+    )]
+    AddressPools { network: String, message: String },
     #[error("cannot {action}: {message}")]
     Conflict { action: String, message: String },
     #[error("building image `{tag}` failed: {message}")]

@@ -47,7 +47,18 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     fn endpoint(&self) -> String;
     async fn info(&self) -> Result<RuntimeInfo>;
 
-    async fn ensure_network(&self, name: &str, labels: &Labels) -> Result<()>;
+    /// Makes sure the network `name` exists; a new one gets `subnet` (CIDR) when given, else
+    /// one of the runtime's default pools. Returns whether it was created now.
+    async fn ensure_network(
+        &self,
+        name: &str,
+        labels: &Labels,
+        subnet: Option<&str>,
+    ) -> Result<bool>;
+    /// Whether the network `name` exists.
+    async fn network_exists(&self, name: &str) -> Result<bool>;
+    /// Every IPv4 subnet the runtime's networks use (CIDR).
+    async fn network_subnets(&self) -> Result<Vec<String>>;
     async fn remove_network(&self, name: &str) -> Result<()>;
     async fn ensure_volume(&self, name: &str, labels: &Labels) -> Result<()>;
     async fn remove_volume(&self, name: &str) -> Result<()>;

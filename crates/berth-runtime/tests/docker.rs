@@ -122,9 +122,29 @@ async fn builds_runs_inspects_execs_and_removes_a_container() {
     assert_eq!(kept.id, image.id);
     assert!(runtime.inspect_image(&tag).await.unwrap().is_none());
 
-    runtime.ensure_network(&name, &test_labels).await.unwrap();
-    runtime.ensure_network(&name, &test_labels).await.unwrap(); // idempotent
+    // A subnet of berth's own choosing, and idempotent.
+    let subnet = "10.254.77.0/24";
+    assert!(
+        runtime
+            .ensure_network(&name, &test_labels, Some(subnet))
+            .await
+            .unwrap()
+    );
     cleanup.networks.lock().unwrap().push(name.clone());
+    assert!(
+        !runtime
+            .ensure_network(&name, &test_labels, Some(subnet))
+            .await
+            .unwrap()
+    );
+    assert!(runtime.network_exists(&name).await.unwrap());
+    assert!(
+        runtime
+            .network_subnets()
+            .await
+            .unwrap()
+            .contains(&subnet.to_owned())
+    );
     runtime.ensure_volume(&name, &test_labels).await.unwrap();
     cleanup.volumes.lock().unwrap().push(name.clone());
 

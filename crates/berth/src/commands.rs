@@ -643,6 +643,10 @@ async fn agent(
             n => n,
         },
         shutdown_grace: Duration::from_secs(10),
+        app_subnets: edge
+            .app_subnets
+            .parse()
+            .map_err(|e: String| invalid(format!("--app-subnets: {e}"), None))?,
         upload_quota: berth_manifest::units::parse_size(&edge.upload_quota).map_err(|_| {
             invalid(
                 format!("--upload-quota `{}` is not a size", edge.upload_quota),

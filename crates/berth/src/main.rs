@@ -323,6 +323,10 @@ struct EdgeArgs {
     /// no deploy used within an hour are removed).
     #[arg(long, default_value = "4GiB", value_name = "SIZE")]
     upload_quota: String,
+    /// The IPv4 range each app's network gets a /24 of (skipping subnets Docker networks
+    /// and host routes use): 256 apps in the default /16, where Docker's own pools hold 31.
+    #[arg(long, default_value = "10.213.0.0/16", value_name = "CIDR")]
+    app_subnets: String,
 }
 
 #[derive(Subcommand)]

@@ -334,3 +334,82 @@ fn environments_deploy_as_separate_app_instances() {
         "staging v1\n"
     );
 }
+
+/// A stock Docker Engine's address pools hold 31 networks; berth gives each app a /24 of
+/// its own range instead, so a server runs more apps than that.
+#[test]
+fn forty_apps_run_side_by_side_on_one_stock_engine() {
+    let agent = Agent::start();
+    let first = agent.app("many");
+    first.write(&web("").replace(
+        "route = { domains = [] }",
+        "route = { domains = [\"app0.test\"] }",
+    ));
+    agent
+        .berth_in(first.path(), &["deploy", "--version", "v"])
+        .success();
+    let image = format!("berth/{}/web:r1", first.name);
+    let mut apps = vec![first];
+    for n in 1..40 {
+        let app = agent.app("many");
+        app.write(&format!(
+            r#"app = "{{app}}"
+
+[services.web]
+image = "{image}"
+port = 8080
+healthcheck = {{ path = "/health", interval = "1s", start_timeout = "20s" }}
+route = {{ domains = ["app{n}.test"] }}
+stop_timeout = "1s"
+"#
+        ));
+        let run = agent.berth_in(app.path(), &["deploy", "--version", "v"]);
+        assert_eq!(run.code, 0, "app {n} of 40: {}", run.stderr);
+        apps.push(app);
+    }
+    // Every app answers on its own name, through its own network.
+    for (n, _) in apps.iter().enumerate() {
+        let mut stream = std::net::TcpStream::connect(&agent.http).unwrap();
+        use std::io::{Read, Write};
+        stream
+            .write_all(
+                format!("GET / HTTP/1.1\r\nhost: app{n}.test\r\nconnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "app {n}: {answer}");
+    }
+    let networks = std::process::Command::new("docker")
+        .args(["network", "ls", "--format", "{{.Name}}"])
+        .output()
+        .unwrap();
+    let ours: Vec<String> = String::from_utf8_lossy(&networks.stdout)
+        .lines()
+        .filter(|name| apps.iter().any(|a| *name == format!("berth-{}", a.name)))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(ours.len(), 40, "{ours:?}");
+    // Each on a /24 of berth's range, none from Docker's own pools.
+    let inspect = std::process::Command::new("docker")
+        .args([
+            "network",
+            "inspect",
+            "--format",
+            "{{range .IPAM.Config}}{{.Subnet}}{{end}}",
+        ])
+        .args(&ours)
+        .output()
+        .unwrap();
+    let subnets = String::from_utf8_lossy(&inspect.stdout).into_owned();
+    assert_eq!(
+        subnets
+            .lines()
+            .filter(|s| s.starts_with("10.213.") && s.ends_with(".0/24"))
+            .count(),
+        40,
+        "{subnets}"
+    );
+    drop(apps);
+}
