@@ -250,6 +250,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await
         }
         Command::Version => version(&ctx).await,
+        Command::Apps => apps(&ctx).await,
         Command::Completions { shell } => {
             let mut command = <crate::Cli as clap::CommandFactory>::command();
             // Into memory first: a closed pipe (`| head`) is then an ordinary write error.
@@ -267,6 +268,81 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .context("cannot connect to the local agent")?;
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// `berth apps`: one line per app.
+async fn apps(ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    let status: Status = ctx.client()?.get("/v1/status").await?;
+    if ctx.json {
+        let apps: Vec<serde_json::Value> = status
+            .apps
+            .iter()
+            .map(|app| {
+                serde_json::json!({
+                    "app": app.name,
+                    "release": app.live_release.as_ref().map(|r| r.number),
+                    "version": app.live_release.as_ref().map(|r| &r.version),
+                    "state": app_state(app),
+                    "urls": app.urls,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&apps)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if status.apps.is_empty() {
+        println!("no apps yet: run `berth deploy` in an app's directory");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = status
+        .apps
+        .iter()
+        .map(|app| {
+            let running: usize = app
+                .services
+                .iter()
+                .map(|s| s.replicas.iter().filter(|r| r.state == "running").count())
+                .sum();
+            let desired: u32 = app.services.iter().map(|s| s.desired_replicas).sum();
+            vec![
+                app.name.clone(),
+                app.live_release
+                    .as_ref()
+                    .map(|r| format!("{} ({})", r.number, r.version))
+                    .unwrap_or_else(|| "-".into()),
+                app_state(app),
+                format!("{running}/{desired}"),
+                app.urls.first().cloned().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        output::table(&["APP", "RELEASE", "STATE", "RUNNING", "URL"], &rows)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// An app's state in a word or two: what is going on, or the problem to look at first.
+fn app_state(app: &AppStatus) -> String {
+    if let Some(operation) = &app.operation {
+        return format!("{}…", operation.operation);
+    }
+    if app.maintenance.is_some() {
+        return "maintenance".into();
+    }
+    if app.live_release.is_none() {
+        return "not deployed".into();
+    }
+    let unhealthy = app.services.iter().any(|s| {
+        s.replicas.iter().filter(|r| r.health == "healthy").count() < s.desired_replicas as usize
+    });
+    match (unhealthy, &app.last_failed) {
+        (true, _) => "unhealthy".into(),
+        (false, Some(failed)) => format!("live (release {} failed)", failed.number),
+        (false, None) if !app.draining.is_empty() => "live (draining)".into(),
+        (false, None) => "live".into(),
     }
 }
 

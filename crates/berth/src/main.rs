@@ -250,6 +250,8 @@ enum Command {
         #[arg(long, value_name = "APP")]
         app: Option<String>,
     },
+    /// Every app the agent runs, one line each: its live release, state and address.
+    Apps,
     /// This CLI's version, and the agent's when one answers.
     Version,
     /// Print a shell completion script: `berth completions bash > /etc/bash_completion.d/berth`.

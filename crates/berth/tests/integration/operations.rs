@@ -561,3 +561,56 @@ fn logs_follow_the_service_across_a_restart() {
     let _ = follower.wait();
     assert!(followed.contains("listening on port 8080"), "{followed}");
 }
+
+#[test]
+fn apps_lists_every_app_with_its_release_and_state() {
+    let agent = Agent::start();
+    let empty = agent.berth(&["apps"]).success().stdout.clone();
+    assert!(empty.contains("no apps yet"), "{empty}");
+    let one = agent.app("list");
+    one.write(&web("").replace(
+        "route = { domains = [] }",
+        "route = { domains = [\"one.test\"] }",
+    ));
+    agent
+        .berth_in(one.path(), &["deploy", "--version", "v1"])
+        .success();
+    let two = agent.app("list");
+    two.write(&web("").replace(
+        "route = { domains = [] }",
+        "route = { domains = [\"two.test\"] }",
+    ));
+    agent
+        .berth_in(two.path(), &["deploy", "--version", "v7"])
+        .success();
+    agent.berth_in(two.path(), &["maintenance", "on"]).success();
+    let table = agent.berth(&["apps"]).success().stdout.clone();
+    assert!(
+        table.contains(&one.name) && table.contains("1 (v1)"),
+        "{table}"
+    );
+    assert!(
+        table.contains(&two.name) && table.contains("maintenance"),
+        "{table}"
+    );
+    let json = agent.berth(&["--json", "apps"]).success().json();
+    let states: Vec<(String, String)> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["app"].as_str().unwrap().to_owned(),
+                a["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        states.contains(&(one.name.clone(), "live".into())),
+        "{states:?}"
+    );
+    assert!(
+        states.contains(&(two.name.clone(), "maintenance".into())),
+        "{states:?}"
+    );
+}
