@@ -96,6 +96,8 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/v1/deploy", post(deploy))
         .route("/v1/apps/{app}/rollback", post(rollback))
+        .route("/v1/apps/{app}/stop", post(stop_app))
+        .route("/v1/apps/{app}/start", post(start_app))
         .route("/v1/apps/{app}/releases", get(releases))
         .route("/v1/apps/{app}/services/{service}/restart", post(restart))
         .route("/v1/apps/{app}/services/{service}/logs", get(logs))
@@ -624,6 +626,7 @@ async fn deploy(
         used_uploads.push(path.clone());
         image_archives.push(path);
     }
+    state.engine.ensure_not_stopped(&manifest.app, "deploy")?;
     state.engine.secret_values(&manifest)?;
     state.engine.check_route_conflicts(&manifest)?;
     let version = request
@@ -665,6 +668,7 @@ async fn rollback(
 ) -> ApiResult<Response> {
     check_app_name(&app)?;
     let actor = actor(&state, &headers);
+    state.engine.ensure_not_stopped(&app, "roll back")?;
     let store = &state.engine.store;
     let live = store.live_release(&app)?.ok_or_else(|| {
         OpError::not_found(format!("app {app} has no live release to roll back from"))
@@ -727,6 +731,7 @@ async fn restart(
 ) -> ApiResult<Response> {
     check_app_name(&app)?;
     let actor = actor(&state, &headers);
+    state.engine.ensure_not_stopped(&app, "restart")?;
     state.engine.service_role(&app, &service)?;
     let engine = state.engine.clone();
     let (app2, actor2) = (app.clone(), actor.clone());
@@ -738,6 +743,61 @@ async fn restart(
         request.wait_for_lock,
         Vec::new(),
         move |progress| engine.restart_service(app2, service, actor2, progress),
+    )
+}
+
+async fn stop_app(
+    State(state): State<ApiState>,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+    Json(request): Json<RestartRequest>,
+) -> ApiResult<Response> {
+    lifecycle(state, app, headers, request, "stop").await
+}
+
+async fn start_app(
+    State(state): State<ApiState>,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+    Json(request): Json<RestartRequest>,
+) -> ApiResult<Response> {
+    lifecycle(state, app, headers, request, "start").await
+}
+
+async fn lifecycle(
+    state: ApiState,
+    app: String,
+    headers: HeaderMap,
+    request: RestartRequest,
+    operation: &'static str,
+) -> ApiResult<Response> {
+    check_app_name(&app)?;
+    if state.engine.store.app(&app)?.is_none() {
+        return Err(OpError::not_found(format!(
+            "no app named {app} has been deployed to this agent"
+        ))
+        .hint("`berth apps` lists the apps")
+        .into());
+    }
+    if operation == "start" {
+        state.engine.ensure_stopped(&app)?;
+    }
+    let actor = actor(&state, &headers);
+    let engine = state.engine.clone();
+    let (app2, actor2) = (app.clone(), actor.clone());
+    start_operation(
+        &state,
+        &app,
+        operation,
+        &actor,
+        request.wait_for_lock,
+        Vec::new(),
+        move |progress| async move {
+            match operation {
+                "stop" => engine.stop_app(app2, actor2, progress).await,
+                _ => engine.start_app(app2, actor2, progress).await,
+            }
+        },
     )
 }
 

@@ -211,12 +211,14 @@ impl Engine {
 
     /// Makes `live` the app's routed state and swaps the proxy's routes in one step.
     pub(crate) fn install_live(&self, app: &str, live: Option<LiveApp>) {
-        let maintenance = self
-            .store
-            .app(app)
-            .ok()
-            .flatten()
-            .and_then(|a| a.maintenance);
+        // A stopped app answers 503 with its own page, like maintenance mode.
+        let maintenance = self.store.app(app).ok().flatten().and_then(|a| {
+            if a.stopped {
+                Some(format!("{app} is stopped."))
+            } else {
+                a.maintenance
+            }
+        });
         let routes = live
             .as_ref()
             .map(|l| routes_for(l, maintenance.as_deref(), self.edge.https))
@@ -421,6 +423,15 @@ impl Engine {
             manifest_json: serde_json::to_string(&plan.manifest).unwrap_or_default(),
             actor: plan.actor.clone(),
         };
+        // Checked again under the app's lock: a deploy queued behind a stop with --wait.
+        let verb = if operation == "rollback" {
+            "roll back"
+        } else {
+            operation.as_str()
+        };
+        if let Err(error) = self.ensure_not_stopped(&app, verb) {
+            return outcome(None, previous.map(|p| p.number), Some(&error));
+        }
         let release = match self.store.create_release(&new_release) {
             Ok(release) => release,
             Err(error) => {
@@ -1675,6 +1686,7 @@ impl Engine {
         service_name: &str,
         progress: &Progress,
     ) -> Result<(), OpError> {
+        self.ensure_not_stopped(app, "restart")?;
         let release = self.store.live_release(app)?.ok_or_else(|| {
             OpError::not_found(format!("app {app} has no live release")).hint("deploy it first")
         })?;

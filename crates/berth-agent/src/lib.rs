@@ -11,6 +11,7 @@ mod edge;
 mod engine;
 mod error;
 mod health;
+mod lifecycle;
 mod locks;
 mod names;
 mod progress;

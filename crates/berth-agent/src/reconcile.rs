@@ -65,7 +65,30 @@ impl Engine {
             since: berth_state::now_ms(),
         };
         let _lock = self.locks.acquire(app, lock, |_| {}).await;
+        // A stopped app stays stopped: its routes answer 503, its containers are left alone.
+        if self.store.app(app)?.is_some_and(|a| a.stopped) {
+            if let Some(live) = self.store.live_release(app)? {
+                let manifest = release_manifest(&live)?;
+                self.install_live(
+                    app,
+                    Some(LiveApp {
+                        manifest,
+                        release: live.number,
+                        upstreams: BTreeMap::new(),
+                    }),
+                );
+            }
+            return Ok(());
+        }
+        self.reconcile_app_locked(app, report).await
+    }
 
+    /// Makes Docker match the state for one app; the caller holds the app's lock.
+    pub(crate) async fn reconcile_app_locked(
+        &self,
+        app: &str,
+        report: &mut ReconcileReport,
+    ) -> Result<(), OpError> {
         let containers = self
             .runtime
             .list_containers(&[(names::AGENT, &self.agent_id), (names::APP, app)])

@@ -86,6 +86,7 @@ impl Engine {
             services: Vec::new(),
             urls: Vec::new(),
             maintenance: self.store.app(app)?.and_then(|a| a.maintenance),
+            stopped: self.store.app(app)?.is_some_and(|a| a.stopped),
             backups: Vec::new(),
         };
         let Some(live) = live else { return Ok(status) };
@@ -98,13 +99,14 @@ impl Engine {
             .filter_map(|n| manifest.services.get(n))
             .chain(manifest.accessories.values())
             .collect();
+        let stopped = status.stopped;
         let probes = services.iter().map(|service| async move {
             let containers = self
                 .service_containers(app, &service.name, service.accessory)
                 .await?;
             let mut replicas = Vec::new();
             for (id, name) in containers {
-                replicas.push(self.replica_status(app, service, &id, &name).await);
+                replicas.push(self.replica_status(app, service, &id, &name, stopped).await);
             }
             Ok::<_, OpError>(ServiceStatus {
                 name: service.name.clone(),
@@ -126,6 +128,7 @@ impl Engine {
         service: &Service,
         id: &str,
         name: &str,
+        app_stopped: bool,
     ) -> ReplicaStatus {
         let info = match self.runtime.inspect_container(id).await {
             Ok(Some(info)) => info,
@@ -152,7 +155,13 @@ impl Engine {
                 };
             }
         };
-        let (health, detail) = if info.state != ContainerState::Running {
+        let (health, detail) = if app_stopped && info.state != ContainerState::Running {
+            // Down on purpose, not a fault.
+            (
+                "stopped",
+                Some("the app was stopped by `berth stop`".to_owned()),
+            )
+        } else if info.state != ContainerState::Running {
             (
                 "unhealthy",
                 Some(format!("the container is {}", info.state.as_str())),

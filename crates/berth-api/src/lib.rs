@@ -258,6 +258,9 @@ pub struct AppStatus {
     /// The maintenance page's message while maintenance mode is on.
     #[serde(default)]
     pub maintenance: Option<String>,
+    /// Stopped by `berth stop`: its containers are stopped and its routes answer 503.
+    #[serde(default)]
+    pub stopped: bool,
     /// Each backup's schedule, last run and failures.
     #[serde(default)]
     pub backups: Vec<BackupStatus>,

@@ -132,7 +132,9 @@ impl Store {
     pub fn apps(&self) -> Result<Vec<App>> {
         let conn = self.conn();
         let mut statement = conn
-            .prepare("SELECT name, created_at, live_release, maintenance FROM apps ORDER BY name")
+            .prepare(
+                "SELECT name, created_at, live_release, maintenance, stopped FROM apps ORDER BY name",
+            )
             .map_err(sql("list apps"))?;
         let rows = statement
             .query_map([], |row| {
@@ -141,6 +143,7 @@ impl Store {
                     created_at: row.get(1)?,
                     live_release: row.get(2)?,
                     maintenance: row.get(3)?,
+                    stopped: row.get(4)?,
                 })
             })
             .map_err(sql("list apps"))?;
@@ -150,7 +153,7 @@ impl Store {
     pub fn app(&self, name: &str) -> Result<Option<App>> {
         self.conn()
             .query_row(
-                "SELECT name, created_at, live_release, maintenance FROM apps WHERE name = ?1",
+                "SELECT name, created_at, live_release, maintenance, stopped FROM apps WHERE name = ?1",
                 [name],
                 |row| {
                     Ok(App {
@@ -158,6 +161,7 @@ impl Store {
                         created_at: row.get(1)?,
                         live_release: row.get(2)?,
                         maintenance: row.get(3)?,
+                        stopped: row.get(4)?,
                     })
                 },
             )
@@ -167,6 +171,17 @@ impl Store {
 
     /// Turns maintenance mode on (with the message shown to visitors) or off. Returns whether
     /// the app exists.
+    /// Marks an app stopped (`berth stop`) or not; false when there is no such app.
+    pub fn set_stopped(&self, app: &str, stopped: bool) -> Result<bool> {
+        self.conn()
+            .execute(
+                "UPDATE apps SET stopped = ?2 WHERE name = ?1",
+                params![app, stopped],
+            )
+            .map(|n| n > 0)
+            .map_err(sql("mark the app stopped"))
+    }
+
     pub fn set_maintenance(&self, app: &str, message: Option<&str>) -> Result<bool> {
         self.conn()
             .execute(
@@ -758,6 +773,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("migrations.sql")),
         M::up(include_str!("migration2.sql")),
         M::up(include_str!("migration3.sql")),
+        M::up(include_str!("migration4.sql")),
     ])
 }
 

@@ -10,6 +10,8 @@ pub struct App {
     pub live_release: Option<i64>,
     /// The maintenance page's message while maintenance mode is on.
     pub maintenance: Option<String>,
+    /// Stopped by `berth stop`: containers stay stopped, routes answer 503.
+    pub stopped: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

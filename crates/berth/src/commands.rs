@@ -251,6 +251,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Version => version(&ctx).await,
         Command::Apps => apps(&ctx).await,
+        Command::Stop { name, app_args } => lifecycle(&ctx, name, &app_args, "stop").await,
+        Command::Start { name, app_args } => lifecycle(&ctx, name, &app_args, "start").await,
         Command::Completions { shell } => {
             let mut command = <crate::Cli as clap::CommandFactory>::command();
             // Into memory first: a closed pipe (`| head`) is then an ordinary write error.
@@ -269,6 +271,39 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `berth stop` and `berth start`.
+async fn lifecycle(
+    ctx: &Ctx,
+    app: Option<String>,
+    args: &AppArgs,
+    operation: &str,
+) -> anyhow::Result<ExitCode> {
+    let app = match (app, &args.app) {
+        (Some(named), Some(flag)) if &named != flag => {
+            return Err(invalid(
+                format!("two apps named: {named} and --app {flag}"),
+                Some("name the app once"),
+            ));
+        }
+        (Some(named), _) => named,
+        (None, _) => resolve_app(args)?,
+    };
+    let request = RestartRequest {
+        wait_for_lock: false,
+    };
+    let (verb, gerund) = match operation {
+        "stop" => ("stop", "stopping"),
+        _ => ("start", "starting"),
+    };
+    self::operation(
+        ctx,
+        &format!("/v1/apps/{app}/{verb}"),
+        &request,
+        &format!("{gerund} {app}"),
+    )
+    .await
 }
 
 /// `berth apps`: one line per app.
@@ -328,6 +363,9 @@ async fn apps(ctx: &Ctx) -> anyhow::Result<ExitCode> {
 fn app_state(app: &AppStatus) -> String {
     if let Some(operation) = &app.operation {
         return format!("{}…", operation.operation);
+    }
+    if app.stopped {
+        return "stopped".into();
     }
     if app.maintenance.is_some() {
         return "maintenance".into();
@@ -1133,7 +1171,13 @@ async fn status(ctx: &Ctx, app: Option<String>) -> anyhow::Result<ExitCode> {
             );
             println!("    (`berth releases` lists them; the release above keeps serving)");
         }
-        if let Some(message) = &app.maintenance {
+        if app.stopped {
+            println!(
+                "  {} stopped: its routes answer 503 until `berth start {}`",
+                style("⏸").yellow(),
+                app.name
+            );
+        } else if let Some(message) = &app.maintenance {
             let shown = if message.is_empty() {
                 String::new()
             } else {
@@ -1171,10 +1215,13 @@ async fn status(ctx: &Ctx, app: Option<String>) -> anyhow::Result<ExitCode> {
                 .iter()
                 .filter(|r| r.health == "healthy")
                 .count();
-            if healthy < service.desired_replicas as usize {
+            // A stopped app is down on purpose: not a failure of `berth status`.
+            if healthy < service.desired_replicas as usize && !app.stopped {
                 unhealthy = true;
             }
-            let health = if healthy == service.replicas.len() && !service.replicas.is_empty() {
+            let health = if app.stopped {
+                style("stopped").dim().to_string()
+            } else if healthy == service.replicas.len() && !service.replicas.is_empty() {
                 style("healthy").green().to_string()
             } else {
                 let detail = service

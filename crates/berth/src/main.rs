@@ -252,6 +252,23 @@ enum Command {
     },
     /// Every app the agent runs, one line each: its live release, state and address.
     Apps,
+    /// Stop an app: its containers stop, its routes answer 503 "stopped"; its releases,
+    /// volumes, secrets and backups are kept. It stays stopped until `berth start`.
+    Stop {
+        /// The app (default: the one named by --app, or in ./berth.toml).
+        #[arg(value_name = "APP")]
+        name: Option<String>,
+        #[command(flatten)]
+        app_args: AppArgs,
+    },
+    /// Start a stopped app again: the same release, through the health gate.
+    Start {
+        /// The app (default: the one named by --app, or in ./berth.toml).
+        #[arg(value_name = "APP")]
+        name: Option<String>,
+        #[command(flatten)]
+        app_args: AppArgs,
+    },
     /// This CLI's version, and the agent's when one answers.
     Version,
     /// Print a shell completion script: `berth completions bash > /etc/bash_completion.d/berth`.

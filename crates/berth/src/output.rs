@@ -220,6 +220,8 @@ pub fn outcome(mode: Mode, outcome: &Outcome) {
             .unwrap_or_default();
         let verb = match outcome.operation.as_str() {
             "restart" => "restarted",
+            "stop" => "stopped",
+            "start" => "started and live",
             _ => "is live",
         };
         println!(

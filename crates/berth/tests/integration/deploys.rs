@@ -413,3 +413,119 @@ stop_timeout = "1s"
     );
     drop(apps);
 }
+
+/// The states of an app's containers, by docker's own report.
+fn states_of(agent: &Agent, app: &str) -> Vec<String> {
+    let id = agent.agent_id();
+    crate::harness::block_on(async {
+        use berth_runtime::ContainerRuntime;
+        berth_runtime::DockerRuntime::from_env()
+            .list_containers(&[("berth.agent", &id), ("berth.app", app)])
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| c.state.as_str().to_owned())
+            .collect()
+    })
+}
+
+#[test]
+fn stop_keeps_the_app_stopped_across_agent_restarts_and_start_brings_it_back() {
+    let mut agent = Agent::start();
+    let app = agent.app("pause");
+    app.write(
+        &(web("GREETING = \"up\"")
+            + "\n[services.worker]\nbuild = \".\"\ncommand = [\"worker\"]\n"),
+    );
+    agent
+        .berth_in(app.path(), &["deploy", "--version", "v1"])
+        .success();
+    assert_eq!(agent.get("/").unwrap(), (200, "up v1\n".into()));
+
+    let run = agent.berth_in(app.path(), &["start"]);
+    run.failure(2);
+    assert!(run.stderr.contains("is not stopped"), "{}", run.stderr);
+
+    let outcome = agent
+        .berth_in(app.path(), &["stop", "--json"])
+        .success()
+        .json();
+    assert_eq!(outcome["operation"], "stop");
+    assert_eq!(outcome["ok"], true);
+    let (code, body) = agent.get("/").unwrap();
+    assert_eq!(code, 503);
+    assert!(
+        body.contains(&format!("{} is stopped.", app.name)),
+        "{body}"
+    );
+    let states = states_of(&agent, &app.name);
+    assert!(
+        states.len() == 2 && states.iter().all(|s| s == "exited"),
+        "{states:?}"
+    );
+    let status = agent
+        .berth_in(app.path(), &["status", "--json"])
+        .success()
+        .json();
+    assert_eq!(status["apps"][0]["stopped"], true, "{status}");
+    assert_eq!(
+        status["apps"][0]["services"][0]["replicas"][0]["health"], "stopped",
+        "{status}"
+    );
+    // Stopped on purpose is not a failure: `berth status` exits 0 and says how to start it.
+    let text = agent
+        .berth_in(app.path(), &["status"])
+        .success()
+        .stdout
+        .clone();
+    assert!(
+        text.contains("stopped") && text.contains("berth start"),
+        "{text}"
+    );
+    let apps = agent.berth(&["apps"]).success().stdout.clone();
+    assert!(apps.contains("stopped"), "{apps}");
+
+    // An agent restart (or a reboot) reconciles: a stopped app is left stopped.
+    agent.restart();
+    let (code, body) = agent.get("/").unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("is stopped."), "{body}");
+    assert!(
+        states_of(&agent, &app.name).iter().all(|s| s == "exited"),
+        "restart woke a stopped app"
+    );
+
+    // A deploy to a stopped app is refused with the way out, not silently started.
+    let run = agent.berth_in(app.path(), &["deploy", "--version", "v2"]);
+    run.failure(2);
+    assert!(run.stderr.contains("berth start"), "{}", run.stderr);
+
+    let outcome = agent
+        .berth_in(app.path(), &["start", "--json"])
+        .success()
+        .json();
+    assert_eq!(outcome["operation"], "start");
+    assert_eq!(outcome["release"], 1);
+    assert_eq!(agent.get("/").unwrap(), (200, "up v1\n".into()));
+    let states = states_of(&agent, &app.name);
+    assert!(
+        states.len() == 2 && states.iter().all(|s| s == "running"),
+        "{states:?}"
+    );
+    agent
+        .berth_in(app.path(), &["deploy", "--version", "v2"])
+        .success();
+    assert_eq!(agent.get("/").unwrap(), (200, "up v2\n".into()));
+
+    let audit = agent.berth(&["audit", "--json"]).json();
+    let actions: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert!(
+        actions.contains(&"stop") && actions.contains(&"start"),
+        "{actions:?}"
+    );
+}
