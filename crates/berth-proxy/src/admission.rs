@@ -182,8 +182,14 @@ impl Admission {
         let _ = tokio::time::timeout(Duration::from_millis(100), self.freed.notified()).await;
     }
 
-    #[cfg(test)]
-    fn open(&self) -> usize {
+    /// Resolves once no connection is left.
+    pub(crate) async fn wait_empty(&self) {
+        while self.open() > 0 {
+            self.wait_freed().await;
+        }
+    }
+
+    pub(crate) fn open(&self) -> usize {
         self.registry
             .lock()
             .unwrap_or_else(|p| p.into_inner())

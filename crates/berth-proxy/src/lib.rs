@@ -132,8 +132,10 @@ pub struct ProxyWorkers {
     /// The address bound (a real port when port 0 was asked for).
     pub addr: SocketAddr,
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// The threads' sockets (duplicates), to hand over to the agent that replaces this one.
+    sockets: Vec<std::os::fd::OwnedFd>,
     /// No other process may serve the address while the threads do.
-    _claim: listeners::AddressClaim,
+    claim: listeners::AddressClaim,
 }
 
 impl ProxyWorkers {
@@ -141,6 +143,63 @@ impl ProxyWorkers {
     pub fn join(self) {
         for thread in self.threads {
             let _ = thread.join();
+        }
+    }
+
+    /// The listening sockets and then the address claim, for a successor to serve from.
+    pub fn handover_fds(&self) -> Vec<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        let mut fds: Vec<_> = self.sockets.iter().map(|s| s.as_fd()).collect();
+        fds.push(self.claim.fd());
+        fds
+    }
+}
+
+/// Sockets a predecessor handed over: its listening sockets for one address (one per event
+/// loop) and, last, its claim on the address.
+pub struct InheritedListener {
+    pub sockets: Vec<std::os::fd::OwnedFd>,
+    pub claim: std::os::fd::OwnedFd,
+}
+
+impl InheritedListener {
+    /// From the descriptors in the order [`ProxyWorkers::handover_fds`] gives them.
+    pub fn from_fds(mut fds: Vec<std::os::fd::OwnedFd>) -> Option<Self> {
+        let claim = fds.pop()?;
+        (!fds.is_empty()).then_some(InheritedListener {
+            sockets: fds,
+            claim,
+        })
+    }
+}
+
+/// Where an event loop's listening socket comes from.
+enum Source {
+    Bind(SocketAddr),
+    Inherited(std::os::fd::OwnedFd),
+}
+
+/// How long before the end of a shutdown's grace period WebSockets and event streams are
+/// closed (so the close completes before the process exits).
+const LONG_LIVED_MARGIN: Duration = Duration::from_secs(2);
+/// How long a keep-alive HTTP/1 connection may go on after the listeners stop: long enough
+/// for a busy client to get a response saying `Connection: close` and leave on its own,
+/// rather than have its connection closed under a request it is sending.
+const RETIRE_LINGER: Duration = Duration::from_secs(1);
+
+/// Only this process's event loops may share an address (see `listeners`).
+fn address_taken(taken: listeners::AddressTaken) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::AddrInUse, taken.to_string())
+}
+
+/// An event loop's listening socket (inside its runtime).
+fn open_listener(source: Source) -> std::io::Result<TcpListener> {
+    match source {
+        Source::Bind(addr) => bind_shared(addr),
+        Source::Inherited(fd) => {
+            let listener = std::net::TcpListener::from(fd);
+            listener.set_nonblocking(true)?;
+            TcpListener::from_std(listener)
         }
     }
 }
@@ -197,6 +256,12 @@ pub struct Proxy {
     /// When rate-limit buckets were last swept, in seconds after `started`.
     last_sweep: std::sync::atomic::AtomicU64,
     started: Instant,
+    /// Set once the listeners stop accepting: HTTP/1 responses say `Connection: close`, so
+    /// busy keep-alive clients move to the process that accepts now.
+    retiring: AtomicBool,
+    /// Turned true to end every WebSocket and event stream properly (a 1012 close frame, the
+    /// last whole chunk), whatever its upstream.
+    end_long_lived: tokio::sync::watch::Sender<bool>,
 }
 
 impl Proxy {
@@ -217,7 +282,43 @@ impl Proxy {
             ready: tokio::sync::watch::Sender::new(true),
             last_sweep: std::sync::atomic::AtomicU64::new(0),
             started: Instant::now(),
+            retiring: AtomicBool::new(false),
+            end_long_lived: tokio::sync::watch::Sender::new(false),
         })
+    }
+
+    /// Ends every WebSocket and event stream properly now (at a shutdown with no successor,
+    /// for instance); a stopping proxy otherwise lets them run for most of its grace period.
+    pub fn end_long_lived(&self) {
+        self.end_long_lived.send_replace(true);
+    }
+
+    /// Client connections open now, upgraded ones included.
+    pub fn open_connections(&self) -> usize {
+        self.admission.open()
+    }
+
+    /// Resolves when `upstream` must end its long-lived connections, or the whole proxy must.
+    fn long_lived_closing(
+        &self,
+        upstream: &Upstream,
+    ) -> impl Future<Output = ()> + Send + Sync + 'static {
+        let wait = |mut signal: tokio::sync::watch::Receiver<bool>| async move {
+            if signal.wait_for(|closing| *closing).await.is_err() {
+                // The sender went away without asking: never.
+                std::future::pending::<()>().await;
+            }
+        };
+        let (one, all) = (
+            wait(upstream.closing_signal()),
+            wait(self.end_long_lived.subscribe()),
+        );
+        async move {
+            tokio::select! {
+                () = one => {}
+                () = all => {}
+            }
+        }
     }
 
     pub fn config(&self) -> &ProxyConfig {
@@ -261,20 +362,82 @@ impl Proxy {
         stop: tokio::sync::watch::Receiver<bool>,
         grace: Duration,
     ) -> std::io::Result<ProxyWorkers> {
-        // Only this process's event loops may share the address (see `listeners`).
-        let taken = |taken: listeners::AddressTaken| {
-            std::io::Error::new(std::io::ErrorKind::AddrInUse, taken.to_string())
-        };
         let early_claim = match addr.port() {
             0 => None,
-            _ => Some(listeners::claim(addr).map_err(taken)?),
+            _ => Some(listeners::claim(addr).map_err(address_taken)?),
         };
+        let sources = (0..threads.max(1)).map(|_| Source::Bind(addr)).collect();
+        let (bound, threads, sockets) = self.spawn_loops(addr, sources, scheme, stop, grace)?;
+        let claim = match early_claim {
+            Some(claim) => claim,
+            None => listeners::lock(bound).map_err(address_taken)?,
+        };
+        Ok(ProxyWorkers {
+            addr: bound,
+            threads,
+            sockets,
+            claim,
+        })
+    }
+
+    /// Like [`Proxy::serve_threads`], on the sockets a predecessor handed over: one event
+    /// loop per socket. Connections already waiting in their queue are served.
+    pub fn serve_inherited(
+        self: &Arc<Self>,
+        inherited: InheritedListener,
+        scheme: Scheme,
+        stop: tokio::sync::watch::Receiver<bool>,
+        grace: Duration,
+    ) -> std::io::Result<ProxyWorkers> {
+        let claim = listeners::AddressClaim::inherited(inherited.claim);
+        let first = std::net::TcpListener::from(
+            inherited
+                .sockets
+                .first()
+                .ok_or_else(|| std::io::Error::other("no socket was handed over"))?
+                .try_clone()?,
+        );
+        let addr = first.local_addr()?;
+        let sources = inherited
+            .sockets
+            .into_iter()
+            .map(Source::Inherited)
+            .collect();
+        let (bound, threads, sockets) = self.spawn_loops(addr, sources, scheme, stop, grace)?;
+        Ok(ProxyWorkers {
+            addr: bound,
+            threads,
+            sockets,
+            claim,
+        })
+    }
+
+    /// One thread with its own event loop per socket source.
+    #[allow(clippy::type_complexity)]
+    fn spawn_loops(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        sources: Vec<Source>,
+        scheme: Scheme,
+        stop: tokio::sync::watch::Receiver<bool>,
+        grace: Duration,
+    ) -> std::io::Result<(
+        SocketAddr,
+        Vec<std::thread::JoinHandle<()>>,
+        Vec<std::os::fd::OwnedFd>,
+    )> {
+        type Started = std::io::Result<(SocketAddr, std::os::fd::OwnedFd)>;
         let mut bound = addr;
         let mut handles = Vec::new();
-        for index in 0..threads.max(1) {
-            let (ready, started) = std::sync::mpsc::channel::<std::io::Result<SocketAddr>>();
-            let (proxy, scheme, mut stop, target) =
-                (Arc::clone(self), scheme.clone(), stop.clone(), bound);
+        let mut sockets = Vec::new();
+        for (index, source) in sources.into_iter().enumerate() {
+            let (ready, started) = std::sync::mpsc::channel::<Started>();
+            // Port 0: every later thread binds the port the first one got.
+            let source = match source {
+                Source::Bind(_) => Source::Bind(bound),
+                inherited => inherited,
+            };
+            let (proxy, scheme, mut stop) = (Arc::clone(self), scheme.clone(), stop.clone());
             let handle = std::thread::Builder::new()
                 .name(format!("berth-proxy-{index}"))
                 .spawn(move || {
@@ -289,14 +452,18 @@ impl Proxy {
                         }
                     };
                     runtime.block_on(async move {
-                        let listener = match bind_shared(target) {
+                        let listener = match open_listener(source) {
                             Ok(listener) => listener,
                             Err(error) => {
                                 let _ = ready.send(Err(error));
                                 return;
                             }
                         };
-                        let _ = ready.send(listener.local_addr());
+                        use std::os::fd::AsFd;
+                        let kept = listener
+                            .local_addr()
+                            .and_then(|local| Ok((local, listener.as_fd().try_clone_to_owned()?)));
+                        let _ = ready.send(kept);
                         let shutdown = async move {
                             let _ = stop.wait_for(|s| *s).await.map(|_| ());
                         };
@@ -304,10 +471,10 @@ impl Proxy {
                     });
                 })?;
             match started.recv() {
-                Ok(Ok(local)) => {
-                    // Port 0: every later thread binds the port the first one got.
+                Ok(Ok((local, socket))) => {
                     bound = local;
                     handles.push(handle);
+                    sockets.push(socket);
                 }
                 Ok(Err(error)) => {
                     let _ = handle.join();
@@ -320,15 +487,7 @@ impl Proxy {
                 }
             }
         }
-        let claim = match early_claim {
-            Some(claim) => claim,
-            None => listeners::lock(bound).map_err(taken)?,
-        };
-        Ok(ProxyWorkers {
-            addr: bound,
-            threads: handles,
-            _claim: claim,
-        })
+        Ok((bound, handles, sockets))
     }
 
     /// Forgets idle rate-limit buckets, at most every 10 seconds (whichever event loop asks
@@ -563,13 +722,27 @@ impl Proxy {
             });
         }
         drop(listener);
+        self.retiring.store(true, Ordering::Relaxed);
         let _ = stop.send(true);
         connections.close();
-        if tokio::time::timeout(grace, connections.wait())
+        // Requests finish; WebSockets and event streams keep going for most of the grace
+        // period (a successor may be accepting already), then end properly, never cut.
+        let margin = LONG_LIVED_MARGIN.min(grace / 2);
+        let all_gone = || async {
+            connections.wait().await;
+            self.admission.wait_empty().await;
+        };
+        if tokio::time::timeout(grace.saturating_sub(margin), all_gone())
             .await
             .is_err()
         {
-            tracing::warn!("some connections were still open after the shutdown grace period");
+            self.end_long_lived();
+            if tokio::time::timeout(margin, all_gone()).await.is_err() {
+                tracing::warn!(
+                    open = self.admission.open(),
+                    "some connections were still open after the shutdown grace period"
+                );
+            }
         }
     }
 
@@ -960,15 +1133,8 @@ impl Proxy {
             .is_some_and(|t| t.starts_with("text/event-stream"))
             .then(|| {
                 guard.mark_long_lived();
-                let mut signal = guard.upstream().closing_signal();
                 let closing: Pin<Box<dyn Future<Output = ()> + Send + Sync>> =
-                    Box::pin(async move {
-                        while !*signal.borrow_and_update() {
-                            if signal.changed().await.is_err() {
-                                std::future::pending::<()>().await;
-                            }
-                        }
-                    });
+                    Box::pin(self.long_lived_closing(guard.upstream()));
                 closing
             });
         let mut body = TrackedBody {
@@ -1000,7 +1166,7 @@ impl Proxy {
         let mut guard = guard;
         guard.mark_long_lived();
         let name = guard.upstream().name().to_owned();
-        let closing = guard.upstream().closing_signal();
+        let closing = self.long_lived_closing(guard.upstream());
         let websocket = response
             .headers()
             .get(header::UPGRADE)
@@ -1119,7 +1285,16 @@ async fn serve_client(
             let connection = Arc::clone(&connection);
             let mut activity = Some(admitted.begin_request());
             async move {
+                let http1 = request.version() < http::Version::HTTP_2;
                 let mut response = proxy.handle(request, &connection, &mut activity).await;
+                if http1
+                    && proxy.retiring.load(Ordering::Relaxed)
+                    && response.status() != StatusCode::SWITCHING_PROTOCOLS
+                {
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
                 if let Some(mut activity) = activity {
                     activity.response_ready();
                     response.body_mut().hold(activity);
@@ -1134,7 +1309,7 @@ async fn serve_client(
         let serving = builders
             .sniffing
             .serve_connection_with_upgrades(io, service);
-        return until_closed(serving, |c| c.graceful_shutdown(), watchdog).await;
+        return until_closed(serving, |c| c.graceful_shutdown(), watchdog, RETIRE_LINGER).await;
     };
     let handshake =
         tokio::time::timeout(proxy.config.tls_handshake_timeout, acceptor.accept(stream));
@@ -1159,23 +1334,26 @@ async fn serve_client(
         Some(b"acme-tls/1") => Ok(None),
         Some(b"h2") => {
             let serving = builders.http2.serve_connection(TokioIo::new(tls), service);
-            until_closed(serving, |c| c.graceful_shutdown(), watchdog).await
+            // HTTP/2 says GOAWAY at once: the client knows which requests were served.
+            until_closed(serving, |c| c.graceful_shutdown(), watchdog, Duration::ZERO).await
         }
         _ => {
             let io = TokioIo::new(framing::Watched::new(tls, flag));
             let serving = builders.http1.serve_connection(io, service).with_upgrades();
-            until_closed(serving, |c| c.graceful_shutdown(), watchdog).await
+            until_closed(serving, |c| c.graceful_shutdown(), watchdog, RETIRE_LINGER).await
         }
     }
 }
 
 /// Drives a connection until it ends or the watchdog speaks: a connection that never started
 /// a request is dropped at once; otherwise in-progress requests finish first (bounded when
-/// the edge closes an idle connection; the agent's own grace period bounds a shutdown).
+/// the edge closes an idle connection; the agent's own grace period bounds a shutdown). At a
+/// shutdown the connection first gets `linger` to end by itself.
 async fn until_closed<C, E>(
     connection: C,
     graceful_shutdown: impl FnOnce(Pin<&mut C>),
     watchdog: Pin<&mut impl Future<Output = Option<Verdict>>>,
+    linger: Duration,
 ) -> Result<Option<Verdict>, BoxError>
 where
     C: Future<Output = Result<(), E>>,
@@ -1189,6 +1367,12 @@ where
     };
     if verdict.is_some_and(|v| !v.graceful()) {
         return Ok(verdict);
+    }
+    if verdict.is_none()
+        && !linger.is_zero()
+        && let Ok(result) = tokio::time::timeout(linger, connection.as_mut()).await
+    {
+        return result.map(|()| None).map_err(Into::into);
     }
     graceful_shutdown(connection.as_mut());
     match verdict {

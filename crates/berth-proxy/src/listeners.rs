@@ -20,7 +20,22 @@ pub struct AddressTaken {
 
 /// Held while the proxy serves the address.
 pub struct AddressClaim {
-    _lock: std::os::unix::net::UnixListener,
+    lock: std::os::unix::net::UnixListener,
+}
+
+impl AddressClaim {
+    /// A claim handed over by the agent this one replaces (the same socket: the claim never
+    /// lapses in between).
+    pub fn inherited(fd: std::os::fd::OwnedFd) -> Self {
+        AddressClaim {
+            lock: std::os::unix::net::UnixListener::from(fd),
+        }
+    }
+
+    pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.lock.as_fd()
+    }
 }
 
 /// Claims `addr` for this process (see the module documentation).
@@ -42,7 +57,7 @@ pub fn lock(addr: SocketAddr) -> Result<AddressClaim, AddressTaken> {
     let lock = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
         .and_then(|abstract_addr| std::os::unix::net::UnixListener::bind_addr(&abstract_addr));
     match lock {
-        Ok(lock) => Ok(AddressClaim { _lock: lock }),
+        Ok(lock) => Ok(AddressClaim { lock }),
         Err(_) => Err(AddressTaken {
             addr,
             holder: holder_of(addr).unwrap_or_else(|| "another berth agent".to_owned()),

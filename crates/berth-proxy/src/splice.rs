@@ -81,19 +81,20 @@ pub(crate) fn close_frame(code: u16, reason: &str) -> Vec<u8> {
     frame
 }
 
-/// Splices `client` and `upstream` until either side ends, or `closing` turns true: then a
+/// Splices `client` and `upstream` until either side ends, or `closing` resolves: then a
 /// WebSocket gets a close frame at the next frame boundary and both sides a FIN; any other
 /// upgraded protocol just the FINs.
 pub(crate) async fn splice<C, U>(
     mut client: C,
     mut upstream: U,
-    mut closing: tokio::sync::watch::Receiver<bool>,
+    closing: impl std::future::Future<Output = ()>,
     websocket: bool,
 ) -> std::io::Result<()>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
+    tokio::pin!(closing);
     let mut tracker = FrameTracker::default();
     let mut from_client = vec![0u8; 16 * 1024];
     let mut from_upstream = vec![0u8; 16 * 1024];
@@ -134,10 +135,8 @@ where
                     }
                 }
             },
-            changed = closing.changed(), if closing_since.is_none() => {
-                if changed.is_err() || *closing.borrow() {
-                    closing_since = Some(tokio::time::Instant::now());
-                }
+            () = &mut closing, if closing_since.is_none() => {
+                closing_since = Some(tokio::time::Instant::now());
             }
             () = finish_frame => {}
         }
@@ -157,7 +156,7 @@ where
         client
             .write_all(&close_frame(
                 SERVICE_RESTART,
-                "berth: a new release took over",
+                "berth: restarting, reconnect",
             ))
             .await?;
         client.flush().await?;
@@ -246,7 +245,10 @@ mod tests {
     async fn closing_waits_for_the_frame_in_flight_then_sends_a_close_frame_and_a_fin() {
         let (client_end, proxy_client) = tokio::io::duplex(1 << 20);
         let (proxy_upstream, mut upstream_end) = tokio::io::duplex(1 << 20);
-        let (closing_tx, closing) = tokio::sync::watch::channel(false);
+        let (closing_tx, mut closing) = tokio::sync::watch::channel(false);
+        let closing = async move {
+            let _ = closing.wait_for(|c| *c).await.map(|_| ());
+        };
         let spliced = tokio::spawn(splice(proxy_client, proxy_upstream, closing, true));
         let (mut client_read, mut client_write) = tokio::io::split(client_end);
         // Half of a frame arrives, then closing begins: the frame is finished first.
@@ -265,7 +267,7 @@ mod tests {
         client_read.read_to_end(&mut tail).await.unwrap();
         assert_eq!(
             tail,
-            close_frame(SERVICE_RESTART, "berth: a new release took over")
+            close_frame(SERVICE_RESTART, "berth: restarting, reconnect")
         );
         spliced.await.unwrap().unwrap();
     }

@@ -1687,3 +1687,152 @@ async fn an_event_stream_counts_as_long_lived_and_ends_cleanly_when_its_release_
     );
     assert!(upstream.wait_drained(Duration::from_secs(2)).await);
 }
+
+/// A restart of the agent: a successor serves from the very sockets the running proxy
+/// listens on, then the old one stops. Keep-alive clients hammering it all along see no
+/// failure (the old proxy tells busy connections `Connection: close`), an upgraded connection
+/// on the old proxy ends with a FIN near the end of its grace period, and the address stays
+/// claimed by the successor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successor_on_the_same_sockets_takes_over_without_a_failed_request() {
+    use berth_proxy::InheritedListener;
+    use std::sync::atomic::AtomicBool;
+    let (old_site, _) = upstream("old").await;
+    let (new_site, _) = upstream("new").await;
+    let old = Proxy::new(ProxyConfig::default());
+    old.set_app_routes(
+        "app",
+        vec![route(
+            "web",
+            1,
+            &[],
+            "/",
+            vec![Upstream::new(old_site, "old")],
+        )],
+    );
+    let (stop_old, stop_old_rx) = tokio::sync::watch::channel(false);
+    let workers = old
+        .serve_threads(
+            "127.0.0.1:0".parse().unwrap(),
+            Scheme::Http,
+            2,
+            stop_old_rx,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    let addr = workers.addr;
+
+    let mut upgraded = tokio::net::TcpStream::connect(addr).await.unwrap();
+    upgraded
+        .write_all(b"GET /chat HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = vec![0u8; 512];
+    let n = upgraded.read(&mut head).await.unwrap();
+    assert!(head[..n].starts_with(b"HTTP/1.1 101"));
+
+    let stop_clients = Arc::new(AtomicBool::new(false));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop_clients.clone();
+            std::thread::spawn(move || {
+                let mut client = berth_testkit::KeepAliveClient::new(&addr.to_string(), "x");
+                let (mut ok, mut failures, mut seen) = (0u64, Vec::new(), Vec::<String>::new());
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    match client.get("/") {
+                        Ok((200, body)) => {
+                            ok += 1;
+                            if seen.last() != Some(&body) {
+                                seen.push(body);
+                            }
+                        }
+                        Ok((status, body)) => failures.push(format!("{status}: {body}")),
+                        Err(error) => failures.push(error.to_string()),
+                    }
+                }
+                (ok, failures, seen)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // The successor: the same sockets, held off until its routes are in place.
+    let fds = workers
+        .handover_fds()
+        .iter()
+        .map(|fd| fd.try_clone_to_owned().unwrap())
+        .collect();
+    let new = Proxy::new(ProxyConfig::default());
+    new.set_ready(false);
+    let (_stop_new, stop_new_rx) = tokio::sync::watch::channel(false);
+    let successor = new
+        .serve_inherited(
+            InheritedListener::from_fds(fds).unwrap(),
+            Scheme::Http,
+            stop_new_rx,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    assert_eq!(successor.addr, addr);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    new.set_app_routes(
+        "app",
+        vec![route(
+            "web",
+            1,
+            &[],
+            "/",
+            vec![Upstream::new(new_site, "new")],
+        )],
+    );
+    new.set_ready(true);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop_old.send(true).unwrap();
+
+    // The upgraded connection still works on the old proxy, then ends with a FIN.
+    upgraded.write_all(b"ping").await.unwrap();
+    let mut echo = [0u8; 4];
+    upgraded.read_exact(&mut echo).await.unwrap();
+    assert_eq!(&echo, b"ping");
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(10), upgraded.read_to_end(&mut rest))
+        .await
+        .expect("the upgraded connection ends within the grace period");
+    assert!(ended.is_ok(), "a FIN, not a reset: {ended:?}");
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::task::spawn_blocking(move || workers.join()),
+    )
+    .await
+    .expect("the old proxy's threads end")
+    .unwrap();
+    assert_eq!(old.open_connections(), 0);
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop_clients.store(true, Ordering::Relaxed);
+    let (mut total, mut failures) = (0, Vec::new());
+    for client in clients {
+        let (ok, failed, seen) = client.join().unwrap();
+        total += ok;
+        failures.extend(failed);
+        assert_eq!(seen.last().map(String::as_str), Some("new"), "{seen:?}");
+    }
+    eprintln!(
+        "{total} requests across the hand-over, {} failed",
+        failures.len()
+    );
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(total > 100, "the clients kept requesting ({total})");
+
+    // Nobody else can join the address: the successor holds the claim now.
+    let (_stop_third, stop_third_rx) = tokio::sync::watch::channel(false);
+    let third = Proxy::new(ProxyConfig::default()).serve_threads(
+        addr,
+        Scheme::Http,
+        1,
+        stop_third_rx,
+        Duration::from_secs(1),
+    );
+    assert!(third.is_err(), "a third proxy joined the address");
+}
