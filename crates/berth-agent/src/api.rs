@@ -40,6 +40,7 @@ pub struct ApiState {
     /// Required as a bearer token when set (TCP listeners).
     pub token: Option<Arc<String>>,
     pub metrics: Arc<Metrics>,
+    pub succession: Arc<crate::succession::Succession>,
 }
 
 /// Everything `/metrics` reports.
@@ -77,6 +78,49 @@ pub fn metrics_router(metrics: Arc<Metrics>) -> Router {
     )
 }
 
+/// `berth agent upgrade`: streams the hand-over; this agent retires once the outcome is out.
+async fn upgrade_agent(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Json(request): Json<berth_api::UpgradeRequest>,
+) -> ApiResult<Response> {
+    let actor = actor(&state, &headers);
+    let (sender, receiver) = mpsc::unbounded_channel();
+    let progress = Progress::new("agent", Some(sender), None);
+    let (engine, succession) = (state.engine.clone(), state.succession.clone());
+    tokio::spawn(async move {
+        let (outcome, handed_over) = succession
+            .clone()
+            .upgrade(engine, request.binary, actor, progress.clone())
+            .await;
+        progress.finish(OperationEvent::Finished(Box::new(outcome)));
+        // The stream ends with the last sender, then this agent stops accepting.
+        drop(progress);
+        if handed_over {
+            succession.retire();
+        }
+    });
+    Ok(ndjson(receiver))
+}
+
+/// `berth agent stop`: stops like SIGTERM does, once the answer is out.
+async fn stop_agent(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+) -> Json<berth_api::StopAnswer> {
+    let actor = actor(&state, &headers);
+    state.engine.audit(&actor, "stop", "agent", "ok", "");
+    let succession = state.succession.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        succession.request_stop();
+    });
+    Json(berth_api::StopAnswer {
+        pid: std::process::id(),
+        grace_seconds: state.succession.grace.as_secs(),
+    })
+}
+
 async fn metrics_endpoint(State(state): State<ApiState>) -> Response {
     state.metrics.render()
 }
@@ -88,6 +132,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/audit", get(audit))
         .route("/v1/metrics", get(metrics_endpoint))
+        .route("/v1/agent/upgrade", post(upgrade_agent))
+        .route("/v1/agent/stop", post(stop_agent))
         .route("/v1/certificates/{domain}/renew", post(renew_certificate))
         .route("/v1/apps/{app}/maintenance", post(maintenance))
         .route(
@@ -468,6 +514,28 @@ fn upload_path(state: &ApiState, id: &str) -> Option<PathBuf> {
 
 // ---- operations -----------------------------------------------------------------------
 
+/// The agent is being replaced (`berth agent upgrade`): changes wait for the new process.
+fn handing_over(upgrade: &LockInfo) -> OpError {
+    OpError::new(
+        ErrorKind::Locked,
+        format!(
+            "the agent is handing over to a new agent process (an upgrade started by {} at {})",
+            upgrade.holder,
+            format_time(upgrade.since)
+        ),
+    )
+    .hint("run the command again in a few seconds: the new agent takes it")
+}
+
+/// Changes that take no operation lock but live in this process's memory (routes,
+/// certificates) are refused during a hand-over: the new process would not see them.
+fn not_handing_over(state: &ApiState) -> Result<(), OpError> {
+    match state.engine.locks.frozen_by() {
+        Some(upgrade) => Err(handing_over(&upgrade)),
+        None => Ok(()),
+    }
+}
+
 /// Takes the app's lock (or fails with who holds it), then runs `operation` in its own task,
 /// streaming its events.
 fn start_operation<F, Fut>(
@@ -515,6 +583,9 @@ where
     } else {
         match locks.try_acquire(app, lock_info.clone()) {
             Ok(lock) => Some(lock),
+            Err(holder) if holder.operation == crate::succession::UPGRADE_LOCK => {
+                return Err(handing_over(&holder).into());
+            }
             Err(holder) => {
                 return Err(OpError::new(
                     ErrorKind::Locked,
@@ -1256,6 +1327,7 @@ async fn maintenance(
     Json(request): Json<MaintenanceRequest>,
 ) -> ApiResult<Json<AppStatus>> {
     check_app_name(&app)?;
+    not_handing_over(&state)?;
     let message = request
         .enabled
         .then(|| request.message.clone().unwrap_or_default());
@@ -1270,6 +1342,7 @@ async fn renew_certificate(
     Path(domain): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult<StatusCode> {
+    not_handing_over(&state)?;
     state.engine.edge.renew(&domain.to_ascii_lowercase())?;
     state.engine.audit(
         &actor(&state, &headers),

@@ -63,6 +63,11 @@ pub struct Engine {
     me: std::sync::OnceLock<std::sync::Weak<Engine>>,
     /// The range the apps' networks get their /24s from.
     app_subnets: crate::subnets::Ipv4Net,
+    /// Set when this agent took over from a running one: containers the state does not count
+    /// as current are removed only after this long (the predecessor may still reach them).
+    stray_delay: Option<Duration>,
+    /// Held while a subnet is chosen and its network created.
+    choosing_subnet: tokio::sync::Mutex<()>,
 }
 
 /// An old release draining in the background.
@@ -178,12 +183,27 @@ impl Engine {
             draining: Mutex::new(HashMap::new()),
             me: std::sync::OnceLock::new(),
             app_subnets: crate::subnets::default_range(),
+            stray_delay: None,
+            choosing_subnet: tokio::sync::Mutex::new(()),
         }
     }
 
     /// Where the apps' networks get their /24s from (set once, at start).
     pub fn set_app_subnets(&mut self, range: crate::subnets::Ipv4Net) {
         self.app_subnets = range;
+    }
+
+    pub fn set_stray_delay(&mut self, delay: Duration) {
+        self.stray_delay = Some(delay);
+    }
+
+    pub(crate) fn stray_delay(&self) -> Option<Duration> {
+        self.stray_delay
+    }
+
+    /// This engine, for work that outlives a call (None before `set_self`).
+    pub(crate) fn arc(&self) -> Option<Arc<Engine>> {
+        self.me.get().and_then(std::sync::Weak::upgrade)
     }
 
     /// Lets the engine start work that outlives a call (call once, after `Arc::new`).
@@ -996,6 +1016,9 @@ impl Engine {
         if self.runtime.network_exists(network).await? {
             return Ok(());
         }
+        // This agent's deploys choose one at a time; other agents on the engine may still
+        // race for the same subnet, so a refused one is retried at a random free place.
+        let _choosing = self.choosing_subnet.lock().await;
         let mut attempts = 0;
         loop {
             let mut taken = crate::subnets::host_routes();
@@ -1006,7 +1029,8 @@ impl Engine {
                     .iter()
                     .filter_map(|s| s.parse::<crate::subnets::Ipv4Net>().ok()),
             );
-            let Some(subnet) = crate::subnets::choose(self.app_subnets, &taken) else {
+            let pick = (attempts > 0).then(rand::random::<u16>).map(usize::from);
+            let Some(subnet) = crate::subnets::choose(self.app_subnets, &taken, pick) else {
                 return Err(OpError::failed(format!(
                     "every /24 of {} is in use by a Docker network or a host route",
                     self.app_subnets
@@ -1021,7 +1045,7 @@ impl Engine {
                 Ok(_) => return Ok(()),
                 // Another app took the same subnet a moment ago: look again.
                 Err(berth_runtime::RuntimeError::Api { message, .. })
-                    if message.contains("overlap") && attempts < 5 =>
+                    if message.contains("overlap") && attempts < 20 =>
                 {
                     attempts += 1;
                 }

@@ -20,6 +20,7 @@ mod restore;
 mod secrets;
 mod status;
 pub mod subnets;
+mod succession;
 
 pub use berth_proxy::ProxyConfig;
 pub use engine::Engine;
@@ -36,7 +37,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Where an API listener is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,6 +145,8 @@ pub enum AgentError {
     Tls(#[from] berth_tls::TlsError),
     #[error("cannot set up TLS: {0}")]
     TlsConfig(String),
+    #[error("cannot take over from the running agent: {0}")]
+    Handover(String),
     #[error("cannot listen on {addr}: {message}; {hint}")]
     Listen {
         addr: String,
@@ -186,10 +189,32 @@ fn listen_error(addr: &str, error: std::io::Error) -> AgentError {
     }
 }
 
-/// Runs the agent until `shutdown` resolves.
+/// Runs the agent until `shutdown` resolves, or `berth agent stop`, or until a successor
+/// started by `berth agent upgrade` serves in its place.
 pub async fn run(
     config: AgentConfig,
     shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    // Started by a running agent to replace it: its sockets first, then its data directory.
+    let predecessor = match std::env::var_os(succession::HANDOVER_ENV) {
+        Some(path) => Some(
+            succession::Predecessor::reach(PathBuf::from(path))
+                .await
+                .map_err(|e| AgentError::Handover(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let result = serve(config, shutdown, predecessor.as_ref()).await;
+    if let (Err(error), Some(predecessor)) = (&result, &predecessor) {
+        predecessor.fail(error.to_string()).await;
+    }
+    result
+}
+
+async fn serve(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()>,
+    predecessor: Option<&succession::Predecessor>,
 ) -> Result<(), AgentError> {
     let data_dir = &config.data_dir;
     // Everything the agent writes (state, logs, uploads, scratch files) is its user's alone;
@@ -227,7 +252,15 @@ pub async fn run(
         .mode(0o600)
         .open(&lock_path)
         .map_err(data_dir_error(data_dir))?;
-    if lock.try_lock().is_err() {
+    // A predecessor released the lock before it said so; a moment's grace all the same.
+    let lock_wait =
+        Instant::now() + Duration::from_secs(if predecessor.is_some() { 10 } else { 0 });
+    let mut locked = lock.try_lock().is_ok();
+    while !locked && Instant::now() < lock_wait {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        locked = lock.try_lock().is_ok();
+    }
+    if !locked {
         let pid = std::fs::read_to_string(data_dir.join(AGENT_FILE))
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
@@ -260,6 +293,12 @@ pub async fn run(
     let agent_id = agent_id(data_dir)?;
     let secrets = secrets::SecretBox::open(&data_dir.join("secrets.key"))?;
     let runtime = Arc::new(DockerRuntime::from_env());
+    let succession = Arc::new(succession::Succession::new(
+        data_dir,
+        lock,
+        lock_path,
+        config.shutdown_grace,
+    ));
 
     let proxy = Proxy::new(config.proxy.clone());
     // The listeners are bound at once (the ports are ours), but accept nothing until the
@@ -291,15 +330,16 @@ pub async fn run(
         Some(addr) => {
             let tls = berth_tls::server_config(cert_store.clone())
                 .map_err(|e| AgentError::TlsConfig(e.to_string()))?;
-            let https = proxy
-                .serve_threads(
-                    addr,
-                    Scheme::Https(tls),
-                    threads,
-                    stop.clone(),
-                    config.shutdown_grace,
-                )
-                .map_err(|e| listen_error(&addr.to_string(), e))?;
+            let https = serve_proxy(
+                &proxy,
+                predecessor,
+                ("https", addr),
+                Scheme::Https(tls),
+                threads,
+                stop.clone(),
+                config.shutdown_grace,
+            )?;
+            succession.add_listener(proxy_listener("https", addr, &https));
             proxy.set_https_port(https.addr.port());
             let bound = https.addr;
             workers.push(https);
@@ -309,15 +349,16 @@ pub async fn run(
     };
     let http_addr = match config.http {
         Some(addr) => {
-            let http = proxy
-                .serve_threads(
-                    addr,
-                    Scheme::Http,
-                    threads,
-                    stop.clone(),
-                    config.shutdown_grace,
-                )
-                .map_err(|e| listen_error(&addr.to_string(), e))?;
+            let http = serve_proxy(
+                &proxy,
+                predecessor,
+                ("http", addr),
+                Scheme::Http,
+                threads,
+                stop.clone(),
+                config.shutdown_grace,
+            )?;
+            succession.add_listener(proxy_listener("http", addr, &http));
             let bound = http.addr;
             workers.push(http);
             Some(bound)
@@ -371,6 +412,11 @@ pub async fn run(
         edge.clone(),
     );
     engine.set_app_subnets(config.app_subnets);
+    if predecessor.is_some() {
+        // The predecessor still drains its connections for up to its grace period: old
+        // containers they may reach are removed only after it.
+        engine.set_stray_delay(config.shutdown_grace + Duration::from_secs(5));
+    }
     let engine = Arc::new(engine);
     engine.set_self();
 
@@ -409,9 +455,8 @@ pub async fn run(
     });
     let mut metrics_addr = None;
     if let Some(addr) = config.metrics {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| listen_error(&addr.to_string(), e))?;
+        let listener = tcp_listener(predecessor, "metrics", &addr.to_string(), addr).await?;
+        succession.add_listener(handover_listener("metrics", addr.to_string(), &listener));
         metrics_addr = listener.local_addr().ok();
         let router = api::metrics_router(metrics.clone());
         let stop = stopped(stop.clone());
@@ -438,13 +483,28 @@ pub async fn run(
     for addr in &api_addrs {
         match addr {
             ListenAddr::Unix(path) => {
-                // We hold the data directory's lock, so a socket file here is stale.
-                let _ = std::fs::remove_file(path);
-                let listener = tokio::net::UnixListener::bind(path)
-                    .map_err(|e| listen_error(&addr.to_string(), e))?;
-                // Owner only: whoever can talk to the agent controls the server.
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-                    .map_err(|e| listen_error(&addr.to_string(), e))?;
+                let listener = match predecessor.and_then(|p| p.take("api-unix", &addr.to_string()))
+                {
+                    // The same socket, at the same path: clients never see it missing.
+                    Some(mut fds) if fds.len() == 1 => {
+                        let listener = std::os::unix::net::UnixListener::from(fds.remove(0));
+                        listener
+                            .set_nonblocking(true)
+                            .and_then(|()| tokio::net::UnixListener::from_std(listener))
+                            .map_err(|e| listen_error(&addr.to_string(), e))?
+                    }
+                    _ => {
+                        // We hold the data directory's lock, so a socket file here is stale.
+                        let _ = std::fs::remove_file(path);
+                        let listener = tokio::net::UnixListener::bind(path)
+                            .map_err(|e| listen_error(&addr.to_string(), e))?;
+                        // Owner only: whoever can talk to the agent controls the server.
+                        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                            .map_err(|e| listen_error(&addr.to_string(), e))?;
+                        listener
+                    }
+                };
+                succession.add_listener(handover_listener("api-unix", addr.to_string(), &listener));
                 sockets.push(path.clone());
                 bound.push(addr.to_string());
                 let state = api::ApiState {
@@ -456,6 +516,7 @@ pub async fn run(
                     transport: "unix",
                     token: None,
                     metrics: metrics.clone(),
+                    succession: succession.clone(),
                 };
                 let stop = stopped(stop.clone());
                 tasks.spawn(async move {
@@ -482,9 +543,9 @@ pub async fn run(
                     }
                     _ => None,
                 };
-                let listener = tokio::net::TcpListener::bind(socket_addr)
-                    .await
-                    .map_err(|e| listen_error(&addr.to_string(), e))?;
+                let listener =
+                    tcp_listener(predecessor, "api-tcp", &addr.to_string(), *socket_addr).await?;
+                succession.add_listener(handover_listener("api-tcp", addr.to_string(), &listener));
                 if let Ok(local) = listener.local_addr() {
                     bound.push(match addr {
                         ListenAddr::Tls(_) => format!("https://{local}"),
@@ -500,6 +561,7 @@ pub async fn run(
                     transport: if tls.is_some() { "tls" } else { "tcp" },
                     token: Some(Arc::new(token)),
                     metrics: metrics.clone(),
+                    succession: succession.clone(),
                 };
                 let stop = stopped(stop.clone());
                 tasks.spawn(api_tcp::serve(listener, api::router(state), tls, stop));
@@ -531,16 +593,103 @@ pub async fn run(
         path: data_dir.clone(),
         message: e.to_string(),
     })?;
+    succession.set_agent_file(agent_file.to_string());
     tracing::info!(
         data_dir = %data_dir.display(),
         api = %bound.join(" "),
         http = %http_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
         https = %https_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
+        pid = std::process::id(),
+        took_over = predecessor.is_some(),
         "agent started"
     );
 
-    // Reconcile in the background, retrying while Docker is unreachable; then run the
-    // backup schedule (never while containers are being put back in order).
+    // Under systemd (Type=notify): ready once the proxy accepts.
+    let notifier = proxy.clone();
+    tasks.spawn(async move {
+        notifier.wait_ready().await;
+        if let Err(error) = berth_handover::notify_systemd("READY=1") {
+            tracing::warn!(%error, "cannot tell systemd the agent is ready");
+        }
+    });
+
+    if let Some(predecessor) = predecessor {
+        // Taking over a running agent: its containers run and no operation was in progress,
+        // so the routes come back from one reconciliation, and the predecessor keeps serving
+        // until this agent accepts. If that fails, the predecessor carries on.
+        let report = engine.reconcile_all().await.map_err(|error| {
+            AgentError::Handover(format!("cannot rebuild the routes: {}", error.message))
+        })?;
+        tracing::info!(removed = ?report.removed, started = ?report.started, recreated = ?report.recreated, "reconciled with Docker");
+        proxy.set_ready(true);
+        if let Err(error) = predecessor.ready().await {
+            tracing::warn!(error = %error.message, "the previous agent did not hear that this one serves");
+        }
+        tasks.spawn(backups::scheduler(engine.clone(), stopped(stop.clone())));
+    } else {
+        spawn_reconciler(&mut tasks, &engine, &proxy, &stop);
+    }
+
+    let retired = tokio::select! {
+        () = shutdown => false,
+        () = succession.stop_requested() => false,
+        () = succession.retired() => true,
+    };
+    if retired {
+        tracing::info!(
+            pid = std::process::id(),
+            "a new agent serves in this one's place: stopping, finishing open requests"
+        );
+    } else {
+        tracing::info!(
+            pid = std::process::id(),
+            "stopping: finishing open requests"
+        );
+        // Nobody takes over: WebSockets and event streams end now, properly.
+        proxy.end_long_lived();
+    }
+    let _ = stop_sender.send(true);
+    let proxies = tokio::task::spawn_blocking(move || {
+        for worker in workers {
+            worker.join();
+        }
+    });
+    if tokio::time::timeout(config.shutdown_grace + Duration::from_secs(1), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        tracing::warn!("some work was still running at shutdown");
+    }
+    if tokio::time::timeout(config.shutdown_grace + Duration::from_secs(1), proxies)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the proxy was still serving at shutdown");
+    }
+    // After a hand-over the socket files and agent.json are the successor's.
+    if !retired {
+        for socket in sockets {
+            let _ = std::fs::remove_file(socket);
+        }
+        let _ = std::fs::remove_file(data_dir.join(AGENT_FILE));
+    }
+    succession.release_lock();
+    Ok(())
+}
+
+/// Reconciles in the background, retrying while Docker is unreachable; then runs the backup
+/// schedule (never while containers are being put back in order).
+fn spawn_reconciler(
+    tasks: &mut tokio::task::JoinSet<()>,
+    engine: &Arc<Engine>,
+    proxy: &Arc<Proxy>,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) {
+    let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stop.wait_for(|s| *s).await.map(|_| ());
+    };
     let reconciler = engine.clone();
     let mut reconcile_stop = stop.clone();
     let schedule_stop = stop.clone();
@@ -583,35 +732,75 @@ pub async fn run(
             }
         }
     });
+}
 
-    shutdown.await;
-    tracing::info!("stopping: finishing open requests");
-    let _ = stop_sender.send(true);
-    let proxies = tokio::task::spawn_blocking(move || {
-        for worker in workers {
-            worker.join();
+/// Serves the proxy on `addr`: on the sockets a predecessor handed over, else on new ones.
+fn serve_proxy(
+    proxy: &Arc<Proxy>,
+    predecessor: Option<&succession::Predecessor>,
+    (kind, addr): (&'static str, SocketAddr),
+    scheme: Scheme,
+    threads: usize,
+    stop: tokio::sync::watch::Receiver<bool>,
+    grace: Duration,
+) -> Result<berth_proxy::ProxyWorkers, AgentError> {
+    let inherited = predecessor
+        .and_then(|p| p.take(kind, &addr.to_string()))
+        .and_then(berth_proxy::InheritedListener::from_fds);
+    match inherited {
+        Some(sockets) => proxy.serve_inherited(sockets, scheme, stop, grace),
+        None => proxy.serve_threads(addr, scheme, threads, stop, grace),
+    }
+    .map_err(|e| listen_error(&addr.to_string(), e))
+}
+
+/// A TCP listener: the one a predecessor handed over for `kind` at `name`, else a new one.
+async fn tcp_listener(
+    predecessor: Option<&succession::Predecessor>,
+    kind: &str,
+    name: &str,
+    addr: SocketAddr,
+) -> Result<tokio::net::TcpListener, AgentError> {
+    match predecessor.and_then(|p| p.take(kind, name)) {
+        Some(mut fds) if fds.len() == 1 => {
+            let listener = std::net::TcpListener::from(fds.remove(0));
+            listener
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::TcpListener::from_std(listener))
         }
-    });
-    if tokio::time::timeout(config.shutdown_grace + Duration::from_secs(1), async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await
-    .is_err()
-    {
-        tracing::warn!("some work was still running at shutdown");
+        _ => tokio::net::TcpListener::bind(addr).await,
     }
-    if tokio::time::timeout(config.shutdown_grace + Duration::from_secs(1), proxies)
-        .await
-        .is_err()
-    {
-        tracing::warn!("the proxy was still serving at shutdown");
+    .map_err(|e| listen_error(name, e))
+}
+
+/// The proxy's sockets for `addr`, as a successor would get them.
+fn proxy_listener(
+    kind: &'static str,
+    addr: SocketAddr,
+    workers: &berth_proxy::ProxyWorkers,
+) -> succession::HandoverListener {
+    succession::HandoverListener {
+        kind,
+        name: addr.to_string(),
+        fds: workers
+            .handover_fds()
+            .iter()
+            .filter_map(|fd| fd.try_clone_to_owned().ok())
+            .collect(),
     }
-    for socket in sockets {
-        let _ = std::fs::remove_file(socket);
+}
+
+/// A listener's socket (a duplicate), as a successor would get it.
+fn handover_listener(
+    kind: &'static str,
+    name: String,
+    listener: &impl std::os::fd::AsFd,
+) -> succession::HandoverListener {
+    succession::HandoverListener {
+        kind,
+        name,
+        fds: listener.as_fd().try_clone_to_owned().into_iter().collect(),
     }
-    let _ = std::fs::remove_file(data_dir.join(AGENT_FILE));
-    drop(lock);
-    Ok(())
 }
 
 /// Raises the soft limit on open files to the hard one: every client connection, upstream

@@ -8,6 +8,8 @@ use tokio::sync::Notify;
 #[derive(Default)]
 pub struct AppLocks {
     held: Mutex<HashMap<String, LockInfo>>,
+    /// While the agent hands over to its successor: nobody takes a lock, and this says why.
+    frozen: Mutex<Option<LockInfo>>,
     released: Notify,
 }
 
@@ -33,6 +35,15 @@ impl AppLocks {
         let mut held = self.lock_map();
         if let Some(current) = held.get(app) {
             return Err(current.clone());
+        }
+        // Checked under the map's lock, like `freeze` is: no lock slips in between.
+        if let Some(frozen) = self
+            .frozen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Err(frozen);
         }
         held.insert(app.to_owned(), info);
         Ok(AppLock {
@@ -64,6 +75,37 @@ impl AppLocks {
 
     pub fn holder(&self, app: &str) -> Option<LockInfo> {
         self.lock_map().get(app).cloned()
+    }
+
+    /// Stops anyone from taking a lock (they are told `why`, or wait), once none is held;
+    /// otherwise lists the holders, by app.
+    pub fn freeze(&self, why: LockInfo) -> Result<(), Vec<(String, LockInfo)>> {
+        let held = self.lock_map();
+        if !held.is_empty() {
+            let mut holders: Vec<(String, LockInfo)> =
+                held.iter().map(|(a, l)| (a.clone(), l.clone())).collect();
+            holders.sort_by(|a, b| a.0.cmp(&b.0));
+            return Err(holders);
+        }
+        *self.frozen.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+        Ok(())
+    }
+
+    /// Who froze the locks, while they are frozen.
+    pub fn frozen_by(&self) -> Option<LockInfo> {
+        self.frozen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Lets locks be taken again (waiters go on).
+    pub fn thaw(&self) {
+        {
+            let _held = self.lock_map();
+            *self.frozen.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+        self.released.notify_waiters();
     }
 }
 
@@ -105,7 +147,38 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(locks.holder("app").unwrap().holder, "bob");
+
+        // Frozen only once nothing is held; then nobody gets a lock until thawed.
+        let why = LockInfo {
+            operation: "agent upgrade".into(),
+            holder: "carol".into(),
+            since: 2,
+        };
+        let holders = locks.freeze(why.clone()).unwrap_err();
+        assert_eq!(holders[0].0, "app");
         drop(second);
         assert!(locks.holder("app").is_none());
+        locks.freeze(why).unwrap();
+        assert_eq!(
+            locks
+                .try_acquire("app", info("dave"))
+                .err()
+                .unwrap()
+                .operation,
+            "agent upgrade"
+        );
+        let waiter = {
+            let locks = locks.clone();
+            tokio::spawn(async move { locks.acquire("app", info("erin"), |_| {}).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "a waiter waits while frozen");
+        locks.thaw();
+        let lock = tokio::time::timeout(Duration::from_secs(2), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(locks.holder("app").unwrap().holder, "erin");
+        drop(lock);
     }
 }

@@ -130,6 +130,30 @@ impl Engine {
                 self.store.remove_instance(&instance.container_id)?;
             }
         }
+        // Taking over from a running agent: it may still be draining connections to them.
+        if let (Some(delay), Some(engine)) = (self.stray_delay(), self.arc())
+            && !strays.is_empty()
+        {
+            let later: Vec<(String, String)> = strays
+                .iter()
+                .map(|c| (c.id.clone(), c.name.clone()))
+                .collect();
+            let app_name = app.to_owned();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                for (id, name) in later {
+                    tracing::info!(app = %app_name, container = %name, "removing a container the previous agent drained");
+                    let _ = engine
+                        .runtime
+                        .stop_container(&id, Duration::from_secs(10))
+                        .await;
+                    if let Err(error) = engine.runtime.remove_container(&id).await {
+                        tracing::warn!(app = %app_name, container = %name, %error, "cannot remove an old container");
+                    }
+                }
+            });
+            strays.clear();
+        }
         let remove_strays = async {
             let removals = strays.iter().map(|container| async move {
                 tracing::info!(app, container = %container.name, "removing a container the state file does not count as current");

@@ -95,11 +95,19 @@ pub fn default_range() -> Ipv4Net {
 /// The prefix length of each app's network.
 pub const APP_PREFIX: u8 = 24;
 
-/// The first /24 of `range` that overlaps nothing in `taken`.
-pub fn choose(range: Ipv4Net, taken: &[Ipv4Net]) -> Option<Ipv4Net> {
-    range
+/// The first /24 of `range` that overlaps nothing in `taken`; with `pick`, the free one at
+/// that position (modulo their number), so that racing agents spread out.
+pub fn choose(range: Ipv4Net, taken: &[Ipv4Net], pick: Option<usize>) -> Option<Ipv4Net> {
+    let mut free = range
         .subnets(APP_PREFIX)
-        .find(|candidate| !taken.iter().any(|t| t.overlaps(*candidate)))
+        .filter(|candidate| !taken.iter().any(|t| t.overlaps(*candidate)));
+    match pick {
+        None => free.next(),
+        Some(n) => {
+            let free: Vec<Ipv4Net> = free.collect();
+            (!free.is_empty()).then(|| free[n % free.len()])
+        }
+    }
 }
 
 /// The host's IPv4 routes (from /proc/net/route), as networks: a Docker network must not
@@ -147,17 +155,21 @@ mod tests {
     #[test]
     fn each_app_gets_the_first_free_24() {
         let range = net("10.213.0.0/16");
-        assert_eq!(choose(range, &[]), Some(net("10.213.0.0/24")));
+        assert_eq!(choose(range, &[], None), Some(net("10.213.0.0/24")));
         let taken = [
             net("10.213.0.0/24"),
             net("10.213.1.0/25"),
             net("172.17.0.0/16"),
         ];
-        assert_eq!(choose(range, &taken), Some(net("10.213.2.0/24")));
+        assert_eq!(choose(range, &taken, None), Some(net("10.213.2.0/24")));
+        // After a race lost to another agent: another free one, never a taken one.
+        assert_eq!(choose(range, &taken, Some(1)), Some(net("10.213.3.0/24")));
+        assert_eq!(choose(range, &taken, Some(254)), Some(net("10.213.2.0/24")));
         // A host route over part of the range (a VPN) is skipped whole.
         let taken = [net("10.213.0.0/20")];
-        assert_eq!(choose(range, &taken), Some(net("10.213.16.0/24")));
+        assert_eq!(choose(range, &taken, None), Some(net("10.213.16.0/24")));
         let full: Vec<Ipv4Net> = range.subnets(24).collect();
-        assert_eq!(choose(range, &full), None, "every /24 taken");
+        assert_eq!(choose(range, &full, None), None, "every /24 taken");
+        assert_eq!(choose(range, &full, Some(3)), None);
     }
 }

@@ -133,6 +133,22 @@ pub struct RestartRequest {
     pub wait_for_lock: bool,
 }
 
+/// `POST /v1/agent/upgrade`: replace the running agent with a new process of `binary` (an
+/// absolute path on the server; default: the agent's own binary as it is on disk now).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct UpgradeRequest {
+    #[serde(default)]
+    pub binary: Option<String>,
+}
+
+/// `POST /v1/agent/stop`: what the agent does.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StopAnswer {
+    pub pid: u32,
+    /// How long open requests may take to finish, in seconds.
+    pub grace_seconds: u64,
+}
+
 /// One line of a deploy, rollback or restart stream. The last line is always `Finished`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "event", rename_all = "kebab-case")]

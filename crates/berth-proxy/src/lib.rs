@@ -345,6 +345,12 @@ impl Proxy {
         *self.ready.borrow()
     }
 
+    /// Resolves once the listeners accept connections.
+    pub async fn wait_ready(&self) {
+        let mut ready = self.ready.subscribe();
+        let _ = ready.wait_for(|ready| *ready).await.map(|_| ());
+    }
+
     /// Says where HTTPS is served, so plain HTTP can redirect there (once).
     pub fn set_https_port(&self, port: u16) {
         let _ = self.https_port.set(port);

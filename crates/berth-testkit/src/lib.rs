@@ -313,30 +313,47 @@ impl TlsClient {
     }
 }
 
+/// A request that was never sent (the connection was closed, or the server said with GOAWAY
+/// that it will not process it): a client may send it again on a new connection.
+fn not_sent(error: hyper::Error) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::NotConnected, error)
+}
+
+fn sent(error: hyper::Error) -> std::io::Error {
+    if error.is_canceled() {
+        not_sent(error)
+    } else {
+        std::io::Error::other(error)
+    }
+}
+
 impl TlsConnection {
+    /// Whether the server closed the connection (or sent GOAWAY): requests need a new one.
+    pub fn is_closed(&self) -> bool {
+        match &self.sender {
+            TlsSender::Http1(sender) => sender.is_closed(),
+            TlsSender::Http2(sender) => sender.is_closed(),
+        }
+    }
+
+    /// A GET. Fails with `NotConnected` when the request was not sent (see [`not_sent`]).
     pub async fn get(&mut self, authority: &str, path: &str) -> std::io::Result<TlsResponse> {
         use http_body_util::BodyExt;
         let response = match &mut self.sender {
             TlsSender::Http1(sender) => {
-                sender.ready().await.map_err(std::io::Error::other)?;
+                sender.ready().await.map_err(not_sent)?;
                 let request = http::Request::get(path)
                     .header("host", authority)
                     .body(http_body_util::Empty::new())
                     .map_err(std::io::Error::other)?;
-                sender
-                    .send_request(request)
-                    .await
-                    .map_err(std::io::Error::other)?
+                sender.send_request(request).await.map_err(sent)?
             }
             TlsSender::Http2(sender) => {
-                sender.ready().await.map_err(std::io::Error::other)?;
+                sender.ready().await.map_err(not_sent)?;
                 let request = http::Request::get(format!("https://{authority}{path}"))
                     .body(http_body_util::Empty::new())
                     .map_err(std::io::Error::other)?;
-                sender
-                    .send_request(request)
-                    .await
-                    .map_err(std::io::Error::other)?
+                sender.send_request(request).await.map_err(sent)?
             }
         };
         let status = response.status().as_u16();

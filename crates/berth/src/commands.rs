@@ -3,8 +3,8 @@
 use crate::client::{Client, ClientError, Target};
 use crate::output::{self, Mode, OperationView};
 use crate::{
-    AppArgs, BackupCommand, CertsCommand, Cli, Command, EdgeArgs, MaintenanceCommand, ManifestArgs,
-    SecretsCommand,
+    AgentCommand, AppArgs, BackupCommand, CertsCommand, Cli, Command, EdgeArgs, MaintenanceCommand,
+    ManifestArgs, SecretsCommand,
 };
 use anyhow::{Context, anyhow};
 use berth_api::*;
@@ -136,6 +136,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check { manifest } => check(&ctx, &manifest),
         Command::Agent {
+            action: Some(AgentCommand::Upgrade { binary }),
+            ..
+        } => {
+            operation(
+                &ctx,
+                "/v1/agent/upgrade",
+                &berth_api::UpgradeRequest { binary },
+                "upgrading the agent",
+            )
+            .await
+        }
+        Command::Agent {
+            action: Some(AgentCommand::Stop),
+            ..
+        } => stop_agent(&ctx).await,
+        Command::Agent {
+            action: None,
             api,
             http,
             edge,
@@ -780,6 +797,23 @@ async fn agent(
         }
     };
     berth_agent::run(config, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `berth agent stop`.
+async fn stop_agent(ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    let client = ctx.client()?;
+    let answer: berth_api::StopAnswer = client
+        .request(http::Method::POST, "/v1/agent/stop", &serde_json::json!({}))
+        .await?;
+    if ctx.json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+    } else {
+        println!(
+            "the agent (pid {}) on {} stops: open requests have {} s to finish; the apps' containers keep running",
+            answer.pid, client.target, answer.grace_seconds
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

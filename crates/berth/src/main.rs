@@ -59,6 +59,23 @@ struct AppArgs {
     environment: Option<String>,
 }
 
+/// What to do with a running agent.
+#[derive(Subcommand)]
+enum AgentCommand {
+    /// Replace the running agent with a new process (of BINARY, or of the agent's own
+    /// binary as it is on disk now) without refusing a connection: the new process takes
+    /// over the listening sockets, the old one drains and exits. Also a restart.
+    Upgrade {
+        /// The new berth binary: an absolute path on the server (default: the running
+        /// agent's own path, which a package upgrade has replaced).
+        #[arg(value_name = "BINARY")]
+        binary: Option<String>,
+    },
+    /// Stop the running agent (as SIGTERM does): open requests finish, then it exits. The
+    /// apps' containers keep running; routes come back when an agent starts again.
+    Stop,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Check a manifest: every problem with file:line:column and a fix.
@@ -66,8 +83,12 @@ enum Command {
         #[command(flatten)]
         manifest: ManifestArgs,
     },
-    /// Run the agent: the long-lived process that deploys and serves apps.
+    /// Run the agent: the long-lived process that deploys and serves apps. `berth agent
+    /// upgrade` replaces a running one without dropping a request; `berth agent stop` stops it.
+    #[command(args_conflicts_with_subcommands = true)]
     Agent {
+        #[command(subcommand)]
+        action: Option<AgentCommand>,
         /// Where the API listens: unix:PATH (default DATA_DIR/berth.sock) or HOST:PORT (needs
         /// the token in DATA_DIR/api-token). Repeat for several.
         #[arg(long = "api", value_name = "ADDR")]

@@ -218,6 +218,15 @@ pub fn outcome(mode: Mode, outcome: &Outcome) {
             .as_ref()
             .map(|v| format!(" ({v})"))
             .unwrap_or_default();
+        if outcome.operation == "upgrade" {
+            println!(
+                "{} the agent runs berth {} now (after {}); the old process drains and exits",
+                style("✓").green().bold(),
+                outcome.version.as_deref().unwrap_or("?"),
+                seconds(outcome.elapsed_ms)
+            );
+            return;
+        }
         let verb = match outcome.operation.as_str() {
             "restart" => "restarted",
             "stop" => "stopped",

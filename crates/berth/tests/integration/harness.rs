@@ -198,11 +198,44 @@ impl Agent {
             .to_owned()
     }
 
+    /// The pid of the agent serving now (after `berth agent upgrade`, not the one this
+    /// harness started).
+    pub fn pid(&self) -> Option<u32> {
+        self.agent_file()["pid"]
+            .as_u64()
+            .and_then(|p| u32::try_from(p).ok())
+    }
+
+    /// Waits up to `within` for the process this harness started to exit (as it does once a
+    /// successor took over); its exit status.
+    pub fn started_process_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// SIGKILL: no chance to clean up.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
+            let started = child.id();
             let _ = child.kill();
             let _ = child.wait();
+            // A successor it handed over to is not its child to reap.
+            if let Some(pid) = self.pid().filter(|p| *p != started) {
+                let _ = Command::new("kill")
+                    .arg("-KILL")
+                    .arg(pid.to_string())
+                    .status();
+                std::thread::sleep(Duration::from_millis(200));
+            }
         } else if let Some(pid) = self.agent_file()["pid"].as_u64() {
             // An agent started by `berth up`, not by this harness.
             let _ = Command::new("kill")

@@ -13,4 +13,5 @@ mod peers;
 mod secrets;
 mod security;
 mod tls;
+mod upgrade;
 mod zero_downtime;
