@@ -144,6 +144,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/apps/{app}/rollback", post(rollback))
         .route("/v1/apps/{app}/stop", post(stop_app))
         .route("/v1/apps/{app}/start", post(start_app))
+        .route("/v1/apps/{app}/destroy", post(destroy_app))
         .route("/v1/apps/{app}/releases", get(releases))
         .route("/v1/apps/{app}/services/{service}/restart", post(restart))
         .route("/v1/apps/{app}/services/{service}/logs", get(logs))
@@ -869,6 +870,35 @@ async fn lifecycle(
                 _ => engine.start_app(app2, actor2, progress).await,
             }
         },
+    )
+}
+
+async fn destroy_app(
+    State(state): State<ApiState>,
+    Path(app): Path<String>,
+    headers: HeaderMap,
+    Json(request): Json<DestroyRequest>,
+) -> ApiResult<Response> {
+    check_app_name(&app)?;
+    if state.engine.store.app(&app)?.is_none() {
+        return Err(OpError::not_found(format!(
+            "no app named {app} has been deployed to this agent"
+        ))
+        .hint("`berth apps` lists the apps")
+        .into());
+    }
+    let actor = actor(&state, &headers);
+    let engine = state.engine.clone();
+    let (app2, actor2) = (app.clone(), actor.clone());
+    let wait = request.wait_for_lock;
+    start_operation(
+        &state,
+        &app,
+        "destroy",
+        &actor,
+        wait,
+        Vec::new(),
+        move |progress| engine.destroy_app(app2, request, actor2, progress),
     )
 }
 

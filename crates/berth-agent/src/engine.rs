@@ -221,6 +221,14 @@ impl Engine {
             .unwrap_or_default()
     }
 
+    /// Forgets an app's background drains (`berth destroy` removed their containers).
+    pub(crate) fn forget_draining(&self, app: &str) {
+        self.draining
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(app);
+    }
+
     fn live_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, LiveApp>> {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -1592,7 +1600,7 @@ impl Engine {
         })
     }
 
-    fn secret_files_dir(&self, app: &str) -> PathBuf {
+    pub(crate) fn secret_files_dir(&self, app: &str) -> PathBuf {
         self.data_dir.join("run").join("secrets").join(app)
     }
 

@@ -8,7 +8,7 @@ use crate::error::OpError;
 use crate::names;
 use crate::progress::Progress;
 use crate::reconcile::ReconcileReport;
-use berth_api::Outcome;
+use berth_api::{DestroyRequest, Outcome};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -140,6 +140,200 @@ impl Engine {
             report.started.len(),
             report.recreated.len()
         )));
+        Ok(())
+    }
+
+    /// `berth destroy APP` (the caller holds the app's lock): the app's routes, containers,
+    /// network and release images go, and berth forgets its releases. Volumes and secrets go
+    /// only when asked; the backup catalog and the audit log always stay, so a backup of a
+    /// destroyed app can still be listed and restored.
+    pub async fn destroy_app(
+        self: Arc<Self>,
+        app: String,
+        request: DestroyRequest,
+        actor: String,
+        progress: Progress,
+    ) -> Outcome {
+        let started = Instant::now();
+        let result = self.destroy_steps(&app, &request, &actor, &progress).await;
+        let detail = format!(
+            "volumes {}, secrets {}",
+            if request.volumes { "removed" } else { "kept" },
+            if request.secrets { "removed" } else { "kept" }
+        );
+        self.audit(
+            &actor,
+            "destroy",
+            &app,
+            if result.is_ok() { "ok" } else { "failed" },
+            &detail,
+        );
+        Outcome {
+            ok: result.is_ok(),
+            app: app.clone(),
+            operation: "destroy".to_owned(),
+            release: None,
+            version: None,
+            live_release: None,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+            urls: Vec::new(),
+            error: result.err().map(|e| e.to_operation()),
+            backups: None,
+        }
+    }
+
+    async fn destroy_steps(
+        &self,
+        app: &str,
+        request: &DestroyRequest,
+        actor: &str,
+        progress: &Progress,
+    ) -> Result<(), OpError> {
+        let live = self.store.live_release(app)?;
+        let manifest = live.as_ref().map(release_manifest).transpose()?;
+        if request.final_backup {
+            self.final_backups(app, manifest.as_ref(), actor, progress)
+                .await?;
+        }
+        // From here on the app is stopped as far as anyone can tell: an agent that crashes
+        // midway does not start it again, and `berth destroy` run again finishes the job.
+        self.store.set_stopped(app, true)?;
+        self.install_live(app, None);
+        progress.log(format!("{app} is no longer routed"));
+
+        let labels = [(names::AGENT, self.agent_id.as_str()), (names::APP, app)];
+        let containers = self.runtime.list_containers(&labels).await?;
+        let step = progress.step(format!("remove {} containers", containers.len()));
+        let stop_timeout = |service: Option<&String>| {
+            service
+                .and_then(|s| {
+                    let m = manifest.as_ref()?;
+                    m.services.get(s).or_else(|| m.accessories.get(s))
+                })
+                .map_or(Duration::from_secs(10), |s| s.stop_timeout)
+        };
+        for container in &containers {
+            let timeout = stop_timeout(container.labels.get(names::SERVICE));
+            let removed = async {
+                self.runtime.stop_container(&container.id, timeout).await?;
+                self.runtime.remove_container(&container.id).await
+            };
+            if let Err(error) = removed.await {
+                step.fail(&error.to_string());
+                return Err(error.into());
+            }
+        }
+        step.done(None);
+
+        for network in self.runtime.list_networks(&labels).await? {
+            self.runtime.remove_network(&network).await?;
+        }
+        let _ = std::fs::remove_dir_all(self.secret_files_dir(app));
+
+        let images = self
+            .runtime
+            .images_matching(&format!("berth/{app}/*"))
+            .await?;
+        let prefix = format!("berth/{app}/");
+        let mut untagged = 0;
+        for image in &images {
+            for tag in image.tags.iter().filter(|t| t.starts_with(&prefix)) {
+                if let Err(error) = self.runtime.remove_image(tag).await {
+                    tracing::debug!(%error, tag, "release image not removed");
+                } else {
+                    untagged += 1;
+                }
+            }
+        }
+        if untagged > 0 {
+            progress.log(format!("{untagged} release images untagged"));
+        }
+
+        let volumes = self.runtime.list_volumes(&labels).await?;
+        if request.volumes {
+            let step = progress.step(format!("remove {} volumes", volumes.len()));
+            for volume in &volumes {
+                if let Err(error) = self.runtime.remove_volume(volume).await {
+                    step.fail(&error.to_string());
+                    return Err(error.into());
+                }
+            }
+            step.done(Some(volumes.join(", ")));
+        } else if !volumes.is_empty() {
+            progress.log(format!(
+                "volumes kept: {} (`docker volume rm` them, or destroy with --volumes)",
+                volumes.join(", ")
+            ));
+        }
+        if request.secrets {
+            let removed = self.store.delete_secrets(app)?;
+            progress.log(format!("{removed} secrets removed"));
+        } else {
+            let kept = self.store.secrets(app)?.len();
+            if kept > 0 {
+                progress.log(format!(
+                    "{kept} secrets kept: a new deploy of {app} uses them again"
+                ));
+            }
+        }
+        self.store.delete_app(app)?;
+        self.forget_draining(app);
+        Ok(())
+    }
+
+    /// The backups a destroy was asked to take first: every backup of the live release, each
+    /// of which must succeed, or nothing is destroyed.
+    async fn final_backups(
+        &self,
+        app: &str,
+        manifest: Option<&berth_manifest::Manifest>,
+        actor: &str,
+        progress: &Progress,
+    ) -> Result<(), OpError> {
+        let Some(manifest) = manifest.filter(|m| !m.backup.backups.is_empty()) else {
+            return Err(OpError::invalid(format!(
+                "{app} has no backups configured, so there is no final backup to take"
+            ))
+            .hint("destroy without --backup, or take what you need by hand first"));
+        };
+        let _lock = self
+            .backup_locks
+            .acquire(
+                app,
+                berth_api::LockInfo {
+                    operation: "backup".into(),
+                    holder: actor.to_owned(),
+                    since: berth_state::now_ms(),
+                },
+                |holder| {
+                    progress.log(format!(
+                        "waiting for the {} of {app} started by {}",
+                        holder.operation, holder.holder
+                    ))
+                },
+            )
+            .await;
+        for (name, backup) in &manifest.backup.backups {
+            let result = self
+                .backup_once(
+                    manifest,
+                    backup,
+                    berth_backup::Reason::Manual,
+                    &backup.to,
+                    actor,
+                    progress,
+                )
+                .await;
+            if result.status != "ok" {
+                return Err(OpError::failed(format!(
+                    "the final backup {name} did not succeed ({}), so nothing was destroyed",
+                    result.error.unwrap_or_else(|| result.status.clone())
+                ))
+                .hint(
+                    "fix the backup (`berth backup run` shows why), or destroy without --backup",
+                ));
+            }
+        }
         Ok(())
     }
 

@@ -133,6 +133,23 @@ pub struct RestartRequest {
     pub wait_for_lock: bool,
 }
 
+/// `POST /v1/apps/{app}/destroy`: remove an app's containers, network, routes and release
+/// images, and forget its releases.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct DestroyRequest {
+    /// Remove the app's named volumes too (their data is gone for good).
+    #[serde(default)]
+    pub volumes: bool,
+    /// Remove the app's secrets too.
+    #[serde(default)]
+    pub secrets: bool,
+    /// Take every backup the live release defines first; destroy nothing if one fails.
+    #[serde(default)]
+    pub final_backup: bool,
+    #[serde(default)]
+    pub wait_for_lock: bool,
+}
+
 /// `POST /v1/agent/upgrade`: replace the running agent with a new process of `binary` (an
 /// absolute path on the server; default: the agent's own binary as it is on disk now).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]

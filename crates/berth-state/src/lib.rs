@@ -182,6 +182,28 @@ impl Store {
             .map_err(sql("mark the app stopped"))
     }
 
+    /// Forgets an app (`berth destroy`): its record, releases, instances and events, in one
+    /// transaction. Secrets, the backup catalog and the audit log are kept: they are removed
+    /// on their own, or outlive the app on purpose. Returns whether the app existed.
+    pub fn delete_app(&self, app: &str) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(sql("forget the app"))?;
+        for statement in [
+            "DELETE FROM instances WHERE app = ?1",
+            "DELETE FROM events WHERE app = ?1",
+            "DELETE FROM releases WHERE app = ?1",
+        ] {
+            tx.execute(statement, [app])
+                .map_err(sql("forget the app"))?;
+        }
+        let existed = tx
+            .execute("DELETE FROM apps WHERE name = ?1", [app])
+            .map_err(sql("forget the app"))?
+            > 0;
+        tx.commit().map_err(sql("forget the app"))?;
+        Ok(existed)
+    }
+
     pub fn set_maintenance(&self, app: &str, message: Option<&str>) -> Result<bool> {
         self.conn()
             .execute(
@@ -523,6 +545,13 @@ impl Store {
             })
             .map_err(sql("list secrets"))?;
         rows.collect::<Result<_, _>>().map_err(sql("list secrets"))
+    }
+
+    /// Removes every secret of an app; returns how many there were.
+    pub fn delete_secrets(&self, app: &str) -> Result<usize> {
+        self.conn()
+            .execute("DELETE FROM secrets WHERE app = ?1", [app])
+            .map_err(sql("delete the app's secrets"))
     }
 
     /// Returns whether the secret existed.

@@ -283,3 +283,43 @@ fn the_audit_log_filters_by_app_and_its_parts_only() {
     assert_eq!(store.audit(10, None).unwrap().len(), 5);
     assert_eq!(store.audit(2, None).unwrap().len(), 2);
 }
+
+#[test]
+fn deleting_an_app_forgets_its_releases_but_keeps_other_apps_secrets_and_audit() {
+    let store = Store::in_memory().unwrap();
+    let first = release(&store, "a");
+    release(&store, "b");
+    instance(&store, "c1", first.number, InstanceState::Current);
+    store
+        .add_event("a", Some(first.number), "info", "hello")
+        .unwrap();
+    store.put_secret("a", "K", b"v").unwrap();
+    store
+        .add_audit(&AuditEntry {
+            at: now_ms(),
+            actor: "tester".into(),
+            action: "deploy".into(),
+            target: "a".into(),
+            result: "ok".into(),
+            detail: String::new(),
+        })
+        .unwrap();
+
+    assert!(store.delete_app("a").unwrap());
+    assert!(!store.delete_app("a").unwrap(), "gone the second time");
+    assert!(store.app("a").unwrap().is_none());
+    assert!(store.releases("a", 10).unwrap().is_empty());
+    assert!(store.instances("a").unwrap().is_empty());
+    assert!(store.events("a", first.number).unwrap().is_empty());
+    assert_eq!(
+        store.secrets("a").unwrap().len(),
+        1,
+        "secrets go on their own"
+    );
+    assert_eq!(store.audit(10, Some("a")).unwrap().len(), 1);
+    assert_eq!(store.releases("b", 10).unwrap().len(), 1);
+    // A new app of the same name starts counting again.
+    assert_eq!(release(&store, "a").number, 1);
+    assert_eq!(store.delete_secrets("a").unwrap(), 1);
+    assert!(store.secrets("a").unwrap().is_empty());
+}

@@ -270,6 +270,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Apps => apps(&ctx).await,
         Command::Stop { name, app_args } => lifecycle(&ctx, name, &app_args, "stop").await,
         Command::Start { name, app_args } => lifecycle(&ctx, name, &app_args, "start").await,
+        Command::Destroy {
+            name,
+            app_args,
+            volumes,
+            secrets,
+            backup,
+            no_backup,
+            yes,
+        } => {
+            let request = DestroyRequest {
+                volumes,
+                secrets,
+                final_backup: backup,
+                wait_for_lock: false,
+            };
+            destroy(&ctx, name, &app_args, request, no_backup, yes).await
+        }
         Command::Completions { shell } => {
             let mut command = <crate::Cli as clap::CommandFactory>::command();
             // Into memory first: a closed pipe (`| head`) is then an ordinary write error.
@@ -297,16 +314,7 @@ async fn lifecycle(
     args: &AppArgs,
     operation: &str,
 ) -> anyhow::Result<ExitCode> {
-    let app = match (app, &args.app) {
-        (Some(named), Some(flag)) if &named != flag => {
-            return Err(invalid(
-                format!("two apps named: {named} and --app {flag}"),
-                Some("name the app once"),
-            ));
-        }
-        (Some(named), _) => named,
-        (None, _) => resolve_app(args)?,
-    };
+    let app = named_app(app, args)?;
     let request = RestartRequest {
         wait_for_lock: false,
     };
@@ -321,6 +329,98 @@ async fn lifecycle(
         &format!("{gerund} {app}"),
     )
     .await
+}
+
+/// The app a command names by position, by `--app`, or by ./berth.toml.
+fn named_app(app: Option<String>, args: &AppArgs) -> anyhow::Result<String> {
+    match (app, &args.app) {
+        (Some(named), Some(flag)) if &named != flag => Err(invalid(
+            format!("two apps named: {named} and --app {flag}"),
+            Some("name the app once"),
+        )),
+        (Some(named), _) => Ok(named),
+        (None, _) => resolve_app(args),
+    }
+}
+
+/// `berth destroy`: says what goes and what stays, offers a final backup, and asks for the
+/// app's name to be typed (or `--yes`).
+async fn destroy(
+    ctx: &Ctx,
+    app: Option<String>,
+    args: &AppArgs,
+    mut request: DestroyRequest,
+    no_backup: bool,
+    yes: bool,
+) -> anyhow::Result<ExitCode> {
+    let app = named_app(app, args)?;
+    let client = ctx.client()?;
+    let status: Status = client.get(&format!("/v1/status?app={app}")).await?;
+    let Some(found) = status.apps.iter().find(|a| a.name == app) else {
+        return Err(invalid(
+            format!("no app named {app} has been deployed to this agent"),
+            Some("`berth apps` lists the apps"),
+        ));
+    };
+    if !yes {
+        let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+        if !interactive {
+            return Err(invalid(
+                format!(
+                    "destroying {app} removes its containers, routes and releases, and asks for confirmation"
+                ),
+                Some("run again with --yes (add --volumes, --secrets or --backup as needed)"),
+            ));
+        }
+        let mut plan = format!(
+            "This removes {app} from this server: its containers, network and routes{}, its release images, and berth's record of its releases.\n",
+            if found.urls.is_empty() {
+                String::new()
+            } else {
+                format!(" ({} stops answering)", found.urls.join(", "))
+            }
+        );
+        let volumes = if request.volumes {
+            "its named volumes are REMOVED, with their data"
+        } else {
+            "its named volumes are kept (--volumes removes them)"
+        };
+        let secrets = if request.secrets {
+            "its secrets are removed"
+        } else {
+            "its secrets are kept (--secrets removes them)"
+        };
+        plan.push_str(&format!(
+            "  - {volumes}\n  - {secrets}\n  - its backups and the audit log are kept\n"
+        ));
+        eprint!("{plan}");
+        let backups: Vec<&str> = found.backups.iter().map(|b| b.name.as_str()).collect();
+        if !request.final_backup && !no_backup && !backups.is_empty() {
+            eprint!(
+                "Take a final backup first ({})? Nothing is destroyed if it fails. [Y/n] ",
+                backups.join(", ")
+            );
+            let answer = read_answer()?;
+            request.final_backup = !matches!(answer.as_str(), "n" | "N" | "no");
+        }
+        eprint!("Type the app's name ({app}) to destroy it: ");
+        if read_answer()? != app {
+            return Err(invalid("nothing was destroyed", None));
+        }
+    }
+    operation(
+        ctx,
+        &format!("/v1/apps/{app}/destroy"),
+        &request,
+        &format!("destroying {app}"),
+    )
+    .await
+}
+
+fn read_answer() -> anyhow::Result<String> {
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(answer.trim().to_owned())
 }
 
 /// `berth apps`: one line per app.

@@ -290,6 +290,31 @@ enum Command {
         #[command(flatten)]
         app_args: AppArgs,
     },
+    /// Remove an app from this server: its containers, network, routes and release images
+    /// go, and berth forgets its releases. Its volumes and secrets are kept unless
+    /// --volumes / --secrets; its backups and the audit log always are.
+    Destroy {
+        /// The app (default: the one named by --app, or in ./berth.toml).
+        #[arg(value_name = "APP")]
+        name: Option<String>,
+        #[command(flatten)]
+        app_args: AppArgs,
+        /// Remove the app's named volumes too: their data is gone for good.
+        #[arg(long)]
+        volumes: bool,
+        /// Remove the app's secrets too.
+        #[arg(long)]
+        secrets: bool,
+        /// Take every backup the app defines first; nothing is destroyed if one fails.
+        #[arg(long, conflicts_with = "no_backup")]
+        backup: bool,
+        /// Do not offer a final backup.
+        #[arg(long)]
+        no_backup: bool,
+        /// Do not ask for confirmation (needed when not in a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
     /// This CLI's version, and the agent's when one answers.
     Version,
     /// Print a shell completion script: `berth completions bash > /etc/bash_completion.d/berth`.

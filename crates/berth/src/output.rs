@@ -227,6 +227,15 @@ pub fn outcome(mode: Mode, outcome: &Outcome) {
             );
             return;
         }
+        if outcome.operation == "destroy" {
+            println!(
+                "{} {} destroyed after {}; its backups are kept (`berth backup list` next to its berth.toml lists them)",
+                style("✓").green().bold(),
+                style(&outcome.app).bold(),
+                seconds(outcome.elapsed_ms),
+            );
+            return;
+        }
         let verb = match outcome.operation.as_str() {
             "restart" => "restarted",
             "stop" => "stopped",

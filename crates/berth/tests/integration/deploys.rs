@@ -529,3 +529,118 @@ fn stop_keeps_the_app_stopped_across_agent_restarts_and_start_brings_it_back() {
         "{actions:?}"
     );
 }
+
+fn docker_object_exists(kind: &str, name: &str) -> bool {
+    std::process::Command::new("docker")
+        .args([kind, "inspect", name])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+#[test]
+fn destroy_asks_first_keeps_volumes_secrets_and_backups_unless_told_and_can_take_a_final_backup() {
+    let agent = Agent::start();
+    let app = agent.app("gone");
+    app.write(
+        &(web("GREETING = \"here\"")
+            .replace("stop_timeout", "volumes = [\"data:/data\"]\nstop_timeout")
+            + "\n[backups.data]\nsource = { volume = { name = \"data\" } }\n"),
+    );
+    agent
+        .berth_in(app.path(), &["secrets", "set", "TOKEN", "--value", "t0k3n"])
+        .success();
+    agent
+        .berth_in(app.path(), &["deploy", "--version", "v1"])
+        .success();
+    assert_eq!(agent.get("/").unwrap(), (200, "here v1\n".into()));
+    let volume = format!("{}_data", app.name);
+    let network = format!("berth-{}", app.name);
+    assert!(docker_object_exists("volume", &volume));
+
+    // Without a terminal, nothing happens without --yes, and the reason names it.
+    let run = agent.berth_in(app.path(), &["destroy"]);
+    run.failure(2);
+    assert!(run.stderr.contains("--yes"), "{}", run.stderr);
+    assert_eq!(
+        agent.get("/").unwrap().0,
+        200,
+        "a refused destroy left it up"
+    );
+
+    let outcome = agent
+        .berth_in(app.path(), &["destroy", "--yes", "--backup", "--json"])
+        .success()
+        .json();
+    assert_eq!(outcome["operation"], "destroy");
+    assert_eq!(outcome["ok"], true, "{outcome}");
+    let (code, _) = agent.get("/").unwrap();
+    assert_eq!(code, 404, "a destroyed app is no longer routed");
+    assert!(states_of(&agent, &app.name).is_empty(), "containers left");
+    assert!(!docker_object_exists("network", &network), "network left");
+    assert!(
+        docker_object_exists("volume", &volume),
+        "the volume was kept"
+    );
+    let apps = agent.berth(&["apps", "--json"]).success().json();
+    assert_eq!(apps.as_array().map(Vec::len), Some(0), "{apps}");
+    let secrets = agent
+        .berth_in(app.path(), &["secrets", "list", "--json"])
+        .success()
+        .json();
+    assert_eq!(
+        secrets.as_array().map(Vec::len),
+        Some(1),
+        "secrets kept: {secrets}"
+    );
+    // The final backup was taken and outlives the app.
+    let list = agent
+        .berth_in(app.path(), &["backup", "list", "--json"])
+        .success()
+        .json();
+    assert_eq!(list["backups"].as_array().map(Vec::len), Some(1), "{list}");
+    let audit = agent.berth(&["audit", "--json", "--app", &app.name]).json();
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "destroy" && e["detail"] == "volumes kept, secrets kept"),
+        "{audit}"
+    );
+
+    // The name is free again: a new deploy starts at release 1 on the kept volume.
+    let outcome = agent
+        .berth_in(app.path(), &["deploy", "--version", "v2", "--json"])
+        .success()
+        .json();
+    assert_eq!(outcome["release"], 1, "{outcome}");
+    assert_eq!(agent.get("/").unwrap(), (200, "here v2\n".into()));
+
+    agent
+        .berth_in(
+            app.path(),
+            &[
+                "destroy",
+                app.name.as_str(),
+                "--yes",
+                "--volumes",
+                "--secrets",
+                "--no-backup",
+            ],
+        )
+        .success();
+    assert!(
+        !docker_object_exists("volume", &volume),
+        "--volumes removes it"
+    );
+    let secrets = agent
+        .berth_in(app.path(), &["secrets", "list", "--json"])
+        .success()
+        .json();
+    assert_eq!(secrets.as_array().map(Vec::len), Some(0), "{secrets}");
+    let run = agent.berth(&["destroy", &app.name, "--yes"]);
+    run.failure(2);
+    assert!(run.stderr.contains("no app named"), "{}", run.stderr);
+}
