@@ -18,7 +18,9 @@ use crate::names;
 use crate::progress::Progress;
 use crate::secrets::SecretBox;
 use berth_api::Outcome;
-use berth_manifest::{ImageSource, Manifest, Role, SecretDelivery, Service, VolumeSource};
+use berth_manifest::{
+    ImageSource, Manifest, PullPolicy, Role, SecretDelivery, Service, VolumeSource,
+};
 use berth_proxy::{Balance, Proxy, RouteSettings, RouteSpec, Upstream};
 use berth_runtime::{
     BuildRequest, ContainerRuntime, ContainerSpec, GpuRequest, LogSpec, MountKind, MountSpec,
@@ -668,8 +670,9 @@ impl Engine {
                                 }
                             }
                         }
-                        ImageSource::Image { reference } => {
-                            self.ensure_image(reference, progress).await?
+                        ImageSource::Image { reference, pull } => {
+                            self.ensure_image(ctx, service, reference, *pull, progress)
+                                .await?
                         }
                     };
                     images.insert(name.to_owned(), image);
@@ -748,22 +751,67 @@ impl Engine {
         }
     }
 
-    /// Finds an image locally, pulling it when it is missing.
-    async fn ensure_image(&self, reference: &str, progress: &Progress) -> Result<String, OpError> {
-        if let Some(image) = self.runtime.inspect_image(reference).await? {
-            return Ok(image.id);
+    /// Finds or pulls a service's image as its pull policy says; returns the image id.
+    ///
+    /// With `always`, a tag is pulled on every deploy so that "push :latest, deploy" deploys
+    /// what the registry has now. An image pinned by digest, or built or loaded on this host
+    /// (no registry digest: a pull could only fail), is used as it is. A registry that
+    /// cannot be reached does not stop a deploy that has a local copy: the copy is used and
+    /// the deploy says so.
+    async fn ensure_image(
+        &self,
+        ctx: &ReleaseContext<'_>,
+        service: &Service,
+        reference: &str,
+        pull: Option<PullPolicy>,
+        progress: &Progress,
+    ) -> Result<String, OpError> {
+        let policy = pull.unwrap_or(PullPolicy::default_for(service.accessory));
+        let local = self.runtime.inspect_image(reference).await?;
+        if let Some(image) = &local
+            && (policy == PullPolicy::Missing
+                || berth_runtime::is_pinned(reference)
+                || image.digests.is_empty())
+        {
+            return Ok(image.id.clone());
         }
+        let auth = registry_auth(ctx, reference);
         let step = progress.step(format!("pull {reference}"));
         let show = |line: &str| progress.log(format!("[pull] {line}"));
-        match self.runtime.pull_image(reference, &show).await {
+        match self
+            .runtime
+            .pull_image(reference, auth.as_ref(), &show)
+            .await
+        {
             Ok(image) => {
-                step.done(Some(short_id(&image.id)));
+                step.done(Some(match &local {
+                    Some(old) if old.id != image.id => format!(
+                        "{} (new: the server had {})",
+                        short_id(&image.id),
+                        short_id(&old.id)
+                    ),
+                    Some(_) => format!("{} (unchanged)", short_id(&image.id)),
+                    None => short_id(&image.id),
+                }));
                 Ok(image.id)
             }
             Err(error) => {
-                let error = OpError::from(error).hint(format!(
-                    "check the image name and the registry's reachability, or load the image on this host (`docker load`) and name it exactly `{reference}`"
-                ));
+                let error = OpError::from(error);
+                // Only an unreachable registry falls back: a refusal (credentials, a tag
+                // that is gone) is a mistake to fix, not a reason to deploy an old image.
+                if let Some(old) = local.filter(|_| registry_unreachable(&error.message)) {
+                    step.done(Some(format!(
+                        "not pulled; using the copy on this server, {}",
+                        short_id(&old.id)
+                    )));
+                    progress.log(format!(
+                        "warning: {reference} could not be pulled ({}), so this deploy uses the copy already on the server, which may be older than the registry's",
+                        error.message
+                    ));
+                    return Ok(old.id);
+                }
+                let hint = pull_hint(ctx.manifest, reference, &error.message);
+                let error = error.hint(hint);
                 step.fail(&error.message);
                 Err(error)
             }
@@ -780,7 +828,10 @@ impl Engine {
         progress: &Progress,
     ) -> Result<(), OpError> {
         let image = match &accessory.source {
-            ImageSource::Image { reference } => self.ensure_image(reference, progress).await?,
+            ImageSource::Image { reference, pull } => {
+                self.ensure_image(ctx, accessory, reference, *pull, progress)
+                    .await?
+            }
             ImageSource::Build(_) => self.build(ctx, accessory, contexts, progress).await?,
         };
         // What the accessory is made of, secret values included: keyed with a secret of the
@@ -1850,4 +1901,79 @@ fn gate_hint(failure: &GateFailure, service: &Service) -> String {
 
 fn short_id(id: &str) -> String {
     id.trim_start_matches("sha256:").chars().take(12).collect()
+}
+
+/// The manifest's registry credentials, when the reference pulls from that registry.
+fn registry_auth(ctx: &ReleaseContext<'_>, reference: &str) -> Option<berth_runtime::RegistryAuth> {
+    let registry = ctx.manifest.registry.as_ref()?;
+    if !same_registry(&registry.server, berth_runtime::registry_of(reference)) {
+        return None;
+    }
+    Some(berth_runtime::RegistryAuth {
+        server: registry.server.clone(),
+        username: registry.username.clone(),
+        password: ctx
+            .secret_values
+            .get(&registry.password_secret)
+            .cloned()
+            .unwrap_or_default(),
+    })
+}
+
+/// Docker Hub answers to several names.
+fn same_registry(configured: &str, of_reference: &str) -> bool {
+    let hub = |s: &str| {
+        matches!(
+            s,
+            "docker.io" | "index.docker.io" | "registry-1.docker.io" | "registry.hub.docker.com"
+        )
+    };
+    configured.eq_ignore_ascii_case(of_reference) || (hub(configured) && hub(of_reference))
+}
+
+/// What to do about a pull that failed, from what the registry said.
+fn pull_hint(manifest: &Manifest, reference: &str, message: &str) -> String {
+    let registry = berth_runtime::registry_of(reference);
+    let lower = message.to_ascii_lowercase();
+    let refused = [
+        "unauthorized",
+        "authentication required",
+        "denied",
+        "no basic auth",
+    ]
+    .iter()
+    .any(|m| lower.contains(m));
+    match &manifest.registry {
+        _ if !refused => format!(
+            "check the image name and that {registry} can be reached from the server, or load the image on this host (`docker load`) and name it exactly `{reference}`"
+        ),
+        Some(r) if same_registry(&r.server, registry) => format!(
+            "{registry} refused the credentials of [registry] (user {}, password from secret {}): check both, and that the user may pull this repository",
+            r.username, r.password_secret
+        ),
+        Some(r) => format!(
+            "{registry} wants credentials, and [registry] names {} instead: point it at {registry}",
+            r.server
+        ),
+        None => format!(
+            "{registry} wants credentials: add [registry] with server = \"{registry}\", username and password_secret to berth.toml, and set the secret with `berth secrets set`"
+        ),
+    }
+}
+
+/// Whether a pull failed because the registry could not be reached at all.
+fn registry_unreachable(message: &str) -> bool {
+    let lower = message.to_ascii_lowercase();
+    [
+        "dial tcp",
+        "connection refused",
+        "no such host",
+        "i/o timeout",
+        "network is unreachable",
+        "tls handshake timeout",
+        "server misbehaving",
+        "connection reset",
+    ]
+    .iter()
+    .any(|m| lower.contains(m))
 }

@@ -24,6 +24,19 @@ pub struct Manifest {
     /// existed.
     #[serde(default)]
     pub backup: BackupSettings,
+    /// The private registry images are pulled from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<Registry>,
+}
+
+/// A registry and the credentials berth pulls from it with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registry {
+    /// `host[:port]`, as image references name it.
+    pub server: String,
+    pub username: String,
+    /// The berth secret holding the password or token.
+    pub password_secret: String,
 }
 
 impl Manifest {
@@ -36,13 +49,15 @@ impl Manifest {
         self.services.values().filter(|s| s.role() == Role::Worker)
     }
 
-    /// Every secret name any service or accessory needs.
+    /// Every secret name a deploy needs: the services' and accessories', and the registry
+    /// password's.
     pub fn secret_names(&self) -> Vec<&str> {
         let mut names: Vec<&str> = self
             .services
             .values()
             .chain(self.accessories.values())
             .flat_map(|s| s.secrets.iter().map(|r| r.name.as_str()))
+            .chain(self.registry.iter().map(|r| r.password_secret.as_str()))
             .collect();
         names.sort_unstable();
         names.dedup();
@@ -182,10 +197,39 @@ impl Service {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ImageSource {
-    /// Use (and pull if missing) an existing image.
-    Image { reference: String },
+    /// Use an existing image, pulled as `pull` says.
+    Image {
+        reference: String,
+        /// Absent: the role's default ([`PullPolicy::default_for`]). Left out of the stored
+        /// form when absent, so manifests written before it fingerprint the same.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pull: Option<PullPolicy>,
+    },
     /// Build from a context directory on the machine running the CLI.
     Build(BuildSpec),
+}
+
+/// When an image is pulled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PullPolicy {
+    /// On every deploy: a tag that moved (`:latest`, `:main`) is deployed as what it names
+    /// now. An image built or loaded on the server, or pinned by digest, is used as it is.
+    Always,
+    /// Only when the image is not on the server.
+    Missing,
+}
+
+impl PullPolicy {
+    /// Services follow their tag; accessories (databases) keep their image until the
+    /// reference changes, so a deploy never restarts a database for an upstream rebuild.
+    pub fn default_for(accessory: bool) -> Self {
+        if accessory {
+            PullPolicy::Missing
+        } else {
+            PullPolicy::Always
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

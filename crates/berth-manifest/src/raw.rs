@@ -31,6 +31,18 @@ pub struct RawManifest {
     /// Backups, by name.
     #[serde(default)]
     pub backups: BTreeMap<SpannedString, Spanned<RawBackup>>,
+    /// A private registry images are pulled from, with its credentials.
+    pub registry: Option<Spanned<RawRegistry>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRegistry {
+    /// `host[:port]` as image references name it, such as `ghcr.io`.
+    pub server: SpannedString,
+    pub username: SpannedString,
+    /// The berth secret holding the password or token (default `REGISTRY_PASSWORD`).
+    pub password_secret: Option<SpannedString>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -201,6 +213,9 @@ pub struct RawLogging {
 pub struct RawService {
     /// An image reference such as `ghcr.io/org/app:1.2`.
     pub image: Option<SpannedString>,
+    /// When to pull `image`: `always` (every deploy, the default for services) or `missing`
+    /// (only when not on the server, the default for accessories).
+    pub pull: Option<SpannedString>,
     /// Build the image from a context directory instead.
     pub build: Option<Spanned<RawBuild>>,
     /// The port the container listens on for HTTP (web services).

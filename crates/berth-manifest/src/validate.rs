@@ -215,6 +215,7 @@ impl<'a> Checker<'a> {
         self.check_routes(&raw, &services);
         self.check_published_ports(&raw, &accessories);
         let backup = self.backup_settings(&raw, &services, &accessories);
+        let registry = raw.registry.as_ref().map(|r| self.registry(r));
 
         if !self.diagnostics.is_empty() {
             return None;
@@ -226,7 +227,54 @@ impl<'a> Checker<'a> {
             accessories,
             deploy,
             backup,
+            registry,
         })
+    }
+
+    fn registry(&mut self, raw: &Spanned<RawRegistry>) -> Registry {
+        let registry = raw.get_ref();
+        let server = registry.server.get_ref();
+        if let Some((scheme, _)) = server.split_once("://") {
+            self.error_help(
+                format!("[registry] server `{server}` has a scheme"),
+                span(&registry.server),
+                format!("name the host as image references do, without `{scheme}://`, such as ghcr.io or registry.example.com:5000"),
+            );
+        } else if server.is_empty()
+            || server.contains('/')
+            || server.chars().any(|c| c.is_whitespace())
+        {
+            self.error_help(
+                format!("[registry] server `{server}` is not a registry host"),
+                span(&registry.server),
+                "name the host as image references do, such as ghcr.io or registry.example.com:5000",
+            );
+        }
+        if registry.username.get_ref().trim().is_empty() {
+            self.error_help(
+                "[registry] username is empty",
+                span(&registry.username),
+                "give the registry user berth pulls as",
+            );
+        }
+        let password_secret = match &registry.password_secret {
+            Some(name) => {
+                if !valid_env_name(name.get_ref()) {
+                    self.error_help(
+                        format!("`{}` is not a valid secret name", name.get_ref()),
+                        span(name),
+                        format!("name the berth secret holding the password or token ({}); the password itself never goes in berth.toml", backups::SECRET_HELP),
+                    );
+                }
+                name.get_ref().clone()
+            }
+            None => "REGISTRY_PASSWORD".to_owned(),
+        };
+        Registry {
+            server: server.clone(),
+            username: registry.username.get_ref().clone(),
+            password_secret,
+        }
     }
 
     fn deploy(&mut self, raw: Option<&RawDeploy>) -> DeploySettings {
@@ -344,12 +392,32 @@ impl<'a> Checker<'a> {
                         "image references look like postgres:16 or ghcr.io/org/app:1.2",
                     );
                 }
+                let pull = svc.pull.as_ref().and_then(|p| match p.get_ref().as_str() {
+                    "always" => Some(PullPolicy::Always),
+                    "missing" => Some(PullPolicy::Missing),
+                    other => {
+                        self.error_help(
+                            format!("{here}: `pull = \"{other}\"` is not a pull policy"),
+                            span(p),
+                            "use \"always\" (pull on every deploy) or \"missing\" (only when the image is not on the server)",
+                        );
+                        None
+                    }
+                });
                 Some(ImageSource::Image {
                     reference: image.get_ref().clone(),
+                    pull,
                 })
             }
             (None, Some(build)) => self.build(build).map(ImageSource::Build),
         };
+        if let (Some(pull), None) = (&svc.pull, &svc.image) {
+            self.error_help(
+                format!("{here}: `pull` applies to `image` only"),
+                span(pull),
+                "remove it: a built image is built on every deploy",
+            );
+        }
 
         let port = svc
             .port

@@ -727,6 +727,38 @@ const BROKEN: &[(&str, &str, usize, usize, &str, &str)] = &[
         "unknown key `drain`",
         "",
     ),
+    (
+        "unknown pull policy",
+        "app = \"a\"\n[services.web]\nimage = \"x:1\"\npull = \"sometimes\"\n",
+        4,
+        8,
+        "is not a pull policy",
+        "\"missing\"",
+    ),
+    (
+        "pull on a built service",
+        "app = \"a\"\n[services.web]\nbuild = \".\"\npull = \"always\"\n",
+        4,
+        8,
+        "`pull` applies to `image` only",
+        "",
+    ),
+    (
+        "registry server with a scheme",
+        "app = \"a\"\n[services.web]\nimage = \"x:1\"\n[registry]\nserver = \"https://ghcr.io\"\nusername = \"me\"\n",
+        5,
+        10,
+        "has a scheme",
+        "without `https://`",
+    ),
+    (
+        "registry password secret name",
+        "app = \"a\"\n[services.web]\nimage = \"x:1\"\n[registry]\nserver = \"ghcr.io\"\nusername = \"me\"\npassword_secret = \"my token\"\n",
+        7,
+        19,
+        "not a valid secret name",
+        "never goes in berth.toml",
+    ),
 ];
 
 #[test]
@@ -1127,4 +1159,29 @@ keep_releases = "five"
         "{found:#?}"
     );
     assert!(!error.to_string().contains("i64"), "{error}");
+}
+
+#[test]
+fn a_registry_and_pull_policies_resolve_with_their_defaults() {
+    let text = "app = \"a\"\n[services.web]\nimage = \"ghcr.io/o/web:main\"\n[services.pinned]\nimage = \"ghcr.io/o/web:main\"\npull = \"missing\"\n[accessories.db]\nimage = \"postgres:16\"\n[registry]\nserver = \"ghcr.io\"\nusername = \"me\"\n";
+    let m = load(source(text), None).unwrap();
+    let registry = m.registry.as_ref().unwrap();
+    assert_eq!(
+        (registry.server.as_str(), registry.username.as_str()),
+        ("ghcr.io", "me")
+    );
+    assert_eq!(registry.password_secret, "REGISTRY_PASSWORD");
+    assert_eq!(m.secret_names(), ["REGISTRY_PASSWORD"]);
+    let pull = |s: &Service| match &s.source {
+        ImageSource::Image { pull, .. } => *pull,
+        ImageSource::Build(_) => panic!("an image was expected"),
+    };
+    assert_eq!(pull(&m.services["web"]), None);
+    assert_eq!(pull(&m.services["pinned"]), Some(PullPolicy::Missing));
+    assert_eq!(PullPolicy::default_for(false), PullPolicy::Always);
+    assert_eq!(PullPolicy::default_for(true), PullPolicy::Missing);
+    // A service without `pull` serializes as before, so accessories labelled by an older
+    // berth keep their fingerprint and are not recreated.
+    let json = serde_json::to_string(&m.accessories["db"]).unwrap();
+    assert!(!json.contains("pull"), "{json}");
 }

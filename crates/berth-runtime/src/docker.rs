@@ -220,6 +220,7 @@ fn image_info(inspect: bollard::models::ImageInspect) -> ImageInfo {
     ImageInfo {
         id: inspect.id.unwrap_or_default(),
         tags: inspect.repo_tags.unwrap_or_default(),
+        digests: inspect.repo_digests.unwrap_or_default(),
         size: inspect
             .size
             .and_then(|s| u64::try_from(s).ok())
@@ -539,14 +540,25 @@ impl ContainerRuntime for DockerRuntime {
         }
     }
 
-    async fn pull_image(&self, reference: &str, output: OutputSink<'_>) -> Result<ImageInfo> {
+    async fn pull_image(
+        &self,
+        reference: &str,
+        auth: Option<&RegistryAuth>,
+        output: OutputSink<'_>,
+    ) -> Result<ImageInfo> {
         let docker = self.client().await?;
         let (image, tag) = split_reference(reference);
         let options = q::CreateImageOptionsBuilder::new()
             .from_image(image)
             .tag(tag)
             .build();
-        let mut stream = docker.create_image(Some(options), None, None);
+        let credentials = auth.map(|a| bollard::auth::DockerCredentials {
+            username: Some(a.username.clone()),
+            password: Some(a.password.clone()),
+            serveraddress: Some(a.server.clone()),
+            ..Default::default()
+        });
+        let mut stream = docker.create_image(Some(options), None, credentials);
         while let Some(item) = stream.next().await {
             match item {
                 Ok(info) => {
@@ -645,6 +657,7 @@ impl ContainerRuntime for DockerRuntime {
             .map(|i| ImageInfo {
                 id: i.id,
                 tags: i.repo_tags,
+                digests: i.repo_digests,
                 size: u64::try_from(i.size).unwrap_or(0),
                 labels: i.labels.into_iter().collect(),
             })
@@ -664,6 +677,7 @@ impl ContainerRuntime for DockerRuntime {
             .map(|i| ImageInfo {
                 id: i.id,
                 tags: i.repo_tags,
+                digests: i.repo_digests,
                 size: u64::try_from(i.size).unwrap_or(0),
                 labels: i.labels.into_iter().collect(),
             })

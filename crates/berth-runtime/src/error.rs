@@ -18,7 +18,7 @@ pub enum RuntimeError {
         "the Docker host is out of disk space while trying to {action}; free space (`docker system prune`, old volumes, logs) or grow the disk"
     )]
     DiskFull { action: String },
-    #[error("image `{reference}` is not on this host and could not be pulled: {reason}")]
+    #[error("image `{reference}` could not be pulled: {reason}")]
     ImageUnavailable { reference: String, reason: String },
     #[error("{kind} `{name}` does not exist")]
     NotFound { kind: &'static str, name: String },

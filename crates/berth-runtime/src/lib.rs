@@ -70,7 +70,14 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         output: OutputSink<'_>,
     ) -> Result<ImageInfo>;
     async fn inspect_image(&self, reference: &str) -> Result<Option<ImageInfo>>;
-    async fn pull_image(&self, reference: &str, output: OutputSink<'_>) -> Result<ImageInfo>;
+    /// Pulls `reference` (with `auth` for its registry when given) and returns the image
+    /// the reference names afterwards.
+    async fn pull_image(
+        &self,
+        reference: &str,
+        auth: Option<&RegistryAuth>,
+        output: OutputSink<'_>,
+    ) -> Result<ImageInfo>;
     /// Loads images from a `docker save` archive; returns the references loaded.
     async fn load_image(&self, archive: &Path) -> Result<Vec<String>>;
     async fn tag_image(&self, image: &str, repository: &str, tag: &str) -> Result<()>;

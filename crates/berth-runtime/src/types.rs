@@ -135,6 +135,9 @@ pub struct ContainerInfo {
 pub struct ImageInfo {
     pub id: String,
     pub tags: Vec<String>,
+    /// `repository@sha256:...` for each registry the image was pulled from or pushed to;
+    /// empty for an image built or loaded on this host.
+    pub digests: Vec<String>,
     pub size: u64,
     pub labels: Labels,
 }
@@ -179,4 +182,39 @@ pub struct ExecOutput {
     pub exit_code: i64,
     /// Combined stdout and stderr, truncated to the limit asked for.
     pub output: String,
+}
+
+/// Credentials for one registry, for pulls.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryAuth {
+    /// `host[:port]` as references name it (`ghcr.io`, `registry.example.com:5000`).
+    pub server: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryAuth")
+            .field("server", &self.server)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The registry a reference pulls from: `ghcr.io` for `ghcr.io/o/i:t`, `docker.io` for
+/// `redis:7` or `library/redis`.
+pub fn registry_of(reference: &str) -> &str {
+    match reference.split_once('/') {
+        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+            first
+        }
+        _ => "docker.io",
+    }
+}
+
+/// Whether a reference names one image for good (`name@sha256:...`), so a local copy never
+/// needs to be checked against the registry.
+pub fn is_pinned(reference: &str) -> bool {
+    reference.contains("@sha256:")
 }

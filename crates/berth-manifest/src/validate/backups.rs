@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use toml::Spanned;
 
 const DEFAULT_PART_SIZE: u64 = 16 << 20;
-const SECRET_HELP: &str =
+pub(super) const SECRET_HELP: &str =
     "use letters, digits and underscores, not starting with a digit, such as S3_SECRET_KEY";
 
 impl Checker<'_> {

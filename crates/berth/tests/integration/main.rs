@@ -10,6 +10,7 @@ mod harness;
 mod operations;
 mod pebble;
 mod peers;
+mod registry;
 mod secrets;
 mod security;
 mod tls;

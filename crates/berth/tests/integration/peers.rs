@@ -342,3 +342,105 @@ pub fn sha256_file(path: &Path) -> String {
         .unwrap_or_default()
         .to_owned()
 }
+
+/// Debian's `docker-registry` (the CNCF distribution registry) on loopback with one user, and a
+/// Docker CLI configuration logged in to it (the Engine treats 127.0.0.0/8 registries as
+/// insecure, so plain HTTP is fine).
+pub struct Registry {
+    pub server: String,
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+pub const REGISTRY_USER: &str = "deployer";
+pub const REGISTRY_PASSWORD: &str = "registry-s3cret";
+
+impl Registry {
+    pub fn start() -> Registry {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-registry-")
+            .tempdir()
+            .unwrap();
+        let htpasswd = Command::new("htpasswd")
+            .args(["-Bbn", REGISTRY_USER, REGISTRY_PASSWORD])
+            .output()
+            .expect("htpasswd is missing: scripts/install-test-peers installs apache2-utils");
+        assert!(htpasswd.status.success());
+        std::fs::write(dir.path().join("htpasswd"), &htpasswd.stdout).unwrap();
+        let port = free_port();
+        let config = format!(
+            "version: 0.1\nlog: {{ level: warn }}\nstorage: {{ filesystem: {{ rootdirectory: {root}/data }} }}\nhttp: {{ addr: 127.0.0.1:{port} }}\nauth: {{ htpasswd: {{ realm: berth-test, path: {root}/htpasswd }} }}\n",
+            root = dir.path().display()
+        );
+        std::fs::write(dir.path().join("config.yml"), config).unwrap();
+        let log = dir.path().join("registry.log");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.path().join("config.yml"))
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(dir.path().join("registry.err")).unwrap())
+            .spawn()
+            .expect("docker-registry is missing: scripts/install-test-peers installs it");
+        wait_for_port(port, "docker-registry", &dir.path().join("registry.err"));
+        let registry = Registry {
+            server: format!("127.0.0.1:{port}"),
+            dir,
+            child,
+        };
+        let mut login = Command::new("docker")
+            .arg("--config")
+            .arg(registry.docker_config())
+            .args([
+                "login",
+                &registry.server,
+                "-u",
+                REGISTRY_USER,
+                "--password-stdin",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        login
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(REGISTRY_PASSWORD.as_bytes())
+            .unwrap();
+        assert!(login.wait().unwrap().success(), "docker login failed");
+        registry
+    }
+
+    /// A Docker CLI configuration directory logged in to this registry (the user's own
+    /// `~/.docker` is never touched).
+    pub fn docker_config(&self) -> PathBuf {
+        self.dir.path().join("docker-config")
+    }
+
+    /// `docker push` as the logged-in user.
+    pub fn push(&self, reference: &str) {
+        let output = Command::new("docker")
+            .arg("--config")
+            .arg(self.docker_config())
+            .args(["push", reference])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "docker push {reference}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
