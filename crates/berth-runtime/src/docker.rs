@@ -464,69 +464,17 @@ impl ContainerRuntime for DockerRuntime {
         request: &BuildRequest,
         output: OutputSink<'_>,
     ) -> Result<ImageInfo> {
-        let docker = self.client().await?;
-        let file = tokio::fs::File::open(&request.context_tar)
-            .await
-            .map_err(|e| RuntimeError::Io {
-                action: format!("read the build context {}", request.context_tar.display()),
-                message: e.to_string(),
-            })?;
-        let body = bollard::body_try_stream(tokio_util::io::ReaderStream::new(file));
-        let mut options = q::BuildImageOptionsBuilder::new()
-            .dockerfile(&request.dockerfile)
-            .t(&request.tag)
-            .rm(true)
-            .forcerm(true)
-            .buildargs(&to_hash(&request.args))
-            .labels(&to_hash(&request.labels));
-        if let Some(target) = &request.target {
-            options = options.target(target);
-        }
-        let mut stream = docker.build_image(options.build(), None, Some(body));
-        let mut tail: Vec<String> = Vec::new();
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(info) => {
-                    for line in info
-                        .stream
-                        .iter()
-                        .chain(info.status.iter())
-                        .flat_map(|s| s.lines())
-                    {
-                        let line = line.trim_end();
-                        if line.is_empty() {
-                            continue;
-                        }
-                        output(line);
-                        tail.push(line.to_owned());
-                        if tail.len() > BUILD_TAIL_LINES {
-                            tail.remove(0);
-                        }
-                    }
-                }
-                Err(BollardError::DockerStreamError { error }) if is_disk_full(&error) => {
-                    return Err(RuntimeError::DiskFull {
-                        action: format!("build {}", request.tag),
-                    });
-                }
-                Err(BollardError::DockerStreamError { error })
-                | Err(BollardError::DockerResponseServerError { message: error, .. }) => {
-                    return Err(RuntimeError::BuildFailed {
-                        tag: request.tag.clone(),
-                        message: error,
-                        log_tail: tail,
-                    });
-                }
-                Err(e) => return Err(self.classify(e, &format!("build {}", request.tag))),
+        // BuildKit first (cache mounts, `COPY --chmod`, heredocs and the rest of today's
+        // Dockerfile syntax need it); the classic builder only for an engine without it.
+        match self.build_with(request, output, Builder::BuildKit).await {
+            Err(RuntimeError::BuildFailed { message, .. }) if buildkit_missing(&message) => {
+                output(&format!(
+                    "this Docker Engine has no BuildKit ({message}); building with the classic builder"
+                ));
+                self.build_with(request, output, Builder::Classic).await
             }
+            other => other,
         }
-        self.inspect_image(&request.tag)
-            .await?
-            .ok_or_else(|| RuntimeError::BuildFailed {
-                tag: request.tag.clone(),
-                message: "Docker finished without producing the image".into(),
-                log_tail: tail,
-            })
     }
 
     async fn inspect_image(&self, reference: &str) -> Result<Option<ImageInfo>> {
@@ -991,6 +939,176 @@ impl ContainerRuntime for DockerRuntime {
 }
 
 /// Splits `repo:tag` (or `repo@digest`) for the pull API; the tag defaults to `latest`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Builder {
+    BuildKit,
+    Classic,
+}
+
+/// An engine that cannot run a BuildKit build says so in one of these ways.
+fn buildkit_missing(message: &str) -> bool {
+    let lower = message.to_ascii_lowercase();
+    lower.contains("buildkit not supported")
+        || lower.contains("buildkit is not enabled")
+        || lower.contains("unsupported builder version")
+        || lower.contains("session is not supported")
+}
+
+impl DockerRuntime {
+    async fn build_with(
+        &self,
+        request: &BuildRequest,
+        output: OutputSink<'_>,
+        builder: Builder,
+    ) -> Result<ImageInfo> {
+        let docker = self.client().await?;
+        let file = tokio::fs::File::open(&request.context_tar)
+            .await
+            .map_err(|e| RuntimeError::Io {
+                action: format!("read the build context {}", request.context_tar.display()),
+                message: e.to_string(),
+            })?;
+        let body = bollard::body_try_stream(tokio_util::io::ReaderStream::new(file));
+        let mut options = q::BuildImageOptionsBuilder::new()
+            .dockerfile(&request.dockerfile)
+            .t(&request.tag)
+            .rm(true)
+            .forcerm(true)
+            .buildargs(&to_hash(&request.args))
+            .labels(&to_hash(&request.labels));
+        if let Some(target) = &request.target {
+            options = options.target(target);
+        }
+        if builder == Builder::BuildKit {
+            // The session carries registry credentials and the build's progress; its id only
+            // has to be unique among this engine's builds.
+            static BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let session = format!(
+                "berth-{}-{}-{}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos()),
+                BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            );
+            options = options
+                .version(q::BuilderVersion::BuilderBuildKit)
+                .session(&session);
+        }
+        let mut stream = docker.build_image(options.build(), None, Some(body));
+        let mut tail = LogTail::default();
+        let mut progress = BuildKitProgress::default();
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(info) => {
+                    for line in info
+                        .stream
+                        .iter()
+                        .chain(info.status.iter())
+                        .flat_map(|s| s.lines())
+                    {
+                        let line = line.trim_end();
+                        if !line.is_empty() {
+                            output(line);
+                            tail.push(line);
+                        }
+                    }
+                    if let Some(bollard::models::BuildInfoAux::BuildKit(status)) = &info.aux {
+                        for line in progress.lines(status) {
+                            output(&line);
+                            tail.push(&line);
+                        }
+                    }
+                }
+                Err(BollardError::DockerStreamError { error }) if is_disk_full(&error) => {
+                    return Err(RuntimeError::DiskFull {
+                        action: format!("build {}", request.tag),
+                    });
+                }
+                Err(BollardError::DockerStreamError { error })
+                | Err(BollardError::DockerResponseServerError { message: error, .. }) => {
+                    return Err(RuntimeError::BuildFailed {
+                        tag: request.tag.clone(),
+                        message: error,
+                        log_tail: tail.lines,
+                    });
+                }
+                Err(e) => return Err(self.classify(e, &format!("build {}", request.tag))),
+            }
+        }
+        self.inspect_image(&request.tag)
+            .await?
+            .ok_or_else(|| RuntimeError::BuildFailed {
+                tag: request.tag.clone(),
+                message: "Docker finished without producing the image".into(),
+                log_tail: tail.lines,
+            })
+    }
+}
+
+/// The last lines of a build's output, for its error report.
+#[derive(Default)]
+struct LogTail {
+    lines: Vec<String>,
+}
+
+impl LogTail {
+    fn push(&mut self, line: &str) {
+        self.lines.push(line.to_owned());
+        if self.lines.len() > BUILD_TAIL_LINES {
+            self.lines.remove(0);
+        }
+    }
+}
+
+/// Turns BuildKit's status updates into plain lines: each step once when it starts (and
+/// when it fails), each log line of a step's commands as it comes.
+#[derive(Default)]
+struct BuildKitProgress {
+    /// Step digests already announced, with their number.
+    steps: HashMap<String, usize>,
+    /// Partial log lines per step, until their newline arrives.
+    partial: HashMap<String, String>,
+    /// Steps whose error was shown.
+    failed: std::collections::HashSet<String>,
+}
+
+impl BuildKitProgress {
+    fn lines(&mut self, status: &bollard::moby::buildkit::v1::StatusResponse) -> Vec<String> {
+        let mut lines = Vec::new();
+        for vertex in &status.vertexes {
+            if !self.steps.contains_key(&vertex.digest)
+                && (vertex.started.is_some() || vertex.cached)
+            {
+                let number = self.steps.len() + 1;
+                self.steps.insert(vertex.digest.clone(), number);
+                lines.push(format!(
+                    "#{number} {}{}",
+                    vertex.name,
+                    if vertex.cached { " (cached)" } else { "" }
+                ));
+            }
+            if !vertex.error.is_empty() && self.failed.insert(vertex.digest.clone()) {
+                let number = self.steps.get(&vertex.digest).copied().unwrap_or(0);
+                lines.push(format!("#{number} error: {}", vertex.error));
+            }
+        }
+        for log in &status.logs {
+            let number = self.steps.get(&log.vertex).copied().unwrap_or(0);
+            let buffer = self.partial.entry(log.vertex.clone()).or_default();
+            buffer.push_str(&String::from_utf8_lossy(&log.msg));
+            while let Some(end) = buffer.find('\n') {
+                let line: String = buffer.drain(..=end).collect();
+                let line = line.trim_end();
+                if !line.is_empty() {
+                    lines.push(format!("#{number} {line}"));
+                }
+            }
+        }
+        lines
+    }
+}
+
 fn split_reference(reference: &str) -> (&str, &str) {
     if let Some((image, digest)) = reference.split_once('@') {
         return (image, digest);

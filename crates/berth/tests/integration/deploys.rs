@@ -644,3 +644,56 @@ fn destroy_asks_first_keeps_volumes_secrets_and_backups_unless_told_and_can_take
     run.failure(2);
     assert!(run.stderr.contains("no app named"), "{}", run.stderr);
 }
+
+#[test]
+fn a_dockerfile_that_needs_buildkit_builds_and_deploys() {
+    crate::peers::require_db_image();
+    let agent = Agent::start();
+    let app = agent.app("bkit");
+    // Cache mounts, `COPY --chmod` and a build step's output: the classic builder refuses
+    // the first two ("the --mount option requires BuildKit").
+    std::fs::write(
+        app.path().join("Dockerfile"),
+        format!(
+            "FROM {image}\n\
+             RUN --mount=type=cache,target=/root/.cache/berth echo warm >> /root/.cache/berth/runs && cp /root/.cache/berth/runs /cache-runs && echo built-in-step\n\
+             COPY --chmod=0700 hello /hello\n\
+             ENTRYPOINT [\"/hello\"]\n",
+            image = crate::peers::DB_IMAGE
+        ),
+    )
+    .unwrap();
+    app.write(&web("GREETING = \"kit\""));
+    let run = agent.berth_in(app.path(), &["deploy", "--version", "v1"]);
+    run.success();
+    assert!(run.stderr.contains("build web"), "{}", run.stderr);
+    assert_eq!(agent.get("/").unwrap(), (200, "kit v1\n".into()));
+    let mode = agent.berth_in(
+        app.path(),
+        &["exec", "web", "--", "stat", "-c", "%a", "/hello"],
+    );
+    mode.success();
+    assert_eq!(mode.stdout.trim(), "700", "COPY --chmod was applied");
+    let runs = agent.berth_in(app.path(), &["exec", "web", "--", "cat", "/cache-runs"]);
+    runs.success();
+    assert!(runs.stdout.contains("warm"), "{}", runs.stdout);
+
+    // A failing step names itself and shows its output.
+    std::fs::write(
+        app.path().join("Dockerfile"),
+        format!(
+            "FROM {image}\nRUN --mount=type=cache,target=/c echo the-step-says-no && exit 3\n",
+            image = crate::peers::DB_IMAGE
+        ),
+    )
+    .unwrap();
+    let run = agent.berth_in(app.path(), &["deploy", "--version", "v2"]);
+    run.failure(1);
+    assert!(
+        run.stderr.contains("building service web failed") && run.stderr.contains("exit code: 3"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("the-step-says-no"), "{}", run.stderr);
+    assert_eq!(agent.get("/").unwrap(), (200, "kit v1\n".into()));
+}
