@@ -149,6 +149,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/apps/{app}/services/{service}/restart", post(restart))
         .route("/v1/apps/{app}/services/{service}/logs", get(logs))
         .route("/v1/apps/{app}/services/{service}/exec", post(exec))
+        .route("/v1/apps/{app}/services/{service}/attach", get(attach))
         .route("/v1/apps/{app}/backups/run", post(backup_run))
         .route("/v1/apps/{app}/backups/list", post(backup_list))
         .route("/v1/apps/{app}/backups/verify", post(backup_verify))
@@ -1062,6 +1063,21 @@ async fn pass_logs(
     }
 }
 
+/// The running container a command of `service` runs in: (id, name).
+async fn exec_container(state: &ApiState, app: &str, service: &str) -> ApiResult<(String, String)> {
+    let role = state.engine.service_role(app, service)?;
+    let containers = state
+        .engine
+        .service_containers(app, service, role == berth_manifest::Role::Accessory)
+        .await?;
+    containers.into_iter().next().ok_or_else(|| {
+        OpError::not_found(format!(
+            "service {service} of {app} has no running container"
+        ))
+        .into()
+    })
+}
+
 async fn exec(
     State(state): State<ApiState>,
     Path((app, service)): Path<(String, String)>,
@@ -1074,17 +1090,7 @@ async fn exec(
             .hint("berth exec web -- COMMAND ARGS")
             .into());
     }
-    let role = state.engine.service_role(&app, &service)?;
-    let containers = state
-        .engine
-        .service_containers(&app, &service, role == berth_manifest::Role::Accessory)
-        .await?;
-    let Some((id, name)) = containers.into_iter().next() else {
-        return Err(OpError::not_found(format!(
-            "service {service} of {app} has no running container"
-        ))
-        .into());
-    };
+    let (id, name) = exec_container(&state, &app, &service).await?;
     let actor = actor(&state, &headers);
     state.engine.audit(
         &actor,
@@ -1120,28 +1126,203 @@ async fn exec(
                 return;
             }
         }
-        let mut code = None;
-        for _ in 0..100 {
-            match engine.runtime.exec_exit_code(&session.id).await {
-                Ok(Some(c)) => {
-                    code = Some(c);
-                    break;
-                }
-                Ok(None) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
-                Err(error) => {
-                    let _ = sender.send(ExecEvent::Error {
-                        message: error.to_string(),
-                    });
-                    return;
-                }
-            }
-        }
-        let _ = sender.send(ExecEvent::Exit {
-            code: code.unwrap_or(-1),
-            container: name,
+        let _ = sender.send(match exit_code(&engine, &session.id).await {
+            Ok(code) => ExecEvent::Exit {
+                code,
+                container: name,
+            },
+            Err(message) => ExecEvent::Error { message },
         });
     });
     Ok(ndjson(receiver))
+}
+
+#[derive(Deserialize)]
+struct AttachQuery {
+    /// The [`AttachSpec`] as hex-encoded JSON (a command's words may hold anything).
+    spec: String,
+}
+
+/// `berth exec -it`: the command runs with standard input (and a terminal when asked), and
+/// the connection, upgraded, carries [`ExecFrame`]s both ways until it exits.
+async fn attach(
+    State(state): State<ApiState>,
+    Path((app, service)): Path<(String, String)>,
+    Query(query): Query<AttachQuery>,
+    headers: HeaderMap,
+    mut request: axum::extract::Request,
+) -> ApiResult<Response> {
+    check_app_name(&app)?;
+    let spec: AttachSpec = hex::decode(&query.spec)
+        .ok()
+        .and_then(|json| serde_json::from_slice(&json).ok())
+        .ok_or_else(|| OpError::invalid("the attach request's spec is not valid"))?;
+    let upgrade_asked = headers
+        .get(axum::http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case(EXEC_PROTOCOL));
+    if !upgrade_asked {
+        return Err(OpError::invalid(format!(
+            "an attached command needs `Upgrade: {EXEC_PROTOCOL}`"
+        ))
+        .hint("use `berth exec -it`")
+        .into());
+    }
+    if spec.command.is_empty() {
+        return Err(OpError::invalid("no command given")
+            .hint("berth exec -it web -- sh")
+            .into());
+    }
+    let (id, _name) = exec_container(&state, &app, &service).await?;
+    let actor = actor(&state, &headers);
+    state.engine.audit(
+        &actor,
+        "exec",
+        &format!("{app}/{service}"),
+        "started",
+        &format!(
+            "{}{}",
+            if spec.tty { "(terminal) " } else { "" },
+            spec.command.join(" ")
+        ),
+    );
+    let session = state
+        .engine
+        .runtime
+        .exec_with(
+            &id,
+            &spec.command,
+            &berth_runtime::ExecOptions {
+                stdin: true,
+                tty: spec.tty,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(OpError::from)?;
+    if let (true, Some((rows, cols))) = (spec.tty, spec.size) {
+        // Best effort: a command that already exited has nothing to resize.
+        let _ = state
+            .engine
+            .runtime
+            .resize_exec(&session.id, rows, cols)
+            .await;
+    }
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    let engine = state.engine.clone();
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => pump_attached(engine, session, upgraded).await,
+            Err(error) => {
+                tracing::warn!(%error, "an attached command's connection was not upgraded")
+            }
+        }
+    });
+    Response::builder()
+        .status(axum::http::StatusCode::SWITCHING_PROTOCOLS)
+        .header(axum::http::header::CONNECTION, "upgrade")
+        .header(axum::http::header::UPGRADE, EXEC_PROTOCOL)
+        .body(axum::body::Body::empty())
+        .map_err(|e| OpError::failed(e.to_string()).into())
+}
+
+/// Moves an attached command's input, output and terminal size over the upgraded
+/// connection; the exit code is the last frame.
+async fn pump_attached(
+    engine: Arc<crate::engine::Engine>,
+    session: berth_runtime::ExecSession,
+    upgraded: hyper::upgrade::Upgraded,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let io = hyper_util::rt::TokioIo::new(upgraded);
+    let (mut reader, mut writer) = tokio::io::split(io);
+    let exec_id = session.id.clone();
+    let mut input = session.input;
+    let resizer = engine.clone();
+    let resize_id = exec_id.clone();
+    // The client's frames: input, its end, and resizes. A client that goes away ends the
+    // command's input, as closing a terminal would.
+    let from_client = tokio::spawn(async move {
+        let mut buffer = Vec::new();
+        let mut chunk = vec![0u8; 16 * 1024];
+        loop {
+            loop {
+                match ExecFrame::decode(&mut buffer) {
+                    Ok(Some(ExecFrame::Stdin(data))) => {
+                        if let Some(stdin) = input.as_mut()
+                            && stdin.write_all(&data).await.is_err()
+                        {
+                            input = None;
+                        }
+                    }
+                    Ok(Some(ExecFrame::StdinClosed)) => {
+                        if let Some(mut stdin) = input.take() {
+                            let _ = stdin.shutdown().await;
+                        }
+                    }
+                    Ok(Some(ExecFrame::Resize { rows, cols })) => {
+                        let _ = resizer.runtime.resize_exec(&resize_id, rows, cols).await;
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(error) => {
+                        tracing::warn!(%error, "an attached client sent a bad frame");
+                        return;
+                    }
+                }
+            }
+            match reader.read(&mut chunk).await {
+                Ok(0) | Err(_) => {
+                    if let Some(mut stdin) = input.take() {
+                        let _ = stdin.shutdown().await;
+                    }
+                    return;
+                }
+                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            }
+        }
+    });
+    let mut output = session.output;
+    let mut failure = None;
+    while let Some(chunk) = output.next().await {
+        let frame = match chunk {
+            Ok(chunk) => match chunk.stream {
+                berth_runtime::LogStream::Stdout => ExecFrame::Stdout(chunk.data.to_vec()),
+                berth_runtime::LogStream::Stderr => ExecFrame::Stderr(chunk.data.to_vec()),
+            },
+            Err(error) => {
+                failure = Some(error.to_string());
+                break;
+            }
+        };
+        if writer.write_all(&frame.encode()).await.is_err() {
+            from_client.abort();
+            return;
+        }
+    }
+    from_client.abort();
+    let last = match failure {
+        Some(message) => ExecFrame::Error(message),
+        None => match exit_code(&engine, &exec_id).await {
+            Ok(code) => ExecFrame::Exit(code),
+            Err(message) => ExecFrame::Error(message),
+        },
+    };
+    let _ = writer.write_all(&last.encode()).await;
+    let _ = writer.shutdown().await;
+}
+
+/// The exit code of a command whose output has ended (Docker may need a moment to record
+/// it).
+async fn exit_code(engine: &crate::engine::Engine, exec_id: &str) -> Result<i64, String> {
+    for _ in 0..100 {
+        match engine.runtime.exec_exit_code(exec_id).await {
+            Ok(Some(code)) => return Ok(code),
+            Ok(None) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            Err(error) => return Err(error.to_string()),
+        }
+    }
+    Ok(-1)
 }
 
 // ---- secrets --------------------------------------------------------------------------

@@ -141,6 +141,7 @@ async fn run_in_container(
         env: env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
         user: None,
         stdin: input.is_some(),
+        tty: false,
     };
     let session = runtime
         .exec_with(id, command, &options)

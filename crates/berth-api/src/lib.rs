@@ -26,6 +26,11 @@
 //! | `POST /v1/apps/A/backups/verify` | [`BackupVerifyRequest`] | NDJSON [`OperationEvent`]s |
 //! | `POST /v1/apps/A/backups/prune` | [`BackupPruneRequest`] | NDJSON [`OperationEvent`]s |
 //! | `POST /v1/apps/A/restore` | [`RestoreRequest`] | NDJSON [`OperationEvent`]s |
+//! | `GET /v1/apps/A/services/S/attach?spec=HEX` (`Upgrade: berth-exec`) | | 101, then [`ExecFrame`]s both ways |
+//! | `POST /v1/apps/A/stop`, `.../start` | [`RestartRequest`] | NDJSON [`OperationEvent`]s |
+//! | `POST /v1/apps/A/destroy` | [`DestroyRequest`] | NDJSON [`OperationEvent`]s |
+//! | `POST /v1/agent/upgrade` | [`UpgradeRequest`] | NDJSON [`OperationEvent`]s |
+//! | `POST /v1/agent/stop` | | [`StopAnswer`] |
 //!
 //! Errors are a non-2xx status with an [`ApiError`] body. Requests carry the caller's
 //! identity in the `x-berth-actor` header for the audit log; over TCP they need
@@ -356,6 +361,103 @@ pub struct ExecRequest {
     pub command: Vec<String>,
 }
 
+/// `GET /v1/apps/{app}/services/{service}/attach?spec=HEX(JSON)` with `Upgrade:
+/// berth-exec`: an interactive command (`berth exec -it`). After the 101 answer both sides
+/// speak [`ExecFrame`]s on the connection.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AttachSpec {
+    pub command: Vec<String>,
+    /// Give the command a terminal (its output is then one stream).
+    pub tty: bool,
+    /// The terminal's size, rows and columns, when `tty`.
+    #[serde(default)]
+    pub size: Option<(u16, u16)>,
+}
+
+/// The `Upgrade` protocol name of an attached command.
+pub const EXEC_PROTOCOL: &str = "berth-exec";
+
+/// One frame of an attached command: a kind byte, a 4-byte big-endian length, the payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecFrame {
+    /// Client to agent: bytes for the command's standard input.
+    Stdin(Vec<u8>),
+    /// Client to agent: standard input has ended.
+    StdinClosed,
+    /// Client to agent: the terminal is now this many rows and columns.
+    Resize {
+        rows: u16,
+        cols: u16,
+    },
+    /// Agent to client: output.
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    /// Agent to client, last: the command's exit code.
+    Exit(i64),
+    /// Agent to client, last: why the command could not run on.
+    Error(String),
+}
+
+/// The largest payload a frame may carry; more is a protocol error, not a reason to allocate.
+pub const MAX_EXEC_FRAME: usize = 1 << 20;
+
+impl ExecFrame {
+    pub fn encode(&self) -> Vec<u8> {
+        let (kind, payload): (u8, std::borrow::Cow<'_, [u8]>) = match self {
+            ExecFrame::Stdin(data) => (0, data.into()),
+            ExecFrame::StdinClosed => (1, Vec::new().into()),
+            ExecFrame::Resize { rows, cols } => {
+                let mut payload = rows.to_be_bytes().to_vec();
+                payload.extend_from_slice(&cols.to_be_bytes());
+                (2, payload.into())
+            }
+            ExecFrame::Stdout(data) => (3, data.into()),
+            ExecFrame::Stderr(data) => (4, data.into()),
+            ExecFrame::Exit(code) => (5, code.to_be_bytes().to_vec().into()),
+            ExecFrame::Error(message) => (6, message.as_bytes().into()),
+        };
+        let mut frame = Vec::with_capacity(5 + payload.len());
+        frame.push(kind);
+        frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&payload);
+        frame
+    }
+
+    /// Takes one whole frame off the front of `buffer`; `Ok(None)` until one has arrived.
+    pub fn decode(buffer: &mut Vec<u8>) -> Result<Option<ExecFrame>, String> {
+        if buffer.len() < 5 {
+            return Ok(None);
+        }
+        let length = u32::from_be_bytes([buffer[1], buffer[2], buffer[3], buffer[4]]) as usize;
+        if length > MAX_EXEC_FRAME {
+            return Err(format!("a frame of {length} bytes is over the limit"));
+        }
+        if buffer.len() < 5 + length {
+            return Ok(None);
+        }
+        let kind = buffer[0];
+        let payload: Vec<u8> = buffer.drain(..5 + length).skip(5).collect();
+        let frame = match kind {
+            0 => ExecFrame::Stdin(payload),
+            1 => ExecFrame::StdinClosed,
+            2 if payload.len() == 4 => ExecFrame::Resize {
+                rows: u16::from_be_bytes([payload[0], payload[1]]),
+                cols: u16::from_be_bytes([payload[2], payload[3]]),
+            },
+            3 => ExecFrame::Stdout(payload),
+            4 => ExecFrame::Stderr(payload),
+            5 if payload.len() == 8 => {
+                let mut code = [0u8; 8];
+                code.copy_from_slice(&payload);
+                ExecFrame::Exit(i64::from_be_bytes(code))
+            }
+            6 => ExecFrame::Error(String::from_utf8_lossy(&payload).into_owned()),
+            other => return Err(format!("unknown frame kind {other}")),
+        };
+        Ok(Some(frame))
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum ExecEvent {
@@ -622,4 +724,48 @@ pub struct BackupRunInfo {
     pub backup_id: Option<String>,
     pub cause: Option<String>,
     pub error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_frames_round_trip_and_arrive_in_pieces() {
+        let frames = [
+            ExecFrame::Stdin(b"ls\n".to_vec()),
+            ExecFrame::StdinClosed,
+            ExecFrame::Resize {
+                rows: 40,
+                cols: 132,
+            },
+            ExecFrame::Stdout(vec![0, 255, 10]),
+            ExecFrame::Stderr(Vec::new()),
+            ExecFrame::Exit(-3),
+            ExecFrame::Error("gone".into()),
+        ];
+        let wire: Vec<u8> = frames.iter().flat_map(ExecFrame::encode).collect();
+        // Fed one byte at a time, as a slow connection might.
+        let mut buffer = Vec::new();
+        let mut decoded = Vec::new();
+        for byte in wire {
+            buffer.push(byte);
+            while let Some(frame) = ExecFrame::decode(&mut buffer).unwrap() {
+                decoded.push(frame);
+            }
+        }
+        assert_eq!(decoded, frames);
+        assert!(buffer.is_empty());
+    }
+
+    #[test]
+    fn oversized_and_unknown_exec_frames_are_refused() {
+        let mut huge = vec![3];
+        huge.extend_from_slice(&u32::MAX.to_be_bytes());
+        assert!(ExecFrame::decode(&mut huge).is_err());
+        let mut unknown = vec![9, 0, 0, 0, 0];
+        assert!(ExecFrame::decode(&mut unknown).is_err());
+        let mut short_resize = vec![2, 0, 0, 0, 1, 7];
+        assert!(ExecFrame::decode(&mut short_resize).is_err());
+    }
 }

@@ -893,6 +893,7 @@ impl ContainerRuntime for DockerRuntime {
             attach_stdout: Some(true),
             attach_stderr: Some(true),
             attach_stdin: Some(options.stdin),
+            tty: Some(options.tty),
             env: (!options.env.is_empty()).then(|| options.env.clone()),
             user: options.user.clone(),
             ..Default::default()
@@ -923,6 +924,20 @@ impl ContainerRuntime for DockerRuntime {
             output,
             input,
         })
+    }
+
+    async fn resize_exec(&self, exec_id: &str, rows: u16, cols: u16) -> Result<()> {
+        let docker = self.client().await?;
+        docker
+            .resize_exec(
+                exec_id,
+                bollard::exec::ResizeExecOptions {
+                    height: rows,
+                    width: cols,
+                },
+            )
+            .await
+            .map_err(|e| self.classify(e, "resize a command's terminal"))
     }
 
     async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>> {

@@ -39,6 +39,9 @@ pub struct ExecOptions {
     pub user: Option<String>,
     /// Attach standard input ([`ExecSession::input`]).
     pub stdin: bool,
+    /// Give the command a terminal: its output arrives as one stream, and
+    /// [`ContainerRuntime::resize_exec`] sets its size.
+    pub tty: bool,
 }
 
 #[async_trait]
@@ -122,6 +125,8 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         command: &[String],
         options: &ExecOptions,
     ) -> Result<ExecSession>;
+    /// Sets the terminal size of a command started with `tty`.
+    async fn resize_exec(&self, exec_id: &str, rows: u16, cols: u16) -> Result<()>;
     /// The exit code of a finished exec, or `None` while it runs.
     async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>>;
 

@@ -391,23 +391,7 @@ impl Client {
         if response.status().is_success() {
             return Ok(response);
         }
-        let status = response.status().as_u16();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let error = serde_json::from_slice::<ApiError>(&bytes).unwrap_or_else(|_| ApiError {
-            message: format!(
-                "the agent answered {status}: {}",
-                String::from_utf8_lossy(&bytes).trim()
-            ),
-            hint: None,
-            kind: "failed".into(),
-            details: Vec::new(),
-        });
-        Err(ClientError::Api { status, error })
+        Err(refusal(response, "", None).await)
     }
 
     fn json_body<B: Serialize>(&self, body: &B) -> Result<Body, ClientError> {
@@ -491,6 +475,53 @@ impl Client {
         })
     }
 
+    /// Asks the agent to switch the connection to `protocol` (`Upgrade`), and returns the
+    /// connection once it has.
+    pub async fn upgrade(
+        &self,
+        path: &str,
+        protocol: &str,
+    ) -> Result<hyper::upgrade::Upgraded, ClientError> {
+        let io = self.connect().await?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| self.unreachable(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = connection.with_upgrades().await;
+        });
+        let mut request = http::Request::builder()
+            .method(http::Method::GET)
+            .uri(path)
+            .header(http::header::HOST, "berth-agent")
+            .header(http::header::CONNECTION, "upgrade")
+            .header(http::header::UPGRADE, protocol)
+            .header(berth_api::ACTOR_HEADER, &self.actor);
+        if let Some(token) = &self.token {
+            request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request
+            .body(Self::empty())
+            .map_err(|e| ClientError::Protocol {
+                target: self.target.to_string(),
+                message: e.to_string(),
+            })?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| self.unreachable(e.to_string()))?;
+        if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+            return Err(refusal(
+                response,
+                &format!(" instead of switching to {protocol}"),
+                Some("the agent may be older than this CLI: `berth version` shows both"),
+            )
+            .await);
+        }
+        hyper::upgrade::on(response)
+            .await
+            .map_err(|e| self.unreachable(e.to_string()))
+    }
+
     /// Streams a file to the agent.
     pub async fn upload<T: DeserializeOwned>(
         &self,
@@ -513,6 +544,32 @@ impl Client {
             .await?;
         self.read_json(response).await
     }
+}
+
+/// The agent's answer to a request it did not carry out: its JSON error, or, from something
+/// that is not berth's API, the status and body as they came.
+async fn refusal(
+    response: http::Response<Incoming>,
+    instead: &str,
+    hint: Option<&str>,
+) -> ClientError {
+    let status = response.status().as_u16();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let error = serde_json::from_slice::<ApiError>(&bytes).unwrap_or_else(|_| ApiError {
+        message: format!(
+            "the agent answered {status}{instead}: {}",
+            String::from_utf8_lossy(&bytes).trim()
+        ),
+        hint: hint.map(str::to_owned),
+        kind: "failed".into(),
+        details: Vec::new(),
+    });
+    ClientError::Api { status, error }
 }
 
 /// The name of the current user from /etc/passwd, for when $USER is not set (cron, CI).

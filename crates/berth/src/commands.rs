@@ -1,5 +1,7 @@
 //! What each command does.
 
+mod attach;
+
 use crate::client::{Client, ClientError, Target};
 use crate::output::{self, Mode, OperationView};
 use crate::{
@@ -219,6 +221,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             service,
             app,
             command,
+            interactive,
+            tty,
+        } if interactive || tty => {
+            attach::exec_attached(&ctx, &resolve_app(&app)?, &service, command, tty).await
+        }
+        Command::Exec {
+            service,
+            app,
+            command,
+            ..
         } => exec(&ctx, &resolve_app(&app)?, &service, command).await,
         Command::Secrets { action } => secrets(&ctx, action).await,
         Command::Audit { limit, app } => audit(&ctx, limit, app).await,

@@ -191,6 +191,12 @@ enum Command {
         service: String,
         #[command(flatten)]
         app: AppArgs,
+        /// Keep standard input open and pass it to the command (`echo 1 | berth exec -i ...`).
+        #[arg(short, long)]
+        interactive: bool,
+        /// Give the command a terminal, sized like this one (`berth exec -it web -- sh`).
+        #[arg(short, long)]
+        tty: bool,
         /// The command and its arguments, after `--`.
         #[arg(last = true, required = true)]
         command: Vec<String>,

@@ -285,6 +285,18 @@ impl Agent {
         }
     }
 
+    /// The agent's TCP API address (started with `--api 127.0.0.1:0`).
+    pub fn tcp_api(&self) -> String {
+        self.agent_file()["api"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a.as_str())
+            .find(|a| !a.starts_with("unix:"))
+            .expect("the agent has a TCP API")
+            .to_owned()
+    }
+
     pub fn berth(&self, args: &[&str]) -> Run {
         self.berth_in(self.dir.path(), args)
     }

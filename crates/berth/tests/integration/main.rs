@@ -5,6 +5,7 @@ mod backups;
 mod crash;
 mod deploys;
 mod edge;
+mod exec;
 mod failures;
 mod harness;
 mod operations;

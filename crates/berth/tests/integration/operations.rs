@@ -235,14 +235,7 @@ fn the_tcp_api_requires_the_token() {
         &[],
         &["--api", "unix:{dir}/berth.sock", "--api", "127.0.0.1:0"],
     );
-    let api = agent.agent_file()["api"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|a| a.as_str())
-        .find(|a| !a.starts_with("unix:"))
-        .unwrap()
-        .to_owned();
+    let api = agent.tcp_api();
     let token = std::fs::read_to_string(agent.dir.path().join("api-token")).unwrap();
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(agent.dir.path().join("api-token"))
