@@ -323,10 +323,16 @@ async fn status(
             .map(|a| a.name)
             .collect(),
     };
-    let mut apps = Vec::new();
-    for name in names {
-        apps.push(state.engine.app_status(&name).await?);
-    }
+    // Apps side by side: one app whose health probe hangs (2 s at most) must not make
+    // `berth status` wait that long once per app.
+    let engine = &state.engine;
+    let apps: Vec<AppStatus> = futures_util::stream::iter(names)
+        .map(|name| async move { engine.app_status(&name).await })
+        .buffered(16)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
     Ok(Json(Status {
         agent,
         apps,

@@ -104,10 +104,12 @@ impl Engine {
             let containers = self
                 .service_containers(app, &service.name, service.accessory)
                 .await?;
-            let mut replicas = Vec::new();
-            for (id, name) in containers {
-                replicas.push(self.replica_status(app, service, &id, &name, stopped).await);
-            }
+            let replicas = futures_util::future::join_all(
+                containers
+                    .iter()
+                    .map(|(id, name)| self.replica_status(app, service, id, name, stopped)),
+            )
+            .await;
             Ok::<_, OpError>(ServiceStatus {
                 name: service.name.clone(),
                 role: service.role().as_str().into(),

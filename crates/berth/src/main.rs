@@ -531,8 +531,32 @@ enum SecretsCommand {
     },
 }
 
+/// The command line as `--help` shows it: the global options that reach the agent are hidden
+/// where a command never does. A subcommand's own argument of the same id takes the global
+/// one's place (clap does not propagate over it), so scripts that pass them everywhere work.
+fn command_line() -> clap::Command {
+    let hidden = |id: &'static str, long: &'static str, takes_value: bool| {
+        let arg = clap::Arg::new(id).long(long).hide(true);
+        if takes_value {
+            arg.num_args(1)
+        } else {
+            arg.action(clap::ArgAction::SetTrue)
+        }
+    };
+    <Cli as clap::CommandFactory>::command()
+        .mut_subcommand("check", |sub| sub.arg(hidden("agent", "agent", true)))
+        .mut_subcommand("completions", |sub| {
+            sub.arg(hidden("agent", "agent", true))
+                .arg(hidden("data_dir", "data-dir", true))
+                .arg(hidden("json", "json", false))
+        })
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&command_line().get_matches()) {
+        Ok(cli) => cli,
+        Err(error) => error.exit(),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -555,6 +579,44 @@ mod tests {
     #[test]
     fn the_command_line_definition_is_consistent() {
         <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
+
+    /// Options that reach the agent are not offered where a command never does.
+    #[test]
+    fn commands_that_never_reach_an_agent_do_not_offer_agent() {
+        let mut command = super::command_line();
+        command.build();
+        let help = |command: &mut clap::Command, name: &str| {
+            command
+                .find_subcommand_mut(name)
+                .expect("the subcommand")
+                .render_long_help()
+                .to_string()
+        };
+        for name in ["check", "completions"] {
+            assert!(!help(&mut command, name).contains("--agent"), "{name}");
+        }
+        for name in ["deploy", "status", "exec", "destroy"] {
+            assert!(help(&mut command, name).contains("--agent"), "{name}");
+        }
+        let agent = command.find_subcommand_mut("agent").expect("agent");
+        for name in ["upgrade", "stop"] {
+            let help = agent
+                .find_subcommand_mut(name)
+                .expect(name)
+                .render_long_help()
+                .to_string();
+            assert!(help.contains("--agent"), "agent {name}");
+        }
+        // The hidden option still works, for scripts that pass it everywhere.
+        for args in [
+            &["berth", "check", "--agent", "unix:/x.sock"][..],
+            &["berth", "completions", "bash", "--json", "--data-dir", "/x"],
+            &["berth", "agent", "upgrade", "--agent", "unix:/x.sock"],
+        ] {
+            let parsed = super::command_line().try_get_matches_from(args);
+            assert!(parsed.is_ok(), "{args:?}: {parsed:?}");
+        }
     }
 
     /// `--help` never shows an argument without saying what it is for.
