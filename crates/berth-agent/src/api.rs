@@ -17,7 +17,7 @@ use axum::{Json, Router};
 use berth_api::*;
 use berth_manifest::{ImageSource, ManifestSource};
 use berth_runtime::LogQuery;
-use berth_state::{ReleaseKind, ReleaseStatus};
+use berth_state::ReleaseKind;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -142,6 +142,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/v1/deploy", post(deploy))
         .route("/v1/apps/{app}/rollback", post(rollback))
+        .route("/v1/apps/{app}/rollback/plan", get(rollback_plan))
         .route("/v1/apps/{app}/stop", post(stop_app))
         .route("/v1/apps/{app}/start", post(start_app))
         .route("/v1/apps/{app}/destroy", post(destroy_app))
@@ -748,36 +749,7 @@ async fn rollback(
     check_app_name(&app)?;
     let actor = actor(&state, &headers);
     state.engine.ensure_not_stopped(&app, "roll back")?;
-    let store = &state.engine.store;
-    let live = store.live_release(&app)?.ok_or_else(|| {
-        OpError::not_found(format!("app {app} has no live release to roll back from"))
-    })?;
-    let target = match request.release {
-        Some(number) => store.release(&app, number)?.ok_or_else(|| {
-            OpError::not_found(format!("app {app} has no release {number}"))
-                .hint("`berth releases` lists them")
-        })?,
-        // The previous release: the newest one that was live before the current one.
-        None => store
-            .releases(&app, 1000)?
-            .into_iter()
-            .find(|r| r.number < live.number && r.status == ReleaseStatus::Retired)
-            .ok_or_else(|| {
-                OpError::not_found(format!("app {app} has no earlier release to roll back to"))
-            })?,
-    };
-    if target.status == ReleaseStatus::Failed || target.status == ReleaseStatus::Deploying {
-        return Err(OpError::invalid(format!(
-            "release {} of {app} never went live ({}), so berth will not return to it",
-            target.number,
-            target.status.as_str()
-        ))
-        .hint("`berth releases` shows which releases were live")
-        .into());
-    }
-    if target.number == live.number {
-        return Err(OpError::invalid(format!("release {} is already live", target.number)).into());
-    }
+    let (_live, target) = state.engine.rollback_target(&app, request.release)?;
     let manifest = release_manifest(&target)?;
     let plan = ReleasePlan {
         manifest,
@@ -800,6 +772,20 @@ async fn rollback(
         Vec::new(),
         move |progress| engine.run_release(plan, progress),
     )
+}
+
+#[derive(Deserialize)]
+struct RollbackPlanQuery {
+    release: Option<i64>,
+}
+
+async fn rollback_plan(
+    State(state): State<ApiState>,
+    Path(app): Path<String>,
+    Query(query): Query<RollbackPlanQuery>,
+) -> ApiResult<Json<RollbackPlan>> {
+    check_app_name(&app)?;
+    Ok(Json(state.engine.rollback_plan(&app, query.release)?))
 }
 
 async fn restart(

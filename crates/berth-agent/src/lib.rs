@@ -17,6 +17,7 @@ mod names;
 mod progress;
 mod reconcile;
 mod restore;
+mod rollback;
 mod secrets;
 mod status;
 pub mod subnets;

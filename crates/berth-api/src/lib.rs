@@ -8,6 +8,7 @@
 //! | `POST /v1/uploads` | a tar archive | [`Upload`] |
 //! | `POST /v1/deploy` | [`DeployRequest`] | NDJSON [`OperationEvent`]s |
 //! | `POST /v1/apps/A/rollback` | [`RollbackRequest`] | NDJSON [`OperationEvent`]s |
+//! | `GET /v1/apps/A/rollback/plan[?release=N]` | | [`RollbackPlan`] |
 //! | `POST /v1/apps/A/services/S/restart` | [`RestartRequest`] | NDJSON [`OperationEvent`]s |
 //! | `GET /v1/apps/A/releases[?limit=N]` | | `Vec<`[`ReleaseInfo`]`>` |
 //! | `GET /v1/apps/A/services/S/logs?tail=&follow=&since=` | | NDJSON [`LogLine`]s |
@@ -130,6 +131,22 @@ pub struct RollbackRequest {
     /// Return only once the old release has drained.
     #[serde(default)]
     pub wait_drain: bool,
+}
+
+/// `GET /v1/apps/{app}/rollback/plan[?release=N]`: where a rollback would go and what it
+/// would change besides the code.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RollbackPlan {
+    pub app: String,
+    /// The live release now.
+    pub from: i64,
+    pub from_version: String,
+    /// The release the rollback returns to.
+    pub to: i64,
+    pub to_version: String,
+    /// The manifest's differences, one line each (`+ path`, `- path`, `~ path: old → new`);
+    /// empty when only the code changes.
+    pub changes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]

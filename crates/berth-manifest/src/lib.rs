@@ -7,6 +7,7 @@
 
 mod backups;
 mod diagnostic;
+mod diff;
 mod model;
 mod overlay;
 mod raw;
@@ -17,6 +18,7 @@ mod validate;
 
 pub use backups::*;
 pub use diagnostic::{Diagnostic, LocatedDiagnostic, ManifestError, line_column};
+pub use diff::changes;
 pub use model::*;
 pub use risks::{Risk, risks};
 

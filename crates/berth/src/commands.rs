@@ -180,8 +180,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             app,
             wait,
             wait_drain,
+            yes,
         } => {
             let app = resolve_app(&app)?;
+            confirm_rollback(&ctx, &app, release, yes).await?;
             let request = RollbackRequest {
                 release,
                 wait_for_lock: wait,
@@ -341,6 +343,51 @@ async fn lifecycle(
         &format!("{gerund} {app}"),
     )
     .await
+}
+
+/// A rollback brings the old release's whole manifest back, not only its code: when that
+/// changes anything, say what, and ask (in a terminal) or want `--yes`.
+async fn confirm_rollback(
+    ctx: &Ctx,
+    app: &str,
+    release: Option<i64>,
+    yes: bool,
+) -> anyhow::Result<()> {
+    let query = release.map(|r| format!("?release={r}")).unwrap_or_default();
+    let plan: RollbackPlan = ctx
+        .client()?
+        .get(&format!("/v1/apps/{app}/rollback/plan{query}"))
+        .await?;
+    if plan.changes.is_empty() {
+        return Ok(());
+    }
+    if ctx.mode != Mode::Json {
+        eprintln!(
+            "Rolling back {app} from release {} ({}) to release {} ({}) also brings back its configuration:",
+            plan.from, plan.from_version, plan.to, plan.to_version
+        );
+        for change in &plan.changes {
+            eprintln!("  {change}");
+        }
+    }
+    if yes {
+        return Ok(());
+    }
+    if std::io::stdin().is_terminal() && std::io::stderr().is_terminal() {
+        eprint!("Roll back anyway? [y/N] ");
+        if matches!(read_answer()?.as_str(), "y" | "Y" | "yes") {
+            return Ok(());
+        }
+        return Err(invalid("nothing was rolled back", None));
+    }
+    Err(invalid(
+        format!(
+            "rolling back {app} to release {} also changes its configuration ({})",
+            plan.to,
+            plan.changes.join("; ")
+        ),
+        Some("run again with --yes to roll back anyway, or deploy the configuration you want"),
+    ))
 }
 
 /// The app a command names by position, by `--app`, or by ./berth.toml.

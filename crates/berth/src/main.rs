@@ -148,6 +148,10 @@ enum Command {
         release: Option<i64>,
         #[command(flatten)]
         app: AppArgs,
+        /// Roll back even though the old release's configuration differs (its environment,
+        /// secrets wiring, routes or backups come back too); asked in a terminal.
+        #[arg(long, short = 'y')]
+        yes: bool,
         /// Wait for a deploy in progress instead of failing.
         #[arg(long)]
         wait: bool,

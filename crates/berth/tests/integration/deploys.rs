@@ -697,3 +697,49 @@ fn a_dockerfile_that_needs_buildkit_builds_and_deploys() {
     assert!(run.stderr.contains("the-step-says-no"), "{}", run.stderr);
     assert_eq!(agent.get("/").unwrap(), (200, "kit v1\n".into()));
 }
+
+#[test]
+fn a_rollback_that_brings_old_configuration_back_says_what_and_wants_yes() {
+    let agent = Agent::start();
+    let app = agent.app("rbdiff");
+    app.write(&web("GREETING = \"one\""));
+    agent
+        .berth_in(app.path(), &["deploy", "--version", "v1"])
+        .success();
+    // Same configuration, new code: a rollback needs no confirmation.
+    agent
+        .berth_in(app.path(), &["deploy", "--version", "v2"])
+        .success();
+    agent.berth_in(app.path(), &["rollback"]).success();
+    assert_eq!(agent.get("/").unwrap(), (200, "one v1\n".into()));
+
+    app.write(
+        &(web("GREETING = \"two\", FEATURE = \"on\"")
+            .replace("stop_timeout = \"2s\"", "stop_timeout = \"3s\"")),
+    );
+    agent
+        .berth_in(app.path(), &["deploy", "--version", "v3"])
+        .success();
+    let run = agent.berth_in(app.path(), &["rollback", "1"]);
+    run.failure(2);
+    for expected in [
+        "also brings back its configuration",
+        "- services.web.env.FEATURE",
+        "~ services.web.env.GREETING",
+        "~ services.web.stop_timeout: 3000 → 2000",
+        "--yes",
+    ] {
+        assert!(run.stderr.contains(expected), "{expected}: {}", run.stderr);
+    }
+    assert!(!run.stderr.contains("\"two\""), "env values stay hidden");
+    assert_eq!(
+        agent.get("/").unwrap(),
+        (200, "two v3\n".into()),
+        "nothing rolled back"
+    );
+
+    agent
+        .berth_in(app.path(), &["rollback", "1", "--yes"])
+        .success();
+    assert_eq!(agent.get("/").unwrap(), (200, "one v1\n".into()));
+}
