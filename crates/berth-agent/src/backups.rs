@@ -2059,7 +2059,9 @@ impl Engine {
                     .filter(|r| {
                         r.name == backup.name && r.operation != "prune" && r.status != "refused"
                     })
-                    .max_by_key(|r| r.started_at)
+                    // The run that ended last (one still running counts as last): a
+                    // restore's safety backup starts after the restore and must not hide it.
+                    .max_by_key(|r| (r.finished_at.unwrap_or(i64::MAX), r.started_at))
                     .map(|r| berth_api::BackupRunInfo {
                         operation: r.operation.clone(),
                         status: r.status.clone(),

@@ -19,6 +19,7 @@ mod reconcile;
 mod restore;
 mod rollback;
 mod secrets;
+mod staging;
 mod status;
 pub mod subnets;
 mod succession;
@@ -291,6 +292,10 @@ async fn serve(
         Err(error) => tracing::error!(%error, "cannot record interrupted backup runs"),
     }
     let _ = std::fs::remove_dir_all(data_dir.join("tmp"));
+    // And the staging directories such restores made inside apps' data.
+    for removed in staging::Journal::new(data_dir).clean_up(&store) {
+        tracing::warn!(%removed, "an interrupted restore's staging directory was removed");
+    }
     let agent_id = agent_id(data_dir)?;
     let secrets = secrets::SecretBox::open(&data_dir.join("secrets.key"))?;
     let runtime = Arc::new(DockerRuntime::from_env());

@@ -415,8 +415,10 @@ impl Engine {
         self.stage(plan, meta, storage, &staged, progress).await?;
         if archive_kind {
             let step = progress.step(format!("unpack into {}", to.display()));
+            let journal = crate::staging::Journal::new(&self.data_dir);
             let unpacked = async {
                 let (staging, staging_name) = parent.create_temp_dir(name)?;
+                let recorded = journal.record(&plan.manifest.app, parent.path(), &staging_name);
                 let unpacked =
                     unpack_into(&staged, &parent, &staging, &staging_name, plan.keep_setuid).await;
                 let placed = unpacked.and_then(|info| {
@@ -431,6 +433,7 @@ impl Engine {
                 if placed.is_err() {
                     let _ = parent.remove_any(&staging_name);
                 }
+                journal.forget(recorded);
                 placed
             }
             .await;
@@ -784,8 +787,11 @@ impl Engine {
         let step = progress.step("unpack the archive");
         // Next to the live data (the same file system, so it can be moved in), in a new
         // directory only the agent can enter.
+        let journal = crate::staging::Journal::new(&self.data_dir);
+        let mut recorded = None;
         let unpacked = match parent.create_temp_dir(name) {
             Ok((staging, staging_name)) => {
+                recorded = Some(journal.record(&plan.manifest.app, parent.path(), &staging_name));
                 let done =
                     unpack_into(&staged, &parent, &staging, &staging_name, plan.keep_setuid).await;
                 if done.is_err() {
@@ -796,7 +802,15 @@ impl Engine {
             Err(error) => Err(error.into()),
         };
         let _ = std::fs::remove_file(&staged);
-        let (info, staging, staging_name) = step.finish(unpacked)?;
+        let (info, staging, staging_name) = match step.finish(unpacked) {
+            Ok(done) => done,
+            Err(error) => {
+                if let Some(recorded) = recorded {
+                    journal.forget(recorded);
+                }
+                return Err(error);
+            }
+        };
         actions.push(progress, format!("unpacked {info} next to the live data"));
         let outcome = self
             .with_services_stopped(&plan.manifest, users, actions, progress, async {
@@ -804,7 +818,11 @@ impl Engine {
                 Ok(format!("replaced the contents of {}", dir.display()))
             })
             .await;
-        let _ = parent.remove_any(&staging_name);
+        if parent.remove_any(&staging_name).is_ok()
+            && let Some(recorded) = recorded
+        {
+            journal.forget(recorded);
+        }
         outcome
     }
 

@@ -745,7 +745,10 @@ impl Store {
         self.conn()
             .execute(
                 "UPDATE backup_runs SET finished_at = ?1, status = 'failed', cause = 'interrupted',
-                 error = 'the agent stopped while this ran; nothing it wrote was recorded as a backup'
+                 error = CASE operation
+                   WHEN 'restore' THEN 'the agent stopped while this restore ran; its staging files were removed at the next start; check the data, and restore again if it is not what you expect'
+                   ELSE 'the agent stopped while this ran; nothing it wrote was recorded as a backup'
+                 END
                  WHERE status = 'running'",
                 [now_ms()],
             )

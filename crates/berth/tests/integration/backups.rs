@@ -1141,3 +1141,89 @@ keep = { last = 2 }
     assert!(entry["next_run"].is_i64(), "{entry}");
     assert!(entry["last_ok"].is_i64(), "{entry}");
 }
+
+#[test]
+fn a_restore_cut_off_by_an_agent_crash_leaves_no_staging_in_the_volume_and_shows_in_status() {
+    require_db_image();
+    let mut agent = Agent::start();
+    let app = agent.app("bkcut");
+    // A service that ignores SIGTERM: stopping it for the restore takes its whole
+    // stop_timeout, while the unpacked backup waits next to the live data.
+    app.write(
+        &files_manifest(
+            r#"
+[backups.uploads]
+source = { volume = { name = "uploads" } }
+"#,
+        )
+        .replace(
+            "exec sleep infinity",
+            "trap '' TERM; while true; do sleep 1; done",
+        )
+        .replace("stop_timeout = \"1s\"", "stop_timeout = \"40s\""),
+    );
+    deploy(&agent, &app);
+    let dir = volume_dir(&format!("{}_uploads", app.name));
+    wait_until("the files to be written", Duration::from_secs(20), || {
+        dir.join("docs/b.txt").exists()
+    });
+    agent.berth_in(app.path(), &["backup", "run"]).success();
+    std::fs::write(dir.join("docs/a.txt"), "changed since\n").unwrap();
+
+    let mut restore = Command::new(crate::harness::BERTH)
+        .args(["restore", "uploads", "--force"])
+        .current_dir(app.path())
+        .env("BERTH_DATA_DIR", agent.dir.path())
+        .env_remove("BERTH_AGENT")
+        .env("CI", "true")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let volume = dir.parent().unwrap().to_owned();
+    let staging = || {
+        std::fs::read_dir(&volume)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".berth-"))
+            .collect::<Vec<_>>()
+    };
+    wait_until(
+        "the backup to be unpacked next to the live data",
+        Duration::from_secs(30),
+        || !staging().is_empty(),
+    );
+    agent.kill();
+    let _ = restore.wait();
+    assert!(
+        !staging().is_empty(),
+        "the crash left the staging directory"
+    );
+
+    agent.restart();
+    assert!(
+        staging().is_empty(),
+        "the next agent removed it: {:?}",
+        staging()
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("docs/a.txt")).unwrap(),
+        "changed since\n",
+        "the live data was not half replaced"
+    );
+    let status = agent
+        .berth_in(app.path(), &["status", "--json"])
+        .success()
+        .json();
+    let last = &status["apps"][0]["backups"][0]["last_run"];
+    assert_eq!(last["operation"], "restore", "{status}");
+    assert_eq!(last["status"], "failed", "{status}");
+    assert!(
+        last["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("stopped while this restore ran"),
+        "{status}"
+    );
+}
