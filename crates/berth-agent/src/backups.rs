@@ -678,6 +678,7 @@ impl Engine {
                     key_secret_names: (s3.access_key_id_secret, s3.secret_access_key_secret),
                     part_size: usize::try_from(s3.part_size).unwrap_or(16 << 20),
                     concurrency: 4,
+                    unfinished_uploads: Some(self.data_dir.join("unfinished-uploads")),
                 };
                 Ok(Destination::s3(storage, settings)?)
             }
@@ -1129,6 +1130,14 @@ impl Engine {
         let events = transfer_events(progress, &step_name);
         let attempt = async {
             let runner = self.runner(manifest, storages, None, events)?;
+            for destination in &runner.destinations {
+                for key in destination.abort_unfinished().await {
+                    progress.log(format!(
+                        "aborted the unfinished upload of {key} on {}, left by an earlier failure",
+                        destination.name()
+                    ));
+                }
+            }
             let mut prepared = self.prepare_source(manifest, backup).await?;
             result.source = prepared.source.describe();
             let outcome = runner

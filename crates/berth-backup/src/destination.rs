@@ -10,8 +10,10 @@ use bytes::{Bytes, BytesMut};
 use futures_util::stream::BoxStream;
 use futures_util::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::multipart::MultipartStore;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
+use object_store::{ObjectStore, ObjectStoreExt};
+use sha2::Digest;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +40,10 @@ pub struct S3Settings {
     pub part_size: usize,
     /// Parts in flight at once.
     pub concurrency: usize,
+    /// Where multipart uploads in progress are recorded (a directory only the agent writes),
+    /// so one cut off by an outage can be aborted once the bucket answers again; `None`
+    /// records nothing.
+    pub unfinished_uploads: Option<PathBuf>,
 }
 
 pub enum Destination {
@@ -110,6 +116,14 @@ impl Destination {
 
     pub fn is_local(&self) -> bool {
         matches!(self, Destination::Local(_))
+    }
+
+    /// Aborts the uploads an earlier outage left unfinished here; returns their keys.
+    pub async fn abort_unfinished(&self) -> Vec<String> {
+        match self {
+            Destination::Local(_) => Vec::new(),
+            Destination::S3(bucket) => bucket.abort_unfinished().await,
+        }
     }
 
     /// Stores the chunks arriving on `chunks` as `key`, once `commit` says `true` after the
@@ -492,41 +506,160 @@ impl S3Bucket {
                 }
             }
         }
-        let upload = self
+        let id = self
             .store
-            .put_multipart(&path)
+            .create_multipart(&path)
             .await
             .map_err(|e| self.classify(e, key))?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, part_size);
+        let record = self.record_upload(key, &id);
         let outcome = async {
-            writer.put(first.freeze());
-            while let Some(chunk) = chunks.recv().await {
-                writer
-                    .wait_for_capacity(self.settings.concurrency.max(1))
-                    .await
-                    .map_err(|e| self.classify(e, key))?;
-                written += chunk.len() as u64;
-                writer.put(chunk);
-                progress.store(written, Ordering::Relaxed);
+            let concurrency = self.settings.concurrency.max(1);
+            let mut in_flight = futures_util::stream::FuturesOrdered::new();
+            let mut parts = Vec::new();
+            let mut pending = first;
+            let mut index = 0usize;
+            let mut closed = false;
+            while !closed || !pending.is_empty() {
+                if !closed && pending.len() < part_size {
+                    match chunks.recv().await {
+                        Some(chunk) => {
+                            written += chunk.len() as u64;
+                            pending.extend_from_slice(&chunk);
+                            progress.store(written, Ordering::Relaxed);
+                            continue;
+                        }
+                        None => closed = true,
+                    }
+                }
+                let part = pending.split_to(pending.len().min(part_size)).freeze();
+                let store = Arc::clone(&self.store);
+                let (path, id) = (path.clone(), id.clone());
+                let part_index = index;
+                in_flight.push_back(async move {
+                    store.put_part(&path, &id, part_index, part.into()).await
+                });
+                index += 1;
+                while in_flight.len() >= concurrency {
+                    if let Some(done) = in_flight.next().await {
+                        parts.push(done.map_err(|e| self.classify(e, key))?);
+                    }
+                }
             }
-            Ok::<_, BackupError>(commit.await.unwrap_or(false))
+            while let Some(done) = in_flight.next().await {
+                parts.push(done.map_err(|e| self.classify(e, key))?);
+            }
+            Ok::<_, BackupError>((commit.await.unwrap_or(false), parts))
         }
         .await;
-        match outcome {
-            Ok(true) => {
-                writer.finish().await.map_err(|e| self.classify(e, key))?;
+        let result = match outcome {
+            Ok((true, parts)) => self
+                .store
+                .complete_multipart(&path, &id, parts)
+                .await
+                .map(|_| written)
+                .map_err(|e| self.classify(e, key)),
+            Ok((false, _)) => Err(BackupError::Source("the backup was abandoned".to_owned())),
+            Err(error) => Err(error),
+        };
+        match &result {
+            Ok(_) => {
                 progress.store(written, Ordering::Relaxed);
-                Ok(written)
+                forget_upload(record);
             }
-            Ok(false) => {
-                let _ = writer.abort().await;
-                Err(BackupError::Source("the backup was abandoned".to_owned()))
-            }
-            Err(error) => {
-                let _ = writer.abort().await;
-                Err(error)
+            // An outage usually takes the abort with it: the record stays, and the next
+            // run against this bucket aborts it.
+            Err(_) => {
+                if self.store.abort_multipart(&path, &id).await.is_ok() {
+                    forget_upload(record);
+                }
             }
         }
+        result
+    }
+
+    fn journal_dir(&self) -> Option<PathBuf> {
+        let root = self.settings.unfinished_uploads.as_ref()?;
+        // One directory per bucket and prefix, so another storage never aborts these.
+        let identity = format!(
+            "{}\n{}\n{}",
+            self.settings
+                .endpoint
+                .as_deref()
+                .unwrap_or(&self.settings.region),
+            self.settings.bucket,
+            self.settings.prefix
+        );
+        Some(root.join(hex::encode(&sha2::Sha256::digest(identity.as_bytes())[..8])))
+    }
+
+    /// Records a multipart upload in progress; a failure to record only costs the cleanup.
+    fn record_upload(&self, key: &str, id: &str) -> Option<PathBuf> {
+        let dir = self.journal_dir()?;
+        let file = dir.join(format!("{}.json", hex::encode(rand::random::<[u8; 8]>())));
+        let record = UploadRecord {
+            key: key.to_owned(),
+            upload_id: id.to_owned(),
+        };
+        let written = std::fs::create_dir_all(&dir)
+            .and_then(|()| serde_json::to_vec(&record).map_err(std::io::Error::other))
+            .and_then(|json| std::fs::write(&file, json));
+        match written {
+            Ok(()) => Some(file),
+            Err(error) => {
+                tracing::warn!(%error, "cannot record a multipart upload in progress");
+                None
+            }
+        }
+    }
+
+    /// Aborts the multipart uploads an earlier outage left unfinished in this bucket (their
+    /// parts cost storage and are invisible in listings); returns the keys aborted. Uploads
+    /// the bucket still cannot be asked about stay on record for the next time.
+    pub async fn abort_unfinished(&self) -> Vec<String> {
+        let Some(dir) = self.journal_dir() else {
+            return Vec::new();
+        };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Vec::new();
+        };
+        let mut aborted = Vec::new();
+        for entry in entries.flatten() {
+            let record: Option<UploadRecord> = std::fs::read(entry.path())
+                .ok()
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+            let Some(record) = record else {
+                let _ = std::fs::remove_file(entry.path());
+                continue;
+            };
+            match self
+                .store
+                .abort_multipart(&self.path(&record.key), &record.upload_id)
+                .await
+            {
+                Ok(()) => aborted.push(record.key),
+                // Already gone (aborted by a lifecycle rule, or completed after all).
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(error) => {
+                    tracing::warn!(error = %error_chain(&error), key = %record.key, "an unfinished upload could not be aborted yet");
+                    continue;
+                }
+            }
+            let _ = std::fs::remove_file(entry.path());
+        }
+        aborted
+    }
+}
+
+/// A multipart upload in progress, as recorded.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct UploadRecord {
+    key: String,
+    upload_id: String,
+}
+
+fn forget_upload(record: Option<PathBuf>) {
+    if let Some(file) = record {
+        let _ = std::fs::remove_file(file);
     }
 }
 

@@ -1227,3 +1227,69 @@ source = { volume = { name = "uploads" } }
         "{status}"
     );
 }
+
+#[test]
+fn an_upload_cut_off_by_an_outage_is_aborted_once_the_bucket_is_back() {
+    require_db_image();
+    let mut s3 = S3Server::start();
+    let agent = Agent::start();
+    let app = agent.app("bkupcut");
+    // A dump that sends a part's worth, then pauses: the bucket goes away in between.
+    app.write(&files_manifest(&format!(
+        "{}\n[backups.dump]\nsource = {{ command = {{ service = \"files\", dump = [\"sh\", \"-c\", \"head -c 6000000 /dev/urandom; sleep 4; head -c 6000000 /dev/urandom\"] }} }}\nto = [\"offsite\"]\n",
+        s3_storage(&s3)
+    )));
+    set_s3_secrets(&agent, &app, S3_SECRET);
+    deploy(&agent, &app);
+    let unfinished = |s3: &S3Server| {
+        std::fs::read_dir(s3.root.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".upload"))
+            .collect::<Vec<_>>()
+    };
+
+    let backup = Command::new(crate::harness::BERTH)
+        .args(["backup", "run", "dump"])
+        .current_dir(app.path())
+        .env("BERTH_DATA_DIR", agent.dir.path())
+        .env_remove("BERTH_AGENT")
+        .env("CI", "true")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the first part to arrive", Duration::from_secs(30), || {
+        unfinished(&s3).iter().any(|n| n.contains(".part-"))
+    });
+    s3.stop();
+    let output = backup.wait_with_output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        !unfinished(&s3).is_empty(),
+        "the outage left the upload's parts in the bucket"
+    );
+
+    s3.restart();
+    let run = agent.berth_in(app.path(), &["backup", "run", "dump"]);
+    run.success();
+    assert!(
+        run.stderr.contains("aborted the unfinished upload of"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        unfinished(&s3),
+        Vec::<String>::new(),
+        "nothing is left behind"
+    );
+    // And the new backup went up whole, in parts.
+    let list = backup_list(&agent, &app);
+    assert_eq!(list["backups"].as_array().map(Vec::len), Some(1), "{list}");
+}

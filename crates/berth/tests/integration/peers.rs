@@ -64,37 +64,20 @@ impl S3Server {
         let bucket = "backups".to_owned();
         std::fs::create_dir_all(root.path().join(&bucket)).unwrap();
         let port = free_port();
-        let log_path = root.path().join("s3s-fs.log");
-        let log = std::fs::File::create(&log_path).unwrap();
-        // `cargo install` puts it in CARGO_HOME/bin, which need not be on PATH.
-        let binary = std::env::var("S3S_FS").unwrap_or_else(|_| {
-            let cargo_home = std::env::var("CARGO_HOME").unwrap_or_else(|_| {
-                format!("{}/.cargo", std::env::var("HOME").unwrap_or_default())
-            });
-            let installed = format!("{cargo_home}/bin/s3s-fs");
-            if Path::new(&installed).exists() {
-                installed
-            } else {
-                "s3s-fs".to_owned()
-            }
-        });
-        let child = Command::new(&binary)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--access-key", S3_KEY, "--secret-key", S3_SECRET])
-            .arg(root.path())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start {binary} ({e}): scripts/install-test-peers installs it")
-            });
-        wait_for_port(port, "s3s-fs", &log_path);
+        let child = spawn_s3s_fs(root.path(), port);
         S3Server {
             root,
             port,
             bucket,
             child,
         }
+    }
+
+    /// Starts the server again on the same port and data, after [`S3Server::stop`]: the
+    /// bucket is back after an outage.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = spawn_s3s_fs(self.root.path(), self.port);
     }
 
     pub fn endpoint(&self) -> String {
@@ -133,6 +116,38 @@ impl S3Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn spawn_s3s_fs(root: &Path, port: u16) -> Child {
+    let log_path = root.join("s3s-fs.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .unwrap();
+    // `cargo install` puts it in CARGO_HOME/bin, which need not be on PATH.
+    let binary = std::env::var("S3S_FS").unwrap_or_else(|_| {
+        let cargo_home = std::env::var("CARGO_HOME")
+            .unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_default()));
+        let installed = format!("{cargo_home}/bin/s3s-fs");
+        if Path::new(&installed).exists() {
+            installed
+        } else {
+            "s3s-fs".to_owned()
+        }
+    });
+    let child = Command::new(&binary)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--access-key", S3_KEY, "--secret-key", S3_SECRET])
+        .arg(root)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot start {binary} ({e}): scripts/install-test-peers installs it")
+        });
+    wait_for_port(port, "s3s-fs", &log_path);
+    child
 }
 
 impl Drop for S3Server {
