@@ -70,6 +70,8 @@ pub struct Engine {
     stray_delay: Option<Duration>,
     /// Held while a subnet is chosen and its network created.
     choosing_subnet: tokio::sync::Mutex<()>,
+    /// Where `secret_files` are written (a tmpfs when the host has one).
+    secret_files_root: PathBuf,
 }
 
 /// An old release draining in the background.
@@ -177,7 +179,6 @@ impl Engine {
             backup_metrics: Default::default(),
             planned_backups: Default::default(),
             schedules_changed: tokio::sync::Notify::new(),
-            data_dir,
             agent_id,
             http_url,
             edge,
@@ -187,7 +188,14 @@ impl Engine {
             app_subnets: crate::subnets::default_range(),
             stray_delay: None,
             choosing_subnet: tokio::sync::Mutex::new(()),
+            secret_files_root: data_dir_secret_files(&data_dir),
+            data_dir,
         }
+    }
+
+    /// Where secret files go (set once, at start: see `secret_files::choose_root`).
+    pub fn set_secret_files_root(&mut self, root: PathBuf) {
+        self.secret_files_root = root;
     }
 
     /// Where the apps' networks get their /24s from (set once, at start).
@@ -913,7 +921,8 @@ impl Engine {
         let name = names::accessory_container(ctx.app, &accessory.name);
         // A container with this name that berth does not track (left by a crash) is in the way.
         self.runtime.remove_container(&name).await?;
-        let mut spec = self.container_spec(ctx, accessory, &image, &name, 0)?;
+        let owner = self.secret_owner(accessory, &image).await?;
+        let mut spec = self.container_spec(ctx, accessory, &image, &name, 0, owner)?;
         spec.labels.insert(names::CONFIG.into(), fingerprint);
         let id = match self.runtime.create_container(&spec).await {
             Ok(id) => id,
@@ -1012,7 +1021,8 @@ impl Engine {
         ));
         let name = names::release_command_container(ctx.app, &service.name, ctx.release);
         self.runtime.remove_container(&name).await?;
-        let mut spec = self.container_spec(ctx, service, image, &name, 0)?;
+        let owner = self.secret_owner(service, image).await?;
+        let mut spec = self.container_spec(ctx, service, image, &name, 0, owner)?;
         spec.command = Some(command.clone());
         spec.restart = None;
         spec.labels
@@ -1361,7 +1371,8 @@ impl Engine {
         replica: u32,
     ) -> Result<StartedReplica, OpError> {
         let name = names::replica_container(ctx.app, &service.name, ctx.release);
-        let spec = self.container_spec(ctx, service, image, &name, replica)?;
+        let owner = self.secret_owner(service, image).await?;
+        let spec = self.container_spec(ctx, service, image, &name, replica, owner)?;
         let container_id = self.runtime.create_container(&spec).await?;
         // Recorded before it starts: whatever happens next, berth knows it owns it.
         let recorded = self.store.add_instance(&Instance {
@@ -1554,6 +1565,7 @@ impl Engine {
         image: &str,
         name: &str,
         replica: u32,
+        secret_owner: Option<u32>,
     ) -> Result<ContainerSpec, OpError> {
         let mut labels = names::base_labels(&self.agent_id, ctx.app);
         labels.insert(names::SERVICE.into(), service.name.clone());
@@ -1597,7 +1609,8 @@ impl Engine {
             match secret.delivery {
                 SecretDelivery::Env => env.push(format!("{}={value}", secret.name)),
                 SecretDelivery::File => {
-                    let path = self.write_secret_file(ctx, service, &secret.name, value)?;
+                    let path =
+                        self.write_secret_file(ctx, service, &secret.name, value, secret_owner)?;
                     mounts.push(MountSpec {
                         kind: MountKind::Bind,
                         source: path.display().to_string(),
@@ -1652,25 +1665,33 @@ impl Engine {
     }
 
     pub(crate) fn secret_files_dir(&self, app: &str) -> PathBuf {
-        self.data_dir.join("run").join("secrets").join(app)
+        self.secret_files_root.join(app)
     }
 
-    /// Writes a file secret where only the agent's user can reach it on the host, for a
-    /// read-only bind mount at `/run/secrets/NAME`.
-    fn write_secret_file(
-        &self,
-        ctx: &ReleaseContext<'_>,
-        service: &Service,
-        name: &str,
-        value: &str,
-    ) -> Result<PathBuf, OpError> {
-        use std::os::unix::fs::DirBuilderExt;
+    /// The directory of one release's (or an accessory's) secret files.
+    pub(crate) fn secret_scope_dir(&self, ctx: &ReleaseContext<'_>, service: &Service) -> PathBuf {
         let scope = if service.accessory {
             format!("accessory-{}", service.name)
         } else {
             format!("r{}-{}", ctx.release, service.name)
         };
-        let dir = self.secret_files_dir(ctx.app).join(scope);
+        self.secret_files_dir(ctx.app).join(scope)
+    }
+
+    /// Writes a file secret for a read-only bind mount at `/run/secrets/NAME`: mode 0400,
+    /// owned by `owner` (the user the image runs as), in a directory only the agent can
+    /// enter. An agent that is not root cannot give a file away: the file is then its own,
+    /// 0400 when the container runs as the agent's user and 0444 otherwise.
+    pub(crate) fn write_secret_file(
+        &self,
+        ctx: &ReleaseContext<'_>,
+        service: &Service,
+        name: &str,
+        value: &str,
+        owner: Option<u32>,
+    ) -> Result<PathBuf, OpError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = self.secret_scope_dir(ctx, service);
         let io = |e: std::io::Error| {
             OpError::failed(format!(
                 "cannot write secret file {name} under {}: {e}",
@@ -1683,11 +1704,23 @@ impl Engine {
             .create(&dir)
             .map_err(io)?;
         let path = dir.join(name);
+        let me = rustix::process::geteuid().as_raw();
+        let owner = owner.unwrap_or(0);
+        let (chown, mode) = if me == 0 {
+            (Some((owner, 0)), 0o400)
+        } else if owner == me {
+            (None, 0o400)
+        } else {
+            (None, 0o444)
+        };
         // A new file renamed into place: a reader never sees half a value, and the old file
-        // being read-only (0444) is no obstacle for an agent that is not root. Readable
-        // inside the container whatever user the app runs as; the directory keeps other host
-        // users out.
-        berth_fs::write_replacing(&path, value.as_bytes(), 0o444)
+        // being read-only is no obstacle.
+        berth_fs::Dir::open(&dir)
+            .and_then(|d| {
+                d.replace(std::ffi::OsStr::new(name), chown, mode, |file| {
+                    std::io::Write::write_all(file, value.as_bytes())
+                })
+            })
             .map_err(|e| OpError::failed(format!("cannot write secret file {name}: {e}")))?;
         Ok(path)
     }
@@ -1976,4 +2009,9 @@ fn registry_unreachable(message: &str) -> bool {
     ]
     .iter()
     .any(|m| lower.contains(m))
+}
+
+/// Where secret files go until `set_secret_files_root` says otherwise.
+fn data_dir_secret_files(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("run").join("secrets")
 }

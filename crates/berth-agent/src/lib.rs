@@ -18,6 +18,7 @@ mod progress;
 mod reconcile;
 mod restore;
 mod rollback;
+mod secret_files;
 mod secrets;
 mod staging;
 mod status;
@@ -418,6 +419,11 @@ async fn serve(
         edge.clone(),
     );
     engine.set_app_subnets(config.app_subnets);
+    let (secret_files_root, in_memory) = secret_files::choose_root(data_dir, &engine.agent_id);
+    if !in_memory {
+        tracing::warn!(dir = %secret_files_root.display(), "no tmpfs (/run, $XDG_RUNTIME_DIR, /dev/shm) to keep secret files in memory: they are written to disk");
+    }
+    engine.set_secret_files_root(secret_files_root);
     if predecessor.is_some() {
         // The predecessor still drains its connections for up to its grace period: old
         // containers they may reach are removed only after it.

@@ -89,6 +89,9 @@ impl Engine {
         app: &str,
         report: &mut ReconcileReport,
     ) -> Result<(), OpError> {
+        // Secret files live on a tmpfs: after a reboot, the containers about to be started
+        // again would find their bind mounts' sources gone.
+        self.restore_secret_files(app).await?;
         let containers = self
             .runtime
             .list_containers(&[(names::AGENT, &self.agent_id), (names::APP, app)])

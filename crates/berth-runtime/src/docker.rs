@@ -221,6 +221,11 @@ fn image_info(inspect: bollard::models::ImageInspect) -> ImageInfo {
         id: inspect.id.unwrap_or_default(),
         tags: inspect.repo_tags.unwrap_or_default(),
         digests: inspect.repo_digests.unwrap_or_default(),
+        user: inspect
+            .config
+            .as_ref()
+            .and_then(|c| c.user.clone())
+            .unwrap_or_default(),
         size: inspect
             .size
             .and_then(|s| u64::try_from(s).ok())
@@ -606,6 +611,7 @@ impl ContainerRuntime for DockerRuntime {
                 id: i.id,
                 tags: i.repo_tags,
                 digests: i.repo_digests,
+                user: String::new(),
                 size: u64::try_from(i.size).unwrap_or(0),
                 labels: i.labels.into_iter().collect(),
             })
@@ -626,6 +632,7 @@ impl ContainerRuntime for DockerRuntime {
                 id: i.id,
                 tags: i.repo_tags,
                 digests: i.repo_digests,
+                user: String::new(),
                 size: u64::try_from(i.size).unwrap_or(0),
                 labels: i.labels.into_iter().collect(),
             })
@@ -924,6 +931,81 @@ impl ContainerRuntime for DockerRuntime {
             output,
             input,
         })
+    }
+
+    async fn read_image_file(
+        &self,
+        image: &str,
+        path: &str,
+        limit: usize,
+    ) -> Result<Option<Vec<u8>>> {
+        let docker = self.client().await?;
+        // A container that is created and never started: its file system is the image's.
+        let body = ContainerCreateBody {
+            image: Some(image.to_owned()),
+            entrypoint: Some(vec!["/berth-never-runs".to_owned()]),
+            labels: Some(HashMap::from([(
+                "berth.managed".to_owned(),
+                "true".to_owned(),
+            )])),
+            ..Default::default()
+        };
+        let created = docker
+            .create_container(None::<q::CreateContainerOptions>, body)
+            .await
+            .map_err(|e| self.classify(e, &format!("read {path} from image {image}")))?;
+        let read = async {
+            let options = q::DownloadFromContainerOptionsBuilder::new()
+                .path(path)
+                .build();
+            let mut stream = docker.download_from_container(&created.id, Some(options));
+            let mut archive = Vec::new();
+            while let Some(chunk) = stream.next().await {
+                match chunk {
+                    Ok(bytes) => {
+                        archive.extend_from_slice(&bytes);
+                        if archive.len() > limit + 64 * 1024 {
+                            return Err(RuntimeError::Io {
+                                action: format!("read {path} from image {image}"),
+                                message: format!("it is larger than {limit} bytes"),
+                            });
+                        }
+                    }
+                    Err(BollardError::DockerResponseServerError {
+                        status_code: 404, ..
+                    }) => return Ok(None),
+                    Err(e) => {
+                        return Err(self.classify(e, &format!("read {path} from image {image}")));
+                    }
+                }
+            }
+            let mut entries = tar::Archive::new(archive.as_slice());
+            let io = |e: std::io::Error| RuntimeError::Io {
+                action: format!("read {path} from image {image}"),
+                message: e.to_string(),
+            };
+            for entry in entries.entries().map_err(io)? {
+                let mut entry = entry.map_err(io)?;
+                if entry.header().entry_type().is_file() {
+                    let mut data = Vec::new();
+                    std::io::Read::read_to_end(
+                        &mut std::io::Read::take(&mut entry, limit as u64),
+                        &mut data,
+                    )
+                    .map_err(io)?;
+                    return Ok(Some(data));
+                }
+            }
+            Ok(None)
+        }
+        .await;
+        let _ = docker
+            .remove_container(
+                &created.id,
+                Some(q::RemoveContainerOptionsBuilder::new().force(true).build()),
+            )
+            .await;
+        read
     }
 
     async fn resize_exec(&self, exec_id: &str, rows: u16, cols: u16) -> Result<()> {

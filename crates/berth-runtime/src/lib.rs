@@ -125,6 +125,14 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         command: &[String],
         options: &ExecOptions,
     ) -> Result<ExecSession>;
+    /// A regular file of an image (`/etc/passwd`), at most `limit` bytes; `None` when the
+    /// image has no such file.
+    async fn read_image_file(
+        &self,
+        image: &str,
+        path: &str,
+        limit: usize,
+    ) -> Result<Option<Vec<u8>>>;
     /// Sets the terminal size of a command started with `tty`.
     async fn resize_exec(&self, exec_id: &str, rows: u16, cols: u16) -> Result<()>;
     /// The exit code of a finished exec, or `None` while it runs.

@@ -138,6 +138,9 @@ pub struct ImageInfo {
     /// `repository@sha256:...` for each registry the image was pulled from or pushed to;
     /// empty for an image built or loaded on this host.
     pub digests: Vec<String>,
+    /// The user the image runs as (`Config.User`: empty for root, `1000`, `app:app`); empty
+    /// when the listing did not say.
+    pub user: String,
     pub size: u64,
     pub labels: Labels,
 }

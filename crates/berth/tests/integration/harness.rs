@@ -361,6 +361,12 @@ impl Drop for Agent {
     fn drop(&mut self) {
         self.kill();
         let id = self.agent_id();
+        if !id.is_empty() {
+            // Secret files live outside the data directory, on a tmpfs.
+            for base in ["/run", "/dev/shm"] {
+                let _ = std::fs::remove_dir_all(format!("{base}/berth-{id}"));
+            }
+        }
         let apps = self.apps.lock().map(|a| a.clone()).unwrap_or_default();
         block_on(async {
             let docker = DockerRuntime::from_env();

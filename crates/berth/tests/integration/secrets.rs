@@ -249,3 +249,107 @@ fn a_secret_for_an_app_berth_never_saw_needs_a_yes() {
         )
         .success();
 }
+
+fn mount_source(container: &str, target: &str) -> String {
+    let output = std::process::Command::new("docker")
+        .args([
+            "inspect",
+            "-f",
+            &format!("{{{{range .Mounts}}}}{{{{if eq .Destination \"{target}\"}}}}{{{{.Source}}}}{{{{end}}}}{{{{end}}}}"),
+            container,
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+#[test]
+fn secret_files_are_in_memory_readable_only_by_the_images_user_and_survive_a_reboot() {
+    crate::peers::require_db_image();
+    let mut agent = Agent::start();
+    let app = agent.app("secfile");
+    // The image runs as `postgres` (a name, resolved through the image's /etc/passwd).
+    std::fs::write(
+        app.path().join("Dockerfile"),
+        format!(
+            "FROM {}\nCOPY hello /hello\nUSER postgres\nENTRYPOINT [\"/hello\"]\n",
+            crate::peers::DB_IMAGE
+        ),
+    )
+    .unwrap();
+    app.write(&(web("GREETING = \"s\"") + "secret_files = [\"DB_PASSWORD\"]\n"));
+    set_from_stdin(&agent, &app.name, "DB_PASSWORD", "pa55-in-a-file");
+    agent
+        .berth_in(app.path(), &["deploy", "--version", "v1"])
+        .success();
+    let stat = agent.berth_in(
+        app.path(),
+        &[
+            "exec",
+            "web",
+            "--",
+            "stat",
+            "-c",
+            "%a %U",
+            "/run/secrets/DB_PASSWORD",
+        ],
+    );
+    stat.success();
+    assert_eq!(stat.stdout.trim(), "400 postgres");
+    let read = agent.berth_in(
+        app.path(),
+        &["exec", "web", "--", "cat", "/run/secrets/DB_PASSWORD"],
+    );
+    read.success();
+    assert_eq!(read.stdout, "pa55-in-a-file");
+
+    let container = agent
+        .containers()
+        .into_iter()
+        .find(|(_, labels)| labels.get("berth.app") == Some(&app.name))
+        .map(|(name, _)| name)
+        .unwrap();
+    let source = mount_source(&container, "/run/secrets/DB_PASSWORD");
+    let fs = std::process::Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(&source)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&fs.stdout).trim(),
+        "tmpfs",
+        "{source} is not in memory"
+    );
+    assert!(
+        !source.starts_with(&agent.dir.path().display().to_string()),
+        "{source} is in the data directory"
+    );
+
+    // A reboot empties the tmpfs and stops the containers; the agent writes the files again
+    // before it starts them.
+    agent.kill();
+    let scope = std::path::Path::new(&source).parent().unwrap().to_owned();
+    std::fs::remove_dir_all(&scope).unwrap();
+    let stopped = std::process::Command::new("docker")
+        .args(["stop", "-t", "1", &container])
+        .output()
+        .unwrap();
+    assert!(stopped.status.success());
+    agent.restart();
+    agent.wait_serving("s v1");
+    let read = agent.berth_in(
+        app.path(),
+        &["exec", "web", "--", "cat", "/run/secrets/DB_PASSWORD"],
+    );
+    read.success();
+    assert_eq!(read.stdout, "pa55-in-a-file");
+
+    // The files go with the containers that used them.
+    agent
+        .berth_in(app.path(), &["deploy", "--version", "v2", "--wait-drain"])
+        .success();
+    assert!(
+        !scope.exists(),
+        "release 1's secret files outlived its containers"
+    );
+}
