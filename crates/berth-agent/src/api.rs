@@ -1204,7 +1204,7 @@ async fn attach(
     let engine = state.engine.clone();
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => pump_attached(engine, session, upgraded).await,
+            Ok(upgraded) => pump_attached(engine, session, upgraded, spec.tty).await,
             Err(error) => {
                 tracing::warn!(%error, "an attached command's connection was not upgraded")
             }
@@ -1224,6 +1224,7 @@ async fn pump_attached(
     engine: Arc<crate::engine::Engine>,
     session: berth_runtime::ExecSession,
     upgraded: hyper::upgrade::Upgraded,
+    tty: bool,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let io = hyper_util::rt::TokioIo::new(upgraded);
@@ -1267,6 +1268,16 @@ async fn pump_attached(
                 Ok(0) | Err(_) => {
                     if let Some(mut stdin) = input.take() {
                         let _ = stdin.shutdown().await;
+                    }
+                    // A terminal that goes away hangs up its command, as closing a terminal
+                    // window does: a shell or console left behind would run for good.
+                    if tty
+                        && let Ok(Some(pid)) = resizer.runtime.exec_pid(&resize_id).await
+                        && let Some(pid) = i32::try_from(pid)
+                            .ok()
+                            .and_then(rustix::process::Pid::from_raw)
+                    {
+                        let _ = rustix::process::kill_process(pid, rustix::process::Signal::HUP);
                     }
                     return;
                 }

@@ -191,6 +191,25 @@ impl Engine {
     ) -> Result<(), OpError> {
         let live = self.store.live_release(app)?;
         let manifest = live.as_ref().map(release_manifest).transpose()?;
+        // No backup may run while the app's containers and volumes go (a scheduled one
+        // would fail halfway, or hold a volume the destroy must remove).
+        let _backup_lock = self
+            .backup_locks
+            .acquire(
+                app,
+                berth_api::LockInfo {
+                    operation: "destroy".into(),
+                    holder: actor.to_owned(),
+                    since: berth_state::now_ms(),
+                },
+                |holder| {
+                    progress.log(format!(
+                        "waiting for the {} of {app} started by {}",
+                        holder.operation, holder.holder
+                    ))
+                },
+            )
+            .await;
         if request.final_backup {
             self.final_backups(app, manifest.as_ref(), actor, progress)
                 .await?;
@@ -282,7 +301,7 @@ impl Engine {
     }
 
     /// The backups a destroy was asked to take first: every backup of the live release, each
-    /// of which must succeed, or nothing is destroyed.
+    /// of which must succeed, or nothing is destroyed. The caller holds the backup lock.
     async fn final_backups(
         &self,
         app: &str,
@@ -296,23 +315,6 @@ impl Engine {
             ))
             .hint("destroy without --backup, or take what you need by hand first"));
         };
-        let _lock = self
-            .backup_locks
-            .acquire(
-                app,
-                berth_api::LockInfo {
-                    operation: "backup".into(),
-                    holder: actor.to_owned(),
-                    since: berth_state::now_ms(),
-                },
-                |holder| {
-                    progress.log(format!(
-                        "waiting for the {} of {app} started by {}",
-                        holder.operation, holder.holder
-                    ))
-                },
-            )
-            .await;
         for (name, backup) in &manifest.backup.backups {
             let result = self
                 .backup_once(

@@ -423,6 +423,7 @@ impl Engine {
                     unpack_into(&staged, &parent, &staging, &staging_name, plan.keep_setuid).await;
                 let placed = unpacked.and_then(|info| {
                     if existing.is_some() {
+                        journal.mark_swapping(&recorded);
                         swap_contents(&staging, &parent.subdirectory(name, false)?)?;
                         parent.remove_any(&staging_name)?;
                     } else {
@@ -814,6 +815,9 @@ impl Engine {
         actions.push(progress, format!("unpacked {info} next to the live data"));
         let outcome = self
             .with_services_stopped(&plan.manifest, users, actions, progress, async {
+                if let Some(recorded) = &recorded {
+                    journal.mark_swapping(recorded);
+                }
                 swap_contents(&staging, &target)?;
                 Ok(format!("replaced the contents of {}", dir.display()))
             })

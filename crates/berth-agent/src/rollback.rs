@@ -61,10 +61,14 @@ impl Engine {
             from_version: live.version.clone(),
             to: target.number,
             to_version: target.version.clone(),
+            // A rollback reuses the old release's images and leaves accessories as they are.
             changes: berth_manifest::changes(
                 &release_manifest(&live)?,
                 &release_manifest(&target)?,
-            ),
+            )
+            .into_iter()
+            .filter(|line| !line.get(2..).unwrap_or("").starts_with("accessories."))
+            .collect(),
         })
     }
 }

@@ -16,6 +16,10 @@ struct Record {
     parent: PathBuf,
     /// Its name's bytes, hex-encoded (a target's name need not be UTF-8).
     name_hex: String,
+    /// Set once its contents started moving into the live directory: from then on it holds
+    /// the only copy of part of the restored data, and is kept.
+    #[serde(default)]
+    swapping: bool,
 }
 
 /// A staging directory on record; [`Journal::forget`] it once it is gone.
@@ -41,6 +45,7 @@ impl Journal {
             app: app.to_owned(),
             parent: parent.to_owned(),
             name_hex: hex::encode(name.as_bytes()),
+            swapping: false,
         };
         let file = self
             .dir
@@ -55,6 +60,20 @@ impl Journal {
             Err(error) => {
                 tracing::warn!(%error, "cannot record a restore's staging directory");
                 Recorded { file: None }
+            }
+        }
+    }
+
+    /// Notes that the staged contents start moving into the live directory.
+    pub(crate) fn mark_swapping(&self, recorded: &Recorded) {
+        let Some(file) = &recorded.file else { return };
+        let record: Option<Record> = std::fs::read(file)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+        if let Some(mut record) = record {
+            record.swapping = true;
+            if let Ok(json) = serde_json::to_vec(&record) {
+                let _ = berth_fs::write_replacing(file, &json, 0o600);
             }
         }
     }
@@ -82,6 +101,17 @@ impl Journal {
             {
                 let name = OsString::from_vec(name);
                 let shown = record.parent.join(&name);
+                if record.swapping {
+                    // Part of the restored data is already live, the rest only here.
+                    let message = format!(
+                        "a restore was interrupted while it moved the restored data in: the live data is partly restored, and the rest of the restored copy is in {}; restore again (or move it in by hand) and then remove it",
+                        shown.display()
+                    );
+                    tracing::error!(app = %record.app, path = %shown.display(), "a restore was interrupted mid-swap");
+                    let _ = store.add_event(&record.app, None, "error", &message);
+                    let _ = std::fs::remove_file(&path);
+                    continue;
+                }
                 match remove_staging(&record.parent, &name) {
                     Ok(true) => {
                         let message = format!(
@@ -166,5 +196,15 @@ mod tests {
         assert!(!volume.path().join(&name).exists());
         assert!(volume.path().join("_data").exists(), "live data untouched");
         assert!(Journal::new(data.path()).clean_up(&store).is_empty());
+
+        // Cut off while moving in: the staged copy is kept, and the app's events say where.
+        let (_staging, name) = berth_fs::Dir::open(volume.path())
+            .unwrap()
+            .create_temp_dir(OsStr::new("_data"))
+            .unwrap();
+        let recorded = journal.record("shop", volume.path(), &name);
+        journal.mark_swapping(&recorded);
+        assert!(Journal::new(data.path()).clean_up(&store).is_empty());
+        assert!(volume.path().join(&name).exists(), "the only copy is kept");
     }
 }

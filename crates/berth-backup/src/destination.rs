@@ -512,14 +512,17 @@ impl S3Bucket {
             .await
             .map_err(|e| self.classify(e, key))?;
         let record = self.record_upload(key, &id);
+        in_progress().insert(id.clone());
+        // Each part uploads in a task of its own, so parts keep moving while the next one is
+        // read from a slow source; dropping the queue on an error aborts the rest.
+        let mut in_flight = futures_util::stream::FuturesOrdered::new();
         let outcome = async {
             let concurrency = self.settings.concurrency.max(1);
-            let mut in_flight = futures_util::stream::FuturesOrdered::new();
             let mut parts = Vec::new();
             let mut pending = first;
             let mut index = 0usize;
             let mut closed = false;
-            while !closed || !pending.is_empty() {
+            loop {
                 if !closed && pending.len() < part_size {
                     match chunks.recv().await {
                         Some(chunk) => {
@@ -531,13 +534,19 @@ impl S3Bucket {
                         None => closed = true,
                     }
                 }
+                // Never an empty part: some stores refuse one.
+                if pending.is_empty() {
+                    break;
+                }
                 let part = pending.split_to(pending.len().min(part_size)).freeze();
                 let store = Arc::clone(&self.store);
-                let (path, id) = (path.clone(), id.clone());
+                let (part_path, part_id) = (path.clone(), id.clone());
                 let part_index = index;
-                in_flight.push_back(async move {
-                    store.put_part(&path, &id, part_index, part.into()).await
-                });
+                in_flight.push_back(AbortOnDrop(tokio::spawn(async move {
+                    store
+                        .put_part(&part_path, &part_id, part_index, part.into())
+                        .await
+                })));
                 index += 1;
                 while in_flight.len() >= concurrency {
                     if let Some(done) = in_flight.next().await {
@@ -551,6 +560,7 @@ impl S3Bucket {
             Ok::<_, BackupError>((commit.await.unwrap_or(false), parts))
         }
         .await;
+        drop(in_flight);
         let result = match outcome {
             Ok((true, parts)) => self
                 .store
@@ -574,6 +584,7 @@ impl S3Bucket {
                 }
             }
         }
+        in_progress().remove(&id);
         result
     }
 
@@ -631,6 +642,11 @@ impl S3Bucket {
                 let _ = std::fs::remove_file(entry.path());
                 continue;
             };
+            // Another backup's upload, running now (backups of different apps, or an
+            // environment's, may share a bucket and run at once).
+            if in_progress().contains(&record.upload_id) {
+                continue;
+            }
             match self
                 .store
                 .abort_multipart(&self.path(&record.key), &record.upload_id)
@@ -647,6 +663,43 @@ impl S3Bucket {
             let _ = std::fs::remove_file(entry.path());
         }
         aborted
+    }
+}
+
+/// The multipart uploads this process is running, which no cleanup may abort.
+fn in_progress() -> std::sync::MutexGuard<'static, std::collections::HashSet<String>> {
+    static UPLOADS: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> =
+        std::sync::OnceLock::new();
+    UPLOADS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+/// A part upload's task, aborted when its queue is dropped (the upload failed).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> std::future::Future for AbortOnDrop<object_store::Result<T>> {
+    type Output = object_store::Result<T>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|joined| {
+            joined.unwrap_or_else(|e| {
+                Err(object_store::Error::Generic {
+                    store: "S3",
+                    source: Box::new(e),
+                })
+            })
+        })
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

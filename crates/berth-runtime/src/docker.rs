@@ -909,6 +909,30 @@ impl ContainerRuntime for DockerRuntime {
             .create_exec(id, config)
             .await
             .map_err(|e| self.classify(e, &format!("run a command in {id}")))?;
+        if options.tty
+            && let Some(socket) = self.inner.endpoint.strip_prefix("unix://")
+        {
+            // A terminal's output is one raw stream, and bollard's decoder may take a chunk
+            // that starts with byte 0, 1 or 2 for a multiplexing header (and then wait for
+            // gigabytes that never come): start it on a connection of our own and pass the
+            // bytes as they come.
+            let version = docker.client_version();
+            let (output, input) = start_exec_raw(
+                socket,
+                &format!("{}.{}", version.major_version, version.minor_version),
+                &created.id,
+            )
+            .await
+            .map_err(|message| RuntimeError::Io {
+                action: format!("start a command with a terminal in {id}"),
+                message,
+            })?;
+            return Ok(ExecSession {
+                id: created.id,
+                output,
+                input: options.stdin.then_some(input),
+            });
+        }
         let started = docker
             .start_exec(&created.id, None)
             .await
@@ -1002,10 +1026,27 @@ impl ContainerRuntime for DockerRuntime {
         let _ = docker
             .remove_container(
                 &created.id,
-                Some(q::RemoveContainerOptionsBuilder::new().force(true).build()),
+                // With the anonymous volumes an image's VOLUME lines made.
+                Some(
+                    q::RemoveContainerOptionsBuilder::new()
+                        .force(true)
+                        .v(true)
+                        .build(),
+                ),
             )
             .await;
         read
+    }
+
+    async fn exec_pid(&self, exec_id: &str) -> Result<Option<i64>> {
+        let docker = self.client().await?;
+        let inspect = docker
+            .inspect_exec(exec_id)
+            .await
+            .map_err(|e| self.classify(e, "inspect a command"))?;
+        Ok(inspect
+            .pid
+            .filter(|p| *p > 0 && inspect.running.unwrap_or(false)))
     }
 
     async fn resize_exec(&self, exec_id: &str, rows: u16, cols: u16) -> Result<()> {
@@ -1036,6 +1077,75 @@ impl ContainerRuntime for DockerRuntime {
 }
 
 /// Splits `repo:tag` (or `repo@digest`) for the pull API; the tag defaults to `latest`.
+type RawOutput = BoxStream<'static, Result<LogChunk>>;
+type RawInput = std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>;
+
+/// Starts an exec created with a terminal and hijacks the connection: the command's
+/// terminal output as it comes, and its input.
+async fn start_exec_raw(
+    socket: &str,
+    api_version: &str,
+    exec_id: &str,
+) -> std::result::Result<(RawOutput, RawInput), String> {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|e| format!("cannot connect to {socket}: {e}"))?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = connection.with_upgrades().await;
+    });
+    let request = http::Request::builder()
+        .method(http::Method::POST)
+        .uri(format!("/v{api_version}/exec/{exec_id}/start"))
+        .header(http::header::HOST, "docker")
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::CONNECTION, "Upgrade")
+        .header(http::header::UPGRADE, "tcp")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            br#"{"Detach":false,"Tty":true}"#,
+        )))
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        return Err(format!(
+            "Docker answered {status}: {}",
+            String::from_utf8_lossy(&body).trim()
+        ));
+    }
+    let upgraded = hyper::upgrade::on(response)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (read, write) = tokio::io::split(hyper_util::rt::TokioIo::new(upgraded));
+    let output = tokio_util::io::ReaderStream::new(read)
+        .map(|chunk| {
+            chunk
+                .map(|data| LogChunk {
+                    stream: LogStream::Stdout,
+                    data,
+                })
+                .map_err(|e| RuntimeError::Io {
+                    action: "read a command's terminal".into(),
+                    message: e.to_string(),
+                })
+        })
+        .boxed();
+    Ok((output, Box::pin(write)))
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Builder {
     BuildKit,
@@ -1124,6 +1234,11 @@ impl DockerRuntime {
                 }
                 Err(BollardError::DockerStreamError { error })
                 | Err(BollardError::DockerResponseServerError { message: error, .. }) => {
+                    // A failing step's last line often has no newline yet.
+                    for line in progress.rest() {
+                        output(&line);
+                        tail.push(&line);
+                    }
                     return Err(RuntimeError::BuildFailed {
                         tag: request.tag.clone(),
                         message: error,
@@ -1132,6 +1247,10 @@ impl DockerRuntime {
                 }
                 Err(e) => return Err(self.classify(e, &format!("build {}", request.tag))),
             }
+        }
+        for line in progress.rest() {
+            output(&line);
+            tail.push(&line);
         }
         self.inspect_image(&request.tag)
             .await?
@@ -1171,6 +1290,21 @@ struct BuildKitProgress {
 }
 
 impl BuildKitProgress {
+    /// The log lines still waiting for their newline, at the end of the build.
+    fn rest(&mut self) -> Vec<String> {
+        let mut rest: Vec<(usize, String)> = self
+            .partial
+            .drain()
+            .filter(|(_, text)| !text.trim().is_empty())
+            .map(|(vertex, text)| {
+                let number = self.steps.get(&vertex).copied().unwrap_or(0);
+                (number, format!("#{number} {}", text.trim_end()))
+            })
+            .collect();
+        rest.sort();
+        rest.into_iter().map(|(_, line)| line).collect()
+    }
+
     fn lines(&mut self, status: &bollard::moby::buildkit::v1::StatusResponse) -> Vec<String> {
         let mut lines = Vec::new();
         for vertex in &status.vertexes {

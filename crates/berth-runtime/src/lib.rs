@@ -133,6 +133,8 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         path: &str,
         limit: usize,
     ) -> Result<Option<Vec<u8>>>;
+    /// The host process id of a running exec (to hang it up when its terminal goes away).
+    async fn exec_pid(&self, exec_id: &str) -> Result<Option<i64>>;
     /// Sets the terminal size of a command started with `tty`.
     async fn resize_exec(&self, exec_id: &str, rows: u16, cols: u16) -> Result<()>;
     /// The exit code of a finished exec, or `None` while it runs.

@@ -183,7 +183,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             yes,
         } => {
             let app = resolve_app(&app)?;
-            confirm_rollback(&ctx, &app, release, yes).await?;
+            // The release confirmed is the one asked for, even if a deploy lands meanwhile.
+            let release = Some(confirm_rollback(&ctx, &app, release, yes).await?);
             let request = RollbackRequest {
                 release,
                 wait_for_lock: wait,
@@ -352,14 +353,14 @@ async fn confirm_rollback(
     app: &str,
     release: Option<i64>,
     yes: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<i64> {
     let query = release.map(|r| format!("?release={r}")).unwrap_or_default();
     let plan: RollbackPlan = ctx
         .client()?
         .get(&format!("/v1/apps/{app}/rollback/plan{query}"))
         .await?;
     if plan.changes.is_empty() {
-        return Ok(());
+        return Ok(plan.to);
     }
     if ctx.mode != Mode::Json {
         eprintln!(
@@ -371,12 +372,12 @@ async fn confirm_rollback(
         }
     }
     if yes {
-        return Ok(());
+        return Ok(plan.to);
     }
     if std::io::stdin().is_terminal() && std::io::stderr().is_terminal() {
         eprint!("Roll back anyway? [y/N] ");
         if matches!(read_answer()?.as_str(), "y" | "Y" | "yes") {
-            return Ok(());
+            return Ok(plan.to);
         }
         return Err(invalid("nothing was rolled back", None));
     }

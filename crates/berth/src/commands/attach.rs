@@ -89,7 +89,26 @@ pub(super) async fn exec_attached(
     // Raw mode only now: errors above print on a normal terminal. Restored when dropped,
     // whatever happens below.
     let raw = if tty { RawMode::enable().ok() } else { None };
-    let result = receive(&mut reader).await;
+    // A terminal closed or a kill ends berth here, never leaving the terminal raw.
+    let hangup = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::hangup()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(mut hup), Ok(mut term)) => {
+                tokio::select! {
+                    _ = hup.recv() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            _ => std::future::pending().await,
+        }
+    };
+    let result = tokio::select! {
+        result = receive(&mut reader) => result,
+        () = hangup => Err(anyhow!("berth was told to stop (the command in the container was hung up)")),
+    };
     drop(raw);
     sending.abort();
     match result? {

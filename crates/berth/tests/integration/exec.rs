@@ -180,6 +180,25 @@ fn exec_passes_input_a_terminal_and_the_exit_code_over_every_transport() {
     terminal.wait_for("STILL2");
     terminal.type_line("exit 5");
     terminal.wait_for("BERTH-EXIT=5");
+    drop(terminal);
+
+    // Output as it comes: a prompt without a newline shows before anything is typed, and a
+    // chunk that starts with a control byte is not taken for a stream header.
+    let terminal = Terminal::start(
+        &format!(
+            "env -u CI BERTH_DATA_DIR={} {BERTH} exec -it web --app {name} -- sh -c 'sleep 0.3; printf \"\\001CONTROL-FIRST\\n\"; sleep 0.3; printf \"\\002AGAIN\\n\"; sleep 0.3; printf \"ready> \"; read x; echo got:$x; exit 3'",
+            agent.dir.path().display()
+        ),
+        120,
+        30,
+    );
+    terminal.wait_for("CONTROL-FIRST");
+    terminal.wait_for("AGAIN");
+    terminal.wait_for("ready> ");
+    terminal.type_line("hi");
+    terminal.wait_for("got:hi");
+    terminal.wait_for("BERTH-EXIT=3");
+    drop(terminal);
 
     // The same over TCP with the token, and over ssh (a stand-in `ssh` that runs the
     // command it was given here, as sshd would on the server).
