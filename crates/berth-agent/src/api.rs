@@ -134,6 +134,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/metrics", get(metrics_endpoint))
         .route("/v1/agent/upgrade", post(upgrade_agent))
         .route("/v1/agent/stop", post(stop_agent))
+        .route("/v1/workers", get(workers))
         .route("/v1/certificates/{domain}/renew", post(renew_certificate))
         .route("/v1/apps/{app}/maintenance", post(maintenance))
         .route(
@@ -298,6 +299,10 @@ async fn info(State(state): State<ApiState>) -> Json<AgentInfo> {
 #[derive(Deserialize)]
 struct StatusQuery {
     app: Option<String>,
+}
+
+async fn workers(State(state): State<ApiState>) -> Json<Vec<WorkerInfo>> {
+    Json(state.engine.workers().list())
 }
 
 async fn status(

@@ -2131,7 +2131,11 @@ impl Engine {
 }
 
 /// Runs scheduled backups and verifications until `stop` resolves.
-pub async fn scheduler(engine: Arc<Engine>, stop: impl std::future::Future<Output = ()>) {
+pub async fn scheduler(
+    engine: Arc<Engine>,
+    report: berth_workers::Reporter,
+    stop: impl std::future::Future<Output = ()>,
+) {
     use berth_backup::schedule::Schedule;
     tokio::pin!(stop);
     let tz = jiff::tz::TimeZone::system();
@@ -2201,6 +2205,14 @@ pub async fn scheduler(engine: Arc<Engine>, stop: impl std::future::Future<Outpu
         }
         // Wake for the next due run, and at least every minute to see new deploys.
         let next = due.values().min().copied();
+        report.idle(
+            next.map(|at| at.as_millisecond()),
+            Some(match due.len() {
+                0 => "nothing scheduled".to_owned(),
+                1 => "1 schedule".to_owned(),
+                n => format!("{n} schedules"),
+            }),
+        );
         let wait = next
             .map(|at| at.duration_since(jiff::Timestamp::now()).unsigned_abs())
             .unwrap_or(Duration::from_secs(60))
@@ -2214,8 +2226,11 @@ pub async fn scheduler(engine: Arc<Engine>, stop: impl std::future::Future<Outpu
 }
 
 fn spawn_scheduled(engine: Arc<Engine>, manifest: Manifest, name: String, operation: &'static str) {
-    tokio::spawn(async move {
+    let job = format!("scheduled {operation} of {}/{name}", manifest.app);
+    let workers = engine.workers().clone();
+    workers.spawn_job(job, move |report, _stop| async move {
         let app = manifest.app.clone();
+        report.running(format!("{operation} {app}/{name}"));
         let _lock = engine
             .backup_locks
             .acquire(

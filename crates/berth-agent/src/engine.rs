@@ -72,6 +72,8 @@ pub struct Engine {
     choosing_subnet: tokio::sync::Mutex<()>,
     /// Where `secret_files` are written (a tmpfs when the host has one).
     secret_files_root: PathBuf,
+    /// The agent's background work.
+    workers: Arc<berth_workers::Workers>,
 }
 
 /// An old release draining in the background.
@@ -189,8 +191,18 @@ impl Engine {
             stray_delay: None,
             choosing_subnet: tokio::sync::Mutex::new(()),
             secret_files_root: data_dir_secret_files(&data_dir),
+            workers: Arc::new(berth_workers::Workers::new()),
             data_dir,
         }
+    }
+
+    /// The registry background work runs in (set once, at start).
+    pub fn set_workers(&mut self, workers: Arc<berth_workers::Workers>) {
+        self.workers = workers;
+    }
+
+    pub fn workers(&self) -> &Arc<berth_workers::Workers> {
+        &self.workers
     }
 
     /// Where secret files go (set once, at start: see `secret_files::choose_root`).

@@ -385,6 +385,8 @@ async fn serve(
         }
     });
 
+    // Background work, named (`berth status --workers`) and awaited at shutdown.
+    let background = Arc::new(berth_workers::Workers::new());
     // Certificates: a store the TLS listener asks by server name, filled from files and ACME.
     let mut tasks = tokio::task::JoinSet::new();
     let acme_channels = match (&config.acme, https_addr) {
@@ -397,7 +399,10 @@ async fn serve(
             let (wanted, wanted_receiver) =
                 tokio::sync::watch::channel(std::collections::BTreeSet::new());
             let (renew, renew_receiver) = tokio::sync::mpsc::channel(16);
-            tasks.spawn(acme.run(wanted_receiver, renew_receiver, stopped(stop.clone())));
+            background.spawn("certificates (ACME)", |report, stop| {
+                report.running("obtaining and renewing the routes' certificates");
+                acme.run(wanted_receiver, renew_receiver, stop.stopped())
+            });
             Some((wanted, renew))
         }
         _ => None,
@@ -424,6 +429,7 @@ async fn serve(
         tracing::warn!(dir = %secret_files_root.display(), "no tmpfs (/run, $XDG_RUNTIME_DIR, /dev/shm) to keep secret files in memory: they are written to disk");
     }
     engine.set_secret_files_root(secret_files_root);
+    engine.set_workers(background.clone());
     if predecessor.is_some() {
         // The predecessor still drains its connections for up to its grace period: old
         // containers they may reach are removed only after it.
@@ -456,12 +462,16 @@ async fn serve(
 
     // Certificate files renewed by other tools are picked up without a restart.
     let files_edge = edge.clone();
-    let mut files_stop = stop.clone();
-    tasks.spawn(async move {
+    background.spawn("certificate files", |report, stop| async move {
+        const EVERY: Duration = Duration::from_secs(60);
         loop {
+            report.idle(Some(berth_state::now_ms() + EVERY.as_millis() as i64), None);
             tokio::select! {
-                () = tokio::time::sleep(Duration::from_secs(60)) => files_edge.refresh_files(),
-                _ = files_stop.wait_for(|s| *s) => return,
+                () = tokio::time::sleep(EVERY) => {
+                    report.running("reading certificate files again");
+                    files_edge.refresh_files();
+                }
+                () = stop.clone().stopped() => return,
             }
         }
     });
@@ -637,7 +647,7 @@ async fn serve(
         if let Err(error) = predecessor.ready().await {
             tracing::warn!(error = %error.message, "the previous agent did not hear that this one serves");
         }
-        tasks.spawn(backups::scheduler(engine.clone(), stopped(stop.clone())));
+        spawn_scheduler(&engine);
     } else {
         spawn_reconciler(&mut tasks, &engine, &proxy, &stop);
     }
@@ -661,6 +671,12 @@ async fn serve(
         proxy.end_long_lived();
     }
     let _ = stop_sender.send(true);
+    let left = background
+        .shutdown(config.shutdown_grace + Duration::from_secs(1))
+        .await;
+    if !left.is_empty() {
+        tracing::warn!(workers = ?left, "background work was still running at shutdown");
+    }
     let proxies = tokio::task::spawn_blocking(move || {
         for worker in workers {
             worker.join();
@@ -699,12 +715,7 @@ fn spawn_reconciler(
     proxy: &Arc<Proxy>,
     stop: &tokio::sync::watch::Receiver<bool>,
 ) {
-    let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = stop.wait_for(|s| *s).await.map(|_| ());
-    };
     let reconciler = engine.clone();
-    let mut reconcile_stop = stop.clone();
-    let schedule_stop = stop.clone();
     let routed = proxy.clone();
     let mut ready_stop = stop.clone();
     tasks.spawn(async move {
@@ -720,29 +731,43 @@ fn spawn_reconciler(
         }
     });
     let routed = proxy.clone();
-    tasks.spawn(async move {
+    engine.workers().spawn("reconcile", |report, stop| async move {
         loop {
+            report.running("putting Docker in line with the state");
             let reconciled = reconciler.reconcile_all().await;
             routed.set_ready(true);
             match reconciled {
-                Ok(report) => {
+                Ok(report_of_changes) => {
                     tracing::info!(
-                        removed = ?report.removed,
-                        started = ?report.started,
-                        recreated = ?report.recreated,
-                        interrupted = ?report.interrupted_releases,
+                        removed = ?report_of_changes.removed,
+                        started = ?report_of_changes.started,
+                        recreated = ?report_of_changes.recreated,
+                        interrupted = ?report_of_changes.interrupted_releases,
                         "reconciled with Docker"
                     );
-                    backups::scheduler(reconciler, stopped(schedule_stop)).await;
+                    report.idle(None, Some("reconciled".into()));
+                    // Backups never run while containers are being put back in order.
+                    spawn_scheduler(&reconciler);
                     return;
                 }
-                Err(error) => tracing::error!(error = %error.message, "cannot reconcile with Docker yet; retrying in 5s"),
+                Err(error) => {
+                    tracing::error!(error = %error.message, "cannot reconcile with Docker yet; retrying in 5s");
+                    report.retrying(error.message.clone(), Some(berth_state::now_ms() + 5_000));
+                }
             }
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_secs(5)) => {}
-                _ = reconcile_stop.wait_for(|s| *s) => return,
+                () = stop.clone().stopped() => return,
             }
         }
+    });
+}
+
+/// The backup schedule, as a worker.
+fn spawn_scheduler(engine: &Arc<Engine>) {
+    let scheduler = engine.clone();
+    engine.workers().spawn("backup schedule", |report, stop| {
+        backups::scheduler(scheduler, report, stop.stopped())
     });
 }
 

@@ -9,6 +9,7 @@
 //! | `POST /v1/deploy` | [`DeployRequest`] | NDJSON [`OperationEvent`]s |
 //! | `POST /v1/apps/A/rollback` | [`RollbackRequest`] | NDJSON [`OperationEvent`]s |
 //! | `GET /v1/apps/A/rollback/plan[?release=N]` | | [`RollbackPlan`] |
+//! | `GET /v1/workers` | | `Vec<`[`WorkerInfo`]`>` |
 //! | `POST /v1/apps/A/services/S/restart` | [`RestartRequest`] | NDJSON [`OperationEvent`]s |
 //! | `GET /v1/apps/A/releases[?limit=N]` | | `Vec<`[`ReleaseInfo`]`>` |
 //! | `GET /v1/apps/A/services/S/logs?tail=&follow=&since=` | | NDJSON [`LogLine`]s |
@@ -131,6 +132,27 @@ pub struct RollbackRequest {
     /// Return only once the old release has drained.
     #[serde(default)]
     pub wait_drain: bool,
+}
+
+/// `GET /v1/workers`: the agent's background work.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WorkerInfo {
+    pub name: String,
+    /// `running`, `idle` (waiting for its next run), `retrying`, `failed` or `finished`.
+    pub state: String,
+    /// What it is doing or waiting for, in a few words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Milliseconds since the epoch.
+    pub started_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_run: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Completed runs.
+    pub runs: u64,
 }
 
 /// `GET /v1/apps/{app}/rollback/plan[?release=N]`: where a rollback would go and what it

@@ -212,7 +212,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await
         }
         Command::Releases { app, limit } => releases(&ctx, &resolve_app(&app)?, limit).await,
-        Command::Status { app } => status(&ctx, app).await,
+        Command::Status { workers: true, .. } => workers(&ctx).await,
+        Command::Status { app, .. } => status(&ctx, app).await,
         Command::Logs {
             service,
             app,
@@ -481,6 +482,49 @@ fn read_answer() -> anyhow::Result<String> {
     let mut answer = String::new();
     std::io::stdin().read_line(&mut answer)?;
     Ok(answer.trim().to_owned())
+}
+
+/// `berth status --workers`: the agent's background work, one line each.
+async fn workers(ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    let workers: Vec<WorkerInfo> = ctx.client()?.get("/v1/workers").await?;
+    if ctx.json {
+        println!("{}", serde_json::to_string_pretty(&workers)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let when = |at: Option<i64>| at.map(output::time).unwrap_or_else(|| "-".into());
+    let rows: Vec<Vec<String>> = workers
+        .iter()
+        .map(|w| {
+            vec![
+                w.name.clone(),
+                w.state.clone(),
+                w.detail.clone().unwrap_or_default(),
+                when(w.last_run),
+                when(w.next_run),
+                w.last_error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        output::table(
+            &[
+                "WORKER",
+                "STATE",
+                "DOING",
+                "LAST RUN",
+                "NEXT RUN",
+                "LAST ERROR"
+            ],
+            &rows
+        )
+    );
+    // Work that keeps failing is worth an exit code, as in `berth status`.
+    Ok(if workers.iter().any(|w| w.state == "retrying") {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// `berth apps`: one line per app.

@@ -172,6 +172,11 @@ enum Command {
         /// Only this app.
         #[arg(long, value_name = "APP")]
         app: Option<String>,
+        /// The agent's background work instead: the backup schedule, certificate renewal,
+        /// reconciliation, scheduled runs in progress; each with its state, last and next run
+        /// and last error.
+        #[arg(long, conflicts_with = "app")]
+        workers: bool,
     },
     /// A service's logs.
     Logs {

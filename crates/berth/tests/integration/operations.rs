@@ -606,3 +606,62 @@ fn apps_lists_every_app_with_its_release_and_state() {
         "{states:?}"
     );
 }
+
+#[test]
+fn status_workers_lists_the_background_work_with_its_state_and_next_run() {
+    let agent = Agent::start();
+    let app = agent.app("wrk");
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("a.txt"), b"a").unwrap();
+    app.write(&format!(
+        "{}\n[backups.files]\nsource = {{ directory = {{ path = \"{}\" }} }}\nschedule = \"0 3 * * *\"\n",
+        web(""),
+        data.path().display()
+    ));
+    agent.berth_in(app.path(), &["deploy"]).success();
+    let find = |workers: &serde_json::Value, name: &str| -> serde_json::Value {
+        workers
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no worker {name}: {workers}"))
+    };
+    // The schedule picks up the deploy within its minute; wait for it to say so.
+    let deadline = std::time::Instant::now() + Duration::from_secs(70);
+    let workers = loop {
+        let workers = agent
+            .berth(&["status", "--workers", "--json"])
+            .success()
+            .json();
+        if find(&workers, "backup schedule")["detail"] == "1 schedule" {
+            break workers;
+        }
+        assert!(std::time::Instant::now() < deadline, "{workers}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let schedule = find(&workers, "backup schedule");
+    assert_eq!(schedule["state"], "idle", "{workers}");
+    assert!(
+        schedule["next_run"].as_i64().unwrap()
+            > std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i64,
+        "{workers}"
+    );
+    let reconcile = find(&workers, "reconcile");
+    assert_eq!(reconcile["state"], "finished", "{workers}");
+    assert_eq!(reconcile["detail"], "reconciled", "{workers}");
+    assert_eq!(find(&workers, "certificate files")["state"], "idle");
+
+    let text = agent
+        .berth(&["status", "--workers"])
+        .success()
+        .stdout
+        .clone();
+    for expected in ["WORKER", "backup schedule", "1 schedule", "reconcile"] {
+        assert!(text.contains(expected), "{expected}: {text}");
+    }
+}
