@@ -1416,10 +1416,23 @@ impl Engine {
             }
             // A storage whose newest backup failed its last verification is left alone:
             // pruning it could keep only the bad one.
-            let copies = self
-                .store
-                .backup_copies(&manifest.app, Some(name))
-                .unwrap_or_default();
+            let copies = match self.store.backup_copies(&manifest.app, Some(name)) {
+                Ok(copies) => copies,
+                // Without the catalogue berth cannot tell which storage's newest backup
+                // failed verification: pruning blind could keep only a bad copy.
+                Err(state_error) => {
+                    let message = format!(
+                        "not pruning {name}: the backup catalogue could not be read ({state_error}), so berth cannot tell whether the newest backups verified"
+                    );
+                    progress.log(message.clone());
+                    if error.is_none() {
+                        error = Some(OpError::failed(message).hint(
+                            "check the agent's state file (`berth status` and the agent's log say more), then prune again",
+                        ));
+                    }
+                    continue;
+                }
+            };
             let mut storages = Vec::new();
             for storage in &backup.to {
                 let newest = copies

@@ -1293,3 +1293,65 @@ fn an_upload_cut_off_by_an_outage_is_aborted_once_the_bucket_is_back() {
     let list = backup_list(&agent, &app);
     assert_eq!(list["backups"].as_array().map(Vec::len), Some(1), "{list}");
 }
+
+#[test]
+fn prune_refuses_when_the_catalogue_cannot_be_read_instead_of_pruning_blind() {
+    let agent = Agent::start();
+    let app = agent.app("bkprune");
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("a.txt"), b"a").unwrap();
+    let manifest = |keep: &str| {
+        format!(
+            "{}\n[backups.files]\nsource = {{ directory = {{ path = \"{}\" }} }}\n{keep}\n",
+            crate::harness::web(""),
+            data.path().display()
+        )
+    };
+    app.write(&manifest(""));
+    deploy(&agent, &app);
+    for _ in 0..3 {
+        agent.berth_in(app.path(), &["backup", "run"]).success();
+    }
+    let stored = || {
+        std::fs::read_dir(
+            agent
+                .dir
+                .path()
+                .join("backups")
+                .join(&app.name)
+                .join("files"),
+        )
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .count()
+    };
+    assert_eq!(stored(), 3);
+
+    // The catalogue cannot be read (here: its table renamed under the running agent).
+    let state = agent.dir.path().join("state.db");
+    let sql = |statement: &str| {
+        let output = Command::new("sqlite3")
+            .args(["-cmd", ".timeout 10000"])
+            .arg(&state)
+            .arg(statement)
+            .output()
+            .expect("sqlite3 is missing: scripts/install-test-peers installs it");
+        assert!(output.status.success(), "{output:?}");
+    };
+    app.write(&manifest("keep = { last = 1 }"));
+    sql("ALTER TABLE backup_copies RENAME TO backup_copies_away");
+    let run = agent.berth_in(app.path(), &["backup", "prune"]);
+    run.failure(1);
+    assert!(
+        run.stderr
+            .contains("the backup catalogue could not be read"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(stored(), 3, "nothing was pruned blind");
+
+    sql("ALTER TABLE backup_copies_away RENAME TO backup_copies");
+    agent.berth_in(app.path(), &["backup", "prune"]).success();
+    assert_eq!(stored(), 1);
+}
