@@ -1787,3 +1787,51 @@ async fn restore(
         move |progress| engine.restore(plan, progress),
     )
 }
+
+#[cfg(test)]
+mod contract {
+    /// The paths a table names, with `{app}`-style segments and one-letter placeholders
+    /// both written as `*`, and the query left out.
+    fn normalized(path: &str) -> String {
+        let path = path.split(['?', '[']).next().unwrap_or(path);
+        path.split('/')
+            .map(|segment| {
+                let placeholder = segment.starts_with('{')
+                    || (segment.len() == 1 && segment.chars().all(|c| c.is_ascii_uppercase()));
+                if placeholder { "*" } else { segment }
+            })
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+
+    /// Every route the router serves is in berth-api's endpoint table, and the table names
+    /// no route the router lacks.
+    #[test]
+    fn the_api_table_and_the_router_agree() {
+        let router = include_str!("api.rs");
+        let router = &router[..router.find("mod contract").unwrap_or(router.len())];
+        let served: std::collections::BTreeSet<String> = router
+            .match_indices("\"/v1/")
+            .filter_map(|(at, _)| router[at + 1..].split('"').next())
+            .map(normalized)
+            .collect();
+        let table = include_str!("../../berth-api/src/lib.rs");
+        let documented: std::collections::BTreeSet<String> = table
+            .lines()
+            .filter(|l| l.starts_with("//! | `"))
+            .flat_map(|l| {
+                l.split('`')
+                    .filter(|part| part.contains("/v1/"))
+                    .filter_map(|part| part.split_whitespace().nth(1))
+                    .map(normalized)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let undocumented: Vec<_> = served.difference(&documented).collect();
+        let phantom: Vec<_> = documented.difference(&served).collect();
+        assert!(
+            undocumented.is_empty() && phantom.is_empty(),
+            "served but not in berth-api's table: {undocumented:?}; in the table but not served: {phantom:?}"
+        );
+    }
+}

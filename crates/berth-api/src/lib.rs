@@ -21,7 +21,7 @@
 //! | `POST /v1/apps/A/secrets/N/generate` | | [`SecretInfo`] |
 //! | `GET /v1/audit[?limit=N]` | | `Vec<`[`AuditEntry`]`>` |
 //! | `POST /v1/apps/A/maintenance` | [`MaintenanceRequest`] | [`AppStatus`] |
-//! | `POST /v1/certificates/D/renew` | | [`CertificateInfo`] |
+//! | `POST /v1/certificates/D/renew` | | 202 (the renewal runs in the background; [`Status`]'s certificates show it) |
 //! | `GET /v1/metrics` | | Prometheus text |
 //! | `POST /v1/apps/A/backups/run` | [`BackupRunRequest`] | NDJSON [`OperationEvent`]s |
 //! | `POST /v1/apps/A/backups/list` | [`BackupListRequest`] | [`BackupList`] |
@@ -29,7 +29,8 @@
 //! | `POST /v1/apps/A/backups/prune` | [`BackupPruneRequest`] | NDJSON [`OperationEvent`]s |
 //! | `POST /v1/apps/A/restore` | [`RestoreRequest`] | NDJSON [`OperationEvent`]s |
 //! | `GET /v1/apps/A/services/S/attach?spec=HEX` (`Upgrade: berth-exec`) | | 101, then [`ExecFrame`]s both ways |
-//! | `POST /v1/apps/A/stop`, `.../start` | [`RestartRequest`] | NDJSON [`OperationEvent`]s |
+//! | `POST /v1/apps/A/stop` | [`RestartRequest`] | NDJSON [`OperationEvent`]s |
+//! | `POST /v1/apps/A/start` | [`RestartRequest`] | NDJSON [`OperationEvent`]s |
 //! | `POST /v1/apps/A/destroy` | [`DestroyRequest`] | NDJSON [`OperationEvent`]s |
 //! | `POST /v1/agent/upgrade` | [`UpgradeRequest`] | NDJSON [`OperationEvent`]s |
 //! | `POST /v1/agent/stop` | | [`StopAnswer`] |
