@@ -339,11 +339,14 @@ async fn status(
         .await
         .into_iter()
         .collect::<Result<_, _>>()?;
-    Ok(Json(Status {
+    let mut status = Status {
         agent,
         apps,
         certificates: state.engine.edge.certificates(),
-    }))
+        problems: Vec::new(),
+    };
+    status.problems = status.find_problems();
+    Ok(Json(status))
 }
 
 #[derive(Deserialize)]

@@ -16,6 +16,7 @@ use crate::error::{ErrorKind, OpError};
 use crate::names;
 use crate::progress::Progress;
 use async_trait::async_trait;
+use berth_api::RunStatus;
 use berth_api::{
     BackupInfo, BackupResult, BackupsOutcome, CopyInfo, CopyResult, Outcome, PruneResult,
     VerifyResult, human_bytes,
@@ -1052,7 +1053,7 @@ impl Engine {
             let result = self
                 .backup_once(&manifest, backup, reason, &backup.to, &actor, &progress)
                 .await;
-            if result.status == "ok" || result.status == "partial" {
+            if matches!(result.status, RunStatus::Ok | RunStatus::Partial) {
                 let good: Vec<String> = result
                     .copies
                     .iter()
@@ -1066,10 +1067,10 @@ impl Engine {
                     outcome.pruned.extend(pruned);
                 }
             }
-            if result.status != "ok" && error.is_none() {
+            if result.status != RunStatus::Ok && error.is_none() {
                 error = Some(OpError::failed(format!(
                     "backup {name} {}: {}",
-                    if result.status == "partial" {
+                    if result.status == RunStatus::Partial {
                         "was stored only in part"
                     } else {
                         "failed"
@@ -1107,7 +1108,7 @@ impl Engine {
         let mut result = BackupResult {
             name: name.clone(),
             id: None,
-            status: "failed".to_owned(),
+            status: RunStatus::Failed,
             source: String::new(),
             source_summary: None,
             content_size: None,
@@ -1211,13 +1212,12 @@ impl Engine {
                 }
                 let good = result.copies.iter().filter(|c| c.ok).count();
                 result.status = if good == result.copies.len() && good > 0 {
-                    "ok"
+                    RunStatus::Ok
                 } else if good > 0 {
-                    "partial"
+                    RunStatus::Partial
                 } else {
-                    "failed"
-                }
-                .to_owned();
+                    RunStatus::Failed
+                };
                 if !errors.is_empty() {
                     result.error = Some(errors.join("; "));
                 }
@@ -1257,7 +1257,7 @@ impl Engine {
             && let Err(e) = self.store.finish_backup_run(
                 run,
                 &RunFinish {
-                    status: &result.status,
+                    status: result.status.as_str(),
                     backup_id: result.id.as_deref(),
                     cause: result.cause.as_deref(),
                     error: result.error.as_deref(),
@@ -1274,11 +1274,12 @@ impl Engine {
                 "backup"
             },
             &format!("{app}/{name}"),
-            &result.status,
+            result.status.as_str(),
             result.error.as_deref().unwrap_or(&detail),
         );
         if reason != Reason::Safety {
-            self.backup_metrics.record(app, name, &result.status);
+            self.backup_metrics
+                .record(app, name, result.status.as_str());
         }
         result
     }
@@ -2079,14 +2080,16 @@ impl Engine {
                 let last_run = runs
                     .iter()
                     .filter(|r| {
-                        r.name == backup.name && r.operation != "prune" && r.status != "refused"
+                        r.name == backup.name
+                            && r.operation != "prune"
+                            && RunStatus::parse(&r.status) != RunStatus::Refused
                     })
                     // The run that ended last (one still running counts as last): a
                     // restore's safety backup starts after the restore and must not hide it.
                     .max_by_key(|r| (r.finished_at.unwrap_or(i64::MAX), r.started_at))
                     .map(|r| berth_api::BackupRunInfo {
                         operation: r.operation.clone(),
-                        status: r.status.clone(),
+                        status: RunStatus::parse(&r.status),
                         started_at: r.started_at,
                         finished_at: r.finished_at,
                         backup_id: r.backup_id.clone(),

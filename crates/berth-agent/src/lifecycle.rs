@@ -326,10 +326,10 @@ impl Engine {
                     progress,
                 )
                 .await;
-            if result.status != "ok" {
+            if result.status != berth_api::RunStatus::Ok {
                 return Err(OpError::failed(format!(
                     "the final backup {name} did not succeed ({}), so nothing was destroyed",
-                    result.error.unwrap_or_else(|| result.status.clone())
+                    result.error.unwrap_or_else(|| result.status.to_string())
                 ))
                 .hint(
                     "fix the backup (`berth backup run` shows why), or destroy without --backup",

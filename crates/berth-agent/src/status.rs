@@ -4,7 +4,7 @@ use crate::engine::{Engine, release_manifest};
 use crate::error::OpError;
 use crate::health::{self, ProbeResult};
 use crate::names;
-use berth_api::{AppStatus, ReleaseInfo, ReplicaStatus, ServiceStatus};
+use berth_api::{AppStatus, Health, ReleaseInfo, ReplicaStatus, ServiceStatus};
 use berth_manifest::{Role, Service};
 use berth_runtime::ContainerState;
 use berth_state::{InstanceState, Release};
@@ -138,7 +138,7 @@ impl Engine {
                 return ReplicaStatus {
                     container: name.to_owned(),
                     state: "missing".into(),
-                    health: "unhealthy".into(),
+                    health: Health::Unhealthy,
                     health_detail: Some("the container no longer exists".into()),
                     started_at: None,
                     uptime_seconds: None,
@@ -149,7 +149,7 @@ impl Engine {
                 return ReplicaStatus {
                     container: name.to_owned(),
                     state: "unknown".into(),
-                    health: "unknown".into(),
+                    health: Health::Unknown,
                     health_detail: Some(error.to_string()),
                     started_at: None,
                     uptime_seconds: None,
@@ -160,12 +160,12 @@ impl Engine {
         let (health, detail) = if app_stopped && info.state != ContainerState::Running {
             // Down on purpose, not a fault.
             (
-                "stopped",
+                Health::Stopped,
                 Some("the app was stopped by `berth stop`".to_owned()),
             )
         } else if info.state != ContainerState::Running {
             (
-                "unhealthy",
+                Health::Unhealthy,
                 Some(format!("the container is {}", info.state.as_str())),
             )
         } else {
@@ -182,8 +182,8 @@ impl Engine {
             )
             .await
             {
-                ProbeResult::Healthy => ("healthy", None),
-                ProbeResult::Unhealthy(why) => ("unhealthy", Some(why)),
+                ProbeResult::Healthy => (Health::Healthy, None),
+                ProbeResult::Unhealthy(why) => (Health::Unhealthy, Some(why)),
             }
         };
         let uptime = info
@@ -195,7 +195,7 @@ impl Engine {
         ReplicaStatus {
             container: name.to_owned(),
             state: info.state.as_str().into(),
-            health: health.into(),
+            health,
             health_detail: detail,
             started_at: info.started_at,
             uptime_seconds: uptime,

@@ -294,6 +294,131 @@ pub struct Status {
     /// Certificates the agent serves (from ACME or from files).
     #[serde(default)]
     pub certificates: Vec<CertificateInfo>,
+    /// What needs looking at, one line each ([`Status::find_problems`]); empty when all is
+    /// well. `berth status` exits 1 when there is any.
+    #[serde(default)]
+    pub problems: Vec<String>,
+}
+
+impl Status {
+    /// The one rule for "is anything wrong" that `berth status`'s exit code, the dashboard
+    /// and alerts share: a service with fewer healthy replicas than it should have (unless
+    /// its app was stopped on purpose), a backup whose last run did not succeed or whose
+    /// copies failed verification, a certificate failing or expired.
+    pub fn find_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for app in &self.apps {
+            if !app.stopped {
+                for service in &app.services {
+                    let healthy = service.healthy_replicas();
+                    if healthy < service.desired_replicas as usize {
+                        problems.push(format!(
+                            "{}: {} has {healthy} of {} replicas healthy",
+                            app.name, service.name, service.desired_replicas
+                        ));
+                    }
+                }
+            }
+            for backup in &app.backups {
+                if let Some(run) = &backup.last_run
+                    && !run.status.is_good()
+                {
+                    problems.push(format!(
+                        "{}: backup {}'s last {} was {}",
+                        app.name, backup.name, run.operation, run.status
+                    ));
+                }
+                if !backup.failing_copies.is_empty() {
+                    problems.push(format!(
+                        "{}: {} copies of backup {} failed verification",
+                        app.name,
+                        backup.failing_copies.len(),
+                        backup.name
+                    ));
+                }
+            }
+        }
+        for certificate in &self.certificates {
+            if certificate.state == "failing" || certificate.state == "expired" {
+                problems.push(format!(
+                    "the certificate of {} is {}",
+                    certificate.domain, certificate.state
+                ));
+            }
+        }
+        problems
+    }
+}
+
+/// A replica's health as `berth status` sees it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    Healthy,
+    Unhealthy,
+    /// Its app was stopped by `berth stop`: down on purpose.
+    Stopped,
+    /// Docker could not be asked.
+    Unknown,
+}
+
+impl std::fmt::Display for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+            Health::Stopped => "stopped",
+            Health::Unknown => "unknown",
+        })
+    }
+}
+
+/// How a backup, verify, prune or restore run went.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Running,
+    /// Every copy stored and verified.
+    Ok,
+    /// Some copies.
+    Partial,
+    Failed,
+    /// Refused before it began (no `--force`, a target in the way): not a failure.
+    Refused,
+}
+
+impl RunStatus {
+    /// As the state file stores it; anything else reads as failed.
+    pub fn parse(text: &str) -> Self {
+        match text {
+            "running" => RunStatus::Running,
+            "ok" => RunStatus::Ok,
+            "partial" => RunStatus::Partial,
+            "refused" => RunStatus::Refused,
+            _ => RunStatus::Failed,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Ok => "ok",
+            RunStatus::Partial => "partial",
+            RunStatus::Failed => "failed",
+            RunStatus::Refused => "refused",
+        }
+    }
+
+    /// Nothing to look at: it went well, or has not ended yet.
+    pub fn is_good(self) -> bool {
+        matches!(self, RunStatus::Ok | RunStatus::Running)
+    }
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -376,12 +501,20 @@ pub struct ServiceStatus {
     pub replicas: Vec<ReplicaStatus>,
 }
 
+impl ServiceStatus {
+    pub fn healthy_replicas(&self) -> usize {
+        self.replicas
+            .iter()
+            .filter(|r| r.health == Health::Healthy)
+            .count()
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ReplicaStatus {
     pub container: String,
     pub state: String,
-    /// `healthy`, `unhealthy` or `unknown`.
-    pub health: String,
+    pub health: Health,
     pub health_detail: Option<String>,
     pub started_at: Option<String>,
     pub uptime_seconds: Option<u64>,
@@ -635,8 +768,7 @@ pub struct BackupsOutcome {
 pub struct BackupResult {
     pub name: String,
     pub id: Option<String>,
-    /// `ok` (every copy stored and verified), `partial` (some copies) or `failed`.
-    pub status: String,
+    pub status: RunStatus,
     pub source: String,
     pub source_summary: Option<String>,
     pub content_size: Option<u64>,
@@ -758,7 +890,7 @@ pub struct BackupStatus {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct BackupRunInfo {
     pub operation: String,
-    pub status: String,
+    pub status: RunStatus,
     pub started_at: i64,
     pub finished_at: Option<i64>,
     pub backup_id: Option<String>,
@@ -796,6 +928,60 @@ mod tests {
         }
         assert_eq!(decoded, frames);
         assert!(buffer.is_empty());
+    }
+
+    fn replica(health: &str) -> serde_json::Value {
+        serde_json::json!({ "container": "c", "state": "running", "health": health,
+            "health_detail": null, "started_at": null, "uptime_seconds": null, "restarts": 0 })
+    }
+
+    fn app(name: &str, stopped: bool, health: &str, run: Option<&str>) -> serde_json::Value {
+        serde_json::json!({
+            "name": name, "live_release": null, "operation": null, "urls": [], "stopped": stopped,
+            "services": [{ "name": "web", "role": "web", "release": 1, "desired_replicas": 2,
+                "replicas": [replica("healthy"), replica(health)] }],
+            "backups": [{ "name": "db", "schedule": null, "next_run": null, "last_ok": null,
+                "failing_copies": [],
+                "last_run": run.map(|status| serde_json::json!({ "operation": "backup",
+                    "status": status, "started_at": 1, "finished_at": 2, "backup_id": null,
+                    "cause": null, "error": null })) }]
+        })
+    }
+
+    #[test]
+    fn one_rule_decides_what_is_wrong() {
+        let status: Status = serde_json::from_value(serde_json::json!({
+            "agent": { "version": "0", "data_dir": "/d", "pid": 1, "http": null, "https": null,
+                "docker": { "endpoint": "unix:///x", "version": null, "error": null } },
+            "apps": [
+                app("fine", false, "healthy", Some("ok")),
+                app("paused", true, "stopped", Some("running")),
+                app("sick", false, "unhealthy", Some("partial")),
+            ],
+            "certificates": [{ "domain": "a.example", "source": "acme", "state": "expired",
+                "not_after": null, "issuer": null, "last_error": null, "next_attempt": null }]
+        }))
+        .unwrap();
+        let problems = status.find_problems();
+        assert_eq!(
+            problems,
+            [
+                "sick: web has 1 of 2 replicas healthy",
+                "sick: backup db's last backup was partial",
+                "the certificate of a.example is expired",
+            ],
+            "a stopped app and a running backup are not problems"
+        );
+        // The wire form is today's strings.
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(
+            json["apps"][2]["services"][0]["replicas"][1]["health"],
+            "unhealthy"
+        );
+        assert_eq!(
+            json["apps"][2]["backups"][0]["last_run"]["status"],
+            "partial"
+        );
     }
 
     #[test]

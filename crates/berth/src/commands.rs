@@ -594,9 +594,10 @@ fn app_state(app: &AppStatus) -> String {
     if app.live_release.is_none() {
         return "not deployed".into();
     }
-    let unhealthy = app.services.iter().any(|s| {
-        s.replicas.iter().filter(|r| r.health == "healthy").count() < s.desired_replicas as usize
-    });
+    let unhealthy = app
+        .services
+        .iter()
+        .any(|s| s.healthy_replicas() < s.desired_replicas as usize);
     match (unhealthy, &app.last_failed) {
         (true, _) => "unhealthy".into(),
         (false, Some(failed)) => format!("live (release {} failed)", failed.number),
@@ -1381,7 +1382,6 @@ async fn status(ctx: &Ctx, app: Option<String>) -> anyhow::Result<ExitCode> {
     if status.apps.is_empty() {
         println!("no apps deployed yet: run `berth deploy` in an app's directory");
     }
-    let mut unhealthy = false;
     for app in &status.apps {
         println!();
         let live = match &app.live_release {
@@ -1448,15 +1448,7 @@ async fn status(ctx: &Ctx, app: Option<String>) -> anyhow::Result<ExitCode> {
         }
         let mut rows = Vec::new();
         for service in &app.services {
-            let healthy = service
-                .replicas
-                .iter()
-                .filter(|r| r.health == "healthy")
-                .count();
-            // A stopped app is down on purpose: not a failure of `berth status`.
-            if healthy < service.desired_replicas as usize && !app.stopped {
-                unhealthy = true;
-            }
+            let healthy = service.healthy_replicas();
             let health = if app.stopped {
                 style("stopped").dim().to_string()
             } else if healthy == service.replicas.len() && !service.replicas.is_empty() {
@@ -1516,8 +1508,7 @@ async fn status(ctx: &Ctx, app: Option<String>) -> anyhow::Result<ExitCode> {
             );
         }
         if !app.backups.is_empty() {
-            let (rows, failing) = backup_status_rows(&app.backups);
-            unhealthy |= failing;
+            let rows = backup_status_rows(&app.backups);
             print!(
                 "{}",
                 output::table(
@@ -1527,8 +1518,7 @@ async fn status(ctx: &Ctx, app: Option<String>) -> anyhow::Result<ExitCode> {
             );
             for backup in &app.backups {
                 if let Some(run) = &backup.last_run
-                    && run.status != "ok"
-                    && run.status != "running"
+                    && !run.status.is_good()
                 {
                     println!(
                         "  {} {} {} {}: {}",
@@ -1558,12 +1548,14 @@ async fn status(ctx: &Ctx, app: Option<String>) -> anyhow::Result<ExitCode> {
                 &certificate_rows(&status.certificates)
             )
         );
-        unhealthy |= status
-            .certificates
-            .iter()
-            .any(|c| c.state == "failing" || c.state == "expired");
     }
-    Ok(if unhealthy {
+    // The agent's verdict (the same rule, from an agent too old to send one).
+    let problems = if status.problems.is_empty() {
+        status.find_problems()
+    } else {
+        status.problems.clone()
+    };
+    Ok(if !problems.is_empty() {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
@@ -2119,9 +2111,8 @@ async fn backup(ctx: &Ctx, action: BackupCommand) -> anyhow::Result<ExitCode> {
 }
 
 /// Rows of `berth status`'s backup table; true when any backup is failing.
-fn backup_status_rows(backups: &[BackupStatus]) -> (Vec<Vec<String>>, bool) {
-    let mut failing = false;
-    let rows = backups
+fn backup_status_rows(backups: &[BackupStatus]) -> Vec<Vec<String>> {
+    backups
         .iter()
         .map(|b| {
             let last_run = match &b.last_run {
@@ -2133,15 +2124,13 @@ fn backup_status_rows(backups: &[BackupStatus]) -> (Vec<Vec<String>>, bool) {
                         run.status,
                         output::time(run.finished_at.unwrap_or(run.started_at))
                     );
-                    if run.status == "ok" || run.status == "running" {
+                    if run.status.is_good() {
                         style(text).green().to_string()
                     } else {
-                        failing = true;
                         style(text).red().to_string()
                     }
                 }
             };
-            failing |= !b.failing_copies.is_empty();
             vec![
                 format!("  {}", b.name),
                 b.schedule.clone().unwrap_or_else(|| "by hand".into()),
@@ -2152,6 +2141,5 @@ fn backup_status_rows(backups: &[BackupStatus]) -> (Vec<Vec<String>>, bool) {
                 b.next_run.map(output::time).unwrap_or_else(|| "-".into()),
             ]
         })
-        .collect();
-    (rows, failing)
+        .collect()
 }

@@ -362,9 +362,9 @@ fn backups_outcome(mode: Mode, outcome: &Outcome, backups: &BackupsOutcome) {
         }
     };
     for run in &backups.runs {
-        let ok = run.status == "ok";
+        let ok = run.status == berth_api::RunStatus::Ok;
         match &run.id {
-            Some(id) if run.status != "failed" => println!(
+            Some(id) if run.status != berth_api::RunStatus::Failed => println!(
                 "{} {} {} {}: {} read, {} stored",
                 mark(ok),
                 style(&outcome.app).bold(),
