@@ -141,6 +141,40 @@ pub(super) async fn pass_logs(
     }
 }
 
+/// Checks a command, finds the container it runs in and records it in the audit log:
+/// (container id, name).
+async fn exec_target(
+    state: &ApiState,
+    headers: &HeaderMap,
+    app: &str,
+    service: &str,
+    command: &[String],
+    terminal: bool,
+) -> ApiResult<(String, String)> {
+    if command.is_empty() {
+        return Err(OpError::invalid("no command given")
+            .hint(if terminal {
+                "berth exec -it web -- sh"
+            } else {
+                "berth exec web -- COMMAND ARGS"
+            })
+            .into());
+    }
+    let found = exec_container(state, app, service).await?;
+    state.engine.audit(
+        &actor(state, headers),
+        "exec",
+        &format!("{app}/{service}"),
+        "started",
+        &format!(
+            "{}{}",
+            if terminal { "(terminal) " } else { "" },
+            command.join(" ")
+        ),
+    );
+    Ok(found)
+}
+
 /// The running container a command of `service` runs in: (id, name).
 pub(super) async fn exec_container(
     state: &ApiState,
@@ -167,20 +201,7 @@ pub(super) async fn exec(
     Json(request): Json<ExecRequest>,
 ) -> ApiResult<Response> {
     check_app_name(&app)?;
-    if request.command.is_empty() {
-        return Err(OpError::invalid("no command given")
-            .hint("berth exec web -- COMMAND ARGS")
-            .into());
-    }
-    let (id, name) = exec_container(&state, &app, &service).await?;
-    let actor = actor(&state, &headers);
-    state.engine.audit(
-        &actor,
-        "exec",
-        &format!("{app}/{service}"),
-        "started",
-        &request.command.join(" "),
-    );
+    let (id, name) = exec_target(&state, &headers, &app, &service, &request.command, false).await?;
     let session = state
         .engine
         .runtime
@@ -250,24 +271,8 @@ pub(super) async fn attach(
         .hint("use `berth exec -it`")
         .into());
     }
-    if spec.command.is_empty() {
-        return Err(OpError::invalid("no command given")
-            .hint("berth exec -it web -- sh")
-            .into());
-    }
-    let (id, _name) = exec_container(&state, &app, &service).await?;
-    let actor = actor(&state, &headers);
-    state.engine.audit(
-        &actor,
-        "exec",
-        &format!("{app}/{service}"),
-        "started",
-        &format!(
-            "{}{}",
-            if spec.tty { "(terminal) " } else { "" },
-            spec.command.join(" ")
-        ),
-    );
+    let (id, _name) =
+        exec_target(&state, &headers, &app, &service, &spec.command, spec.tty).await?;
     let session = state
         .engine
         .runtime
