@@ -49,7 +49,8 @@ impl From<BackupError> for OpError {
             BackupError::NotFound { .. } => ErrorKind::NotFound,
             _ => ErrorKind::Failed,
         };
-        OpError::new(kind, error.to_string())
+        let cause = error.cause();
+        OpError::new(kind, error.to_string()).cause(cause)
     }
 }
 

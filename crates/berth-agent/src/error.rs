@@ -46,6 +46,8 @@ pub struct OpErrorBody {
     pub details: Vec<String>,
     pub log_source: Option<String>,
     pub log_tail: Vec<String>,
+    /// The classification of a library's error underneath, when there is one.
+    pub cause: Option<&'static str>,
 }
 
 impl std::ops::Deref for OpError {
@@ -70,7 +72,14 @@ impl OpError {
             details: Vec::new(),
             log_source: None,
             log_tail: Vec::new(),
+            cause: None,
         }))
+    }
+
+    /// Names what failed underneath (`disk-full`, `docker-unreachable`, ...).
+    pub fn cause(mut self, cause: &'static str) -> Self {
+        self.cause = Some(cause);
+        self
     }
 
     pub fn failed(message: impl Into<String>) -> Self {
@@ -102,6 +111,7 @@ impl OpError {
             hint: self.hint.clone(),
             kind: self.kind.as_str().into(),
             details: self.details.clone(),
+            cause: self.cause.map(str::to_owned),
         }
     }
 
@@ -110,6 +120,7 @@ impl OpError {
             kind: self.kind.as_str().into(),
             message: self.message.clone(),
             hint: self.hint.clone(),
+            cause: self.cause.map(str::to_owned),
             log_source: self.log_source.clone(),
             log_tail: self.log_tail.clone(),
         }
@@ -124,7 +135,21 @@ impl std::fmt::Display for OpError {
 
 impl From<berth_runtime::RuntimeError> for OpError {
     fn from(error: berth_runtime::RuntimeError) -> Self {
-        OpError::failed(error.to_string())
+        use berth_runtime::RuntimeError as E;
+        let cause = match &error {
+            E::Unreachable { .. } => "docker-unreachable",
+            E::PermissionDenied { .. } => "docker-permission-denied",
+            E::DiskFull { .. } => "disk-full",
+            E::ImageUnavailable { .. } => "image-unavailable",
+            E::NotFound { .. } => "docker-not-found",
+            E::AddressPools { .. } => "address-pools-exhausted",
+            E::Conflict { .. } => "docker-conflict",
+            E::BuildFailed { .. } => "build-failed",
+            E::Timeout { .. } => "docker-timeout",
+            E::Api { .. } => "docker-refused",
+            E::Io { .. } => "io",
+        };
+        OpError::failed(error.to_string()).cause(cause)
     }
 }
 
@@ -136,12 +161,41 @@ impl From<berth_fs::FsError> for OpError {
 
 impl From<berth_state::StateError> for OpError {
     fn from(error: berth_state::StateError) -> Self {
-        OpError::failed(error.to_string())
+        let cause = match &error {
+            berth_state::StateError::DiskFull { .. } => "disk-full",
+            _ => "state",
+        };
+        OpError::failed(error.to_string()).cause(cause)
     }
 }
 
 impl From<crate::secrets::SecretError> for OpError {
     fn from(error: crate::secrets::SecretError) -> Self {
         OpError::failed(error.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_librarys_classification_reaches_the_api_as_the_cause() {
+        let unreachable = OpError::from(berth_runtime::RuntimeError::Unreachable {
+            endpoint: "unix:///var/run/docker.sock".into(),
+            reason: "connection refused".into(),
+            hint: "start Docker",
+        });
+        assert_eq!(
+            unreachable.to_api().cause.as_deref(),
+            Some("docker-unreachable")
+        );
+        assert_eq!(unreachable.to_api().kind, "failed");
+        let full = OpError::from(berth_state::StateError::DiskFull {
+            action: "record a release",
+        });
+        assert_eq!(full.to_operation().cause.as_deref(), Some("disk-full"));
+        // Errors berth makes itself name no cause.
+        assert_eq!(OpError::invalid("no command given").to_api().cause, None);
     }
 }

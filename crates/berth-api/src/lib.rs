@@ -72,6 +72,11 @@ pub struct ApiError {
     /// Manifest diagnostics, already rendered with file:line:column.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub details: Vec<String>,
+    /// What failed underneath, when a library classified it: `docker-unreachable`,
+    /// `disk-full`, `credentials-refused`, `image-unavailable`, ... (stable, for scripts
+    /// and the dashboard; the message and hint say it for people).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -266,6 +271,9 @@ pub struct OperationError {
     pub kind: String,
     pub message: String,
     pub hint: Option<String>,
+    /// What failed underneath, as in [`ApiError::cause`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
     /// Whose log the tail is from.
     pub log_source: Option<String>,
     #[serde(default)]

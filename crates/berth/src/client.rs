@@ -568,6 +568,7 @@ async fn refusal(
         hint: hint.map(str::to_owned),
         kind: "failed".into(),
         details: Vec::new(),
+        cause: None,
     });
     ClientError::Api { status, error }
 }

@@ -35,6 +35,10 @@ fn invalid(message: impl Into<String>, hint: Option<&str>) -> anyhow::Error {
 
 /// Prints an error the way the user needs it and picks the exit code.
 pub fn report(error: &anyhow::Error, json: bool) -> ExitCode {
+    let cause = error.downcast_ref::<ClientError>().and_then(|e| match e {
+        ClientError::Api { error, .. } => error.cause.clone(),
+        _ => None,
+    });
     let (code, message, hint, details) = if let Some(e) = error.downcast_ref::<Invalid>() {
         (2, e.message.clone(), e.hint.clone(), Vec::new())
     } else if let Some(e) = error.downcast_ref::<ClientError>() {
@@ -57,7 +61,7 @@ pub fn report(error: &anyhow::Error, json: bool) -> ExitCode {
         (1, format!("{error:#}"), None, Vec::new())
     };
     if json {
-        let body = serde_json::json!({ "ok": false, "error": { "message": message, "hint": hint, "details": details } });
+        let body = serde_json::json!({ "ok": false, "error": { "message": message, "hint": hint, "details": details, "cause": cause } });
         println!(
             "{}",
             serde_json::to_string_pretty(&body).unwrap_or_default()

@@ -225,6 +225,15 @@ fn an_image_that_cannot_be_pulled_is_named() {
         "the fix is named: {}",
         run.stderr
     );
+    // Scripts get the classified cause, not only the words.
+    let run = agent.berth_in(app.path(), &["deploy", "--json"]);
+    run.failure(1);
+    assert_eq!(
+        run.json()["error"]["cause"],
+        "image-unavailable",
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]
