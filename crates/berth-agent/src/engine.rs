@@ -79,6 +79,9 @@ pub struct Engine {
     secret_files_root: PathBuf,
     /// The agent's background work.
     workers: Arc<berth_workers::Workers>,
+    /// The uid a user name stands for in an image, by image id and name: looking it up
+    /// creates a container, once per image, not once per replica.
+    pub(crate) image_uids: Mutex<HashMap<(String, String), u32>>,
 }
 
 /// An old release draining in the background.
@@ -197,6 +200,7 @@ impl Engine {
             choosing_subnet: tokio::sync::Mutex::new(()),
             secret_files_root: data_dir_secret_files(&data_dir),
             workers: Arc::new(berth_workers::Workers::new()),
+            image_uids: Mutex::new(HashMap::new()),
             data_dir,
         }
     }

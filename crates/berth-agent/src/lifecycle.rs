@@ -48,7 +48,7 @@ impl Engine {
     ) -> Outcome {
         let started = Instant::now();
         let result = self.stop_steps(&app, &progress).await;
-        self.finish_lifecycle(&app, "stop", &actor, started, result)
+        self.finish_lifecycle(&app, "stop", &actor, started, result, "")
     }
 
     /// `berth start APP` (the caller holds the app's lock).
@@ -60,7 +60,7 @@ impl Engine {
     ) -> Outcome {
         let started = Instant::now();
         let result = self.start_steps(&app, &progress).await;
-        self.finish_lifecycle(&app, "start", &actor, started, result)
+        self.finish_lifecycle(&app, "start", &actor, started, result, "")
     }
 
     async fn stop_steps(&self, app: &str, progress: &Progress) -> Result<(), OpError> {
@@ -161,25 +161,7 @@ impl Engine {
             if request.volumes { "removed" } else { "kept" },
             if request.secrets { "removed" } else { "kept" }
         );
-        self.audit(
-            &actor,
-            "destroy",
-            &app,
-            if result.is_ok() { "ok" } else { "failed" },
-            &detail,
-        );
-        Outcome {
-            ok: result.is_ok(),
-            app: app.clone(),
-            operation: "destroy".to_owned(),
-            release: None,
-            version: None,
-            live_release: None,
-            elapsed_ms: started.elapsed().as_millis() as u64,
-            urls: Vec::new(),
-            error: result.err().map(|e| e.to_operation()),
-            backups: None,
-        }
+        self.finish_lifecycle(&app, "destroy", &actor, started, result, &detail)
     }
 
     async fn destroy_steps(
@@ -346,13 +328,14 @@ impl Engine {
         actor: &str,
         started: Instant,
         result: Result<(), OpError>,
+        detail: &str,
     ) -> Outcome {
         self.audit(
             actor,
             operation,
             app,
             if result.is_ok() { "ok" } else { "failed" },
-            "",
+            detail,
         );
         let live = self.store.live_release(app).ok().flatten();
         Outcome {

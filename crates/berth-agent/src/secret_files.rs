@@ -80,20 +80,33 @@ impl Engine {
         if let Ok(uid) = user.parse::<u32>() {
             return Ok(Some(uid));
         }
+        let key = (info.id.clone(), user.to_owned());
+        let known = self
+            .image_uids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .copied();
+        if let Some(uid) = known {
+            return Ok(Some(uid));
+        }
         let passwd = self
             .runtime
             .read_image_file(image, "/etc/passwd", 1 << 20)
             .await?
             .unwrap_or_default();
-        uid_of(&String::from_utf8_lossy(&passwd), user)
-            .map(Some)
-            .ok_or_else(|| {
+        let uid = uid_of(&String::from_utf8_lossy(&passwd), user).ok_or_else(|| {
                 OpError::failed(format!(
                     "the image of {} runs as user `{user}`, which its /etc/passwd does not name, so its secret files would have no owner to give them to",
                     service.name
                 ))
                 .hint("set a numeric USER in the Dockerfile (USER 1000), or add the user to the image")
-            })
+        })?;
+        self.image_uids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, uid);
+        Ok(Some(uid))
     }
 
     /// Writes an app's live file secrets that are missing (after a reboot emptied the
