@@ -195,6 +195,39 @@ mod tests {
         assert_eq!(uid_of("garbage", "app"), None);
     }
 
+    /// `/dev/shm` is writable by every user: a name planted there first (a link to a place
+    /// of the planter's, or a directory others may enter) is never used for secrets.
+    #[test]
+    fn a_planted_name_in_shared_memory_is_not_used() {
+        use std::os::unix::fs::PermissionsExt;
+        let data = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        for (id, plant) in [("planted-link", true), ("planted-open-dir", false)] {
+            let agent_id = format!("test-{id}-{}", std::process::id());
+            let planted = PathBuf::from("/dev/shm").join(format!("berth-{agent_id}"));
+            let _ = std::fs::remove_dir_all(&planted);
+            let _ = std::fs::remove_file(&planted);
+            if plant {
+                std::os::unix::fs::symlink(elsewhere.path(), &planted).unwrap();
+            } else {
+                std::fs::create_dir(&planted).unwrap();
+                std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o777)).unwrap();
+            }
+            let (root, _) = choose_root(data.path(), &agent_id);
+            assert!(!root.starts_with(&planted), "{id}: {}", root.display());
+            assert!(
+                std::fs::read_dir(elsewhere.path())
+                    .unwrap()
+                    .next()
+                    .is_none(),
+                "{id}: nothing written through the link"
+            );
+            let _ = std::fs::remove_file(&planted);
+            let _ = std::fs::remove_dir_all(&planted);
+            let _ = std::fs::remove_dir_all(format!("/run/berth-{agent_id}"));
+        }
+    }
+
     #[test]
     fn the_root_is_private_and_in_memory_when_the_host_has_a_tmpfs() {
         let data = tempfile::tempdir().unwrap();
