@@ -3,7 +3,7 @@
 //! Long operations (deploy, rollback, restart) run in their own task: the response streams
 //! their progress, and a client that disconnects does not stop them half-way.
 
-use crate::engine::{Engine, ImagePlan, ReleasePlan, release_manifest};
+use crate::engine::{Engine, release_manifest};
 use crate::error::{ErrorKind, OpError};
 use crate::progress::Progress;
 use crate::secrets;
@@ -17,7 +17,6 @@ use axum::{Json, Router};
 use berth_api::*;
 use berth_manifest::{ImageSource, ManifestSource};
 use berth_runtime::LogQuery;
-use berth_state::ReleaseKind;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -184,7 +183,7 @@ pub fn router(state: ApiState) -> Router {
                         .unwrap_or("");
                     if !constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
                         let mut refused = ApiFailure(
-                            OpError::new(ErrorKind::Invalid, "missing or wrong API token")
+                            OpError::new(ErrorKind::Unauthorized, "missing or wrong API token")
                                 .hint("pass the token from the agent's api-token file (BERTH_TOKEN)"),
                             StatusCode::UNAUTHORIZED,
                         )
@@ -216,7 +215,7 @@ struct ApiFailure(OpError, StatusCode);
 
 impl From<OpError> for ApiFailure {
     fn from(error: OpError) -> Self {
-        let status = error.kind.status();
+        let status = crate::error::http_status(error.kind);
         ApiFailure(error, status)
     }
 }
@@ -578,26 +577,16 @@ async fn deploy(
         used_uploads.push(path.clone());
         image_archives.push(path);
     }
-    state.engine.ensure_not_stopped(&manifest.app, "deploy")?;
-    state.engine.secret_values(&manifest)?;
-    state.engine.check_route_conflicts(&manifest)?;
-    let version = request
-        .version
-        .clone()
-        .filter(|v| !v.trim().is_empty())
-        .unwrap_or_else(|| jiff::Timestamp::now().strftime("%Y%m%d-%H%M%S").to_string());
     let app = manifest.app.clone();
-    let plan = ReleasePlan {
+    let plan = state.engine.plan_deploy(crate::engine::DeployRequest {
         manifest,
-        image_archives,
         manifest_toml: request.manifest.clone(),
-        version,
-        images: ImagePlan::Build(contexts),
-        kind: ReleaseKind::Deploy,
-        rollback_of: None,
+        contexts,
+        image_archives,
+        version: request.version.clone(),
         actor: actor.clone(),
         wait_drain: request.wait_drain,
-    };
+    })?;
     let engine = state.engine.clone();
     used_uploads.sort();
     used_uploads.dedup();
@@ -620,20 +609,9 @@ async fn rollback(
 ) -> ApiResult<Response> {
     check_app_name(&app)?;
     let actor = actor(&state, &headers);
-    state.engine.ensure_not_stopped(&app, "roll back")?;
-    let (_live, target) = state.engine.rollback_target(&app, request.release)?;
-    let manifest = release_manifest(&target)?;
-    let plan = ReleasePlan {
-        manifest,
-        image_archives: Vec::new(),
-        manifest_toml: target.manifest_toml.clone(),
-        version: target.version.clone(),
-        images: ImagePlan::Existing(target.images.clone()),
-        kind: ReleaseKind::Rollback,
-        rollback_of: Some(target.number),
-        actor: actor.clone(),
-        wait_drain: request.wait_drain,
-    };
+    let plan = state
+        .engine
+        .plan_rollback(&app, request.release, &actor, request.wait_drain)?;
     let engine = state.engine.clone();
     start_operation(
         &state,

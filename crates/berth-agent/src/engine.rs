@@ -40,6 +40,8 @@ use std::time::{Duration, Instant};
 const LOG_TAIL: usize = 20;
 
 mod accessories;
+mod planning;
+pub use planning::DeployRequest;
 mod replicas;
 mod restart;
 mod specs;
@@ -205,6 +207,22 @@ impl Engine {
         }
     }
 
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn proxy(&self) -> &Arc<Proxy> {
+        &self.proxy
+    }
+
+    pub fn secrets(&self) -> &SecretBox {
+        &self.secrets
+    }
+
+    pub fn runtime(&self) -> &Arc<dyn ContainerRuntime> {
+        &self.runtime
+    }
+
     /// The registry background work runs in (set once, at start).
     pub fn set_workers(&mut self, workers: Arc<berth_workers::Workers>) {
         self.workers = workers;
@@ -366,87 +384,6 @@ impl Engine {
     }
 
     // ---- checks done before an operation starts ----------------------------------------
-
-    /// Decrypts every secret the manifest needs; names all missing ones at once.
-    pub(crate) fn secret_values(
-        &self,
-        manifest: &Manifest,
-    ) -> Result<BTreeMap<String, String>, OpError> {
-        let mut values = BTreeMap::new();
-        let mut missing = Vec::new();
-        for name in manifest.secret_names() {
-            match self.store.secret_ciphertext(&manifest.app, name)? {
-                Some(ciphertext) => {
-                    values.insert(name.to_owned(), self.secrets.open_value(name, &ciphertext)?);
-                }
-                None => missing.push(name),
-            }
-        }
-        if !missing.is_empty() {
-            let commands: Vec<String> = missing
-                .iter()
-                .map(|n| format!("berth secrets set {n} --app {}", manifest.app))
-                .collect();
-            return Err(OpError::invalid(format!(
-                "{} {} not set for app {}",
-                if missing.len() == 1 {
-                    "secret"
-                } else {
-                    "secrets"
-                },
-                missing.join(", "),
-                manifest.app
-            ))
-            .hint(format!(
-                "set {} first: {}",
-                if missing.len() == 1 { "it" } else { "them" },
-                commands.join("; ")
-            )));
-        }
-        Ok(values)
-    }
-
-    /// Refuses a manifest whose routes another app on this agent already serves.
-    pub(crate) fn check_route_conflicts(&self, manifest: &Manifest) -> Result<(), OpError> {
-        let mut claimed = Vec::new();
-        for service in manifest.web_services() {
-            if let Some(route) = &service.route {
-                let hosts = if route.domains.is_empty() {
-                    vec!["*".to_owned()]
-                } else {
-                    route.domains.clone()
-                };
-                for host in hosts {
-                    claimed.push((host, route.path.clone(), service.name.clone()));
-                }
-            }
-        }
-        for other in self.proxy.routes() {
-            if other.app == manifest.app {
-                continue;
-            }
-            let other_hosts = if other.domains.is_empty() {
-                vec!["*".to_owned()]
-            } else {
-                other.domains.clone()
-            };
-            for (host, path, service) in &claimed {
-                if other_hosts.contains(host) && &other.path == path {
-                    let shown = if host == "*" {
-                        format!("every host at {path}")
-                    } else {
-                        format!("{host}{path}")
-                    };
-                    return Err(OpError::invalid(format!(
-                        "route clash: {shown} (service {service}) is already served by app {} (service {})",
-                        other.app, other.service
-                    ))
-                    .hint("give this app's route its own domains or path prefix"));
-                }
-            }
-        }
-        Ok(())
-    }
 
     // ---- deploy and rollback -----------------------------------------------------------
 

@@ -3,34 +3,17 @@
 
 use berth_api::{ApiError, OperationError};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    /// The request itself is wrong (manifest, missing secret, unknown release): exit code 2.
-    Invalid,
-    /// Another operation holds the app's lock.
-    Locked,
-    NotFound,
-    /// The operation was attempted and failed.
-    Failed,
-}
+pub use berth_api::ErrorKind;
 
-impl ErrorKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorKind::Invalid => "invalid",
-            ErrorKind::Locked => "locked",
-            ErrorKind::NotFound => "not-found",
-            ErrorKind::Failed => "failed",
-        }
-    }
-
-    pub fn status(self) -> http::StatusCode {
-        match self {
-            ErrorKind::Invalid => http::StatusCode::BAD_REQUEST,
-            ErrorKind::Locked => http::StatusCode::CONFLICT,
-            ErrorKind::NotFound => http::StatusCode::NOT_FOUND,
-            ErrorKind::Failed => http::StatusCode::INTERNAL_SERVER_ERROR,
-        }
+/// The HTTP status an error of `kind` is answered with.
+pub fn http_status(kind: ErrorKind) -> http::StatusCode {
+    match kind {
+        ErrorKind::Invalid => http::StatusCode::BAD_REQUEST,
+        ErrorKind::Locked | ErrorKind::Conflict => http::StatusCode::CONFLICT,
+        ErrorKind::NotFound => http::StatusCode::NOT_FOUND,
+        ErrorKind::Unauthorized => http::StatusCode::UNAUTHORIZED,
+        ErrorKind::Forbidden => http::StatusCode::FORBIDDEN,
+        ErrorKind::Failed => http::StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -109,7 +92,7 @@ impl OpError {
         ApiError {
             message: self.message.clone(),
             hint: self.hint.clone(),
-            kind: self.kind.as_str().into(),
+            kind: self.kind,
             details: self.details.clone(),
             cause: self.cause.map(str::to_owned),
         }
@@ -117,7 +100,7 @@ impl OpError {
 
     pub fn to_operation(&self) -> OperationError {
         OperationError {
-            kind: self.kind.as_str().into(),
+            kind: self.kind,
             message: self.message.clone(),
             hint: self.hint.clone(),
             cause: self.cause.map(str::to_owned),
@@ -190,7 +173,7 @@ mod tests {
             unreachable.to_api().cause.as_deref(),
             Some("docker-unreachable")
         );
-        assert_eq!(unreachable.to_api().kind, "failed");
+        assert_eq!(unreachable.to_api().kind, crate::ErrorKind::Failed);
         let full = OpError::from(berth_state::StateError::DiskFull {
             action: "record a release",
         });

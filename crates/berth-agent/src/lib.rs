@@ -24,6 +24,10 @@ mod staging;
 mod status;
 pub mod subnets;
 mod succession;
+#[cfg(test)]
+mod testing;
+#[cfg(test)]
+mod unit_tests;
 
 pub use berth_proxy::ProxyConfig;
 pub use engine::Engine;

@@ -60,6 +60,55 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// What kind of error an answer carries: what the client did wrong, or what failed.
+/// Serialized as kebab-case strings (`not-found`); a kind a newer agent adds reads as `failed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorKind {
+    /// The request itself is wrong (manifest, missing secret, unknown release): exit code 2.
+    Invalid,
+    /// Another operation holds the app's lock (or the agent's, during an upgrade).
+    Locked,
+    /// What the request would create already exists.
+    Conflict,
+    NotFound,
+    /// No credentials, or wrong ones.
+    Unauthorized,
+    /// The credentials are good but do not allow this.
+    Forbidden,
+    /// The operation was attempted and failed.
+    #[serde(other)]
+    Failed,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Invalid => "invalid",
+            ErrorKind::Locked => "locked",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::NotFound => "not-found",
+            ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::Failed => "failed",
+        }
+    }
+
+    /// Whether the request was at fault (the CLI exits 2), not the operation (exit 1).
+    pub fn is_request_error(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::Invalid | ErrorKind::NotFound | ErrorKind::Unauthorized
+        )
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ApiError {
     /// What went wrong.
@@ -67,8 +116,8 @@ pub struct ApiError {
     /// What to do about it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
-    /// A stable machine-readable kind: `invalid-manifest`, `locked`, `not-found`, ...
-    pub kind: String,
+    /// A stable machine-readable kind: `invalid`, `locked`, `not-found`, ...
+    pub kind: ErrorKind,
     /// Manifest diagnostics, already rendered with file:line:column.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub details: Vec<String>,
@@ -267,8 +316,8 @@ pub struct Outcome {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct OperationError {
-    /// `invalid` (the request was wrong: exit code 2), `locked`, `not-found` or `failed`.
-    pub kind: String,
+    /// `invalid` (the request was wrong: exit code 2), `locked`, `not-found`, `failed`, ...
+    pub kind: ErrorKind,
     pub message: String,
     pub hint: Option<String>,
     /// What failed underneath, as in [`ApiError::cause`].

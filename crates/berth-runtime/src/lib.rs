@@ -7,6 +7,8 @@
 
 mod docker;
 mod error;
+#[cfg(feature = "fake")]
+pub mod fake;
 mod types;
 
 pub use docker::DockerRuntime;

@@ -566,7 +566,7 @@ async fn refusal(
             String::from_utf8_lossy(&bytes).trim()
         ),
         hint: hint.map(str::to_owned),
-        kind: "failed".into(),
+        kind: berth_api::ErrorKind::Failed,
         details: Vec::new(),
         cause: None,
     });

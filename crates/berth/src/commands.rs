@@ -43,11 +43,7 @@ pub fn report(error: &anyhow::Error, json: bool) -> ExitCode {
         (2, e.message.clone(), e.hint.clone(), Vec::new())
     } else if let Some(e) = error.downcast_ref::<ClientError>() {
         let code = match e {
-            ClientError::Api { error, .. }
-                if matches!(error.kind.as_str(), "invalid" | "not-found") =>
-            {
-                2
-            }
+            ClientError::Api { error, .. } if error.kind.is_request_error() => 2,
             _ => 1,
         };
         let details = match e {
@@ -1299,9 +1295,7 @@ async fn watch(ctx: &Ctx, mut lines: crate::client::Lines) -> anyhow::Result<Exi
             output::outcome(ctx.mode, &outcome);
             return Ok(match &outcome.error {
                 None => ExitCode::SUCCESS,
-                Some(error) if matches!(error.kind.as_str(), "invalid" | "not-found") => {
-                    ExitCode::from(2)
-                }
+                Some(error) if error.kind.is_request_error() => ExitCode::from(2),
                 Some(_) => ExitCode::from(1),
             });
         }

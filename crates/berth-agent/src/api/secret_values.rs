@@ -187,7 +187,7 @@ pub(super) async fn generate_secret(
     check_secret_name(&name)?;
     if !query.force && state.engine.store.secret_ciphertext(&app, &name)?.is_some() {
         return Err(OpError::new(
-            ErrorKind::Locked,
+            ErrorKind::Conflict,
             format!("secret {name} of {app} already exists"),
         )
         .hint("pass --force to replace it with a new random value")

@@ -1,0 +1,154 @@
+//! Deciding what a deploy or rollback will do before it starts: the checks that refuse it
+//! early (a stopped app, a missing secret, a route another app serves) and its plan.
+
+use super::{Engine, ImagePlan, ReleasePlan, release_manifest};
+use crate::error::OpError;
+use berth_manifest::Manifest;
+use berth_state::ReleaseKind;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// What a client sent for a deploy, once its uploads are found on disk.
+pub struct DeployRequest {
+    pub manifest: Manifest,
+    pub manifest_toml: String,
+    /// Build context archives by service.
+    pub contexts: BTreeMap<String, PathBuf>,
+    /// `docker save` archives to load first.
+    pub image_archives: Vec<PathBuf>,
+    /// The version to record; a timestamp when empty.
+    pub version: Option<String>,
+    pub actor: String,
+    pub wait_drain: bool,
+}
+
+impl Engine {
+    /// Checks a deploy can start and plans it; refuses it before the app's lock is taken
+    /// when it could never succeed.
+    pub fn plan_deploy(&self, request: DeployRequest) -> Result<ReleasePlan, OpError> {
+        let manifest = request.manifest;
+        self.ensure_not_stopped(&manifest.app, "deploy")?;
+        self.secret_values(&manifest)?;
+        self.check_route_conflicts(&manifest)?;
+        let version = request
+            .version
+            .filter(|v| !v.trim().is_empty())
+            .unwrap_or_else(|| jiff::Timestamp::now().strftime("%Y%m%d-%H%M%S").to_string());
+        Ok(ReleasePlan {
+            manifest,
+            image_archives: request.image_archives,
+            manifest_toml: request.manifest_toml,
+            version,
+            images: ImagePlan::Build(request.contexts),
+            kind: ReleaseKind::Deploy,
+            rollback_of: None,
+            actor: request.actor,
+            wait_drain: request.wait_drain,
+        })
+    }
+
+    /// Plans a rollback to `release` (by default the newest one live before the current).
+    pub fn plan_rollback(
+        &self,
+        app: &str,
+        release: Option<i64>,
+        actor: &str,
+        wait_drain: bool,
+    ) -> Result<ReleasePlan, OpError> {
+        self.ensure_not_stopped(app, "roll back")?;
+        let (_live, target) = self.rollback_target(app, release)?;
+        let manifest = release_manifest(&target)?;
+        Ok(ReleasePlan {
+            manifest,
+            image_archives: Vec::new(),
+            manifest_toml: target.manifest_toml.clone(),
+            version: target.version.clone(),
+            images: ImagePlan::Existing(target.images.clone()),
+            kind: ReleaseKind::Rollback,
+            rollback_of: Some(target.number),
+            actor: actor.to_owned(),
+            wait_drain,
+        })
+    }
+
+    /// Decrypts every secret the manifest needs; names all missing ones at once.
+    pub(crate) fn secret_values(
+        &self,
+        manifest: &Manifest,
+    ) -> Result<BTreeMap<String, String>, OpError> {
+        let mut values = BTreeMap::new();
+        let mut missing = Vec::new();
+        for name in manifest.secret_names() {
+            match self.store.secret_ciphertext(&manifest.app, name)? {
+                Some(ciphertext) => {
+                    values.insert(name.to_owned(), self.secrets.open_value(name, &ciphertext)?);
+                }
+                None => missing.push(name),
+            }
+        }
+        if !missing.is_empty() {
+            let commands: Vec<String> = missing
+                .iter()
+                .map(|n| format!("berth secrets set {n} --app {}", manifest.app))
+                .collect();
+            return Err(OpError::invalid(format!(
+                "{} {} not set for app {}",
+                if missing.len() == 1 {
+                    "secret"
+                } else {
+                    "secrets"
+                },
+                missing.join(", "),
+                manifest.app
+            ))
+            .hint(format!(
+                "set {} first: {}",
+                if missing.len() == 1 { "it" } else { "them" },
+                commands.join("; ")
+            )));
+        }
+        Ok(values)
+    }
+
+    /// Refuses a manifest whose routes another app on this agent already serves.
+    pub(crate) fn check_route_conflicts(&self, manifest: &Manifest) -> Result<(), OpError> {
+        let mut claimed = Vec::new();
+        for service in manifest.web_services() {
+            if let Some(route) = &service.route {
+                let hosts = if route.domains.is_empty() {
+                    vec!["*".to_owned()]
+                } else {
+                    route.domains.clone()
+                };
+                for host in hosts {
+                    claimed.push((host, route.path.clone(), service.name.clone()));
+                }
+            }
+        }
+        for other in self.proxy.routes() {
+            if other.app == manifest.app {
+                continue;
+            }
+            let other_hosts = if other.domains.is_empty() {
+                vec!["*".to_owned()]
+            } else {
+                other.domains.clone()
+            };
+            for (host, path, service) in &claimed {
+                if other_hosts.contains(host) && &other.path == path {
+                    let shown = if host == "*" {
+                        format!("every host at {path}")
+                    } else {
+                        format!("{host}{path}")
+                    };
+                    return Err(OpError::invalid(format!(
+                        "route clash: {shown} (service {service}) is already served by app {} (service {})",
+                        other.app, other.service
+                    ))
+                    .hint("give this app's route its own domains or path prefix"));
+                }
+            }
+        }
+        Ok(())
+    }
+}

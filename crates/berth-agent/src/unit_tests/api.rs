@@ -1,0 +1,280 @@
+//! The API router called in-process: what each kind of request gets back.
+
+use crate::testing::{Harness, call, web_app};
+use http::StatusCode;
+use serde_json::{Value, json};
+
+fn deploy_body(manifest: &str) -> Value {
+    json!({
+        "manifest": manifest,
+        "manifest_path": "berth.toml",
+        "base_dir": "/tmp",
+        "environment": null,
+        "version": "v1",
+    })
+}
+
+/// The last line of an operation's event stream: its outcome.
+fn outcome(body: &Value) -> Value {
+    let text = body.as_str().expect("an event stream");
+    let last = text.lines().last().expect("at least one event");
+    let event: Value = serde_json::from_str(last).expect("JSON line");
+    assert_eq!(event["event"], "finished", "{text}");
+    event
+}
+
+#[tokio::test]
+async fn status_of_an_empty_agent_lists_no_apps() {
+    let h = Harness::new();
+    let (status, body) = call(&h.api(None), "GET", "/v1/status", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["apps"], json!([]));
+    assert_eq!(body["agent"]["docker"]["endpoint"], "fake://");
+}
+
+#[tokio::test]
+async fn an_unknown_app_is_not_found_and_a_bad_name_is_invalid() {
+    let h = Harness::new();
+    let api = h.api(None);
+    let (status, body) = call(&api, "GET", "/v1/apps/nope/releases", None, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["kind"], "not-found");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("no app named nope")
+    );
+    let (status, body) = call(&api, "GET", "/v1/apps/Bad_Name/releases", None, None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["kind"], "invalid");
+}
+
+#[tokio::test]
+async fn a_tcp_router_refuses_a_missing_or_wrong_token_and_accepts_the_right_one() {
+    let h = Harness::new();
+    let api = h.api(Some("right-token"));
+    for presented in [None, Some("wrong-token"), Some("right-toke")] {
+        let (status, body) = call(&api, "GET", "/v1/status", presented, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{presented:?}");
+        assert_eq!(body["kind"], "unauthorized");
+        assert!(body["hint"].as_str().unwrap().contains("api-token"));
+    }
+    let (status, _) = call(&api, "GET", "/v1/status", Some("right-token"), None).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_invalid_manifest_is_refused_with_every_problem() {
+    let h = Harness::new();
+    let (status, body) = call(
+        &h.api(None),
+        "POST",
+        "/v1/deploy",
+        None,
+        Some(deploy_body(
+            "app = \"shop\"\n[services.web]\nport = \"eighty\"\n",
+        )),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["kind"], "invalid");
+    assert!(!body["details"].as_array().unwrap().is_empty(), "{body}");
+    assert!(
+        h.engine.store().apps().unwrap().is_empty(),
+        "nothing recorded"
+    );
+}
+
+#[tokio::test]
+async fn a_deploy_missing_a_secret_is_refused_before_a_release_is_recorded() {
+    let h = Harness::new();
+    let manifest = web_app("shop", "secrets = [\"API_KEY\"]");
+    let (status, body) = call(
+        &h.api(None),
+        "POST",
+        "/v1/deploy",
+        None,
+        Some(deploy_body(&manifest)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["hint"]
+            .as_str()
+            .unwrap()
+            .contains("berth secrets set API_KEY")
+    );
+    assert!(h.engine.store().releases("shop", 10).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_build_without_an_uploaded_context_is_refused_with_the_fix() {
+    let h = Harness::new();
+    let manifest = "app = \"shop\"\n[services.web]\nbuild = \".\"\nport = 8080\n";
+    let (status, body) = call(
+        &h.api(None),
+        "POST",
+        "/v1/deploy",
+        None,
+        Some(deploy_body(manifest)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("no build context was uploaded")
+    );
+    assert!(body["hint"].as_str().unwrap().contains("berth deploy"));
+}
+
+#[tokio::test]
+async fn a_deploy_streams_its_steps_and_ends_with_its_outcome() {
+    let h = Harness::new();
+    let api = h.api(None);
+    let (status, body) = call(
+        &api,
+        "POST",
+        "/v1/deploy",
+        None,
+        Some(deploy_body(&web_app("shop", ""))),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let outcome = outcome(&body);
+    assert_eq!(outcome["ok"], true, "{body}");
+    assert_eq!(outcome["live_release"], 1);
+    let (status, releases) = call(&api, "GET", "/v1/apps/shop/releases", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(releases[0]["number"], 1);
+    assert_eq!(releases[0]["status"], "live");
+}
+
+#[tokio::test]
+async fn rollback_and_its_plan_need_an_earlier_release() {
+    let h = Harness::new();
+    h.deployed(&web_app("shop", ""), "v1").await;
+    let api = h.api(None);
+    let (status, body) = call(
+        &api,
+        "POST",
+        "/v1/apps/shop/rollback",
+        None,
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    h.deployed(&web_app("shop", "env = { A = \"1\" }"), "v2")
+        .await;
+    let (status, plan) = call(&api, "GET", "/v1/apps/shop/rollback/plan", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (plan["from"].clone(), plan["to"].clone()),
+        (json!(2), json!(1))
+    );
+    assert!(plan["changes"].to_string().contains("env"), "{plan}");
+}
+
+#[tokio::test]
+async fn renewing_a_certificate_without_acme_is_invalid() {
+    let h = Harness::new();
+    let (status, body) = call(
+        &h.api(None),
+        "POST",
+        "/v1/certificates/shop.example/renew",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["message"].as_str().unwrap().contains("ACME is off"));
+}
+
+#[tokio::test]
+async fn secrets_are_listed_by_name_and_never_by_value() {
+    let h = Harness::new();
+    let api = h.api(None);
+    let (status, _) = call(
+        &api,
+        "PUT",
+        "/v1/apps/shop/secrets/API_KEY",
+        None,
+        Some(json!({ "value": "very-secret-value" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = call(&api, "GET", "/v1/apps/shop/secrets", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body[0]["name"], "API_KEY");
+    assert!(!body.to_string().contains("very-secret-value"));
+}
+
+#[tokio::test]
+async fn an_empty_secret_or_a_bad_secret_name_is_invalid() {
+    let h = Harness::new();
+    let api = h.api(None);
+    let (status, _) = call(
+        &api,
+        "PUT",
+        "/v1/apps/shop/secrets/API_KEY",
+        None,
+        Some(json!({ "value": "" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = call(
+        &api,
+        "PUT",
+        "/v1/apps/shop/secrets/not%20a%20name",
+        None,
+        Some(json!({ "value": "x" })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn a_json_body_over_the_limit_is_refused_before_it_is_read() {
+    let h = Harness::new();
+    let huge = "x".repeat(5 << 20);
+    let (status, _) = call(
+        &h.api(None),
+        "PUT",
+        "/v1/apps/shop/secrets/API_KEY",
+        None,
+        Some(json!({ "value": huge })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn unknown_routes_and_wrong_methods_are_refused() {
+    let h = Harness::new();
+    let api = h.api(None);
+    let (status, _) = call(&api, "GET", "/v1/nothing", None, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = call(&api, "DELETE", "/v1/status", None, None).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn workers_are_listed() {
+    let h = Harness::new();
+    h.engine
+        .workers()
+        .spawn("probe", |report, stop| async move {
+            report.running("probing");
+            stop.stopped().await;
+        });
+    tokio::task::yield_now().await;
+    let (status, body) = call(&h.api(None), "GET", "/v1/workers", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let listed = body.to_string();
+    assert!(
+        listed.contains("probe") && listed.contains("probing"),
+        "{listed}"
+    );
+}
