@@ -891,7 +891,7 @@ fn registry_auth(ctx: &ReleaseContext<'_>, reference: &str) -> Option<berth_runt
 }
 
 /// Docker Hub answers to several names.
-fn same_registry(configured: &str, of_reference: &str) -> bool {
+pub(crate) fn same_registry(configured: &str, of_reference: &str) -> bool {
     let hub = |s: &str| {
         matches!(
             s,
@@ -932,7 +932,7 @@ fn pull_hint(manifest: &Manifest, reference: &str, message: &str) -> String {
 }
 
 /// Whether a pull failed because the registry could not be reached at all.
-fn registry_unreachable(message: &str) -> bool {
+pub(crate) fn registry_unreachable(message: &str) -> bool {
     let lower = message.to_ascii_lowercase();
     [
         "dial tcp",

@@ -141,7 +141,7 @@ impl Engine {
 
     /// When a schedule first fires after the agent starts: now, if a run it should have made
     /// while the agent was down was missed (once, not once per miss); else its next time.
-    fn first_due(
+    pub(crate) fn first_due(
         &self,
         app: &str,
         name: &str,

@@ -3,7 +3,9 @@
 //! same paths against the real Docker Engine.
 
 mod api;
+mod backups;
 mod deploy;
 mod lifecycle;
 mod reconcile;
 mod rollback;
+mod routing;
