@@ -5,6 +5,7 @@
 
 use crate::engine::{Engine, release_manifest};
 use crate::error::{ErrorKind, OpError};
+pub(crate) use crate::locks::format_time;
 use crate::progress::Progress;
 use crate::secrets;
 use crate::status::release_info;
@@ -526,12 +527,6 @@ fn parse_manifest(
         op.details = vec![error.to_string()];
         ApiFailure::from(op)
     })
-}
-
-pub(crate) fn format_time(ms: i64) -> String {
-    jiff::Timestamp::from_millisecond(ms)
-        .map(|t| t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string())
-        .unwrap_or_else(|_| ms.to_string())
 }
 
 async fn deploy(

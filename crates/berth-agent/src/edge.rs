@@ -1,13 +1,23 @@
 //! The agent's side of the edge: which domains get ACME certificates and which use files
 //! (recomputed whenever an app's routes change), and what the proxy asks of TLS.
 
-use crate::engine::LiveApp;
 use berth_api::CertificateInfo;
+use berth_manifest::Manifest;
 use berth_manifest::Tls;
+use berth_proxy::Upstream;
 use berth_tls::{CertStore, CertificateFiles, CertificateMetrics, FileCertificates};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch};
+
+/// What the proxy routes for an app: the live manifest and its web containers' upstreams.
+#[derive(Clone)]
+pub struct LiveApp {
+    pub manifest: Manifest,
+    pub release: i64,
+    /// Current web containers per service: (container id, upstream).
+    pub upstreams: BTreeMap<String, Vec<(String, Arc<Upstream>)>>,
+}
 
 pub struct Edge {
     pub store: Arc<CertStore>,

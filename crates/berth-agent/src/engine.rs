@@ -11,6 +11,7 @@
 //!   failed or interrupted operation can always remove what it started.
 
 use crate::edge::Edge;
+pub use crate::edge::LiveApp;
 use crate::error::OpError;
 use crate::health::{self, GateFailure};
 use crate::locks::AppLocks;
@@ -117,15 +118,6 @@ impl DrainLimits {
 
 /// How long closed WebSockets get to finish their close handshake.
 const CLOSING_GRACE: Duration = Duration::from_secs(12);
-
-/// What the proxy routes for an app: the live manifest and its web containers' upstreams.
-#[derive(Clone)]
-pub struct LiveApp {
-    pub manifest: Manifest,
-    pub release: i64,
-    /// Current web containers per service: (container id, upstream).
-    pub upstreams: BTreeMap<String, Vec<(String, Arc<Upstream>)>>,
-}
 
 /// Where a release's images come from.
 pub enum ImagePlan {

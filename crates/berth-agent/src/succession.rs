@@ -216,7 +216,7 @@ impl Succession {
                         "a {} of {app} (by {}, since {})",
                         holder.operation,
                         holder.holder,
-                        crate::api::format_time(holder.since)
+                        crate::locks::format_time(holder.since)
                     )
                 })
                 .collect::<Vec<_>>()
