@@ -14,9 +14,17 @@ pub fn release_info(release: &Release) -> ReleaseInfo {
     ReleaseInfo {
         number: release.number,
         version: release.version.clone(),
-        kind: release.kind.as_str().into(),
+        kind: match release.kind {
+            berth_state::ReleaseKind::Deploy => berth_api::ReleaseKind::Deploy,
+            berth_state::ReleaseKind::Rollback => berth_api::ReleaseKind::Rollback,
+        },
         rollback_of: release.rollback_of,
-        status: release.status.as_str().into(),
+        status: match release.status {
+            berth_state::ReleaseStatus::Deploying => berth_api::ReleaseState::Deploying,
+            berth_state::ReleaseStatus::Live => berth_api::ReleaseState::Live,
+            berth_state::ReleaseStatus::Retired => berth_api::ReleaseState::Retired,
+            berth_state::ReleaseStatus::Failed => berth_api::ReleaseState::Failed,
+        },
         actor: release.actor.clone(),
         created_at: release.created_at,
         finished_at: release.finished_at,

@@ -329,13 +329,55 @@ pub struct OperationError {
     pub log_tail: Vec<String>,
 }
 
+/// How a release came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReleaseKind {
+    Deploy,
+    Rollback,
+}
+
+impl ReleaseKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReleaseKind::Deploy => "deploy",
+            ReleaseKind::Rollback => "rollback",
+        }
+    }
+}
+
+/// Where a release is in its life: `deploying` until the switch, then `live`, later
+/// `retired`; `failed` if it never went live. A state a newer agent adds reads as `unknown`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReleaseState {
+    Deploying,
+    Live,
+    Retired,
+    Failed,
+    #[serde(other)]
+    Unknown,
+}
+
+impl ReleaseState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReleaseState::Deploying => "deploying",
+            ReleaseState::Live => "live",
+            ReleaseState::Retired => "retired",
+            ReleaseState::Failed => "failed",
+            ReleaseState::Unknown => "unknown",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ReleaseInfo {
     pub number: i64,
     pub version: String,
-    pub kind: String,
+    pub kind: ReleaseKind,
     pub rollback_of: Option<i64>,
-    pub status: String,
+    pub status: ReleaseState,
     pub actor: String,
     pub created_at: i64,
     pub finished_at: Option<i64>,
@@ -958,6 +1000,32 @@ pub struct BackupRunInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kinds_and_states_travel_as_the_strings_they_always_were() {
+        assert_eq!(
+            serde_json::to_string(&ErrorKind::NotFound).unwrap(),
+            "\"not-found\""
+        );
+        assert_eq!(
+            serde_json::to_string(&ErrorKind::Unauthorized).unwrap(),
+            "\"unauthorized\""
+        );
+        assert_eq!(
+            serde_json::to_string(&ReleaseState::Retired).unwrap(),
+            "\"retired\""
+        );
+        assert_eq!(
+            serde_json::to_string(&ReleaseKind::Rollback).unwrap(),
+            "\"rollback\""
+        );
+        // What a newer agent may add reads as something this CLI can show.
+        let kind: ErrorKind = serde_json::from_str("\"rate-limited\"").unwrap();
+        assert_eq!(kind, ErrorKind::Failed);
+        let state: ReleaseState = serde_json::from_str("\"paused\"").unwrap();
+        assert_eq!(state, ReleaseState::Unknown);
+        assert!(ErrorKind::Invalid.is_request_error() && !ErrorKind::Locked.is_request_error());
+    }
 
     #[test]
     fn exec_frames_round_trip_and_arrive_in_pieces() {

@@ -1316,14 +1316,14 @@ async fn releases(ctx: &Ctx, app: &str, limit: usize) -> anyhow::Result<ExitCode
     let rows: Vec<Vec<String>> = releases
         .iter()
         .map(|r| {
-            let status = match r.status.as_str() {
-                "live" => style("live").green().bold().to_string(),
-                "failed" => style("failed").red().to_string(),
-                other => other.to_owned(),
+            let status = match r.status {
+                ReleaseState::Live => style("live").green().bold().to_string(),
+                ReleaseState::Failed => style("failed").red().to_string(),
+                other => other.as_str().to_owned(),
             };
             let kind = match r.rollback_of {
                 Some(of) => format!("rollback to {of}"),
-                None => r.kind.clone(),
+                None => r.kind.as_str().to_owned(),
             };
             let error = r
                 .error
