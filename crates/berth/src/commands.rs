@@ -39,6 +39,19 @@ pub fn report(error: &anyhow::Error, json: bool) -> ExitCode {
         ClientError::Api { error, .. } => error.cause.clone(),
         _ => None,
     });
+    // The same kinds the agent's errors carry, for scripts: a request berth refused before
+    // asking the agent is `invalid` too.
+    let kind = match error.downcast_ref::<ClientError>() {
+        Some(ClientError::Api { error, .. }) => error.kind,
+        _ if error.downcast_ref::<Invalid>().is_some()
+            || error
+                .downcast_ref::<berth_manifest::ManifestError>()
+                .is_some() =>
+        {
+            ErrorKind::Invalid
+        }
+        _ => ErrorKind::Failed,
+    };
     let (code, message, hint, details) = if let Some(e) = error.downcast_ref::<Invalid>() {
         (2, e.message.clone(), e.hint.clone(), Vec::new())
     } else if let Some(e) = error.downcast_ref::<ClientError>() {
@@ -57,7 +70,7 @@ pub fn report(error: &anyhow::Error, json: bool) -> ExitCode {
         (1, format!("{error:#}"), None, Vec::new())
     };
     if json {
-        let body = serde_json::json!({ "ok": false, "error": { "message": message, "hint": hint, "details": details, "cause": cause } });
+        let body = serde_json::json!({ "ok": false, "error": { "message": message, "hint": hint, "details": details, "cause": cause, "kind": kind } });
         println!(
             "{}",
             serde_json::to_string_pretty(&body).unwrap_or_default()

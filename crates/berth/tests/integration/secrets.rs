@@ -54,6 +54,24 @@ fn secrets_reach_containers_and_nothing_else() {
         .trim()
         .to_owned();
     assert_eq!(jwt.len(), 64);
+    // Generating it again is a conflict, said so to scripts too, and keeps the value.
+    let again = agent.berth(&[
+        "--json",
+        "secrets",
+        "generate",
+        "JWT_SECRET",
+        "--app",
+        &app.name,
+        "--yes",
+    ]);
+    again.failure(1);
+    assert_eq!(
+        again.json()["error"]["kind"],
+        "conflict",
+        "{}",
+        again.stdout
+    );
+    assert!(again.stdout.contains("--force"), "{}", again.stdout);
 
     app.write(
         &(web("HELLO_DEBUG = \"1\"")
