@@ -116,6 +116,25 @@ impl Harness {
         (outcome, events)
     }
 
+    /// The first container whose name contains `part` (`-web-`); fails the test if none.
+    pub(crate) fn container(&self, part: &str) -> berth_runtime::fake::FakeContainer {
+        self.fake
+            .containers()
+            .into_iter()
+            .find(|c| c.spec.name.contains(part))
+            .unwrap_or_else(|| panic!("no container named like {part}"))
+    }
+
+    /// `berth stop` of `app`; fails the test if it fails.
+    pub(crate) async fn stop(&self, app: &str) {
+        let outcome = self
+            .engine
+            .clone()
+            .stop_app(app.into(), "test".into(), Progress::silent(app))
+            .await;
+        assert!(outcome.ok, "stop failed: {:?}", outcome.error);
+    }
+
     /// Deploys and fails the test when the deploy fails.
     pub(crate) async fn deployed(&self, text: &str, version: &str) -> Outcome {
         let (outcome, events) = self.deploy(text, version).await;

@@ -203,12 +203,7 @@ async fn a_set_secret_reaches_the_container_environment() {
         .unwrap();
     h.deployed(&web_app("shop", "secrets = [\"API_KEY\"]"), "v1")
         .await;
-    let web = h
-        .fake
-        .containers()
-        .into_iter()
-        .find(|c| c.spec.name.contains("-web-"))
-        .unwrap();
+    let web = h.container("-web-");
     assert!(web.spec.env.contains(&"API_KEY=s3cr3t".to_owned()));
 }
 
@@ -336,12 +331,7 @@ async fn named_volumes_are_created_with_the_apps_labels() {
     h.deployed(&web_app("shop", "volumes = [\"data:/data\"]"), "v1")
         .await;
     assert_eq!(h.fake.volumes(), ["shop_data"]);
-    let web = h
-        .fake
-        .containers()
-        .into_iter()
-        .find(|c| c.spec.name.contains("-web-"))
-        .unwrap();
+    let web = h.container("-web-");
     assert!(
         web.spec
             .mounts
@@ -397,16 +387,7 @@ async fn a_route_another_app_serves_is_refused() {
 async fn a_stopped_app_refuses_a_deploy_and_starts_nothing() {
     let h = Harness::new();
     h.deployed(&web_app("shop", ""), "v1").await;
-    let stopped = h
-        .engine
-        .clone()
-        .stop_app(
-            "shop".into(),
-            "test".into(),
-            crate::progress::Progress::silent("shop"),
-        )
-        .await;
-    assert!(stopped.ok, "{:?}", stopped.error);
+    h.stop("shop").await;
     h.fake.clear_calls();
     let (outcome, _) = h.deploy(&web_app("shop", ""), "v2").await;
     let error = outcome.error.expect("refused");

@@ -12,12 +12,7 @@ async fn stop_stops_every_container_and_start_brings_them_back() {
     let h = Harness::new();
     h.deployed(&web_app("shop", "replicas = 2"), "v1").await;
     let before = h.fake.running();
-    let stopped = h
-        .engine
-        .clone()
-        .stop_app("shop".into(), "t".into(), silent())
-        .await;
-    assert!(stopped.ok, "{:?}", stopped.error);
+    h.stop("shop").await;
     assert!(h.fake.running().is_empty());
     assert!(h.engine.store().app("shop").unwrap().unwrap().stopped);
     let started = h
@@ -35,12 +30,7 @@ async fn starting_a_running_app_or_stopping_a_stopped_one_is_refused() {
     let h = Harness::new();
     h.deployed(&web_app("shop", ""), "v1").await;
     assert!(h.engine.ensure_stopped("shop").is_err());
-    let stopped = h
-        .engine
-        .clone()
-        .stop_app("shop".into(), "t".into(), silent())
-        .await;
-    assert!(stopped.ok);
+    h.stop("shop").await;
     let error = h.engine.ensure_not_stopped("shop", "restart").unwrap_err();
     assert!(error.message.contains("stopped"), "{}", error.message);
     assert!(h.engine.ensure_stopped("shop").is_ok());

@@ -6,12 +6,7 @@ use berth_runtime::{ContainerSpec, ContainerState};
 use berth_state::{NewRelease, ReleaseKind, ReleaseStatus};
 
 fn web_name(h: &Harness) -> String {
-    h.fake
-        .containers()
-        .into_iter()
-        .find(|c| c.spec.name.contains("-web-"))
-        .map(|c| c.spec.name)
-        .expect("a web container")
+    h.container("-web-").spec.name
 }
 
 fn stray(h: &Harness, agent: &str, app: &str, name: &str) -> String {
@@ -119,16 +114,7 @@ async fn an_interrupted_release_is_recorded_as_failed_and_the_previous_keeps_ser
 async fn a_stopped_app_stays_stopped_and_its_containers_are_left_alone() {
     let h = Harness::new();
     h.deployed(&web_app("shop", ""), "v1").await;
-    let stopped = h
-        .engine
-        .clone()
-        .stop_app(
-            "shop".into(),
-            "test".into(),
-            crate::progress::Progress::silent("shop"),
-        )
-        .await;
-    assert!(stopped.ok);
+    h.stop("shop").await;
     h.fake.clear_calls();
     let engine = h.restarted();
     let report = engine.reconcile_all().await.unwrap();

@@ -101,12 +101,7 @@ async fn a_rollback_reuses_the_old_images_without_pulling_and_becomes_a_new_rele
     assert_eq!(release.kind, ReleaseKind::Rollback);
     assert_eq!(release.rollback_of, Some(1));
     assert_eq!(release.version, "v1");
-    let web = h
-        .fake
-        .containers()
-        .into_iter()
-        .find(|c| c.spec.name.contains("-web-"))
-        .unwrap();
+    let web = h.container("-web-");
     assert!(
         web.spec.env.contains(&"GREETING=one".to_owned()),
         "{:?}",
