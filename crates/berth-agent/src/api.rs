@@ -280,8 +280,8 @@ fn ndjson<T: Serialize + Send + 'static>(receiver: mpsc::UnboundedReceiver<T>) -
 // ---- info, status, audit --------------------------------------------------------------
 
 async fn docker_status(engine: &Engine) -> DockerStatus {
-    let endpoint = engine.runtime.endpoint();
-    match tokio::time::timeout(std::time::Duration::from_secs(3), engine.runtime.info()).await {
+    let endpoint = engine.runtime().endpoint();
+    match tokio::time::timeout(std::time::Duration::from_secs(3), engine.runtime().info()).await {
         Ok(Ok(info)) => DockerStatus {
             endpoint,
             version: Some(info.version),
@@ -323,7 +323,7 @@ async fn status(
     agent.docker = docker_status(&state.engine).await;
     let names: Vec<String> = match &query.app {
         Some(app) => {
-            if state.engine.store.app(app)?.is_none() {
+            if state.engine.store().app(app)?.is_none() {
                 return Err(OpError::not_found(format!(
                     "no app named {app} has been deployed to this agent"
                 ))
@@ -333,7 +333,7 @@ async fn status(
         }
         None => state
             .engine
-            .store
+            .store()
             .apps()?
             .into_iter()
             .map(|a| a.name)
@@ -376,7 +376,7 @@ async fn audit(
 ) -> ApiResult<Json<Vec<AuditEntry>>> {
     let entries = state
         .engine
-        .store
+        .store()
         .audit(query.limit.unwrap_or(50).min(10_000), query.app.as_deref())?;
     Ok(Json(
         entries
@@ -483,7 +483,7 @@ where
         }
     };
     let (sender, receiver) = mpsc::unbounded_channel();
-    let progress = Progress::new(app, Some(sender.clone()), Some(engine.store.clone()));
+    let progress = Progress::new(app, Some(sender.clone()), Some(engine.store().clone()));
     let app = app.to_owned();
     tokio::spawn(async move {
         let _lock = match lock {
@@ -682,7 +682,7 @@ async fn lifecycle(
     operation: &'static str,
 ) -> ApiResult<Response> {
     check_app_name(&app)?;
-    if state.engine.store.app(&app)?.is_none() {
+    if state.engine.store().app(&app)?.is_none() {
         return Err(OpError::not_found(format!(
             "no app named {app} has been deployed to this agent"
         ))
@@ -718,7 +718,7 @@ async fn destroy_app(
     Json(request): Json<DestroyRequest>,
 ) -> ApiResult<Response> {
     check_app_name(&app)?;
-    if state.engine.store.app(&app)?.is_none() {
+    if state.engine.store().app(&app)?.is_none() {
         return Err(OpError::not_found(format!(
             "no app named {app} has been deployed to this agent"
         ))
@@ -746,7 +746,7 @@ async fn releases(
     Query(query): Query<LimitQuery>,
 ) -> ApiResult<Json<Vec<ReleaseInfo>>> {
     check_app_name(&app)?;
-    if state.engine.store.app(&app)?.is_none() {
+    if state.engine.store().app(&app)?.is_none() {
         return Err(OpError::not_found(format!(
             "no app named {app} has been deployed to this agent"
         ))
@@ -754,7 +754,7 @@ async fn releases(
     }
     let releases = state
         .engine
-        .store
+        .store()
         .releases(&app, query.limit.unwrap_or(20).min(1000))?;
     Ok(Json(releases.iter().map(release_info).collect()))
 }

@@ -191,7 +191,7 @@ impl Engine {
         let app = &manifest.app;
         let name = &backup.name;
         let run = self
-            .store
+            .store()
             .start_backup_run(app, name, "backup", actor)
             .unwrap_or_default();
         let step_name = if reason == Reason::Safety {
@@ -349,7 +349,7 @@ impl Engine {
             progress.log(format!("warning: {warning}"));
         }
         if run > 0
-            && let Err(e) = self.store.finish_backup_run(
+            && let Err(e) = self.store().finish_backup_run(
                 run,
                 &RunFinish {
                     status: result.status.as_str(),
@@ -390,7 +390,7 @@ impl Engine {
             verify_error: error.map(str::to_owned),
             meta_json: String::from_utf8_lossy(&meta.to_json()).into_owned(),
         };
-        if let Err(e) = self.store.put_backup_copy(&copy) {
+        if let Err(e) = self.store().put_backup_copy(&copy) {
             tracing::error!(error = %e, "cannot record a backup in the catalog");
         }
     }
@@ -427,7 +427,7 @@ impl Engine {
                 Ok(report) => {
                     if !dry_run {
                         for id in &report.removed {
-                            if let Err(e) = self.store.remove_backup_copy(
+                            if let Err(e) = self.store().remove_backup_copy(
                                 &manifest.app,
                                 &backup.name,
                                 id,
@@ -512,7 +512,7 @@ impl Engine {
             }
             // A storage whose newest backup failed its last verification is left alone:
             // pruning it could keep only the bad one.
-            let copies = match self.store.backup_copies(&manifest.app, Some(name)) {
+            let copies = match self.store().backup_copies(&manifest.app, Some(name)) {
                 Ok(copies) => copies,
                 // Without the catalogue berth cannot tell which storage's newest backup
                 // failed verification: pruning blind could keep only a bad copy.
@@ -579,7 +579,7 @@ impl Engine {
         let app = &manifest.app;
         let mut warnings = Vec::new();
         let cached = self
-            .store
+            .store()
             .backup_copies(app, Some(&backup.name))
             .unwrap_or_default();
         if refresh || cached.is_empty() {
@@ -604,7 +604,7 @@ impl Engine {
                             })
                             .collect();
                         if let Err(e) =
-                            self.store
+                            self.store()
                                 .replace_backup_copies(app, &backup.name, storage, &copies)
                         {
                             warnings.push(format!("cannot update the catalog: {e}"));
@@ -618,7 +618,7 @@ impl Engine {
             }
         }
         let copies = self
-            .store
+            .store()
             .backup_copies(app, Some(&backup.name))
             .unwrap_or_default();
         let list = copies
@@ -651,7 +651,7 @@ impl Engine {
             let (copies, warnings) = self.catalog_for(manifest, backup, refresh).await;
             list.warnings.extend(warnings);
             let flagged = self
-                .store
+                .store()
                 .backup_copies(&manifest.app, Some(&name))
                 .unwrap_or_default();
             for (meta, storage) in copies {

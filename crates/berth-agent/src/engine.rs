@@ -48,10 +48,10 @@ mod restart;
 mod specs;
 
 pub struct Engine {
-    pub runtime: Arc<dyn ContainerRuntime>,
-    pub store: Arc<Store>,
-    pub proxy: Arc<Proxy>,
-    pub secrets: SecretBox,
+    runtime: Arc<dyn ContainerRuntime>,
+    store: Arc<Store>,
+    proxy: Arc<Proxy>,
+    secrets: SecretBox,
     pub locks: Arc<AppLocks>,
     /// One backup operation per app at a time (separate from deploys, which may run
     /// alongside a backup).

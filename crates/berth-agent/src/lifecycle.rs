@@ -17,7 +17,7 @@ impl Engine {
     /// Refuses an operation that would start containers of an app its owner stopped: a
     /// deploy from CI must not quietly wake an app someone stopped on purpose.
     pub(crate) fn ensure_not_stopped(&self, app: &str, operation: &str) -> Result<(), OpError> {
-        if self.store.app(app)?.is_some_and(|a| a.stopped) {
+        if self.store().app(app)?.is_some_and(|a| a.stopped) {
             return Err(OpError::invalid(format!(
                 "{app} is stopped (by `berth stop`), so berth will not {operation} it"
             ))
@@ -30,7 +30,7 @@ impl Engine {
 
     /// `berth start` of an app that runs is a mistake worth naming.
     pub(crate) fn ensure_stopped(&self, app: &str) -> Result<(), OpError> {
-        if !self.store.app(app)?.is_some_and(|a| a.stopped) {
+        if !self.store().app(app)?.is_some_and(|a| a.stopped) {
             return Err(OpError::invalid(format!(
                 "{app} is not stopped, so there is nothing to start"
             ))
@@ -64,13 +64,13 @@ impl Engine {
     }
 
     async fn stop_steps(&self, app: &str, progress: &Progress) -> Result<(), OpError> {
-        let live = self.store.live_release(app)?.ok_or_else(|| {
+        let live = self.store().live_release(app)?.ok_or_else(|| {
             OpError::not_found(format!("app {app} has no live release to stop"))
                 .hint("`berth apps` lists the apps")
         })?;
         let manifest = release_manifest(&live)?;
         // The routes first: new requests get the stopped page, never a refused upstream.
-        self.store.set_stopped(app, true)?;
+        self.store().set_stopped(app, true)?;
         self.install_live(
             app,
             Some(LiveApp {
@@ -83,7 +83,7 @@ impl Engine {
             "{app} answers 503 \"{app} is stopped.\" from now on"
         ));
         let containers = self
-            .runtime
+            .runtime()
             .list_containers(&[(names::AGENT, &self.agent_id), (names::APP, app)])
             .await?;
         let step = progress.step(format!("stop {} containers", containers.len()));
@@ -98,7 +98,7 @@ impl Engine {
                         .or_else(|| manifest.accessories.get(s))
                 })
                 .map_or(Duration::from_secs(10), |s| s.stop_timeout);
-            if let Err(error) = self.runtime.stop_container(&container.id, timeout).await {
+            if let Err(error) = self.runtime().stop_container(&container.id, timeout).await {
                 step.fail(&error.to_string());
                 return Err(error.into());
             }
@@ -111,7 +111,7 @@ impl Engine {
 
     async fn start_steps(&self, app: &str, progress: &Progress) -> Result<(), OpError> {
         self.ensure_stopped(app)?;
-        self.store.set_stopped(app, false)?;
+        self.store().set_stopped(app, false)?;
         let step = progress.step(format!("start {app}"));
         let mut report = ReconcileReport::default();
         // What a restart of the agent does: stopped containers of the live release started,
@@ -120,8 +120,8 @@ impl Engine {
         if let Err(error) = &result {
             step.fail(&error.message);
             // Still stopped, as far as anyone can tell: say so to the proxy too.
-            let _ = self.store.set_stopped(app, true);
-            if let Ok(Some(live)) = self.store.live_release(app)
+            let _ = self.store().set_stopped(app, true);
+            if let Ok(Some(live)) = self.store().live_release(app)
                 && let Ok(manifest) = release_manifest(&live)
             {
                 self.install_live(
@@ -171,7 +171,7 @@ impl Engine {
         actor: &str,
         progress: &Progress,
     ) -> Result<(), OpError> {
-        let live = self.store.live_release(app)?;
+        let live = self.store().live_release(app)?;
         let manifest = live.as_ref().map(release_manifest).transpose()?;
         // No backup may run while the app's containers and volumes go (a scheduled one
         // would fail halfway, or hold a volume the destroy must remove).
@@ -198,12 +198,12 @@ impl Engine {
         }
         // From here on the app is stopped as far as anyone can tell: an agent that crashes
         // midway does not start it again, and `berth destroy` run again finishes the job.
-        self.store.set_stopped(app, true)?;
+        self.store().set_stopped(app, true)?;
         self.install_live(app, None);
         progress.log(format!("{app} is no longer routed"));
 
         let labels = [(names::AGENT, self.agent_id.as_str()), (names::APP, app)];
-        let containers = self.runtime.list_containers(&labels).await?;
+        let containers = self.runtime().list_containers(&labels).await?;
         let step = progress.step(format!("remove {} containers", containers.len()));
         let stop_timeout = |service: Option<&String>| {
             service
@@ -216,8 +216,10 @@ impl Engine {
         for container in &containers {
             let timeout = stop_timeout(container.labels.get(names::SERVICE));
             let removed = async {
-                self.runtime.stop_container(&container.id, timeout).await?;
-                self.runtime.remove_container(&container.id).await
+                self.runtime()
+                    .stop_container(&container.id, timeout)
+                    .await?;
+                self.runtime().remove_container(&container.id).await
             };
             if let Err(error) = removed.await {
                 step.fail(&error.to_string());
@@ -226,20 +228,20 @@ impl Engine {
         }
         step.done(None);
 
-        for network in self.runtime.list_networks(&labels).await? {
-            self.runtime.remove_network(&network).await?;
+        for network in self.runtime().list_networks(&labels).await? {
+            self.runtime().remove_network(&network).await?;
         }
         let _ = std::fs::remove_dir_all(self.secret_files_dir(app));
 
         let images = self
-            .runtime
+            .runtime()
             .images_matching(&format!("berth/{app}/*"))
             .await?;
         let prefix = format!("berth/{app}/");
         let mut untagged = 0;
         for image in &images {
             for tag in image.tags.iter().filter(|t| t.starts_with(&prefix)) {
-                if let Err(error) = self.runtime.remove_image(tag).await {
+                if let Err(error) = self.runtime().remove_image(tag).await {
                     tracing::debug!(%error, tag, "release image not removed");
                 } else {
                     untagged += 1;
@@ -250,11 +252,11 @@ impl Engine {
             progress.log(format!("{untagged} release images untagged"));
         }
 
-        let volumes = self.runtime.list_volumes(&labels).await?;
+        let volumes = self.runtime().list_volumes(&labels).await?;
         if request.volumes {
             let step = progress.step(format!("remove {} volumes", volumes.len()));
             for volume in &volumes {
-                if let Err(error) = self.runtime.remove_volume(volume).await {
+                if let Err(error) = self.runtime().remove_volume(volume).await {
                     step.fail(&error.to_string());
                     return Err(error.into());
                 }
@@ -267,17 +269,17 @@ impl Engine {
             ));
         }
         if request.secrets {
-            let removed = self.store.delete_secrets(app)?;
+            let removed = self.store().delete_secrets(app)?;
             progress.log(format!("{removed} secrets removed"));
         } else {
-            let kept = self.store.secrets(app)?.len();
+            let kept = self.store().secrets(app)?.len();
             if kept > 0 {
                 progress.log(format!(
                     "{kept} secrets kept: a new deploy of {app} uses them again"
                 ));
             }
         }
-        self.store.delete_app(app)?;
+        self.store().delete_app(app)?;
         self.forget_draining(app);
         Ok(())
     }
@@ -337,7 +339,7 @@ impl Engine {
             if result.is_ok() { "ok" } else { "failed" },
             detail,
         );
-        let live = self.store.live_release(app).ok().flatten();
+        let live = self.store().live_release(app).ok().flatten();
         Outcome {
             ok: result.is_ok(),
             app: app.to_owned(),

@@ -32,14 +32,16 @@ pub struct ReconcileReport {
 impl Engine {
     pub async fn reconcile_all(&self) -> Result<ReconcileReport, OpError> {
         // Fails fast (before touching anything) when Docker is unreachable.
-        self.runtime.info().await?;
+        self.runtime().info().await?;
         let mut report = ReconcileReport::default();
-        let interrupted = self.store.releases_with_status(ReleaseStatus::Deploying)?;
-        for app in self.store.apps()? {
+        let interrupted = self
+            .store()
+            .releases_with_status(ReleaseStatus::Deploying)?;
+        for app in self.store().apps()? {
             self.reconcile_app(&app.name, &mut report).await?;
         }
         for release in interrupted {
-            self.store.fail_release(
+            self.store().fail_release(
                 &release.app,
                 release.number,
                 "interrupted: the agent stopped during this operation; the previous release kept serving",
@@ -66,8 +68,8 @@ impl Engine {
         };
         let _lock = self.locks.acquire(app, lock, |_| {}).await;
         // A stopped app stays stopped: its routes answer 503, its containers are left alone.
-        if self.store.app(app)?.is_some_and(|a| a.stopped) {
-            if let Some(live) = self.store.live_release(app)? {
+        if self.store().app(app)?.is_some_and(|a| a.stopped) {
+            if let Some(live) = self.store().live_release(app)? {
                 let manifest = release_manifest(&live)?;
                 self.install_live(
                     app,
@@ -93,10 +95,10 @@ impl Engine {
         // again would find their bind mounts' sources gone.
         self.restore_secret_files(app).await?;
         let containers = self
-            .runtime
+            .runtime()
             .list_containers(&[(names::AGENT, &self.agent_id), (names::APP, app)])
             .await?;
-        let instances = self.store.instances(app)?;
+        let instances = self.store().instances(app)?;
         let current: HashMap<&str, &berth_state::Instance> = instances
             .iter()
             .filter(|i| i.state == InstanceState::Current)
@@ -121,7 +123,7 @@ impl Engine {
                 continue;
             }
             if container.state != ContainerState::Running {
-                self.runtime.start_container(&container.id).await?;
+                self.runtime().start_container(&container.id).await?;
                 report.started.push(container.name.clone());
             }
             existing.push(container.id.clone());
@@ -130,7 +132,7 @@ impl Engine {
             if instance.state != InstanceState::Current
                 || !existing.contains(&instance.container_id)
             {
-                self.store.remove_instance(&instance.container_id)?;
+                self.store().remove_instance(&instance.container_id)?;
             }
         }
         // Taking over from a running agent: it may still be draining connections to them.
@@ -147,10 +149,10 @@ impl Engine {
                 for (id, name) in later {
                     tracing::info!(app = %app_name, container = %name, "removing a container the previous agent drained");
                     let _ = engine
-                        .runtime
+                        .runtime()
                         .stop_container(&id, Duration::from_secs(10))
                         .await;
-                    if let Err(error) = engine.runtime.remove_container(&id).await {
+                    if let Err(error) = engine.runtime().remove_container(&id).await {
                         tracing::warn!(app = %app_name, container = %name, %error, "cannot remove an old container");
                     }
                 }
@@ -160,8 +162,8 @@ impl Engine {
         let remove_strays = async {
             let removals = strays.iter().map(|container| async move {
                 tracing::info!(app, container = %container.name, "removing a container the state file does not count as current");
-                self.runtime.stop_container(&container.id, Duration::from_secs(10)).await?;
-                self.runtime.remove_container(&container.id).await
+                self.runtime().stop_container(&container.id, Duration::from_secs(10)).await?;
+                self.runtime().remove_container(&container.id).await
             });
             for result in futures_util::future::join_all(removals).await {
                 result?;
@@ -169,7 +171,7 @@ impl Engine {
             Ok::<_, OpError>(strays.iter().map(|c| c.name.clone()).collect::<Vec<_>>())
         };
 
-        let Some(live) = self.store.live_release(app)? else {
+        let Some(live) = self.store().live_release(app)? else {
             self.install_live(app, None);
             report.removed.extend(remove_strays.await?);
             return Ok(());
@@ -187,7 +189,7 @@ impl Engine {
                 let mut list = Vec::new();
                 for instance in &mine {
                     let address = self
-                        .runtime
+                        .runtime()
                         .inspect_container(&instance.container_id)
                         .await?
                         .and_then(|info| info.addresses.get(&network).copied());
@@ -227,7 +229,7 @@ impl Engine {
                 let started: StartedReplica =
                     self.start_replica(&ctx, service, image, replica).await?;
                 match health::gate(
-                    self.runtime.as_ref(),
+                    self.runtime().as_ref(),
                     &started.container_id,
                     &network,
                     service,
@@ -236,7 +238,7 @@ impl Engine {
                 .await
                 {
                     Ok(ip) => {
-                        self.store.commit_switch(&Switch {
+                        self.store().commit_switch(&Switch {
                             app,
                             new_live_release: None,
                             now_current: std::slice::from_ref(&started.container_id),

@@ -88,7 +88,7 @@ impl Engine {
         let started = Instant::now();
         let app = plan.manifest.app.clone();
         let run = self
-            .store
+            .store()
             .start_backup_run(&app, &plan.name, "restore", &plan.actor)
             .unwrap_or_default();
         let _backup_lock = self
@@ -120,7 +120,7 @@ impl Engine {
             Err(e) => ("failed", Some("restore-failed"), Some(e.message.clone())),
         };
         if run > 0
-            && let Err(e) = self.store.finish_backup_run(
+            && let Err(e) = self.store().finish_backup_run(
                 run,
                 &RunFinish {
                     status,
@@ -741,7 +741,7 @@ impl Engine {
                     .into_iter()
                     .next()
                     .map(|(id, name)| Place::Container {
-                        runtime: self.runtime.clone(),
+                        runtime: self.runtime().clone(),
                         id,
                         name,
                     })

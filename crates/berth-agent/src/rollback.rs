@@ -13,16 +13,16 @@ impl Engine {
         app: &str,
         release: Option<i64>,
     ) -> Result<(Release, Release), OpError> {
-        let live = self.store.live_release(app)?.ok_or_else(|| {
+        let live = self.store().live_release(app)?.ok_or_else(|| {
             OpError::not_found(format!("app {app} has no live release to roll back from"))
         })?;
         let target = match release {
-            Some(number) => self.store.release(app, number)?.ok_or_else(|| {
+            Some(number) => self.store().release(app, number)?.ok_or_else(|| {
                 OpError::not_found(format!("app {app} has no release {number}"))
                     .hint("`berth releases` lists them")
             })?,
             None => self
-                .store
+                .store()
                 .releases(app, 1000)?
                 .into_iter()
                 .find(|r| r.number < live.number && r.status == ReleaseStatus::Retired)

@@ -67,7 +67,7 @@ impl Engine {
         {
             return Ok(None);
         }
-        let info = self.runtime.inspect_image(image).await?.ok_or_else(|| {
+        let info = self.runtime().inspect_image(image).await?.ok_or_else(|| {
             OpError::failed(format!(
                 "the image of {} ({image}) is not on this host",
                 service.name
@@ -91,7 +91,7 @@ impl Engine {
             return Ok(Some(uid));
         }
         let passwd = self
-            .runtime
+            .runtime()
             .read_image_file(image, "/etc/passwd", 1 << 20)
             .await?
             .unwrap_or_default();
@@ -112,7 +112,7 @@ impl Engine {
     /// Writes an app's live file secrets that are missing (after a reboot emptied the
     /// tmpfs) before its stopped containers start again.
     pub(crate) async fn restore_secret_files(&self, app: &str) -> Result<(), OpError> {
-        let Some(live) = self.store.live_release(app)? else {
+        let Some(live) = self.store().live_release(app)? else {
             return Ok(());
         };
         let manifest = release_manifest(&live)?;
@@ -139,7 +139,7 @@ impl Engine {
             let Some((id, _)) = containers.first() else {
                 continue;
             };
-            let Some(info) = self.runtime.inspect_container(id).await? else {
+            let Some(info) = self.runtime().inspect_container(id).await? else {
                 continue;
             };
             self.write_missing_secret_files(&ctx, accessory, &info.image_id)

@@ -43,7 +43,7 @@ impl Engine {
     ) -> Result<Vec<(String, String)>, OpError> {
         if accessory {
             let containers = self
-                .runtime
+                .runtime()
                 .list_containers(&[
                     (names::AGENT, &self.agent_id),
                     (names::APP, app),
@@ -54,7 +54,7 @@ impl Engine {
             return Ok(containers.into_iter().map(|c| (c.id, c.name)).collect());
         }
         Ok(self
-            .store
+            .store()
             .instances(app)?
             .into_iter()
             .filter(|i| i.service == service && i.state == InstanceState::Current)
@@ -63,8 +63,8 @@ impl Engine {
     }
 
     pub async fn app_status(&self, app: &str) -> Result<AppStatus, OpError> {
-        let live = self.store.live_release(app)?;
-        let newest = self.store.releases(app, 1)?.into_iter().next();
+        let live = self.store().live_release(app)?;
+        let newest = self.store().releases(app, 1)?.into_iter().next();
         let mut status = AppStatus {
             name: app.to_owned(),
             live_release: live.as_ref().map(release_info),
@@ -93,8 +93,8 @@ impl Engine {
                 .filter(|l| l.operation != "reconcile"),
             services: Vec::new(),
             urls: Vec::new(),
-            maintenance: self.store.app(app)?.and_then(|a| a.maintenance),
-            stopped: self.store.app(app)?.is_some_and(|a| a.stopped),
+            maintenance: self.store().app(app)?.and_then(|a| a.maintenance),
+            stopped: self.store().app(app)?.is_some_and(|a| a.stopped),
             backups: Vec::new(),
         };
         let Some(live) = live else { return Ok(status) };
@@ -140,7 +140,7 @@ impl Engine {
         name: &str,
         app_stopped: bool,
     ) -> ReplicaStatus {
-        let info = match self.runtime.inspect_container(id).await {
+        let info = match self.runtime().inspect_container(id).await {
             Ok(Some(info)) => info,
             Ok(None) => {
                 return ReplicaStatus {
@@ -182,7 +182,7 @@ impl Engine {
             quick.healthcheck.timeout = quick.healthcheck.timeout.min(Duration::from_secs(2));
             let ip = info.addresses.get(&names::network(app)).copied();
             match health::probe(
-                self.runtime.as_ref(),
+                self.runtime().as_ref(),
                 id,
                 ip,
                 &quick,
@@ -213,7 +213,7 @@ impl Engine {
 
     /// Whether a service name is a service or an accessory of the app's live release.
     pub fn service_role(&self, app: &str, service: &str) -> Result<Role, OpError> {
-        let live = self.store.live_release(app)?.ok_or_else(|| {
+        let live = self.store().live_release(app)?.ok_or_else(|| {
             OpError::not_found(format!("app {app} has no live release"))
                 .hint("deploy it first with `berth deploy`")
         })?;

@@ -98,7 +98,7 @@ pub(super) async fn pass_logs(
     query: LogQuery,
     sender: mpsc::UnboundedSender<LogLine>,
 ) {
-    let mut stream = engine.runtime.logs(&id, &query);
+    let mut stream = engine.runtime().logs(&id, &query);
     let mut pending: BTreeMap<String, String> = BTreeMap::new();
     while let Some(chunk) = stream.next().await {
         let chunk = match chunk {
@@ -204,7 +204,7 @@ pub(super) async fn exec(
     let (id, name) = exec_target(&state, &headers, &app, &service, &request.command, false).await?;
     let session = state
         .engine
-        .runtime
+        .runtime()
         .exec(&id, &request.command)
         .await
         .map_err(OpError::from)?;
@@ -275,7 +275,7 @@ pub(super) async fn attach(
         exec_target(&state, &headers, &app, &service, &spec.command, spec.tty).await?;
     let session = state
         .engine
-        .runtime
+        .runtime()
         .exec_with(
             &id,
             &spec.command,
@@ -291,7 +291,7 @@ pub(super) async fn attach(
         // Best effort: a command that already exited has nothing to resize.
         let _ = state
             .engine
-            .runtime
+            .runtime()
             .resize_exec(&session.id, rows, cols)
             .await;
     }
@@ -349,7 +349,7 @@ pub(super) async fn pump_attached(
                         }
                     }
                     Ok(Some(ExecFrame::Resize { rows, cols })) => {
-                        let _ = resizer.runtime.resize_exec(&resize_id, rows, cols).await;
+                        let _ = resizer.runtime().resize_exec(&resize_id, rows, cols).await;
                     }
                     Ok(Some(_)) => {}
                     Ok(None) => break,
@@ -367,7 +367,7 @@ pub(super) async fn pump_attached(
                     // A terminal that goes away hangs up its command, as closing a terminal
                     // window does: a shell or console left behind would run for good.
                     if tty
-                        && let Ok(Some(pid)) = resizer.runtime.exec_pid(&resize_id).await
+                        && let Ok(Some(pid)) = resizer.runtime().exec_pid(&resize_id).await
                         && let Some(pid) = i32::try_from(pid)
                             .ok()
                             .and_then(rustix::process::Pid::from_raw)
@@ -417,7 +417,7 @@ pub(super) async fn exit_code(
     exec_id: &str,
 ) -> Result<i64, String> {
     for _ in 0..100 {
-        match engine.runtime.exec_exit_code(exec_id).await {
+        match engine.runtime().exec_exit_code(exec_id).await {
             Ok(Some(code)) => return Ok(code),
             Ok(None) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
             Err(error) => return Err(error.to_string()),

@@ -22,7 +22,7 @@ pub(super) fn check_secret_name(name: &str) -> ApiResult<()> {
 pub(super) fn secret_users(engine: &Engine, app: &str) -> BTreeMap<String, Vec<String>> {
     let mut users: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let Some(manifest) = engine
-        .store
+        .store()
         .live_release(app)
         .ok()
         .flatten()
@@ -51,7 +51,7 @@ pub(super) async fn list_secrets(
 ) -> ApiResult<Json<Vec<SecretInfo>>> {
     check_app_name(&app)?;
     let users = secret_users(&state.engine, &app);
-    let secrets = state.engine.store.secrets(&app)?;
+    let secrets = state.engine.store().secrets(&app)?;
     Ok(Json(
         secrets
             .into_iter()
@@ -69,7 +69,7 @@ pub(super) fn secret_info(state: &ApiState, app: &str, name: &str) -> ApiResult<
     let users = secret_users(&state.engine, app);
     let stored = state
         .engine
-        .store
+        .store()
         .secrets(app)?
         .into_iter()
         .find(|s| s.name == name)
@@ -90,8 +90,8 @@ pub(super) fn store_secret(
     actor: &str,
     action: &str,
 ) -> ApiResult<SecretInfo> {
-    let sealed = state.engine.secrets.seal(value).map_err(OpError::from)?;
-    state.engine.store.put_secret(app, name, &sealed)?;
+    let sealed = state.engine.secrets().seal(value).map_err(OpError::from)?;
+    state.engine.store().put_secret(app, name, &sealed)?;
     // Only the name is ever recorded.
     state
         .engine
@@ -129,7 +129,7 @@ pub(super) async fn get_secret(
     check_secret_name(&name)?;
     let ciphertext = state
         .engine
-        .store
+        .store()
         .secret_ciphertext(&app, &name)?
         .ok_or_else(|| {
             OpError::not_found(format!("app {app} has no secret {name}")).hint(format!(
@@ -138,7 +138,7 @@ pub(super) async fn get_secret(
         })?;
     let value = state
         .engine
-        .secrets
+        .secrets()
         .open_value(&name, &ciphertext)
         .map_err(OpError::from)?;
     state.engine.audit(
@@ -158,7 +158,7 @@ pub(super) async fn delete_secret(
 ) -> ApiResult<StatusCode> {
     check_app_name(&app)?;
     check_secret_name(&name)?;
-    if !state.engine.store.delete_secret(&app, &name)? {
+    if !state.engine.store().delete_secret(&app, &name)? {
         return Err(OpError::not_found(format!("app {app} has no secret {name}")).into());
     }
     state.engine.audit(
@@ -185,7 +185,13 @@ pub(super) async fn generate_secret(
 ) -> ApiResult<Json<SecretInfo>> {
     check_app_name(&app)?;
     check_secret_name(&name)?;
-    if !query.force && state.engine.store.secret_ciphertext(&app, &name)?.is_some() {
+    if !query.force
+        && state
+            .engine
+            .store()
+            .secret_ciphertext(&app, &name)?
+            .is_some()
+    {
         return Err(OpError::new(
             ErrorKind::Conflict,
             format!("secret {name} of {app} already exists"),

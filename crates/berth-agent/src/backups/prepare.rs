@@ -20,7 +20,7 @@ impl Engine {
             }
             return Ok(manifest);
         }
-        let release = self.store.live_release(app)?.ok_or_else(|| {
+        let release = self.store().live_release(app)?.ok_or_else(|| {
             OpError::not_found(format!(
                 "app {app} has no live release and no manifest was given"
             ))
@@ -79,11 +79,11 @@ impl Engine {
     }
 
     pub(super) fn secret_value(&self, app: &str, name: &str) -> Result<String, OpError> {
-        let ciphertext = self.store.secret_ciphertext(app, name)?.ok_or_else(|| {
+        let ciphertext = self.store().secret_ciphertext(app, name)?.ok_or_else(|| {
             OpError::invalid(format!("secret {name} is not set for app {app}"))
                 .hint(format!("berth secrets set {name} --app {app}"))
         })?;
-        Ok(self.secrets.open_value(name, &ciphertext)?)
+        Ok(self.secrets().open_value(name, &ciphertext)?)
     }
 
     pub(crate) fn destination(
@@ -184,7 +184,7 @@ impl Engine {
             .hint("deploy the app first (berth deploy), or check `berth status`")
         })?;
         Ok(Place::Container {
-            runtime: self.runtime.clone(),
+            runtime: self.runtime().clone(),
             id,
             name,
         })
@@ -230,7 +230,7 @@ impl Engine {
         create: bool,
     ) -> Result<PathBuf, OpError> {
         let docker_name = names::volume(app, name);
-        if let Some(dir) = self.runtime.volume_mountpoint(&docker_name).await? {
+        if let Some(dir) = self.runtime().volume_mountpoint(&docker_name).await? {
             return Ok(dir);
         }
         if !create {
@@ -240,8 +240,8 @@ impl Engine {
             .hint("deploy the app first (berth deploy)"));
         }
         let labels = names::base_labels(&self.agent_id, app);
-        self.runtime.ensure_volume(&docker_name, &labels).await?;
-        self.runtime
+        self.runtime().ensure_volume(&docker_name, &labels).await?;
+        self.runtime()
             .volume_mountpoint(&docker_name)
             .await?
             .ok_or_else(|| OpError::failed(format!("volume {docker_name} vanished")))
@@ -430,7 +430,7 @@ impl Engine {
                 Prepared {
                     source: Box::new(Guarded {
                         inner,
-                        runtime: self.runtime.clone(),
+                        runtime: self.runtime().clone(),
                         pause: paused,
                         before: place.clone().zip(before.clone()),
                         after: place.zip(after.clone()),

@@ -74,11 +74,11 @@ pub type PlannedRuns = Mutex<std::collections::HashMap<(String, String, &'static
 impl Engine {
     /// Every app with a live release, with its manifest.
     fn live_manifests(&self) -> Vec<Manifest> {
-        let Ok(apps) = self.store.apps() else {
+        let Ok(apps) = self.store().apps() else {
             return Vec::new();
         };
         apps.into_iter()
-            .filter_map(|app| self.store.live_release(&app.name).ok().flatten())
+            .filter_map(|app| self.store().live_release(&app.name).ok().flatten())
             .filter_map(|release| release_manifest(&release).ok())
             .collect()
     }
@@ -86,8 +86,8 @@ impl Engine {
     /// `berth status`'s view of an app's backups.
     pub(crate) fn backup_status(&self, manifest: &Manifest) -> Vec<berth_api::BackupStatus> {
         let app = &manifest.app;
-        let runs = self.store.latest_backup_runs(app).unwrap_or_default();
-        let copies = self.store.backup_copies(app, None).unwrap_or_default();
+        let runs = self.store().latest_backup_runs(app).unwrap_or_default();
+        let copies = self.store().backup_copies(app, None).unwrap_or_default();
         let planned = self
             .planned_backups
             .lock()
@@ -124,7 +124,7 @@ impl Engine {
                         .get(&(app.clone(), backup.name.clone(), "backup"))
                         .copied(),
                     last_ok: self
-                        .store
+                        .store()
                         .last_good_backup(app, &backup.name)
                         .ok()
                         .flatten(),
@@ -151,7 +151,7 @@ impl Engine {
         tz: &jiff::tz::TimeZone,
     ) -> jiff::Timestamp {
         let last = self
-            .store
+            .store()
             .latest_backup_runs(app)
             .unwrap_or_default()
             .into_iter()

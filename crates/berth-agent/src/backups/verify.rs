@@ -20,7 +20,7 @@ impl Engine {
                 continue;
             };
             let run = self
-                .store
+                .store()
                 .start_backup_run(&manifest.app, name, "verify", &actor)
                 .unwrap_or_default();
             let results = self
@@ -53,7 +53,7 @@ impl Engine {
                 failures.push(error.clone());
             }
             if run > 0
-                && let Err(e) = self.store.finish_backup_run(
+                && let Err(e) = self.store().finish_backup_run(
                     run,
                     &RunFinish {
                         status,
@@ -151,7 +151,7 @@ impl Engine {
                     // server cannot check it: that is no sign the backup is bad.
                     let unverifiable = matches!(error.cause(), "no-key" | "untrusted");
                     if !unverifiable
-                        && let Err(e) = self.store.fail_backup_copy(
+                        && let Err(e) = self.store().fail_backup_copy(
                             app,
                             &backup.name,
                             &meta.id,

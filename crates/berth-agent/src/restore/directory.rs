@@ -100,7 +100,7 @@ impl Engine {
                 .unwrap_or(Duration::from_secs(10));
             let step = progress.step(format!("stop {service}"));
             for (id, _) in &containers {
-                if let Err(e) = self.runtime.stop_container(id, timeout).await {
+                if let Err(e) = self.runtime().stop_container(id, timeout).await {
                     step.fail(&e.to_string());
                     // The stop failed, so that is the error to report; what could not be
                     // brought back is listed in the actions.
