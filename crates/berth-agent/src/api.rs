@@ -5,7 +5,7 @@
 
 use crate::engine::{Engine, release_manifest};
 use crate::error::{ErrorKind, OpError};
-pub(crate) use crate::locks::format_time;
+use crate::locks::format_time;
 use crate::progress::Progress;
 use crate::secrets;
 use crate::status::release_info;
@@ -323,12 +323,7 @@ async fn status(
     agent.docker = docker_status(&state.engine).await;
     let names: Vec<String> = match &query.app {
         Some(app) => {
-            if state.engine.store().app(app)?.is_none() {
-                return Err(OpError::not_found(format!(
-                    "no app named {app} has been deployed to this agent"
-                ))
-                .into());
-            }
+            state.engine.require_app(app)?;
             vec![app.clone()]
         }
         None => state
@@ -682,13 +677,7 @@ async fn lifecycle(
     operation: &'static str,
 ) -> ApiResult<Response> {
     check_app_name(&app)?;
-    if state.engine.store().app(&app)?.is_none() {
-        return Err(OpError::not_found(format!(
-            "no app named {app} has been deployed to this agent"
-        ))
-        .hint("`berth apps` lists the apps")
-        .into());
-    }
+    state.engine.require_app(&app)?;
     if operation == "start" {
         state.engine.ensure_stopped(&app)?;
     }
@@ -718,13 +707,7 @@ async fn destroy_app(
     Json(request): Json<DestroyRequest>,
 ) -> ApiResult<Response> {
     check_app_name(&app)?;
-    if state.engine.store().app(&app)?.is_none() {
-        return Err(OpError::not_found(format!(
-            "no app named {app} has been deployed to this agent"
-        ))
-        .hint("`berth apps` lists the apps")
-        .into());
-    }
+    state.engine.require_app(&app)?;
     let actor = actor(&state, &headers);
     let engine = state.engine.clone();
     let (app2, actor2) = (app.clone(), actor.clone());
@@ -746,12 +729,7 @@ async fn releases(
     Query(query): Query<LimitQuery>,
 ) -> ApiResult<Json<Vec<ReleaseInfo>>> {
     check_app_name(&app)?;
-    if state.engine.store().app(&app)?.is_none() {
-        return Err(OpError::not_found(format!(
-            "no app named {app} has been deployed to this agent"
-        ))
-        .into());
-    }
+    state.engine.require_app(&app)?;
     let releases = state
         .engine
         .store()

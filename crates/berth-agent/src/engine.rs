@@ -199,6 +199,17 @@ impl Engine {
         }
     }
 
+    /// Refuses an app this agent has never deployed (or has destroyed).
+    pub fn require_app(&self, app: &str) -> Result<(), OpError> {
+        if self.store.app(app)?.is_none() {
+            return Err(OpError::not_found(format!(
+                "no app named {app} has been deployed to this agent"
+            ))
+            .hint("`berth apps` lists the apps"));
+        }
+        Ok(())
+    }
+
     pub fn store(&self) -> &Arc<Store> {
         &self.store
     }
