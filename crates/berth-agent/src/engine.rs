@@ -19,6 +19,9 @@ use crate::names;
 use crate::progress::Progress;
 use crate::secrets::SecretBox;
 use berth_api::Outcome;
+use berth_backup_jobs::{Backups, ServiceControl};
+use berth_core::ReleaseChange;
+pub(crate) use berth_core::release_manifest;
 use berth_manifest::{
     ImageSource, Manifest, PullPolicy, Role, SecretDelivery, Service, VolumeSource,
 };
@@ -28,8 +31,7 @@ use berth_runtime::{
     NetworkAttachment, PublishedPort,
 };
 use berth_state::{
-    AuditEntry, Instance, InstanceState, NewRelease, Release, ReleaseKind, ReleaseStatus, Store,
-    Switch,
+    Instance, InstanceState, NewRelease, Release, ReleaseKind, ReleaseStatus, Store, Switch,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -51,16 +53,12 @@ pub struct Engine {
     runtime: Arc<dyn ContainerRuntime>,
     store: Arc<Store>,
     proxy: Arc<Proxy>,
-    secrets: SecretBox,
+    secrets: Arc<SecretBox>,
     pub locks: Arc<AppLocks>,
-    /// One backup operation per app at a time (separate from deploys, which may run
-    /// alongside a backup).
-    pub backup_locks: Arc<AppLocks>,
-    pub backup_metrics: crate::backups::BackupMetrics,
-    /// When the scheduler will next run each backup, for `berth status`.
-    pub planned_backups: crate::backups::PlannedRuns,
-    /// Wakes the backup scheduler when a release changes what is scheduled.
-    pub schedules_changed: tokio::sync::Notify,
+    /// The backups component (it reaches back only through `ServiceControl`).
+    backups: Arc<Backups>,
+    /// Tells subscribers (the backup schedule) when an app's live release changes.
+    release_changes: tokio::sync::broadcast::Sender<ReleaseChange>,
     pub data_dir: PathBuf,
     pub agent_id: String,
     /// Base URL of the proxy's HTTP listener, for the URLs reported after a deploy.
@@ -167,11 +165,12 @@ impl Engine {
         runtime: Arc<dyn ContainerRuntime>,
         store: Arc<Store>,
         proxy: Arc<Proxy>,
-        secrets: SecretBox,
+        secrets: Arc<SecretBox>,
         data_dir: PathBuf,
         agent_id: String,
         http_url: Option<String>,
         edge: Arc<Edge>,
+        backups: Arc<Backups>,
     ) -> Self {
         Self {
             runtime,
@@ -179,10 +178,8 @@ impl Engine {
             proxy,
             secrets,
             locks: Arc::new(AppLocks::default()),
-            backup_locks: Arc::new(AppLocks::default()),
-            backup_metrics: Default::default(),
-            planned_backups: Default::default(),
-            schedules_changed: tokio::sync::Notify::new(),
+            backups,
+            release_changes: tokio::sync::broadcast::channel(64).0,
             agent_id,
             http_url,
             edge,
@@ -226,6 +223,23 @@ impl Engine {
         &self.runtime
     }
 
+    pub fn backups(&self) -> &Arc<Backups> {
+        &self.backups
+    }
+
+    /// Release changes from now on (a deploy or rollback went live, an app was destroyed).
+    pub fn subscribe_release_changes(&self) -> tokio::sync::broadcast::Receiver<ReleaseChange> {
+        self.release_changes.subscribe()
+    }
+
+    /// Tells the subscribers; nobody listening is fine.
+    pub(crate) fn release_changed(&self, app: &str, live_release: Option<i64>) {
+        let _ = self.release_changes.send(ReleaseChange {
+            app: app.to_owned(),
+            live_release,
+        });
+    }
+
     /// The registry background work runs in (set once, at start).
     pub fn set_workers(&mut self, workers: Arc<berth_workers::Workers>) {
         self.workers = workers;
@@ -261,6 +275,8 @@ impl Engine {
     /// Lets the engine start work that outlives a call (call once, after `Arc::new`).
     pub fn set_self(self: &Arc<Self>) {
         let _ = self.me.set(Arc::downgrade(self));
+        let services: std::sync::Weak<dyn ServiceControl> = Arc::downgrade(self) as _;
+        self.backups.set_services(services);
     }
 
     /// The old releases of `app` still draining.
@@ -373,20 +389,8 @@ impl Engine {
         result: &str,
         detail: &str,
     ) {
-        let entry = AuditEntry {
-            at: berth_state::now_ms(),
-            actor: actor.to_owned(),
-            action: action.to_owned(),
-            target: target.to_owned(),
-            result: result.to_owned(),
-            detail: detail.to_owned(),
-        };
-        if let Err(error) = self.store.add_audit(&entry) {
-            tracing::error!(%error, action, target, "cannot write the audit log");
-        }
+        berth_core::audit(&self.store, actor, action, target, result, detail);
     }
-
-    // ---- checks done before an operation starts ----------------------------------------
 
     // ---- deploy and rollback -----------------------------------------------------------
 
@@ -454,7 +458,7 @@ impl Engine {
                     &format!("release {} ({})", release.number, plan.version),
                 );
                 // The new release may bring new backup schedules.
-                self.schedules_changed.notify_one();
+                self.release_changed(&app, Some(release.number));
                 outcome(Some(release.number), Some(release.number), None)
             }
             Err(mut error) => {
@@ -835,15 +839,6 @@ fn route_settings(
         hsts: tls && route.hsts,
         maintenance: maintenance.map(str::to_owned),
     }
-}
-
-pub(crate) fn release_manifest(release: &Release) -> Result<Manifest, OpError> {
-    serde_json::from_str(&release.manifest_json).map_err(|e| {
-        OpError::failed(format!(
-            "the stored manifest of release {} of {} is unreadable: {e}",
-            release.number, release.app
-        ))
-    })
 }
 
 /// The Host header health checks send: the first routed domain, so apps that check it answer.

@@ -4,23 +4,17 @@
 //! file and the secrets key, binds the proxy's and the API's listeners, reconciles Docker
 //! with the state file, and serves until asked to stop.
 
+use berth_core::{error, locks, names, progress, secrets};
+
 mod api;
 mod api_tcp;
-mod backups;
 mod edge;
 mod engine;
-mod error;
 mod health;
 mod lifecycle;
-mod locks;
-mod names;
-mod progress;
 mod reconcile;
-mod restore;
 mod rollback;
 mod secret_files;
-mod secrets;
-mod staging;
 mod status;
 pub mod subnets;
 mod succession;
@@ -298,7 +292,7 @@ async fn serve(
     }
     let _ = std::fs::remove_dir_all(data_dir.join("tmp"));
     // And the staging directories such restores made inside apps' data.
-    for removed in staging::Journal::new(data_dir).clean_up(&store) {
+    for removed in berth_backup_jobs::Journal::new(data_dir).clean_up(&store) {
         tracing::warn!(%removed, "an interrupted restore's staging directory was removed");
     }
     let agent_id = agent_id(data_dir)?;
@@ -417,6 +411,17 @@ async fn serve(
         acme_channels,
     ));
 
+    let secrets = Arc::new(secrets);
+    let backups = Arc::new(berth_backup_jobs::Backups::new(
+        berth_backup_jobs::BackupDeps {
+            runtime: runtime.clone(),
+            store: store.clone(),
+            secrets: secrets.clone(),
+            data_dir: data_dir.clone(),
+            agent_id: agent_id.clone(),
+            workers: background.clone(),
+        },
+    ));
     let mut engine = Engine::new(
         runtime.clone(),
         store,
@@ -426,6 +431,7 @@ async fn serve(
         agent_id,
         http_url,
         edge.clone(),
+        backups,
     );
     engine.set_app_subnets(config.app_subnets);
     let (secret_files_root, in_memory) = secret_files::choose_root(data_dir, &engine.agent_id);
@@ -458,7 +464,7 @@ async fn serve(
     let mut registry = prometheus_client::registry::Registry::default();
     proxy.metrics().register(&mut registry);
     edge.metrics.register(&mut registry);
-    engine.backup_metrics.register(&mut registry);
+    engine.backups().metrics().register(&mut registry);
     let metrics = Arc::new(api::Metrics {
         registry,
         edge: edge.clone(),
@@ -769,9 +775,10 @@ fn spawn_reconciler(
 
 /// The backup schedule, as a worker.
 fn spawn_scheduler(engine: &Arc<Engine>) {
-    let scheduler = engine.clone();
+    let backups = engine.backups().clone();
+    let changes = engine.subscribe_release_changes();
     engine.workers().spawn("backup schedule", |report, stop| {
-        backups::scheduler(scheduler, report, stop.stopped())
+        berth_backup_jobs::scheduler(backups, changes, report, stop.stopped())
     });
 }
 

@@ -176,7 +176,8 @@ impl Engine {
         // No backup may run while the app's containers and volumes go (a scheduled one
         // would fail halfway, or hold a volume the destroy must remove).
         let _backup_lock = self
-            .backup_locks
+            .backups()
+            .locks()
             .acquire(
                 app,
                 berth_api::LockInfo {
@@ -281,6 +282,7 @@ impl Engine {
         }
         self.store().delete_app(app)?;
         self.forget_draining(app);
+        self.release_changed(app, None);
         Ok(())
     }
 
@@ -301,6 +303,7 @@ impl Engine {
         };
         for (name, backup) in &manifest.backup.backups {
             let result = self
+                .backups()
                 .backup_once(
                     manifest,
                     backup,

@@ -7,7 +7,7 @@ use crate::names;
 use berth_api::{AppStatus, Health, ReleaseInfo, ReplicaStatus, ServiceStatus};
 use berth_manifest::{Role, Service};
 use berth_runtime::ContainerState;
-use berth_state::{InstanceState, Release};
+use berth_state::Release;
 use std::time::Duration;
 
 pub fn release_info(release: &Release) -> ReleaseInfo {
@@ -41,25 +41,15 @@ impl Engine {
         service: &str,
         accessory: bool,
     ) -> Result<Vec<(String, String)>, OpError> {
-        if accessory {
-            let containers = self
-                .runtime()
-                .list_containers(&[
-                    (names::AGENT, &self.agent_id),
-                    (names::APP, app),
-                    (names::ROLE, "accessory"),
-                    (names::SERVICE, service),
-                ])
-                .await?;
-            return Ok(containers.into_iter().map(|c| (c.id, c.name)).collect());
-        }
-        Ok(self
-            .store()
-            .instances(app)?
-            .into_iter()
-            .filter(|i| i.service == service && i.state == InstanceState::Current)
-            .map(|i| (i.container_id, i.name))
-            .collect())
+        berth_core::service_containers(
+            self.runtime().as_ref(),
+            self.store(),
+            &self.agent_id,
+            app,
+            service,
+            accessory,
+        )
+        .await
     }
 
     pub async fn app_status(&self, app: &str) -> Result<AppStatus, OpError> {
@@ -100,7 +90,7 @@ impl Engine {
         let Some(live) = live else { return Ok(status) };
         let manifest = release_manifest(&live)?;
         status.urls = self.urls(&manifest);
-        status.backups = self.backup_status(&manifest);
+        status.backups = self.backups().backup_status(&manifest);
         let services: Vec<&Service> = manifest
             .service_start_order()
             .into_iter()

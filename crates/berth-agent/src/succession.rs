@@ -204,7 +204,8 @@ impl Succession {
         };
         let frozen = engine.locks.freeze(why.clone()).and_then(|()| {
             engine
-                .backup_locks
+                .backups()
+                .locks()
                 .freeze(why)
                 .inspect_err(|_| engine.locks.thaw())
         });
@@ -233,7 +234,7 @@ impl Succession {
         let result = self.hand_over(&binary, progress).await;
         if result.is_err() {
             engine.locks.thaw();
-            engine.backup_locks.thaw();
+            engine.backups().locks().thaw();
         }
         result
     }

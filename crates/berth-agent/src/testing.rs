@@ -7,6 +7,7 @@ use crate::engine::{Engine, ImagePlan, ReleasePlan};
 use crate::progress::Progress;
 use crate::secrets::SecretBox;
 use berth_api::{OperationEvent, Outcome};
+use berth_backup_jobs::{BackupDeps, Backups};
 use berth_manifest::{Manifest, ManifestSource};
 use berth_proxy::{Proxy, ProxyConfig};
 use berth_runtime::fake::FakeRuntime;
@@ -66,9 +67,18 @@ impl Harness {
 
     fn engine_on(fake: &Arc<FakeRuntime>, data_dir: PathBuf) -> Arc<Engine> {
         let store = Arc::new(Store::open(&data_dir.join("state.db")).expect("state file"));
-        let secrets = SecretBox::open(&data_dir.join("secrets.key")).expect("secrets key");
+        let secrets =
+            Arc::new(SecretBox::open(&data_dir.join("secrets.key")).expect("secrets key"));
         let proxy = Proxy::new(ProxyConfig::default());
         let edge = Arc::new(Edge::new(berth_tls::CertStore::new(), false, None));
+        let backups = Arc::new(Backups::new(BackupDeps {
+            runtime: fake.clone(),
+            store: store.clone(),
+            secrets: secrets.clone(),
+            data_dir: data_dir.clone(),
+            agent_id: "test-agent".into(),
+            workers: Arc::new(berth_workers::Workers::new()),
+        }));
         let mut engine = Engine::new(
             fake.clone(),
             store,
@@ -78,6 +88,7 @@ impl Harness {
             "test-agent".into(),
             Some("http://127.0.0.1:8080".into()),
             edge,
+            backups,
         );
         engine.set_secret_files_root(data_dir.join("secret-files"));
         let engine = Arc::new(engine);

@@ -1,6 +1,7 @@
 //! Backups, verification, pruning and restores.
 
 use super::*;
+use berth_backup_jobs::Backups;
 
 /// The manifest a backup request is about: the one sent (for this app), else the live one.
 pub(super) fn backup_manifest(
@@ -18,7 +19,7 @@ pub(super) fn backup_manifest(
         )?),
         None => None,
     };
-    Ok(state.engine.backup_manifest(app, sent)?)
+    Ok(state.engine.backups().backup_manifest(app, sent)?)
 }
 
 pub(super) fn check_backup_id(id: Option<&str>) -> ApiResult<()> {
@@ -40,9 +41,9 @@ pub(super) async fn backup_run(
 ) -> ApiResult<Response> {
     let actor = actor(&state, &headers);
     let manifest = backup_manifest(&state, &app, request.manifest.as_ref())?;
-    let names = Engine::backup_names(&manifest, &request.names)?;
-    let engine = state.engine.clone();
-    let locks = engine.backup_locks.clone();
+    let names = Backups::backup_names(&manifest, &request.names)?;
+    let backups = state.engine.backups().clone();
+    let locks = backups.locks().clone();
     let actor2 = actor.clone();
     start_locked_operation(
         &state,
@@ -53,7 +54,7 @@ pub(super) async fn backup_run(
         true,
         Vec::new(),
         move |progress| {
-            engine.run_backups(
+            backups.run_backups(
                 manifest,
                 names,
                 berth_backup::Reason::Manual,
@@ -71,11 +72,12 @@ pub(super) async fn backup_list(
 ) -> ApiResult<Json<BackupList>> {
     let manifest = backup_manifest(&state, &app, request.manifest.as_ref())?;
     if let Some(name) = &request.name {
-        Engine::backup_named(&manifest, name)?;
+        Backups::backup_named(&manifest, name)?;
     }
     Ok(Json(
         state
             .engine
+            .backups()
             .list_backups(&manifest, request.name.as_deref(), request.refresh)
             .await?,
     ))
@@ -89,7 +91,7 @@ pub(super) async fn backup_verify(
 ) -> ApiResult<Response> {
     let actor = actor(&state, &headers);
     let manifest = backup_manifest(&state, &app, request.manifest.as_ref())?;
-    let names = Engine::backup_names(&manifest, &request.names)?;
+    let names = Backups::backup_names(&manifest, &request.names)?;
     check_backup_id(request.id.as_deref())?;
     let identity = match &request.identity {
         Some(text) => Some(
@@ -105,8 +107,8 @@ pub(super) async fn backup_verify(
         .hint("look at each unsigned backup in `berth backup list`, and adopt only those you know this server took")
         .into());
     }
-    let engine = state.engine.clone();
-    let locks = engine.backup_locks.clone();
+    let backups = state.engine.backups().clone();
+    let locks = backups.locks().clone();
     let actor2 = actor.clone();
     start_locked_operation(
         &state,
@@ -117,10 +119,10 @@ pub(super) async fn backup_verify(
         true,
         Vec::new(),
         move |progress| {
-            engine.verify_backups(
+            backups.verify_backups(
                 manifest,
                 names,
-                crate::backups::VerifyOptions {
+                berth_backup_jobs::VerifyOptions {
                     id: request.id,
                     adopt_unsigned: request.adopt_unsigned,
                     identity,
@@ -140,9 +142,9 @@ pub(super) async fn backup_prune(
 ) -> ApiResult<Response> {
     let actor = actor(&state, &headers);
     let manifest = backup_manifest(&state, &app, request.manifest.as_ref())?;
-    let names = Engine::backup_names(&manifest, &request.names)?;
-    let engine = state.engine.clone();
-    let locks = engine.backup_locks.clone();
+    let names = Backups::backup_names(&manifest, &request.names)?;
+    let backups = state.engine.backups().clone();
+    let locks = backups.locks().clone();
     let actor2 = actor.clone();
     start_locked_operation(
         &state,
@@ -152,7 +154,7 @@ pub(super) async fn backup_prune(
         &actor,
         true,
         Vec::new(),
-        move |progress| engine.prune_backups(manifest, names, request.dry_run, actor2, progress),
+        move |progress| backups.prune_backups(manifest, names, request.dry_run, actor2, progress),
     )
 }
 
@@ -164,10 +166,10 @@ pub(super) async fn restore(
 ) -> ApiResult<Response> {
     let actor = actor(&state, &headers);
     let manifest = backup_manifest(&state, &app, request.manifest.as_ref())?;
-    Engine::backup_named(&manifest, &request.name)?;
+    Backups::backup_named(&manifest, &request.name)?;
     check_backup_id(request.id.as_deref())?;
     let at = match &request.at {
-        Some(text) => Some(crate::restore::parse_at(text)?),
+        Some(text) => Some(berth_backup_jobs::parse_at(text)?),
         None => None,
     };
     let identity = match &request.identity {
@@ -189,7 +191,7 @@ pub(super) async fn restore(
                 .into(),
         );
     }
-    let plan = crate::restore::RestorePlan {
+    let plan = berth_backup_jobs::RestorePlan {
         manifest,
         name: request.name,
         id: request.id,
@@ -202,7 +204,7 @@ pub(super) async fn restore(
         allow_untrusted: request.allow_untrusted,
         actor: actor.clone(),
     };
-    let engine = state.engine.clone();
+    let backups = state.engine.backups().clone();
     // The deploy lock: nothing may replace the containers a restore stops and starts.
     start_operation(
         &state,
@@ -211,6 +213,6 @@ pub(super) async fn restore(
         &actor,
         false,
         Vec::new(),
-        move |progress| engine.restore(plan, progress),
+        move |progress| backups.restore(plan, progress),
     )
 }

@@ -89,3 +89,15 @@ impl Engine {
         Ok(())
     }
 }
+
+#[async_trait::async_trait]
+impl berth_backup_jobs::ServiceControl for Engine {
+    async fn restart_service(
+        &self,
+        app: &str,
+        service: &str,
+        progress: &Progress,
+    ) -> Result<(), OpError> {
+        self.restart_steps(app, service, progress).await
+    }
+}

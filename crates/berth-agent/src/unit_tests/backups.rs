@@ -20,6 +20,7 @@ fn with_backup(h: &Harness, keep: &str) -> String {
 
 async fn back_up(h: &Harness, text: &str) -> berth_api::Outcome {
     h.engine
+        .backups()
         .clone()
         .run_backups(
             manifest(text),
@@ -46,6 +47,7 @@ async fn a_volume_backup_is_read_back_before_it_is_listed() {
     assert_eq!(runs[0].copies.len(), 1);
     let list = h
         .engine
+        .backups()
         .list_backups(&manifest(&text), None, true)
         .await
         .unwrap();
@@ -81,6 +83,7 @@ async fn a_backup_run_applies_the_keep_rules_once_its_copy_is_good() {
     }
     let list = h
         .engine
+        .backups()
         .list_backups(&manifest(&text), None, true)
         .await
         .unwrap();
@@ -90,6 +93,7 @@ async fn a_backup_run_applies_the_keep_rules_once_its_copy_is_good() {
 
 async fn prune(h: &Harness, text: &str, dry_run: bool) -> berth_api::Outcome {
     h.engine
+        .backups()
         .clone()
         .prune_backups(
             manifest(text),
@@ -113,7 +117,7 @@ async fn a_dry_run_prune_says_what_would_go_and_removes_nothing() {
     let outcome = prune(&h, &keep_one, true).await;
     assert!(outcome.ok, "{:?}", outcome.error);
     let listed = |h: &Harness| {
-        let h = h.engine.clone();
+        let h = h.engine.backups().clone();
         let text = keep_one.clone();
         async move {
             h.list_backups(&manifest(&text), None, true)
@@ -145,6 +149,7 @@ async fn a_schedule_missed_while_the_agent_was_down_runs_at_once_and_only_once()
     // Never ran: the next scheduled time, not now.
     let due = h
         .engine
+        .backups()
         .first_due("shop", "files", "backup", &parsed, now, &tz);
     assert!(due > now);
     // Ran long before the last scheduled time: it was missed, so now.
@@ -156,11 +161,13 @@ async fn a_schedule_missed_while_the_agent_was_down_runs_at_once_and_only_once()
     let tomorrow = now + jiff::SignedDuration::from_hours(48);
     let due = h
         .engine
+        .backups()
         .first_due("shop", "files", "backup", &parsed, tomorrow, &tz);
     assert_eq!(due, tomorrow);
     // Ran after the last scheduled time: nothing was missed.
     let due = h
         .engine
+        .backups()
         .first_due("shop", "files", "backup", &parsed, now, &tz);
     assert!(due > now);
 }

@@ -103,3 +103,37 @@ async fn destroy_removes_containers_network_images_and_forgets_the_app() {
     assert_eq!(h.fake.volumes(), ["shop_data"], "data stays unless asked");
     assert!(h.engine.store().app("shop").unwrap().is_none());
 }
+
+#[tokio::test]
+async fn subscribers_hear_of_each_release_that_goes_live_and_of_a_destroy() {
+    use berth_core::ReleaseChange;
+    let h = Harness::new();
+    let mut changes = h.engine.subscribe_release_changes();
+    let text = web_app("shop", "");
+    h.deployed(&text, "v1").await;
+    h.deployed(&text, "v2").await;
+    let failed = h
+        .deploy(&text.replace("example/web:1", "example/missing:1"), "v3")
+        .await;
+    assert!(!failed.0.ok, "a release that fails is not announced");
+    let outcome = h
+        .engine
+        .clone()
+        .destroy_app(
+            "shop".into(),
+            berth_api::DestroyRequest::default(),
+            "t".into(),
+            silent(),
+        )
+        .await;
+    assert!(outcome.ok, "{:?}", outcome.error);
+    let mut heard = Vec::new();
+    while let Ok(change) = changes.try_recv() {
+        heard.push(change);
+    }
+    let change = |live_release| ReleaseChange {
+        app: "shop".into(),
+        live_release,
+    };
+    assert_eq!(heard, [change(Some(1)), change(Some(2)), change(None)]);
+}

@@ -27,12 +27,12 @@ pub(crate) struct Recorded {
     file: Option<PathBuf>,
 }
 
-pub(crate) struct Journal {
+pub struct Journal {
     dir: PathBuf,
 }
 
 impl Journal {
-    pub(crate) fn new(data_dir: &Path) -> Self {
+    pub fn new(data_dir: &Path) -> Self {
         Self {
             dir: data_dir.join(DIR),
         }
@@ -86,7 +86,7 @@ impl Journal {
 
     /// At start: removes every staging directory a stopped agent left, and says so in each
     /// app's events. Returns what was removed, as `app: path`.
-    pub(crate) fn clean_up(&self, store: &berth_state::Store) -> Vec<String> {
+    pub fn clean_up(&self, store: &berth_state::Store) -> Vec<String> {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return Vec::new();
         };

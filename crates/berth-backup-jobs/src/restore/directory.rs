@@ -2,31 +2,24 @@
 
 use super::*;
 
-impl Engine {
+impl Backups {
     /// Replaces a directory's contents with a tar backup: unpacked next to it first (so a
     /// bad archive changes nothing), then swapped in with the services using it stopped.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) async fn restore_directory(
+    pub(crate) async fn restore_directory(
         &self,
-        plan: &RestorePlan,
-        backup: &Backup,
-        meta: &BackupMeta,
-        storage: &str,
+        job: &mut LiveRestore<'_>,
         dir: &Path,
         users: &[String],
-        result: &mut RestoreResult,
-        actions: &mut Actions,
-        progress: &Progress,
     ) -> Result<(), OpError> {
+        let plan = job.plan;
+        let progress = job.progress;
         let (parent, name) = berth_fs::split(dir)?;
         let parent = berth_fs::Dir::open(parent)?;
         let target = parent.subdirectory(name, false)?;
         let entries = target.names()?.len();
         let live = (entries > 0).then(|| format!("{entries} entries"));
-        self.guard_live_data(plan, backup, live, result, actions, progress)
-            .await?;
-        let staged = self.scratch_file(meta);
-        self.stage(plan, meta, storage, &staged, progress).await?;
+        job.guard(self, live).await?;
+        let staged = job.stage(self).await?;
         let step = progress.step("unpack the archive");
         // Next to the live data (the same file system, so it can be moved in), in a new
         // directory only the agent can enter.
@@ -54,9 +47,9 @@ impl Engine {
                 return Err(error);
             }
         };
-        actions.push(progress, format!("unpacked {info} next to the live data"));
+        job.did(format!("unpacked {info} next to the live data"));
         let outcome = self
-            .with_services_stopped(&plan.manifest, users, actions, progress, async {
+            .with_services_stopped(&plan.manifest, users, job.actions, progress, async {
                 if let Some(recorded) = &recorded {
                     journal.mark_swapping(recorded);
                 }
@@ -75,7 +68,7 @@ impl Engine {
     /// Stops the running containers of `services`, runs `change`, then brings the services
     /// back (accessories restarted, services replaced through the health gate), whatever
     /// `change` returned.
-    pub(super) async fn with_services_stopped<F>(
+    pub(crate) async fn with_services_stopped<F>(
         &self,
         manifest: &Manifest,
         services: &[String],

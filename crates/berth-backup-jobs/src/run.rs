@@ -1,130 +1,9 @@
-//! Backups as the agent runs them: it turns a manifest's `[backups.NAME]` into a source (a
-//! SQLite file inside a volume, a dump run in a database's container or on the server, a
-//! volume, berth's own data directory), a content check, and the storage to write to, then
-//! lets `berth-backup` stream, store, read back and check. Every run, verification and prune
-//! is recorded in the state (`backup_runs`, the catalog) and the audit log.
-//!
-//! Invariants:
-//! - A backup is reported good only when `berth-backup` read each copy back and checked it;
-//!   the catalog only ever holds such copies.
-//! - Containers paused for a backup are unpaused whatever happens to the backup.
-//! - One backup operation per app at a time (`backup_locks`); restores also take the app's
-//!   deploy lock, so nothing replaces containers under them.
+//! `berth backup run`, `list` and `prune`: taking a backup, the catalogue of verified copies,
+//! retention.
 
-use crate::engine::{Engine, release_manifest};
-use crate::error::{ErrorKind, OpError};
-use crate::names;
-use crate::progress::Progress;
-use async_trait::async_trait;
-use berth_api::RunStatus;
-use berth_api::{
-    BackupInfo, BackupResult, BackupsOutcome, CopyInfo, CopyResult, Outcome, PruneResult,
-    VerifyResult, human_bytes,
-};
-use berth_backup::destination::S3Settings;
-use berth_backup::meta::{BackupMeta, ContentKind, Reason};
-use berth_backup::pipeline::Compression;
-use berth_backup::runner::{self, Event, EventSink, Runner, SystemClock};
-use berth_backup::source::{
-    BuiltinCheck, Consumer, Directory, DumpOutcome, PlainReceiver, PlainSender, SqliteFile,
-    judge_dump, run_host,
-};
-use berth_backup::{BackupError, Destination, Identities, Keep, Recipient, Source};
-use berth_manifest::{
-    Backup, BackupSource, Database, DatabaseLocation, LOCAL_STORAGE, Manifest, Storage,
-    VolumeSource,
-};
-use berth_runtime::{ContainerRuntime, ExecOptions, LogStream};
-use berth_state::{BackupCopy, RunFinish};
-use futures_util::StreamExt;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
+use crate::*;
 
-impl From<BackupError> for OpError {
-    fn from(error: BackupError) -> Self {
-        let kind = match error {
-            BackupError::Invalid(_) => ErrorKind::Invalid,
-            BackupError::NotFound { .. } => ErrorKind::NotFound,
-            _ => ErrorKind::Failed,
-        };
-        let cause = error.cause();
-        OpError::new(kind, error.to_string()).cause(cause)
-    }
-}
-
-/// Where a command of a backup runs: in a container of the app, or on the server.
-#[derive(Clone)]
-pub(crate) enum Place {
-    Container {
-        runtime: Arc<dyn ContainerRuntime>,
-        id: String,
-        name: String,
-    },
-    Host,
-}
-
-impl Place {
-    pub(crate) fn describe(&self) -> String {
-        match self {
-            Place::Container { name, .. } => format!("container {name}"),
-            Place::Host => "this server".to_owned(),
-        }
-    }
-
-    /// Runs `command` here: `input` is fed to its standard input, its output goes to `out`
-    /// or is collected (and returned).
-    pub(crate) async fn run(
-        &self,
-        command: &[String],
-        env: &[(String, String)],
-        input: Option<PlainReceiver>,
-        out: Option<&PlainSender>,
-    ) -> Result<(DumpOutcome, String), BackupError> {
-        let Some(program) = command.first() else {
-            return Err(BackupError::Invalid("an empty command".to_owned()));
-        };
-        match self {
-            Place::Host => run_host(program, &command[1..], env, input, out).await,
-            Place::Container { runtime, id, name } => {
-                run_in_container(runtime.as_ref(), id, name, command, env, input, out).await
-            }
-        }
-    }
-
-    /// Runs a command that only answers; fails unless it exits 0.
-    pub(crate) async fn query(
-        &self,
-        command: &[String],
-        env: &[(String, String)],
-    ) -> Result<String, BackupError> {
-        let (outcome, stdout) = self.run(command, env, None, None).await?;
-        if outcome.exit_code != Some(0) {
-            return Err(BackupError::Source(format!(
-                "`{}` in {} exited with status {}: {}",
-                command.join(" "),
-                self.describe(),
-                outcome
-                    .exit_code
-                    .map(|c| c.to_string())
-                    .unwrap_or_else(|| "unknown".into()),
-                last_lines(&outcome.stderr)
-            )));
-        }
-        Ok(stdout)
-    }
-}
-
-mod prepare;
-mod schedule;
-mod sources;
-mod verify;
-
-pub use schedule::*;
-pub(crate) use sources::*;
-
-impl Engine {
+impl Backups {
     // ---- operations ------------------------------------------------------------------------
 
     /// `berth backup run`: each named backup (or all), then retention on each storage that
@@ -179,7 +58,7 @@ impl Engine {
     }
 
     /// One backup of one name to `storages`, recorded in the state and the audit log.
-    pub(crate) async fn backup_once(
+    pub async fn backup_once(
         &self,
         manifest: &Manifest,
         backup: &Backup,
@@ -373,8 +252,7 @@ impl Engine {
             result.error.as_deref().unwrap_or(&detail),
         );
         if reason != Reason::Safety {
-            self.backup_metrics
-                .record(app, name, result.status.as_str());
+            self.metrics.record(app, name, result.status.as_str());
         }
         result
     }
@@ -693,39 +571,6 @@ impl Engine {
     }
 }
 
-/// The MySQL tool named `preferred`, or `fallback` where it is missing (older images and
-/// servers have only `mysqldump`/`mysql`).
-pub(crate) fn mysql_tool(
-    place: &Place,
-    preferred: &str,
-    fallback: &str,
-    args: Vec<String>,
-) -> Vec<String> {
-    match place {
-        Place::Container { .. } => {
-            let mut command = strings(&[
-                "sh",
-                "-c",
-                &format!(
-                    "if command -v {preferred} >/dev/null 2>&1; then exec {preferred} \"$@\"; else exec {fallback} \"$@\"; fi"
-                ),
-                preferred,
-            ]);
-            command.extend(args);
-            command
-        }
-        Place::Host => {
-            let found = std::env::var_os("PATH").is_some_and(|path| {
-                std::env::split_paths(&path).any(|dir| dir.join(preferred).is_file())
-            });
-            let mut command = vec![if found { preferred } else { fallback }.to_owned()];
-            command.extend(args);
-            command
-        }
-    }
-}
-
-/// Services and accessories that mount a named volume.
 /// What `berth backup verify` was asked.
 pub struct VerifyOptions {
     /// One backup only.
@@ -734,58 +579,6 @@ pub struct VerifyOptions {
     pub adopt_unsigned: bool,
     /// Keys given for this verification only (another server's backups).
     pub identity: Option<Identities>,
-}
-
-/// Every service and accessory that mounts the data at `path` inside `service` (the same
-/// named volume, or a host directory that holds or is held by the same one): all of them are
-/// stopped while it is restored, not only the one the backup names.
-pub(crate) fn data_users(manifest: &Manifest, service: &str, path: &str) -> Vec<String> {
-    let mount = manifest
-        .services
-        .get(service)
-        .or_else(|| manifest.accessories.get(service))
-        .and_then(|found| {
-            found
-                .volumes
-                .iter()
-                .filter(|v| Path::new(path).starts_with(&v.target))
-                .max_by_key(|v| v.target.len())
-        });
-    match mount.map(|m| &m.source) {
-        Some(VolumeSource::Named(volume)) => volume_users(manifest, volume),
-        Some(VolumeSource::Bind(host)) => directory_users(manifest, host),
-        None => vec![service.to_owned()],
-    }
-}
-
-/// Every service and accessory that bind-mounts `dir`, a directory inside it, or one that
-/// holds it.
-pub(crate) fn directory_users(manifest: &Manifest, dir: &Path) -> Vec<String> {
-    manifest
-        .services
-        .values()
-        .chain(manifest.accessories.values())
-        .filter(|s| {
-            s.volumes.iter().any(|v| {
-                matches!(&v.source, VolumeSource::Bind(host) if host.starts_with(dir) || dir.starts_with(host))
-            })
-        })
-        .map(|s| s.name.clone())
-        .collect()
-}
-
-pub(crate) fn volume_users(manifest: &Manifest, volume: &str) -> Vec<String> {
-    manifest
-        .services
-        .values()
-        .chain(manifest.accessories.values())
-        .filter(|s| {
-            s.volumes
-                .iter()
-                .any(|v| matches!(&v.source, VolumeSource::Named(n) if n == volume))
-        })
-        .map(|s| s.name.clone())
-        .collect()
 }
 
 pub(crate) fn to_keep(keep: &berth_manifest::Keep) -> Keep {
@@ -860,62 +653,4 @@ pub(crate) fn feed_file(path: PathBuf) -> PlainReceiver {
         }
     });
     receiver
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn manifest(text: &str) -> Manifest {
-        berth_manifest::load(
-            berth_manifest::ManifestSource {
-                file: "berth.toml",
-                text,
-                base_dir: Path::new("/srv/app"),
-            },
-            None,
-        )
-        .unwrap()
-    }
-
-    #[test]
-    fn every_service_using_restored_data_is_found_not_only_the_named_one() {
-        let manifest = manifest(
-            r#"
-app = "shop"
-
-[services.web]
-image = "x"
-port = 80
-volumes = ["data:/data", "/srv/uploads:/uploads"]
-
-[services.worker]
-image = "x"
-volumes = ["data:/var/lib/app"]
-
-[services.thumbs]
-image = "x"
-volumes = ["/srv/uploads/thumbs:/thumbs"]
-
-[services.other]
-image = "x"
-volumes = ["logs:/logs", "/srv/elsewhere:/e"]
-"#,
-        );
-        assert_eq!(
-            data_users(&manifest, "web", "/data/app.db"),
-            ["web", "worker"],
-            "the same named volume, mounted elsewhere by the worker"
-        );
-        assert_eq!(
-            data_users(&manifest, "web", "/uploads/x.db"),
-            ["thumbs", "web"],
-            "a bind mount, and one inside it"
-        );
-        assert_eq!(
-            directory_users(&manifest, Path::new("/srv/uploads")),
-            ["thumbs", "web"]
-        );
-        assert!(directory_users(&manifest, Path::new("/srv/none")).is_empty());
-    }
 }

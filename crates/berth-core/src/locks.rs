@@ -111,7 +111,7 @@ impl AppLocks {
 
 /// A time in milliseconds since the epoch as people read it in messages (when a lock
 /// was taken).
-pub(crate) fn format_time(ms: i64) -> String {
+pub fn format_time(ms: i64) -> String {
     jiff::Timestamp::from_millisecond(ms)
         .map(|t| t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string())
         .unwrap_or_else(|_| ms.to_string())

@@ -9,18 +9,12 @@
 //! - Services whose data is replaced are stopped first and started (or replaced) after, even
 //!   when the restore fails half-way.
 
-use crate::backups::{
-    Place, USER_TABLES_SQL, feed_file, finish_outcome, last_lines, mysql_tool, psql, strings,
-    transfer_events, volume_users,
-};
-use crate::engine::Engine;
-use crate::error::OpError;
-use crate::progress::Progress;
+use crate::*;
 use berth_api::{BackupsOutcome, Outcome, RestoreResult, human_bytes};
 use berth_backup::meta::{BackupMeta, ContentKind, Reason};
 use berth_backup::runner::WriteToFile;
-use berth_backup::{Identities, archive, sqlite};
-use berth_manifest::{Backup, BackupSource, Manifest};
+use berth_backup::{Identities, archive};
+use berth_manifest::{Backup, Manifest};
 use berth_state::RunFinish;
 use jiff::Timestamp;
 use std::path::{Path, PathBuf};
@@ -74,7 +68,7 @@ pub fn parse_at(text: &str) -> Result<Timestamp, OpError> {
 }
 
 /// The things a restore did, in order, for its result.
-struct Actions(Vec<String>);
+pub(crate) struct Actions(Vec<String>);
 
 impl Actions {
     fn push(&mut self, progress: &Progress, text: String) {
@@ -83,7 +77,7 @@ impl Actions {
     }
 }
 
-impl Engine {
+impl Backups {
     pub async fn restore(self: Arc<Self>, plan: RestorePlan, progress: Progress) -> Outcome {
         let started = Instant::now();
         let app = plan.manifest.app.clone();
@@ -92,7 +86,7 @@ impl Engine {
             .start_backup_run(&app, &plan.name, "restore", &plan.actor)
             .unwrap_or_default();
         let _backup_lock = self
-            .backup_locks
+            .locks
             .acquire(
                 &app,
                 berth_api::LockInfo {
@@ -114,7 +108,7 @@ impl Engine {
         // untrusted backup) changed nothing: it is no failure, and never turns status red.
         let (status, cause, error) = match &result {
             Ok(_) => ("ok", None, None),
-            Err(e) if e.kind == crate::ErrorKind::Invalid => {
+            Err(e) if e.kind == ErrorKind::Invalid => {
                 ("refused", Some("refused"), Some(e.message.clone()))
             }
             Err(e) => ("failed", Some("restore-failed"), Some(e.message.clone())),
@@ -542,249 +536,62 @@ impl Engine {
         actions: &mut Actions,
         progress: &Progress,
     ) -> Result<(), OpError> {
-        let manifest = &plan.manifest;
-        match &backup.source {
-            BackupSource::Berth => Err(OpError::invalid(
-                "berth's own state cannot be restored over the running agent's",
+        let mut job = LiveRestore {
+            plan,
+            backup,
+            meta,
+            storage,
+            result,
+            actions,
+            progress,
+        };
+        kind_of(backup).restore(self, &mut job).await
+    }
+}
+
+/// A restore over live data, as a kind of source sees it.
+pub(crate) struct LiveRestore<'a> {
+    pub plan: &'a RestorePlan,
+    pub backup: &'a Backup,
+    pub meta: &'a BackupMeta,
+    pub storage: &'a str,
+    pub result: &'a mut RestoreResult,
+    pub actions: &'a mut Actions,
+    pub progress: &'a Progress,
+}
+
+impl<'a> LiveRestore<'a> {
+    pub fn manifest(&self) -> &'a Manifest {
+        &self.plan.manifest
+    }
+
+    /// Records what was done, for the result and the client.
+    pub fn did(&mut self, text: String) {
+        self.actions.push(self.progress, text);
+    }
+
+    /// Refuses to go on over live data without `--force`; with it, takes the safety backup.
+    pub async fn guard(&mut self, backups: &Backups, live: Option<String>) -> Result<(), OpError> {
+        backups
+            .guard_live_data(
+                self.plan,
+                self.backup,
+                live,
+                self.result,
+                self.actions,
+                self.progress,
             )
-            .hint(
-                "restore it to a new data directory (berth restore NAME --to /var/lib/berth-restored) and start an agent there (berth agent --data-dir …)",
-            )),
-            BackupSource::Sqlite { service, path } => {
-                // The database's directory, opened without following a link below the
-                // volume's root (the container shapes what is inside it).
-                let (root, relative) = match service {
-                    Some(service) => self.host_path(manifest, service, path, true).await?,
-                    None => (PathBuf::from("/"), PathBuf::from(path)),
-                };
-                let name = relative.file_name().map(|n| n.to_owned()).ok_or_else(|| {
-                    OpError::invalid(format!("{path} does not name a database file"))
-                })?;
-                let parent = relative.parent().unwrap_or(Path::new("")).to_owned();
-                let dir = match service {
-                    Some(_) => berth_fs::Dir::open_beneath(&root, &parent, true)?,
-                    // A host path the operator named: trusted as named.
-                    None => berth_fs::Dir::open(&root.join(&parent))?,
-                };
-                result.target = match service {
-                    Some(service) => format!("{path} in service {service}"),
-                    None => path.clone(),
-                };
-                let live = dir
-                    .file_entry(&name)?
-                    .filter(|entry| entry.size > 0)
-                    .map(|entry| format!("a database of {}", human_bytes(entry.size)));
-                self.guard_live_data(plan, backup, live, result, actions, progress)
-                    .await?;
-                // Staged and checked where only the agent writes; copied into the volume only
-                // once it is known good.
-                let staged = self.scratch_file(meta);
-                self.stage(plan, meta, storage, &staged, progress).await?;
-                let step = progress.step("check the database");
-                let checked = check_sqlite(&staged).await;
-                if checked.is_err() {
-                    let _ = std::fs::remove_file(&staged);
-                }
-                let report = step.finish(checked)?;
-                actions.push(progress, format!("checked the restored database: {report}"));
-                // Every service using the same data stops, not only the one named.
-                let services: Vec<String> = match service {
-                    Some(service) => crate::backups::data_users(manifest, service, path),
-                    None => crate::backups::directory_users(manifest, Path::new(path)),
-                };
-                let target = dir.path().join(&name);
-                let outcome = self
-                    .with_services_stopped(manifest, &services, actions, progress, async {
-                        let staged = staged.clone();
-                        tokio::task::spawn_blocking(move || sqlite::install(&staged, &dir, &name))
-                            .await
-                            .map_err(|e| OpError::failed(format!("the install stopped: {e}")))?
-                            .map_err(OpError::from)?;
-                        Ok(format!("replaced {}", target.display()))
-                    })
-                    .await;
-                let _ = std::fs::remove_file(&staged);
-                outcome
-            }
-            BackupSource::Volume { volume, .. } => {
-                let dir = self.volume_dir(&manifest.app, volume, true).await?;
-                result.target = format!("volume {}", crate::names::volume(&manifest.app, volume));
-                let users = volume_users(manifest, volume);
-                self.restore_directory(plan, backup, meta, storage, &dir, &users, result, actions, progress)
-                    .await
-            }
-            BackupSource::Directory { path } => {
-                result.target = format!("directory {}", path.display());
-                std::fs::create_dir_all(path).map_err(|e| {
-                    OpError::failed(format!("cannot create {}: {e}", path.display()))
-                })?;
-                let users = crate::backups::directory_users(manifest, path);
-                self.restore_directory(plan, backup, meta, storage, path, &users, result, actions, progress)
-                    .await
-            }
-            BackupSource::Postgres(db) => {
-                let access = self.database_access(manifest, db, true).await?;
-                result.target = format!(
-                    "postgres database {} in {}",
-                    db.database,
-                    access.place.describe()
-                );
-                let tables = access
-                    .place
-                    .query(&psql(&db.user, &db.database, USER_TABLES_SQL), &access.env)
-                    .await
-                    .map_err(|e| OpError::failed(format!("cannot look at the database: {e}")))?;
-                let live = tables_held(&tables);
-                self.guard_live_data(plan, backup, live, result, actions, progress)
-                    .await?;
-                let staged = self.scratch_file(meta);
-                self.stage(plan, meta, storage, &staged, progress).await?;
-                let step = progress.step(format!("pg_restore into {}", db.database));
-                let command = strings(&[
-                    "pg_restore",
-                    "--no-password",
-                    "--clean",
-                    "--if-exists",
-                    "--no-owner",
-                    "--single-transaction",
-                    "--exit-on-error",
-                    "--username",
-                    &db.user,
-                    "--dbname",
-                    &db.database,
-                ]);
-                let ran = access
-                    .place
-                    .run(&command, &access.env, Some(feed_file(staged.clone())), None)
-                    .await;
-                let _ = std::fs::remove_file(&staged);
-                let outcome = step.finish(ran.map_err(OpError::from))?.0;
-                if outcome.exit_code != Some(0) {
-                    return Err(OpError::failed(format!(
-                        "pg_restore failed, and its single transaction was rolled back (the database is as it was): {}",
-                        last_lines(&outcome.stderr)
-                    )));
-                }
-                actions.push(
-                    progress,
-                    format!("restored {} into database {} (one transaction)", meta.id, db.database),
-                );
-                Ok(())
-            }
-            BackupSource::Mysql(db) => {
-                let access = self.database_access(manifest, db, false).await?;
-                result.target = format!(
-                    "mysql database {} in {}",
-                    db.database,
-                    access.place.describe()
-                );
-                let mut count = strings(&["--batch", "--skip-column-names", "--user", &db.user]);
-                count.extend(access.host_args.clone());
-                count.extend(strings(&[
-                    "--execute",
-                    &format!(
-                        "SELECT count(*) FROM information_schema.tables WHERE table_schema = '{}'",
-                        db.database.replace('\'', "''")
-                    ),
-                ]));
-                let tables = access
-                    .place
-                    .query(&mysql_tool(&access.place, "mariadb", "mysql", count), &access.env)
-                    .await
-                    .map_err(|e| OpError::failed(format!("cannot look at the database: {e}")))?;
-                let live = tables_held(&tables);
-                self.guard_live_data(plan, backup, live, result, actions, progress)
-                    .await?;
-                let staged = self.scratch_file(meta);
-                self.stage(plan, meta, storage, &staged, progress).await?;
-                let step = progress.step(format!("load the dump into {}", db.database));
-                let mut args = strings(&["--user", &db.user]);
-                args.extend(access.host_args.clone());
-                args.push(db.database.clone());
-                let command = mysql_tool(&access.place, "mariadb", "mysql", args);
-                let ran = access
-                    .place
-                    .run(&command, &access.env, Some(feed_file(staged.clone())), None)
-                    .await;
-                let _ = std::fs::remove_file(&staged);
-                let outcome = step.finish(ran.map_err(OpError::from))?.0;
-                if outcome.exit_code != Some(0) {
-                    return Err(OpError::failed(format!(
-                        "loading the dump stopped part-way: {}",
-                        last_lines(&outcome.stderr)
-                    ))
-                    .hint(match &result.safety_backup {
-                        Some(id) => format!("the safety backup {id} holds what was there before: berth restore {} --id {id} --force", backup.name),
-                        None => "the database held no tables before".to_owned(),
-                    }));
-                }
-                actions.push(progress, format!("loaded {} into database {}", meta.id, db.database));
-                Ok(())
-            }
-            BackupSource::Command { service, restore, .. } => {
-                let Some(restore) = restore else {
-                    return Err(OpError::invalid(format!(
-                        "backup {} has no restore command",
-                        backup.name
-                    ))
-                    .hint("add restore = [\"…\"] to its source, or restore to a file with --to PATH"));
-                };
-                result.target = format!("`{}` in {service}", restore.join(" "));
-                // What a command keeps cannot be looked at: it always counts as live data.
-                self.guard_live_data(plan, backup, Some("unknown".to_owned()), result, actions, progress)
-                    .await?;
-                let staged = self.scratch_file(meta);
-                self.stage(plan, meta, storage, &staged, progress).await?;
-                let place = self
-                    .running_containers(manifest, service)
-                    .await?
-                    .into_iter()
-                    .next()
-                    .map(|(id, name)| Place::Container {
-                        runtime: self.runtime().clone(),
-                        id,
-                        name,
-                    })
-                    .ok_or_else(|| OpError::failed(format!("{service} has no running container")))?;
-                let step = progress.step(format!("run `{}`", restore.join(" ")));
-                let ran = place.run(restore, &[], Some(feed_file(staged.clone())), None).await;
-                let _ = std::fs::remove_file(&staged);
-                let outcome = step.finish(ran.map_err(OpError::from))?.0;
-                if outcome.exit_code != Some(0) {
-                    return Err(OpError::failed(format!(
-                        "the restore command exited with status {}: {}",
-                        outcome.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "unknown".into()),
-                        outcome.stderr.trim()
-                    )));
-                }
-                actions.push(progress, format!("fed {} to `{}`", meta.id, restore.join(" ")));
-                Ok(())
-            }
-        }
+            .await
     }
-}
 
-/// What a database holds, from a table count a query printed: `None` when empty. Anything
-/// unreadable counts as live data.
-fn tables_held(count: &str) -> Option<String> {
-    match count.trim().parse::<u64>() {
-        Ok(0) => None,
-        Ok(n) => Some(format!("{n} tables")),
-        Err(_) => Some("it could not be counted".to_owned()),
+    /// Reads the backup back whole into a scratch file only the agent writes, and returns it.
+    pub async fn stage(&self, backups: &Backups) -> Result<PathBuf, OpError> {
+        let staged = backups.scratch_file(self.meta);
+        backups
+            .stage(self.plan, self.meta, self.storage, &staged, self.progress)
+            .await?;
+        Ok(staged)
     }
-}
-
-async fn check_sqlite(path: &Path) -> Result<String, OpError> {
-    let path = path.to_owned();
-    tokio::task::spawn_blocking(move || sqlite::check(&path))
-        .await
-        .map_err(|e| OpError::failed(format!("the check stopped: {e}")))?
-        .map(|report| report.to_string())
-        .map_err(|detail| {
-            OpError::failed(format!(
-                "the restored database fails its check ({detail}); nothing was replaced"
-            ))
-        })
 }
 
 /// Unpacks the archive `file` into `staging` (a new directory named `staging_name` in

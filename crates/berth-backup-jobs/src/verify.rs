@@ -2,7 +2,7 @@
 
 use super::*;
 
-impl Engine {
+impl Backups {
     /// `berth backup verify`: reads every copy (or one backup's) back and checks it again.
     pub async fn verify_backups(
         self: Arc<Self>,
@@ -197,23 +197,6 @@ impl Engine {
         manifest: &Manifest,
         backup: &Backup,
     ) -> Result<Box<dyn Consumer>, OpError> {
-        let scratch = self.data_dir.join("tmp");
-        let kind = match &backup.source {
-            BackupSource::Postgres(db) => {
-                let access = self.database_access(manifest, db, true).await?;
-                return Ok(Box::new(PostgresCheck {
-                    place: access.place,
-                    env: access.env,
-                    user: db.user.clone(),
-                    by_restore: db.verify_by_restore,
-                }));
-            }
-            BackupSource::Sqlite { .. } => ContentKind::Sqlite,
-            BackupSource::Mysql(_) => ContentKind::MysqlDump,
-            BackupSource::Volume { .. } | BackupSource::Directory { .. } => ContentKind::Tar,
-            BackupSource::Command { .. } => ContentKind::Stream,
-            BackupSource::Berth => ContentKind::BerthState,
-        };
-        Ok(Box::new(BuiltinCheck { kind, scratch }))
+        kind_of(backup).checker(self, manifest).await
     }
 }

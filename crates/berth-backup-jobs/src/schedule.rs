@@ -71,7 +71,7 @@ impl BackupMetrics {
 /// What the scheduler plans, for `berth status`: (app, backup, operation) -> next run (ms).
 pub type PlannedRuns = Mutex<std::collections::HashMap<(String, String, &'static str), i64>>;
 
-impl Engine {
+impl Backups {
     /// Every app with a live release, with its manifest.
     fn live_manifests(&self) -> Vec<Manifest> {
         let Ok(apps) = self.store().apps() else {
@@ -84,12 +84,12 @@ impl Engine {
     }
 
     /// `berth status`'s view of an app's backups.
-    pub(crate) fn backup_status(&self, manifest: &Manifest) -> Vec<berth_api::BackupStatus> {
+    pub fn backup_status(&self, manifest: &Manifest) -> Vec<berth_api::BackupStatus> {
         let app = &manifest.app;
         let runs = self.store().latest_backup_runs(app).unwrap_or_default();
         let copies = self.store().backup_copies(app, None).unwrap_or_default();
         let planned = self
-            .planned_backups
+            .planned
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
@@ -141,7 +141,7 @@ impl Engine {
 
     /// When a schedule first fires after the agent starts: now, if a run it should have made
     /// while the agent was down was missed (once, not once per miss); else its next time.
-    pub(crate) fn first_due(
+    pub fn first_due(
         &self,
         app: &str,
         name: &str,
@@ -169,7 +169,8 @@ impl Engine {
 
 /// Runs scheduled backups and verifications until `stop` resolves.
 pub async fn scheduler(
-    engine: Arc<Engine>,
+    backups: Arc<Backups>,
+    mut changes: tokio::sync::broadcast::Receiver<berth_core::ReleaseChange>,
     report: berth_workers::Reporter,
     stop: impl std::future::Future<Output = ()>,
 ) {
@@ -184,7 +185,7 @@ pub async fn scheduler(
     loop {
         let now = jiff::Timestamp::now();
         let mut wanted = std::collections::HashSet::new();
-        for manifest in engine.live_manifests() {
+        for manifest in backups.live_manifests() {
             for backup in manifest.backup.backups.values() {
                 for (operation, text) in [
                     ("backup", &backup.schedule),
@@ -202,7 +203,7 @@ pub async fn scheduler(
                     );
                     wanted.insert(key.clone());
                     let at = *due.entry(key.clone()).or_insert_with(|| {
-                        engine.first_due(
+                        backups.first_due(
                             &manifest.app,
                             &backup.name,
                             operation,
@@ -221,7 +222,7 @@ pub async fn scheduler(
                             .unwrap_or(now + jiff::SignedDuration::from_hours(24)),
                     );
                     spawn_scheduled(
-                        engine.clone(),
+                        backups.clone(),
                         manifest.clone(),
                         backup.name.clone(),
                         operation,
@@ -231,10 +232,7 @@ pub async fn scheduler(
         }
         due.retain(|key, _| wanted.contains(key));
         {
-            let mut planned = engine
-                .planned_backups
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut planned = backups.planned.lock().unwrap_or_else(|p| p.into_inner());
             planned.clear();
             for ((app, name, operation, _), at) in &due {
                 planned.insert((app.clone(), name.clone(), operation), at.as_millisecond());
@@ -256,25 +254,31 @@ pub async fn scheduler(
             .clamp(Duration::from_millis(200), Duration::from_secs(60));
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = engine.schedules_changed.notified() => {}
+            // A new release may bring new schedules; a lagging receiver missed some changes,
+            // which the next pass sees anyway (it reads every live manifest).
+            change = changes.recv() => {
+                if let Err(tokio::sync::broadcast::error::RecvError::Closed) = change {
+                    return;
+                }
+            }
             _ = &mut stop => return,
         }
     }
 }
 
 pub(super) fn spawn_scheduled(
-    engine: Arc<Engine>,
+    backups: Arc<Backups>,
     manifest: Manifest,
     name: String,
     operation: &'static str,
 ) {
     let job = format!("scheduled {operation} of {}/{name}", manifest.app);
-    let workers = engine.workers().clone();
+    let workers = backups.workers().clone();
     workers.spawn_job(job, move |report, _stop| async move {
         let app = manifest.app.clone();
         report.running(format!("{operation} {app}/{name}"));
-        let _lock = engine
-            .backup_locks
+        let _lock = backups
+            .locks
             .acquire(
                 &app,
                 berth_api::LockInfo {
@@ -289,7 +293,7 @@ pub(super) fn spawn_scheduled(
         let progress = Progress::silent(&app);
         let outcome = match operation {
             "verify" => {
-                engine
+                backups
                     .clone()
                     .verify_backups(
                         manifest,
@@ -305,7 +309,7 @@ pub(super) fn spawn_scheduled(
                     .await
             }
             _ => {
-                engine
+                backups
                     .clone()
                     .run_backups(
                         manifest,

@@ -3,14 +3,10 @@
 
 use super::*;
 
-impl Engine {
+impl Backups {
     /// The manifest backup commands act on: the one the caller sent (it must name this
     /// app), else the live release's.
-    pub(crate) fn backup_manifest(
-        &self,
-        app: &str,
-        sent: Option<Manifest>,
-    ) -> Result<Manifest, OpError> {
+    pub fn backup_manifest(&self, app: &str, sent: Option<Manifest>) -> Result<Manifest, OpError> {
         if let Some(manifest) = sent {
             if manifest.app != app {
                 return Err(OpError::invalid(format!(
@@ -29,10 +25,7 @@ impl Engine {
         release_manifest(&release)
     }
 
-    pub(crate) fn backup_named<'m>(
-        manifest: &'m Manifest,
-        name: &str,
-    ) -> Result<&'m Backup, OpError> {
+    pub fn backup_named<'m>(manifest: &'m Manifest, name: &str) -> Result<&'m Backup, OpError> {
         manifest.backup.backups.get(name).ok_or_else(|| {
             let known: Vec<&str> = manifest
                 .backup
@@ -51,10 +44,7 @@ impl Engine {
     }
 
     /// The names a command is about: the given ones (each must exist), or all.
-    pub(crate) fn backup_names(
-        manifest: &Manifest,
-        names: &[String],
-    ) -> Result<Vec<String>, OpError> {
+    pub fn backup_names(manifest: &Manifest, names: &[String]) -> Result<Vec<String>, OpError> {
         if names.is_empty() {
             if manifest.backup.backups.is_empty() {
                 return Err(OpError::not_found(format!(
@@ -307,171 +297,21 @@ impl Engine {
         manifest: &Manifest,
         backup: &Backup,
     ) -> Result<Prepared, OpError> {
-        let scratch = self.data_dir.join("tmp");
-        let warnings = Arc::new(Mutex::new(Vec::new()));
-        let builtin = |kind| -> Box<dyn Consumer> {
-            Box::new(BuiltinCheck {
-                kind,
-                scratch: scratch.clone(),
-            })
-        };
-        let prepared = match &backup.source {
-            BackupSource::Sqlite { service, path } => {
-                let (host, label) = match service {
-                    Some(service) => {
-                        let (base, relative) =
-                            self.host_path(manifest, service, path, false).await?;
-                        (base.join(relative), format!("{path} in service {service}"))
-                    }
-                    // The operator's own host path: trusted as named.
-                    None => (
-                        std::fs::canonicalize(path).unwrap_or_else(|_| PathBuf::from(path)),
-                        path.clone(),
-                    ),
-                };
-                Prepared {
-                    source: Box::new(SqliteFile { path: host, label }),
-                    checker: builtin(ContentKind::Sqlite),
-                    warnings,
-                }
-            }
-            BackupSource::Postgres(db) => {
-                let access = self.database_access(manifest, db, true).await?;
-                let command = strings(&[
-                    "pg_dump",
-                    "--format=custom",
-                    "-Z0",
-                    "--no-password",
-                    "--username",
-                    &db.user,
-                    "--dbname",
-                    &db.database,
-                ]);
-                let label = format!(
-                    "postgres database {} in {}",
-                    db.database,
-                    access.place.describe()
-                );
-                Prepared {
-                    source: Box::new(CommandDump {
-                        place: access.place.clone(),
-                        command,
-                        env: access.env.clone(),
-                        kind: ContentKind::PostgresDump,
-                        label,
-                        what: "pg_dump".to_owned(),
-                    }),
-                    checker: Box::new(PostgresCheck {
-                        place: access.place,
-                        env: access.env,
-                        user: db.user.clone(),
-                        by_restore: db.verify_by_restore,
-                    }),
-                    warnings,
-                }
-            }
-            BackupSource::Mysql(db) => {
-                let access = self.database_access(manifest, db, false).await?;
-                let mut args = strings(&[
-                    "--single-transaction",
-                    "--routines",
-                    "--triggers",
-                    "--events",
-                    "--hex-blob",
-                    "--user",
-                    &db.user,
-                ]);
-                args.extend(access.host_args.clone());
-                args.push(db.database.clone());
-                let command = mysql_tool(&access.place, "mariadb-dump", "mysqldump", args);
-                let label = format!(
-                    "mysql database {} in {}",
-                    db.database,
-                    access.place.describe()
-                );
-                Prepared {
-                    source: Box::new(CommandDump {
-                        place: access.place,
-                        command,
-                        env: access.env,
-                        kind: ContentKind::MysqlDump,
-                        label,
-                        what: "mariadb-dump".to_owned(),
-                    }),
-                    checker: builtin(ContentKind::MysqlDump),
-                    warnings,
-                }
-            }
-            BackupSource::Volume {
-                volume,
-                pause,
-                service,
-                before,
-                after,
-            } => {
-                let dir = self.volume_dir(&manifest.app, volume, false).await?;
-                let mut paused = Vec::new();
-                if *pause {
-                    for user in volume_users(manifest, volume) {
-                        paused.extend(self.running_containers(manifest, &user).await?);
-                    }
-                }
-                let place = match service {
-                    Some(service) if before.is_some() || after.is_some() => {
-                        Some(self.place_in(manifest, service).await?)
-                    }
-                    _ => None,
-                };
-                let inner = Box::new(Directory {
-                    path: dir,
-                    label: format!("volume {}", names::volume(&manifest.app, volume)),
-                    kind: ContentKind::Tar,
-                });
-                Prepared {
-                    source: Box::new(Guarded {
-                        inner,
-                        runtime: self.runtime().clone(),
-                        pause: paused,
-                        before: place.clone().zip(before.clone()),
-                        after: place.zip(after.clone()),
-                        warnings: warnings.clone(),
-                    }),
-                    checker: builtin(ContentKind::Tar),
-                    warnings,
-                }
-            }
-            BackupSource::Directory { path } => Prepared {
-                source: Box::new(Directory {
-                    path: path.clone(),
-                    label: format!("directory {}", path.display()),
-                    kind: ContentKind::Tar,
-                }),
-                checker: builtin(ContentKind::Tar),
-                warnings,
-            },
-            BackupSource::Command { service, dump, .. } => {
-                let place = self.place_in(manifest, service).await?;
-                Prepared {
-                    source: Box::new(CommandDump {
-                        label: format!("`{}` in {}", dump.join(" "), place.describe()),
-                        place,
-                        command: dump.clone(),
-                        env: Vec::new(),
-                        kind: ContentKind::Stream,
-                        what: format!("`{}`", dump.join(" ")),
-                    }),
-                    checker: builtin(ContentKind::Stream),
-                    warnings,
-                }
-            }
-            BackupSource::Berth => Prepared {
-                source: Box::new(BerthState {
-                    data_dir: self.data_dir.clone(),
-                }),
-                checker: builtin(ContentKind::BerthState),
-                warnings,
-            },
-        };
-        Ok(prepared)
+        kind_of(backup).prepare(self, manifest).await
     }
+
+    /// The built-in check of a kind of content, unpacking into the agent's scratch directory.
+    pub(crate) fn builtin_check(&self, kind: ContentKind) -> Box<dyn Consumer> {
+        Box::new(BuiltinCheck {
+            kind,
+            scratch: self.data_dir.join("tmp"),
+        })
+    }
+}
+
+/// A database source resolved: where its tools run and with which environment.
+pub(crate) struct DatabaseAccess {
+    pub place: Place,
+    pub env: Vec<(String, String)>,
+    pub host_args: Vec<String>,
 }

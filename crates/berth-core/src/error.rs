@@ -152,6 +152,18 @@ impl From<berth_state::StateError> for OpError {
     }
 }
 
+impl From<berth_backup::BackupError> for OpError {
+    fn from(error: berth_backup::BackupError) -> Self {
+        let kind = match error {
+            berth_backup::BackupError::Invalid(_) => ErrorKind::Invalid,
+            berth_backup::BackupError::NotFound { .. } => ErrorKind::NotFound,
+            _ => ErrorKind::Failed,
+        };
+        let cause = error.cause();
+        OpError::new(kind, error.to_string()).cause(cause)
+    }
+}
+
 impl From<crate::secrets::SecretError> for OpError {
     fn from(error: crate::secrets::SecretError) -> Self {
         OpError::failed(error.to_string())
@@ -173,7 +185,7 @@ mod tests {
             unreachable.to_api().cause.as_deref(),
             Some("docker-unreachable")
         );
-        assert_eq!(unreachable.to_api().kind, crate::ErrorKind::Failed);
+        assert_eq!(unreachable.to_api().kind, ErrorKind::Failed);
         let full = OpError::from(berth_state::StateError::DiskFull {
             action: "record a release",
         });
