@@ -45,12 +45,15 @@ use berth_manifest::{
 use berth_runtime::{ContainerRuntime, ExecOptions, LogStream};
 use berth_state::{BackupCopy, RunFinish, Store};
 use futures_util::StreamExt;
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
 mod kinds;
+mod metrics;
 mod place;
 mod prepare;
 mod restore;
@@ -60,13 +63,13 @@ mod staging;
 mod verify;
 
 pub(crate) use kinds::*;
+pub use metrics::BackupMetrics;
 pub(crate) use place::*;
 pub(crate) use prepare::DatabaseAccess;
 pub use restore::{RestorePlan, parse_at};
 pub use run::VerifyOptions;
 pub(crate) use run::*;
-pub(crate) use schedule::*;
-pub use schedule::{BackupMetrics, scheduler};
+pub use schedule::{PlannedRuns, scheduler};
 pub use staging::Journal;
 
 /// What the backups ask of the engine.

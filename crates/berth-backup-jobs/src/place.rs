@@ -187,3 +187,26 @@ pub(super) async fn run_in_container(
 pub(crate) fn strings(words: &[&str]) -> Vec<String> {
     words.iter().map(|w| (*w).to_owned()).collect()
 }
+
+/// Sends a file's bytes down a plaintext channel (restores feed staged files to tools).
+pub(crate) fn feed_file(path: PathBuf) -> PlainReceiver {
+    let (sender, receiver) = tokio::sync::mpsc::channel(berth_backup::pipeline::CHANNEL_DEPTH);
+    tokio::spawn(async move {
+        let file = match tokio::fs::File::open(&path).await {
+            Ok(file) => file,
+            Err(e) => {
+                let _ = sender.send(Err(e)).await;
+                return;
+            }
+        };
+        let mut stream =
+            tokio_util::io::ReaderStream::with_capacity(file, berth_backup::pipeline::CHUNK);
+        while let Some(chunk) = stream.next().await {
+            let failed = chunk.is_err();
+            if sender.send(chunk).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    receiver
+}

@@ -291,15 +291,6 @@ impl Backups {
         })
     }
 
-    /// Turns a backup's source into something to read and a way to check what was stored.
-    pub(crate) async fn prepare_source(
-        &self,
-        manifest: &Manifest,
-        backup: &Backup,
-    ) -> Result<Prepared, OpError> {
-        kind_of(backup).prepare(self, manifest).await
-    }
-
     /// The built-in check of a kind of content, unpacking into the agent's scratch directory.
     pub(crate) fn builtin_check(&self, kind: ContentKind) -> Box<dyn Consumer> {
         Box::new(BuiltinCheck {

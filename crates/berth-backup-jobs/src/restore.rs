@@ -537,6 +537,7 @@ impl Backups {
         progress: &Progress,
     ) -> Result<(), OpError> {
         let mut job = LiveRestore {
+            backups: self,
             plan,
             backup,
             meta,
@@ -549,30 +550,50 @@ impl Backups {
     }
 }
 
-/// A restore over live data, as a kind of source sees it.
+/// A restore over live data, as the kinds of source see it.
 pub(crate) struct LiveRestore<'a> {
-    pub plan: &'a RestorePlan,
-    pub backup: &'a Backup,
-    pub meta: &'a BackupMeta,
-    pub storage: &'a str,
-    pub result: &'a mut RestoreResult,
-    pub actions: &'a mut Actions,
-    pub progress: &'a Progress,
+    backups: &'a Backups,
+    pub(crate) plan: &'a RestorePlan,
+    backup: &'a Backup,
+    meta: &'a BackupMeta,
+    storage: &'a str,
+    result: &'a mut RestoreResult,
+    pub(crate) actions: &'a mut Actions,
+    pub(crate) progress: &'a Progress,
 }
 
-impl<'a> LiveRestore<'a> {
-    pub fn manifest(&self) -> &'a Manifest {
+#[async_trait]
+impl Restoring for LiveRestore<'_> {
+    fn manifest(&self) -> &Manifest {
         &self.plan.manifest
     }
 
-    /// Records what was done, for the result and the client.
-    pub fn did(&mut self, text: String) {
+    fn progress(&self) -> &Progress {
+        self.progress
+    }
+
+    fn backup_name(&self) -> &str {
+        &self.backup.name
+    }
+
+    fn backup_id(&self) -> &str {
+        &self.meta.id
+    }
+
+    fn safety_backup(&self) -> Option<&str> {
+        self.result.safety_backup.as_deref()
+    }
+
+    fn set_target(&mut self, target: String) {
+        self.result.target = target;
+    }
+
+    fn did(&mut self, text: String) {
         self.actions.push(self.progress, text);
     }
 
-    /// Refuses to go on over live data without `--force`; with it, takes the safety backup.
-    pub async fn guard(&mut self, backups: &Backups, live: Option<String>) -> Result<(), OpError> {
-        backups
+    async fn guard(&mut self, live: Option<String>) -> Result<(), OpError> {
+        self.backups
             .guard_live_data(
                 self.plan,
                 self.backup,
@@ -584,13 +605,33 @@ impl<'a> LiveRestore<'a> {
             .await
     }
 
-    /// Reads the backup back whole into a scratch file only the agent writes, and returns it.
-    pub async fn stage(&self, backups: &Backups) -> Result<PathBuf, OpError> {
-        let staged = backups.scratch_file(self.meta);
-        backups
+    async fn stage(&mut self) -> Result<PathBuf, OpError> {
+        let staged = self.backups.scratch_file(self.meta);
+        self.backups
             .stage(self.plan, self.meta, self.storage, &staged, self.progress)
             .await?;
         Ok(staged)
+    }
+
+    async fn with_services_stopped(
+        &mut self,
+        services: &[String],
+        change: Change<'_>,
+    ) -> Result<(), OpError> {
+        self.backups
+            .with_services_stopped(
+                &self.plan.manifest,
+                services,
+                self.actions,
+                self.progress,
+                change,
+            )
+            .await
+    }
+
+    async fn restore_directory(&mut self, dir: &Path, users: &[String]) -> Result<(), OpError> {
+        let backups = self.backups;
+        backups.restore_directory(self, dir, users).await
     }
 }
 

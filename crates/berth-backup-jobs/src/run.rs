@@ -113,7 +113,7 @@ impl Backups {
                     ));
                 }
             }
-            let mut prepared = self.prepare_source(manifest, backup).await?;
+            let mut prepared = kind_of(backup).prepare(self, manifest).await?;
             result.source = prepared.source.describe();
             let outcome = runner
                 .run(
@@ -630,27 +630,4 @@ pub(crate) fn finish_outcome(
         error: error.map(|e| e.to_operation()),
         backups: Some(backups),
     }
-}
-
-/// Sends a file's bytes down a plaintext channel (restores feed staged files to tools).
-pub(crate) fn feed_file(path: PathBuf) -> PlainReceiver {
-    let (sender, receiver) = tokio::sync::mpsc::channel(berth_backup::pipeline::CHANNEL_DEPTH);
-    tokio::spawn(async move {
-        let file = match tokio::fs::File::open(&path).await {
-            Ok(file) => file,
-            Err(e) => {
-                let _ = sender.send(Err(e)).await;
-                return;
-            }
-        };
-        let mut stream =
-            tokio_util::io::ReaderStream::with_capacity(file, berth_backup::pipeline::CHUNK);
-        while let Some(chunk) = stream.next().await {
-            let failed = chunk.is_err();
-            if sender.send(chunk).await.is_err() || failed {
-                return;
-            }
-        }
-    });
-    receiver
 }

@@ -3,22 +3,22 @@
 
 use super::*;
 
-pub(crate) struct Berth;
+pub(crate) struct BerthData;
 
 #[async_trait]
-impl SourceKind for Berth {
+impl SourceKind for BerthData {
     fn content(&self) -> ContentKind {
         ContentKind::BerthState
     }
 
     async fn prepare(&self, backups: &Backups, _manifest: &Manifest) -> Result<Prepared, OpError> {
-        let source = BerthState {
+        let source = StateArchive {
             data_dir: backups.data_dir.clone(),
         };
         Ok(Prepared::builtin(backups, Box::new(source), self.content()))
     }
 
-    async fn restore(&self, _backups: &Backups, _job: &mut LiveRestore<'_>) -> Result<(), OpError> {
+    async fn restore(&self, _backups: &Backups, _job: &mut dyn Restoring) -> Result<(), OpError> {
         Err(
             OpError::invalid("berth's own state cannot be restored over the running agent's")
                 .hint(
@@ -30,7 +30,7 @@ impl SourceKind for Berth {
 
 /// berth's own data directory: a consistent copy of the state file, the keys, and the
 /// certificates, as one tar archive. Logs, uploads and local backups are left out.
-pub(super) struct BerthState {
+pub(super) struct StateArchive {
     pub(super) data_dir: PathBuf,
 }
 
@@ -39,7 +39,7 @@ pub(super) const STATE_FILES: &[&str] =
     &["secrets.key", "backup.key", "agent-id", "api-token", "tls"];
 
 #[async_trait]
-impl Source for BerthState {
+impl Source for StateArchive {
     fn kind(&self) -> ContentKind {
         ContentKind::BerthState
     }

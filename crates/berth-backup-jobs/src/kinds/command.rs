@@ -4,14 +4,14 @@
 
 use super::*;
 
-pub(crate) struct Command<'a> {
+pub(crate) struct DumpCommand<'a> {
     pub service: &'a str,
     pub dump: &'a [String],
     pub restore: Option<&'a [String]>,
 }
 
 #[async_trait]
-impl SourceKind for Command<'_> {
+impl SourceKind for DumpCommand<'_> {
     fn content(&self) -> ContentKind {
         ContentKind::Stream
     }
@@ -29,19 +29,19 @@ impl SourceKind for Command<'_> {
         Ok(Prepared::builtin(backups, Box::new(source), self.content()))
     }
 
-    async fn restore(&self, backups: &Backups, job: &mut LiveRestore<'_>) -> Result<(), OpError> {
+    async fn restore(&self, backups: &Backups, job: &mut dyn Restoring) -> Result<(), OpError> {
         let Some(restore) = self.restore else {
             return Err(OpError::invalid(format!(
                 "backup {} has no restore command",
-                job.backup.name
+                job.backup_name()
             ))
             .hint("add restore = [\"…\"] to its source, or restore to a file with --to PATH"));
         };
         let service = self.service;
-        job.result.target = format!("`{}` in {service}", restore.join(" "));
+        job.set_target(format!("`{}` in {service}", restore.join(" ")));
         // What a command keeps cannot be looked at: it always counts as live data.
-        job.guard(backups, Some("unknown".to_owned())).await?;
-        let staged = job.stage(backups).await?;
+        job.guard(Some("unknown".to_owned())).await?;
+        let staged = job.stage().await?;
         let place = backups
             .running_containers(job.manifest(), service)
             .await?
@@ -53,7 +53,7 @@ impl SourceKind for Command<'_> {
                 name,
             })
             .ok_or_else(|| OpError::failed(format!("{service} has no running container")))?;
-        let step = job.progress.step(format!("run `{}`", restore.join(" ")));
+        let step = job.progress().step(format!("run `{}`", restore.join(" ")));
         let ran = place
             .run(restore, &[], Some(feed_file(staged.clone())), None)
             .await;
@@ -69,7 +69,8 @@ impl SourceKind for Command<'_> {
                 outcome.stderr.trim()
             )));
         }
-        job.did(format!("fed {} to `{}`", job.meta.id, restore.join(" ")));
+        let id = job.backup_id().to_owned();
+        job.did(format!("fed {id} to `{}`", restore.join(" ")));
         Ok(())
     }
 }

@@ -26,11 +26,11 @@ impl SourceKind for HostDirectory<'_> {
         Ok(Prepared::builtin(backups, Box::new(source), self.content()))
     }
 
-    async fn restore(&self, backups: &Backups, job: &mut LiveRestore<'_>) -> Result<(), OpError> {
-        job.result.target = format!("directory {}", self.path.display());
+    async fn restore(&self, _backups: &Backups, job: &mut dyn Restoring) -> Result<(), OpError> {
+        job.set_target(format!("directory {}", self.path.display()));
         std::fs::create_dir_all(self.path)
             .map_err(|e| OpError::failed(format!("cannot create {}: {e}", self.path.display())))?;
         let users = self.users(job.manifest());
-        backups.restore_directory(job, self.path, &users).await
+        job.restore_directory(self.path, &users).await
     }
 }

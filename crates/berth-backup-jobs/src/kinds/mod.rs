@@ -2,7 +2,6 @@
 //! check what was stored, which services use its live data, and how to put it back. Adding a
 //! kind (MongoDB, Redis) is one new file here, one arm in [`kind_of`], and its manifest syntax.
 
-use crate::restore::LiveRestore;
 use crate::*;
 
 mod berth_state;
@@ -42,25 +41,59 @@ pub(crate) trait SourceKind: Send + Sync {
     /// Puts a backup back over the live data: finds it, refuses over live data without
     /// `--force` (taking the safety backup with it), stops and starts its users around the
     /// change.
-    async fn restore(&self, backups: &Backups, job: &mut LiveRestore<'_>) -> Result<(), OpError>;
+    async fn restore(&self, backups: &Backups, job: &mut dyn Restoring) -> Result<(), OpError>;
 }
+
+/// What a kind's `restore` asks of the restore that runs it (`restore::LiveRestore`), so the
+/// kinds depend on this interface and not on the restore that calls them.
+#[async_trait]
+pub(crate) trait Restoring: Send {
+    fn manifest(&self) -> &Manifest;
+    fn progress(&self) -> &Progress;
+    /// The name of the backup being restored.
+    fn backup_name(&self) -> &str;
+    /// The id of the backup being restored.
+    fn backup_id(&self) -> &str;
+    /// The safety backup taken of the live data, once `guard` took one.
+    fn safety_backup(&self) -> Option<&str>;
+    /// What is restored into, for the result.
+    fn set_target(&mut self, target: String);
+    /// Records what was done, for the result and the client.
+    fn did(&mut self, text: String);
+    /// Refuses to go on over live data without `--force`; with it, takes the safety backup.
+    async fn guard(&mut self, live: Option<String>) -> Result<(), OpError>;
+    /// Reads the backup back whole into a scratch file only the agent writes; returns it.
+    async fn stage(&mut self) -> Result<PathBuf, OpError>;
+    /// Stops the running containers of `services`, runs `change`, then starts them again
+    /// (accessories restarted, services replaced through the health gate) whatever it returned.
+    async fn with_services_stopped(
+        &mut self,
+        services: &[String],
+        change: Change<'_>,
+    ) -> Result<(), OpError>;
+    /// Replaces a directory's contents with the backup's archive, its users stopped meanwhile.
+    async fn restore_directory(&mut self, dir: &Path, users: &[String]) -> Result<(), OpError>;
+}
+
+/// A change made while services are stopped; it says what it did.
+pub(crate) type Change<'a> = Pin<Box<dyn Future<Output = Result<String, OpError>> + Send + 'a>>;
 
 /// The one place that maps a manifest's source to its implementation.
 pub(crate) fn kind_of(backup: &Backup) -> Box<dyn SourceKind + '_> {
     match &backup.source {
-        BackupSource::Sqlite { service, path } => Box::new(sqlite::Sqlite {
+        BackupSource::Sqlite { service, path } => Box::new(sqlite::SqliteDatabase {
             service: service.as_deref(),
             path,
         }),
-        BackupSource::Postgres(db) => Box::new(postgres::Postgres { db }),
-        BackupSource::Mysql(db) => Box::new(mysql::Mysql { db }),
+        BackupSource::Postgres(db) => Box::new(postgres::PostgresDatabase { db }),
+        BackupSource::Mysql(db) => Box::new(mysql::MysqlDatabase { db }),
         BackupSource::Volume {
             volume,
             pause,
             service,
             before,
             after,
-        } => Box::new(volume::Volume {
+        } => Box::new(volume::NamedVolume {
             volume,
             pause: *pause,
             service: service.as_deref(),
@@ -72,12 +105,12 @@ pub(crate) fn kind_of(backup: &Backup) -> Box<dyn SourceKind + '_> {
             service,
             dump,
             restore,
-        } => Box::new(command::Command {
+        } => Box::new(command::DumpCommand {
             service,
             dump,
             restore: restore.as_deref(),
         }),
-        BackupSource::Berth => Box::new(berth_state::Berth),
+        BackupSource::Berth => Box::new(berth_state::BerthData),
     }
 }
 

@@ -4,12 +4,12 @@
 
 use super::*;
 
-pub(crate) struct Mysql<'a> {
+pub(crate) struct MysqlDatabase<'a> {
     pub db: &'a Database,
 }
 
 #[async_trait]
-impl SourceKind for Mysql<'_> {
+impl SourceKind for MysqlDatabase<'_> {
     fn content(&self) -> ContentKind {
         ContentKind::MysqlDump
     }
@@ -45,14 +45,14 @@ impl SourceKind for Mysql<'_> {
         Ok(Prepared::builtin(backups, Box::new(source), self.content()))
     }
 
-    async fn restore(&self, backups: &Backups, job: &mut LiveRestore<'_>) -> Result<(), OpError> {
+    async fn restore(&self, backups: &Backups, job: &mut dyn Restoring) -> Result<(), OpError> {
         let db = self.db;
         let access = backups.database_access(job.manifest(), db, false).await?;
-        job.result.target = format!(
+        job.set_target(format!(
             "mysql database {} in {}",
             db.database,
             access.place.describe()
-        );
+        ));
         let mut count = strings(&["--batch", "--skip-column-names", "--user", &db.user]);
         count.extend(access.host_args.clone());
         count.extend(strings(&[
@@ -70,10 +70,10 @@ impl SourceKind for Mysql<'_> {
             )
             .await
             .map_err(|e| OpError::failed(format!("cannot look at the database: {e}")))?;
-        job.guard(backups, tables_held(&tables)).await?;
-        let staged = job.stage(backups).await?;
+        job.guard(tables_held(&tables)).await?;
+        let staged = job.stage().await?;
         let step = job
-            .progress
+            .progress()
             .step(format!("load the dump into {}", db.database));
         let mut args = strings(&["--user", &db.user]);
         args.extend(access.host_args.clone());
@@ -90,18 +90,16 @@ impl SourceKind for Mysql<'_> {
                 "loading the dump stopped part-way: {}",
                 last_lines(&outcome.stderr)
             ))
-            .hint(match &job.result.safety_backup {
+            .hint(match job.safety_backup() {
                 Some(id) => format!(
                     "the safety backup {id} holds what was there before: berth restore {} --id {id} --force",
-                    job.backup.name
+                    job.backup_name()
                 ),
                 None => "the database held no tables before".to_owned(),
             }));
         }
-        job.did(format!(
-            "loaded {} into database {}",
-            job.meta.id, db.database
-        ));
+        let id = job.backup_id().to_owned();
+        job.did(format!("loaded {id} into database {}", db.database));
         Ok(())
     }
 }

@@ -4,12 +4,12 @@
 
 use super::*;
 
-pub(crate) struct Postgres<'a> {
+pub(crate) struct PostgresDatabase<'a> {
     pub db: &'a Database,
 }
 
 #[async_trait]
-impl SourceKind for Postgres<'_> {
+impl SourceKind for PostgresDatabase<'_> {
     fn content(&self) -> ContentKind {
         ContentKind::PostgresDump
     }
@@ -55,23 +55,23 @@ impl SourceKind for Postgres<'_> {
         Ok(Box::new(self.check(access)))
     }
 
-    async fn restore(&self, backups: &Backups, job: &mut LiveRestore<'_>) -> Result<(), OpError> {
+    async fn restore(&self, backups: &Backups, job: &mut dyn Restoring) -> Result<(), OpError> {
         let db = self.db;
         let access = backups.database_access(job.manifest(), db, true).await?;
-        job.result.target = format!(
+        job.set_target(format!(
             "postgres database {} in {}",
             db.database,
             access.place.describe()
-        );
+        ));
         let tables = access
             .place
             .query(&psql(&db.user, &db.database, USER_TABLES_SQL), &access.env)
             .await
             .map_err(|e| OpError::failed(format!("cannot look at the database: {e}")))?;
-        job.guard(backups, tables_held(&tables)).await?;
-        let staged = job.stage(backups).await?;
+        job.guard(tables_held(&tables)).await?;
+        let staged = job.stage().await?;
         let step = job
-            .progress
+            .progress()
             .step(format!("pg_restore into {}", db.database));
         let command = strings(&[
             "pg_restore",
@@ -98,15 +98,16 @@ impl SourceKind for Postgres<'_> {
                 last_lines(&outcome.stderr)
             )));
         }
+        let id = job.backup_id().to_owned();
         job.did(format!(
-            "restored {} into database {} (one transaction)",
-            job.meta.id, db.database
+            "restored {id} into database {} (one transaction)",
+            db.database
         ));
         Ok(())
     }
 }
 
-impl Postgres<'_> {
+impl PostgresDatabase<'_> {
     fn check(&self, access: DatabaseAccess) -> PostgresCheck {
         PostgresCheck {
             place: access.place,

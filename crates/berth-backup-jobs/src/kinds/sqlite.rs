@@ -4,13 +4,13 @@
 
 use super::*;
 
-pub(crate) struct Sqlite<'a> {
+pub(crate) struct SqliteDatabase<'a> {
     /// The service whose volume holds the file; `None`: the path is on the server.
     pub service: Option<&'a str>,
     pub path: &'a str,
 }
 
-impl Sqlite<'_> {
+impl SqliteDatabase<'_> {
     fn label(&self) -> String {
         match self.service {
             Some(service) => format!("{} in service {service}", self.path),
@@ -20,7 +20,7 @@ impl Sqlite<'_> {
 }
 
 #[async_trait]
-impl SourceKind for Sqlite<'_> {
+impl SourceKind for SqliteDatabase<'_> {
     fn content(&self) -> ContentKind {
         ContentKind::Sqlite
     }
@@ -50,14 +50,14 @@ impl SourceKind for Sqlite<'_> {
         Ok(Prepared::builtin(backups, Box::new(source), self.content()))
     }
 
-    async fn restore(&self, backups: &Backups, job: &mut LiveRestore<'_>) -> Result<(), OpError> {
-        let manifest = job.manifest();
+    async fn restore(&self, backups: &Backups, job: &mut dyn Restoring) -> Result<(), OpError> {
+        let manifest = job.manifest().clone();
         // The database's directory, opened without following a link below the volume's root
         // (the container shapes what is inside it).
         let (root, relative) = match self.service {
             Some(service) => {
                 backups
-                    .host_path(manifest, service, self.path, true)
+                    .host_path(&manifest, service, self.path, true)
                     .await?
             }
             None => (PathBuf::from("/"), PathBuf::from(self.path)),
@@ -71,16 +71,16 @@ impl SourceKind for Sqlite<'_> {
             // A host path the operator named: trusted as named.
             None => berth_fs::Dir::open(&root.join(&parent))?,
         };
-        job.result.target = self.label();
+        job.set_target(self.label());
         let live = dir
             .file_entry(&name)?
             .filter(|entry| entry.size > 0)
             .map(|entry| format!("a database of {}", human_bytes(entry.size)));
-        job.guard(backups, live).await?;
+        job.guard(live).await?;
         // Staged and checked where only the agent writes; copied into the volume only once it
         // is known good.
-        let staged = job.stage(backups).await?;
-        let step = job.progress.step("check the database");
+        let staged = job.stage().await?;
+        let step = job.progress().step("check the database");
         let checked = check_sqlite(&staged).await;
         if checked.is_err() {
             let _ = std::fs::remove_file(&staged);
@@ -88,26 +88,19 @@ impl SourceKind for Sqlite<'_> {
         let report = step.finish(checked)?;
         job.did(format!("checked the restored database: {report}"));
         // Every service using the same data stops, not only the one named.
-        let services = self.users(job.manifest());
+        let services = self.users(&manifest);
         let target = dir.path().join(&name);
-        let outcome = backups
-            .with_services_stopped(
-                job.manifest(),
-                &services,
-                job.actions,
-                job.progress,
-                async {
-                    let staged = staged.clone();
-                    tokio::task::spawn_blocking(move || {
-                        berth_backup::sqlite::install(&staged, &dir, &name)
-                    })
-                    .await
-                    .map_err(|e| OpError::failed(format!("the install stopped: {e}")))?
-                    .map_err(OpError::from)?;
-                    Ok(format!("replaced {}", target.display()))
-                },
-            )
-            .await;
+        let install = staged.clone();
+        let change = Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                berth_backup::sqlite::install(&install, &dir, &name)
+            })
+            .await
+            .map_err(|e| OpError::failed(format!("the install stopped: {e}")))?
+            .map_err(OpError::from)?;
+            Ok(format!("replaced {}", target.display()))
+        });
+        let outcome = job.with_services_stopped(&services, change).await;
         let _ = std::fs::remove_file(&staged);
         outcome
     }

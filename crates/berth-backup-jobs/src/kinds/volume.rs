@@ -4,7 +4,7 @@
 
 use super::*;
 
-pub(crate) struct Volume<'a> {
+pub(crate) struct NamedVolume<'a> {
     /// The app-level volume name, as the manifest writes it.
     pub volume: &'a str,
     pub pause: bool,
@@ -15,7 +15,7 @@ pub(crate) struct Volume<'a> {
 }
 
 #[async_trait]
-impl SourceKind for Volume<'_> {
+impl SourceKind for NamedVolume<'_> {
     fn content(&self) -> ContentKind {
         ContentKind::Tar
     }
@@ -57,12 +57,12 @@ impl SourceKind for Volume<'_> {
         Ok(prepared)
     }
 
-    async fn restore(&self, backups: &Backups, job: &mut LiveRestore<'_>) -> Result<(), OpError> {
-        let manifest = job.manifest();
-        let dir = backups.volume_dir(&manifest.app, self.volume, true).await?;
-        job.result.target = format!("volume {}", names::volume(&manifest.app, self.volume));
-        let users = self.users(manifest);
-        backups.restore_directory(job, &dir, &users).await
+    async fn restore(&self, backups: &Backups, job: &mut dyn Restoring) -> Result<(), OpError> {
+        let app = job.manifest().app.clone();
+        let dir = backups.volume_dir(&app, self.volume, true).await?;
+        job.set_target(format!("volume {}", names::volume(&app, self.volume)));
+        let users = self.users(job.manifest());
+        job.restore_directory(&dir, &users).await
     }
 }
 

@@ -18,8 +18,8 @@ impl Backups {
         let target = parent.subdirectory(name, false)?;
         let entries = target.names()?.len();
         let live = (entries > 0).then(|| format!("{entries} entries"));
-        job.guard(self, live).await?;
-        let staged = job.stage(self).await?;
+        job.guard(live).await?;
+        let staged = job.stage().await?;
         let step = progress.step("unpack the archive");
         // Next to the live data (the same file system, so it can be moved in), in a new
         // directory only the agent can enter.
