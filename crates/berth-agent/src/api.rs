@@ -3,11 +3,10 @@
 //! Long operations (deploy, rollback, restart) run in their own task: the response streams
 //! their progress, and a client that disconnects does not stop them half-way.
 
-use crate::engine::{Engine, release_manifest};
+use crate::engine::Engine;
 use crate::error::{ErrorKind, OpError};
 use crate::locks::format_time;
 use crate::progress::Progress;
-use crate::secrets;
 use crate::status::release_info;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -347,7 +346,7 @@ async fn status(
     let mut status = Status {
         agent,
         apps,
-        certificates: state.engine.edge.certificates(),
+        certificates: state.engine.routing().edge().certificates(),
         problems: Vec::new(),
     };
     status.problems = status.find_problems();
@@ -406,7 +405,7 @@ fn handing_over(upgrade: &LockInfo) -> OpError {
 /// Changes that take no operation lock but live in this process's memory (routes,
 /// certificates) are refused during a hand-over: the new process would not see them.
 fn not_handing_over(state: &ApiState) -> Result<(), OpError> {
-    match state.engine.locks.frozen_by() {
+    match state.engine.locks().frozen_by() {
         Some(upgrade) => Err(handing_over(&upgrade)),
         None => Ok(()),
     }
@@ -427,7 +426,7 @@ where
     F: FnOnce(Progress) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Outcome> + Send + 'static,
 {
-    let locks = state.engine.locks.clone();
+    let locks = state.engine.locks().clone();
     start_locked_operation(state, &locks, app, name, actor, wait, cleanup, operation)
 }
 
@@ -762,7 +761,11 @@ async fn renew_certificate(
     headers: HeaderMap,
 ) -> ApiResult<StatusCode> {
     not_handing_over(&state)?;
-    state.engine.edge.renew(&domain.to_ascii_lowercase())?;
+    state
+        .engine
+        .routing()
+        .edge()
+        .renew(&domain.to_ascii_lowercase())?;
     state.engine.audit(
         &actor(&state, &headers),
         "certificate.renew",

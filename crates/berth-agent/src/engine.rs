@@ -10,13 +10,13 @@
 //! - Every container berth starts is recorded (as `pending`) before it can serve, so a
 //!   failed or interrupted operation can always remove what it started.
 
-use crate::edge::Edge;
 pub use crate::edge::LiveApp;
 use crate::error::OpError;
 use crate::health::{self, GateFailure};
 use crate::locks::AppLocks;
 use crate::names;
 use crate::progress::Progress;
+use crate::routing::Routing;
 use crate::secrets::SecretBox;
 use berth_api::Outcome;
 use berth_backup_jobs::{Backups, ServiceControl};
@@ -25,7 +25,7 @@ pub(crate) use berth_core::release_manifest;
 use berth_manifest::{
     ImageSource, Manifest, PullPolicy, Role, SecretDelivery, Service, VolumeSource,
 };
-use berth_proxy::{Balance, Proxy, RouteSettings, RouteSpec, Upstream};
+use berth_proxy::Upstream;
 use berth_runtime::{
     BuildRequest, ContainerRuntime, ContainerSpec, GpuRequest, LogSpec, MountKind, MountSpec,
     NetworkAttachment, PublishedPort,
@@ -35,7 +35,7 @@ use berth_state::{
 };
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,6 +43,7 @@ use std::time::{Duration, Instant};
 const LOG_TAIL: usize = 20;
 
 mod accessories;
+mod app_secrets;
 mod planning;
 pub use planning::DeployRequest;
 mod replicas;
@@ -52,19 +53,18 @@ mod specs;
 pub struct Engine {
     runtime: Arc<dyn ContainerRuntime>,
     store: Arc<Store>,
-    proxy: Arc<Proxy>,
+    /// The live apps, the proxy's routes and the certificate domains, in one owner.
+    routing: Arc<Routing>,
     secrets: Arc<SecretBox>,
-    pub locks: Arc<AppLocks>,
+    /// One deploy, rollback, restart, restore or lifecycle change per app at a time.
+    locks: Arc<AppLocks>,
     /// The backups component (it reaches back only through `ServiceControl`).
     backups: Arc<Backups>,
     /// Tells subscribers (the backup schedule) when an app's live release changes.
     release_changes: tokio::sync::broadcast::Sender<ReleaseChange>,
-    pub data_dir: PathBuf,
-    pub agent_id: String,
-    /// Base URL of the proxy's HTTP listener, for the URLs reported after a deploy.
-    pub http_url: Option<String>,
-    pub edge: Arc<Edge>,
-    live: Mutex<HashMap<String, LiveApp>>,
+    data_dir: PathBuf,
+    /// Labels every Docker object this agent creates, so it finds them again.
+    agent_id: String,
     /// Old releases draining after a deploy returned, by app (for `berth status`).
     draining: Mutex<HashMap<String, Vec<Draining>>>,
     /// This engine, for work that outlives the call that started it (a background drain).
@@ -160,30 +160,24 @@ pub(crate) struct StartedReplica {
 }
 
 impl Engine {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         runtime: Arc<dyn ContainerRuntime>,
         store: Arc<Store>,
-        proxy: Arc<Proxy>,
+        routing: Arc<Routing>,
         secrets: Arc<SecretBox>,
         data_dir: PathBuf,
         agent_id: String,
-        http_url: Option<String>,
-        edge: Arc<Edge>,
         backups: Arc<Backups>,
     ) -> Self {
         Self {
             runtime,
             store,
-            proxy,
+            routing,
             secrets,
             locks: Arc::new(AppLocks::default()),
             backups,
             release_changes: tokio::sync::broadcast::channel(64).0,
             agent_id,
-            http_url,
-            edge,
-            live: Mutex::new(HashMap::new()),
             draining: Mutex::new(HashMap::new()),
             me: std::sync::OnceLock::new(),
             app_subnets: crate::subnets::default_range(),
@@ -211,8 +205,20 @@ impl Engine {
         &self.store
     }
 
-    pub fn proxy(&self) -> &Arc<Proxy> {
-        &self.proxy
+    pub fn routing(&self) -> &Arc<Routing> {
+        &self.routing
+    }
+
+    pub fn locks(&self) -> &Arc<AppLocks> {
+        &self.locks
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub fn agent_id(&self) -> &str {
+        &self.agent_id
     }
 
     pub fn secrets(&self) -> &SecretBox {
@@ -297,12 +303,8 @@ impl Engine {
             .remove(app);
     }
 
-    fn live_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, LiveApp>> {
-        self.live.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     pub fn live_app(&self, app: &str) -> Option<LiveApp> {
-        self.live_map().get(app).cloned()
+        self.routing.live_app(app)
     }
 
     /// Makes `live` the app's routed state and swaps the proxy's routes in one step.
@@ -315,17 +317,7 @@ impl Engine {
                 a.maintenance
             }
         });
-        let routes = live
-            .as_ref()
-            .map(|l| routes_for(l, maintenance.as_deref(), self.edge.https))
-            .unwrap_or_default();
-        let mut map = self.live_map();
-        match live {
-            Some(live) => map.insert(app.to_owned(), live),
-            None => map.remove(app),
-        };
-        self.proxy.set_app_routes(app, routes);
-        self.edge.update(&map);
+        self.routing.install(app, live, maintenance.as_deref());
     }
 
     /// Turns an app's maintenance page on (with a message) or off, in one route switch.
@@ -352,33 +344,7 @@ impl Engine {
 
     /// URLs an app is reachable at through the proxy.
     pub fn urls(&self, manifest: &Manifest) -> Vec<String> {
-        let Some(base) = &self.http_url else {
-            return Vec::new();
-        };
-        let port_suffix = base
-            .rsplit_once(':')
-            .map(|(_, p)| p)
-            .filter(|p| *p != "80")
-            .map(|p| format!(":{p}"))
-            .unwrap_or_default();
-        let mut urls = Vec::new();
-        for service in manifest.web_services() {
-            let Some(route) = &service.route else {
-                continue;
-            };
-            let path = if route.path == "/" {
-                "/".to_owned()
-            } else {
-                format!("{}/", route.path)
-            };
-            if route.domains.is_empty() {
-                urls.push(format!("{base}{path}"));
-            }
-            for domain in &route.domains {
-                urls.push(format!("http://{domain}{port_suffix}{path}"));
-            }
-        }
-        urls
+        self.routing.urls(manifest)
     }
 
     pub(crate) fn audit(
@@ -789,55 +755,6 @@ impl Engine {
                 Err(error)
             }
         }
-    }
-}
-
-/// The proxy routes for an app's live state.
-pub(crate) fn routes_for(live: &LiveApp, maintenance: Option<&str>, https: bool) -> Vec<RouteSpec> {
-    live.manifest
-        .web_services()
-        .filter_map(|service| {
-            let route = service.route.as_ref()?;
-            Some(RouteSpec {
-                app: live.manifest.app.clone(),
-                service: service.name.clone(),
-                release: live.release,
-                domains: route.domains.clone(),
-                path: route.path.clone(),
-                upstreams: live
-                    .upstreams
-                    .get(&service.name)
-                    .map(|u| u.iter().map(|(_, u)| Arc::clone(u)).collect())
-                    .unwrap_or_default(),
-                settings: route_settings(route, maintenance, https),
-            })
-        })
-        .collect()
-}
-
-/// The proxy's behaviour for a manifest route.
-fn route_settings(
-    route: &berth_manifest::Route,
-    maintenance: Option<&str>,
-    https: bool,
-) -> RouteSettings {
-    let tls = https && route.tls != berth_manifest::Tls::Off && !route.domains.is_empty();
-    RouteSettings {
-        strip_prefix: route.strip_prefix,
-        max_body: route.max_body,
-        response_timeout: route.response_timeout,
-        rate_limit: route.rate_limit.map(|r| berth_proxy::RateLimit {
-            requests: r.requests,
-            per: r.per,
-        }),
-        max_concurrent: route.max_concurrent.map(|n| n as usize),
-        balance: match route.balance {
-            berth_manifest::Balance::RoundRobin => Balance::RoundRobin,
-            berth_manifest::Balance::LeastConnections => Balance::LeastConnections,
-        },
-        redirect_https: tls && route.redirect_http,
-        hsts: tls && route.hsts,
-        maintenance: maintenance.map(str::to_owned),
     }
 }
 

@@ -14,6 +14,7 @@ mod health;
 mod lifecycle;
 mod reconcile;
 mod rollback;
+mod routing;
 mod secret_files;
 mod status;
 pub mod subnets;
@@ -422,19 +423,18 @@ async fn serve(
             workers: background.clone(),
         },
     ));
+    let routing = Arc::new(routing::Routing::new(proxy.clone(), edge.clone(), http_url));
     let mut engine = Engine::new(
         runtime.clone(),
         store,
-        proxy.clone(),
+        routing,
         secrets,
         data_dir.clone(),
         agent_id,
-        http_url,
-        edge.clone(),
         backups,
     );
     engine.set_app_subnets(config.app_subnets);
-    let (secret_files_root, in_memory) = secret_files::choose_root(data_dir, &engine.agent_id);
+    let (secret_files_root, in_memory) = secret_files::choose_root(data_dir, engine.agent_id());
     if !in_memory {
         tracing::warn!(dir = %secret_files_root.display(), "no tmpfs (/run, $XDG_RUNTIME_DIR, /dev/shm) to keep secret files in memory: they are written to disk");
     }

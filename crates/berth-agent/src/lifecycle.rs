@@ -84,7 +84,7 @@ impl Engine {
         ));
         let containers = self
             .runtime()
-            .list_containers(&[(names::AGENT, &self.agent_id), (names::APP, app)])
+            .list_containers(&[(names::AGENT, self.agent_id()), (names::APP, app)])
             .await?;
         let step = progress.step(format!("stop {} containers", containers.len()));
         for container in &containers {
@@ -203,7 +203,7 @@ impl Engine {
         self.install_live(app, None);
         progress.log(format!("{app} is no longer routed"));
 
-        let labels = [(names::AGENT, self.agent_id.as_str()), (names::APP, app)];
+        let labels = [(names::AGENT, self.agent_id()), (names::APP, app)];
         let containers = self.runtime().list_containers(&labels).await?;
         let step = progress.step(format!("remove {} containers", containers.len()));
         let stop_timeout = |service: Option<&String>| {

@@ -66,7 +66,7 @@ impl Engine {
             holder: "agent".into(),
             since: berth_state::now_ms(),
         };
-        let _lock = self.locks.acquire(app, lock, |_| {}).await;
+        let _lock = self.locks().acquire(app, lock, |_| {}).await;
         // A stopped app stays stopped: its routes answer 503, its containers are left alone.
         if self.store().app(app)?.is_some_and(|a| a.stopped) {
             if let Some(live) = self.store().live_release(app)? {
@@ -96,7 +96,7 @@ impl Engine {
         self.restore_secret_files(app).await?;
         let containers = self
             .runtime()
-            .list_containers(&[(names::AGENT, &self.agent_id), (names::APP, app)])
+            .list_containers(&[(names::AGENT, self.agent_id()), (names::APP, app)])
             .await?;
         let instances = self.store().instances(app)?;
         let current: HashMap<&str, &berth_state::Instance> = instances

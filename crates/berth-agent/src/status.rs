@@ -44,7 +44,7 @@ impl Engine {
         berth_core::service_containers(
             self.runtime().as_ref(),
             self.store(),
-            &self.agent_id,
+            self.agent_id(),
             app,
             service,
             accessory,
@@ -78,7 +78,7 @@ impl Engine {
                 })
                 .collect(),
             operation: self
-                .locks
+                .locks()
                 .holder(app)
                 .filter(|l| l.operation != "reconcile"),
             services: Vec::new(),

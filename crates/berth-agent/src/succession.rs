@@ -202,12 +202,12 @@ impl Succession {
             holder: actor.to_owned(),
             since: berth_state::now_ms(),
         };
-        let frozen = engine.locks.freeze(why.clone()).and_then(|()| {
+        let frozen = engine.locks().freeze(why.clone()).and_then(|()| {
             engine
                 .backups()
                 .locks()
                 .freeze(why)
-                .inspect_err(|_| engine.locks.thaw())
+                .inspect_err(|_| engine.locks().thaw())
         });
         if let Err(holders) = frozen {
             let list = holders
@@ -233,7 +233,7 @@ impl Succession {
         step.done(None);
         let result = self.hand_over(&binary, progress).await;
         if result.is_err() {
-            engine.locks.thaw();
+            engine.locks().thaw();
             engine.backups().locks().thaw();
         }
         result

@@ -5,6 +5,7 @@
 use crate::edge::Edge;
 use crate::engine::{Engine, ImagePlan, ReleasePlan};
 use crate::progress::Progress;
+use crate::routing::Routing;
 use crate::secrets::SecretBox;
 use berth_api::{OperationEvent, Outcome};
 use berth_backup_jobs::{BackupDeps, Backups};
@@ -82,12 +83,14 @@ impl Harness {
         let mut engine = Engine::new(
             fake.clone(),
             store,
-            proxy,
+            Arc::new(Routing::new(
+                proxy,
+                edge,
+                Some("http://127.0.0.1:8080".into()),
+            )),
             secrets,
             data_dir.clone(),
             "test-agent".into(),
-            Some("http://127.0.0.1:8080".into()),
-            edge,
             backups,
         );
         engine.set_secret_files_root(data_dir.join("secret-files"));

@@ -1,102 +1,13 @@
-//! An app's secrets: listed with their users, set, read, deleted and generated.
+//! An app's secrets: the HTTP side of the engine's secret operations (`engine/app_secrets.rs`).
 
 use super::*;
-
-pub(super) fn check_secret_name(name: &str) -> ApiResult<()> {
-    let valid = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && name.len() <= 128;
-    if valid {
-        Ok(())
-    } else {
-        Err(OpError::invalid(format!("`{name}` is not a valid secret name"))
-            .hint("use letters, digits and underscores, not starting with a digit, such as JWT_SECRET_KEY")
-            .into())
-    }
-}
-
-/// Services of the live release that use each secret.
-pub(super) fn secret_users(engine: &Engine, app: &str) -> BTreeMap<String, Vec<String>> {
-    let mut users: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let Some(manifest) = engine
-        .store()
-        .live_release(app)
-        .ok()
-        .flatten()
-        .and_then(|r| release_manifest(&r).ok())
-    else {
-        return users;
-    };
-    for service in manifest
-        .services
-        .values()
-        .chain(manifest.accessories.values())
-    {
-        for secret in &service.secrets {
-            users
-                .entry(secret.name.clone())
-                .or_default()
-                .push(service.name.clone());
-        }
-    }
-    users
-}
 
 pub(super) async fn list_secrets(
     State(state): State<ApiState>,
     Path(app): Path<String>,
 ) -> ApiResult<Json<Vec<SecretInfo>>> {
     check_app_name(&app)?;
-    let users = secret_users(&state.engine, &app);
-    let secrets = state.engine.store().secrets(&app)?;
-    Ok(Json(
-        secrets
-            .into_iter()
-            .map(|s| SecretInfo {
-                used_by: users.get(&s.name).cloned().unwrap_or_default(),
-                name: s.name,
-                created_at: s.created_at,
-                updated_at: s.updated_at,
-            })
-            .collect(),
-    ))
-}
-
-pub(super) fn secret_info(state: &ApiState, app: &str, name: &str) -> ApiResult<SecretInfo> {
-    let users = secret_users(&state.engine, app);
-    let stored = state
-        .engine
-        .store()
-        .secrets(app)?
-        .into_iter()
-        .find(|s| s.name == name)
-        .ok_or_else(|| OpError::failed(format!("secret {name} vanished after it was stored")))?;
-    Ok(SecretInfo {
-        used_by: users.get(name).cloned().unwrap_or_default(),
-        name: stored.name,
-        created_at: stored.created_at,
-        updated_at: stored.updated_at,
-    })
-}
-
-pub(super) fn store_secret(
-    state: &ApiState,
-    app: &str,
-    name: &str,
-    value: &str,
-    actor: &str,
-    action: &str,
-) -> ApiResult<SecretInfo> {
-    let sealed = state.engine.secrets().seal(value).map_err(OpError::from)?;
-    state.engine.store().put_secret(app, name, &sealed)?;
-    // Only the name is ever recorded.
-    state
-        .engine
-        .audit(actor, action, &format!("{app}/{name}"), "ok", "");
-    secret_info(state, app, name)
+    Ok(Json(state.engine.list_secrets(&app)?))
 }
 
 pub(super) async fn set_secret(
@@ -106,16 +17,12 @@ pub(super) async fn set_secret(
     Json(value): Json<SecretValue>,
 ) -> ApiResult<Json<SecretInfo>> {
     check_app_name(&app)?;
-    check_secret_name(&name)?;
-    if value.value.is_empty() {
-        return Err(OpError::invalid("the secret's value is empty").into());
-    }
-    Ok(Json(store_secret(
-        &state,
+    let actor = actor(&state, &headers);
+    Ok(Json(state.engine.set_secret(
         &app,
         &name,
         &value.value,
-        &actor(&state, &headers),
+        &actor,
         "secret.set",
     )?))
 }
@@ -126,28 +33,8 @@ pub(super) async fn get_secret(
     headers: HeaderMap,
 ) -> ApiResult<Json<SecretValue>> {
     check_app_name(&app)?;
-    check_secret_name(&name)?;
-    let ciphertext = state
-        .engine
-        .store()
-        .secret_ciphertext(&app, &name)?
-        .ok_or_else(|| {
-            OpError::not_found(format!("app {app} has no secret {name}")).hint(format!(
-                "set it with `berth secrets set {name} --app {app}`"
-            ))
-        })?;
-    let value = state
-        .engine
-        .secrets()
-        .open_value(&name, &ciphertext)
-        .map_err(OpError::from)?;
-    state.engine.audit(
-        &actor(&state, &headers),
-        "secret.get",
-        &format!("{app}/{name}"),
-        "ok",
-        "",
-    );
+    let actor = actor(&state, &headers);
+    let value = state.engine.secret_value(&app, &name, &actor)?;
     Ok(Json(SecretValue { value }))
 }
 
@@ -157,17 +44,9 @@ pub(super) async fn delete_secret(
     headers: HeaderMap,
 ) -> ApiResult<StatusCode> {
     check_app_name(&app)?;
-    check_secret_name(&name)?;
-    if !state.engine.store().delete_secret(&app, &name)? {
-        return Err(OpError::not_found(format!("app {app} has no secret {name}")).into());
-    }
-    state.engine.audit(
-        &actor(&state, &headers),
-        "secret.rm",
-        &format!("{app}/{name}"),
-        "ok",
-        "",
-    );
+    state
+        .engine
+        .delete_secret(&app, &name, &actor(&state, &headers))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -184,28 +63,11 @@ pub(super) async fn generate_secret(
     headers: HeaderMap,
 ) -> ApiResult<Json<SecretInfo>> {
     check_app_name(&app)?;
-    check_secret_name(&name)?;
-    if !query.force
-        && state
-            .engine
-            .store()
-            .secret_ciphertext(&app, &name)?
-            .is_some()
-    {
-        return Err(OpError::new(
-            ErrorKind::Conflict,
-            format!("secret {name} of {app} already exists"),
-        )
-        .hint("pass --force to replace it with a new random value")
-        .into());
-    }
-    let value = secrets::generate_value();
-    Ok(Json(store_secret(
-        &state,
+    let actor = actor(&state, &headers);
+    Ok(Json(state.engine.generate_secret(
         &app,
         &name,
-        &value,
-        &actor(&state, &headers),
-        "secret.generate",
+        query.force,
+        &actor,
     )?))
 }

@@ -125,7 +125,7 @@ impl Engine {
                 }
             }
         }
-        for other in self.proxy.routes() {
+        for other in self.routing.routes() {
             if other.app == manifest.app {
                 continue;
             }

@@ -70,7 +70,7 @@ async fn a_deploy_routes_the_web_service_through_the_proxy() {
             "v1",
         )
         .await;
-    let routes = h.engine.proxy().routes();
+    let routes = h.engine.routing().routes();
     assert_eq!(routes.len(), 1);
     assert_eq!(routes[0].app, "shop");
     assert_eq!(routes[0].domains, ["shop.example"]);

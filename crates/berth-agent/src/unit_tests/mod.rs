@@ -9,3 +9,4 @@ mod lifecycle;
 mod reconcile;
 mod rollback;
 mod routing;
+mod secrets;

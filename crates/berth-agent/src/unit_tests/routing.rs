@@ -1,6 +1,7 @@
 //! What the proxy is told to route, and the small decisions around a pull.
 
-use crate::engine::{LiveApp, routes_for};
+use crate::engine::LiveApp;
+use crate::routing::routes_for;
 use crate::testing::{Harness, manifest, web_app};
 use std::collections::BTreeMap;
 
@@ -91,4 +92,33 @@ fn only_network_failures_count_as_an_unreachable_registry() {
     assert!(!registry_unreachable(
         "manifest for example/web:9 not found"
     ));
+}
+
+#[test]
+fn installing_an_app_routes_it_and_removing_it_forgets_it_everywhere() {
+    use crate::routing::Routing;
+    let proxy = berth_proxy::Proxy::new(berth_proxy::ProxyConfig::default());
+    let edge = std::sync::Arc::new(crate::edge::Edge::new(
+        berth_tls::CertStore::new(),
+        false,
+        None,
+    ));
+    let routing = Routing::new(proxy, edge, Some("http://127.0.0.1:8080".into()));
+    let shop = web_app("shop", "route = { domains = [\"shop.example\"] }");
+    let blog = web_app("blog", "route = { domains = [\"blog.example\"] }");
+    routing.install("shop", Some(live(&shop)), None);
+    routing.install("blog", Some(live(&blog)), Some("back soon"));
+    let mut apps: Vec<String> = routing.routes().into_iter().map(|r| r.app).collect();
+    apps.sort();
+    assert_eq!(apps, ["blog", "shop"]);
+    assert_eq!(routing.live_app("shop").map(|l| l.release), Some(7));
+    routing.install("shop", None, None);
+    let apps: Vec<String> = routing.routes().into_iter().map(|r| r.app).collect();
+    assert_eq!(apps, ["blog"], "the other app keeps its routes");
+    assert!(routing.live_app("shop").is_none());
+    assert_eq!(
+        routing.urls(&manifest(&shop)),
+        ["http://shop.example:8080/"],
+        "URLs carry the listener's port"
+    );
 }
