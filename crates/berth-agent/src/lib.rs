@@ -4,28 +4,20 @@
 //! file and the secrets key, binds the proxy's and the API's listeners, reconciles Docker
 //! with the state file, and serves until asked to stop.
 
-use berth_core::{error, locks, names, progress, secrets};
+use berth_core::{error, locks, progress, secrets};
+use berth_engine::{edge, engine, routing, secret_files, status, subnets};
 
 mod api;
 mod api_tcp;
-mod edge;
-mod engine;
-mod health;
-mod lifecycle;
-mod reconcile;
-mod rollback;
-mod routing;
-mod secret_files;
-mod status;
-pub mod subnets;
 mod succession;
 #[cfg(test)]
 mod testing;
 #[cfg(test)]
 mod unit_tests;
 
+pub use berth_engine::Engine;
+pub use berth_engine::subnets::Ipv4Net;
 pub use berth_proxy::ProxyConfig;
-pub use engine::Engine;
 pub use error::{ErrorKind, OpError};
 
 use berth_api::{AgentInfo, DockerStatus};

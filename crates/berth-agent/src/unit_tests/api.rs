@@ -1,6 +1,6 @@
 //! The API router called in-process: what each kind of request gets back.
 
-use crate::testing::{Harness, call, web_app};
+use crate::testing::{Harness, api_router, call, web_app};
 use http::StatusCode;
 use serde_json::{Value, json};
 
@@ -26,7 +26,7 @@ fn outcome(body: &Value) -> Value {
 #[tokio::test]
 async fn status_of_an_empty_agent_lists_no_apps() {
     let h = Harness::new();
-    let (status, body) = call(&h.api(None), "GET", "/v1/status", None, None).await;
+    let (status, body) = call(&api_router(&h, None), "GET", "/v1/status", None, None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["apps"], json!([]));
     assert_eq!(body["agent"]["docker"]["endpoint"], "fake://");
@@ -35,7 +35,7 @@ async fn status_of_an_empty_agent_lists_no_apps() {
 #[tokio::test]
 async fn an_unknown_app_is_not_found_and_a_bad_name_is_invalid() {
     let h = Harness::new();
-    let api = h.api(None);
+    let api = api_router(&h, None);
     let (status, body) = call(&api, "GET", "/v1/apps/nope/releases", None, None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["kind"], "not-found");
@@ -53,7 +53,7 @@ async fn an_unknown_app_is_not_found_and_a_bad_name_is_invalid() {
 #[tokio::test]
 async fn a_tcp_router_refuses_a_missing_or_wrong_token_and_accepts_the_right_one() {
     let h = Harness::new();
-    let api = h.api(Some("right-token"));
+    let api = api_router(&h, Some("right-token"));
     for presented in [None, Some("wrong-token"), Some("right-toke")] {
         let (status, body) = call(&api, "GET", "/v1/status", presented, None).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{presented:?}");
@@ -68,7 +68,7 @@ async fn a_tcp_router_refuses_a_missing_or_wrong_token_and_accepts_the_right_one
 async fn an_invalid_manifest_is_refused_with_every_problem() {
     let h = Harness::new();
     let (status, body) = call(
-        &h.api(None),
+        &api_router(&h, None),
         "POST",
         "/v1/deploy",
         None,
@@ -91,7 +91,7 @@ async fn a_deploy_missing_a_secret_is_refused_before_a_release_is_recorded() {
     let h = Harness::new();
     let manifest = web_app("shop", "secrets = [\"API_KEY\"]");
     let (status, body) = call(
-        &h.api(None),
+        &api_router(&h, None),
         "POST",
         "/v1/deploy",
         None,
@@ -113,7 +113,7 @@ async fn a_build_without_an_uploaded_context_is_refused_with_the_fix() {
     let h = Harness::new();
     let manifest = "app = \"shop\"\n[services.web]\nbuild = \".\"\nport = 8080\n";
     let (status, body) = call(
-        &h.api(None),
+        &api_router(&h, None),
         "POST",
         "/v1/deploy",
         None,
@@ -133,7 +133,7 @@ async fn a_build_without_an_uploaded_context_is_refused_with_the_fix() {
 #[tokio::test]
 async fn a_deploy_streams_its_steps_and_ends_with_its_outcome() {
     let h = Harness::new();
-    let api = h.api(None);
+    let api = api_router(&h, None);
     let (status, body) = call(
         &api,
         "POST",
@@ -156,7 +156,7 @@ async fn a_deploy_streams_its_steps_and_ends_with_its_outcome() {
 async fn rollback_and_its_plan_need_an_earlier_release() {
     let h = Harness::new();
     h.deployed(&web_app("shop", ""), "v1").await;
-    let api = h.api(None);
+    let api = api_router(&h, None);
     let (status, body) = call(
         &api,
         "POST",
@@ -181,7 +181,7 @@ async fn rollback_and_its_plan_need_an_earlier_release() {
 async fn renewing_a_certificate_without_acme_is_invalid() {
     let h = Harness::new();
     let (status, body) = call(
-        &h.api(None),
+        &api_router(&h, None),
         "POST",
         "/v1/certificates/shop.example/renew",
         None,
@@ -195,7 +195,7 @@ async fn renewing_a_certificate_without_acme_is_invalid() {
 #[tokio::test]
 async fn secrets_are_listed_by_name_and_never_by_value() {
     let h = Harness::new();
-    let api = h.api(None);
+    let api = api_router(&h, None);
     let (status, _) = call(
         &api,
         "PUT",
@@ -214,7 +214,7 @@ async fn secrets_are_listed_by_name_and_never_by_value() {
 #[tokio::test]
 async fn an_empty_secret_or_a_bad_secret_name_is_invalid() {
     let h = Harness::new();
-    let api = h.api(None);
+    let api = api_router(&h, None);
     let (status, _) = call(
         &api,
         "PUT",
@@ -240,7 +240,7 @@ async fn a_json_body_over_the_limit_is_refused_before_it_is_read() {
     let h = Harness::new();
     let huge = "x".repeat(5 << 20);
     let (status, _) = call(
-        &h.api(None),
+        &api_router(&h, None),
         "PUT",
         "/v1/apps/shop/secrets/API_KEY",
         None,
@@ -253,7 +253,7 @@ async fn a_json_body_over_the_limit_is_refused_before_it_is_read() {
 #[tokio::test]
 async fn unknown_routes_and_wrong_methods_are_refused() {
     let h = Harness::new();
-    let api = h.api(None);
+    let api = api_router(&h, None);
     let (status, _) = call(&api, "GET", "/v1/nothing", None, None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, _) = call(&api, "DELETE", "/v1/status", None, None).await;
@@ -270,7 +270,7 @@ async fn workers_are_listed() {
             stop.stopped().await;
         });
     tokio::task::yield_now().await;
-    let (status, body) = call(&h.api(None), "GET", "/v1/workers", None, None).await;
+    let (status, body) = call(&api_router(&h, None), "GET", "/v1/workers", None, None).await;
     assert_eq!(status, StatusCode::OK);
     let listed = body.to_string();
     assert!(

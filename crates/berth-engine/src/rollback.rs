@@ -49,11 +49,7 @@ impl Engine {
 
     /// What `berth rollback` shows before it asks: a rollback brings the old release's whole
     /// manifest back (its environment, secrets wiring, routes and backups), not only its code.
-    pub(crate) fn rollback_plan(
-        &self,
-        app: &str,
-        release: Option<i64>,
-    ) -> Result<RollbackPlan, OpError> {
+    pub fn rollback_plan(&self, app: &str, release: Option<i64>) -> Result<RollbackPlan, OpError> {
         let (live, target) = self.rollback_target(app, release)?;
         Ok(RollbackPlan {
             app: app.to_owned(),

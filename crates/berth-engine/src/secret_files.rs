@@ -13,7 +13,7 @@ const TMPFS_MAGIC: i64 = 0x0102_1994;
 /// Where secret files live: a directory of the agent's on the first tmpfs among `/run`,
 /// `$XDG_RUNTIME_DIR` and `/dev/shm`; `DATA_DIR/run/secrets` (on disk, with a warning) when
 /// there is none. Returns the directory and whether it is in memory.
-pub(crate) fn choose_root(data_dir: &Path, agent_id: &str) -> (PathBuf, bool) {
+pub fn choose_root(data_dir: &Path, agent_id: &str) -> (PathBuf, bool) {
     let mut candidates: Vec<PathBuf> = vec![PathBuf::from("/run")];
     if let Some(runtime_dir) = std::env::var_os("XDG_RUNTIME_DIR") {
         candidates.push(PathBuf::from(runtime_dir));

@@ -347,14 +347,7 @@ impl Engine {
         self.routing.urls(manifest)
     }
 
-    pub(crate) fn audit(
-        &self,
-        actor: &str,
-        action: &str,
-        target: &str,
-        result: &str,
-        detail: &str,
-    ) {
+    pub fn audit(&self, actor: &str, action: &str, target: &str, result: &str, detail: &str) {
         berth_core::audit(&self.store, actor, action, target, result, detail);
     }
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 impl Engine {
     /// Refuses an operation that would start containers of an app its owner stopped: a
     /// deploy from CI must not quietly wake an app someone stopped on purpose.
-    pub(crate) fn ensure_not_stopped(&self, app: &str, operation: &str) -> Result<(), OpError> {
+    pub fn ensure_not_stopped(&self, app: &str, operation: &str) -> Result<(), OpError> {
         if self.store().app(app)?.is_some_and(|a| a.stopped) {
             return Err(OpError::invalid(format!(
                 "{app} is stopped (by `berth stop`), so berth will not {operation} it"
@@ -29,7 +29,7 @@ impl Engine {
     }
 
     /// `berth start` of an app that runs is a mistake worth naming.
-    pub(crate) fn ensure_stopped(&self, app: &str) -> Result<(), OpError> {
+    pub fn ensure_stopped(&self, app: &str) -> Result<(), OpError> {
         if !self.store().app(app)?.is_some_and(|a| a.stopped) {
             return Err(OpError::invalid(format!(
                 "{app} is not stopped, so there is nothing to start"
