@@ -413,6 +413,7 @@ async fn serve(
             data_dir: data_dir.clone(),
             agent_id: agent_id.clone(),
             workers: background.clone(),
+            clock: Arc::new(berth_backup::runner::SystemClock),
         },
     ));
     let routing = Arc::new(routing::Routing::new(proxy.clone(), edge.clone(), http_url));

@@ -28,7 +28,7 @@ use berth_api::{
 use berth_backup::destination::S3Settings;
 use berth_backup::meta::{BackupMeta, ContentKind, Reason};
 use berth_backup::pipeline::Compression;
-use berth_backup::runner::{self, Event, EventSink, Runner, SystemClock};
+use berth_backup::runner::{self, Clock, Event, EventSink, Runner};
 use berth_backup::source::{
     BuiltinCheck, Consumer, Directory, DumpOutcome, PlainReceiver, PlainSender, SqliteFile,
     judge_dump, run_host,
@@ -93,6 +93,9 @@ pub struct BackupDeps {
     pub data_dir: PathBuf,
     pub agent_id: String,
     pub workers: Arc<berth_workers::Workers>,
+    /// What time it is: when backups are taken, verified and scheduled, and how old they are
+    /// for retention (`berth_backup::runner::SystemClock` outside tests).
+    pub clock: Arc<dyn Clock>,
 }
 
 /// The agent's backups: runs, verification, pruning, restores, the schedule and its metrics.
@@ -103,6 +106,7 @@ pub struct Backups {
     data_dir: PathBuf,
     agent_id: String,
     workers: Arc<berth_workers::Workers>,
+    clock: Arc<dyn Clock>,
     /// One backup operation per app at a time.
     locks: Arc<AppLocks>,
     metrics: BackupMetrics,
@@ -121,6 +125,7 @@ impl Backups {
             data_dir: deps.data_dir,
             agent_id: deps.agent_id,
             workers: deps.workers,
+            clock: deps.clock,
             locks: Arc::new(AppLocks::default()),
             metrics: BackupMetrics::default(),
             planned: PlannedRuns::default(),

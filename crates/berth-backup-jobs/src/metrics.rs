@@ -44,7 +44,7 @@ impl BackupMetrics {
         );
     }
 
-    pub(crate) fn record(&self, app: &str, backup: &str, status: &str) {
+    pub(crate) fn record(&self, app: &str, backup: &str, status: &str, at: jiff::Timestamp) {
         self.runs
             .get_or_create(&BackupRunLabels {
                 app: app.to_owned(),
@@ -58,7 +58,7 @@ impl BackupMetrics {
                     app: app.to_owned(),
                     backup: backup.to_owned(),
                 })
-                .set(jiff::Timestamp::now().as_second());
+                .set(at.as_second());
         }
     }
 }

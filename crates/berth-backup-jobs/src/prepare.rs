@@ -144,7 +144,7 @@ impl Backups {
             recipients,
             identities,
             compression: Compression::default(),
-            clock: Arc::new(SystemClock),
+            clock: self.clock.clone(),
             time_zone: jiff::tz::TimeZone::system(),
             events,
         })

@@ -252,7 +252,8 @@ impl Backups {
             result.error.as_deref().unwrap_or(&detail),
         );
         if reason != Reason::Safety {
-            self.metrics.record(app, name, result.status.as_str());
+            self.metrics
+                .record(app, name, result.status.as_str(), self.clock.now());
         }
         result
     }

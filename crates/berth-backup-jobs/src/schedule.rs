@@ -119,7 +119,7 @@ pub async fn scheduler(
         jiff::Timestamp,
     > = std::collections::HashMap::new();
     loop {
-        let now = jiff::Timestamp::now();
+        let now = backups.clock.now();
         let mut wanted = std::collections::HashSet::new();
         for manifest in backups.live_manifests() {
             for backup in manifest.backup.backups.values() {
@@ -185,7 +185,7 @@ pub async fn scheduler(
             }),
         );
         let wait = next
-            .map(|at| at.duration_since(jiff::Timestamp::now()).unsigned_abs())
+            .map(|at| at.duration_since(backups.clock.now()).unsigned_abs())
             .unwrap_or(Duration::from_secs(60))
             .clamp(Duration::from_millis(200), Duration::from_secs(60));
         tokio::select! {

@@ -25,6 +25,27 @@ pub struct Harness {
     pub fake: Arc<FakeRuntime>,
     pub engine: Arc<Engine>,
     pub dir: TempDir,
+    /// The time the backups see (the real time until a test sets it).
+    pub clock: Arc<TestClock>,
+}
+
+/// A clock a test sets; it reads the real time until then.
+#[derive(Default)]
+pub struct TestClock(std::sync::Mutex<Option<jiff::Timestamp>>);
+
+impl TestClock {
+    pub fn set(&self, at: jiff::Timestamp) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(at);
+    }
+}
+
+impl berth_backup::runner::Clock for TestClock {
+    fn now(&self) -> jiff::Timestamp {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(jiff::Timestamp::now)
+    }
 }
 
 /// A manifest for a web service with a command health check (the fake answers it at once).
@@ -66,16 +87,26 @@ impl Harness {
         fake.publish("example/web:1");
         fake.publish("example/web:2");
         fake.publish("postgres:17");
-        let engine = Self::engine_on(&fake, dir.path().to_owned());
-        Self { fake, engine, dir }
+        let clock = Arc::new(TestClock::default());
+        let engine = Self::engine_on(&fake, &clock, dir.path().to_owned());
+        Self {
+            fake,
+            engine,
+            dir,
+            clock,
+        }
     }
 
     /// Another engine over the same state file and runtime, as after an agent restart.
     pub fn restarted(&self) -> Arc<Engine> {
-        Self::engine_on(&self.fake, self.dir.path().to_owned())
+        Self::engine_on(&self.fake, &self.clock, self.dir.path().to_owned())
     }
 
-    fn engine_on(fake: &Arc<FakeRuntime>, data_dir: PathBuf) -> Arc<Engine> {
+    fn engine_on(
+        fake: &Arc<FakeRuntime>,
+        clock: &Arc<TestClock>,
+        data_dir: PathBuf,
+    ) -> Arc<Engine> {
         let store = Arc::new(Store::open(&data_dir.join("state.db")).expect("state file"));
         let secrets =
             Arc::new(SecretBox::open(&data_dir.join("secrets.key")).expect("secrets key"));
@@ -88,6 +119,7 @@ impl Harness {
             data_dir: data_dir.clone(),
             agent_id: "test-agent".into(),
             workers: Arc::new(berth_workers::Workers::new()),
+            clock: clock.clone(),
         }));
         let mut engine = Engine::new(
             fake.clone(),

@@ -171,3 +171,47 @@ async fn a_schedule_missed_while_the_agent_was_down_runs_at_once_and_only_once()
         .first_due("shop", "files", "backup", &parsed, now, &tz);
     assert!(due > now);
 }
+
+#[tokio::test]
+async fn a_backup_is_dated_by_the_injected_clock() {
+    let h = Harness::new();
+    let text = with_backup(&h, "");
+    h.deployed(&text, "v1").await;
+    h.clock.set("2031-05-04T03:02:01Z".parse().unwrap());
+    let outcome = back_up(&h, &text).await;
+    assert!(outcome.ok, "{:?}", outcome.error);
+    let id = outcome.backups.unwrap().runs[0].id.clone().unwrap();
+    assert!(id.starts_with("20310504T030201Z-"), "{id}");
+}
+
+#[tokio::test]
+async fn daily_retention_keeps_the_newest_backup_of_each_recent_day() {
+    let h = Harness::new();
+    let text = with_backup(&h, "keep = { daily = 2 }");
+    h.deployed(&text, "v1").await;
+    let mut ids = Vec::new();
+    for at in [
+        "2031-05-01T10:00:00Z",
+        "2031-05-02T09:00:00Z",
+        "2031-05-02T18:00:00Z",
+        "2031-05-03T08:00:00Z",
+    ] {
+        h.clock.set(at.parse().unwrap());
+        let outcome = back_up(&h, &text).await;
+        assert!(outcome.ok, "{:?}", outcome.error);
+        ids.push(outcome.backups.unwrap().runs[0].id.clone().unwrap());
+    }
+    let list = h
+        .engine
+        .backups()
+        .list_backups(&manifest(&text), None, true)
+        .await
+        .unwrap();
+    let mut left: Vec<&str> = list.backups.iter().map(|b| b.id.as_str()).collect();
+    left.sort();
+    assert_eq!(
+        left,
+        [ids[2].as_str(), ids[3].as_str()],
+        "the newest of 2 May and of 3 May stay; 1 May and the older one of 2 May go"
+    );
+}
