@@ -78,6 +78,9 @@ impl Actions {
 }
 
 impl Backups {
+    /// `berth restore`. The caller holds the app's deploy lock (the engine's `locks()`), so
+    /// nothing replaces the containers a restore stops and starts; the restore takes the
+    /// backup lock itself.
     pub async fn restore(self: Arc<Self>, plan: RestorePlan, progress: Progress) -> Outcome {
         let started = Instant::now();
         let app = plan.manifest.app.clone();

@@ -7,7 +7,7 @@ impl Backups {
     // ---- operations ------------------------------------------------------------------------
 
     /// `berth backup run`: each named backup (or all), then retention on each storage that
-    /// holds the new backup.
+    /// holds the new backup. The caller holds the app's backup lock (`Backups::locks`).
     pub async fn run_backups(
         self: Arc<Self>,
         manifest: Manifest,
@@ -57,7 +57,8 @@ impl Backups {
         finish_outcome(&app, "backup", started, error, outcome)
     }
 
-    /// One backup of one name to `storages`, recorded in the state and the audit log.
+    /// One backup of one name to `storages`, recorded in the state and the audit log. The
+    /// caller holds the app's backup lock.
     pub async fn backup_once(
         &self,
         manifest: &Manifest,
@@ -367,7 +368,8 @@ impl Backups {
         results
     }
 
-    /// `berth backup prune`: retention on every storage of each named backup.
+    /// `berth backup prune`: retention on every storage of each named backup. The caller holds
+    /// the app's backup lock.
     pub async fn prune_backups(
         self: Arc<Self>,
         manifest: Manifest,

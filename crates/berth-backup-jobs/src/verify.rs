@@ -3,7 +3,8 @@
 use super::*;
 
 impl Backups {
-    /// `berth backup verify`: reads every copy (or one backup's) back and checks it again.
+    /// `berth backup verify`: reads every copy (or one backup's) back and checks it again. The
+    /// caller holds the app's backup lock.
     pub async fn verify_backups(
         self: Arc<Self>,
         manifest: Manifest,

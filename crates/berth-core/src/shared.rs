@@ -61,7 +61,9 @@ pub async fn service_containers(
 }
 
 /// Told to whoever subscribed (the backup schedule, later the monitors) when an app's live
-/// release changes: a deploy or rollback went live, or the app was destroyed.
+/// release changes: a deploy or rollback went live, or the app was destroyed. A subscriber
+/// that falls behind misses messages (the channel is bounded), so it treats one as "look
+/// again" and reads the state, never as the whole story.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReleaseChange {
     pub app: String,

@@ -44,7 +44,12 @@ const LOG_TAIL: usize = 20;
 
 mod accessories;
 mod app_secrets;
+mod lifecycle;
 mod planning;
+mod reconcile;
+mod rollback;
+pub mod secret_files;
+pub mod status;
 pub use planning::DeployRequest;
 mod replicas;
 mod restart;

@@ -13,12 +13,7 @@ use berth_core::{error, locks, names, progress, secrets};
 pub mod edge;
 pub mod engine;
 pub mod health;
-mod lifecycle;
-mod reconcile;
-mod rollback;
 pub mod routing;
-pub mod secret_files;
-pub mod status;
 pub mod subnets;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
@@ -27,5 +22,5 @@ mod unit_tests;
 
 pub use berth_core::{ErrorKind, OpError};
 pub use edge::{Edge, LiveApp};
-pub use engine::Engine;
+pub use engine::{Engine, secret_files, status};
 pub use routing::Routing;

@@ -27,10 +27,7 @@ impl Routing {
         }
     }
 
-    pub fn proxy(&self) -> &Arc<Proxy> {
-        &self.proxy
-    }
-
+    /// The certificates side (listing, renewal); routes change only through `install`.
     pub fn edge(&self) -> &Arc<Edge> {
         &self.edge
     }

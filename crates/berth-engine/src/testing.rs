@@ -111,6 +111,8 @@ impl Harness {
         let secrets =
             Arc::new(SecretBox::open(&data_dir.join("secrets.key")).expect("secrets key"));
         let proxy = Proxy::new(ProxyConfig::default());
+        // One registry for the engine and the backups, as the agent has.
+        let workers = Arc::new(berth_workers::Workers::new());
         let edge = Arc::new(Edge::new(berth_tls::CertStore::new(), false, None));
         let backups = Arc::new(Backups::new(BackupDeps {
             runtime: fake.clone(),
@@ -118,7 +120,7 @@ impl Harness {
             secrets: secrets.clone(),
             data_dir: data_dir.clone(),
             agent_id: "test-agent".into(),
-            workers: Arc::new(berth_workers::Workers::new()),
+            workers: workers.clone(),
             clock: clock.clone(),
         }));
         let mut engine = Engine::new(
@@ -135,6 +137,7 @@ impl Harness {
             backups,
         );
         engine.set_secret_files_root(data_dir.join("secret-files"));
+        engine.set_workers(workers);
         let engine = Arc::new(engine);
         engine.set_self();
         engine

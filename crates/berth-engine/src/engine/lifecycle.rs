@@ -3,11 +3,11 @@
 //! backups); `berth start` brings the same release back. A stopped app stays stopped across
 //! agent restarts.
 
+use super::reconcile::ReconcileReport;
 use crate::engine::{Engine, LiveApp, release_manifest};
 use crate::error::OpError;
 use crate::names;
 use crate::progress::Progress;
-use crate::reconcile::ReconcileReport;
 use berth_api::{DestroyRequest, Outcome};
 use std::collections::BTreeMap;
 use std::sync::Arc;
