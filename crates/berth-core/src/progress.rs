@@ -163,3 +163,24 @@ impl Drop for Step {
         }
     }
 }
+
+/// `count` and `noun`, plural unless the count is one ("1 container", "3 containers").
+pub fn counted(count: usize, noun: &str) -> String {
+    if count == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{count} {noun}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::counted;
+
+    #[test]
+    fn one_is_singular_and_every_other_count_plural() {
+        assert_eq!(counted(1, "container"), "1 container");
+        assert_eq!(counted(0, "volume"), "0 volumes");
+        assert_eq!(counted(3, "container"), "3 containers");
+    }
+}

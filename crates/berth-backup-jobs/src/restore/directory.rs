@@ -101,7 +101,10 @@ impl Backups {
                     return Err(e.into());
                 }
             }
-            step.done(Some(format!("{} containers", containers.len())));
+            step.done(Some(berth_core::progress::counted(
+                containers.len(),
+                "container",
+            )));
             actions.push(progress, format!("stopped {service}"));
             stopped.push(service.clone());
         }

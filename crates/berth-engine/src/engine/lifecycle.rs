@@ -205,7 +205,10 @@ impl Engine {
 
         let labels = [(names::AGENT, self.agent_id()), (names::APP, app)];
         let containers = self.runtime().list_containers(&labels).await?;
-        let step = progress.step(format!("remove {} containers", containers.len()));
+        let step = progress.step(format!(
+            "remove {}",
+            crate::progress::counted(containers.len(), "container")
+        ));
         let stop_timeout = |service: Option<&String>| {
             service
                 .and_then(|s| {
@@ -255,7 +258,10 @@ impl Engine {
 
         let volumes = self.runtime().list_volumes(&labels).await?;
         if request.volumes {
-            let step = progress.step(format!("remove {} volumes", volumes.len()));
+            let step = progress.step(format!(
+                "remove {}",
+                crate::progress::counted(volumes.len(), "volume")
+            ));
             for volume in &volumes {
                 if let Err(error) = self.runtime().remove_volume(volume).await {
                     step.fail(&error.to_string());
