@@ -5,9 +5,9 @@
 //! is recorded in the state (`backup_runs`, the catalog) and the audit log.
 //!
 //! [`Backups`] is a component of its own: it is given what it uses (the container runtime, the
-//! state, the secrets box, the data directory, the worker registry) when the agent starts,
-//! learns of release changes through a channel ([`scheduler`]), and reaches the engine only
-//! through [`ServiceControl`], to start a service again after a restore replaced its data.
+//! state, the secrets box, the data directory, the worker registry, the clock) when the agent
+//! starts, learns of release changes through a channel ([`scheduler`]), and reaches the engine
+//! only through [`ServiceControl`], to start a service again after a restore replaced its data.
 //!
 //! Must not: depend on the agent crate, replace containers itself (that is the engine's health
 //! gate), or touch the proxy.
