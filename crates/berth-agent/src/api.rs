@@ -77,14 +77,19 @@ use exec::*;
 use secret_values::*;
 use uploads::*;
 
-pub fn metrics_router(metrics: Arc<Metrics>) -> Router {
-    Router::new().route(
-        "/metrics",
-        get(move || {
-            let metrics = metrics.clone();
-            async move { metrics.render() }
-        }),
-    )
+/// The plain-HTTP listener for outside monitoring: Prometheus metrics at `/metrics` and the
+/// health report at `/health`. Neither needs a token, and neither reveals more than counts and
+/// verdicts.
+pub fn metrics_router(metrics: Arc<Metrics>, engine: Arc<Engine>, info: AgentInfo) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move { metrics.render() }
+            }),
+        )
+        .route("/health", get(move || health(engine.clone(), info.clone())))
 }
 
 /// `berth agent upgrade`: streams the hand-over; this agent retires once the outcome is out.
@@ -318,24 +323,28 @@ async fn status(
     State(state): State<ApiState>,
     Query(query): Query<StatusQuery>,
 ) -> ApiResult<Json<Status>> {
-    let mut agent = state.info.clone();
-    agent.docker = docker_status(&state.engine).await;
-    let names: Vec<String> = match &query.app {
+    Ok(Json(
+        full_status(&state.engine, &state.info, query.app.as_deref()).await?,
+    ))
+}
+
+/// The agent, every app (or one) and the certificates, with the problems found in them.
+async fn full_status(
+    engine: &Arc<Engine>,
+    info: &AgentInfo,
+    app: Option<&str>,
+) -> Result<Status, OpError> {
+    let mut agent = info.clone();
+    agent.docker = docker_status(engine).await;
+    let names: Vec<String> = match app {
         Some(app) => {
-            state.engine.require_app(app)?;
-            vec![app.clone()]
+            engine.require_app(app)?;
+            vec![app.to_owned()]
         }
-        None => state
-            .engine
-            .store()
-            .apps()?
-            .into_iter()
-            .map(|a| a.name)
-            .collect(),
+        None => engine.store().apps()?.into_iter().map(|a| a.name).collect(),
     };
     // Apps side by side: one app whose health probe hangs (2 s at most) must not make
     // `berth status` wait that long once per app.
-    let engine = &state.engine;
     let apps: Vec<AppStatus> = futures_util::stream::iter(names)
         .map(|name| async move { engine.app_status(&name).await })
         .buffered(16)
@@ -346,11 +355,44 @@ async fn status(
     let mut status = Status {
         agent,
         apps,
-        certificates: state.engine.routing().edge().certificates(),
+        certificates: engine.routing().edge().certificates(),
         problems: Vec::new(),
     };
     status.problems = status.find_problems();
-    Ok(Json(status))
+    Ok(status)
+}
+
+/// `GET /health` (`application/health+json`): a verdict per app service, backup and
+/// certificate for outside uptime monitors, unauthenticated, so nothing but the verdicts.
+/// Never slower than a few seconds: a Docker that does not answer fails the report.
+async fn health(engine: Arc<Engine>, info: AgentInfo) -> Response {
+    let report = match tokio::time::timeout(
+        std::time::Duration::from_secs(8),
+        full_status(&engine, &info, None),
+    )
+    .await
+    {
+        Ok(Ok(status)) => status.health_report(jiff::Timestamp::now().as_second()),
+        Ok(Err(error)) => {
+            tracing::warn!(error = %error.message, "the health report could not be made");
+            berth_api::HealthReport::failing("agent:status")
+        }
+        Err(_) => berth_api::HealthReport::failing("agent:status"),
+    };
+    let code = StatusCode::from_u16(report.http_status()).unwrap_or(StatusCode::OK);
+    let body = serde_json::to_vec(&report).unwrap_or_default();
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = code;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(berth_api::HEALTH_JSON),
+    );
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    response
 }
 
 #[derive(Deserialize)]

@@ -101,7 +101,8 @@ pub struct AgentConfig {
     pub https: Option<SocketAddr>,
     /// Certificates for routes with `tls = "auto"` (only with an HTTPS listener).
     pub acme: Option<AcmeConfig>,
-    /// A plain HTTP listener serving Prometheus metrics at `/metrics`.
+    /// A plain HTTP listener serving Prometheus metrics at `/metrics` and the health report at
+    /// `/health`.
     pub metrics: Option<SocketAddr>,
     /// The JSON access log (rotated at 100 MB, 5 kept); `None` disables it.
     pub access_log: Option<PathBuf>,
@@ -483,7 +484,7 @@ async fn serve(
         let listener = tcp_listener(predecessor, "metrics", &addr.to_string(), addr).await?;
         succession.add_listener(handover_listener("metrics", addr.to_string(), &listener));
         metrics_addr = listener.local_addr().ok();
-        let router = api::metrics_router(metrics.clone());
+        let router = api::metrics_router(metrics.clone(), engine.clone(), info.clone());
         let stop = stopped(stop.clone());
         tasks.spawn(async move {
             if let Err(error) = axum::serve(listener, router)

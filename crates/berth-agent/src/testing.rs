@@ -45,6 +45,28 @@ pub(crate) fn api_router(h: &Harness, token: Option<&str>) -> axum::Router {
     crate::api::router(state)
 }
 
+/// The monitoring listener's router (`/metrics`, `/health`) on the harness's engine.
+pub(crate) fn monitoring_router(h: &Harness) -> axum::Router {
+    let edge = Arc::new(Edge::new(berth_tls::CertStore::new(), false, None));
+    let metrics = Arc::new(crate::api::Metrics {
+        registry: prometheus_client::registry::Registry::default(),
+        edge,
+    });
+    let info = berth_api::AgentInfo {
+        version: "test".into(),
+        data_dir: h.dir.path().display().to_string(),
+        pid: std::process::id(),
+        http: None,
+        https: None,
+        docker: berth_api::DockerStatus {
+            endpoint: "fake://".into(),
+            version: None,
+            error: None,
+        },
+    };
+    crate::api::metrics_router(metrics, h.engine.clone(), info)
+}
+
 /// One request through a router, in-process: (status, body as JSON or as a string).
 pub(crate) async fn call(
     router: &axum::Router,

@@ -39,6 +39,8 @@
 //! identity in the `x-berth-actor` header for the audit log; over TCP they need
 //! `Authorization: Bearer TOKEN`.
 
+mod health;
+pub use health::{HEALTH_JSON, HealthCheck, HealthReport, Verdict};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -1055,12 +1057,17 @@ mod tests {
         assert!(buffer.is_empty());
     }
 
-    fn replica(health: &str) -> serde_json::Value {
+    pub(crate) fn replica(health: &str) -> serde_json::Value {
         serde_json::json!({ "container": "c", "state": "running", "health": health,
             "health_detail": null, "started_at": null, "uptime_seconds": null, "restarts": 0 })
     }
 
-    fn app(name: &str, stopped: bool, health: &str, run: Option<&str>) -> serde_json::Value {
+    pub(crate) fn app(
+        name: &str,
+        stopped: bool,
+        health: &str,
+        run: Option<&str>,
+    ) -> serde_json::Value {
         serde_json::json!({
             "name": name, "live_release": null, "operation": null, "urls": [], "stopped": stopped,
             "services": [{ "name": "web", "role": "web", "release": 1, "desired_replicas": 2,

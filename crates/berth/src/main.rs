@@ -370,7 +370,8 @@ struct EdgeArgs {
     /// Renew certificates when less than this validity is left.
     #[arg(long, default_value = "30d", value_name = "DURATION")]
     acme_renew_before: String,
-    /// Serve Prometheus metrics at http://ADDR/metrics (they are also at /v1/metrics on the API).
+    /// Serve Prometheus metrics at http://ADDR/metrics (they are also at /v1/metrics on the API)
+    /// and the health report for uptime monitors at http://ADDR/health (application/health+json).
     #[arg(long, env = "BERTH_METRICS", value_name = "ADDR")]
     metrics: Option<String>,
     /// The JSON access log (default DATA_DIR/logs/access.log; `off` to disable).

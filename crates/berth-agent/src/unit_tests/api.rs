@@ -1,6 +1,6 @@
 //! The API router called in-process: what each kind of request gets back.
 
-use crate::testing::{Harness, api_router, call, web_app};
+use crate::testing::{Harness, api_router, call, monitoring_router, web_app};
 use http::StatusCode;
 use serde_json::{Value, json};
 
@@ -277,4 +277,57 @@ async fn workers_are_listed() {
         listed.contains("probe") && listed.contains("probing"),
         "{listed}"
     );
+}
+
+/// `GET /health` on the monitoring router: (status, content type, body).
+async fn health(router: &axum::Router) -> (StatusCode, String, Value) {
+    use tower::ServiceExt;
+    let request = http::Request::get("/health")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = router.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let content_type = response.headers()[http::header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (status, content_type, serde_json::from_slice(&body).unwrap())
+}
+
+#[tokio::test]
+async fn the_health_report_passes_each_healthy_service_and_fails_one_that_is_down() {
+    let h = Harness::new();
+    h.deployed(&web_app("shop", ""), "v1").await;
+    let router = monitoring_router(&h);
+    let (status, content_type, body) = health(&router).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(content_type, "application/health+json");
+    assert_eq!(body["status"], "pass", "{body}");
+    assert_eq!(body["checks"]["shop/web:replicas"][0]["status"], "pass");
+    assert_eq!(body["checks"]["docker:reachable"][0]["status"], "pass");
+
+    let web = h.container("-web-");
+    h.fake
+        .set_state(&web.id, berth_runtime::ContainerState::Exited, Some(1));
+    let (status, _, body) = health(&router).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["status"], "fail");
+    assert_eq!(body["checks"]["shop/web:replicas"][0]["status"], "fail");
+    assert!(
+        !body.to_string().contains(&web.id),
+        "no container ids for the unauthenticated: {body}"
+    );
+}
+
+#[tokio::test]
+async fn the_health_report_fails_when_docker_is_out_of_reach() {
+    let h = Harness::new();
+    h.deployed(&web_app("shop", ""), "v1").await;
+    h.fake.set_down(true);
+    let (status, _, body) = health(&monitoring_router(&h)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["status"], "fail");
 }

@@ -213,6 +213,17 @@ fn maintenance_mode_limits_metrics_and_the_access_log() {
     );
     assert!(text.contains("berth_http_requests_in_flight"), "{text}");
 
+    // The health report for outside monitors, on the same listener, without a token.
+    let (status, text) = berth_testkit::http_get(&metrics, "/health", "localhost").unwrap();
+    assert_eq!(status, 200, "{text}");
+    let report: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(report["status"], "pass", "{report}");
+    assert_eq!(
+        report["checks"][format!("{}/web:replicas", app.name)][0]["status"],
+        "pass",
+        "{report}"
+    );
+
     // The access log, one JSON line per request.
     std::thread::sleep(Duration::from_millis(300));
     let log = std::fs::read_to_string(agent.dir.path().join("logs/access.log")).unwrap();
