@@ -81,6 +81,11 @@ use uploads::*;
 /// health report at `/health`. Neither needs a token, and neither reveals more than counts and
 /// verdicts.
 pub fn metrics_router(metrics: Arc<Metrics>, engine: Arc<Engine>, info: AgentInfo) -> Router {
+    let health_cache = Arc::new(HealthCache {
+        engine,
+        info,
+        last: tokio::sync::Mutex::new(None),
+    });
     Router::new()
         .route(
             "/metrics",
@@ -89,7 +94,7 @@ pub fn metrics_router(metrics: Arc<Metrics>, engine: Arc<Engine>, info: AgentInf
                 async move { metrics.render() }
             }),
         )
-        .route("/health", get(move || health(engine.clone(), info.clone())))
+        .route("/health", get(move || health(health_cache.clone())))
 }
 
 /// `berth agent upgrade`: streams the hand-over; this agent retires once the outcome is out.
@@ -364,21 +369,47 @@ async fn full_status(
 
 /// `GET /health` (`application/health+json`): a verdict per app service, backup and
 /// certificate for outside uptime monitors, unauthenticated, so nothing but the verdicts.
-/// Never slower than a few seconds: a Docker that does not answer fails the report.
-async fn health(engine: Arc<Engine>, info: AgentInfo) -> Response {
-    let report = match tokio::time::timeout(
-        std::time::Duration::from_secs(8),
-        full_status(&engine, &info, None),
-    )
-    .await
-    {
-        Ok(Ok(status)) => status.health_report(jiff::Timestamp::now().as_second()),
-        Ok(Err(error)) => {
-            tracing::warn!(error = %error.message, "the health report could not be made");
-            berth_api::HealthReport::failing("agent:status")
+/// Made at most once per [`HEALTH_FRESH`] however often it is asked (callers meanwhile get the
+/// last one, or wait for the one being made), so a flood of requests cannot turn into a flood
+/// of Docker calls and probes; and never slower than a few seconds.
+struct HealthCache {
+    engine: Arc<Engine>,
+    info: AgentInfo,
+    last: tokio::sync::Mutex<Option<(tokio::time::Instant, berth_api::HealthReport)>>,
+}
+
+/// How long a health report is served again before a new one is made.
+const HEALTH_FRESH: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl HealthCache {
+    async fn report(&self) -> berth_api::HealthReport {
+        // Held while a report is made: concurrent callers wait for it instead of making theirs.
+        let mut last = self.last.lock().await;
+        if let Some((at, report)) = last.as_ref()
+            && at.elapsed() < HEALTH_FRESH
+        {
+            return report.clone();
         }
-        Err(_) => berth_api::HealthReport::failing("agent:status"),
-    };
+        let report = match tokio::time::timeout(
+            std::time::Duration::from_secs(8),
+            full_status(&self.engine, &self.info, None),
+        )
+        .await
+        {
+            Ok(Ok(status)) => status.health_report(jiff::Timestamp::now().as_second()),
+            Ok(Err(error)) => {
+                tracing::warn!(error = %error.message, "the health report could not be made");
+                berth_api::HealthReport::failing("agent:status")
+            }
+            Err(_) => berth_api::HealthReport::failing("agent:status"),
+        };
+        *last = Some((tokio::time::Instant::now(), report.clone()));
+        report
+    }
+}
+
+async fn health(cache: Arc<HealthCache>) -> Response {
+    let report = cache.report().await;
     let code = StatusCode::from_u16(report.http_status()).unwrap_or(StatusCode::OK);
     let body = serde_json::to_vec(&report).unwrap_or_default();
     let mut response = Response::new(Body::from(body));

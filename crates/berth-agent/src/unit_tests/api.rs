@@ -309,9 +309,21 @@ async fn the_health_report_passes_each_healthy_service_and_fails_one_that_is_dow
     assert_eq!(body["checks"]["shop/web:replicas"][0]["status"], "pass");
     assert_eq!(body["checks"]["docker:reachable"][0]["status"], "pass");
 
+    // Asked again at once, it answers from the last report without asking Docker.
+    tokio::time::pause();
     let web = h.container("-web-");
     h.fake
         .set_state(&web.id, berth_runtime::ContainerState::Exited, Some(1));
+    let calls = h.fake.calls().len();
+    let (status, _, _) = health(&router).await;
+    assert_eq!(status, StatusCode::OK, "the report of a moment ago");
+    assert_eq!(
+        h.fake.calls().len(),
+        calls,
+        "no Docker call for a fresh report"
+    );
+
+    tokio::time::advance(std::time::Duration::from_secs(3)).await;
     let (status, _, body) = health(&router).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["status"], "fail");
