@@ -459,6 +459,18 @@ async fn serve(
     proxy.metrics().register(&mut registry);
     edge.metrics.register(&mut registry);
     engine.backups().metrics().register(&mut registry);
+    // The host's CPU, load, memory and the filesystems of berth's data and Docker's (at its
+    // default root), sampled by a worker so a scrape only reads the last sample.
+    let host_metrics = Arc::new(berth_monitor::HostMetrics::default());
+    host_metrics.register(&mut registry);
+    let mut watched = vec![("berth".to_owned(), data_dir.to_owned())];
+    let docker_root = PathBuf::from("/var/lib/docker");
+    if docker_root.is_dir() {
+        watched.push(("docker".to_owned(), docker_root));
+    }
+    background.spawn("host metrics", |report, stop| {
+        berth_monitor::host::sampler(host_metrics, watched, report, stop.stopped())
+    });
     let metrics = Arc::new(api::Metrics {
         registry,
         edge: edge.clone(),

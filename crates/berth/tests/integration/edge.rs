@@ -212,6 +212,14 @@ fn maintenance_mode_limits_metrics_and_the_access_log() {
         "{text}"
     );
     assert!(text.contains("berth_http_requests_in_flight"), "{text}");
+    // The host, sampled by a worker, under node_exporter's names.
+    assert!(text.contains("\nnode_load1 "), "{text}");
+    assert!(text.contains("\nnode_memory_MemAvailable_bytes "), "{text}");
+    assert!(
+        text.contains("node_filesystem_avail_bytes{mountpoint=")
+            && text.contains("purpose=\"berth\""),
+        "{text}"
+    );
 
     // The health report for outside monitors, on the same listener, without a token.
     let (status, text) = berth_testkit::http_get(&metrics, "/health", "localhost").unwrap();
