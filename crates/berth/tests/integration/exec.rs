@@ -165,7 +165,9 @@ fn exec_passes_input_a_terminal_and_the_exit_code_over_every_transport() {
         30,
     );
     terminal.type_line("echo MARK$((6*7)); stty size; tty");
-    let screen = terminal.wait_for("MARK42");
+    // `tty` prints last: waiting for MARK42 alone raced the rest of the output.
+    let screen = terminal.wait_for("/dev/pts/");
+    assert!(screen.contains("MARK42"), "the command ran:\n{screen}");
     assert!(screen.contains("30 120"), "the size was passed:\n{screen}");
     assert!(screen.contains("/dev/pts/"), "a terminal:\n{screen}");
     terminal.tmux(&["resize-window", "-x", "100", "-y", "25"]);
