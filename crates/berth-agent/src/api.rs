@@ -46,6 +46,8 @@ pub struct ApiState {
 pub struct Metrics {
     pub registry: prometheus_client::registry::Registry,
     pub edge: Arc<crate::edge::Edge>,
+    /// The host's last sample (its filesystems feed the health report's disk checks).
+    pub host: Arc<berth_monitor::HostMetrics>,
 }
 
 impl Metrics {
@@ -84,6 +86,7 @@ pub fn metrics_router(metrics: Arc<Metrics>, engine: Arc<Engine>, info: AgentInf
     let health_cache = Arc::new(HealthCache {
         engine,
         info,
+        host: metrics.host.clone(),
         last: tokio::sync::Mutex::new(None),
     });
     Router::new()
@@ -375,6 +378,7 @@ async fn full_status(
 struct HealthCache {
     engine: Arc<Engine>,
     info: AgentInfo,
+    host: Arc<berth_monitor::HostMetrics>,
     last: tokio::sync::Mutex<Option<(tokio::time::Instant, berth_api::HealthReport)>>,
 }
 
@@ -390,7 +394,7 @@ impl HealthCache {
         {
             return report.clone();
         }
-        let report = match tokio::time::timeout(
+        let mut report = match tokio::time::timeout(
             std::time::Duration::from_secs(8),
             full_status(&self.engine, &self.info, None),
         )
@@ -403,6 +407,14 @@ impl HealthCache {
             }
             Err(_) => berth_api::HealthReport::failing("agent:status"),
         };
+        // The filesystems of berth's data and Docker's, as the host worker last saw them.
+        for fs in self.host.filesystems() {
+            report.add(
+                &format!("{} data:disk", fs.purpose),
+                "system",
+                berth_api::disk_verdict(fs.used_fraction()),
+            );
+        }
         *last = Some((tokio::time::Instant::now(), report.clone()));
         report
     }

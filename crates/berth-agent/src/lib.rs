@@ -468,12 +468,14 @@ async fn serve(
     if docker_root.is_dir() {
         watched.push(("docker".to_owned(), docker_root));
     }
+    let sampled = host_metrics.clone();
     background.spawn("host metrics", |report, stop| {
-        berth_monitor::host::sampler(host_metrics, watched, report, stop.stopped())
+        berth_monitor::host::sampler(sampled, watched, report, stop.stopped())
     });
     let metrics = Arc::new(api::Metrics {
         registry,
         edge: edge.clone(),
+        host: host_metrics.clone(),
     });
 
     // Certificate files renewed by other tools are picked up without a restart.

@@ -39,6 +39,7 @@ pub(crate) fn api_router(h: &Harness, token: Option<&str>) -> axum::Router {
         metrics: Arc::new(crate::api::Metrics {
             registry: prometheus_client::registry::Registry::default(),
             edge,
+            host: Arc::default(),
         }),
         succession,
     };
@@ -46,11 +47,15 @@ pub(crate) fn api_router(h: &Harness, token: Option<&str>) -> axum::Router {
 }
 
 /// The monitoring listener's router (`/metrics`, `/health`) on the harness's engine.
-pub(crate) fn monitoring_router(h: &Harness) -> axum::Router {
+pub(crate) fn monitoring_router(
+    h: &Harness,
+    host: Arc<berth_monitor::HostMetrics>,
+) -> axum::Router {
     let edge = Arc::new(Edge::new(berth_tls::CertStore::new(), false, None));
     let metrics = Arc::new(crate::api::Metrics {
         registry: prometheus_client::registry::Registry::default(),
         edge,
+        host,
     });
     let info = berth_api::AgentInfo {
         version: "test".into(),

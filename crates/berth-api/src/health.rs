@@ -58,7 +58,8 @@ impl HealthReport {
         report
     }
 
-    fn add(&mut self, name: &str, component_type: &str, status: Verdict) {
+    /// Adds a check; the overall verdict becomes the worse of the two.
+    pub fn add(&mut self, name: &str, component_type: &str, status: Verdict) {
         self.status = self.status.max(status);
         self.checks
             .entry(name.to_owned())
@@ -67,6 +68,18 @@ impl HealthReport {
                 component_type: component_type.to_owned(),
                 status,
             });
+    }
+}
+
+/// A filesystem's verdict by the share of it in use (0 to 1): warn from 90 %, fail from 98 %,
+/// where writes (the state file, images, backups being staged) are about to fail.
+pub fn disk_verdict(used_fraction: f64) -> Verdict {
+    if used_fraction >= 0.98 {
+        Verdict::Fail
+    } else if used_fraction >= 0.90 {
+        Verdict::Warn
+    } else {
+        Verdict::Pass
     }
 }
 
@@ -240,6 +253,20 @@ mod tests {
         assert_eq!(verdict(&report, "shop.example:certificate"), Verdict::Fail);
         assert_eq!(verdict(&report, "docker:reachable"), Verdict::Fail);
         assert_eq!((report.status, report.http_status()), (Verdict::Fail, 503));
+    }
+
+    #[test]
+    fn a_disk_warns_from_ninety_percent_and_fails_from_ninety_eight() {
+        assert_eq!(disk_verdict(0.5), Verdict::Pass);
+        assert_eq!(disk_verdict(0.899), Verdict::Pass);
+        assert_eq!(disk_verdict(0.9), Verdict::Warn);
+        assert_eq!(disk_verdict(0.979), Verdict::Warn);
+        assert_eq!(disk_verdict(0.98), Verdict::Fail);
+        let mut report = HealthReport::failing("agent:status");
+        report.status = Verdict::Pass;
+        report.checks.clear();
+        report.add("berth data:disk", "system", Verdict::Warn);
+        assert_eq!((report.status, report.http_status()), (Verdict::Warn, 200));
     }
 
     #[test]

@@ -40,7 +40,7 @@
 //! `Authorization: Bearer TOKEN`.
 
 mod health;
-pub use health::{HEALTH_JSON, HealthCheck, HealthReport, Verdict};
+pub use health::{HEALTH_JSON, HealthCheck, HealthReport, Verdict, disk_verdict};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 

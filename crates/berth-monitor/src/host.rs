@@ -164,6 +164,8 @@ pub struct HostMetrics {
     fs_size: Family<FilesystemLabels, Gauge>,
     fs_avail: Family<FilesystemLabels, Gauge>,
     fs_free: Family<FilesystemLabels, Gauge>,
+    /// The last sample, for the health report's disk checks.
+    last: Mutex<Option<HostSample>>,
 }
 
 /// `/proc/meminfo` fields exported, each as `node_memory_<Field>_bytes`.
@@ -216,7 +218,18 @@ impl HostMetrics {
         );
     }
 
+    /// The filesystems as last sampled (empty before the first sample).
+    pub fn filesystems(&self) -> Vec<FilesystemUse> {
+        self.last
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|s| s.filesystems.clone())
+            .unwrap_or_default()
+    }
+
     pub fn record(&self, sample: &HostSample) {
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(sample.clone());
         for (gauge, value) in self.load.iter().zip(sample.load) {
             gauge.set(value);
         }

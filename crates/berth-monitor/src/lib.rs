@@ -9,4 +9,4 @@
 
 pub mod host;
 
-pub use host::{HostMetrics, HostSample, sample_host};
+pub use host::{FilesystemUse, HostMetrics, HostSample, sample_host};

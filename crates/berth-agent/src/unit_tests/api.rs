@@ -3,6 +3,7 @@
 use crate::testing::{Harness, api_router, call, monitoring_router, web_app};
 use http::StatusCode;
 use serde_json::{Value, json};
+use std::sync::Arc;
 
 fn deploy_body(manifest: &str) -> Value {
     json!({
@@ -301,7 +302,7 @@ async fn health(router: &axum::Router) -> (StatusCode, String, Value) {
 async fn the_health_report_passes_each_healthy_service_and_fails_one_that_is_down() {
     let h = Harness::new();
     h.deployed(&web_app("shop", ""), "v1").await;
-    let router = monitoring_router(&h);
+    let router = monitoring_router(&h, Arc::default());
     let (status, content_type, body) = health(&router).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(content_type, "application/health+json");
@@ -339,7 +340,36 @@ async fn the_health_report_fails_when_docker_is_out_of_reach() {
     let h = Harness::new();
     h.deployed(&web_app("shop", ""), "v1").await;
     h.fake.set_down(true);
-    let (status, _, body) = health(&monitoring_router(&h)).await;
+    let (status, _, body) = health(&monitoring_router(&h, Arc::default())).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["status"], "fail");
+}
+
+#[tokio::test]
+async fn a_nearly_full_data_disk_warns_then_fails_the_health_report() {
+    let h = Harness::new();
+    h.deployed(&web_app("shop", ""), "v1").await;
+    let host = Arc::new(berth_monitor::HostMetrics::default());
+    let disk = |free: u64| berth_monitor::HostSample {
+        filesystems: vec![berth_monitor::FilesystemUse {
+            mountpoint: "/var/lib/berth".into(),
+            purpose: "berth".into(),
+            size_bytes: 1000,
+            avail_bytes: free,
+            free_bytes: free,
+        }],
+        ..Default::default()
+    };
+    host.record(&disk(50));
+    let (status, _, body) = health(&monitoring_router(&h, host.clone())).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["checks"]["berth data:disk"][0]["status"], "warn");
+    host.record(&disk(10));
+    let (status, _, body) = health(&monitoring_router(&h, host)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["checks"]["berth data:disk"][0]["status"], "fail");
+    assert!(
+        !body.to_string().contains("/var/lib/berth"),
+        "no paths for the unauthenticated: {body}"
+    );
 }
