@@ -16,31 +16,15 @@ pub(crate) fn api_router(h: &Harness, token: Option<&str>) -> axum::Router {
         lock_path,
         std::time::Duration::from_secs(1),
     ));
-    let edge = Arc::new(Edge::new(berth_tls::CertStore::new(), false, None));
     let state = crate::api::ApiState {
         engine: h.engine.clone(),
-        info: berth_api::AgentInfo {
-            version: "test".into(),
-            data_dir: h.dir.path().display().to_string(),
-            pid: std::process::id(),
-            http: None,
-            https: None,
-            docker: berth_api::DockerStatus {
-                endpoint: "fake://".into(),
-                version: None,
-                error: None,
-            },
-        },
+        info: agent_info(h),
         uploads: h.dir.path().join("uploads"),
         upload_quota: 1 << 20,
         uploads_in_progress: Arc::default(),
         transport: if token.is_some() { "tcp" } else { "unix" },
         token: token.map(|t| Arc::new(t.to_owned())),
-        metrics: Arc::new(crate::api::Metrics {
-            registry: prometheus_client::registry::Registry::default(),
-            edge,
-            host: Arc::default(),
-        }),
+        metrics: metrics(Arc::default()),
         succession,
     };
     crate::api::router(state)
@@ -51,13 +35,12 @@ pub(crate) fn monitoring_router(
     h: &Harness,
     host: Arc<berth_monitor::HostMetrics>,
 ) -> axum::Router {
-    let edge = Arc::new(Edge::new(berth_tls::CertStore::new(), false, None));
-    let metrics = Arc::new(crate::api::Metrics {
-        registry: prometheus_client::registry::Registry::default(),
-        edge,
-        host,
-    });
-    let info = berth_api::AgentInfo {
+    crate::api::metrics_router(metrics(host), h.engine.clone(), agent_info(h))
+}
+
+/// What the agent says of itself, for a harness.
+fn agent_info(h: &Harness) -> berth_api::AgentInfo {
+    berth_api::AgentInfo {
         version: "test".into(),
         data_dir: h.dir.path().display().to_string(),
         pid: std::process::id(),
@@ -68,8 +51,16 @@ pub(crate) fn monitoring_router(
             version: None,
             error: None,
         },
-    };
-    crate::api::metrics_router(metrics, h.engine.clone(), info)
+    }
+}
+
+/// Empty metrics over a certificate store of nothing, with `host` as the host's samples.
+fn metrics(host: Arc<berth_monitor::HostMetrics>) -> Arc<crate::api::Metrics> {
+    Arc::new(crate::api::Metrics {
+        registry: prometheus_client::registry::Registry::default(),
+        edge: Arc::new(Edge::new(berth_tls::CertStore::new(), false, None)),
+        host,
+    })
 }
 
 /// One request through a router, in-process: (status, body as JSON or as a string).

@@ -37,6 +37,12 @@ pub struct HealthCheck {
     pub status: Verdict,
 }
 
+impl Default for HealthReport {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl HealthReport {
     /// The HTTP status the draft asks for: 200 while nothing fails, 503 once something does.
     pub fn http_status(&self) -> u16 {
@@ -49,13 +55,18 @@ impl HealthReport {
     /// A report of one failing system check, for when the agent cannot say more (its own
     /// state or Docker did not answer in time).
     pub fn failing(measurement: &str) -> Self {
-        let mut report = HealthReport {
-            status: Verdict::Fail,
-            description: "berth agent".to_owned(),
-            checks: BTreeMap::new(),
-        };
+        let mut report = HealthReport::new();
         report.add(measurement, "system", Verdict::Fail);
         report
+    }
+
+    /// A report with no checks yet: it passes until one is added that does not.
+    pub fn new() -> Self {
+        HealthReport {
+            status: Verdict::Pass,
+            description: "berth agent".to_owned(),
+            checks: BTreeMap::new(),
+        }
     }
 
     /// Adds a check; the overall verdict becomes the worse of the two.
@@ -94,11 +105,7 @@ impl Status {
     /// [`Status::find_problems`] already counts as a problem), an app stopped on purpose, a
     /// certificate pending or expiring within 14 days. `now` is Unix seconds.
     pub fn health_report(&self, now: i64) -> HealthReport {
-        let mut report = HealthReport {
-            status: Verdict::Pass,
-            description: "berth agent".to_owned(),
-            checks: BTreeMap::new(),
-        };
+        let mut report = HealthReport::new();
         let docker = if self.agent.docker.error.is_some() {
             Verdict::Fail
         } else {
@@ -262,9 +269,7 @@ mod tests {
         assert_eq!(disk_verdict(0.9), Verdict::Warn);
         assert_eq!(disk_verdict(0.979), Verdict::Warn);
         assert_eq!(disk_verdict(0.98), Verdict::Fail);
-        let mut report = HealthReport::failing("agent:status");
-        report.status = Verdict::Pass;
-        report.checks.clear();
+        let mut report = HealthReport::new();
         report.add("berth data:disk", "system", Verdict::Warn);
         assert_eq!((report.status, report.http_status()), (Verdict::Warn, 200));
     }
