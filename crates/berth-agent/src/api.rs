@@ -48,6 +48,8 @@ pub struct Metrics {
     pub edge: Arc<crate::edge::Edge>,
     /// The host's last sample (its filesystems feed the health report's disk checks).
     pub host: Arc<berth_monitor::HostMetrics>,
+    /// Each watched container's last two samples (`berth top`).
+    pub containers: Arc<berth_monitor::ContainerMetrics>,
 }
 
 impl Metrics {
@@ -69,11 +71,13 @@ impl Metrics {
 }
 
 /// The router of the optional plain-HTTP metrics listener (`--metrics ADDR`).
+mod alerts;
 mod backups;
 mod exec;
 mod secret_values;
 mod uploads;
 
+use alerts::*;
 use backups::*;
 use exec::*;
 use secret_values::*;
@@ -143,6 +147,15 @@ async fn stop_agent(
     })
 }
 
+/// `berth top`: read from the samplers' last samples, never from Docker.
+async fn top(State(state): State<ApiState>, Query(query): Query<StatusQuery>) -> Json<TopAnswer> {
+    Json(berth_monitor::top::top(
+        &state.metrics.host,
+        &state.metrics.containers,
+        query.app.as_deref(),
+    ))
+}
+
 async fn metrics_endpoint(State(state): State<ApiState>) -> Response {
     state.metrics.render()
 }
@@ -153,6 +166,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/info", get(info))
         .route("/v1/status", get(status))
         .route("/v1/audit", get(audit))
+        .route("/v1/alerts", get(alerts))
+        .route("/v1/top", get(top))
+        .route("/v1/apps/{app}/alerts/test", post(test_alert))
         .route("/v1/metrics", get(metrics_endpoint))
         .route("/v1/agent/upgrade", post(upgrade_agent))
         .route("/v1/agent/stop", post(stop_agent))
@@ -365,7 +381,12 @@ async fn full_status(
         apps,
         certificates: engine.routing().edge().certificates(),
         problems: Vec::new(),
+        firing_alerts: Vec::new(),
+        failing_channels: Vec::new(),
     };
+    let (firing, deliveries) = alert_summary(engine, app)?;
+    status.firing_alerts = firing;
+    status.failing_channels = deliveries.into_iter().filter(|d| !d.ok).collect();
     status.problems = status.find_problems();
     Ok(status)
 }

@@ -468,14 +468,41 @@ async fn serve(
     if docker_root.is_dir() {
         watched.push(("docker".to_owned(), docker_root));
     }
+    // The monitors: what they notice goes to the alerts worker through one queue.
+    let (alerts, alert_signals) = berth_monitor::Alerts::new();
     let sampled = host_metrics.clone();
+    let host_alerts = alerts.clone();
     background.spawn("host metrics", |report, stop| {
-        berth_monitor::host::sampler(sampled, watched, report, stop.stopped())
+        berth_monitor::host::sampler(sampled, watched, host_alerts, report, stop.stopped())
+    });
+    let watcher = (engine.clone(), alerts.clone());
+    background.spawn("health checks", |report, stop| {
+        berth_monitor::replicas::watch(watcher.0, watcher.1, report, stop.stopped())
+    });
+    let follower = (engine.clone(), alerts.clone());
+    background.spawn("container events", |report, stop| {
+        berth_monitor::events::follow(follower.0, follower.1, report, stop.stopped())
+    });
+    // Each watched container's cgroup and network counters, every 15 s.
+    let container_metrics = Arc::new(berth_monitor::ContainerMetrics::default());
+    container_metrics.register(&mut registry);
+    let sampler = (engine.clone(), container_metrics.clone());
+    background.spawn("container metrics", |report, stop| {
+        berth_monitor::containers::sampler(sampler.0, sampler.1, report, stop.stopped())
+    });
+    let checker = (engine.clone(), alerts.clone());
+    background.spawn("record checks", |report, stop| {
+        berth_monitor::checks::watch(checker.0, checker.1, report, stop.stopped())
+    });
+    let deliverer = engine.clone();
+    background.spawn("alerts", |report, stop| {
+        berth_monitor::alerts::deliver(deliverer, alert_signals, report, stop.stopped())
     });
     let metrics = Arc::new(api::Metrics {
         registry,
         edge: edge.clone(),
         host: host_metrics.clone(),
+        containers: container_metrics.clone(),
     });
 
     // Certificate files renewed by other tools are picked up without a restart.

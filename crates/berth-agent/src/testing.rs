@@ -60,6 +60,7 @@ fn metrics(host: Arc<berth_monitor::HostMetrics>) -> Arc<crate::api::Metrics> {
         registry: prometheus_client::registry::Registry::default(),
         edge: Arc::new(Edge::new(berth_tls::CertStore::new(), false, None)),
         host,
+        containers: Arc::new(berth_monitor::ContainerMetrics::default()),
     })
 }
 

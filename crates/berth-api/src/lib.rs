@@ -10,6 +10,9 @@
 //! | `POST /v1/apps/A/rollback` | [`RollbackRequest`] | NDJSON [`OperationEvent`]s |
 //! | `GET /v1/apps/A/rollback/plan[?release=N]` | | [`RollbackPlan`] |
 //! | `GET /v1/workers` | | `Vec<`[`WorkerInfo`]`>` |
+//! | `GET /v1/alerts[?app=A&limit=N]` | | [`AlertsAnswer`] |
+//! | `GET /v1/top[?app=A]` | | [`TopAnswer`] |
+//! | `POST /v1/apps/A/alerts/test` | [`AlertTestRequest`] | [`DeliveryInfo`] |
 //! | `POST /v1/apps/A/services/S/restart` | [`RestartRequest`] | NDJSON [`OperationEvent`]s |
 //! | `GET /v1/apps/A/releases[?limit=N]` | | `Vec<`[`ReleaseInfo`]`>` |
 //! | `GET /v1/apps/A/services/S/logs?tail=&follow=&since=` | | NDJSON [`LogLine`]s |
@@ -399,13 +402,120 @@ pub struct Status {
     /// well. `berth status` exits 1 when there is any.
     #[serde(default)]
     pub problems: Vec<String>,
+    /// Alerts firing now.
+    #[serde(default)]
+    pub firing_alerts: Vec<AlertInfo>,
+    /// Alert channels whose last delivery failed: an alert that could not be sent.
+    #[serde(default)]
+    pub failing_channels: Vec<DeliveryInfo>,
+}
+
+/// An alert, firing or past.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AlertInfo {
+    pub id: i64,
+    /// `service_down`, `crash_loop`, `oom_killed`, `container_died`, `replica_replaced`,
+    /// `disk_full`, `memory_high`.
+    pub rule: String,
+    /// `info`, `warning` or `critical`.
+    pub severity: String,
+    /// `None` for the host's alerts.
+    pub app: Option<String>,
+    pub subject: String,
+    pub summary: String,
+    /// A one-off event rather than a state that fires and resolves.
+    pub event: bool,
+    pub started_at: i64,
+    pub resolved_at: Option<i64>,
+}
+
+/// One delivery to an alert channel, after its retries.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeliveryInfo {
+    pub channel: String,
+    pub app: Option<String>,
+    /// `firing`, `resolved`, `reminder`, `event` or `test`.
+    pub what: String,
+    pub at: i64,
+    pub ok: bool,
+    pub attempts: u32,
+    pub error: Option<String>,
+}
+
+/// `berth alerts`: what fires now, what fired recently, and how each channel's last
+/// delivery went.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AlertsAnswer {
+    pub firing: Vec<AlertInfo>,
+    pub recent: Vec<AlertInfo>,
+    pub deliveries: Vec<DeliveryInfo>,
+}
+
+/// `berth top`: the host's and every watched container's resources, as rates over the last
+/// two samples (15 s apart).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TopAnswer {
+    /// When the newest sample was taken (Unix ms); `None` before the first.
+    pub sampled_at: Option<i64>,
+    pub host: HostTop,
+    pub containers: Vec<ContainerTop>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct HostTop {
+    pub cpus: usize,
+    /// Busy share of all CPUs, 0 to 100.
+    pub cpu_percent: Option<f64>,
+    pub load: [f64; 3],
+    pub memory_used_bytes: u64,
+    pub memory_total_bytes: u64,
+    pub swap_used_bytes: u64,
+    pub swap_total_bytes: u64,
+    pub filesystems: Vec<FilesystemTop>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FilesystemTop {
+    /// `berth` (its data directory) or `docker` (Docker's data root).
+    pub purpose: String,
+    pub mountpoint: String,
+    pub used_percent: f64,
+    pub avail_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ContainerTop {
+    pub app: String,
+    pub service: String,
+    pub container: String,
+    /// CPU used, in percent of one core (200 = two cores busy).
+    pub cpu_percent: Option<f64>,
+    /// CPU used, in percent of its `cpus` limit.
+    pub cpu_limit_percent: Option<f64>,
+    pub memory_bytes: u64,
+    pub memory_limit_bytes: Option<u64>,
+    pub memory_limit_percent: Option<f64>,
+    /// Bytes per second.
+    pub net_rx_rate: Option<f64>,
+    pub net_tx_rate: Option<f64>,
+    pub disk_read_rate: Option<f64>,
+    pub disk_write_rate: Option<f64>,
+    pub oom_kills: Option<u64>,
+}
+
+/// `berth alerts test CHANNEL`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AlertTestRequest {
+    pub channel: String,
 }
 
 impl Status {
     /// The one rule for "is anything wrong" that `berth status`'s exit code, the dashboard
     /// and alerts share: a service with fewer healthy replicas than it should have (unless
     /// its app was stopped on purpose), a backup whose last run did not succeed or whose
-    /// copies failed verification, a certificate failing or expired.
+    /// copies failed verification, an alert firing (other than a service down, named by its
+    /// replicas), an alert channel that cannot be delivered to, a certificate failing or
+    /// expired.
     pub fn find_problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
         for app in &self.apps {
@@ -438,6 +548,24 @@ impl Status {
                     ));
                 }
             }
+        }
+        for alert in &self.firing_alerts {
+            // A service down is already named by its replicas above.
+            if alert.rule != "service_down" {
+                problems.push(alert.summary.clone());
+            }
+        }
+        for delivery in &self.failing_channels {
+            problems.push(format!(
+                "alerts cannot be delivered to channel {}{}: {}",
+                delivery.channel,
+                delivery
+                    .app
+                    .as_ref()
+                    .map(|a| format!(" of {a}"))
+                    .unwrap_or_default(),
+                delivery.error.as_deref().unwrap_or("it failed")
+            ));
         }
         for certificate in &self.certificates {
             if certificate.state == "failing" || certificate.state == "expired" {
@@ -620,6 +748,22 @@ pub struct ReplicaStatus {
     pub started_at: Option<String>,
     pub uptime_seconds: Option<u64>,
     pub restarts: i64,
+    /// What the continuous health checks found; `None` until they first probed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<ReplicaWatch>,
+}
+
+/// The continuous health checks' view of a replica.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReplicaWatch {
+    /// Since when it has been healthy (or unhealthy), Unix milliseconds.
+    pub since: i64,
+    pub failures_in_row: u32,
+    /// The last failed check: Unix milliseconds and the reason.
+    pub last_failure_at: Option<i64>,
+    pub last_failure: Option<String>,
+    /// Whether the proxy sends it requests.
+    pub in_rotation: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -54,6 +54,8 @@ pub use planning::DeployRequest;
 mod replicas;
 mod restart;
 mod specs;
+mod watch;
+pub use watch::WatchTarget;
 
 pub struct Engine {
     runtime: Arc<dyn ContainerRuntime>,
@@ -88,6 +90,7 @@ pub struct Engine {
     /// The uid a user name stands for in an image, by image id and name: looking it up
     /// creates a container, once per image, not once per replica.
     pub(crate) image_uids: Mutex<HashMap<(String, String), u32>>,
+    health_board: Arc<berth_core::HealthBoard>,
 }
 
 /// An old release draining in the background.
@@ -191,6 +194,7 @@ impl Engine {
             secret_files_root: data_dir_secret_files(&data_dir),
             workers: Arc::new(berth_workers::Workers::new()),
             image_uids: Mutex::new(HashMap::new()),
+            health_board: Arc::new(berth_core::HealthBoard::default()),
             data_dir,
         }
     }
@@ -208,6 +212,11 @@ impl Engine {
 
     pub fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+
+    /// What the continuous health checks found per container (written by the monitor).
+    pub fn health_board(&self) -> &Arc<berth_core::HealthBoard> {
+        &self.health_board
     }
 
     pub fn routing(&self) -> &Arc<Routing> {

@@ -22,5 +22,5 @@ mod unit_tests;
 
 pub use berth_core::{ErrorKind, OpError};
 pub use edge::{Edge, LiveApp};
-pub use engine::{Engine, secret_files, status};
+pub use engine::{Engine, WatchTarget, secret_files, status};
 pub use routing::Routing;

@@ -5,6 +5,7 @@
 //! relative paths are resolved against. Every problem is reported as a [`Diagnostic`] that
 //! names the line and column and, where possible, how to fix it.
 
+mod alerts;
 mod backups;
 mod diagnostic;
 mod diff;
@@ -16,6 +17,7 @@ mod shell;
 pub mod units;
 mod validate;
 
+pub use alerts::*;
 pub use backups::*;
 pub use diagnostic::{Diagnostic, LocatedDiagnostic, ManifestError, line_column};
 pub use diff::changes;

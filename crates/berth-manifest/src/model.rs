@@ -27,6 +27,9 @@ pub struct Manifest {
     /// The private registry images are pulled from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry: Option<Registry>,
+    /// Where alerts go.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alerts: Vec<crate::alerts::AlertChannel>,
 }
 
 /// A registry and the credentials berth pulls from it with.
@@ -58,6 +61,7 @@ impl Manifest {
             .chain(self.accessories.values())
             .flat_map(|s| s.secrets.iter().map(|r| r.name.as_str()))
             .chain(self.registry.iter().map(|r| r.password_secret.as_str()))
+            .chain(self.alerts.iter().flat_map(|c| c.secret_names()))
             .collect();
         names.sort_unstable();
         names.dedup();
@@ -282,6 +286,23 @@ pub struct Healthcheck {
     pub timeout: Duration,
     #[serde(with = "duration_ms")]
     pub start_timeout: Duration,
+    /// Failed checks in a row after which a running replica counts as unhealthy.
+    #[serde(default = "default_failure_threshold")]
+    pub failure_threshold: u32,
+    /// How long a replica may stay unhealthy before berth replaces it; zero never does.
+    #[serde(with = "duration_ms", default = "default_restart_after")]
+    pub restart_after: Duration,
+}
+
+pub const DEFAULT_FAILURE_THRESHOLD: u32 = 3;
+pub const DEFAULT_RESTART_AFTER: Duration = Duration::from_secs(60);
+
+fn default_failure_threshold() -> u32 {
+    DEFAULT_FAILURE_THRESHOLD
+}
+
+fn default_restart_after() -> Duration {
+    DEFAULT_RESTART_AFTER
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -33,6 +33,43 @@ pub struct RawManifest {
     pub backups: BTreeMap<SpannedString, Spanned<RawBackup>>,
     /// A private registry images are pulled from, with its credentials.
     pub registry: Option<Spanned<RawRegistry>>,
+    /// Where alerts are sent, by channel name.
+    #[serde(default)]
+    pub alerts: BTreeMap<SpannedString, Spanned<RawAlertChannel>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAlertChannel {
+    /// `webhook`, `slack`, `discord`, `telegram`, `ntfy` or `email`.
+    #[serde(rename = "type")]
+    pub kind: SpannedString,
+    /// webhook, ntfy: where to POST.
+    pub url: Option<SpannedString>,
+    /// webhook: the berth secret whose value signs each body (HMAC-SHA256).
+    pub signing_secret: Option<SpannedString>,
+    /// slack, discord: the berth secret holding the webhook URL.
+    pub url_secret: Option<SpannedString>,
+    /// telegram, ntfy: the berth secret holding the bot or access token.
+    pub token_secret: Option<SpannedString>,
+    /// telegram: the chat to write to.
+    pub chat_id: Option<Spanned<Scalar>>,
+    /// email: the SMTP server as `host:port`.
+    pub smtp: Option<SpannedString>,
+    /// email: `starttls` (default), `implicit` or `none` (a relay on this host only).
+    pub tls: Option<SpannedString>,
+    pub from: Option<SpannedString>,
+    #[serde(default)]
+    pub to: Vec<SpannedString>,
+    pub username: Option<SpannedString>,
+    /// email: the berth secret holding the SMTP password.
+    pub password_secret: Option<SpannedString>,
+    /// `info`, `warning` (default) or `critical`: alerts below it are not sent here.
+    pub min_severity: Option<SpannedString>,
+    /// Send a message when an alert resolves (default true).
+    pub send_resolved: Option<Spanned<bool>>,
+    /// Repeat a firing alert this often (default "4h"; "0s" never).
+    pub remind_every: Option<SpannedString>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -325,6 +362,11 @@ pub struct RawHealthcheck {
     pub timeout: Option<SpannedString>,
     /// How long a new container may take to become healthy (default 60s).
     pub start_timeout: Option<SpannedString>,
+    /// Failed checks in a row that make a running replica unhealthy (default 3).
+    pub failure_threshold: Option<Spanned<i64>>,
+    /// How long a replica may stay unhealthy before berth replaces it (default 1m;
+    /// "0s" or "never" never does).
+    pub restart_after: Option<SpannedString>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -12,6 +12,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
 
+mod alerts;
 mod backups;
 
 const NAME_HELP: &str = "use lower-case letters, digits and dashes, starting with a letter";
@@ -216,6 +217,7 @@ impl<'a> Checker<'a> {
         self.check_published_ports(&raw, &accessories);
         let backup = self.backup_settings(&raw, &services, &accessories);
         let registry = raw.registry.as_ref().map(|r| self.registry(r));
+        let alerts = self.alert_channels(&raw);
 
         if !self.diagnostics.is_empty() {
             return None;
@@ -228,6 +230,7 @@ impl<'a> Checker<'a> {
             deploy,
             backup,
             registry,
+            alerts,
         })
     }
 
@@ -813,6 +816,8 @@ impl<'a> Checker<'a> {
                 interval: Duration::from_secs(5),
                 timeout: Duration::from_secs(3),
                 start_timeout: Duration::from_secs(60),
+                failure_threshold: DEFAULT_FAILURE_THRESHOLD,
+                restart_after: DEFAULT_RESTART_AFTER,
             };
         };
         let check = raw.get_ref();
@@ -835,6 +840,25 @@ impl<'a> Checker<'a> {
             Duration::from_secs(60),
             60 * minute,
         );
+
+        let failure_threshold = self.integer(
+            "healthcheck.failure_threshold",
+            check.failure_threshold.as_ref(),
+            DEFAULT_FAILURE_THRESHOLD,
+            1..=100,
+        );
+        let restart_after = match &check.restart_after {
+            Some(value) if matches!(value.get_ref().as_str(), "never" | "0") => Duration::ZERO,
+            Some(value) if parse_duration(value.get_ref()).is_ok_and(|d| d.is_zero()) => {
+                Duration::ZERO
+            }
+            other => self.duration(
+                "healthcheck.restart_after",
+                other.as_ref(),
+                DEFAULT_RESTART_AFTER,
+                24 * 60 * minute,
+            ),
+        };
 
         let tcp = check.tcp.as_ref().filter(|t| *t.get_ref());
         let kinds = usize::from(check.path.is_some())
@@ -911,6 +935,8 @@ impl<'a> Checker<'a> {
             interval,
             timeout,
             start_timeout,
+            failure_threshold,
+            restart_after,
         }
     }
 

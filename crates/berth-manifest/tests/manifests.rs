@@ -1185,3 +1185,156 @@ fn a_registry_and_pull_policies_resolve_with_their_defaults() {
     let json = serde_json::to_string(&m.accessories["db"]).unwrap();
     assert!(!json.contains("pull"), "{json}");
 }
+
+const ALERTS: &str = r#"
+app = "shop"
+
+[services.web]
+image = "shop:1"
+port = 8000
+healthcheck = { path = "/health", failure_threshold = 2, restart_after = "never" }
+
+[services.worker]
+image = "shop:1"
+healthcheck = { command = "true", restart_after = "30s" }
+
+[alerts.ops]
+type = "webhook"
+url = "https://hooks.example.com/berth"
+signing_secret = "ALERT_WEBHOOK_KEY"
+
+[alerts.team]
+type = "slack"
+url_secret = "SLACK_WEBHOOK_URL"
+min_severity = "critical"
+
+[alerts.phone]
+type = "telegram"
+token_secret = "TELEGRAM_TOKEN"
+chat_id = -1001234567890
+send_resolved = false
+remind_every = "0s"
+
+[alerts.mail]
+type = "email"
+smtp = "smtp.example.com:465"
+tls = "implicit"
+from = "berth@example.com"
+to = ["ops@example.com"]
+username = "berth"
+password_secret = "SMTP_PASSWORD"
+"#;
+
+#[test]
+fn alert_channels_and_health_settings_resolve_with_defaults() {
+    let manifest = load(source(ALERTS), None).unwrap();
+    let web = &manifest.services["web"].healthcheck;
+    assert_eq!(
+        (web.failure_threshold, web.restart_after),
+        (2, Duration::ZERO)
+    );
+    let worker = &manifest.services["worker"].healthcheck;
+    assert_eq!(
+        (worker.failure_threshold, worker.restart_after),
+        (3, Duration::from_secs(30))
+    );
+    let by_name = |name: &str| manifest.alerts.iter().find(|c| c.name == name).unwrap();
+    let ops = by_name("ops");
+    assert_eq!(
+        ops.kind,
+        ChannelKind::Webhook {
+            url: "https://hooks.example.com/berth".into(),
+            signing_secret: Some("ALERT_WEBHOOK_KEY".into())
+        }
+    );
+    assert_eq!(ops.min_severity, Severity::Warning);
+    assert!(ops.send_resolved);
+    assert_eq!(ops.remind_every, Duration::from_secs(4 * 3600));
+    assert_eq!(by_name("team").min_severity, Severity::Critical);
+    let phone = by_name("phone");
+    assert_eq!(
+        phone.kind,
+        ChannelKind::Telegram {
+            token_secret: "TELEGRAM_TOKEN".into(),
+            chat_id: "-1001234567890".into()
+        }
+    );
+    assert!(!phone.send_resolved && phone.remind_every.is_zero());
+    let ChannelKind::Email(mail) = &by_name("mail").kind else {
+        panic!("mail is an email channel");
+    };
+    assert_eq!(
+        (mail.host.as_str(), mail.port, mail.tls),
+        ("smtp.example.com", 465, SmtpTls::Implicit)
+    );
+    for secret in [
+        "ALERT_WEBHOOK_KEY",
+        "SLACK_WEBHOOK_URL",
+        "TELEGRAM_TOKEN",
+        "SMTP_PASSWORD",
+    ] {
+        assert!(
+            manifest.secret_names().contains(&secret),
+            "a deploy checks {secret} exists"
+        );
+    }
+    let round_trip: Manifest =
+        serde_json::from_str(&serde_json::to_string(&manifest).unwrap()).unwrap();
+    assert_eq!(round_trip, manifest);
+}
+
+#[test]
+fn broken_alert_channels_are_named_with_the_fix() {
+    let cases = [
+        ("type = \"pager\"", "unknown type `pager`", "webhook, slack"),
+        ("type = \"webhook\"", "needs `url`", "https://"),
+        (
+            "type = \"webhook\"\nurl = \"https://user:pw@hooks.example.com\"",
+            "credentials in it",
+            "berth secret",
+        ),
+        (
+            "type = \"webhook\"\nurl = \"ftp://x\"",
+            "not an HTTP(S) URL",
+            "https://",
+        ),
+        ("type = \"slack\"", "needs `url_secret`", "berth secret"),
+        (
+            "type = \"slack\"\nurl_secret = \"https://hooks.slack.com/x\"",
+            "not a valid secret name",
+            "never goes in berth.toml",
+        ),
+        (
+            "type = \"email\"\nfrom = \"a@b.com\"\nto = [\"c@d.com\"]",
+            "needs `smtp`",
+            "host:port",
+        ),
+        (
+            "type = \"email\"\nsmtp = \"mail.example.com:25\"\ntls = \"none\"\nfrom = \"a@b.com\"\nto = [\"c@d.com\"]",
+            "without TLS to mail.example.com",
+            "only for a relay on this host",
+        ),
+        (
+            "type = \"email\"\nsmtp = \"mail:25\"\nfrom = \"nobody\"\nto = [\"c@d.com\"]",
+            "not an email address",
+            "ops@example.com",
+        ),
+        (
+            "type = \"ntfy\"\nurl = \"https://ntfy.sh/t\"\nremind_every = \"5s\"",
+            "too often",
+            "once a minute",
+        ),
+    ];
+    for (body, message, help) in cases {
+        let text =
+            format!("app = \"shop\"\n[services.web]\nimage = \"a:1\"\n[alerts.ops]\n{body}\n");
+        let error = load(source(&text), None).expect_err(body);
+        let first = &error.located()[0];
+        assert!(
+            first.message.contains(message) && first.help.as_deref().unwrap_or("").contains(help),
+            "{body}: got `{}` (help {:?})",
+            first.message,
+            first.help
+        );
+    }
+}

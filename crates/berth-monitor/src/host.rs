@@ -164,8 +164,9 @@ pub struct HostMetrics {
     fs_size: Family<FilesystemLabels, Gauge>,
     fs_avail: Family<FilesystemLabels, Gauge>,
     fs_free: Family<FilesystemLabels, Gauge>,
-    /// The last sample, for the health report's disk checks.
+    /// The last sample, for the health report's disk checks, and the one before (rates).
     last: Mutex<Option<HostSample>>,
+    previous: Mutex<Option<HostSample>>,
 }
 
 /// `/proc/meminfo` fields exported, each as `node_memory_<Field>_bytes`.
@@ -228,8 +229,24 @@ impl HostMetrics {
             .unwrap_or_default()
     }
 
+    /// The sample before the last, and the last.
+    pub fn last_two(&self) -> (Option<HostSample>, Option<HostSample>) {
+        (
+            self.previous
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            self.last.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        )
+    }
+
     pub fn record(&self, sample: &HostSample) {
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(sample.clone());
+        let before = self
+            .last
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(sample.clone());
+        *self.previous.lock().unwrap_or_else(|p| p.into_inner()) = before;
         for (gauge, value) in self.load.iter().zip(sample.load) {
             gauge.set(value);
         }
@@ -275,6 +292,28 @@ impl HostMetrics {
     }
 }
 
+/// What a sample means for the alerts: each watched filesystem's use and the memory in use.
+pub fn usage_signals(sample: &HostSample) -> Vec<crate::Signal> {
+    let mut signals: Vec<crate::Signal> = sample
+        .filesystems
+        .iter()
+        .filter(|fs| fs.size_bytes > 0)
+        .map(|fs| crate::Signal::DiskUsage {
+            purpose: fs.purpose.clone(),
+            used_percent: fs.used_fraction() * 100.0,
+        })
+        .collect();
+    if let (Some(total), Some(available)) = (
+        sample.memory.get("MemTotal").filter(|t| **t > 0),
+        sample.memory.get("MemAvailable"),
+    ) {
+        signals.push(crate::Signal::MemoryUsage {
+            used_percent: 100.0 * (1.0 - *available as f64 / *total as f64),
+        });
+    }
+    signals
+}
+
 /// How often the host is sampled.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(15);
 
@@ -282,6 +321,7 @@ pub const SAMPLE_EVERY: Duration = Duration::from_secs(15);
 pub async fn sampler(
     metrics: std::sync::Arc<HostMetrics>,
     filesystems: Vec<(String, PathBuf)>,
+    alerts: std::sync::Arc<crate::Alerts>,
     report: berth_workers::Reporter,
     stop: impl std::future::Future<Output = ()>,
 ) {
@@ -289,7 +329,12 @@ pub async fn sampler(
     loop {
         let dirs = filesystems.clone();
         match tokio::task::spawn_blocking(move || sample_host(Path::new("/proc"), &dirs)).await {
-            Ok(sample) => metrics.record(&sample),
+            Ok(sample) => {
+                metrics.record(&sample);
+                for signal in usage_signals(&sample) {
+                    alerts.signal(signal);
+                }
+            }
             Err(error) => report.failed_run(format!("the sample stopped: {error}")),
         }
         report.idle(

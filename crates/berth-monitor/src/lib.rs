@@ -1,12 +1,29 @@
-//! berth's watch on the server. Today: the host's resources ([`host`]), sampled from `/proc`
-//! and `statvfs` by a worker ([`sample_host`]) and exported under node_exporter's metric names,
-//! so an existing Prometheus and Grafana setup reads them unchanged. The health probes, uptime
-//! history, per-container resources and alerts of the "Watch and warn" issue come here too,
-//! each a worker.
+//! berth's watch on the server, each part a worker:
+//! - [`replicas`]: continuous health checks of every current replica and accessory after the
+//!   deploy's gate; unhealthy replicas leave the proxy's rotation and are replaced;
+//! - [`events`]: Docker's event stream, for containers that die on their own and OOM kills;
+//! - [`containers`]: each watched container's CPU, memory, network and block I/O and OOM kills
+//!   from its cgroup (v2 or v1) and `/proc`, under cAdvisor's metric names;
+//! - [`host`]: the host's resources from `/proc` and `statvfs`, exported under
+//!   node_exporter's metric names;
+//! - [`checks`]: berth's own records every 15 s: failed or overdue backups, certificates
+//!   near expiry or failing to renew, failed deploys;
+//! - [`alerts`]: what those notice, turned into alerts by built-in rules, recorded, and sent
+//!   through the [`channels`] each app's manifest names.
 //!
-//! Must not: call Docker from a metrics scrape (a scrape only reads the last sample), or know
-//! about releases beyond what it is told.
+//! Must not: call Docker from a metrics scrape (a scrape only reads the last sample), change
+//! containers or routes except through the engine's operations (`replace_replica`) and an
+//! upstream's rotation flag, or send a secret's value anywhere but its channel.
 
+pub mod alerts;
+pub mod channels;
+pub mod checks;
+pub mod containers;
+pub mod events;
 pub mod host;
+pub mod replicas;
+pub mod top;
 
+pub use alerts::{Alerts, Signal};
+pub use containers::ContainerMetrics;
 pub use host::{FilesystemUse, HostMetrics, HostSample, sample_host};

@@ -310,4 +310,29 @@ mod tests {
             assert_eq!(route.pick(&[]).unwrap().1.name(), "idle");
         }
     }
+
+    #[test]
+    fn an_upstream_out_of_rotation_is_skipped_unless_it_is_the_only_one() {
+        let sick = Upstream::new("127.0.0.1:1".parse().unwrap(), "sick");
+        let well = Upstream::new("127.0.0.1:2".parse().unwrap(), "well");
+        let mut s = spec("web", &[], "/");
+        s.upstreams = vec![sick.clone(), well.clone()];
+        let table = RouteTable::build(
+            std::iter::once(&s),
+            &HashMap::new(),
+            &ProxyMetrics::default(),
+        );
+        let route = table.lookup("x", "/").unwrap();
+        sick.set_in_rotation(false);
+        for _ in 0..4 {
+            assert_eq!(route.pick(&[]).unwrap().1.name(), "well");
+        }
+        // With the healthy one already tried, the sick one is still better than nothing.
+        assert_eq!(route.pick(&[1]).unwrap().1.name(), "sick");
+        sick.set_in_rotation(true);
+        let picked: Vec<String> = (0..4)
+            .map(|_| route.pick(&[]).unwrap().1.name().to_owned())
+            .collect();
+        assert!(picked.iter().any(|n| n == "sick"), "{picked:?}");
+    }
 }

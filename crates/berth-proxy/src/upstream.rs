@@ -39,6 +39,9 @@ pub struct Upstream {
     down_until: AtomicU64,
     epoch: Instant,
     retired: AtomicBool,
+    /// Failing its health checks (berth's monitor): skipped while another upstream is
+    /// available, like one marked down.
+    unhealthy: AtomicBool,
     drained: Notify,
     /// Of `inflight`, the WebSockets (and other upgraded connections) and event streams:
     /// they drain on their own limit, and end properly when `closing` turns true.
@@ -72,6 +75,7 @@ impl Upstream {
             down_until: AtomicU64::new(0),
             epoch: Instant::now(),
             retired: AtomicBool::new(false),
+            unhealthy: AtomicBool::new(false),
             drained: Notify::new(),
             long_lived: AtomicUsize::new(0),
             closing: tokio::sync::watch::Sender::new(false),
@@ -155,7 +159,18 @@ impl Upstream {
     }
 
     pub fn is_available(&self) -> bool {
-        self.elapsed_ms() >= self.down_until.load(Ordering::Acquire)
+        !self.unhealthy.load(Ordering::Acquire)
+            && self.elapsed_ms() >= self.down_until.load(Ordering::Acquire)
+    }
+
+    /// Takes the upstream out of rotation (`false`) or puts it back: while out, requests go
+    /// to the route's other upstreams, and to this one only when none is available.
+    pub fn set_in_rotation(&self, in_rotation: bool) {
+        self.unhealthy.store(!in_rotation, Ordering::Release);
+    }
+
+    pub fn in_rotation(&self) -> bool {
+        !self.unhealthy.load(Ordering::Acquire)
     }
 
     pub(crate) fn mark_down(&self, for_how_long: Duration) {

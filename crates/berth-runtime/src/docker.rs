@@ -184,6 +184,35 @@ fn to_hash(labels: &Labels) -> HashMap<String, String> {
     labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
+/// A container event berth follows, or `None` for any other.
+fn container_event(message: bollard::models::EventMessage) -> Option<ContainerEvent> {
+    let action = match message.action.as_deref()? {
+        "start" => ContainerAction::Start,
+        "die" => ContainerAction::Die,
+        "oom" => ContainerAction::Oom,
+        _ => return None,
+    };
+    let actor = message.actor?;
+    let mut labels = from_hash(actor.attributes);
+    // Docker mixes a few attributes of its own in with the labels.
+    let name = labels.remove("name").unwrap_or_default();
+    let exit_code = labels.remove("exitCode").and_then(|c| c.parse().ok());
+    labels.remove("image");
+    let time_ms = message
+        .time_nano
+        .map(|n| n / 1_000_000)
+        .or(message.time.map(|s| s * 1000))
+        .unwrap_or_default();
+    Some(ContainerEvent {
+        id: actor.id?,
+        name,
+        action,
+        labels,
+        exit_code,
+        time_ms,
+    })
+}
+
 fn from_hash(labels: Option<HashMap<String, String>>) -> Labels {
     labels.unwrap_or_default().into_iter().collect()
 }
@@ -804,6 +833,7 @@ impl ContainerRuntime for DockerRuntime {
             exit_code: state.exit_code,
             oom_killed: state.oom_killed.unwrap_or(false),
             restart_count: inspect.restart_count.unwrap_or(0),
+            pid: state.pid.filter(|p| *p > 0),
             started_at: state.started_at.filter(|s| !s.starts_with("0001-")),
             addresses,
         }))
@@ -854,6 +884,31 @@ impl ContainerRuntime for DockerRuntime {
                 message: "Docker closed the stream".into(),
             }),
         }
+    }
+
+    fn container_events(
+        &self,
+        label_filters: &[(&str, &str)],
+    ) -> BoxStream<'static, Result<ContainerEvent>> {
+        let this = self.clone();
+        let mut filters = filters(label_filters);
+        filters.insert("type".into(), vec!["container".into()]);
+        filters.insert(
+            "event".into(),
+            vec!["start".into(), "die".into(), "oom".into()],
+        );
+        futures_util::stream::once(async move {
+            let docker = this.client().await?.clone();
+            let options = q::EventsOptionsBuilder::new().filters(&filters).build();
+            Ok::<_, RuntimeError>(
+                docker
+                    .events(Some(options))
+                    .map_err(move |e| this.classify(e, "follow Docker's events"))
+                    .try_filter_map(|message| async move { Ok(container_event(message)) }),
+            )
+        })
+        .try_flatten()
+        .boxed()
     }
 
     fn logs(&self, id: &str, query: &LogQuery) -> BoxStream<'static, Result<LogChunk>> {

@@ -7,9 +7,9 @@
 //! rule the test sets (exit 0 with no output unless told otherwise).
 
 use crate::{
-    BuildRequest, ContainerInfo, ContainerRuntime, ContainerSpec, ContainerState, ContainerSummary,
-    ExecOptions, ExecSession, ImageInfo, Labels, LogChunk, LogQuery, LogStream, OutputSink,
-    RegistryAuth, Result, RuntimeError, RuntimeInfo,
+    BuildRequest, ContainerEvent, ContainerInfo, ContainerRuntime, ContainerSpec, ContainerState,
+    ContainerSummary, ExecOptions, ExecSession, ImageInfo, Labels, LogChunk, LogQuery, LogStream,
+    OutputSink, RegistryAuth, Result, RuntimeError, RuntimeInfo,
 };
 use async_trait::async_trait;
 use futures_util::stream::{self, BoxStream, StreamExt};
@@ -63,6 +63,7 @@ struct World {
 #[derive(Default)]
 pub struct FakeRuntime {
     world: Mutex<World>,
+    events: Mutex<Option<tokio::sync::broadcast::Sender<ContainerEvent>>>,
     exec_rule: Mutex<Option<ExecRule>>,
     volume_root: Option<PathBuf>,
 }
@@ -213,6 +214,20 @@ impl FakeRuntime {
             c.state = state;
             c.exit_code = exit_code;
         }
+    }
+
+    /// Sends a container event to every `container_events` stream whose labels match.
+    pub fn emit(&self, event: ContainerEvent) {
+        let sender = self.events_sender();
+        let _ = sender.send(event);
+    }
+
+    fn events_sender(&self) -> tokio::sync::broadcast::Sender<ContainerEvent> {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(|| tokio::sync::broadcast::channel(256).0)
+            .clone()
     }
 
     /// Removes a container as `docker rm -f` by someone else would.
@@ -587,6 +602,34 @@ impl ContainerRuntime for FakeRuntime {
         Ok(id)
     }
 
+    fn container_events(
+        &self,
+        label_filters: &[(&str, &str)],
+    ) -> BoxStream<'static, Result<ContainerEvent>> {
+        let wanted: Vec<(String, String)> = label_filters
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let receiver = self.events_sender().subscribe();
+        stream::unfold(receiver, |mut receiver| async move {
+            loop {
+                match receiver.recv().await {
+                    Ok(event) => return Some((event, receiver)),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        })
+        .filter(move |event| {
+            let matches = wanted
+                .iter()
+                .all(|(k, v)| event.labels.get(k).is_some_and(|l| l == v));
+            async move { matches }
+        })
+        .map(Ok)
+        .boxed()
+    }
+
     async fn start_container(&self, id: &str) -> Result<()> {
         self.enter("start_container", &self.container_name(id))?;
         let mut world = self.world();
@@ -667,6 +710,7 @@ impl ContainerRuntime for FakeRuntime {
             exit_code: c.exit_code,
             oom_killed: false,
             restart_count: c.restart_count,
+            pid: None,
             started_at: None,
             addresses: c.addresses.clone(),
         }))

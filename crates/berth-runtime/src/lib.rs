@@ -114,6 +114,13 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         &self,
         label_filters: &[(&str, &str)],
     ) -> Result<Vec<ContainerSummary>>;
+    /// Starts, deaths and OOM kills of containers carrying all the given labels, as they
+    /// happen, until the stream is dropped. The stream ends (or yields an error) when the
+    /// runtime goes away; the caller subscribes again.
+    fn container_events(
+        &self,
+        label_filters: &[(&str, &str)],
+    ) -> BoxStream<'static, Result<ContainerEvent>>;
     /// Waits for a container to exit and returns its exit code.
     async fn wait_container(&self, id: &str) -> Result<i64>;
     fn logs(&self, id: &str, query: &LogQuery) -> BoxStream<'static, Result<LogChunk>>;

@@ -114,6 +114,31 @@ pub struct ContainerSummary {
     pub state: ContainerState,
 }
 
+/// What happened to a container, from the runtime's event stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerAction {
+    Start,
+    /// Its main process ended (the exit code says how).
+    Die,
+    /// The kernel killed a process of it for exceeding its memory limit.
+    Oom,
+}
+
+/// One container event: which container, what happened, and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerEvent {
+    pub id: String,
+    pub name: String,
+    pub action: ContainerAction,
+    /// The container's labels (Docker sends them with each event).
+    pub labels: Labels,
+    /// For `Die`: the exit code.
+    pub exit_code: Option<i64>,
+    /// Unix time of the event, in milliseconds.
+    pub time_ms: i64,
+}
+
 /// What `inspect_container` reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerInfo {
@@ -125,6 +150,8 @@ pub struct ContainerInfo {
     pub exit_code: Option<i64>,
     pub oom_killed: bool,
     pub restart_count: i64,
+    /// The host's process id of its main process, while it runs.
+    pub pid: Option<i64>,
     /// RFC 3339 start time as Docker reports it.
     pub started_at: Option<String>,
     /// IP address on each network the container is attached to.

@@ -800,12 +800,170 @@ impl Store {
     }
 }
 
+impl Store {
+    // ---- alerts ------------------------------------------------------------------------
+
+    /// Records a new alert (a state alert starts firing; an event is resolved at once) and
+    /// returns its id.
+    pub fn add_alert(&self, alert: &NewAlert<'_>) -> Result<i64> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO alerts (key, rule, severity, app, subject, summary, kind, started_at, resolved_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                alert.key,
+                alert.rule,
+                alert.severity,
+                alert.app,
+                alert.subject,
+                alert.summary,
+                if alert.event { "event" } else { "state" },
+                alert.at,
+                alert.event.then_some(alert.at),
+            ],
+        )
+        .map_err(sql("record an alert"))?;
+        let id = conn.last_insert_rowid();
+        // Bounded: the newest 5,000 alerts are plenty to look back on.
+        conn.execute(
+            "DELETE FROM alerts WHERE resolved_at IS NOT NULL AND id <= ?1 - 5000",
+            params![id],
+        )
+        .map_err(sql("prune old alerts"))?;
+        conn.execute(
+            "DELETE FROM alert_deliveries WHERE id <= (SELECT MAX(id) FROM alert_deliveries) - 20000",
+            [],
+        )
+        .map_err(sql("prune old alert deliveries"))?;
+        Ok(id)
+    }
+
+    /// Marks the firing alert with `key` resolved; returns it, or `None` when none fires.
+    pub fn resolve_alert(&self, key: &str, at: i64) -> Result<Option<AlertRecord>> {
+        let conn = self.conn();
+        let firing = conn
+            .query_row(
+                &format!("{ALERT_COLUMNS} WHERE key = ?1 AND resolved_at IS NULL"),
+                params![key],
+                alert_from_row,
+            )
+            .optional()
+            .map_err(sql("read a firing alert"))?;
+        let Some(mut alert) = firing else {
+            return Ok(None);
+        };
+        conn.execute(
+            "UPDATE alerts SET resolved_at = ?1 WHERE id = ?2",
+            params![at, alert.id],
+        )
+        .map_err(sql("resolve an alert"))?;
+        alert.resolved_at = Some(at);
+        Ok(Some(alert))
+    }
+
+    /// Every alert firing now, oldest first.
+    pub fn firing_alerts(&self) -> Result<Vec<AlertRecord>> {
+        let conn = self.conn();
+        let mut statement = conn
+            .prepare(&format!(
+                "{ALERT_COLUMNS} WHERE resolved_at IS NULL ORDER BY id"
+            ))
+            .map_err(sql("list firing alerts"))?;
+        let rows = statement
+            .query_map([], alert_from_row)
+            .map_err(sql("list firing alerts"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(sql("list firing alerts"))
+    }
+
+    /// The newest `limit` alerts (of `app`, with the host's, when given), newest first.
+    pub fn recent_alerts(&self, limit: usize, app: Option<&str>) -> Result<Vec<AlertRecord>> {
+        let conn = self.conn();
+        let mut statement = conn
+            .prepare(&format!(
+                "{ALERT_COLUMNS} WHERE ?2 IS NULL OR app = ?2 OR app IS NULL ORDER BY id DESC LIMIT ?1"
+            ))
+            .map_err(sql("list alerts"))?;
+        let rows = statement
+            .query_map(params![limit as i64, app], alert_from_row)
+            .map_err(sql("list alerts"))?;
+        rows.collect::<Result<_, _>>().map_err(sql("list alerts"))
+    }
+
+    pub fn add_alert_delivery(&self, delivery: &AlertDelivery) -> Result<()> {
+        self.conn()
+            .execute(
+                "INSERT INTO alert_deliveries (alert_id, channel, app, what, at, ok, attempts, error)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    delivery.alert_id,
+                    delivery.channel,
+                    delivery.app,
+                    delivery.what,
+                    delivery.at,
+                    delivery.ok,
+                    delivery.attempts,
+                    delivery.error
+                ],
+            )
+            .map(|_| ())
+            .map_err(sql("record an alert delivery"))
+    }
+
+    /// The last delivery to each channel (of each app), newest first.
+    pub fn last_alert_deliveries(&self) -> Result<Vec<AlertDelivery>> {
+        let conn = self.conn();
+        let mut statement = conn
+            .prepare(
+                "SELECT alert_id, channel, app, what, at, ok, attempts, error FROM alert_deliveries
+                 WHERE id IN (SELECT MAX(id) FROM alert_deliveries GROUP BY app, channel)
+                 ORDER BY id DESC",
+            )
+            .map_err(sql("list alert deliveries"))?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok(AlertDelivery {
+                    alert_id: row.get(0)?,
+                    channel: row.get(1)?,
+                    app: row.get(2)?,
+                    what: row.get(3)?,
+                    at: row.get(4)?,
+                    ok: row.get(5)?,
+                    attempts: row.get(6)?,
+                    error: row.get(7)?,
+                })
+            })
+            .map_err(sql("list alert deliveries"))?;
+        rows.collect::<Result<_, _>>()
+            .map_err(sql("list alert deliveries"))
+    }
+}
+
+const ALERT_COLUMNS: &str = "SELECT id, key, rule, severity, app, subject, summary, kind, started_at, resolved_at FROM alerts";
+
+fn alert_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRecord> {
+    let kind: String = row.get(7)?;
+    Ok(AlertRecord {
+        id: row.get(0)?,
+        key: row.get(1)?,
+        rule: row.get(2)?,
+        severity: row.get(3)?,
+        app: row.get(4)?,
+        subject: row.get(5)?,
+        summary: row.get(6)?,
+        event: kind == "event",
+        started_at: row.get(8)?,
+        resolved_at: row.get(9)?,
+    })
+}
+
 fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
         M::up(include_str!("migrations.sql")),
         M::up(include_str!("migration2.sql")),
         M::up(include_str!("migration3.sql")),
         M::up(include_str!("migration4.sql")),
+        M::up(include_str!("migration5.sql")),
     ])
 }
 

@@ -211,3 +211,45 @@ pub struct RunFinish<'a> {
     pub cause: Option<&'a str>,
     pub error: Option<&'a str>,
 }
+
+/// An alert to record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewAlert<'a> {
+    pub key: &'a str,
+    pub rule: &'a str,
+    pub severity: &'a str,
+    pub app: Option<&'a str>,
+    pub subject: &'a str,
+    pub summary: &'a str,
+    /// A one-off event (resolved when recorded) rather than a state that fires and resolves.
+    pub event: bool,
+    pub at: i64,
+}
+
+/// A recorded alert.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AlertRecord {
+    pub id: i64,
+    pub key: String,
+    pub rule: String,
+    pub severity: String,
+    pub app: Option<String>,
+    pub subject: String,
+    pub summary: String,
+    pub event: bool,
+    pub started_at: i64,
+    pub resolved_at: Option<i64>,
+}
+
+/// One delivery of an alert (or a test message) to a channel, after its retries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AlertDelivery {
+    pub alert_id: Option<i64>,
+    pub channel: String,
+    pub app: Option<String>,
+    pub what: String,
+    pub at: i64,
+    pub ok: bool,
+    pub attempts: u32,
+    pub error: Option<String>,
+}

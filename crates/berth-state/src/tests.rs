@@ -323,3 +323,55 @@ fn deleting_an_app_forgets_its_releases_but_keeps_other_apps_secrets_and_audit()
     assert_eq!(store.delete_secrets("a").unwrap(), 1);
     assert!(store.secrets("a").unwrap().is_empty());
 }
+
+#[test]
+fn an_alert_fires_once_and_resolves_and_events_are_resolved_when_recorded() {
+    let store = Store::in_memory().unwrap();
+    let down = NewAlert {
+        key: "service_down:shop/web",
+        rule: "service_down",
+        severity: "critical",
+        app: Some("shop"),
+        subject: "shop/web",
+        summary: "shop/web is down",
+        event: false,
+        at: 1_000,
+    };
+    let id = store.add_alert(&down).unwrap();
+    store
+        .add_alert(&NewAlert {
+            key: "oom:shop/web",
+            rule: "oom_killed",
+            event: true,
+            at: 2_000,
+            ..down.clone()
+        })
+        .unwrap();
+    store
+        .add_alert(&NewAlert {
+            key: "disk:berth",
+            app: None,
+            at: 3_000,
+            ..down.clone()
+        })
+        .unwrap();
+    let firing = store.firing_alerts().unwrap();
+    assert_eq!(
+        firing.iter().map(|a| a.key.as_str()).collect::<Vec<_>>(),
+        ["service_down:shop/web", "disk:berth"]
+    );
+    let resolved = store
+        .resolve_alert("service_down:shop/web", 4_000)
+        .unwrap()
+        .unwrap();
+    assert_eq!((resolved.id, resolved.resolved_at), (id, Some(4_000)));
+    assert_eq!(
+        store.resolve_alert("service_down:shop/web", 5_000).unwrap(),
+        None,
+        "nothing fires under that key any more"
+    );
+    let recent = store.recent_alerts(10, Some("shop")).unwrap();
+    assert_eq!(recent.len(), 3, "the app's and the host's");
+    assert!(recent[1].event && recent[1].resolved_at == Some(2_000));
+    assert_eq!(store.recent_alerts(10, Some("other")).unwrap().len(), 1);
+}

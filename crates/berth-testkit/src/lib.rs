@@ -1,8 +1,11 @@
 //! Helpers shared by berth's integration tests: the example app's static binary and build
-//! context, unique names for Docker objects, and a tar of a directory.
+//! context, unique names for Docker objects, a tar of a directory, and a webhook receiver that
+//! checks berth's alert signatures.
 //!
 //! Tests use the real Docker Engine; these helpers only prepare inputs for it.
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test support: a failure here is a test failure
+
+pub mod webhook;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};

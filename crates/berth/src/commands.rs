@@ -1,12 +1,13 @@
 //! What each command does.
 
+mod alerts;
 mod attach;
 
 use crate::client::{Client, ClientError, Target};
 use crate::output::{self, Mode, OperationView};
 use crate::{
-    AgentCommand, AppArgs, BackupCommand, CertsCommand, Cli, Command, EdgeArgs, MaintenanceCommand,
-    ManifestArgs, SecretsCommand,
+    AgentCommand, AlertsCommand, AppArgs, BackupCommand, CertsCommand, Cli, Command, EdgeArgs,
+    MaintenanceCommand, ManifestArgs, SecretsCommand,
 };
 use anyhow::{Context, anyhow};
 use berth_api::*;
@@ -251,6 +252,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => exec(&ctx, &resolve_app(&app)?, &service, command).await,
         Command::Secrets { action } => secrets(&ctx, action).await,
         Command::Audit { limit, app } => audit(&ctx, limit, app).await,
+        Command::Top { app } => alerts::top(&ctx, app).await,
+        Command::Alerts {
+            action: None,
+            app,
+            limit,
+        } => alerts::list(&ctx, app, limit).await,
+        Command::Alerts {
+            action: Some(AlertsCommand::Test { channel, app }),
+            ..
+        } => alerts::test(&ctx, &resolve_app(&app)?, &channel).await,
         Command::Backup { action } => backup(&ctx, action).await,
         Command::Restore {
             name,
@@ -1518,6 +1529,11 @@ async fn status(ctx: &Ctx, app: Option<String>) -> anyhow::Result<ExitCode> {
                 )
             );
         }
+        for service in &app.services {
+            for line in alerts::replica_health_lines(service) {
+                println!("{line}");
+            }
+        }
         if !app.backups.is_empty() {
             let rows = backup_status_rows(&app.backups);
             print!(
@@ -1560,6 +1576,7 @@ async fn status(ctx: &Ctx, app: Option<String>) -> anyhow::Result<ExitCode> {
             )
         );
     }
+    alerts::print_firing(&status.firing_alerts, &status.failing_channels);
     // The agent's verdict (the same rule, from an agent too old to send one).
     let problems = if status.problems.is_empty() {
         status.find_problems()

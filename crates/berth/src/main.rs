@@ -277,6 +277,25 @@ enum Command {
         #[arg(long)]
         allow_untrusted: bool,
     },
+    /// Alerts: what fires now, what fired recently, and how each channel's last delivery
+    /// went; `berth alerts test CHANNEL` sends a test message.
+    Alerts {
+        #[command(subcommand)]
+        action: Option<AlertsCommand>,
+        /// Only this app's alerts (and the host's).
+        #[arg(long, value_name = "APP")]
+        app: Option<String>,
+        /// How many recent alerts to show, newest first.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// The host's and each container's CPU, memory, network and disk use, refreshed every
+    /// 2 s in a terminal (one snapshot without a terminal or with --json).
+    Top {
+        /// Only this app's containers.
+        #[arg(long, value_name = "APP")]
+        app: Option<String>,
+    },
     /// Who changed what, and when.
     Audit {
         /// How many entries to show, newest first.
@@ -471,6 +490,18 @@ enum CertsCommand {
     Renew {
         /// The domain, as a route names it.
         domain: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AlertsCommand {
+    /// Send a test message to one of the app's `[alerts.NAME]` channels (of its live
+    /// release) and say whether it arrived.
+    Test {
+        /// The channel, as berth.toml names it.
+        channel: String,
+        #[command(flatten)]
+        app: AppArgs,
     },
 }
 

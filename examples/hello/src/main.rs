@@ -13,7 +13,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use std::{env, fs, process, thread};
 
@@ -93,6 +93,8 @@ fn serve() -> i32 {
 }
 
 static REQUESTS: AtomicU64 = AtomicU64::new(0);
+/// Set by `/debug/fail` (with HELLO_DEBUG): this process answers 500 to everything since.
+static FAILING: AtomicBool = AtomicBool::new(false);
 
 fn handle_connection(stream: TcpStream) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(120)))?;
@@ -324,7 +326,14 @@ fn respond(
 ) -> (u16, &'static str, Vec<u8>) {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let text = "text/plain; charset=utf-8";
+    if FAILING.load(Ordering::Relaxed) && !path.starts_with("/debug/") {
+        return (500, text, b"failing (set by /debug/fail)\n".to_vec());
+    }
     match path {
+        "/debug/fail" if flag("HELLO_DEBUG") => {
+            FAILING.store(true, Ordering::Relaxed);
+            (200, text, b"failing from now on\n".to_vec())
+        }
         "/" => (
             200,
             text,

@@ -106,6 +106,17 @@ impl Engine {
         Ok(value)
     }
 
+    /// A secret's value for berth's own use (an alert channel's token): not audited, like
+    /// the values a deploy reads.
+    pub fn channel_secret(&self, app: &str, name: &str) -> Result<String, OpError> {
+        let ciphertext = self.store.secret_ciphertext(app, name)?.ok_or_else(|| {
+            OpError::not_found(format!("app {app} has no secret {name}")).hint(format!(
+                "set it with `berth secrets set {name} --app {app}`"
+            ))
+        })?;
+        Ok(self.secrets.open_value(name, &ciphertext)?)
+    }
+
     pub fn delete_secret(&self, app: &str, name: &str, actor: &str) -> Result<(), OpError> {
         check_secret_name(name)?;
         if !self.store.delete_secret(app, name)? {

@@ -154,17 +154,29 @@ impl Engine {
         started: &mut Vec<StartedReplica>,
         progress: &Progress,
     ) -> Result<Vec<StartedReplica>, OpError> {
-        let plural = if service.replicas == 1 {
-            "replica"
-        } else {
-            "replicas"
-        };
+        let numbers: Vec<u32> = (1..=service.replicas).collect();
+        self.start_and_gate_replicas(ctx, service, image, &numbers, started, progress)
+            .await
+    }
+
+    /// Starts the replicas numbered `numbers` of a service and waits for all of them to pass
+    /// the health gate.
+    pub(super) async fn start_and_gate_replicas(
+        &self,
+        ctx: &ReleaseContext<'_>,
+        service: &Service,
+        image: &str,
+        numbers: &[u32],
+        started: &mut Vec<StartedReplica>,
+        progress: &Progress,
+    ) -> Result<Vec<StartedReplica>, OpError> {
         let step = progress.step(format!(
-            "start {} ({} {plural})",
-            service.name, service.replicas
+            "start {} ({})",
+            service.name,
+            berth_core::progress::counted(numbers.len(), "replica")
         ));
         let mut mine = Vec::new();
-        for replica in 1..=service.replicas {
+        for &replica in numbers {
             match self.start_replica(ctx, service, image, replica).await {
                 Ok(r) => {
                     started.push(r.clone());

@@ -141,6 +141,7 @@ impl Engine {
                     started_at: None,
                     uptime_seconds: None,
                     restarts: 0,
+                    watch: None,
                 };
             }
             Err(error) => {
@@ -152,9 +153,11 @@ impl Engine {
                     started_at: None,
                     uptime_seconds: None,
                     restarts: 0,
+                    watch: None,
                 };
             }
         };
+        let watched = self.health_board().get(id);
         let (health, detail) = if app_stopped && info.state != ContainerState::Running {
             // Down on purpose, not a fault.
             (
@@ -165,6 +168,18 @@ impl Engine {
             (
                 Health::Unhealthy,
                 Some(format!("the container is {}", info.state.as_str())),
+            )
+        } else if let Some(watched) = &watched {
+            // The continuous checks' last verdict: no probe on demand.
+            (
+                if watched.healthy {
+                    Health::Healthy
+                } else {
+                    Health::Unhealthy
+                },
+                (!watched.healthy)
+                    .then(|| watched.last_failure.as_ref().map(|(_, why)| why.clone()))
+                    .flatten(),
             )
         } else {
             // Status must answer quickly even when an app hangs.
@@ -198,6 +213,13 @@ impl Engine {
             started_at: info.started_at,
             uptime_seconds: uptime,
             restarts: info.restart_count,
+            watch: watched.map(|w| berth_api::ReplicaWatch {
+                since: w.since_ms,
+                failures_in_row: w.failures_in_row,
+                last_failure_at: w.last_failure.as_ref().map(|(at, _)| *at),
+                last_failure: w.last_failure.map(|(_, why)| why),
+                in_rotation: w.in_rotation,
+            }),
         }
     }
 

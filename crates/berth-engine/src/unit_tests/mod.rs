@@ -9,3 +9,4 @@ mod reconcile;
 mod rollback;
 mod routing;
 mod secrets;
+mod watch;

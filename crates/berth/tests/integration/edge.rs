@@ -221,11 +221,37 @@ fn maintenance_mode_limits_metrics_and_the_access_log() {
         "{text}"
     );
 
+    // Prometheus' own text-format parser reads every family.
+    let families = prometheus_families(&text);
+    for family in [
+        "berth_http_requests",
+        "berth_http_request_duration_seconds",
+        "node_load1",
+        "node_cpu_seconds",
+        "node_filesystem_avail_bytes",
+    ] {
+        assert!(
+            families.contains(&family.to_owned()),
+            "{family} in {families:?}"
+        );
+    }
+
     // The health report for outside monitors, on the same listener, without a token.
     let (status, text) = berth_testkit::http_get(&metrics, "/health", "localhost").unwrap();
     assert_eq!(status, 200, "{text}");
     let report: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(report["status"], "pass", "{report}");
+    // The IETF health+json shape: a status, and checks as arrays of objects with a status.
+    for (name, entries) in report["checks"].as_object().unwrap() {
+        for entry in entries.as_array().unwrap() {
+            let verdict = entry["status"].as_str().unwrap_or_default();
+            assert!(
+                ["pass", "warn", "fail"].contains(&verdict),
+                "{name}: {entry}"
+            );
+            assert!(entry["componentType"].is_string(), "{name}: {entry}");
+        }
+    }
     assert_eq!(
         report["checks"][format!("{}/web:replicas", app.name)][0]["status"],
         "pass",
@@ -251,6 +277,39 @@ fn maintenance_mode_limits_metrics_and_the_access_log() {
             .starts_with(&format!("{}-web-r", app.name))
     );
     assert!(lines.iter().any(|l| l["status"] == 429));
+}
+
+/// The metric families Prometheus' Python client (Debian's python3-prometheus-client) parses
+/// out of a scrape; the parser fails on anything malformed.
+fn prometheus_families(scrape: &str) -> Vec<String> {
+    use std::io::Write;
+    let mut parser = std::process::Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import sys\nfrom prometheus_client.parser import text_string_to_metric_families as parse\nfor f in parse(sys.stdin.read()):\n    print(f.name)",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("Debian's python3-prometheus-client (scripts/install-test-peers installs it)");
+    parser
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(scrape.as_bytes())
+        .unwrap();
+    let output = parser.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "the scrape does not parse: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Sends one raw request and returns the status line of the answer.

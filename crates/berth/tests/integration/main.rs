@@ -8,6 +8,7 @@ mod edge;
 mod exec;
 mod failures;
 mod harness;
+mod monitor;
 mod operations;
 mod pebble;
 mod peers;

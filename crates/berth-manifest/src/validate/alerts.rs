@@ -1,0 +1,316 @@
+//! `[alerts.NAME]`: each channel's type and the fields that type needs, so a channel that
+//! could never deliver is refused by `berth check`, not discovered during an outage.
+
+use super::{Checker, NAME_HELP, span, valid_env_name, valid_name};
+use crate::alerts::*;
+use crate::raw::*;
+use crate::units::parse_duration;
+use std::time::Duration;
+use toml::Spanned;
+
+const SECRET_NAME_HELP: &str = "name the berth secret holding it (letters, digits and underscores, such as ALERT_WEBHOOK_KEY); the value itself never goes in berth.toml";
+const DEFAULT_REMIND_EVERY: Duration = Duration::from_secs(4 * 3600);
+
+impl Checker<'_> {
+    pub(super) fn alert_channels(&mut self, raw: &RawManifest) -> Vec<AlertChannel> {
+        raw.alerts
+            .iter()
+            .filter_map(|(name, channel)| self.alert_channel(name, channel))
+            .collect()
+    }
+
+    fn alert_channel(
+        &mut self,
+        name: &Spanned<String>,
+        raw: &Spanned<RawAlertChannel>,
+    ) -> Option<AlertChannel> {
+        let channel = raw.get_ref();
+        let label = format!("[alerts.{}]", name.get_ref());
+        if !valid_name(name.get_ref(), 63) {
+            self.error_help(
+                format!("alert channel name `{}` is not valid", name.get_ref()),
+                span(name),
+                NAME_HELP,
+            );
+        }
+        let kind = match channel.kind.get_ref().as_str() {
+            "webhook" => ChannelKind::Webhook {
+                url: self.channel_url(&label, channel.url.as_ref(), span(raw))?,
+                signing_secret: self.secret_name(&label, channel.signing_secret.as_ref()),
+            },
+            "slack" => ChannelKind::Slack {
+                url_secret: self.required_secret(
+                    &label,
+                    "url_secret",
+                    channel.url_secret.as_ref(),
+                    span(raw),
+                )?,
+            },
+            "discord" => ChannelKind::Discord {
+                url_secret: self.required_secret(
+                    &label,
+                    "url_secret",
+                    channel.url_secret.as_ref(),
+                    span(raw),
+                )?,
+            },
+            "telegram" => {
+                let token_secret = self.required_secret(
+                    &label,
+                    "token_secret",
+                    channel.token_secret.as_ref(),
+                    span(raw),
+                );
+                let Some(chat) = &channel.chat_id else {
+                    self.error_help(
+                        format!("{label} of type telegram needs `chat_id`"),
+                        span(raw),
+                        "the chat's numeric id, such as chat_id = -1001234567890",
+                    );
+                    return None;
+                };
+                ChannelKind::Telegram {
+                    token_secret: token_secret?,
+                    chat_id: chat.get_ref().to_text(),
+                }
+            }
+            "ntfy" => ChannelKind::Ntfy {
+                url: self.channel_url(&label, channel.url.as_ref(), span(raw))?,
+                token_secret: self.secret_name(&label, channel.token_secret.as_ref()),
+            },
+            "email" => ChannelKind::Email(self.email_channel(&label, channel, raw)?),
+            other => {
+                self.error_help(
+                    format!("{label} has an unknown type `{other}`"),
+                    span(&channel.kind),
+                    "use webhook, slack, discord, telegram, ntfy or email",
+                );
+                return None;
+            }
+        };
+        let min_severity = match &channel.min_severity {
+            None => Severity::Warning,
+            Some(text) => match Severity::parse(text.get_ref()) {
+                Some(severity) => severity,
+                None => {
+                    self.error_help(
+                        format!(
+                            "{label} min_severity `{}` is not a severity",
+                            text.get_ref()
+                        ),
+                        span(text),
+                        "use info, warning or critical",
+                    );
+                    Severity::Warning
+                }
+            },
+        };
+        let remind_every = match &channel.remind_every {
+            None => DEFAULT_REMIND_EVERY,
+            Some(text) => match parse_duration(text.get_ref()) {
+                Ok(d) if d.is_zero() || d >= Duration::from_secs(60) => d,
+                Ok(_) => {
+                    self.error_help(
+                        format!("{label} remind_every = \"{}\" is too often", text.get_ref()),
+                        span(text),
+                        "remind at most once a minute, such as \"1h\", or \"0s\" for never",
+                    );
+                    DEFAULT_REMIND_EVERY
+                }
+                Err(reason) => {
+                    self.error_help(
+                        format!("{label} remind_every is not a duration: {reason}"),
+                        span(text),
+                        "such as \"4h\", or \"0s\" for never",
+                    );
+                    DEFAULT_REMIND_EVERY
+                }
+            },
+        };
+        Some(AlertChannel {
+            name: name.get_ref().clone(),
+            kind,
+            min_severity,
+            send_resolved: channel.send_resolved.as_ref().is_none_or(|s| *s.get_ref()),
+            remind_every,
+        })
+    }
+
+    fn channel_url(
+        &mut self,
+        label: &str,
+        url: Option<&Spanned<String>>,
+        whole: Option<std::ops::Range<usize>>,
+    ) -> Option<String> {
+        let Some(url) = url else {
+            self.error_help(
+                format!("{label} needs `url`"),
+                whole,
+                "such as url = \"https://hooks.example.com/berth\"",
+            );
+            return None;
+        };
+        let text = url.get_ref();
+        let Some((scheme, rest)) = text.split_once("://") else {
+            self.error_help(
+                format!("{label} url `{text}` is not a URL"),
+                span(url),
+                "write the whole URL, such as https://hooks.example.com/berth",
+            );
+            return None;
+        };
+        if !matches!(scheme, "https" | "http") || rest.is_empty() {
+            self.error_help(
+                format!("{label} url `{text}` is not an HTTP(S) URL"),
+                span(url),
+                "use https:// (http:// only for a receiver on this host)",
+            );
+            return None;
+        }
+        if text.contains('@') {
+            self.error_help(
+                format!("{label} url has credentials in it"),
+                span(url),
+                "keep credentials in a berth secret (signing_secret or token_secret), not in berth.toml",
+            );
+            return None;
+        }
+        Some(text.clone())
+    }
+
+    fn secret_name(&mut self, label: &str, name: Option<&Spanned<String>>) -> Option<String> {
+        let name = name?;
+        if !valid_env_name(name.get_ref()) {
+            self.error_help(
+                format!("{label}: `{}` is not a valid secret name", name.get_ref()),
+                span(name),
+                SECRET_NAME_HELP,
+            );
+        }
+        Some(name.get_ref().clone())
+    }
+
+    fn required_secret(
+        &mut self,
+        label: &str,
+        field: &str,
+        name: Option<&Spanned<String>>,
+        whole: Option<std::ops::Range<usize>>,
+    ) -> Option<String> {
+        if name.is_none() {
+            self.error_help(format!("{label} needs `{field}`"), whole, SECRET_NAME_HELP);
+        }
+        self.secret_name(label, name)
+    }
+
+    fn email_channel(
+        &mut self,
+        label: &str,
+        channel: &RawAlertChannel,
+        raw: &Spanned<RawAlertChannel>,
+    ) -> Option<EmailChannel> {
+        let tls = match channel.tls.as_ref().map(|t| t.get_ref().as_str()) {
+            None | Some("starttls") => SmtpTls::Starttls,
+            Some("implicit") => SmtpTls::Implicit,
+            Some("none") => SmtpTls::None,
+            Some(other) => {
+                self.error_help(
+                    format!("{label} tls `{other}` is not a TLS mode"),
+                    channel.tls.as_ref().and_then(span),
+                    "use starttls (port 587), implicit (port 465) or none (a relay on this host)",
+                );
+                SmtpTls::Starttls
+            }
+        };
+        let Some(smtp) = &channel.smtp else {
+            self.error_help(
+                format!("{label} of type email needs `smtp`"),
+                span(raw),
+                "the SMTP server as host:port, such as smtp = \"smtp.example.com:587\"",
+            );
+            return None;
+        };
+        let (host, port) = match smtp.get_ref().rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() => match port.parse::<u16>() {
+                Ok(port) if port > 0 => (host.trim_matches(['[', ']']).to_owned(), port),
+                _ => {
+                    self.error_help(
+                        format!("{label} smtp `{}` has no valid port", smtp.get_ref()),
+                        span(smtp),
+                        "such as smtp.example.com:587",
+                    );
+                    return None;
+                }
+            },
+            _ => (
+                smtp.get_ref().clone(),
+                match tls {
+                    SmtpTls::Implicit => 465,
+                    SmtpTls::Starttls => 587,
+                    SmtpTls::None => 25,
+                },
+            ),
+        };
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if tls == SmtpTls::None && !loopback {
+            self.error_help(
+                format!("{label} sends email without TLS to {host}"),
+                channel.tls.as_ref().and_then(span),
+                "use tls = \"starttls\" or \"implicit\"; \"none\" is only for a relay on this host (localhost)",
+            );
+        }
+        let Some(from) = &channel.from else {
+            self.error_help(
+                format!("{label} of type email needs `from`"),
+                span(raw),
+                "the sender address, such as from = \"berth@example.com\"",
+            );
+            return None;
+        };
+        if channel.to.is_empty() {
+            self.error_help(
+                format!("{label} of type email needs `to`"),
+                span(raw),
+                "one or more addresses, such as to = [\"ops@example.com\"]",
+            );
+            return None;
+        }
+        for address in std::iter::once(from).chain(channel.to.iter()) {
+            let text = address.get_ref();
+            let valid = text.split_once('@').is_some_and(|(user, domain)| {
+                !user.is_empty() && (domain.contains('.') || domain == "localhost")
+            });
+            if !valid
+                || text
+                    .chars()
+                    .any(|c| c.is_whitespace() || c == '<' || c == '>')
+            {
+                self.error_help(
+                    format!("{label}: `{text}` is not an email address"),
+                    span(address),
+                    "such as ops@example.com",
+                );
+            }
+        }
+        let password_secret = self.secret_name(label, channel.password_secret.as_ref());
+        if password_secret.is_some() && channel.username.is_none() {
+            self.error_help(
+                format!("{label} has `password_secret` but no `username`"),
+                channel.password_secret.as_ref().and_then(span),
+                "add the SMTP user name",
+            );
+        }
+        Some(EmailChannel {
+            host,
+            port,
+            tls,
+            from: from.get_ref().clone(),
+            to: channel.to.iter().map(|t| t.get_ref().clone()).collect(),
+            username: channel.username.as_ref().map(|u| u.get_ref().clone()),
+            password_secret,
+        })
+    }
+}

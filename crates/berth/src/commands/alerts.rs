@@ -1,0 +1,335 @@
+//! `berth alerts`, `berth alerts test CHANNEL`, `berth top`, and the health and alert lines
+//! of `berth status`: what the agent's monitors found.
+
+use super::Ctx;
+use crate::output;
+use berth_api::{
+    AlertInfo, AlertTestRequest, AlertsAnswer, DeliveryInfo, ServiceStatus, TopAnswer,
+};
+use console::style;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+pub(super) async fn list(ctx: &Ctx, app: Option<String>, limit: usize) -> anyhow::Result<ExitCode> {
+    let filter = app.map(|app| format!("&app={app}")).unwrap_or_default();
+    let answer: AlertsAnswer = ctx
+        .client()?
+        .get(&format!("/v1/alerts?limit={limit}{filter}"))
+        .await?;
+    if ctx.json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if answer.firing.is_empty() {
+        println!("{} no alert is firing", style("✓").green());
+    } else {
+        println!("{}", style("FIRING").red().bold());
+        print!(
+            "{}",
+            output::table(
+                &["  SINCE", "SEVERITY", "SUBJECT", "SUMMARY"],
+                &rows(&answer.firing, true)
+            )
+        );
+    }
+    let past: Vec<AlertInfo> = answer
+        .recent
+        .into_iter()
+        .filter(|a| a.resolved_at.is_some())
+        .collect();
+    if !past.is_empty() {
+        println!();
+        println!("{}", style("RECENT").bold());
+        print!(
+            "{}",
+            output::table(
+                &["  WHEN", "SEVERITY", "SUBJECT", "WHAT"],
+                &rows(&past, false)
+            )
+        );
+    }
+    if !answer.deliveries.is_empty() {
+        println!();
+        let rows: Vec<Vec<String>> = answer
+            .deliveries
+            .iter()
+            .map(|d| {
+                vec![
+                    format!("  {}", d.channel),
+                    d.app.clone().unwrap_or_default(),
+                    output::time(d.at),
+                    d.what.clone(),
+                    if d.ok {
+                        style("delivered").green().to_string()
+                    } else {
+                        style(format!(
+                            "failed after {} attempts: {}",
+                            d.attempts,
+                            d.error.as_deref().unwrap_or("no detail")
+                        ))
+                        .red()
+                        .to_string()
+                    },
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            output::table(&["  CHANNEL", "APP", "LAST SENT", "WHAT", "RESULT"], &rows)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rows(alerts: &[AlertInfo], firing: bool) -> Vec<Vec<String>> {
+    alerts
+        .iter()
+        .map(|a| {
+            let severity = match a.severity.as_str() {
+                "critical" => style(a.severity.clone()).red().to_string(),
+                "warning" => style(a.severity.clone()).yellow().to_string(),
+                _ => a.severity.clone(),
+            };
+            let what = if firing || a.event {
+                a.summary.clone()
+            } else {
+                let lasted = a
+                    .resolved_at
+                    .map(|r| output::age(((r - a.started_at).max(0) / 1000) as u64))
+                    .unwrap_or_default();
+                format!("{} (resolved after {lasted})", a.summary)
+            };
+            vec![
+                format!("  {}", output::time(a.started_at)),
+                severity,
+                a.subject.clone(),
+                output::shorten(&what, 120),
+            ]
+        })
+        .collect()
+}
+
+pub(super) async fn test(ctx: &Ctx, app: &str, channel: &str) -> anyhow::Result<ExitCode> {
+    let delivery: DeliveryInfo = ctx
+        .client()?
+        .request(
+            http::Method::POST,
+            &format!("/v1/apps/{app}/alerts/test"),
+            &AlertTestRequest {
+                channel: channel.to_owned(),
+            },
+        )
+        .await?;
+    if ctx.json {
+        println!("{}", serde_json::to_string_pretty(&delivery)?);
+    } else if delivery.ok {
+        println!(
+            "{} a test message went to channel {channel} of {app}",
+            style("✓").green()
+        );
+    } else {
+        eprintln!(
+            "{} the test message to channel {channel} of {app} failed: {}",
+            style("✗").red(),
+            delivery.error.as_deref().unwrap_or("no detail")
+        );
+    }
+    Ok(if delivery.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// One line per replica the health checks found unhealthy (since when, why, whether it still
+/// gets requests), and per healthy one that failed a check in the last hour.
+pub(super) fn replica_health_lines(service: &ServiceStatus) -> Vec<String> {
+    let now = berth_now_ms();
+    let mut lines = Vec::new();
+    for replica in &service.replicas {
+        let Some(watch) = &replica.watch else {
+            continue;
+        };
+        let why = watch.last_failure.as_deref().unwrap_or("no detail");
+        if replica.health == berth_api::Health::Unhealthy {
+            let rotation = if watch.in_rotation || service.role != "web" {
+                String::new()
+            } else {
+                ", out of rotation".to_owned()
+            };
+            lines.push(format!(
+                "    {} {} unhealthy since {} ({} checks failed in a row{rotation}): {why}",
+                style("✗").red(),
+                replica.container,
+                output::time(watch.since),
+                watch.failures_in_row
+            ));
+        } else if let Some(at) = watch.last_failure_at.filter(|at| now - at < 3_600_000) {
+            lines.push(format!(
+                "    {} {} healthy since {}; last failed check {}: {why}",
+                style("·").dim(),
+                replica.container,
+                output::time(watch.since),
+                output::time(at)
+            ));
+        }
+    }
+    lines
+}
+
+/// The firing alerts and the channels that cannot be delivered to, after `berth status`.
+pub(super) fn print_firing(firing: &[AlertInfo], failing: &[DeliveryInfo]) {
+    if firing.is_empty() && failing.is_empty() {
+        return;
+    }
+    println!();
+    for alert in firing {
+        println!(
+            "{} alert since {}: {}",
+            style("!").red().bold(),
+            output::time(alert.started_at),
+            alert.summary
+        );
+    }
+    for delivery in failing {
+        println!(
+            "{} alerts to channel {}{} are not delivered ({} at {}): {}",
+            style("✗").red(),
+            delivery.channel,
+            delivery
+                .app
+                .as_ref()
+                .map(|a| format!(" of {a}"))
+                .unwrap_or_default(),
+            delivery.what,
+            output::time(delivery.at),
+            delivery.error.as_deref().unwrap_or("no detail")
+        );
+    }
+    println!("  (`berth alerts` lists firing and recent alerts)");
+}
+
+fn berth_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// `berth top`: a refreshing screen in a terminal, one snapshot otherwise.
+pub(super) async fn top(ctx: &Ctx, app: Option<String>) -> anyhow::Result<ExitCode> {
+    let path = match &app {
+        Some(app) => format!("/v1/top?app={app}"),
+        None => "/v1/top".to_owned(),
+    };
+    let client = ctx.client()?;
+    let live = !ctx.json && std::io::stdout().is_terminal();
+    loop {
+        let answer: TopAnswer = client.get(&path).await?;
+        if ctx.json {
+            println!("{}", serde_json::to_string_pretty(&answer)?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        let screen = top_screen(&answer);
+        if !live {
+            print!("{screen}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        let term = console::Term::stdout();
+        term.clear_screen()?;
+        print!("{screen}");
+        println!("{}", style("refreshing every 2 s; Ctrl-C to quit").dim());
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+        }
+    }
+}
+
+fn percent(value: Option<f64>) -> String {
+    value
+        .map(|v| format!("{v:.1}%"))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn rate(value: Option<f64>) -> String {
+    value
+        .map(|v| format!("{}/s", output::bytes(v as u64)))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// The host's line and a row per container.
+pub(super) fn top_screen(answer: &TopAnswer) -> String {
+    let host = &answer.host;
+    let mut out = format!(
+        "host: CPU {} of {} cores · load {:.2} {:.2} {:.2} · memory {} of {} · swap {} of {}\n",
+        percent(host.cpu_percent),
+        host.cpus,
+        host.load[0],
+        host.load[1],
+        host.load[2],
+        output::bytes(host.memory_used_bytes),
+        output::bytes(host.memory_total_bytes),
+        output::bytes(host.swap_used_bytes),
+        output::bytes(host.swap_total_bytes),
+    );
+    for fs in &host.filesystems {
+        out.push_str(&format!(
+            "disk: {} data ({}) {:.0}% used, {} free\n",
+            fs.purpose,
+            fs.mountpoint,
+            fs.used_percent,
+            output::bytes(fs.avail_bytes)
+        ));
+    }
+    if answer.sampled_at.is_none() && answer.containers.is_empty() {
+        out.push_str("no container sampled yet (every 15 s)\n");
+        return out;
+    }
+    let rows: Vec<Vec<String>> = answer
+        .containers
+        .iter()
+        .map(|c| {
+            vec![
+                c.app.clone(),
+                c.service.clone(),
+                c.container.clone(),
+                percent(c.cpu_percent),
+                percent(c.cpu_limit_percent),
+                match c.memory_limit_bytes {
+                    Some(limit) => format!(
+                        "{} / {} ({})",
+                        output::bytes(c.memory_bytes),
+                        output::bytes(limit),
+                        percent(c.memory_limit_percent)
+                    ),
+                    None => output::bytes(c.memory_bytes),
+                },
+                format!("{} / {}", rate(c.net_rx_rate), rate(c.net_tx_rate)),
+                format!("{} / {}", rate(c.disk_read_rate), rate(c.disk_write_rate)),
+                c.oom_kills
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    out.push('\n');
+    out.push_str(&output::table(
+        &[
+            "APP",
+            "SERVICE",
+            "CONTAINER",
+            "CPU",
+            "OF LIMIT",
+            "MEMORY",
+            "NET IN / OUT",
+            "DISK READ / WRITE",
+            "OOM",
+        ],
+        &rows,
+    ));
+    if let Some(at) = answer.sampled_at {
+        out.push_str(&format!("sampled {} (rates over 15 s)\n", output::time(at)));
+    }
+    out
+}

@@ -1,0 +1,674 @@
+//! Watch and warn against the real Docker Engine: replicas that fail their checks after the
+//! deploy leave the proxy's rotation and are replaced, a stopped accessory fires "down" and
+//! then "resolved", an OOM-killed worker raises one OOM alert and one crash loop, and alerts
+//! reach a real webhook receiver (HMAC checked) and a real SMTP server.
+
+use crate::harness::*;
+use berth_runtime::{ContainerRuntime, DockerRuntime};
+use berth_testkit::webhook::WebhookReceiver;
+use std::time::{Duration, Instant};
+
+const KEY: &str = "hmac-test-key-5b1f";
+
+fn hook(url: &str) -> String {
+    format!(
+        r#"
+[alerts.hook]
+type = "webhook"
+url = "{url}"
+signing_secret = "ALERT_KEY"
+min_severity = "info"
+"#
+    )
+}
+
+/// Sets the webhook's signing key for `app` before its first deploy.
+fn set_key(agent: &Agent, app: &AppDir) {
+    agent
+        .berth_in(
+            app.path(),
+            &["secrets", "set", "ALERT_KEY", "--value", KEY, "--yes"],
+        )
+        .success();
+}
+
+fn is(body: &serde_json::Value, status: &str, rule: &str) -> bool {
+    body["status"] == status && body["alert"]["rule"] == rule
+}
+
+/// The replicas of a service: (container id, name, address on the app network).
+fn replicas(app: &str, service: &str) -> Vec<(String, String, std::net::IpAddr)> {
+    block_on(async {
+        let docker = DockerRuntime::from_env();
+        let mut found = Vec::new();
+        for c in docker
+            .list_containers(&[("berth.app", app), ("berth.service", service)])
+            .await
+            .unwrap()
+        {
+            let info = docker.inspect_container(&c.id).await.unwrap().unwrap();
+            if let Some(ip) = info.addresses.get(&format!("berth-{app}"))
+                && info.state == berth_runtime::ContainerState::Running
+            {
+                found.push((c.id, c.name, *ip));
+            }
+        }
+        found
+    })
+}
+
+#[test]
+fn a_replica_failing_its_checks_leaves_rotation_without_failed_requests_and_is_replaced() {
+    let agent = Agent::start();
+    let receiver = WebhookReceiver::start(KEY).unwrap();
+    let app = agent.app("watch");
+    app.write(&format!(
+        r#"app = "{{app}}"
+
+[services.web]
+build = "."
+port = 8080
+replicas = 2
+env = {{ HELLO_DEBUG = "1" }}
+healthcheck = {{ path = "/health", interval = "500ms", failure_threshold = 2, restart_after = "3s", start_timeout = "20s" }}
+route = {{ domains = [] }}
+stop_timeout = "2s"
+{}"#,
+        hook(&receiver.url)
+    ));
+    set_key(&agent, &app);
+    agent.berth_in(app.path(), &["deploy"]).success();
+    agent.wait_serving("hello");
+    let before = replicas(&app.name, "web");
+    assert_eq!(before.len(), 2);
+    let (sick_id, sick_name, sick_ip) = before[0].clone();
+
+    // From now on the sick replica answers 500 to everything: clients see failures until the
+    // health checks take it out of rotation.
+    let (status, _) =
+        berth_testkit::http_get(&format!("{sick_ip}:8080"), "/debug/fail", "x").unwrap();
+    assert_eq!(status, 200);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let out_at = std::sync::Arc::new(std::sync::Mutex::new(None::<Instant>));
+    let client = {
+        let (stop, out_at, http) = (stop.clone(), out_at.clone(), agent.http.clone());
+        std::thread::spawn(move || {
+            let (mut before_out, mut after_out, mut served) = (0u32, 0u32, 0u32);
+            let mut last_failures = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                let sent = Instant::now();
+                let ok = matches!(
+                    berth_testkit::http_get(&http, "/", "localhost"),
+                    Ok((200, _))
+                );
+                served += 1;
+                if !ok {
+                    // A request sent after the replica left rotation must not fail.
+                    match *out_at.lock().unwrap() {
+                        Some(out) if sent > out => {
+                            after_out += 1;
+                            last_failures.push(sent);
+                        }
+                        _ => before_out += 1,
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            (before_out, after_out, served)
+        })
+    };
+
+    // `berth status` shows it unhealthy (and out of rotation) with the reason.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let unhealthy = loop {
+        let status = agent.berth_in(app.path(), &["status", "--json"]).json();
+        let replica = status["apps"][0]["services"][0]["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["container"] == sick_name.as_str())
+            .cloned();
+        // Unhealthy in the monitor's eyes (a `status` probe on demand may say so earlier).
+        if let Some(r) =
+            replica.filter(|r| r["health"] == "unhealthy" && r["watch"]["in_rotation"] == false)
+        {
+            *out_at.lock().unwrap() = Some(Instant::now());
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never marked unhealthy: {status}\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        unhealthy["watch"]["last_failure"]
+            .as_str()
+            .unwrap()
+            .contains("GET /health returned 500"),
+        "{unhealthy}"
+    );
+    let text = agent.berth_in(app.path(), &["status"]).stdout;
+    assert!(
+        text.contains(&format!("{sick_name} unhealthy since")) && text.contains("out of rotation"),
+        "{text}"
+    );
+
+    // Replaced after restart_after, through the gate: a new container, the old one gone.
+    let replaced = receiver
+        .wait_for(Duration::from_secs(30), |b| {
+            is(b, "event", "replica_replaced")
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no replacement was told: {:?}\n{}",
+                receiver.received(),
+                agent.log()
+            )
+        });
+    assert!(replaced.signed, "the HMAC signature checks out");
+    assert!(
+        replaced.body["alert"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{sick_name} was replaced by")),
+        "{}",
+        replaced.body
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while replicas(&app.name, "web")
+        .iter()
+        .any(|(id, _, _)| *id == sick_id)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the sick replica is still running"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A little traffic on the replacement too, then stop the client.
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (before_out, after_out, served) = client.join().unwrap();
+    assert!(
+        before_out > 0,
+        "the sick replica did answer 500 while it was in rotation ({served} requests): the test can fail"
+    );
+    assert_eq!(
+        after_out, 0,
+        "{after_out} of {served} requests failed after the replica left rotation"
+    );
+    assert_eq!(replicas(&app.name, "web").len(), 2);
+    let answer = agent.berth_in(app.path(), &["alerts", "--json"]).json();
+    assert!(
+        answer["recent"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["rule"] == "replica_replaced"),
+        "{answer}"
+    );
+    assert!(
+        answer["deliveries"][0]["ok"] == true,
+        "the delivery is recorded as delivered: {answer}"
+    );
+}
+
+#[test]
+fn a_stopped_accessory_fires_down_and_resolved_once_back_and_status_says_so() {
+    let agent = Agent::start();
+    let receiver = WebhookReceiver::start(KEY).unwrap();
+    let app = agent.app("acc");
+    app.write(&format!(
+        r#"app = "{{app}}"
+
+[services.web]
+build = "."
+port = 8080
+healthcheck = {{ path = "/health", interval = "1s", start_timeout = "20s" }}
+route = {{ domains = [] }}
+stop_timeout = "2s"
+
+[accessories.cache]
+build = "."
+port = 8080
+healthcheck = {{ tcp = true, interval = "500ms", failure_threshold = 2, restart_after = "never" }}
+stop_timeout = "1s"
+{}"#,
+        hook(&receiver.url)
+    ));
+    set_key(&agent, &app);
+    agent.berth_in(app.path(), &["deploy"]).success();
+    let container = format!("{}-cache", app.name);
+    let docker = |args: &[&str]| {
+        let out = std::process::Command::new("docker")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    docker(&["stop", "-t", "1", &container]);
+    let down = receiver
+        .wait_for(Duration::from_secs(30), |b| is(b, "firing", "service_down"))
+        .unwrap_or_else(|| panic!("no down alert: {:?}\n{}", receiver.received(), agent.log()));
+    assert!(down.signed);
+    assert_eq!(down.body["alert"]["subject"], format!("{}/cache", app.name));
+    assert_eq!(down.body["alert"]["severity"], "critical");
+    // Firing: named by `berth status` (which exits 1) and `berth alerts`.
+    let status = agent.berth_in(app.path(), &["status"]);
+    status.failure(1);
+    assert!(status.stdout.contains("unhealthy"), "{}", status.stdout);
+    let alerts = agent.berth_in(app.path(), &["alerts", "--json"]).json();
+    assert_eq!(alerts["firing"][0]["rule"], "service_down", "{alerts}");
+
+    docker(&["start", &container]);
+    let resolved = receiver
+        .wait_for(Duration::from_secs(30), |b| {
+            is(b, "resolved", "service_down")
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no resolved alert: {:?}\n{}",
+                receiver.received(),
+                agent.log()
+            )
+        });
+    assert!(resolved.signed);
+    std::thread::sleep(Duration::from_secs(2));
+    let downs = receiver
+        .received()
+        .iter()
+        .filter(|r| is(&r.body, "firing", "service_down"))
+        .count();
+    assert_eq!(
+        downs,
+        1,
+        "one alert per state change: {:?}",
+        receiver.received()
+    );
+    let alerts = agent.berth_in(app.path(), &["alerts", "--json"]).json();
+    assert!(alerts["firing"].as_array().unwrap().is_empty(), "{alerts}");
+    agent.berth_in(app.path(), &["status"]).success();
+}
+
+#[test]
+fn an_oom_killed_worker_raises_one_oom_alert_and_one_crash_loop_alert() {
+    let agent = Agent::start();
+    let receiver = WebhookReceiver::start(KEY).unwrap();
+    let app = agent.app("oom");
+    // `tail` keeps a line in memory until it ends: 300 MB of zeros under a 32 MB limit.
+    app.write(&format!(
+        r#"app = "{{app}}"
+
+[services.hog]
+image = "berth-test/debian-db:latest"
+pull = "missing"
+command = ["sh", "-c", "sleep 2; head -c 300m /dev/zero | tail; exit 137"]
+memory = "32m"
+stop_timeout = "1s"
+{}"#,
+        hook(&receiver.url)
+    ));
+    set_key(&agent, &app);
+    agent.berth_in(app.path(), &["deploy"]).success();
+    let oom = receiver
+        .wait_for(Duration::from_secs(60), |b| is(b, "event", "oom_killed"))
+        .unwrap_or_else(|| panic!("no OOM alert: {:?}\n{}", receiver.received(), agent.log()));
+    assert!(
+        oom.body["alert"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("raise `memory`"),
+        "{}",
+        oom.body
+    );
+    let looping = receiver
+        .wait_for(Duration::from_secs(90), |b| is(b, "firing", "crash_loop"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no crash loop alert: {:?}\n{}",
+                receiver.received(),
+                agent.log()
+            )
+        });
+    // Docker keeps restarting it; the loop is reported once, not once per restart.
+    std::thread::sleep(Duration::from_secs(15));
+    let received = receiver.received();
+    let loops = received
+        .iter()
+        .filter(|r| is(&r.body, "firing", "crash_loop"))
+        .count();
+    let after_loop = received
+        .iter()
+        .filter(|r| r.at > looping.at && r.body["alert"]["rule"] != "crash_loop")
+        .count();
+    assert_eq!(loops, 1, "{received:?}");
+    assert_eq!(
+        after_loop, 0,
+        "no alert per restart while it loops: {received:?}"
+    );
+    assert!(received.iter().all(|r| r.signed));
+}
+
+#[test]
+fn alerts_test_sends_an_email_through_a_real_smtp_server() {
+    let agent = Agent::start();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mail_dir = tempfile::tempdir().unwrap();
+    let _smtp = KillOnDrop(
+        std::process::Command::new("/usr/bin/python3")
+            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(mail_dir.path().join("box"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("Debian's python3-aiosmtpd (scripts/install-test-peers installs it)"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "aiosmtpd did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let app = agent.app("mail");
+    app.write(&format!(
+        r#"app = "{{app}}"
+
+[services.web]
+build = "."
+port = 8080
+healthcheck = {{ path = "/health", interval = "1s", start_timeout = "20s" }}
+route = {{ domains = [] }}
+
+[alerts.mail]
+type = "email"
+smtp = "127.0.0.1:{port}"
+tls = "none"
+from = "berth@example.com"
+to = ["ops@example.com", "oncall@example.com"]
+"#
+    ));
+    agent.berth_in(app.path(), &["deploy"]).success();
+    let sent = agent.berth_in(app.path(), &["alerts", "test", "mail"]);
+    sent.success();
+    assert!(
+        sent.stdout.contains("a test message went to channel mail"),
+        "{}",
+        sent.stdout
+    );
+    let new = mail_dir.path().join("box/new");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let message = loop {
+        if let Some(entry) = std::fs::read_dir(&new).ok().and_then(|mut d| d.next()) {
+            break std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        }
+        assert!(Instant::now() < deadline, "no message arrived in {new:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(message.contains("From: berth@example.com"), "{message}");
+    assert!(
+        message.contains("ops@example.com") && message.contains("oncall@example.com"),
+        "{message}"
+    );
+    assert!(
+        message.contains("Subject: [TEST info] a test message from berth"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("channel of {}", app.name)) || message.contains(&app.name),
+        "{message}"
+    );
+    // A channel that does not exist is named, with the ones that do.
+    let unknown = agent.berth_in(app.path(), &["alerts", "test", "pager"]);
+    unknown.failure(2);
+    assert!(
+        unknown.stderr.contains("its channels: mail"),
+        "{}",
+        unknown.stderr
+    );
+    // The delivery is on record.
+    let alerts = agent.berth_in(app.path(), &["alerts", "--json"]).json();
+    assert_eq!(alerts["deliveries"][0]["channel"], "mail", "{alerts}");
+    assert_eq!(alerts["deliveries"][0]["what"], "test", "{alerts}");
+}
+
+/// A child process killed and reaped when the test ends, passed or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_replica_started_again_at_a_new_address_is_served_again() {
+    let agent = Agent::start();
+    let app = agent.app("moved");
+    app.write(
+        r#"app = "{app}"
+
+[services.web]
+build = "."
+port = 8080
+healthcheck = { path = "/health", interval = "500ms", failure_threshold = 2, restart_after = "never", start_timeout = "20s" }
+route = { domains = [] }
+stop_timeout = "1s"
+"#,
+    );
+    agent.berth_in(app.path(), &["deploy"]).success();
+    agent.wait_serving("hello");
+    let (id, _, before) = replicas(&app.name, "web").remove(0);
+    let docker = |args: &[&str]| {
+        let out = std::process::Command::new("docker")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    docker(&["stop", "-t", "1", &id]);
+    // Another container takes the stopped replica's address, so Docker gives it a new one.
+    let thief = docker(&[
+        "run",
+        "-d",
+        "--network",
+        &format!("berth-{}", app.name),
+        "--ip",
+        &before.to_string(),
+        "--label",
+        &format!("berth.app={}", app.name),
+        "berth-test/debian-db:latest",
+        "sleep",
+        "300",
+    ]);
+    docker(&["start", &id]);
+    let (_, _, after) = replicas(&app.name, "web").remove(0);
+    assert_ne!(before, after, "the replica came back at a new address");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok((200, body)) = agent.get("/")
+            && body.contains("hello")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the proxy never followed the replica to {after}: {:?}\n{}",
+            agent.get("/"),
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    docker(&["rm", "-f", &thief]);
+    assert!(
+        agent.log().contains("a replica came back at a new address"),
+        "{}",
+        agent.log()
+    );
+}
+
+#[test]
+fn top_and_the_metrics_show_each_containers_resources_from_its_cgroup() {
+    let agent = Agent::start_with(&[], &["--metrics", "127.0.0.1:0"]);
+    let app = agent.app("top");
+    app.write(
+        r#"app = "{app}"
+
+[services.web]
+build = "."
+port = 8080
+memory = "64m"
+cpus = 0.5
+healthcheck = { path = "/health", interval = "1s", start_timeout = "20s" }
+route = { domains = [] }
+"#,
+    );
+    agent.berth_in(app.path(), &["deploy"]).success();
+    let (_, name, _) = replicas(&app.name, "web").remove(0);
+    // Sampled every 15 s from the containers the health checks watch.
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let row = loop {
+        let answer = agent.berth_in(app.path(), &["top", "--json"]).json();
+        if let Some(row) = answer["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["container"] == name.as_str())
+        {
+            break row.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never sampled: {answer}\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(row["app"], app.name.as_str());
+    assert_eq!(row["memory_limit_bytes"], 64 << 20, "{row}");
+    let memory = row["memory_bytes"].as_u64().unwrap();
+    assert!(memory > 0 && memory < 64 << 20, "{row}");
+    let answer = agent.berth_in(app.path(), &["top", "--json"]).json();
+    assert!(
+        answer["host"]["memory_total_bytes"].as_u64().unwrap() > 0,
+        "{answer}"
+    );
+    assert!(answer["host"]["cpus"].as_u64().unwrap() > 0, "{answer}");
+    // Without a terminal: one snapshot as a table.
+    let table = agent.berth_in(app.path(), &["top"]);
+    table.success();
+    assert!(
+        table.stdout.contains("CONTAINER")
+            && table.stdout.contains(&name)
+            && table.stdout.contains("host: CPU"),
+        "{}",
+        table.stdout
+    );
+    // The same under cAdvisor's names on the metrics listener.
+    let metrics = agent.agent_file()["metrics"].as_str().unwrap().to_owned();
+    let (_, text) = berth_testkit::http_get(&metrics, "/metrics", "localhost").unwrap();
+    let labels = format!("name=\"{name}\",app=\"{}\",service=\"web\"", app.name);
+    for family in [
+        "container_memory_working_set_bytes",
+        "container_spec_memory_limit_bytes",
+        "container_cpu_usage_seconds_total",
+        "container_network_receive_bytes_total",
+    ] {
+        assert!(
+            text.contains(&format!("{family}{{{labels}}}")),
+            "{family} in {text}"
+        );
+    }
+}
+
+#[test]
+fn a_failed_deploy_and_a_failed_backup_raise_one_alert_each() {
+    let agent = Agent::start();
+    let receiver = WebhookReceiver::start(KEY).unwrap();
+    let app = agent.app("recs");
+    let manifest = |env: &str, dump: &str| {
+        format!(
+            r#"app = "{{app}}"
+
+[services.web]
+build = "."
+port = 8080
+env = {{ {env} }}
+healthcheck = {{ path = "/health", interval = "500ms", start_timeout = "3s" }}
+route = {{ domains = [] }}
+stop_timeout = "1s"
+
+[backups.dump]
+source = {{ command = {{ service = "web", dump = ["/hello", "{dump}"] }} }}
+to = ["local"]
+{}"#,
+            hook(&receiver.url)
+        )
+    };
+    app.write(&manifest("", "no-such-command"));
+    set_key(&agent, &app);
+    agent.berth_in(app.path(), &["deploy"]).success();
+    // The dump command fails: the backup is not good.
+    agent
+        .berth_in(app.path(), &["backup", "run", "dump"])
+        .failure(1);
+    let failed = receiver
+        .wait_for(Duration::from_secs(40), |b| {
+            is(b, "firing", "backup_failed")
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no backup alert: {:?}\n{}",
+                receiver.received(),
+                agent.log()
+            )
+        });
+    assert!(failed.signed);
+    assert_eq!(
+        failed.body["alert"]["subject"],
+        format!("{}/backup dump", app.name)
+    );
+
+    // A deploy whose new release never gets healthy: the old one keeps serving, and it is told.
+    app.write(&manifest("FAIL_HEALTH = \"1\"", "no-such-command"));
+    agent.berth_in(app.path(), &["deploy"]).failure(1);
+    let deploy = receiver
+        .wait_for(Duration::from_secs(40), |b| is(b, "event", "deploy_failed"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no deploy alert: {:?}\n{}",
+                receiver.received(),
+                agent.log()
+            )
+        });
+    let summary = deploy.body["alert"]["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("release 2") && summary.contains("keeps serving"),
+        "{summary}"
+    );
+    assert_eq!(
+        receiver
+            .received()
+            .iter()
+            .filter(|r| is(&r.body, "firing", "backup_failed"))
+            .count(),
+        1,
+        "one alert while the backup stays failed"
+    );
+}
