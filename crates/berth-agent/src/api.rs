@@ -50,6 +50,8 @@ pub struct Metrics {
     pub host: Arc<berth_monitor::HostMetrics>,
     /// Each watched container's last two samples (`berth top`).
     pub containers: Arc<berth_monitor::ContainerMetrics>,
+    /// The `[monitors]` checks' last results (`berth status`, `/health`).
+    pub monitors: Arc<berth_monitor::external::MonitorBoard>,
 }
 
 impl Metrics {
@@ -91,6 +93,7 @@ pub fn metrics_router(metrics: Arc<Metrics>, engine: Arc<Engine>, info: AgentInf
         engine,
         info,
         host: metrics.host.clone(),
+        monitors: metrics.monitors.clone(),
         last: tokio::sync::Mutex::new(None),
     });
     Router::new()
@@ -348,7 +351,13 @@ async fn status(
     Query(query): Query<StatusQuery>,
 ) -> ApiResult<Json<Status>> {
     Ok(Json(
-        full_status(&state.engine, &state.info, query.app.as_deref()).await?,
+        full_status(
+            &state.engine,
+            &state.info,
+            &state.metrics.monitors,
+            query.app.as_deref(),
+        )
+        .await?,
     ))
 }
 
@@ -356,6 +365,7 @@ async fn status(
 async fn full_status(
     engine: &Arc<Engine>,
     info: &AgentInfo,
+    monitors: &berth_monitor::external::MonitorBoard,
     app: Option<&str>,
 ) -> Result<Status, OpError> {
     let mut agent = info.clone();
@@ -383,6 +393,21 @@ async fn full_status(
         problems: Vec::new(),
         firing_alerts: Vec::new(),
         failing_channels: Vec::new(),
+        monitors: monitors
+            .all()
+            .into_iter()
+            .filter(|((monitor_app, _), _)| app.is_none_or(|a| a == monitor_app))
+            .map(|((app, name), view)| MonitorInfo {
+                app,
+                name,
+                check: view.check,
+                checked_at: view.at,
+                failure: view.failure,
+                latency_ms: view.latency_ms,
+                failures_in_row: view.state.failures_in_row,
+                firing: view.state.triggered,
+            })
+            .collect(),
     };
     let (firing, deliveries) = alert_summary(engine, app)?;
     status.firing_alerts = firing;
@@ -400,6 +425,7 @@ struct HealthCache {
     engine: Arc<Engine>,
     info: AgentInfo,
     host: Arc<berth_monitor::HostMetrics>,
+    monitors: Arc<berth_monitor::external::MonitorBoard>,
     last: tokio::sync::Mutex<Option<(tokio::time::Instant, berth_api::HealthReport)>>,
 }
 
@@ -417,7 +443,7 @@ impl HealthCache {
         }
         let mut report = match tokio::time::timeout(
             std::time::Duration::from_secs(8),
-            full_status(&self.engine, &self.info, None),
+            full_status(&self.engine, &self.info, &self.monitors, None),
         )
         .await
         {

@@ -490,6 +490,12 @@ async fn serve(
     background.spawn("container metrics", |report, stop| {
         berth_monitor::containers::sampler(sampler.0, sampler.1, report, stop.stopped())
     });
+    // `[monitors.NAME]` of the live releases, checked from here.
+    let monitor_board = Arc::new(berth_monitor::external::MonitorBoard::default());
+    let external = (engine.clone(), alerts.clone(), monitor_board.clone());
+    background.spawn("monitors", |report, stop| {
+        berth_monitor::external::watch(external.0, external.1, external.2, report, stop.stopped())
+    });
     let checker = (engine.clone(), alerts.clone());
     background.spawn("record checks", |report, stop| {
         berth_monitor::checks::watch(checker.0, checker.1, report, stop.stopped())
@@ -503,6 +509,7 @@ async fn serve(
         edge: edge.clone(),
         host: host_metrics.clone(),
         containers: container_metrics.clone(),
+        monitors: monitor_board.clone(),
     });
 
     // Certificate files renewed by other tools are picked up without a restart.

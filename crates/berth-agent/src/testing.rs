@@ -61,6 +61,7 @@ fn metrics(host: Arc<berth_monitor::HostMetrics>) -> Arc<crate::api::Metrics> {
         edge: Arc::new(Edge::new(berth_tls::CertStore::new(), false, None)),
         host,
         containers: Arc::new(berth_monitor::ContainerMetrics::default()),
+        monitors: Arc::new(berth_monitor::external::MonitorBoard::default()),
     })
 }
 

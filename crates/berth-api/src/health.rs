@@ -103,7 +103,8 @@ impl Status {
     /// or whose copies failed verification, a certificate failing or expired, Docker out of
     /// reach. It warns where something is degraded: some but not all replicas healthy (which
     /// [`Status::find_problems`] already counts as a problem), an app stopped on purpose, a
-    /// certificate pending or expiring within 14 days. `now` is Unix seconds.
+    /// certificate pending or expiring within 14 days. A `[monitors]` check fails while its
+    /// alert fires and warns after a failed check below its threshold. `now` is Unix seconds.
     pub fn health_report(&self, now: i64) -> HealthReport {
         let mut report = HealthReport::new();
         let docker = if self.agent.docker.error.is_some() {
@@ -148,6 +149,20 @@ impl Status {
                     verdict,
                 );
             }
+        }
+        for monitor in &self.monitors {
+            let verdict = if monitor.firing {
+                Verdict::Fail
+            } else if monitor.failure.is_some() {
+                Verdict::Warn
+            } else {
+                Verdict::Pass
+            };
+            report.add(
+                &format!("{}/monitor {}:check", monitor.app, monitor.name),
+                "monitor",
+                verdict,
+            );
         }
         for certificate in &self.certificates {
             let verdict = match certificate.state.as_str() {

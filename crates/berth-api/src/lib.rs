@@ -408,6 +408,26 @@ pub struct Status {
     /// Alert channels whose last delivery failed: an alert that could not be sent.
     #[serde(default)]
     pub failing_channels: Vec<DeliveryInfo>,
+    /// `[monitors.NAME]` of the live releases and their last check.
+    #[serde(default)]
+    pub monitors: Vec<MonitorInfo>,
+}
+
+/// A `[monitors.NAME]` check and how its last run went.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MonitorInfo {
+    pub app: String,
+    pub name: String,
+    /// What it checks (`GET https://shop.example/health`).
+    pub check: String,
+    /// Unix ms of the last check.
+    pub checked_at: i64,
+    /// Why the last check failed; `None` when it passed.
+    pub failure: Option<String>,
+    pub latency_ms: u64,
+    pub failures_in_row: u32,
+    /// Its alert fires (failure_threshold reached, success_threshold not yet).
+    pub firing: bool,
 }
 
 /// An alert, firing or past.

@@ -126,3 +126,57 @@ impl AlertChannel {
         }
     }
 }
+
+/// `[monitors.NAME]`: a check of the app from outside its containers (usually its public
+/// address, so DNS, TLS and the proxy are covered end to end), run by the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Monitor {
+    pub name: String,
+    pub check: MonitorCheck,
+    #[serde(with = "duration_ms")]
+    pub interval: Duration,
+    #[serde(with = "duration_ms")]
+    pub timeout: Duration,
+    /// Failed checks in a row before the monitor's alert fires.
+    pub failure_threshold: u32,
+    /// Passed checks in a row before a firing alert resolves.
+    pub success_threshold: u32,
+    /// Tell the channels when it resolves.
+    pub send_on_resolved: bool,
+    /// HTTPS: alert when the certificate expires within this; zero never does.
+    #[serde(with = "duration_ms")]
+    pub certificate_expiry: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MonitorCheck {
+    /// GET `url`; passes when the status is in range, and the body contains `body` and
+    /// `json_path` (dot-separated, such as `status` or `checks.db`) equals `json_equals`
+    /// when given.
+    Http {
+        url: String,
+        status: crate::StatusRange,
+        body: Option<String>,
+        json_path: Option<String>,
+        json_equals: Option<String>,
+    },
+    /// Passes when `host:port` accepts a TCP connection.
+    Tcp { host: String, port: u16 },
+    /// Passes when the name resolves (to one of `addresses`, when given).
+    Dns {
+        name: String,
+        addresses: Vec<String>,
+    },
+}
+
+impl MonitorCheck {
+    /// What it checks, for messages (`GET https://shop.example/health`).
+    pub fn describe(&self) -> String {
+        match self {
+            MonitorCheck::Http { url, .. } => format!("GET {url}"),
+            MonitorCheck::Tcp { host, port } => format!("TCP {host}:{port}"),
+            MonitorCheck::Dns { name, .. } => format!("DNS {name}"),
+        }
+    }
+}

@@ -30,6 +30,9 @@ pub struct Manifest {
     /// Where alerts go.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alerts: Vec<crate::alerts::AlertChannel>,
+    /// Checks from outside the containers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub monitors: Vec<crate::alerts::Monitor>,
 }
 
 /// A registry and the credentials berth pulls from it with.

@@ -36,6 +36,43 @@ pub struct RawManifest {
     /// Where alerts are sent, by channel name.
     #[serde(default)]
     pub alerts: BTreeMap<SpannedString, Spanned<RawAlertChannel>>,
+    /// Checks of the app from outside its containers, by name.
+    #[serde(default)]
+    pub monitors: BTreeMap<SpannedString, Spanned<RawMonitor>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMonitor {
+    /// An HTTP(S) URL to GET.
+    pub url: Option<SpannedString>,
+    /// `host:port` that must accept a TCP connection.
+    pub tcp: Option<SpannedString>,
+    /// A name that must resolve.
+    pub dns: Option<SpannedString>,
+    /// DNS: addresses the name must resolve to (one of them).
+    #[serde(default)]
+    pub addresses: Vec<SpannedString>,
+    /// HTTP: the expected status, `200`, `"2xx"` or `"200-399"` (default `"2xx"`).
+    pub status: Option<Spanned<Scalar>>,
+    /// HTTP: a text the body must contain.
+    pub body: Option<SpannedString>,
+    /// HTTP: a dot-separated path into a JSON body (`status`, `checks.db.status`) ...
+    pub json_path: Option<SpannedString>,
+    /// ... and the value it must have there (compared as text).
+    pub json_equals: Option<Spanned<Scalar>>,
+    /// Time between checks (default 60s).
+    pub interval: Option<SpannedString>,
+    /// Time one check may take (default 10s).
+    pub timeout: Option<SpannedString>,
+    /// Failed checks in a row before the alert fires (default 3).
+    pub failure_threshold: Option<Spanned<i64>>,
+    /// Passed checks in a row before it resolves (default 2).
+    pub success_threshold: Option<Spanned<i64>>,
+    /// Tell the channels when it resolves (default true).
+    pub send_on_resolved: Option<Spanned<bool>>,
+    /// HTTPS: alert when the certificate expires within this (default "14d"; "0s" never).
+    pub certificate_expiry: Option<SpannedString>,
 }
 
 #[derive(Debug, Deserialize)]

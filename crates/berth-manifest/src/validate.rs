@@ -218,6 +218,7 @@ impl<'a> Checker<'a> {
         let backup = self.backup_settings(&raw, &services, &accessories);
         let registry = raw.registry.as_ref().map(|r| self.registry(r));
         let alerts = self.alert_channels(&raw);
+        let monitors = self.monitors(&raw);
 
         if !self.diagnostics.is_empty() {
             return None;
@@ -231,6 +232,7 @@ impl<'a> Checker<'a> {
             backup,
             registry,
             alerts,
+            monitors,
         })
     }
 
@@ -1243,7 +1245,7 @@ fn check_image_reference(reference: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn parse_status(value: &Scalar) -> Result<StatusRange, String> {
+pub(crate) fn parse_status(value: &Scalar) -> Result<StatusRange, String> {
     let valid = |n: u16| (100..=599).contains(&n);
     match value {
         Scalar::Integer(n) => match u16::try_from(*n) {

@@ -1338,3 +1338,97 @@ fn broken_alert_channels_are_named_with_the_fix() {
         );
     }
 }
+
+#[test]
+fn monitors_resolve_with_gatus_like_defaults_and_broken_ones_are_named() {
+    let text = r#"app = "shop"
+[services.web]
+image = "a:1"
+
+[monitors.site]
+url = "https://shop.example.com/health"
+body = "ok"
+json_path = "checks.db"
+json_equals = "up"
+
+[monitors.db]
+tcp = "db.example.com:5432"
+interval = "30s"
+failure_threshold = 1
+success_threshold = 1
+send_on_resolved = false
+
+[monitors.name]
+dns = "shop.example.com"
+addresses = ["203.0.113.7"]
+certificate_expiry = "0s"
+"#;
+    let manifest = load(source(text), None).unwrap();
+    let by_name = |n: &str| manifest.monitors.iter().find(|m| m.name == n).unwrap();
+    let site = by_name("site");
+    assert_eq!(
+        site.check,
+        MonitorCheck::Http {
+            url: "https://shop.example.com/health".into(),
+            status: StatusRange { min: 200, max: 299 },
+            body: Some("ok".into()),
+            json_path: Some("checks.db".into()),
+            json_equals: Some("up".into()),
+        }
+    );
+    assert_eq!(
+        (site.interval, site.timeout),
+        (Duration::from_secs(60), Duration::from_secs(10))
+    );
+    assert_eq!((site.failure_threshold, site.success_threshold), (3, 2));
+    assert!(site.send_on_resolved);
+    assert_eq!(site.certificate_expiry, Duration::from_secs(14 * 86_400));
+    let db = by_name("db");
+    assert_eq!(
+        db.check,
+        MonitorCheck::Tcp {
+            host: "db.example.com".into(),
+            port: 5432
+        }
+    );
+    assert_eq!(
+        (
+            db.failure_threshold,
+            db.success_threshold,
+            db.send_on_resolved
+        ),
+        (1, 1, false)
+    );
+    assert!(by_name("name").certificate_expiry.is_zero());
+
+    for (body, message) in [
+        ("interval = \"1m\"", "exactly one of `url`, `tcp` and `dns`"),
+        (
+            "url = \"https://a.example\"\ntcp = \"a:1\"",
+            "exactly one of",
+        ),
+        ("tcp = \"db.example.com\"", "is not host:port"),
+        (
+            "dns = \"a.example\"\nbody = \"x\"",
+            "only applies to a `url` check",
+        ),
+        (
+            "url = \"https://a.example\"\njson_path = \"status\"",
+            "go together",
+        ),
+        (
+            "dns = \"a.example\"\naddresses = [\"nope\"]",
+            "not an IP address",
+        ),
+    ] {
+        let text =
+            format!("app = \"shop\"\n[services.web]\nimage = \"a:1\"\n[monitors.m]\n{body}\n");
+        let error = load(source(&text), None).expect_err(body);
+        let first = &error.located()[0];
+        assert!(
+            first.message.contains(message),
+            "{body}: got `{}`",
+            first.message
+        );
+    }
+}

@@ -65,6 +65,8 @@ pub enum Signal {
         app: Option<String>,
         subject: String,
         problem: Option<(Severity, String)>,
+        /// Tell the channels when it resolves (a monitor's `send_on_resolved`).
+        notify_resolved: bool,
     },
     /// The newest release of an app failed (the previous one keeps serving).
     DeployFailed {
@@ -85,6 +87,8 @@ pub struct AlertChange {
     pub app: Option<String>,
     pub subject: String,
     pub summary: String,
+    /// Whether the channels hear of it (a quiet resolve is only recorded).
+    pub notify: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -280,6 +284,7 @@ impl Rules {
                 app,
                 subject,
                 problem,
+                notify_resolved,
             } => {
                 let key = format!("{rule}:{subject}");
                 match problem {
@@ -300,14 +305,16 @@ impl Rules {
                     // restarted must still resolve what fired before it.
                     None => {
                         self.conditions.remove(&key);
-                        vec![change(
+                        let mut resolve = change(
                             Action::Resolve,
                             rule,
                             Severity::Info,
                             app.as_ref(),
                             subject.clone(),
                             format!("{subject} is fine again"),
-                        )]
+                        );
+                        resolve.notify = *notify_resolved;
+                        vec![resolve]
                     }
                 }
             }
@@ -411,6 +418,7 @@ fn change(
         app: app.cloned(),
         subject,
         summary,
+        notify: true,
     }
 }
 
@@ -498,7 +506,12 @@ pub async fn deliver(
             match record(&engine, &change, now) {
                 Ok(Some((alert, what))) => {
                     tracing::info!(rule = %alert.rule, subject = %alert.subject, what, summary = %alert.summary, "alert");
-                    for (app, channel) in channels_for(&engine, &alert) {
+                    let channels = if change.notify {
+                        channels_for(&engine, &alert)
+                    } else {
+                        Vec::new()
+                    };
+                    for (app, channel) in channels {
                         last_sent.insert((alert.id, app.clone(), channel.name.clone()), now);
                         spawn_delivery(&engine, &sender, app, channel, alert.clone(), what);
                     }
@@ -884,6 +897,7 @@ mod tests {
             app: Some("shop".into()),
             subject: "shop/backup db".into(),
             problem: problem.map(|p| (Severity::Critical, p.to_owned())),
+            notify_resolved: true,
         };
         assert_eq!(
             actions(&rules.on_signal(&backup(None), 0)),

@@ -159,6 +159,7 @@ pub fn signals(
                             format!("{} backup {}: {text}", app.name, backup.name),
                         )
                     }),
+                    notify_resolved: true,
                 });
             }
         }
@@ -185,6 +186,7 @@ pub fn signals(
             app: None,
             subject: cert.domain.clone(),
             problem: certificate_problem(&cert, now_ms / 1000),
+            notify_resolved: true,
         });
     }
     signals

@@ -1,6 +1,8 @@
 //! berth's watch on the server, each part a worker:
 //! - [`replicas`]: continuous health checks of every current replica and accessory after the
 //!   deploy's gate; unhealthy replicas leave the proxy's rotation and are replaced;
+//! - [`external`]: `[monitors.NAME]`, checks of an app from outside (its public URL, a TCP
+//!   port, a DNS name) with Gatus' thresholds, and the certificate they see;
 //! - [`events`]: Docker's event stream, for containers that die on their own and OOM kills;
 //! - [`containers`]: each watched container's CPU, memory, network and block I/O and OOM kills
 //!   from its cgroup (v2 or v1) and `/proc`, under cAdvisor's metric names;
@@ -20,6 +22,7 @@ pub mod channels;
 pub mod checks;
 pub mod containers;
 pub mod events;
+pub mod external;
 pub mod host;
 pub mod replicas;
 pub mod top;

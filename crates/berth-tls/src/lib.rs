@@ -10,7 +10,7 @@ mod store;
 
 pub use acme::{Acme, AcmeConfig, Challenge, LETS_ENCRYPT, LETS_ENCRYPT_STAGING};
 pub use files::{CertificateFiles, FileCertificates};
-pub use pem::{LoadedCertificate, load as load_pem};
+pub use pem::{LoadedCertificate, load as load_pem, not_after as certificate_not_after};
 pub use pinned::{api_server_config, fingerprint, pinned_client_config};
 pub use store::{CertSource, CertState, CertStatus, CertStore, server_config};
 

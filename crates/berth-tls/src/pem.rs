@@ -62,6 +62,11 @@ pub fn describe(leaf: &CertificateDer<'_>) -> Result<(Vec<String>, i64, String),
     Ok((names, not_after, issuer))
 }
 
+/// When a DER certificate expires (Unix seconds), or `None` when it cannot be read.
+pub fn not_after(der: &[u8]) -> Option<i64> {
+    describe(&CertificateDer::from(der)).ok().map(|(_, t, _)| t)
+}
+
 pub fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

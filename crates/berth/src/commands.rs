@@ -1576,6 +1576,7 @@ async fn status(ctx: &Ctx, app: Option<String>) -> anyhow::Result<ExitCode> {
             )
         );
     }
+    alerts::print_monitors(&status.monitors);
     alerts::print_firing(&status.firing_alerts, &status.failing_channels);
     // The agent's verdict (the same rule, from an agent too old to send one).
     let problems = if status.problems.is_empty() {

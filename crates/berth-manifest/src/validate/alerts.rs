@@ -314,3 +314,185 @@ impl Checker<'_> {
         })
     }
 }
+
+const DEFAULT_MONITOR_INTERVAL: Duration = Duration::from_secs(60);
+const DEFAULT_MONITOR_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_CERTIFICATE_EXPIRY: Duration = Duration::from_secs(14 * 86_400);
+
+impl Checker<'_> {
+    pub(super) fn monitors(&mut self, raw: &RawManifest) -> Vec<Monitor> {
+        raw.monitors
+            .iter()
+            .filter_map(|(name, monitor)| self.monitor(name, monitor))
+            .collect()
+    }
+
+    fn monitor(&mut self, name: &Spanned<String>, raw: &Spanned<RawMonitor>) -> Option<Monitor> {
+        let monitor = raw.get_ref();
+        let label = format!("[monitors.{}]", name.get_ref());
+        if !valid_name(name.get_ref(), 63) {
+            self.error_help(
+                format!("monitor name `{}` is not valid", name.get_ref()),
+                span(name),
+                NAME_HELP,
+            );
+        }
+        let kinds = usize::from(monitor.url.is_some())
+            + usize::from(monitor.tcp.is_some())
+            + usize::from(monitor.dns.is_some());
+        if kinds != 1 {
+            self.error_help(
+                format!("{label} needs exactly one of `url`, `tcp` and `dns`"),
+                span(raw),
+                "such as url = \"https://shop.example.com/health\", tcp = \"db.example.com:5432\" or dns = \"shop.example.com\"",
+            );
+            return None;
+        }
+        let http_only = [
+            ("status", monitor.status.as_ref().and_then(span)),
+            ("body", monitor.body.as_ref().and_then(span)),
+            ("json_path", monitor.json_path.as_ref().and_then(span)),
+        ];
+        if monitor.url.is_none() {
+            for (field, at) in http_only {
+                if at.is_some() {
+                    self.error_help(
+                        format!("{label}: `{field}` only applies to a `url` check"),
+                        at,
+                        "remove it, or check a URL",
+                    );
+                }
+            }
+        }
+        let check = if let Some(url) = &monitor.url {
+            let url = self.channel_url(&label, Some(url), span(raw))?;
+            let status = match &monitor.status {
+                None => crate::StatusRange { min: 200, max: 299 },
+                Some(s) => match super::parse_status(s.get_ref()) {
+                    Ok(range) => range,
+                    Err(reason) => {
+                        self.error_help(
+                            format!("{label}: `status` is not valid: {reason}"),
+                            span(s),
+                            "such as 200, \"2xx\" or \"200-399\"",
+                        );
+                        crate::StatusRange { min: 200, max: 299 }
+                    }
+                },
+            };
+            if monitor.json_path.is_some() != monitor.json_equals.is_some() {
+                self.error_help(
+                    format!("{label}: `json_path` and `json_equals` go together"),
+                    span(raw),
+                    "such as json_path = \"status\" and json_equals = \"ok\"",
+                );
+            }
+            MonitorCheck::Http {
+                url,
+                status,
+                body: monitor.body.as_ref().map(|b| b.get_ref().clone()),
+                json_path: monitor.json_path.as_ref().map(|p| p.get_ref().clone()),
+                json_equals: monitor.json_equals.as_ref().map(|v| v.get_ref().to_text()),
+            }
+        } else if let Some(tcp) = &monitor.tcp {
+            match tcp
+                .get_ref()
+                .rsplit_once(':')
+                .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)))
+                .filter(|(host, port)| !host.is_empty() && *port > 0)
+            {
+                Some((host, port)) => MonitorCheck::Tcp {
+                    host: host.trim_matches(['[', ']']).to_owned(),
+                    port,
+                },
+                None => {
+                    self.error_help(
+                        format!("{label}: tcp `{}` is not host:port", tcp.get_ref()),
+                        span(tcp),
+                        "such as db.example.com:5432",
+                    );
+                    return None;
+                }
+            }
+        } else {
+            let dns = monitor.dns.as_ref()?;
+            let name_text = dns.get_ref();
+            if name_text.is_empty() || name_text.contains(['/', ':', ' ']) {
+                self.error_help(
+                    format!("{label}: dns `{name_text}` is not a host name"),
+                    span(dns),
+                    "such as shop.example.com",
+                );
+            }
+            for address in &monitor.addresses {
+                if address.get_ref().parse::<std::net::IpAddr>().is_err() {
+                    self.error_help(
+                        format!("{label}: `{}` is not an IP address", address.get_ref()),
+                        span(address),
+                        "such as 203.0.113.7 or 2001:db8::7",
+                    );
+                }
+            }
+            MonitorCheck::Dns {
+                name: name_text.clone(),
+                addresses: monitor
+                    .addresses
+                    .iter()
+                    .map(|a| a.get_ref().clone())
+                    .collect(),
+            }
+        };
+        let hour = Duration::from_secs(3600);
+        let interval = self.duration(
+            &format!("monitors.{}.interval", name.get_ref()),
+            monitor.interval.as_ref(),
+            DEFAULT_MONITOR_INTERVAL,
+            24 * hour,
+        );
+        let timeout = self.duration(
+            &format!("monitors.{}.timeout", name.get_ref()),
+            monitor.timeout.as_ref(),
+            DEFAULT_MONITOR_TIMEOUT,
+            hour,
+        );
+        let failure_threshold = self.integer(
+            "failure_threshold",
+            monitor.failure_threshold.as_ref(),
+            3,
+            1..=100,
+        );
+        let success_threshold = self.integer(
+            "success_threshold",
+            monitor.success_threshold.as_ref(),
+            2,
+            1..=100,
+        );
+        let certificate_expiry = match &monitor.certificate_expiry {
+            None => DEFAULT_CERTIFICATE_EXPIRY,
+            Some(text) => match parse_duration(text.get_ref()) {
+                Ok(d) => d,
+                Err(reason) => {
+                    self.error_help(
+                        format!("{label}: certificate_expiry is not a duration: {reason}"),
+                        span(text),
+                        "such as \"14d\", or \"0s\" for no certificate alert",
+                    );
+                    DEFAULT_CERTIFICATE_EXPIRY
+                }
+            },
+        };
+        Some(Monitor {
+            name: name.get_ref().clone(),
+            check,
+            interval,
+            timeout,
+            failure_threshold,
+            success_threshold,
+            send_on_resolved: monitor
+                .send_on_resolved
+                .as_ref()
+                .is_none_or(|s| *s.get_ref()),
+            certificate_expiry,
+        })
+    }
+}

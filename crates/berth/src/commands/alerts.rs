@@ -4,7 +4,7 @@
 use super::Ctx;
 use crate::output;
 use berth_api::{
-    AlertInfo, AlertTestRequest, AlertsAnswer, DeliveryInfo, ServiceStatus, TopAnswer,
+    AlertInfo, AlertTestRequest, AlertsAnswer, DeliveryInfo, MonitorInfo, ServiceStatus, TopAnswer,
 };
 use console::style;
 use std::io::IsTerminal;
@@ -175,6 +175,42 @@ pub(super) fn replica_health_lines(service: &ServiceStatus) -> Vec<String> {
         }
     }
     lines
+}
+
+/// The `[monitors]` checks and their last results, in `berth status`.
+pub(super) fn print_monitors(monitors: &[MonitorInfo]) {
+    if monitors.is_empty() {
+        return;
+    }
+    let rows: Vec<Vec<String>> = monitors
+        .iter()
+        .map(|m| {
+            let result = match (&m.failure, m.firing) {
+                (None, _) => style(format!("passing ({} ms)", m.latency_ms))
+                    .green()
+                    .to_string(),
+                (Some(why), true) => style(format!("failing, alert firing: {why}"))
+                    .red()
+                    .to_string(),
+                (Some(why), false) => {
+                    style(format!("failed {} in a row: {why}", m.failures_in_row))
+                        .yellow()
+                        .to_string()
+                }
+            };
+            vec![
+                format!("{}/{}", m.app, m.name),
+                m.check.clone(),
+                output::time(m.checked_at),
+                result,
+            ]
+        })
+        .collect();
+    println!();
+    print!(
+        "{}",
+        output::table(&["MONITOR", "CHECK", "LAST CHECK", "RESULT"], &rows)
+    );
 }
 
 /// The firing alerts and the channels that cannot be delivered to, after `berth status`.

@@ -672,3 +672,118 @@ to = ["local"]
         "one alert while the backup stays failed"
     );
 }
+
+#[test]
+fn an_http_monitor_of_the_public_address_fires_after_its_threshold_and_resolves() {
+    let agent = Agent::start_with(&[], &["--metrics", "127.0.0.1:0"]);
+    let receiver = WebhookReceiver::start(KEY).unwrap();
+    let app = agent.app("mon");
+    app.write(&format!(
+        r#"app = "{{app}}"
+
+[services.web]
+build = "."
+port = 8080
+healthcheck = {{ path = "/health", interval = "1s", restart_after = "never", start_timeout = "20s" }}
+route = {{ domains = [] }}
+stop_timeout = "1s"
+
+[monitors.site]
+url = "http://{}/health"
+body = "ok"
+interval = "500ms"
+timeout = "2s"
+failure_threshold = 2
+success_threshold = 2
+{}"#,
+        agent.http,
+        hook(&receiver.url)
+    ));
+    set_key(&agent, &app);
+    agent.berth_in(app.path(), &["deploy"]).success();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = agent.berth_in(app.path(), &["status", "--json"]).json();
+        if status["monitors"][0]["checked_at"].is_i64()
+            && status["monitors"][0]["failure"].is_null()
+        {
+            assert_eq!(
+                status["monitors"][0]["check"],
+                format!("GET http://{}/health", agent.http)
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the monitor never passed: {status}\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (id, _, _) = replicas(&app.name, "web").remove(0);
+    let docker = |args: &[&str]| {
+        let out = std::process::Command::new("docker")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    docker(&["stop", "-t", "1", &id]);
+    let firing = receiver
+        .wait_for(Duration::from_secs(30), |b| {
+            is(b, "firing", "monitor_failing")
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no monitor alert: {:?}\n{}",
+                receiver.received(),
+                agent.log()
+            )
+        });
+    let summary = firing.body["alert"]["summary"].as_str().unwrap();
+    // The proxy waits a moment for a replica before its 502: either may come first.
+    assert!(
+        summary.contains("monitor site")
+            && (summary.contains("answered 50") || summary.contains("no answer within 2s")),
+        "{summary}"
+    );
+    // `/health` names the monitor as failing, without the detail.
+    let metrics = agent.agent_file()["metrics"].as_str().unwrap().to_owned();
+    let (status, text) = berth_testkit::http_get(&metrics, "/health", "localhost").unwrap();
+    assert_eq!(status, 503, "{text}");
+    let report: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        report["checks"][format!("{}/monitor site:check", app.name)][0]["status"],
+        "fail"
+    );
+    assert!(!text.contains("answer"), "verdicts only: {text}");
+
+    docker(&["start", &id]);
+    let resolved = receiver
+        .wait_for(Duration::from_secs(30), |b| {
+            is(b, "resolved", "monitor_failing")
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no resolved message: {:?}\n{}",
+                receiver.received(),
+                agent.log()
+            )
+        });
+    assert!(resolved.signed);
+    let firings = receiver
+        .received()
+        .iter()
+        .filter(|r| is(&r.body, "firing", "monitor_failing"))
+        .count();
+    assert_eq!(
+        firings,
+        1,
+        "one alert per state change: {:?}",
+        receiver.received()
+    );
+}
