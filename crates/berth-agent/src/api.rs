@@ -159,6 +159,25 @@ async fn top(State(state): State<ApiState>, Query(query): Query<StatusQuery>) ->
     ))
 }
 
+/// `berth uptime`: from the state file's history and alert log.
+async fn uptime(
+    State(state): State<ApiState>,
+    Query(query): Query<StatusQuery>,
+) -> ApiResult<Json<UptimeAnswer>> {
+    if let Some(app) = &query.app {
+        check_app_name(app)?;
+        state.engine.require_app(app)?;
+    }
+    let store = state.engine.store().clone();
+    let app = query.app.clone();
+    let answer = tokio::task::spawn_blocking(move || {
+        berth_monitor::uptime::report(&store, app.as_deref(), berth_state::now_ms())
+    })
+    .await
+    .map_err(|e| OpError::failed(format!("the uptime report stopped: {e}")))??;
+    Ok(Json(answer))
+}
+
 async fn metrics_endpoint(State(state): State<ApiState>) -> Response {
     state.metrics.render()
 }
@@ -171,6 +190,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/audit", get(audit))
         .route("/v1/alerts", get(alerts))
         .route("/v1/top", get(top))
+        .route("/v1/uptime", get(uptime))
         .route("/v1/apps/{app}/alerts/test", post(test_alert))
         .route("/v1/metrics", get(metrics_endpoint))
         .route("/v1/agent/upgrade", post(upgrade_agent))

@@ -475,9 +475,15 @@ async fn serve(
     background.spawn("host metrics", |report, stop| {
         berth_monitor::host::sampler(sampled, watched, host_alerts, report, stop.stopped())
     });
-    let watcher = (engine.clone(), alerts.clone());
+    // Every probe and check, written to the state file every 15 s (`berth uptime`).
+    let uptime = Arc::new(berth_monitor::uptime::Uptime::default());
+    let flushed = (engine.store().clone(), uptime.clone());
+    background.spawn("uptime history", |report, stop| {
+        berth_monitor::uptime::flusher(flushed.0, flushed.1, report, stop.stopped())
+    });
+    let watcher = (engine.clone(), alerts.clone(), uptime.clone());
     background.spawn("health checks", |report, stop| {
-        berth_monitor::replicas::watch(watcher.0, watcher.1, report, stop.stopped())
+        berth_monitor::replicas::watch(watcher.0, watcher.1, watcher.2, report, stop.stopped())
     });
     let follower = (engine.clone(), alerts.clone());
     background.spawn("container events", |report, stop| {
@@ -492,9 +498,21 @@ async fn serve(
     });
     // `[monitors.NAME]` of the live releases, checked from here.
     let monitor_board = Arc::new(berth_monitor::external::MonitorBoard::default());
-    let external = (engine.clone(), alerts.clone(), monitor_board.clone());
+    let external = (
+        engine.clone(),
+        alerts.clone(),
+        monitor_board.clone(),
+        uptime.clone(),
+    );
     background.spawn("monitors", |report, stop| {
-        berth_monitor::external::watch(external.0, external.1, external.2, report, stop.stopped())
+        berth_monitor::external::watch(
+            external.0,
+            external.1,
+            external.2,
+            external.3,
+            report,
+            stop.stopped(),
+        )
     });
     let checker = (engine.clone(), alerts.clone());
     background.spawn("record checks", |report, stop| {

@@ -12,6 +12,7 @@
 //! | `GET /v1/workers` | | `Vec<`[`WorkerInfo`]`>` |
 //! | `GET /v1/alerts[?app=A&limit=N]` | | [`AlertsAnswer`] |
 //! | `GET /v1/top[?app=A]` | | [`TopAnswer`] |
+//! | `GET /v1/uptime[?app=A]` | | [`UptimeAnswer`] |
 //! | `POST /v1/apps/A/alerts/test` | [`AlertTestRequest`] | [`DeliveryInfo`] |
 //! | `POST /v1/apps/A/services/S/restart` | [`RestartRequest`] | NDJSON [`OperationEvent`]s |
 //! | `GET /v1/apps/A/releases[?limit=N]` | | `Vec<`[`ReleaseInfo`]`>` |
@@ -521,6 +522,39 @@ pub struct ContainerTop {
     pub disk_read_rate: Option<f64>,
     pub disk_write_rate: Option<f64>,
     pub oom_kills: Option<u64>,
+}
+
+/// `berth uptime`: availability and latency of each service and monitor, and the incidents.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct UptimeAnswer {
+    pub subjects: Vec<SubjectUptime>,
+    /// The last 30 days' outages (a service down, a monitor failing, a crash loop), newest
+    /// first.
+    pub incidents: Vec<Incident>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SubjectUptime {
+    /// `APP/SERVICE` or `APP/monitor NAME`.
+    pub subject: String,
+    /// Share of checks that found it up, in percent; `None` without checks in the window.
+    pub day_percent: Option<f64>,
+    pub week_percent: Option<f64>,
+    pub month_percent: Option<f64>,
+    pub checks_day: i64,
+    /// Latency of the passed checks over 24 hours.
+    pub p50_ms: Option<i64>,
+    pub p95_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Incident {
+    pub subject: String,
+    pub rule: String,
+    pub started_at: i64,
+    /// `None` while it lasts.
+    pub ended_at: Option<i64>,
+    pub cause: String,
 }
 
 /// `berth alerts test CHANNEL`.

@@ -275,6 +275,7 @@ pub async fn watch(
     engine: Arc<Engine>,
     alerts: Arc<Alerts>,
     board: Arc<MonitorBoard>,
+    uptime: Arc<crate::uptime::Uptime>,
     report: berth_workers::Reporter,
     stop: impl std::future::Future<Output = ()>,
 ) {
@@ -328,6 +329,11 @@ pub async fn watch(
                 let Ok((key, result)) = done else { continue };
                 in_flight.remove(&key);
                 let Some(monitor) = monitors.get(&key) else { continue };
+                uptime.record(
+                    format!("{}/monitor {}", key.0, key.1),
+                    result.failure.is_none(),
+                    result.latency,
+                );
                 let state = states.entry(key.clone()).or_default();
                 for signal in signals_for(&key, monitor, state, &result, berth_state::now_ms()) {
                     alerts.signal(signal);

@@ -10,6 +10,8 @@
 //!   node_exporter's metric names;
 //! - [`checks`]: berth's own records every 15 s: failed or overdue backups, certificates
 //!   near expiry or failing to renew, failed deploys;
+//! - [`uptime`]: every probe and check recorded (raw, then in minute and hour buckets) for
+//!   `berth uptime`;
 //! - [`alerts`]: what those notice, turned into alerts by built-in rules, recorded, and sent
 //!   through the [`channels`] each app's manifest names.
 //!
@@ -26,6 +28,7 @@ pub mod external;
 pub mod host;
 pub mod replicas;
 pub mod top;
+pub mod uptime;
 
 pub use alerts::{Alerts, Signal};
 pub use containers::ContainerMetrics;

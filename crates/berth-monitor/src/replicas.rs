@@ -274,6 +274,7 @@ const REFRESH_EVERY: Duration = Duration::from_secs(5);
 pub async fn watch(
     engine: Arc<Engine>,
     alerts: Arc<Alerts>,
+    uptime: Arc<crate::uptime::Uptime>,
     report: berth_workers::Reporter,
     stop: impl std::future::Future<Output = ()>,
 ) {
@@ -282,7 +283,8 @@ pub async fn watch(
     let mut changes = engine.subscribe_release_changes();
     let mut tracker = Tracker::default();
     let mut targets: HashMap<String, WatchTarget> = HashMap::new();
-    let mut probes: JoinSet<(String, Verdict, Option<std::net::IpAddr>)> = JoinSet::new();
+    type Probed = (String, Verdict, Option<std::net::IpAddr>, Duration);
+    let mut probes: JoinSet<Probed> = JoinSet::new();
     let mut probing: HashSet<String> = HashSet::new();
     let mut replacements: JoinSet<(String, String, Result<String, String>)> = JoinSet::new();
     let mut verdicts = ServiceVerdicts::default();
@@ -322,14 +324,15 @@ pub async fn watch(
             let runtime = engine.runtime().clone();
             probing.insert(id.clone());
             probes.spawn(async move {
+                let started = std::time::Instant::now();
                 let (verdict, ip) = check(runtime.as_ref(), &target).await;
-                (target.container_id, verdict, ip)
+                (target.container_id, verdict, ip, started.elapsed())
             });
         }
         tokio::select! {
             () = &mut stop => return,
             Some(done) = probes.join_next(), if !probes.is_empty() => {
-                let Ok((id, verdict, ip)) = done else { continue };
+                let Ok((id, verdict, ip, took)) = done else { continue };
                 probing.remove(&id);
                 let Some(target) = targets.get(&id).cloned() else { continue };
                 // A deploy or restart holds the lock while it changes containers: its
@@ -390,6 +393,11 @@ pub async fn watch(
                 }
                 if let Some(health) = tracker.health(&id) {
                     board.set(&id, health.clone());
+                }
+                if verdict != Verdict::Unknown {
+                    let key = (target.app.clone(), target.service.name.clone());
+                    let up = tracker.services().get(&key).is_some_and(|(healthy, _)| *healthy > 0);
+                    uptime.record(format!("{}/{}", target.app, target.service.name), up, took);
                 }
                 service_verdicts(&tracker, &mut verdicts, &alerts);
             }
@@ -693,8 +701,10 @@ healthcheck = { command = ["check"], interval = "100ms", failure_threshold = 2, 
         });
         let alerts = Arc::new(Alerts::for_tests());
         let (engine, watcher_alerts) = (h.engine.clone(), alerts.clone());
+        let uptime = Arc::new(crate::uptime::Uptime::default());
+        let recorded = uptime.clone();
         h.engine.workers().spawn("health checks", |report, stop| {
-            watch(engine, watcher_alerts, report, stop.stopped())
+            watch(engine, watcher_alerts, recorded, report, stop.stopped())
         });
         eventually("the sick replica leaving rotation", || !sick.in_rotation()).await;
         let board = h.engine.health_board().get(&sick_id).unwrap();
@@ -710,6 +720,17 @@ healthcheck = { command = ["check"], interval = "100ms", failure_threshold = 2, 
         })
         .await;
         assert_eq!(h.engine.live_app("shop").unwrap().upstreams["web"].len(), 2);
+        uptime.flush(h.engine.store()).unwrap();
+        let now = berth_state::now_ms();
+        let day = h
+            .engine
+            .store()
+            .uptime_since("shop/web", now - 86_400_000, now)
+            .unwrap();
+        assert!(
+            day.checks > 0 && day.ups == day.checks,
+            "one sick replica of two never took the service down: {day:?}"
+        );
         eventually("the replacement being told", || {
             alerts.signals_seen().iter().any(|s| {
                 matches!(s, Signal::ReplicaReplaced { container, result: Ok(_), .. } if *container == sick_name)

@@ -939,6 +939,189 @@ impl Store {
     }
 }
 
+impl Store {
+    // ---- uptime history ----------------------------------------------------------------
+
+    /// Records samples and brings the minute and hour buckets they fall in up to date, in
+    /// one transaction; then drops what is past its keeping time.
+    pub fn add_uptime_samples(&self, samples: &[UptimeSample], now: i64) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(sql("record uptime"))?;
+        let mut minutes = std::collections::BTreeSet::new();
+        for sample in samples {
+            tx.execute(
+                "INSERT INTO uptime_raw (subject, at, up, latency_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![sample.subject, sample.at, sample.up, sample.latency_ms],
+            )
+            .map_err(sql("record uptime"))?;
+            minutes.insert((sample.subject.clone(), sample.at.div_euclid(MINUTE)));
+        }
+        let mut hours = std::collections::BTreeSet::new();
+        for (subject, minute) in &minutes {
+            let (checks, ups, p50, p95) = bucket(
+                &tx,
+                "SELECT up, latency_ms FROM uptime_raw WHERE subject = ?1 AND at >= ?2 AND at < ?3",
+                subject,
+                minute * MINUTE,
+                (minute + 1) * MINUTE,
+            )?;
+            tx.execute(
+                "INSERT OR REPLACE INTO uptime_minutes (subject, minute, checks, ups, p50_ms, p95_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![subject, minute, checks, ups, p50, p95],
+            )
+            .map_err(sql("record uptime"))?;
+            hours.insert((subject.clone(), (minute * MINUTE).div_euclid(HOUR)));
+        }
+        for (subject, hour) in &hours {
+            // An hour's percentiles are those of its minutes' (close enough for a report).
+            let mut statement = tx
+                .prepare_cached(
+                    "SELECT checks, ups, p50_ms, p95_ms FROM uptime_minutes WHERE subject = ?1 AND minute >= ?2 AND minute < ?3",
+                )
+                .map_err(sql("record uptime"))?;
+            let rows: Vec<(i64, i64, i64, i64)> = statement
+                .query_map(
+                    params![subject, hour * HOUR / MINUTE, (hour + 1) * HOUR / MINUTE],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )
+                .map_err(sql("record uptime"))?
+                .collect::<rusqlite::Result<_>>()
+                .map_err(sql("record uptime"))?;
+            drop(statement);
+            let checks: i64 = rows.iter().map(|r| r.0).sum();
+            let ups: i64 = rows.iter().map(|r| r.1).sum();
+            let mut p50s: Vec<i64> = rows.iter().map(|r| r.2).collect();
+            let mut p95s: Vec<i64> = rows.iter().map(|r| r.3).collect();
+            tx.execute(
+                "INSERT OR REPLACE INTO uptime_hours (subject, hour, checks, ups, p50_ms, p95_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![subject, hour, checks, ups, percentile(&mut p50s, 50), percentile(&mut p95s, 95)],
+            )
+            .map_err(sql("record uptime"))?;
+        }
+        tx.execute(
+            "DELETE FROM uptime_raw WHERE at < ?1",
+            params![now - 48 * HOUR],
+        )
+        .map_err(sql("prune uptime"))?;
+        tx.execute(
+            "DELETE FROM uptime_minutes WHERE minute < ?1",
+            params![(now - 14 * DAY) / MINUTE],
+        )
+        .map_err(sql("prune uptime"))?;
+        tx.execute(
+            "DELETE FROM uptime_hours WHERE hour < ?1",
+            params![(now - 90 * DAY) / HOUR],
+        )
+        .map_err(sql("prune uptime"))?;
+        tx.commit().map_err(sql("record uptime"))
+    }
+
+    /// Every subject with history that belongs to `app` (`APP/...`), or every subject.
+    pub fn uptime_subjects(&self, app: Option<&str>) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let mut statement = conn
+            .prepare(
+                "SELECT DISTINCT subject FROM uptime_hours
+                 WHERE ?1 IS NULL OR substr(subject, 1, length(?1) + 1) = ?1 || '/'
+                 ORDER BY subject",
+            )
+            .map_err(sql("list uptime"))?;
+        let rows = statement
+            .query_map(params![app], |r| r.get(0))
+            .map_err(sql("list uptime"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(sql("list uptime"))
+    }
+
+    /// A subject's record since `since` (Unix ms): from raw samples for up to 48 hours back,
+    /// minute buckets up to 14 days, hour buckets beyond.
+    pub fn uptime_since(&self, subject: &str, since: i64, now: i64) -> Result<UptimeWindow> {
+        let conn = self.conn();
+        let (query, from, to) = if now - since <= 48 * HOUR {
+            (
+                "SELECT count(*), COALESCE(sum(up), 0) FROM uptime_raw WHERE subject = ?1 AND at >= ?2 AND at <= ?3",
+                since,
+                now,
+            )
+        } else if now - since <= 14 * DAY {
+            (
+                "SELECT COALESCE(sum(checks), 0), COALESCE(sum(ups), 0) FROM uptime_minutes WHERE subject = ?1 AND minute >= ?2 AND minute <= ?3",
+                since / MINUTE,
+                now / MINUTE,
+            )
+        } else {
+            (
+                "SELECT COALESCE(sum(checks), 0), COALESCE(sum(ups), 0) FROM uptime_hours WHERE subject = ?1 AND hour >= ?2 AND hour <= ?3",
+                since / HOUR,
+                now / HOUR,
+            )
+        };
+        let (checks, ups): (i64, i64) = conn
+            .query_row(query, params![subject, from, to], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .map_err(sql("read uptime"))?;
+        let mut latencies: Vec<i64> = if now - since <= 48 * HOUR {
+            let mut statement = conn
+                .prepare_cached(
+                    "SELECT latency_ms FROM uptime_raw WHERE subject = ?1 AND at >= ?2 AND at <= ?3 AND up = 1",
+                )
+                .map_err(sql("read uptime"))?;
+            statement
+                .query_map(params![subject, since, now], |r| r.get(0))
+                .map_err(sql("read uptime"))?
+                .collect::<rusqlite::Result<_>>()
+                .map_err(sql("read uptime"))?
+        } else {
+            Vec::new()
+        };
+        Ok(UptimeWindow {
+            checks,
+            ups,
+            p50_ms: (!latencies.is_empty()).then(|| percentile(&mut latencies, 50)),
+            p95_ms: (!latencies.is_empty()).then(|| percentile(&mut latencies, 95)),
+        })
+    }
+}
+
+const MINUTE: i64 = 60_000;
+const HOUR: i64 = 3_600_000;
+const DAY: i64 = 86_400_000;
+
+/// Checks, ups and latency percentiles of the raw samples a query selects.
+fn bucket(
+    tx: &rusqlite::Transaction<'_>,
+    query: &str,
+    subject: &str,
+    from: i64,
+    to: i64,
+) -> Result<(i64, i64, i64, i64)> {
+    let mut statement = tx.prepare_cached(query).map_err(sql("record uptime"))?;
+    let rows: Vec<(bool, i64)> = statement
+        .query_map(params![subject, from, to], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(sql("record uptime"))?
+        .collect::<rusqlite::Result<_>>()
+        .map_err(sql("record uptime"))?;
+    let ups = rows.iter().filter(|(up, _)| *up).count() as i64;
+    let mut latencies: Vec<i64> = rows.iter().filter(|(up, _)| *up).map(|(_, l)| *l).collect();
+    Ok((
+        rows.len() as i64,
+        ups,
+        percentile(&mut latencies, 50),
+        percentile(&mut latencies, 95),
+    ))
+}
+
+/// The `p`th percentile (nearest rank) of `values`; 0 when there are none.
+fn percentile(values: &mut [i64], p: usize) -> i64 {
+    if values.is_empty() {
+        return 0;
+    }
+    values.sort_unstable();
+    let rank = (p * values.len()).div_ceil(100).max(1);
+    values[rank.min(values.len()) - 1]
+}
+
 const ALERT_COLUMNS: &str = "SELECT id, key, rule, severity, app, subject, summary, kind, started_at, resolved_at FROM alerts";
 
 fn alert_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRecord> {
@@ -964,6 +1147,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("migration3.sql")),
         M::up(include_str!("migration4.sql")),
         M::up(include_str!("migration5.sql")),
+        M::up(include_str!("migration6.sql")),
     ])
 }
 

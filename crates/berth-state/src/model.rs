@@ -253,3 +253,23 @@ pub struct AlertDelivery {
     pub attempts: u32,
     pub error: Option<String>,
 }
+
+/// One probe or check: up or not, and how long it took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UptimeSample {
+    /// `APP/SERVICE` or `APP/monitor NAME`.
+    pub subject: String,
+    pub at: i64,
+    pub up: bool,
+    pub latency_ms: i64,
+}
+
+/// A subject's record over a window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UptimeWindow {
+    pub checks: i64,
+    pub ups: i64,
+    /// Latency percentiles of the passed checks (within 48 hours only).
+    pub p50_ms: Option<i64>,
+    pub p95_ms: Option<i64>,
+}

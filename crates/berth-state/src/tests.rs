@@ -375,3 +375,51 @@ fn an_alert_fires_once_and_resolves_and_events_are_resolved_when_recorded() {
     assert!(recent[1].event && recent[1].resolved_at == Some(2_000));
     assert_eq!(store.recent_alerts(10, Some("other")).unwrap().len(), 1);
 }
+
+#[test]
+fn uptime_is_kept_raw_then_in_minutes_and_hours_and_pruned_by_age() {
+    let store = Store::in_memory().unwrap();
+    let hour = 3_600_000;
+    let day = 24 * hour;
+    let now = 100 * day;
+    let sample = |at: i64, up: bool, latency_ms: i64| UptimeSample {
+        subject: "shop/web".into(),
+        at,
+        up,
+        latency_ms,
+    };
+    // 30 days ago: one failed and three passed checks, recorded then.
+    let old: Vec<UptimeSample> = (0..4)
+        .map(|i| sample(now - 30 * day + i * 1000, i != 0, 10 * (i + 1)))
+        .collect();
+    store
+        .add_uptime_samples(&old, now - 30 * day + 5000)
+        .unwrap();
+    // The last hour: 99 passed checks of 1..=99 ms and one failure.
+    let recent: Vec<UptimeSample> = (1..=100)
+        .map(|i| sample(now - hour + i * 1000, i != 100, i))
+        .collect();
+    store.add_uptime_samples(&recent, now).unwrap();
+
+    let day_window = store.uptime_since("shop/web", now - day, now).unwrap();
+    assert_eq!((day_window.checks, day_window.ups), (100, 99));
+    assert_eq!((day_window.p50_ms, day_window.p95_ms), (Some(50), Some(95)));
+    let week = store.uptime_since("shop/web", now - 7 * day, now).unwrap();
+    assert_eq!((week.checks, week.ups), (100, 99), "from minute buckets");
+    let month = store.uptime_since("shop/web", now - 31 * day, now).unwrap();
+    assert_eq!(
+        (month.checks, month.ups),
+        (104, 102),
+        "from hour buckets, the old ones too"
+    );
+    // The raw samples of 30 days ago are gone, their hour bucket stays.
+    let raw_old = store
+        .uptime_since("shop/web", now - 31 * day, now - 29 * day)
+        .unwrap();
+    assert_eq!(raw_old.checks, 0);
+    assert_eq!(store.uptime_subjects(Some("shop")).unwrap(), ["shop/web"]);
+    assert!(store.uptime_subjects(Some("sho")).unwrap().is_empty());
+    // 91 days on, everything is past keeping.
+    store.add_uptime_samples(&[], now + 91 * day).unwrap();
+    assert!(store.uptime_subjects(None).unwrap().is_empty());
+}

@@ -253,6 +253,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Secrets { action } => secrets(&ctx, action).await,
         Command::Audit { limit, app } => audit(&ctx, limit, app).await,
         Command::Top { app } => alerts::top(&ctx, app).await,
+        Command::Uptime { app } => alerts::uptime(&ctx, app).await,
         Command::Alerts {
             action: None,
             app,

@@ -296,6 +296,13 @@ enum Command {
         #[arg(long, value_name = "APP")]
         app: Option<String>,
     },
+    /// Availability over 24 hours, 7 and 30 days and response times of each service and
+    /// monitor, and the incidents of the last 30 days.
+    Uptime {
+        /// The app (default: every app).
+        #[arg(value_name = "APP")]
+        app: Option<String>,
+    },
     /// Who changed what, and when.
     Audit {
         /// How many entries to show, newest first.

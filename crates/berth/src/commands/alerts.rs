@@ -1,10 +1,11 @@
-//! `berth alerts`, `berth alerts test CHANNEL`, `berth top`, and the health and alert lines
-//! of `berth status`: what the agent's monitors found.
+//! `berth alerts`, `berth alerts test CHANNEL`, `berth top`, `berth uptime`, and the health
+//! and alert lines of `berth status`: what the agent's monitors found.
 
 use super::Ctx;
 use crate::output;
 use berth_api::{
     AlertInfo, AlertTestRequest, AlertsAnswer, DeliveryInfo, MonitorInfo, ServiceStatus, TopAnswer,
+    UptimeAnswer,
 };
 use console::style;
 use std::io::IsTerminal;
@@ -368,4 +369,89 @@ pub(super) fn top_screen(answer: &TopAnswer) -> String {
         out.push_str(&format!("sampled {} (rates over 15 s)\n", output::time(at)));
     }
     out
+}
+
+/// `berth uptime [APP]`.
+pub(super) async fn uptime(ctx: &Ctx, app: Option<String>) -> anyhow::Result<ExitCode> {
+    let path = match &app {
+        Some(app) => format!("/v1/uptime?app={app}"),
+        None => "/v1/uptime".to_owned(),
+    };
+    let answer: UptimeAnswer = ctx.client()?.get(&path).await?;
+    if ctx.json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if answer.subjects.is_empty() {
+        println!(
+            "no history yet: services are recorded from their first health check after a deploy"
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let share = |p: Option<f64>| match p {
+        None => "-".to_owned(),
+        Some(p) if p >= 99.95 => style(format!("{p:.3}%")).green().to_string(),
+        Some(p) if p >= 99.0 => style(format!("{p:.3}%")).yellow().to_string(),
+        Some(p) => style(format!("{p:.3}%")).red().to_string(),
+    };
+    let ms = |v: Option<i64>| v.map(|v| format!("{v} ms")).unwrap_or_else(|| "-".into());
+    let rows: Vec<Vec<String>> = answer
+        .subjects
+        .iter()
+        .map(|s| {
+            vec![
+                s.subject.clone(),
+                share(s.day_percent),
+                share(s.week_percent),
+                share(s.month_percent),
+                ms(s.p50_ms),
+                ms(s.p95_ms),
+                s.checks_day.to_string(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        output::table(
+            &[
+                "SUBJECT",
+                "24 H",
+                "7 D",
+                "30 D",
+                "P50",
+                "P95",
+                "CHECKS (24 H)"
+            ],
+            &rows
+        )
+    );
+    println!();
+    if answer.incidents.is_empty() {
+        println!("{} no incident in the last 30 days", style("✓").green());
+    } else {
+        let rows: Vec<Vec<String>> = answer
+            .incidents
+            .iter()
+            .map(|i| {
+                let (end, lasted) = match i.ended_at {
+                    Some(end) => (
+                        output::time(end),
+                        output::age(((end - i.started_at).max(0) / 1000) as u64),
+                    ),
+                    None => (style("ongoing").red().to_string(), "-".into()),
+                };
+                vec![
+                    output::time(i.started_at),
+                    end,
+                    lasted,
+                    output::shorten(&i.cause, 100),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            output::table(&["INCIDENT STARTED", "ENDED", "LASTED", "CAUSE"], &rows)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -787,3 +787,108 @@ success_threshold = 2
         receiver.received()
     );
 }
+
+#[test]
+fn uptime_history_counts_an_outage_lists_the_incident_and_survives_an_agent_restart() {
+    let mut agent = Agent::start();
+    let app = agent.app("upt");
+    app.write(
+        r#"app = "{app}"
+
+[services.web]
+build = "."
+port = 8080
+healthcheck = { path = "/health", interval = "300ms", failure_threshold = 2, restart_after = "never", start_timeout = "20s" }
+route = { domains = [] }
+stop_timeout = "1s"
+"#,
+    );
+    agent.berth_in(app.path(), &["deploy"]).success();
+    let (id, _, _) = replicas(&app.name, "web").remove(0);
+    let docker = |args: &[&str]| {
+        let out = std::process::Command::new("docker")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    docker(&["stop", "-t", "1", &id]);
+    // Down until the alert fires, then back.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let alerts = agent.berth_in(app.path(), &["alerts", "--json"]).json();
+        if alerts["firing"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["rule"] == "service_down")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never down: {alerts}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    docker(&["start", &id]);
+    let web = format!("{}/web", app.name);
+    let read = |agent: &Agent| {
+        let answer = agent
+            .berth_in(app.path(), &["uptime", &app.name, "--json"])
+            .json();
+        let row = answer["subjects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["subject"] == web.as_str())
+            .cloned();
+        (answer, row)
+    };
+    // Written every 15 s; the incident ends once the service is up again.
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let (answer, row) = loop {
+        let (answer, row) = read(&agent);
+        let ended = answer["incidents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["rule"] == "service_down" && i["ended_at"].is_i64());
+        if let Some(row) = row.filter(|r| r["day_percent"].as_f64().unwrap_or(100.0) < 100.0)
+            && ended
+        {
+            break (answer, row);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no outage in the history: {answer}\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let day = row["day_percent"].as_f64().unwrap();
+    assert!(day > 0.0 && day < 100.0, "{row}");
+    assert!(row["p50_ms"].as_i64().unwrap() >= 0, "{row}");
+    let checks = row["checks_day"].as_i64().unwrap();
+    assert!(checks > 5, "{row}");
+    let incident = &answer["incidents"][0];
+    assert_eq!(incident["subject"], web.as_str());
+    assert!(
+        incident["cause"].as_str().unwrap().contains("is down"),
+        "{incident}"
+    );
+    let table = agent.berth_in(app.path(), &["uptime", &app.name]);
+    table.success();
+    assert!(
+        table.stdout.contains("INCIDENT STARTED") && table.stdout.contains(&web),
+        "{}",
+        table.stdout
+    );
+
+    agent.restart();
+    let (_, row) = read(&agent);
+    let after = row.expect("the history is still there after a restart");
+    assert!(after["checks_day"].as_i64().unwrap() >= checks, "{after}");
+}
