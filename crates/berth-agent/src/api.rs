@@ -40,6 +40,8 @@ pub struct ApiState {
     pub token: Option<Arc<String>>,
     pub metrics: Arc<Metrics>,
     pub succession: Arc<crate::succession::Succession>,
+    /// Every container's output as berth keeps it.
+    pub logs: Arc<berth_logs::LogStore>,
 }
 
 /// Everything `/metrics` reports.

@@ -496,6 +496,25 @@ async fn serve(
     background.spawn("container metrics", |report, stop| {
         berth_monitor::containers::sampler(sampler.0, sampler.1, report, stop.stopped())
     });
+    // Every container's output, kept by berth past the container (`berth logs --release`).
+    let log_store = Arc::new(berth_logs::LogStore::new(
+        data_dir.join("logs").join("apps"),
+        berth_logs::Retention::default(),
+    ));
+    let collected = (
+        engine.runtime().clone(),
+        log_store.clone(),
+        engine.agent_id().to_owned(),
+    );
+    background.spawn("container logs", |report, stop| {
+        berth_logs::collector::collect(
+            collected.0,
+            collected.1,
+            collected.2,
+            report,
+            stop.stopped(),
+        )
+    });
     // `[monitors.NAME]` of the live releases, checked from here.
     let monitor_board = Arc::new(berth_monitor::external::MonitorBoard::default());
     let external = (
@@ -609,6 +628,7 @@ async fn serve(
                     token: None,
                     metrics: metrics.clone(),
                     succession: succession.clone(),
+                    logs: log_store.clone(),
                 };
                 let stop = stopped(stop.clone());
                 tasks.spawn(async move {
@@ -654,6 +674,7 @@ async fn serve(
                     token: Some(Arc::new(token)),
                     metrics: metrics.clone(),
                     succession: succession.clone(),
+                    logs: log_store.clone(),
                 };
                 let stop = stopped(stop.clone());
                 tasks.spawn(api_tcp::serve(listener, api::router(state), tls, stop));

@@ -26,6 +26,10 @@ pub(crate) fn api_router(h: &Harness, token: Option<&str>) -> axum::Router {
         token: token.map(|t| Arc::new(t.to_owned())),
         metrics: metrics(Arc::default()),
         succession,
+        logs: Arc::new(berth_logs::LogStore::new(
+            h.dir.path().join("logs"),
+            berth_logs::Retention::default(),
+        )),
     };
     crate::api::router(state)
 }

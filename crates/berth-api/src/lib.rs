@@ -826,6 +826,12 @@ pub struct LogLine {
     /// `stdout` or `stderr`.
     pub stream: String,
     pub line: String,
+    /// When it was written (Unix ms): lines berth kept carry it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<i64>,
+    /// The release of the container that wrote it, for kept lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -171,10 +171,14 @@ pub enum MonitorCheck {
 }
 
 impl MonitorCheck {
-    /// What it checks, for messages (`GET https://shop.example/health`).
+    /// What it checks, for messages (`GET https://shop.example/health`): a URL without its
+    /// query, which may hold a token.
     pub fn describe(&self) -> String {
         match self {
-            MonitorCheck::Http { url, .. } => format!("GET {url}"),
+            MonitorCheck::Http { url, .. } => {
+                let shown = url.split(['?', '#']).next().unwrap_or(url);
+                format!("GET {shown}")
+            }
             MonitorCheck::Tcp { host, port } => format!("TCP {host}:{port}"),
             MonitorCheck::Dns { name, .. } => format!("DNS {name}"),
         }

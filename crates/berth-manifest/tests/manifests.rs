@@ -1298,6 +1298,16 @@ fn broken_alert_channels_are_named_with_the_fix() {
             "not an HTTP(S) URL",
             "https://",
         ),
+        (
+            "type = \"webhook\"\nurl = \"http://hooks.example.com/x\"",
+            "plain HTTP to another host",
+            "https://",
+        ),
+        (
+            "type = \"email\"\nsmtp = \"mail.example.com:587\"\nfrom = \"a@b.com\"\nto = [\"c@d.com\"]\nusername = \"u\"",
+            "no `password_secret`",
+            "SMTP password",
+        ),
         ("type = \"slack\"", "needs `url_secret`", "berth secret"),
         (
             "type = \"slack\"\nurl_secret = \"https://hooks.slack.com/x\"",
@@ -1420,6 +1430,7 @@ certificate_expiry = "0s"
             "dns = \"a.example\"\naddresses = [\"nope\"]",
             "not an IP address",
         ),
+        ("tcp = \"a:1\"\ninterval = \"100ms\"", "under a second"),
     ] {
         let text =
             format!("app = \"shop\"\n[services.web]\nimage = \"a:1\"\n[monitors.m]\n{body}\n");

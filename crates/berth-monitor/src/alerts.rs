@@ -68,6 +68,14 @@ pub enum Signal {
         /// Tell the channels when it resolves (a monitor's `send_on_resolved`).
         notify_resolved: bool,
     },
+    /// What an alert was about is gone (an app destroyed or stopped, a service or monitor
+    /// removed): the alert resolves, saying why.
+    Gone {
+        rule: String,
+        app: Option<String>,
+        subject: String,
+        why: String,
+    },
     /// The newest release of an app failed (the previous one keeps serving).
     DeployFailed {
         app: String,
@@ -120,8 +128,9 @@ pub struct Rules {
     disk_full: HashSet<String>,
     memory_high_since: Option<i64>,
     memory_firing: bool,
-    /// Conditions firing (by key), so each fires once, not once per reading.
-    conditions: HashSet<String>,
+    /// Conditions firing (by key) and how severe, so each fires once, not once per
+    /// reading, and again only when it gets worse.
+    conditions: HashMap<String, Severity>,
 }
 
 fn millis(d: Duration) -> i64 {
@@ -289,17 +298,26 @@ impl Rules {
                 let key = format!("{rule}:{subject}");
                 match problem {
                     Some((severity, summary)) => {
-                        if !self.conditions.insert(key) {
-                            return Vec::new();
-                        }
-                        vec![change(
+                        let fire = change(
                             Action::Fire,
                             rule,
                             *severity,
                             app.as_ref(),
                             subject.clone(),
                             summary.clone(),
-                        )]
+                        );
+                        match self.conditions.insert(key, *severity) {
+                            None => vec![fire],
+                            // Worse than when it fired (a certificate now expired): the old
+                            // alert ends quietly and the graver one is told.
+                            Some(before) if before < *severity => {
+                                let mut quiet = fire.clone();
+                                quiet.action = Action::Resolve;
+                                quiet.notify = false;
+                                vec![quiet, fire]
+                            }
+                            Some(_) => Vec::new(),
+                        }
                     }
                     // Resolving what does not fire changes nothing, and an agent that
                     // restarted must still resolve what fired before it.
@@ -317,6 +335,24 @@ impl Rules {
                         vec![resolve]
                     }
                 }
+            }
+            Signal::Gone {
+                rule,
+                app,
+                subject,
+                why,
+            } => {
+                self.conditions.remove(&format!("{rule}:{subject}"));
+                vec![AlertChange {
+                    action: Action::Resolve,
+                    key: format!("{rule}:{subject}"),
+                    rule: "gone",
+                    severity: Severity::Info,
+                    app: app.clone(),
+                    subject: subject.clone(),
+                    summary: format!("{subject}: {why}"),
+                    notify: true,
+                }]
             }
             Signal::DeployFailed {
                 app,
@@ -364,6 +400,36 @@ impl Rules {
                     }
                 }
                 Vec::new()
+            }
+        }
+    }
+
+    /// Takes up what fired before the agent restarted, so it can resolve: crash loops (over
+    /// if no container dies within a window from now), full disks, high memory, conditions.
+    pub fn resume(&mut self, firing: &[AlertRecord], now: i64) {
+        for alert in firing {
+            match alert.rule.as_str() {
+                "crash_loop" => {
+                    if let Some((app, service)) = alert.subject.split_once('/') {
+                        let key = (app.to_owned(), service.to_owned());
+                        self.deaths.entry(key.clone()).or_default().push_back(now);
+                        self.looping.insert(key);
+                    }
+                }
+                "disk_full" => {
+                    if let Some(purpose) = alert.subject.strip_suffix(" data disk") {
+                        self.disk_full.insert(purpose.to_owned());
+                    }
+                }
+                "memory_high" => {
+                    self.memory_firing = true;
+                    self.memory_high_since = Some(alert.started_at);
+                }
+                _ if !alert.event => {
+                    let severity = Severity::parse(&alert.severity).unwrap_or(Severity::Info);
+                    self.conditions.insert(alert.key.clone(), severity);
+                }
+                _ => {}
             }
         }
     }
@@ -482,26 +548,37 @@ pub async fn deliver(
     stop: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(stop);
-    let sender = Arc::new(Sender::new(agent_name()));
+    let sender = match Sender::new(agent_name()) {
+        Ok(sender) => Arc::new(sender),
+        Err(error) => {
+            report.failed_run(error);
+            return;
+        }
+    };
     let mut rules = Rules::default();
+    let mut deliveries = Deliveries::default();
+    if let Ok(firing) = engine.store().firing_alerts() {
+        rules.resume(&firing, berth_state::now_ms());
+    }
     // When each firing alert was last sent to each channel, for reminders.
     let mut last_sent: HashMap<(i64, String, String), i64> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(10));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     report.running("waiting for something to alert on");
     loop {
-        let now = berth_state::now_ms();
         let changes = tokio::select! {
             () = &mut stop => return,
             signal = signals.recv() => match signal {
-                Some(signal) => rules.on_signal(&signal, now),
+                Some(signal) => rules.on_signal(&signal, berth_state::now_ms()),
                 None => return,
             },
             _ = tick.tick() => {
-                remind(&engine, &sender, &mut last_sent, now);
+                let now = berth_state::now_ms();
+                remind(&engine, &sender, &mut deliveries, &mut last_sent, now);
                 rules.on_tick(now)
             }
         };
+        let now = berth_state::now_ms();
         for change in changes {
             match record(&engine, &change, now) {
                 Ok(Some((alert, what))) => {
@@ -513,7 +590,7 @@ pub async fn deliver(
                     };
                     for (app, channel) in channels {
                         last_sent.insert((alert.id, app.clone(), channel.name.clone()), now);
-                        spawn_delivery(&engine, &sender, app, channel, alert.clone(), what);
+                        deliveries.enqueue(&engine, &sender, app, channel, alert.clone(), what);
                     }
                     if alert.resolved_at.is_some() {
                         last_sent.retain(|(id, _, _), _| *id != alert.id);
@@ -624,6 +701,7 @@ pub fn app_channels(engine: &Engine, app: &str) -> Vec<AlertChannel> {
 fn remind(
     engine: &Arc<Engine>,
     sender: &Arc<Sender>,
+    deliveries: &mut Deliveries,
     last_sent: &mut HashMap<(i64, String, String), i64>,
     now: i64,
 ) {
@@ -640,40 +718,81 @@ fn remind(
             let last = *last_sent.entry(key.clone()).or_insert(alert.started_at);
             if now - last >= every {
                 last_sent.insert(key, now);
-                spawn_delivery(engine, sender, app, channel, alert.clone(), "reminder");
+                deliveries.enqueue(engine, sender, app, channel, alert.clone(), "reminder");
             }
         }
     }
 }
 
-fn spawn_delivery(
-    engine: &Arc<Engine>,
-    sender: &Arc<Sender>,
-    app: String,
+/// One message for one channel.
+struct Job {
     channel: AlertChannel,
     alert: AlertRecord,
     what: &'static str,
-) {
-    if what == "resolved" && !channel.send_resolved {
-        return;
-    }
-    let engine = engine.clone();
-    let sender = sender.clone();
-    tokio::spawn(async move {
-        let message = Message::for_alert(&alert, what);
-        let delivery =
-            send_with_retries(&engine, &sender, &app, &channel, &message, &RETRY_PAUSES).await;
-        let delivery = AlertDelivery {
-            alert_id: Some(alert.id),
-            ..delivery
+}
+
+/// A queue per channel (of each app), worked in order: a channel never hears "resolved"
+/// before the "firing" it resolves, however long that one's retries take.
+#[derive(Default)]
+struct Deliveries {
+    queues: HashMap<(String, String), mpsc::UnboundedSender<Job>>,
+}
+
+impl Deliveries {
+    fn enqueue(
+        &mut self,
+        engine: &Arc<Engine>,
+        sender: &Arc<Sender>,
+        app: String,
+        channel: AlertChannel,
+        alert: AlertRecord,
+        what: &'static str,
+    ) {
+        if what == "resolved" && !channel.send_resolved {
+            return;
+        }
+        let key = (app.clone(), channel.name.clone());
+        let mut job = Job {
+            channel,
+            alert,
+            what,
         };
-        if !delivery.ok {
-            tracing::warn!(%app, channel = %channel.name, error = ?delivery.error, attempts = delivery.attempts, "an alert could not be delivered");
+        if let Some(queue) = self.queues.get(&key) {
+            match queue.send(job) {
+                Ok(()) => return,
+                // Its worker ended: start another below.
+                Err(mpsc::error::SendError(back)) => job = back,
+            }
         }
-        if let Err(error) = engine.store().add_alert_delivery(&delivery) {
-            tracing::warn!(%error, "cannot record an alert delivery");
-        }
-    });
+        let (queue, mut jobs) = mpsc::unbounded_channel::<Job>();
+        let _ = queue.send(job);
+        self.queues.insert(key, queue);
+        let (engine, sender) = (engine.clone(), sender.clone());
+        tokio::spawn(async move {
+            while let Some(job) = jobs.recv().await {
+                let message = Message::for_alert(&job.alert, job.what);
+                let delivery = send_with_retries(
+                    &engine,
+                    &sender,
+                    &app,
+                    &job.channel,
+                    &message,
+                    &RETRY_PAUSES,
+                )
+                .await;
+                let delivery = AlertDelivery {
+                    alert_id: Some(job.alert.id),
+                    ..delivery
+                };
+                if !delivery.ok {
+                    tracing::warn!(%app, channel = %job.channel.name, error = ?delivery.error, attempts = delivery.attempts, "an alert could not be delivered");
+                }
+                if let Err(error) = engine.store().add_alert_delivery(&delivery) {
+                    tracing::warn!(%error, "cannot record an alert delivery");
+                }
+            }
+        });
+    }
 }
 
 /// Sends one message, retrying after each pause; the record of how it went.
@@ -927,6 +1046,102 @@ mod tests {
         assert_eq!(actions(&failed), [(Action::Event, "deploy_failed")]);
         assert!(
             failed[0].summary.contains("release 7") && failed[0].summary.contains("keeps serving")
+        );
+    }
+
+    fn firing(rule: &str, subject: &str, severity: &str) -> AlertRecord {
+        AlertRecord {
+            id: 1,
+            key: format!("{rule}:{subject}"),
+            rule: rule.into(),
+            severity: severity.into(),
+            app: Some("shop".into()),
+            subject: subject.into(),
+            summary: String::new(),
+            event: false,
+            started_at: 0,
+            resolved_at: None,
+        }
+    }
+
+    #[test]
+    fn what_fired_before_a_restart_can_still_resolve() {
+        let mut rules = Rules::default();
+        rules.resume(
+            &[
+                firing("crash_loop", "shop/web", "critical"),
+                firing("disk_full", "berth data disk", "critical"),
+                firing("memory_high", "host memory", "warning"),
+            ],
+            1_000,
+        );
+        assert_eq!(
+            actions(&rules.on_tick(1_000 + 5 * 60_000 + 1)),
+            [(Action::Resolve, "crash_loop")],
+            "no death for a window after the restart"
+        );
+        let disk = Signal::DiskUsage {
+            purpose: "berth".into(),
+            used_percent: 50.0,
+        };
+        assert_eq!(
+            actions(&rules.on_signal(&disk, 2_000)),
+            [(Action::Resolve, "disk_full")]
+        );
+        let memory = Signal::MemoryUsage { used_percent: 40.0 };
+        assert_eq!(
+            actions(&rules.on_signal(&memory, 2_000)),
+            [(Action::Resolve, "memory_high")]
+        );
+    }
+
+    #[test]
+    fn a_condition_that_gets_worse_is_told_again_and_a_gone_subject_resolves() {
+        let mut rules = Rules::default();
+        let cert = |severity: Severity, text: &str| Signal::Condition {
+            rule: "certificate",
+            app: Some("shop".into()),
+            subject: "shop.example".into(),
+            problem: Some((severity, text.to_owned())),
+            notify_resolved: true,
+        };
+        assert_eq!(
+            actions(&rules.on_signal(&cert(Severity::Warning, "expires in 13 days"), 0)),
+            [(Action::Fire, "certificate")]
+        );
+        assert!(
+            rules
+                .on_signal(&cert(Severity::Warning, "expires in 12 days"), 1)
+                .is_empty()
+        );
+        let worse = rules.on_signal(&cert(Severity::Critical, "has expired"), 2);
+        assert_eq!(
+            worse
+                .iter()
+                .map(|c| (c.action, c.notify, c.severity))
+                .collect::<Vec<_>>(),
+            [
+                (Action::Resolve, false, Severity::Critical),
+                (Action::Fire, true, Severity::Critical)
+            ]
+        );
+        let gone = rules.on_signal(
+            &Signal::Gone {
+                rule: "certificate".into(),
+                app: Some("shop".into()),
+                subject: "shop.example".into(),
+                why: "shop was removed from this server".into(),
+            },
+            3,
+        );
+        assert_eq!(gone[0].action, Action::Resolve);
+        assert_eq!(gone[0].key, "certificate:shop.example");
+        assert!(
+            rules
+                .on_signal(&cert(Severity::Critical, "has expired"), 4)
+                .len()
+                == 1,
+            "forgotten, so it may fire anew"
         );
     }
 }

@@ -111,15 +111,16 @@ pub struct Sender {
 }
 
 impl Sender {
-    pub fn new(server: String) -> Self {
+    /// Fails only when no TLS client can be set up on this host.
+    pub fn new(server: String) -> Result<Self, String> {
         let http = reqwest::Client::builder()
             .timeout(SEND_TIMEOUT)
             .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
             // A webhook URL must not bounce berth somewhere else with the signed body.
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .unwrap_or_default();
-        Self { http, server }
+            .map_err(|e| format!("cannot set up an HTTPS client: {e}"))?;
+        Ok(Self { http, server })
     }
 
     pub async fn send(
@@ -214,6 +215,12 @@ impl Sender {
     async fn post(&self, request: reqwest::RequestBuilder) -> Result<(), SendError> {
         let response = request.send().await.map_err(|e| {
             // reqwest's error names the URL, which may hold a token: say what failed only.
+            if e.is_builder() {
+                return SendError::Permanent(
+                    "the request cannot be made (a secret with a line break or a URL that is not one?)"
+                        .into(),
+                );
+            }
             let what = if e.is_timeout() {
                 "timed out".to_owned()
             } else if e.is_connect() {

@@ -180,14 +180,54 @@ pub fn signals(
             }
         }
     }
+    // Alerts of an app that is no longer here end with it.
+    if let Ok(firing) = engine.store().firing_alerts() {
+        for alert in firing {
+            if let Some(app) = &alert.app
+                && !apps.iter().any(|a| a.name == *app)
+            {
+                signals.push(Signal::Gone {
+                    rule: alert.rule.clone(),
+                    app: Some(app.clone()),
+                    subject: alert.subject.clone(),
+                    why: format!("{app} was removed from this server"),
+                });
+            }
+        }
+    }
+    // A certificate is the concern of the apps that route its domain (no other app's
+    // channels hear of it); one no app routes any more is the host's.
+    let mut routed: HashMap<String, Vec<String>> = HashMap::new();
+    for app in &apps {
+        if let Some(live) = engine.live_app(&app.name) {
+            for service in live.manifest.web_services() {
+                for domain in service.route.iter().flat_map(|r| r.domains.iter()) {
+                    routed
+                        .entry(domain.to_ascii_lowercase())
+                        .or_default()
+                        .push(app.name.clone());
+                }
+            }
+        }
+    }
     for cert in engine.routing().edge().certificates() {
-        signals.push(Signal::Condition {
-            rule: "certificate",
-            app: None,
-            subject: cert.domain.clone(),
-            problem: certificate_problem(&cert, now_ms / 1000),
-            notify_resolved: true,
-        });
+        let owners: Vec<Option<String>> = match routed.get(&cert.domain.to_ascii_lowercase()) {
+            Some(apps) => apps.iter().cloned().map(Some).collect(),
+            None => vec![None],
+        };
+        let problem = certificate_problem(&cert, now_ms / 1000);
+        for app in owners {
+            signals.push(Signal::Condition {
+                rule: "certificate",
+                subject: match &app {
+                    Some(app) => format!("{app}/{}", cert.domain),
+                    None => cert.domain.clone(),
+                },
+                app,
+                problem: problem.clone(),
+                notify_resolved: true,
+            });
+        }
     }
     signals
 }

@@ -372,7 +372,8 @@ fn labels_of(sample: &ContainerSample) -> ContainerLabels {
 pub const SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// The container sampling worker: every [`SAMPLE_EVERY`], the containers the health checks
-/// watch (from the engine's health board), their process ids asked of Docker once each.
+/// watch (from the engine's health board), each one's main process asked of Docker (for its
+/// network namespace).
 pub async fn sampler(
     engine: std::sync::Arc<berth_engine::Engine>,
     metrics: std::sync::Arc<ContainerMetrics>,
@@ -380,22 +381,19 @@ pub async fn sampler(
     stop: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(stop);
-    let mut pids: HashMap<String, (Option<i64>, Option<f64>)> = HashMap::new();
     loop {
         let watched = engine.health_board().all();
         let mut round = Vec::new();
         for (id, health) in &watched {
-            if !pids.contains_key(id) {
-                let pid = engine
-                    .runtime()
-                    .inspect_container(id)
-                    .await
-                    .ok()
-                    .flatten()
-                    .and_then(|info| info.pid);
-                pids.insert(id.clone(), (pid, health.cpu_limit));
-            }
-            let (pid, cpu_limit) = pids.get(id).copied().unwrap_or((None, None));
+            // Asked each round: a container Docker restarted has a new main process.
+            let pid = engine
+                .runtime()
+                .inspect_container(id)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|info| info.pid);
+            let cpu_limit = health.cpu_limit;
             let root = Path::new("/sys/fs/cgroup");
             let Some(files) = cgroup_of(root, id) else {
                 continue;
@@ -409,7 +407,6 @@ pub async fn sampler(
             sample.cpu_limit = cpu_limit;
             round.push((id.clone(), sample));
         }
-        pids.retain(|id, _| watched.iter().any(|(w, _)| w == id));
         metrics.record(&round, berth_state::now_ms());
         report.idle(
             Some(berth_state::now_ms() + SAMPLE_EVERY.as_millis() as i64),

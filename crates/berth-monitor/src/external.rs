@@ -280,23 +280,53 @@ pub async fn watch(
     stop: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(stop);
-    let http = reqwest::Client::builder()
+    let http = match reqwest::Client::builder()
         .user_agent(concat!("berth-monitor/", env!("CARGO_PKG_VERSION")))
         .tls_info(true)
         .build()
-        .unwrap_or_default();
+    {
+        Ok(http) => http,
+        Err(error) => {
+            report.failed_run(format!("cannot set up an HTTPS client: {error}"));
+            return;
+        }
+    };
     let mut changes = engine.subscribe_release_changes();
     let mut monitors: HashMap<(String, String), Monitor> = HashMap::new();
     let mut states: HashMap<(String, String), GatusState> = HashMap::new();
     let mut next_run: HashMap<(String, String), Instant> = HashMap::new();
     let mut running: JoinSet<((String, String), CheckResult)> = JoinSet::new();
     let mut in_flight: std::collections::HashSet<(String, String)> = Default::default();
+    // A monitor whose alert fired before the agent restarted can still resolve.
+    for alert in engine.store().firing_alerts().unwrap_or_default() {
+        if alert.rule == "monitor_failing"
+            && let Some((app, name)) = alert.subject.split_once("/monitor ")
+        {
+            states.insert(
+                (app.to_owned(), name.to_owned()),
+                GatusState {
+                    triggered: true,
+                    ..GatusState::default()
+                },
+            );
+        }
+    }
     let mut refresh_at = Instant::now();
     loop {
         let now = Instant::now();
         if now >= refresh_at {
             refresh_at = now + REFRESH_EVERY;
             monitors = live_monitors(&engine);
+            for ((app, name), state) in &states {
+                if state.triggered && !monitors.contains_key(&(app.clone(), name.clone())) {
+                    alerts.signal(Signal::Gone {
+                        rule: "monitor_failing".into(),
+                        app: Some(app.clone()),
+                        subject: format!("{app}/monitor {name}"),
+                        why: "the monitor is no longer in the live release".into(),
+                    });
+                }
+            }
             states.retain(|k, _| monitors.contains_key(k));
             next_run.retain(|k, _| monitors.contains_key(k));
             board.retain(&monitors);

@@ -60,6 +60,10 @@ struct Tracked {
     next_probe: i64,
     replacing: bool,
     last_replace: Option<i64>,
+    /// Replacements that failed in a row: each doubles the wait before the next.
+    failed_replacements: u32,
+    /// Whether a probe ever gave a verdict on it.
+    probed: bool,
 }
 
 /// The health of every tracked container, decided from probe results and the time.
@@ -106,6 +110,8 @@ impl Tracker {
                             unhealthy_since: None,
                             replacing: false,
                             last_replace: None,
+                            failed_replacements: 0,
+                            probed: false,
                         },
                     );
                 }
@@ -133,6 +139,9 @@ impl Tracker {
         };
         t.next_probe = now + millis(t.subject.interval);
         let mut changes = Vec::new();
+        if *verdict != Verdict::Unknown {
+            t.probed = true;
+        }
         match verdict {
             Verdict::Unknown => {}
             Verdict::Pass => {
@@ -157,9 +166,11 @@ impl Tracker {
                     });
                 }
                 let restart_after = millis(t.subject.restart_after);
-                let waited_since_last = t
-                    .last_replace
-                    .is_none_or(|last| now - last >= restart_after);
+                // After failed replacements, wait 2, 4, 8... times as long (an hour at most).
+                let backoff = restart_after
+                    .saturating_mul(1 << t.failed_replacements.min(6))
+                    .min(restart_after.max(3_600_000));
+                let waited_since_last = t.last_replace.is_none_or(|last| now - last >= backoff);
                 if let Some(since) = t.unhealthy_since
                     && restart_after > 0
                     && now - since >= restart_after
@@ -182,11 +193,17 @@ impl Tracker {
         changes
     }
 
-    /// A replacement ended (either way): another may be tried `restart_after` from now.
-    pub fn replace_finished(&mut self, id: &str, now: i64) {
+    /// A replacement ended: another may be tried `restart_after` from now, or longer after
+    /// replacements that failed.
+    pub fn replace_finished(&mut self, id: &str, now: i64, succeeded: bool) {
         if let Some(t) = self.tracked.get_mut(id) {
             t.replacing = false;
             t.last_replace = Some(now);
+            t.failed_replacements = if succeeded {
+                0
+            } else {
+                t.failed_replacements.saturating_add(1)
+            };
         }
     }
 
@@ -204,20 +221,32 @@ impl Tracker {
         self.tracked.get(id).map(|t| &t.subject)
     }
 
-    /// Per (app, service): how many tracked containers are healthy, of how many.
-    pub fn services(&self) -> BTreeMap<(String, String), (usize, usize)> {
-        let mut services: BTreeMap<(String, String), (usize, usize)> = BTreeMap::new();
+    /// Per (app, service): how many tracked containers are healthy, of how many, and how
+    /// many have been probed at all.
+    pub fn services(&self) -> BTreeMap<(String, String), ServiceCount> {
+        let mut services: BTreeMap<(String, String), ServiceCount> = BTreeMap::new();
         for t in self.tracked.values() {
             let entry = services
                 .entry((t.subject.app.clone(), t.subject.service.clone()))
                 .or_default();
-            entry.1 += 1;
+            entry.total += 1;
             if t.health.healthy {
-                entry.0 += 1;
+                entry.healthy += 1;
+            }
+            if t.probed {
+                entry.probed += 1;
             }
         }
         services
     }
+}
+
+/// A service's containers as the tracker sees them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServiceCount {
+    pub healthy: usize,
+    pub total: usize,
+    pub probed: usize,
 }
 
 fn millis(duration: Duration) -> i64 {
@@ -286,7 +315,7 @@ pub async fn watch(
     type Probed = (String, Verdict, Option<std::net::IpAddr>, Duration);
     let mut probes: JoinSet<Probed> = JoinSet::new();
     let mut probing: HashSet<String> = HashSet::new();
-    let mut replacements: JoinSet<(String, String, Result<String, String>)> = JoinSet::new();
+    let mut replacements: JoinSet<(WatchTarget, String, Result<String, String>)> = JoinSet::new();
     let mut verdicts = ServiceVerdicts::default();
     let mut refresh_at = 0i64;
     report.running("probing every replica and accessory at its interval");
@@ -305,6 +334,14 @@ pub async fn watch(
                         .into_iter()
                         .map(|t| (t.container_id.clone(), t))
                         .collect();
+                    // An upstream made anew (a repoint) keeps the replica's place in rotation.
+                    for (id, target) in &targets {
+                        if let (Some(upstream), Some(health)) =
+                            (&target.upstream, tracker.health(id))
+                        {
+                            upstream.set_in_rotation(health.in_rotation);
+                        }
+                    }
                     board.retain(&targets.keys().cloned().collect());
                     report.running(format!(
                         "probing {}",
@@ -321,6 +358,12 @@ pub async fn watch(
             let Some(target) = targets.get(&id).cloned() else {
                 continue;
             };
+            // A deploy, restart or backup holds the lock while it changes containers:
+            // probes wait (and what the tracker knows stays).
+            if engine.locks().holder(&target.app).is_some() {
+                tracker.observe(&id, &Verdict::Unknown, now);
+                continue;
+            }
             let runtime = engine.runtime().clone();
             probing.insert(id.clone());
             probes.spawn(async move {
@@ -338,6 +381,7 @@ pub async fn watch(
                 // A deploy or restart holds the lock while it changes containers: its
                 // verdicts are about containers on their way out.
                 if engine.locks().holder(&target.app).is_some() {
+                    tracker.observe(&id, &Verdict::Unknown, berth_state::now_ms());
                     continue;
                 }
                 if let (Some(upstream), Some(ip), Some(port)) = (&target.upstream, ip, target.service.port) {
@@ -386,7 +430,7 @@ pub async fn watch(
                                     .replace_replica(&target.app, &target.service.name, &target.container_id, &reason)
                                     .await
                                     .map_err(|e| e.message.clone());
-                                (target.container_id, reason, result)
+                                (target, reason, result)
                             });
                         }
                     }
@@ -396,15 +440,15 @@ pub async fn watch(
                 }
                 if verdict != Verdict::Unknown {
                     let key = (target.app.clone(), target.service.name.clone());
-                    let up = tracker.services().get(&key).is_some_and(|(healthy, _)| *healthy > 0);
+                    let up = tracker.services().get(&key).is_some_and(|c| c.healthy > 0);
                     uptime.record(format!("{}/{}", target.app, target.service.name), up, took);
                 }
                 service_verdicts(&tracker, &mut verdicts, &alerts);
             }
             Some(done) = replacements.join_next(), if !replacements.is_empty() => {
-                let Ok((id, reason, result)) = done else { continue };
-                tracker.replace_finished(&id, berth_state::now_ms());
-                let Some(target) = targets.get(&id) else { continue };
+                // The target travels with the task: by now the old container may be forgotten.
+                let Ok((target, reason, result)) = done else { continue };
+                tracker.replace_finished(&target.container_id, berth_state::now_ms(), result.is_ok());
                 match &result {
                     Ok(fresh) => tracing::info!(app = %target.app, service = %target.service.name, old = %target.container, new = %fresh, "replaced an unhealthy replica"),
                     Err(error) => tracing::warn!(app = %target.app, service = %target.service.name, container = %target.container, %error, "could not replace an unhealthy replica"),
@@ -441,10 +485,14 @@ struct ServiceVerdicts {
 fn service_verdicts(tracker: &Tracker, verdicts: &mut ServiceVerdicts, alerts: &Alerts) {
     let services = tracker.services();
     let ServiceVerdicts { down, seen } = verdicts;
-    for ((app, service), (healthy, total)) in &services {
+    for ((app, service), count) in &services {
+        // No verdict yet (a restarted agent, a new service): nothing to say.
+        if count.probed == 0 {
+            continue;
+        }
         let key = (app.clone(), service.clone());
         let first_sight = seen.insert(key.clone());
-        if *healthy == 0 && *total > 0 {
+        if count.healthy == 0 && count.total > 0 {
             if down.insert(key) {
                 alerts.signal(Signal::ServiceDown {
                     app: app.clone(),
@@ -467,7 +515,13 @@ fn service_verdicts(tracker: &Tracker, verdicts: &mut ServiceVerdicts, alerts: &
         .collect();
     for (app, service) in gone {
         down.remove(&(app.clone(), service.clone()));
-        alerts.signal(Signal::ServiceUp { app, service });
+        alerts.signal(Signal::Gone {
+            rule: "service_down".into(),
+            subject: format!("{app}/{service}"),
+            app: Some(app),
+            why: "no longer watched (its app was stopped or removed, or the service renamed)"
+                .into(),
+        });
     }
 }
 
@@ -577,13 +631,22 @@ mod tests {
             tracker.observe("c1", &fail(), 70_000).is_empty(),
             "not again while the replacement runs"
         );
-        tracker.replace_finished("c1", 75_000);
+        tracker.replace_finished("c1", 75_000, false);
         assert!(
-            tracker.observe("c1", &fail(), 100_000).is_empty(),
-            "a failed replacement is retried only restart_after later"
+            tracker.observe("c1", &fail(), 130_000).is_empty(),
+            "after a failed replacement, the next waits twice restart_after"
         );
         assert!(matches!(
-            tracker.observe("c1", &fail(), 135_000)[..],
+            tracker.observe("c1", &fail(), 195_000)[..],
+            [Change::Replace { .. }]
+        ));
+        tracker.replace_finished("c1", 200_000, false);
+        assert!(
+            tracker.observe("c1", &fail(), 400_000).is_empty(),
+            "then four times"
+        );
+        assert!(matches!(
+            tracker.observe("c1", &fail(), 440_000)[..],
             [Change::Replace { .. }]
         ));
     }
@@ -611,14 +674,22 @@ mod tests {
         tracker.observe("c1", &fail(), 5_000);
         assert_eq!(
             tracker.services()[&("shop".to_owned(), "web".to_owned())],
-            (1, 2)
+            ServiceCount {
+                healthy: 1,
+                total: 2,
+                probed: 1
+            }
         );
         let gone = tracker.sync(&[("c3".into(), subject(1, Duration::ZERO))], 6_000);
         assert_eq!(gone.len(), 2);
         assert!(tracker.health("c1").is_none());
         assert_eq!(
             tracker.services()[&("shop".to_owned(), "web".to_owned())],
-            (1, 1)
+            ServiceCount {
+                healthy: 1,
+                total: 1,
+                probed: 0
+            }
         );
     }
 
@@ -655,6 +726,12 @@ mod tests {
         let mut tracker = Tracker::default();
         let mut verdicts = ServiceVerdicts::default();
         tracker.sync(&[("c1".into(), subject(1, Duration::ZERO))], 0);
+        service_verdicts(&tracker, &mut verdicts, &alerts);
+        assert!(
+            alerts.signals_seen().is_empty(),
+            "nothing is said before a verdict"
+        );
+        tracker.observe("c1", &Verdict::Pass, 5_000);
         service_verdicts(&tracker, &mut verdicts, &alerts);
         service_verdicts(&tracker, &mut verdicts, &alerts);
         assert_eq!(

@@ -891,23 +891,29 @@ impl Store {
     }
 
     pub fn add_alert_delivery(&self, delivery: &AlertDelivery) -> Result<()> {
-        self.conn()
-            .execute(
-                "INSERT INTO alert_deliveries (alert_id, channel, app, what, at, ok, attempts, error)
+        let conn = self.conn();
+        // Bounded: the newest 20,000 deliveries (reminders and tests included).
+        conn.execute(
+            "DELETE FROM alert_deliveries WHERE id <= (SELECT MAX(id) FROM alert_deliveries) - 20000",
+            [],
+        )
+        .map_err(sql("prune old alert deliveries"))?;
+        conn.execute(
+            "INSERT INTO alert_deliveries (alert_id, channel, app, what, at, ok, attempts, error)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![
-                    delivery.alert_id,
-                    delivery.channel,
-                    delivery.app,
-                    delivery.what,
-                    delivery.at,
-                    delivery.ok,
-                    delivery.attempts,
-                    delivery.error
-                ],
-            )
-            .map(|_| ())
-            .map_err(sql("record an alert delivery"))
+            params![
+                delivery.alert_id,
+                delivery.channel,
+                delivery.app,
+                delivery.what,
+                delivery.at,
+                delivery.ok,
+                delivery.attempts,
+                delivery.error
+            ],
+        )
+        .map(|_| ())
+        .map_err(sql("record an alert delivery"))
     }
 
     /// The last delivery to each channel (of each app), newest first.

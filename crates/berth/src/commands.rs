@@ -234,7 +234,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             follow,
             lines,
             since,
-        } => logs(&ctx, &resolve_app(&app)?, &service, follow, lines, since).await,
+            until,
+            release,
+            grep,
+            level,
+        } => {
+            let filters = LogFilters {
+                since,
+                until,
+                release,
+                grep,
+                level,
+            };
+            logs(&ctx, &resolve_app(&app)?, &service, follow, lines, filters).await
+        }
         Command::Exec {
             service,
             app,
@@ -1592,30 +1605,70 @@ async fn status(ctx: &Ctx, app: Option<String>) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// `berth logs`' filters of the lines berth kept.
+struct LogFilters {
+    since: Option<String>,
+    until: Option<String>,
+    release: Option<i64>,
+    grep: Option<String>,
+    level: Option<String>,
+}
+
+/// `10m` (that long ago) or an RFC 3339 time, as Unix seconds.
+fn unix_seconds(flag: &str, text: &str) -> anyhow::Result<u64> {
+    if let Ok(at) = text.parse::<jiff::Timestamp>() {
+        return Ok(at.as_second().max(0) as u64);
+    }
+    let ago = berth_manifest::units::parse_duration(text).map_err(|e| {
+        invalid(
+            format!("{flag} {text}: {e}"),
+            Some("a duration ago (10m, 2h, 1d) or a time such as 2026-12-03T14:00:00Z"),
+        )
+    })?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    Ok(now.saturating_sub(ago.as_secs()))
+}
+
+fn query_value(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 async fn logs(
     ctx: &Ctx,
     app: &str,
     service: &str,
     follow: bool,
     lines: Option<usize>,
-    since: Option<String>,
+    filters: LogFilters,
 ) -> anyhow::Result<ExitCode> {
     let mut query = vec![format!("follow={follow}")];
     if let Some(n) = lines {
         query.push(format!("tail={n}"));
     }
-    if let Some(since) = since {
-        let ago = berth_manifest::units::parse_duration(&since).map_err(|e| {
-            invalid(
-                format!("--since {since}: {e}"),
-                Some("durations look like 10m, 2h or 1d"),
-            )
-        })?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        query.push(format!("since={}", now.saturating_sub(ago.as_secs())));
+    if let Some(since) = &filters.since {
+        query.push(format!("since={}", unix_seconds("--since", since)?));
+    }
+    if let Some(until) = &filters.until {
+        query.push(format!("until={}", unix_seconds("--until", until)?));
+    }
+    if let Some(release) = filters.release {
+        query.push(format!("release={release}"));
+    }
+    if let Some(grep) = &filters.grep {
+        query.push(format!("grep={}", query_value(grep)));
+    }
+    if let Some(level) = &filters.level {
+        query.push(format!("level={}", query_value(level)));
     }
     let path = format!("/v1/apps/{app}/services/{service}/logs?{}", query.join("&"));
     let mut stream = ctx
@@ -1644,7 +1697,13 @@ async fn logs(
                 assigned.len() - 1
             }
         };
-        let prefix = style(format!("{} |", line.container)).fg(colors[index % colors.len()]);
+        // Kept lines (of containers that may be gone) say when and which release.
+        let when = match (line.at, line.release) {
+            (Some(at), Some(release)) => format!("{} r{release} ", output::time(at)),
+            (Some(at), None) => format!("{} ", output::time(at)),
+            _ => String::new(),
+        };
+        let prefix = style(format!("{when}{} |", line.container)).fg(colors[index % colors.len()]);
         if writeln!(out, "{prefix} {}", line.line).is_err() {
             break; // stdout closed (piped into `head`)
         }

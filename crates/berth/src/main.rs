@@ -190,9 +190,23 @@ enum Command {
         /// Only the last N lines of each container.
         #[arg(short = 'n', long = "lines", value_name = "N")]
         lines: Option<usize>,
-        /// Only lines newer than this (such as 10m or 2h).
-        #[arg(long, value_name = "DURATION")]
+        /// Only lines newer than this: a duration ago (10m, 2h) or a time
+        /// (2026-12-03T14:00:00Z).
+        #[arg(long, value_name = "WHEN")]
         since: Option<String>,
+        /// Only lines older than this (a duration ago or a time); reads the lines berth kept.
+        #[arg(long, value_name = "WHEN")]
+        until: Option<String>,
+        /// Only the containers of this release, also ones removed since (the lines berth kept).
+        #[arg(long, value_name = "N")]
+        release: Option<i64>,
+        /// Only lines containing this text (the lines berth kept).
+        #[arg(long, value_name = "TEXT")]
+        grep: Option<String>,
+        /// Only JSON lines whose `level` is this or worse: trace, debug, info, warn, error,
+        /// fatal (the lines berth kept).
+        #[arg(long, value_name = "LEVEL")]
+        level: Option<String>,
     },
     /// Run a command in a running container of a service.
     Exec {

@@ -107,7 +107,8 @@ pub(super) async fn test_alert(
         std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_owned())
             .unwrap_or_else(|_| "berth".into()),
-    );
+    )
+    .map_err(OpError::failed)?;
     let message =
         berth_monitor::channels::Message::test(&app, &channel.name, berth_state::now_ms());
     let delivery = berth_monitor::alerts::send_with_retries(

@@ -9,6 +9,69 @@ pub(super) struct LogsQuery {
     follow: bool,
     /// Unix seconds.
     since: Option<i64>,
+    /// Unix seconds; lines berth kept only.
+    until: Option<i64>,
+    /// Only this release's containers (kept lines).
+    release: Option<i64>,
+    /// Lines containing this text (kept lines).
+    grep: Option<String>,
+    /// JSON lines at this level or above (kept lines).
+    level: Option<String>,
+    /// Read the lines berth kept even without the filters above.
+    #[serde(default)]
+    stored: bool,
+}
+
+impl LogsQuery {
+    fn wants_kept_lines(&self) -> bool {
+        self.stored
+            || self.until.is_some()
+            || self.release.is_some()
+            || self.grep.is_some()
+            || self.level.is_some()
+    }
+}
+
+/// The lines berth kept of a service (its replaced and removed containers' too).
+async fn kept_logs(
+    state: &ApiState,
+    app: &str,
+    service: &str,
+    query: &LogsQuery,
+) -> ApiResult<Response> {
+    if let Some(level) = &query.level
+        && berth_logs::level_rank(&level.to_ascii_lowercase()).is_none()
+    {
+        return Err(OpError::invalid(format!("`{level}` is not a log level"))
+            .hint("use trace, debug, info, warn, error or fatal")
+            .into());
+    }
+    let filter = berth_logs::LogFilter {
+        service: Some(service.to_owned()),
+        release: query.release,
+        since: query.since.map(|s| s.saturating_mul(1000)),
+        until: query.until.map(|u| u.saturating_mul(1000)),
+        grep: query.grep.clone(),
+        level: query.level.as_ref().map(|l| l.to_ascii_lowercase()),
+        tail: query.tail,
+    };
+    let (store, app_name) = (state.logs.clone(), app.to_owned());
+    let records = tokio::task::spawn_blocking(move || store.read(&app_name, &filter))
+        .await
+        .map_err(|e| OpError::failed(format!("reading the kept logs stopped: {e}")))?
+        .map_err(|e| OpError::failed(e.to_string()))?;
+    let (sender, receiver) = mpsc::unbounded_channel::<LogLine>();
+    for record in records {
+        let _ = sender.send(LogLine {
+            container: record.container,
+            stream: record.stream,
+            line: record.line,
+            at: Some(record.at),
+            release: record.release,
+        });
+    }
+    drop(sender);
+    Ok(ndjson(receiver))
 }
 
 pub(super) async fn logs(
@@ -17,12 +80,27 @@ pub(super) async fn logs(
     Query(query): Query<LogsQuery>,
 ) -> ApiResult<Response> {
     check_app_name(&app)?;
+    if query.wants_kept_lines() {
+        if query.follow {
+            return Err(OpError::invalid(
+                "--follow shows the running containers' output; --release, --until, --grep and --level read the lines berth kept",
+            )
+            .hint("drop --follow, or the filters")
+            .into());
+        }
+        state.engine.require_app(&app)?;
+        return kept_logs(&state, &app, &service, &query).await;
+    }
     let role = state.engine.service_role(&app, &service)?;
     let containers = state
         .engine
         .service_containers(&app, &service, role == berth_manifest::Role::Accessory)
         .await?;
     if containers.is_empty() {
+        if !query.follow {
+            // Nothing runs (stopped, crashed): what berth kept is what there is.
+            return kept_logs(&state, &app, &service, &query).await;
+        }
         return Err(OpError::not_found(format!(
             "service {service} of {app} has no running containers"
         ))
@@ -72,6 +150,8 @@ pub(super) async fn logs(
                             container: name.clone(),
                             stream: "stderr".into(),
                             line: format!("berth: following the new container {name}"),
+                            at: None,
+                            release: None,
                         });
                         tokio::spawn(pass_logs(
                             engine.clone(),
@@ -108,6 +188,8 @@ pub(super) async fn pass_logs(
                     container: name.clone(),
                     stream: "stderr".into(),
                     line: format!("berth: {error}"),
+                    at: None,
+                    release: None,
                 });
                 return;
             }
@@ -124,6 +206,8 @@ pub(super) async fn pass_logs(
                 container: name.clone(),
                 stream: stream_name.into(),
                 line: line.trim_end_matches(['\n', '\r']).to_owned(),
+                at: None,
+                release: None,
             };
             if sender.send(line).is_err() {
                 return; // the client went away
@@ -136,6 +220,8 @@ pub(super) async fn pass_logs(
                 container: name.clone(),
                 stream: stream_name,
                 line: rest,
+                at: None,
+                release: None,
             });
         }
     }

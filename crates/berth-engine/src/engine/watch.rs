@@ -21,13 +21,13 @@ pub struct WatchTarget {
 }
 
 impl Engine {
-    /// Every container the health monitor should probe now: the current replicas of every
-    /// live, not stopped app, and their accessories. Apps whose lock is held (a deploy, a
-    /// restart) are left out, since their containers are changing under the lock.
+    /// Every container the health monitor should watch now: the current replicas of every
+    /// live, not stopped app, and their accessories. Apps whose lock is held are listed too
+    /// (the monitor pauses their probes, and keeps what it knows of them).
     pub async fn watch_targets(&self) -> Result<Vec<WatchTarget>, OpError> {
         let mut targets = Vec::new();
         for app in self.store.apps()? {
-            if app.stopped || self.locks.holder(&app.name).is_some() {
+            if app.stopped {
                 continue;
             }
             let Some(release) = self.store.live_release(&app.name)? else {
@@ -79,7 +79,7 @@ impl Engine {
         reason: &str,
     ) -> Result<String, OpError> {
         let info = LockInfo {
-            operation: format!("replace an unhealthy replica of {service_name}"),
+            operation: format!("replacement of an unhealthy {service_name} replica"),
             holder: "health monitor".into(),
             since: berth_state::now_ms(),
         };
@@ -117,7 +117,7 @@ impl Engine {
         addr: SocketAddr,
     ) -> Result<bool, OpError> {
         let info = LockInfo {
-            operation: format!("follow a new address of a replica of {service}"),
+            operation: format!("re-routing of a {service} replica to its new address"),
             holder: "health monitor".into(),
             since: berth_state::now_ms(),
         };
@@ -144,6 +144,8 @@ impl Engine {
             return Ok(false);
         }
         let fresh = Upstream::new(addr, entry.1.name().to_owned());
+        // Out of rotation stays out: it is the same replica, at another address.
+        fresh.set_in_rotation(entry.1.in_rotation());
         let old = std::mem::replace(&mut entry.1, fresh);
         self.install_live(app, Some(live));
         old.retire();

@@ -22,7 +22,7 @@ async fn the_watched_containers_are_the_current_replicas_with_their_upstreams() 
 }
 
 #[tokio::test]
-async fn an_app_whose_lock_is_held_is_not_watched() {
+async fn an_app_whose_lock_is_held_is_still_listed_but_not_changed() {
     let h = Harness::new();
     h.deployed(&web_app("shop", ""), "v1").await;
     let _held = h
@@ -37,7 +37,11 @@ async fn an_app_whose_lock_is_held_is_not_watched() {
             },
         )
         .unwrap();
-    assert!(h.engine.watch_targets().await.unwrap().is_empty());
+    assert_eq!(
+        h.engine.watch_targets().await.unwrap().len(),
+        1,
+        "the monitor keeps what it knows of it, and pauses its probes"
+    );
     let refused = h
         .engine
         .replace_replica("shop", "web", "x", "test")
@@ -143,5 +147,16 @@ async fn a_replica_back_at_a_new_address_is_followed_by_the_proxy() {
         h.engine.routing().routes()[0].upstreams,
         vec![format!("{} ({moved})", old.name())],
         "the proxy's route follows"
+    );
+    assert!(upstream.in_rotation());
+    upstream.set_in_rotation(false);
+    let again: std::net::SocketAddr = "10.99.0.8:8080".parse().unwrap();
+    h.engine
+        .repoint_replica("shop", "web", &target.container_id, again)
+        .unwrap();
+    let live = h.engine.live_app("shop").unwrap();
+    assert!(
+        !live.upstreams["web"][0].1.in_rotation(),
+        "an unhealthy replica at a new address stays out of rotation"
     );
 }

@@ -35,7 +35,7 @@ impl Checker<'_> {
         }
         let kind = match channel.kind.get_ref().as_str() {
             "webhook" => ChannelKind::Webhook {
-                url: self.channel_url(&label, channel.url.as_ref(), span(raw))?,
+                url: self.channel_url(&label, channel.url.as_ref(), span(raw), false)?,
                 signing_secret: self.secret_name(&label, channel.signing_secret.as_ref()),
             },
             "slack" => ChannelKind::Slack {
@@ -75,7 +75,7 @@ impl Checker<'_> {
                 }
             }
             "ntfy" => ChannelKind::Ntfy {
-                url: self.channel_url(&label, channel.url.as_ref(), span(raw))?,
+                url: self.channel_url(&label, channel.url.as_ref(), span(raw), false)?,
                 token_secret: self.secret_name(&label, channel.token_secret.as_ref()),
             },
             "email" => ChannelKind::Email(self.email_channel(&label, channel, raw)?),
@@ -136,11 +136,14 @@ impl Checker<'_> {
         })
     }
 
+    /// An HTTP(S) URL. A channel's plain `http://` may only reach this host (a signed body
+    /// or a token would cross the network in clear); a monitor may check any.
     fn channel_url(
         &mut self,
         label: &str,
         url: Option<&Spanned<String>>,
         whole: Option<std::ops::Range<usize>>,
+        plain_http_anywhere: bool,
     ) -> Option<String> {
         let Some(url) = url else {
             self.error_help(
@@ -167,11 +170,29 @@ impl Checker<'_> {
             );
             return None;
         }
-        if text.contains('@') {
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+        if authority.contains('@') {
             self.error_help(
                 format!("{label} url has credentials in it"),
                 span(url),
                 "keep credentials in a berth secret (signing_secret or token_secret), not in berth.toml",
+            );
+            return None;
+        }
+        let host = authority
+            .rsplit_once(':')
+            .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
+            .map_or(authority, |(host, _)| host)
+            .trim_matches(['[', ']']);
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if scheme == "http" && !plain_http_anywhere && !loopback {
+            self.error_help(
+                format!("{label} url `{text}` is plain HTTP to another host"),
+                span(url),
+                "use https:// (plain http:// only reaches a receiver on this host)",
             );
             return None;
         }
@@ -303,6 +324,17 @@ impl Checker<'_> {
                 "add the SMTP user name",
             );
         }
+        if let Some(user) = channel
+            .username
+            .as_ref()
+            .filter(|_| password_secret.is_none())
+        {
+            self.error_help(
+                format!("{label} has `username` but no `password_secret`"),
+                span(user),
+                "name the berth secret holding the SMTP password, or drop `username` for a relay that needs no login",
+            );
+        }
         Some(EmailChannel {
             host,
             port,
@@ -365,7 +397,7 @@ impl Checker<'_> {
             }
         }
         let check = if let Some(url) = &monitor.url {
-            let url = self.channel_url(&label, Some(url), span(raw))?;
+            let url = self.channel_url(&label, Some(url), span(raw), true)?;
             let status = match &monitor.status {
                 None => crate::StatusRange { min: 200, max: 299 },
                 Some(s) => match super::parse_status(s.get_ref()) {
@@ -449,6 +481,13 @@ impl Checker<'_> {
             DEFAULT_MONITOR_INTERVAL,
             24 * hour,
         );
+        if interval < Duration::from_secs(1) {
+            self.error_help(
+                format!("{label}: an interval under a second would hammer what it checks"),
+                monitor.interval.as_ref().and_then(span),
+                "such as interval = \"30s\" (the default is 60s)",
+            );
+        }
         let timeout = self.duration(
             &format!("monitors.{}.timeout", name.get_ref()),
             monitor.timeout.as_ref(),

@@ -691,7 +691,7 @@ stop_timeout = "1s"
 [monitors.site]
 url = "http://{}/health"
 body = "ok"
-interval = "500ms"
+interval = "1s"
 timeout = "2s"
 failure_threshold = 2
 success_threshold = 2
@@ -891,4 +891,103 @@ stop_timeout = "1s"
     let (_, row) = read(&agent);
     let after = row.expect("the history is still there after a restart");
     assert!(after["checks_day"].as_i64().unwrap() >= checks, "{after}");
+}
+
+#[test]
+fn logs_of_a_removed_container_outlive_two_deploys_and_an_agent_restart() {
+    let mut agent = Agent::start();
+    let app = agent.app("logs");
+    app.write(&web(""));
+    agent
+        .berth_in(app.path(), &["deploy", "--version", "first"])
+        .success();
+    // Output with a level, for --level.
+    agent.wait_serving("first");
+    std::thread::sleep(Duration::from_secs(2));
+    for version in ["second", "third"] {
+        agent
+            .berth_in(
+                app.path(),
+                &["deploy", "--version", version, "--wait-drain"],
+            )
+            .success();
+    }
+    // Kept within a moment (written every 200 ms); a kill loses at most that moment.
+    let kept_line = |agent: &Agent, release: &str, text: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let kept = agent.berth_in(app.path(), &["logs", "web", "--release", release]);
+            if kept.stdout.contains(text) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "release {release} never showed `{text}`: {}\n{}",
+                kept.stdout,
+                agent.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    for (release, version) in [("1", "first"), ("2", "second"), ("3", "third")] {
+        kept_line(&agent, release, &format!("hello {version}: listening"));
+    }
+    agent.restart();
+    // Release 1's container is gone from Docker; berth kept what it wrote.
+    assert!(
+        !agent
+            .containers()
+            .iter()
+            .any(|(_, labels)| labels.get("berth.release").map(String::as_str) == Some("1")),
+        "release 1's container should be removed"
+    );
+    let kept = agent.berth_in(app.path(), &["logs", "web", "--release", "1"]);
+    kept.success();
+    assert!(
+        kept.stdout.contains("hello first: listening on port 8080"),
+        "{}\n{}",
+        kept.stdout,
+        agent.log()
+    );
+    assert!(
+        kept.stdout.contains(" r1 "),
+        "kept lines name their release: {}",
+        kept.stdout
+    );
+    assert!(!kept.stdout.contains("hello second"), "{}", kept.stdout);
+    let json = agent.berth_in(app.path(), &["logs", "web", "--release", "2", "--json"]);
+    json.success();
+    let first = json.stdout.lines().next().unwrap_or_else(|| {
+        let all = agent.berth_in(app.path(), &["logs", "web", "--release", "3", "--json"]);
+        panic!(
+            "nothing kept of release 2; release 3: {}\n{}",
+            all.stdout,
+            agent.log()
+        )
+    });
+    let line: serde_json::Value = serde_json::from_str(first).unwrap();
+    assert_eq!(line["release"], 2, "{line}");
+    assert!(line["at"].is_i64(), "{line}");
+    // --grep across every release, --until before anything ran.
+    let grep = agent.berth_in(app.path(), &["logs", "web", "--grep", "listening on"]);
+    grep.success();
+    for version in ["first", "second", "third"] {
+        assert!(
+            grep.stdout.contains(&format!("hello {version}: listening")),
+            "{}",
+            grep.stdout
+        );
+    }
+    let nothing = agent.berth_in(
+        app.path(),
+        &["logs", "web", "--until", "2000-01-01T00:00:00Z"],
+    );
+    nothing.success();
+    assert!(nothing.stdout.trim().is_empty(), "{}", nothing.stdout);
+    let bad = agent.berth_in(app.path(), &["logs", "web", "--level", "loud"]);
+    bad.failure(2);
+    assert!(bad.stderr.contains("not a log level"), "{}", bad.stderr);
+    let follow = agent.berth_in(app.path(), &["logs", "web", "-f", "--release", "1"]);
+    follow.failure(2);
+    assert!(follow.stderr.contains("--follow"), "{}", follow.stderr);
 }
