@@ -533,14 +533,30 @@ async fn serve(
             stop.stopped(),
         )
     });
+    let rated = (engine.clone(), proxy.clone(), alerts.clone());
+    background.spawn("error rates", |report, stop| {
+        berth_monitor::errors::watch(rated.0, rated.1, rated.2, report, stop.stopped())
+    });
     let checker = (engine.clone(), alerts.clone());
     background.spawn("record checks", |report, stop| {
         berth_monitor::checks::watch(checker.0, checker.1, report, stop.stopped())
     });
-    let deliverer = engine.clone();
+    let deliverer = (engine.clone(), alerts.firing.clone());
     background.spawn("alerts", |report, stop| {
-        berth_monitor::alerts::deliver(deliverer, alert_signals, report, stop.stopped())
+        berth_monitor::alerts::deliver(
+            deliverer.0,
+            alert_signals,
+            deliverer.1,
+            report,
+            stop.stopped(),
+        )
     });
+    // What the monitors know, read from memory at each scrape.
+    registry.register_collector(Box::new(berth_monitor::metrics::WatchCollector {
+        health: engine.health_board().clone(),
+        monitors: monitor_board.clone(),
+        firing: alerts.firing.clone(),
+    }));
     let metrics = Arc::new(api::Metrics {
         registry,
         edge: edge.clone(),

@@ -488,9 +488,39 @@ fn change(
     }
 }
 
+/// How many alerts fire, by (rule, severity); kept by the alerts worker.
+#[derive(Debug, Default)]
+pub struct FiringCounts(Mutex<BTreeMap<(String, String), i64>>);
+
+impl FiringCounts {
+    /// Replaces the counts; a rule that stopped firing reads 0 rather than vanishing.
+    pub fn set(&self, firing: &[berth_state::AlertRecord]) {
+        let mut counts = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for count in counts.values_mut() {
+            *count = 0;
+        }
+        for alert in firing {
+            *counts
+                .entry((alert.rule.clone(), alert.severity.clone()))
+                .or_default() += 1;
+        }
+    }
+
+    pub fn all(&self) -> Vec<((String, String), i64)> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+}
+
 /// Where monitors send what they notice. Cheap to share; never blocks.
 pub struct Alerts {
     sender: mpsc::Sender<Signal>,
+    /// Firing alerts by rule and severity, for the metrics endpoint.
+    pub firing: Arc<FiringCounts>,
     /// Tests read back what was signalled.
     seen: Option<Mutex<Vec<Signal>>>,
 }
@@ -499,7 +529,14 @@ impl Alerts {
     /// The hub, and the receiving end for [`deliver`].
     pub fn new() -> (Arc<Self>, mpsc::Receiver<Signal>) {
         let (sender, receiver) = mpsc::channel(1024);
-        (Arc::new(Self { sender, seen: None }), receiver)
+        (
+            Arc::new(Self {
+                sender,
+                firing: Arc::default(),
+                seen: None,
+            }),
+            receiver,
+        )
     }
 
     /// Queues a signal; when the queue is full (a storm), it is dropped with a warning.
@@ -519,6 +556,7 @@ impl Alerts {
         let (sender, _) = mpsc::channel(1);
         Self {
             sender,
+            firing: Arc::default(),
             seen: Some(Mutex::new(Vec::new())),
         }
     }
@@ -544,6 +582,7 @@ const RETRY_PAUSES: [Duration; 4] = [
 pub async fn deliver(
     engine: Arc<Engine>,
     mut signals: mpsc::Receiver<Signal>,
+    firing: Arc<FiringCounts>,
     report: berth_workers::Reporter,
     stop: impl std::future::Future<Output = ()>,
 ) {
@@ -557,8 +596,9 @@ pub async fn deliver(
     };
     let mut rules = Rules::default();
     let mut deliveries = Deliveries::default();
-    if let Ok(firing) = engine.store().firing_alerts() {
-        rules.resume(&firing, berth_state::now_ms());
+    if let Ok(now_firing) = engine.store().firing_alerts() {
+        rules.resume(&now_firing, berth_state::now_ms());
+        firing.set(&now_firing);
     }
     // When each firing alert was last sent to each channel, for reminders.
     let mut last_sent: HashMap<(i64, String, String), i64> = HashMap::new();
@@ -598,6 +638,9 @@ pub async fn deliver(
                 }
                 Ok(None) => {}
                 Err(error) => report.failed_run(format!("cannot record an alert: {error}")),
+            }
+            if let Ok(now_firing) = engine.store().firing_alerts() {
+                firing.set(&now_firing);
             }
         }
     }

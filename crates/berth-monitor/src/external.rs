@@ -227,7 +227,7 @@ fn describe_http_error(error: &reqwest::Error) -> String {
 }
 
 /// The last result of each monitor, by (app, name), for `berth status`.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct MonitorBoard(Mutex<HashMap<(String, String), MonitorView>>);
 
 #[derive(Debug, Clone, PartialEq, Eq)]

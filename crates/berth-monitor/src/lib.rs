@@ -3,6 +3,7 @@
 //!   deploy's gate; unhealthy replicas leave the proxy's rotation and are replaced;
 //! - [`external`]: `[monitors.NAME]`, checks of an app from outside (its public URL, a TCP
 //!   port, a DNS name) with Gatus' thresholds, and the certificate they see;
+//! - [`errors`]: each app's share of 5xx answers from the proxy's counters;
 //! - [`events`]: Docker's event stream, for containers that die on their own and OOM kills;
 //! - [`containers`]: each watched container's CPU, memory, network and block I/O and OOM kills
 //!   from its cgroup (v2 or v1) and `/proc`, under cAdvisor's metric names;
@@ -23,9 +24,11 @@ pub mod alerts;
 pub mod channels;
 pub mod checks;
 pub mod containers;
+pub mod errors;
 pub mod events;
 pub mod external;
 pub mod host;
+pub mod metrics;
 pub mod replicas;
 pub mod top;
 pub mod uptime;

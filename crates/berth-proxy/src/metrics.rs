@@ -128,6 +128,22 @@ impl AppMetrics {
 }
 
 impl ProxyMetrics {
+    /// How many requests of `app` were answered with each status class so far: index 1 for
+    /// 1xx … 5 for 5xx.
+    pub fn requests_by_class(&self, app: &str) -> [u64; 6] {
+        let mut counts = [0; 6];
+        for (class, count) in counts.iter_mut().enumerate().skip(1) {
+            *count = self
+                .requests
+                .get_or_create(&RequestLabels {
+                    app: app.to_owned(),
+                    status_class: format!("{class}xx"),
+                })
+                .get();
+        }
+        counts
+    }
+
     pub(crate) fn for_app(&self, app: &str) -> AppMetrics {
         let class = |n: u16| {
             self.requests

@@ -345,6 +345,13 @@ fn respond(
             .into_bytes(),
         ),
         "/version" => (200, text, format!("{}\n", version()).into_bytes()),
+        // Any status, for tests of what berth makes of errors: /status/503.
+        p if p.starts_with("/status/") => match p[8..].parse::<u16>() {
+            Ok(code) if (200..600).contains(&code) => {
+                (code, text, format!("status {code}\n").into_bytes())
+            }
+            _ => (404, text, b"not a status\n".to_vec()),
+        },
         "/health" | "/up" => {
             if flag("FAIL_HEALTH") {
                 (500, text, b"unhealthy (FAIL_HEALTH is set)\n".to_vec())

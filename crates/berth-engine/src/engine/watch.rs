@@ -78,20 +78,10 @@ impl Engine {
         container_id: &str,
         reason: &str,
     ) -> Result<String, OpError> {
-        let info = LockInfo {
-            operation: format!("replacement of an unhealthy {service_name} replica"),
-            holder: "health monitor".into(),
-            since: berth_state::now_ms(),
-        };
-        let _lock = self.locks.try_acquire(app, info).map_err(|holder| {
-            OpError::new(
-                crate::ErrorKind::Locked,
-                format!(
-                    "{app} is busy with {} (by {})",
-                    holder.operation, holder.holder
-                ),
-            )
-        })?;
+        let _lock = self.monitor_lock(
+            app,
+            format!("replacement of an unhealthy {service_name} replica"),
+        )?;
         let result = self
             .replace_replica_locked(app, service_name, container_id)
             .await;
@@ -116,20 +106,10 @@ impl Engine {
         container_id: &str,
         addr: SocketAddr,
     ) -> Result<bool, OpError> {
-        let info = LockInfo {
-            operation: format!("re-routing of a {service} replica to its new address"),
-            holder: "health monitor".into(),
-            since: berth_state::now_ms(),
-        };
-        let _lock = self.locks.try_acquire(app, info).map_err(|holder| {
-            OpError::new(
-                crate::ErrorKind::Locked,
-                format!(
-                    "{app} is busy with {} (by {})",
-                    holder.operation, holder.holder
-                ),
-            )
-        })?;
+        let _lock = self.monitor_lock(
+            app,
+            format!("re-routing of a {service} replica to its new address"),
+        )?;
         let Some(mut live) = self.live_app(app) else {
             return Ok(false);
         };
@@ -151,6 +131,29 @@ impl Engine {
         old.retire();
         tracing::warn!(%app, %service, container = %old.name(), from = %old.addr(), to = %addr, "a replica came back at a new address; the proxy follows it");
         Ok(true)
+    }
+
+    /// The app's lock for a change the health monitor makes, or `Locked` when another
+    /// operation holds it (the monitor tries again later; it never waits).
+    fn monitor_lock(
+        &self,
+        app: &str,
+        operation: String,
+    ) -> Result<berth_core::locks::AppLock, OpError> {
+        let info = LockInfo {
+            operation,
+            holder: "health monitor".into(),
+            since: berth_state::now_ms(),
+        };
+        self.locks.try_acquire(app, info).map_err(|holder| {
+            OpError::new(
+                crate::ErrorKind::Locked,
+                format!(
+                    "{app} is busy with {} (by {})",
+                    holder.operation, holder.holder
+                ),
+            )
+        })
     }
 
     async fn replace_replica_locked(

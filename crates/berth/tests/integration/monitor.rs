@@ -36,6 +36,20 @@ fn is(body: &serde_json::Value, status: &str, rule: &str) -> bool {
     body["status"] == status && body["alert"]["rule"] == rule
 }
 
+/// Runs the docker CLI (test tooling) and returns its output; a failure fails the test.
+fn docker(args: &[&str]) -> String {
+    let out = std::process::Command::new("docker")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 /// The replicas of a service: (container id, name, address on the app network).
 fn replicas(app: &str, service: &str) -> Vec<(String, String, std::net::IpAddr)> {
     block_on(async {
@@ -242,17 +256,6 @@ stop_timeout = "1s"
     set_key(&agent, &app);
     agent.berth_in(app.path(), &["deploy"]).success();
     let container = format!("{}-cache", app.name);
-    let docker = |args: &[&str]| {
-        let out = std::process::Command::new("docker")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "docker {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
     docker(&["stop", "-t", "1", &container]);
     let down = receiver
         .wait_for(Duration::from_secs(30), |b| is(b, "firing", "service_down"))
@@ -470,18 +473,6 @@ stop_timeout = "1s"
     agent.berth_in(app.path(), &["deploy"]).success();
     agent.wait_serving("hello");
     let (id, _, before) = replicas(&app.name, "web").remove(0);
-    let docker = |args: &[&str]| {
-        let out = std::process::Command::new("docker")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "docker {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    };
     docker(&["stop", "-t", "1", &id]);
     // Another container takes the stopped replica's address, so Docker gives it a new one.
     let thief = docker(&[
@@ -721,17 +712,6 @@ success_threshold = 2
         std::thread::sleep(Duration::from_millis(200));
     }
     let (id, _, _) = replicas(&app.name, "web").remove(0);
-    let docker = |args: &[&str]| {
-        let out = std::process::Command::new("docker")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "docker {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
     docker(&["stop", "-t", "1", &id]);
     let firing = receiver
         .wait_for(Duration::from_secs(30), |b| {
@@ -761,6 +741,21 @@ success_threshold = 2
         "fail"
     );
     assert!(!text.contains("answer"), "verdicts only: {text}");
+    // And on the metrics endpoint.
+    let (_, scrape) = berth_testkit::http_get(&metrics, "/metrics", "localhost").unwrap();
+    for wanted in [
+        format!(
+            "berth_monitor_up{{app=\"{}\",monitor=\"site\"}} 0",
+            app.name
+        ),
+        "berth_alerts_firing{rule=\"monitor_failing\",severity=\"critical\"} 1".to_owned(),
+        format!(
+            "berth_container_healthy{{app=\"{}\",service=\"web\"",
+            app.name
+        ),
+    ] {
+        assert!(scrape.contains(&wanted), "{wanted} in {scrape}");
+    }
 
     docker(&["start", &id]);
     let resolved = receiver
@@ -805,17 +800,6 @@ stop_timeout = "1s"
     );
     agent.berth_in(app.path(), &["deploy"]).success();
     let (id, _, _) = replicas(&app.name, "web").remove(0);
-    let docker = |args: &[&str]| {
-        let out = std::process::Command::new("docker")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "docker {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
     std::thread::sleep(Duration::from_secs(2));
     docker(&["stop", "-t", "1", &id]);
     // Down until the alert fires, then back.
@@ -990,4 +974,32 @@ fn logs_of_a_removed_container_outlive_two_deploys_and_an_agent_restart() {
     let follow = agent.berth_in(app.path(), &["logs", "web", "-f", "--release", "1"]);
     follow.failure(2);
     assert!(follow.stderr.contains("--follow"), "{}", follow.stderr);
+}
+
+#[test]
+fn a_share_of_server_errors_fires_an_error_rate_alert() {
+    let agent = Agent::start();
+    let receiver = WebhookReceiver::start(KEY).unwrap();
+    let app = agent.app("errs");
+    app.write(&format!("{}{}", web(""), hook(&receiver.url)));
+    set_key(&agent, &app);
+    agent.berth_in(app.path(), &["deploy"]).success();
+    agent.wait_serving("hello");
+    // 40 requests, 30 of them answered 500 by the app.
+    for i in 0..40 {
+        let path = if i % 4 == 0 { "/" } else { "/status/500" };
+        let _ = agent.get(path);
+    }
+    let firing = receiver
+        .wait_for(Duration::from_secs(45), |b| is(b, "firing", "error_rate"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no error-rate alert: {:?}\n{}",
+                receiver.received(),
+                agent.log()
+            )
+        });
+    let summary = firing.body["alert"]["summary"].as_str().unwrap();
+    assert!(summary.contains("with a server error (5xx)"), "{summary}");
+    assert_eq!(firing.body["alert"]["app"], app.name.as_str());
 }
