@@ -191,6 +191,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/audit", get(audit))
         .route("/v1/alerts", get(alerts))
+        .route("/v1/alerts/mutes", post(add_mute))
+        .route("/v1/alerts/mutes/{id}", axum::routing::delete(remove_mute))
         .route("/v1/top", get(top))
         .route("/v1/uptime", get(uptime))
         .route("/v1/apps/{app}/alerts/test", post(test_alert))

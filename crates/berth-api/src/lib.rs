@@ -14,6 +14,8 @@
 //! | `GET /v1/top[?app=A]` | | [`TopAnswer`] |
 //! | `GET /v1/uptime[?app=A]` | | [`UptimeAnswer`] |
 //! | `POST /v1/apps/A/alerts/test` | [`AlertTestRequest`] | [`DeliveryInfo`] |
+//! | `POST /v1/alerts/mutes` | [`MuteRequest`] | [`MuteInfo`] |
+//! | `DELETE /v1/alerts/mutes/N` | | |
 //! | `POST /v1/apps/A/services/S/restart` | [`RestartRequest`] | NDJSON [`OperationEvent`]s |
 //! | `GET /v1/apps/A/releases[?limit=N]` | | `Vec<`[`ReleaseInfo`]`>` |
 //! | `GET /v1/apps/A/services/S/logs?tail=&follow=&since=` | | NDJSON [`LogLine`]s |
@@ -470,6 +472,30 @@ pub struct AlertsAnswer {
     pub firing: Vec<AlertInfo>,
     pub recent: Vec<AlertInfo>,
     pub deliveries: Vec<DeliveryInfo>,
+    /// Mutes in force.
+    #[serde(default)]
+    pub mutes: Vec<MuteInfo>,
+}
+
+/// `berth alerts mute`: alerts that match are recorded, not sent, until it ends. A field
+/// left out matches everything.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MuteRequest {
+    pub app: Option<String>,
+    pub rule: Option<String>,
+    pub subject: Option<String>,
+    pub seconds: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MuteInfo {
+    pub id: i64,
+    pub app: Option<String>,
+    pub rule: Option<String>,
+    pub subject: Option<String>,
+    /// Unix ms.
+    pub until: i64,
+    pub actor: String,
 }
 
 /// `berth top`: the host's and every watched container's resources, as rates over the last

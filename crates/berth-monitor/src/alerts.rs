@@ -623,7 +623,7 @@ pub async fn deliver(
             match record(&engine, &change, now) {
                 Ok(Some((alert, what))) => {
                     tracing::info!(rule = %alert.rule, subject = %alert.subject, what, summary = %alert.summary, "alert");
-                    let channels = if change.notify {
+                    let channels = if change.notify && !muted(&engine, &alert, now) {
                         channels_for(&engine, &alert)
                     } else {
                         Vec::new()
@@ -728,6 +728,18 @@ fn channels_for(engine: &Engine, alert: &AlertRecord) -> Vec<(String, AlertChann
     channels
 }
 
+/// Whether `berth alerts mute` keeps an alert from the channels now (it is still recorded).
+fn muted(engine: &Engine, alert: &AlertRecord, now: i64) -> bool {
+    let muted = engine
+        .store()
+        .alert_mutes(now)
+        .is_ok_and(|mutes| mutes.iter().any(|m| m.covers(alert)));
+    if muted {
+        tracing::info!(rule = %alert.rule, subject = %alert.subject, "alert not sent: muted");
+    }
+    muted
+}
+
 /// An app's alert channels, from its live release's manifest.
 pub fn app_channels(engine: &Engine, app: &str) -> Vec<AlertChannel> {
     engine
@@ -752,6 +764,9 @@ fn remind(
         return;
     };
     for alert in firing {
+        if muted(engine, &alert, now) {
+            continue;
+        }
         for (app, channel) in channels_for(engine, &alert) {
             let every = millis(channel.remind_every);
             if every == 0 {

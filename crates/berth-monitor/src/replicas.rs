@@ -334,12 +334,19 @@ pub async fn watch(
                         .into_iter()
                         .map(|t| (t.container_id.clone(), t))
                         .collect();
-                    // An upstream made anew (a repoint) keeps the replica's place in rotation.
                     for (id, target) in &targets {
+                        // An upstream made anew (a repoint) keeps the replica's place in rotation.
                         if let (Some(upstream), Some(health)) =
                             (&target.upstream, tracker.health(id))
                         {
                             upstream.set_in_rotation(health.in_rotation);
+                        }
+                        // On the board from the start (it passed the gate), so Docker's events
+                        // about it count before its first probe.
+                        if board.get(id).is_none()
+                            && let Some(health) = tracker.health(id)
+                        {
+                            board.set(id, health.clone());
                         }
                     }
                     board.retain(&targets.keys().cloned().collect());

@@ -1128,6 +1128,53 @@ fn percentile(values: &mut [i64], p: usize) -> i64 {
     values[rank.min(values.len()) - 1]
 }
 
+impl Store {
+    // ---- alert mutes -------------------------------------------------------------------
+
+    pub fn add_alert_mute(&self, mute: &AlertMute) -> Result<i64> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT INTO alert_mutes (app, rule, subject, until, actor, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![mute.app, mute.rule, mute.subject, mute.until, mute.actor, mute.created_at],
+        )
+        .map_err(sql("record a mute"))?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    /// Mutes in force at `now` (ended ones are dropped).
+    pub fn alert_mutes(&self, now: i64) -> Result<Vec<AlertMute>> {
+        let conn = self.conn();
+        conn.execute("DELETE FROM alert_mutes WHERE until <= ?1", params![now])
+            .map_err(sql("prune mutes"))?;
+        let mut statement = conn
+            .prepare("SELECT id, app, rule, subject, until, actor, created_at FROM alert_mutes ORDER BY id")
+            .map_err(sql("list mutes"))?;
+        let rows = statement
+            .query_map([], |r| {
+                Ok(AlertMute {
+                    id: r.get(0)?,
+                    app: r.get(1)?,
+                    rule: r.get(2)?,
+                    subject: r.get(3)?,
+                    until: r.get(4)?,
+                    actor: r.get(5)?,
+                    created_at: r.get(6)?,
+                })
+            })
+            .map_err(sql("list mutes"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(sql("list mutes"))
+    }
+
+    /// Ends a mute; whether there was one.
+    pub fn remove_alert_mute(&self, id: i64) -> Result<bool> {
+        self.conn()
+            .execute("DELETE FROM alert_mutes WHERE id = ?1", params![id])
+            .map(|n| n > 0)
+            .map_err(sql("remove a mute"))
+    }
+}
+
 const ALERT_COLUMNS: &str = "SELECT id, key, rule, severity, app, subject, summary, kind, started_at, resolved_at FROM alerts";
 
 fn alert_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRecord> {
@@ -1154,6 +1201,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("migration4.sql")),
         M::up(include_str!("migration5.sql")),
         M::up(include_str!("migration6.sql")),
+        M::up(include_str!("migration7.sql")),
     ])
 }
 

@@ -273,3 +273,27 @@ pub struct UptimeWindow {
     pub p50_ms: Option<i64>,
     pub p95_ms: Option<i64>,
 }
+
+/// `berth alerts mute`: alerts matching it are recorded but not sent until `until`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AlertMute {
+    pub id: i64,
+    /// `None` matches every app and the host.
+    pub app: Option<String>,
+    pub rule: Option<String>,
+    pub subject: Option<String>,
+    pub until: i64,
+    pub actor: String,
+    pub created_at: i64,
+}
+
+impl AlertMute {
+    /// Whether an alert falls under this mute.
+    pub fn covers(&self, alert: &AlertRecord) -> bool {
+        self.app
+            .as_ref()
+            .is_none_or(|a| alert.app.as_ref() == Some(a))
+            && self.rule.as_ref().is_none_or(|r| *r == alert.rule)
+            && self.subject.as_ref().is_none_or(|s| *s == alert.subject)
+    }
+}

@@ -423,3 +423,44 @@ fn uptime_is_kept_raw_then_in_minutes_and_hours_and_pruned_by_age() {
     store.add_uptime_samples(&[], now + 91 * day).unwrap();
     assert!(store.uptime_subjects(None).unwrap().is_empty());
 }
+
+#[test]
+fn a_mute_covers_what_it_names_until_it_ends() {
+    let store = Store::in_memory().unwrap();
+    let mute = |app: Option<&str>, rule: Option<&str>, until: i64| AlertMute {
+        id: 0,
+        app: app.map(str::to_owned),
+        rule: rule.map(str::to_owned),
+        subject: None,
+        until,
+        actor: "t".into(),
+        created_at: 0,
+    };
+    let shop_down = store
+        .add_alert_mute(&mute(Some("shop"), Some("service_down"), 1_000))
+        .unwrap();
+    store.add_alert_mute(&mute(None, None, 500)).unwrap();
+    let alert = AlertRecord {
+        id: 1,
+        key: "service_down:shop/web".into(),
+        rule: "service_down".into(),
+        severity: "critical".into(),
+        app: Some("shop".into()),
+        subject: "shop/web".into(),
+        summary: String::new(),
+        event: false,
+        started_at: 0,
+        resolved_at: None,
+    };
+    let other = AlertRecord {
+        app: Some("blog".into()),
+        ..alert.clone()
+    };
+    let active = store.alert_mutes(600).unwrap();
+    assert_eq!(active.len(), 1, "the one until 500 ended");
+    assert!(active[0].covers(&alert));
+    assert!(!active[0].covers(&other));
+    assert!(store.remove_alert_mute(shop_down).unwrap());
+    assert!(!store.remove_alert_mute(shop_down).unwrap());
+    assert!(store.alert_mutes(600).unwrap().is_empty());
+}

@@ -276,6 +276,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             action: Some(AlertsCommand::Test { channel, app }),
             ..
         } => alerts::test(&ctx, &resolve_app(&app)?, &channel).await,
+        Command::Alerts {
+            action:
+                Some(AlertsCommand::Mute {
+                    duration,
+                    app,
+                    rule,
+                    subject,
+                }),
+            ..
+        } => alerts::mute(&ctx, &duration, app, rule, subject).await,
+        Command::Alerts {
+            action: Some(AlertsCommand::Unmute { id }),
+            ..
+        } => alerts::unmute(&ctx, id).await,
         Command::Backup { action } => backup(&ctx, action).await,
         Command::Restore {
             name,

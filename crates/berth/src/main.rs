@@ -524,6 +524,27 @@ enum AlertsCommand {
         #[command(flatten)]
         app: AppArgs,
     },
+    /// Keep alerts from the channels for a while (they are still recorded and listed): all
+    /// of them, or one app's, one rule's (`service_down`, `disk_full`, ...), one subject's.
+    Mute {
+        /// For this long, such as 30m, 2h or 1d (at most 30 days).
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: String,
+        /// Only this app's alerts.
+        #[arg(long, value_name = "APP")]
+        app: Option<String>,
+        /// Only alerts of this rule.
+        #[arg(long, value_name = "RULE")]
+        rule: Option<String>,
+        /// Only alerts about this subject, as `berth alerts` shows it (`shop/web`).
+        #[arg(long, value_name = "SUBJECT")]
+        subject: Option<String>,
+    },
+    /// End a mute (its number is in `berth alerts`).
+    Unmute {
+        /// The mute's number, as `berth alerts` lists it.
+        id: i64,
+    },
 }
 
 #[derive(Subcommand)]

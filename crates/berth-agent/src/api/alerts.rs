@@ -71,11 +71,126 @@ pub(super) async fn alerts(
         .into_iter()
         .map(alert_info)
         .collect();
+    let mutes = state
+        .engine
+        .store()
+        .alert_mutes(berth_state::now_ms())?
+        .into_iter()
+        .map(mute_info)
+        .collect();
     Ok(Json(AlertsAnswer {
         firing,
         recent,
         deliveries,
+        mutes,
     }))
+}
+
+fn mute_info(mute: berth_state::AlertMute) -> MuteInfo {
+    MuteInfo {
+        id: mute.id,
+        app: mute.app,
+        rule: mute.rule,
+        subject: mute.subject,
+        until: mute.until,
+        actor: mute.actor,
+    }
+}
+
+/// The rules an alert can have, for refusing a mute of a rule that does not exist.
+const RULES: [&str; 14] = [
+    "service_down",
+    "crash_loop",
+    "oom_killed",
+    "container_died",
+    "replica_replaced",
+    "disk_full",
+    "memory_high",
+    "backup_failed",
+    "certificate",
+    "deploy_failed",
+    "error_rate",
+    "monitor_failing",
+    "monitor_certificate",
+    "test",
+];
+
+/// `berth alerts mute`: audited; a mute of at most 30 days.
+pub(super) async fn add_mute(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Json(request): Json<MuteRequest>,
+) -> ApiResult<Json<MuteInfo>> {
+    if let Some(app) = &request.app {
+        check_app_name(app)?;
+        state.engine.require_app(app)?;
+    }
+    if let Some(rule) = &request.rule
+        && !RULES.contains(&rule.as_str())
+    {
+        return Err(OpError::invalid(format!("there is no alert rule `{rule}`"))
+            .hint(format!(
+                "the rules: {}",
+                RULES[..RULES.len() - 1].join(", ")
+            ))
+            .into());
+    }
+    if request
+        .subject
+        .as_ref()
+        .is_some_and(|s| s.is_empty() || s.len() > 200)
+    {
+        return Err(OpError::invalid("a mute's subject is 1 to 200 characters")
+            .hint("the subject is the alert's second column in `berth alerts`, such as web/1")
+            .into());
+    }
+    if request.seconds == 0 || request.seconds > 30 * 86_400 {
+        return Err(OpError::invalid("a mute lasts from a second to 30 days")
+            .hint("such as --for 1h")
+            .into());
+    }
+    let actor = actor(&state, &headers);
+    let now = berth_state::now_ms();
+    let mut mute = berth_state::AlertMute {
+        id: 0,
+        app: request.app,
+        rule: request.rule,
+        subject: request.subject,
+        until: now + i64::try_from(request.seconds).unwrap_or(0) * 1000,
+        actor: actor.clone(),
+        created_at: now,
+    };
+    mute.id = state.engine.store().add_alert_mute(&mute)?;
+    let target = format!(
+        "{}/{}",
+        mute.app.as_deref().unwrap_or("*"),
+        mute.rule.as_deref().unwrap_or("*")
+    );
+    state.engine.audit(
+        &actor,
+        "alerts.mute",
+        &target,
+        "ok",
+        &format!("until {}", format_time(mute.until)),
+    );
+    Ok(Json(mute_info(mute)))
+}
+
+pub(super) async fn remove_mute(
+    State(state): State<ApiState>,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+) -> ApiResult<StatusCode> {
+    if !state.engine.store().remove_alert_mute(id)? {
+        return Err(OpError::not_found(format!("there is no mute {id}"))
+            .hint("`berth alerts` lists the mutes in force")
+            .into());
+    }
+    let actor = actor(&state, &headers);
+    state
+        .engine
+        .audit(&actor, "alerts.unmute", &id.to_string(), "ok", "");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Sends a test message to one of the app's channels now (one attempt) and says how it went.

@@ -1,11 +1,11 @@
 //! `berth alerts`, `berth alerts test CHANNEL`, `berth top`, `berth uptime`, and the health
 //! and alert lines of `berth status`: what the agent's monitors found.
 
-use super::Ctx;
+use super::{Ctx, invalid};
 use crate::output;
 use berth_api::{
-    AlertInfo, AlertTestRequest, AlertsAnswer, DeliveryInfo, MonitorInfo, ServiceStatus, TopAnswer,
-    UptimeAnswer,
+    AlertInfo, AlertTestRequest, AlertsAnswer, DeliveryInfo, MonitorInfo, MuteInfo, MuteRequest,
+    ServiceStatus, TopAnswer, UptimeAnswer,
 };
 use console::style;
 use std::io::IsTerminal;
@@ -47,6 +47,19 @@ pub(super) async fn list(ctx: &Ctx, app: Option<String>, limit: usize) -> anyhow
                 &["  WHEN", "SEVERITY", "SUBJECT", "WHAT"],
                 &rows(&past, false)
             )
+        );
+    }
+    for mute in &answer.mutes {
+        println!(
+            "{} mute {}: {} alerts of {} about {} are not sent until {} (by {}; `berth alerts unmute {}` ends it)",
+            style("·").dim(),
+            mute.id,
+            mute.rule.as_deref().unwrap_or("all"),
+            mute.app.as_deref().unwrap_or("every app"),
+            mute.subject.as_deref().unwrap_or("anything"),
+            output::time(mute.until),
+            mute.actor,
+            mute.id
         );
     }
     if !answer.deliveries.is_empty() {
@@ -452,6 +465,59 @@ pub(super) async fn uptime(ctx: &Ctx, app: Option<String>) -> anyhow::Result<Exi
             "{}",
             output::table(&["INCIDENT STARTED", "ENDED", "LASTED", "CAUSE"], &rows)
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `berth alerts mute`.
+pub(super) async fn mute(
+    ctx: &Ctx,
+    duration: &str,
+    app: Option<String>,
+    rule: Option<String>,
+    subject: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let length = berth_manifest::units::parse_duration(duration).map_err(|e| {
+        invalid(
+            format!("--for {duration}: {e}"),
+            Some("durations look like 30m, 2h or 1d"),
+        )
+    })?;
+    let mute: MuteInfo = ctx
+        .client()?
+        .request(
+            http::Method::POST,
+            "/v1/alerts/mutes",
+            &MuteRequest {
+                app,
+                rule,
+                subject,
+                seconds: length.as_secs(),
+            },
+        )
+        .await?;
+    if ctx.json {
+        println!("{}", serde_json::to_string_pretty(&mute)?);
+    } else {
+        println!(
+            "{} mute {}: {} alerts of {} are recorded but not sent until {}",
+            style("✓").green(),
+            mute.id,
+            mute.rule.as_deref().unwrap_or("all"),
+            mute.app.as_deref().unwrap_or("every app"),
+            output::time(mute.until)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `berth alerts unmute ID`.
+pub(super) async fn unmute(ctx: &Ctx, id: i64) -> anyhow::Result<ExitCode> {
+    ctx.client()?
+        .delete(&format!("/v1/alerts/mutes/{id}"))
+        .await?;
+    if !ctx.json {
+        println!("{} mute {id} ended", style("✓").green());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -255,6 +255,41 @@ stop_timeout = "1s"
     ));
     set_key(&agent, &app);
     agent.berth_in(app.path(), &["deploy"]).success();
+    // The death itself is muted: recorded, listed, not sent.
+    let muted = agent.berth_in(
+        app.path(),
+        &[
+            "alerts",
+            "mute",
+            "--for",
+            "1h",
+            "--app",
+            &app.name,
+            "--rule",
+            "container_died",
+        ],
+    );
+    muted.success();
+    assert!(
+        muted.stdout.contains("container_died alerts of"),
+        "{}",
+        muted.stdout
+    );
+    // Once the monitor watches it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = agent.berth_in(app.path(), &["status", "--json"]).json();
+        let watched = status["apps"][0]["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "cache" && s["replicas"][0]["watch"].is_object());
+        if watched {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never watched: {status}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let container = format!("{}-cache", app.name);
     docker(&["stop", "-t", "1", &container]);
     let down = receiver
@@ -298,6 +333,31 @@ stop_timeout = "1s"
     let alerts = agent.berth_in(app.path(), &["alerts", "--json"]).json();
     assert!(alerts["firing"].as_array().unwrap().is_empty(), "{alerts}");
     agent.berth_in(app.path(), &["status"]).success();
+    assert!(
+        alerts["recent"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["rule"] == "container_died"),
+        "the muted alert is recorded: {alerts}"
+    );
+    assert!(
+        !receiver
+            .received()
+            .iter()
+            .any(|r| r.body["alert"]["rule"] == "container_died"),
+        "and not sent: {:?}",
+        receiver.received()
+    );
+    let id = alerts["mutes"][0]["id"].as_i64().unwrap().to_string();
+    agent
+        .berth_in(app.path(), &["alerts", "unmute", &id])
+        .success();
+    agent
+        .berth_in(app.path(), &["alerts", "unmute", &id])
+        .failure(2);
+    let alerts = agent.berth_in(app.path(), &["alerts", "--json"]).json();
+    assert!(alerts["mutes"].as_array().unwrap().is_empty(), "{alerts}");
 }
 
 #[test]
