@@ -533,9 +533,28 @@ async fn serve(
             stop.stopped(),
         )
     });
-    let rated = (engine.clone(), proxy.clone(), alerts.clone());
+    let counted = log_store.clone();
+    let log_lines: berth_monitor::errors::LogLineCounts =
+        Arc::new(move |app: &str| counted.line_counts(app));
+    let rated = (engine.clone(), proxy.clone(), log_lines, alerts.clone());
     background.spawn("error rates", |report, stop| {
-        berth_monitor::errors::watch(rated.0, rated.1, rated.2, report, stop.stopped())
+        berth_monitor::errors::watch(rated.0, rated.1, rated.2, rated.3, report, stop.stopped())
+    });
+    let thresholds = (
+        engine.clone(),
+        host_metrics.clone(),
+        container_metrics.clone(),
+        alerts.clone(),
+    );
+    background.spawn("thresholds", |report, stop| {
+        berth_monitor::thresholds::watch(
+            thresholds.0,
+            thresholds.1,
+            thresholds.2,
+            thresholds.3,
+            report,
+            stop.stopped(),
+        )
     });
     let checker = (engine.clone(), alerts.clone());
     background.spawn("record checks", |report, stop| {

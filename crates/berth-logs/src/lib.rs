@@ -37,16 +37,34 @@ pub struct LogRecord {
 }
 
 impl LogRecord {
-    /// The `level` (or `severity`, `lvl`) of a JSON line, lower-cased.
+    /// The `level` (or `severity`, `lvl`) of a JSON line, or the `level=` of a logfmt one,
+    /// lower-cased.
     pub fn level(&self) -> Option<String> {
         if !self.line.trim_start().starts_with('{') {
-            return None;
+            return logfmt_level(&self.line);
         }
         let value: serde_json::Value = serde_json::from_str(&self.line).ok()?;
         ["level", "severity", "lvl", "log.level"]
             .iter()
             .find_map(|k| value.get(*k)?.as_str().map(str::to_ascii_lowercase))
     }
+}
+
+/// `level=error` (or `lvl=`, `severity=`) as a logfmt line writes it.
+fn logfmt_level(line: &str) -> Option<String> {
+    line.split_ascii_whitespace().find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        matches!(key, "level" | "lvl" | "severity")
+            .then(|| value.trim_matches('"').to_ascii_lowercase())
+    })
+}
+
+/// Whether a record is at error level or above.
+fn is_error(record: &LogRecord) -> bool {
+    record
+        .level()
+        .and_then(|l| level_rank(&l))
+        .is_some_and(|rank| rank >= 4)
 }
 
 /// What to read back.
@@ -147,6 +165,8 @@ pub struct LogStore {
     retention: Retention,
     /// The segment being written per app: (path, start ms).
     open: Mutex<BTreeMap<String, (PathBuf, i64)>>,
+    /// Lines appended per app since start, and those at error level or above.
+    lines: Mutex<BTreeMap<String, (u64, u64)>>,
 }
 
 impl LogStore {
@@ -156,7 +176,19 @@ impl LogStore {
             root,
             retention,
             open: Mutex::new(BTreeMap::new()),
+            lines: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Lines appended for the app since this store was made, and those at error level or
+    /// above, for the error-share alert.
+    pub fn line_counts(&self, app: &str) -> (u64, u64) {
+        self.lines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(app)
+            .copied()
+            .unwrap_or((0, 0))
     }
 
     fn app_dir(&self, app: &str) -> PathBuf {
@@ -207,6 +239,12 @@ impl LogStore {
             .open(&path)
             .map_err(|e| write_error(&path, e))?;
         file.write_all(&frame).map_err(|e| write_error(&path, e))?;
+        drop(open);
+        let errors = records.iter().filter(|r| is_error(r)).count() as u64;
+        let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        let counts = lines.entry(app.to_owned()).or_default();
+        counts.0 += records.len() as u64;
+        counts.1 += errors;
         Ok(())
     }
 
@@ -426,6 +464,25 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+        assert_eq!(store.line_counts("shop"), (4, 1), "four lines, one error");
+        assert_eq!(store.line_counts("other"), (0, 0));
+    }
+
+    #[test]
+    fn levels_come_from_json_and_logfmt_lines() {
+        let level = |line: &str| record(0, 1, line).level();
+        assert_eq!(
+            level(r#"{"severity":"Warning"}"#).as_deref(),
+            Some("warning")
+        );
+        assert_eq!(
+            level(r#"time=1 level=error msg="db down""#).as_deref(),
+            Some("error")
+        );
+        assert_eq!(level(r#"lvl="FATAL" x=1"#).as_deref(), Some("fatal"));
+        assert_eq!(level("ERROR: plain text has no field"), None);
+        assert!(is_error(&record(0, 1, "level=crit")));
+        assert!(!is_error(&record(0, 1, "level=info")));
     }
 
     #[test]

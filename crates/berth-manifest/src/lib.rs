@@ -14,6 +14,7 @@ mod overlay;
 mod raw;
 mod risks;
 mod shell;
+mod thresholds;
 pub mod units;
 mod validate;
 
@@ -23,6 +24,7 @@ pub use diagnostic::{Diagnostic, LocatedDiagnostic, ManifestError, line_column};
 pub use diff::changes;
 pub use model::*;
 pub use risks::{Risk, risks};
+pub use thresholds::*;
 
 use serde::Deserialize;
 use std::path::Path;

@@ -33,6 +33,9 @@ pub struct Manifest {
     /// Checks from outside the containers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub monitors: Vec<crate::alerts::Monitor>,
+    /// Alerts on measurements past a limit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub thresholds: Vec<crate::thresholds::Threshold>,
 }
 
 /// A registry and the credentials berth pulls from it with.

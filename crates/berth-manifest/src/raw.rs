@@ -39,6 +39,20 @@ pub struct RawManifest {
     /// Checks of the app from outside its containers, by name.
     #[serde(default)]
     pub monitors: BTreeMap<SpannedString, Spanned<RawMonitor>>,
+    /// Alerts on measurements past a limit, by name.
+    #[serde(default)]
+    pub thresholds: BTreeMap<SpannedString, Spanned<RawThreshold>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawThreshold {
+    /// `METRIC > LIMIT [for DURATION]`, such as "cpu > 80% for 10m".
+    pub when: SpannedString,
+    /// The service or accessory it watches (cpu and memory); each when absent.
+    pub service: Option<SpannedString>,
+    /// `info`, `warning` (default) or `critical`.
+    pub severity: Option<SpannedString>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -219,6 +219,7 @@ impl<'a> Checker<'a> {
         let registry = raw.registry.as_ref().map(|r| self.registry(r));
         let alerts = self.alert_channels(&raw);
         let monitors = self.monitors(&raw);
+        let thresholds = self.thresholds(&raw, &services, &accessories);
 
         if !self.diagnostics.is_empty() {
             return None;
@@ -233,6 +234,7 @@ impl<'a> Checker<'a> {
             registry,
             alerts,
             monitors,
+            thresholds,
         })
     }
 

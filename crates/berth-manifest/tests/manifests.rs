@@ -1443,3 +1443,64 @@ certificate_expiry = "0s"
         );
     }
 }
+
+#[test]
+fn thresholds_resolve_and_unreadable_ones_are_named() {
+    let text = r#"app = "shop"
+[services.web]
+image = "a:1"
+memory = "256m"
+
+[accessories.db]
+image = "postgres:16"
+
+[thresholds.web-memory]
+service = "web"
+when = "memory > 90% for 5m"
+severity = "critical"
+
+[thresholds.load]
+when = "host.load > 4"
+"#;
+    let manifest = load(source(text), None).unwrap();
+    let memory = &manifest.thresholds[1];
+    assert_eq!(memory.name, "web-memory");
+    assert_eq!(memory.service.as_deref(), Some("web"));
+    assert_eq!(memory.severity, Severity::Critical);
+    assert_eq!(memory.condition.to_string(), "memory > 90% for 5m");
+    let load_threshold = &manifest.thresholds[0];
+    assert_eq!(load_threshold.condition.metric, Metric::HostLoad);
+    assert_eq!(load_threshold.severity, Severity::Warning);
+
+    for (body, message) in [
+        ("when = \"cpu > 80% for\"", "after `for`"),
+        (
+            "when = \"memory > 90%\"",
+            "`db` has no memory limit to take a percentage of",
+        ),
+        (
+            "when = \"cpu > 80%\"\nservice = \"api\"",
+            "there is no service or accessory `api`",
+        ),
+        (
+            "when = \"disk > 80%\"\nservice = \"web\"",
+            "disk is the host's, not a service's",
+        ),
+        (
+            "when = \"cpu > 80%\"\nseverity = \"page\"",
+            "not a severity",
+        ),
+        ("service = \"web\"", "missing field `when`"),
+    ] {
+        let text = format!(
+            "app = \"shop\"\n[services.web]\nimage = \"a:1\"\nmemory = \"1g\"\n[accessories.db]\nimage = \"p:1\"\n[thresholds.t]\n{body}\n"
+        );
+        let error = load(source(&text), None).expect_err(body);
+        let first = &error.located()[0];
+        assert!(
+            first.message.contains(message),
+            "{body}: got `{}`",
+            first.message
+        );
+    }
+}

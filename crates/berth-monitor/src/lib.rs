@@ -3,7 +3,10 @@
 //!   deploy's gate; unhealthy replicas leave the proxy's rotation and are replaced;
 //! - [`external`]: `[monitors.NAME]`, checks of an app from outside (its public URL, a TCP
 //!   port, a DNS name) with Gatus' thresholds, and the certificate they see;
-//! - [`errors`]: each app's share of 5xx answers from the proxy's counters;
+//! - [`errors`]: each app's share of 5xx answers from the proxy's counters, and of error-level
+//!   log lines from the log store's counts;
+//! - [`thresholds`]: `[thresholds.NAME]` of the manifests (`cpu > 80% for 10m`) against the
+//!   last samples of the host and the containers;
 //! - [`events`]: Docker's event stream, for containers that die on their own and OOM kills;
 //! - [`containers`]: each watched container's CPU, memory, network and block I/O and OOM kills
 //!   from its cgroup (v2 or v1) and `/proc`, under cAdvisor's metric names;
@@ -30,6 +33,7 @@ pub mod external;
 pub mod host;
 pub mod metrics;
 pub mod replicas;
+pub mod thresholds;
 pub mod top;
 pub mod uptime;
 

@@ -352,6 +352,16 @@ fn respond(
             }
             _ => (404, text, b"not a status\n".to_vec()),
         },
+        // A JSON log line at a level, for tests of what berth makes of logs: /log/error.
+        p if p.starts_with("/log/") => {
+            let level = &p[5..];
+            if level.is_empty() || !level.chars().all(|c| c.is_ascii_alphabetic()) {
+                (404, text, b"not a level\n".to_vec())
+            } else {
+                println!(r#"{{"level":"{level}","msg":"a {level} line, as asked"}}"#);
+                (200, text, b"logged\n".to_vec())
+            }
+        }
         "/health" | "/up" => {
             if flag("FAIL_HEALTH") {
                 (500, text, b"unhealthy (FAIL_HEALTH is set)\n".to_vec())

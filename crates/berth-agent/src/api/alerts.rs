@@ -98,7 +98,7 @@ fn mute_info(mute: berth_state::AlertMute) -> MuteInfo {
 }
 
 /// The rules an alert can have, for refusing a mute of a rule that does not exist.
-const RULES: [&str; 14] = [
+const RULES: [&str; 16] = [
     "service_down",
     "crash_loop",
     "oom_killed",
@@ -110,6 +110,8 @@ const RULES: [&str; 14] = [
     "certificate",
     "deploy_failed",
     "error_rate",
+    "log_errors",
+    "threshold",
     "monitor_failing",
     "monitor_certificate",
     "test",

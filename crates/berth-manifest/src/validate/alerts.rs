@@ -535,3 +535,101 @@ impl Checker<'_> {
         })
     }
 }
+
+impl Checker<'_> {
+    /// `[thresholds.NAME]`: each condition parsed, its service named and, for a percentage of
+    /// a service's limit, that limit set.
+    pub(super) fn thresholds(
+        &mut self,
+        raw: &RawManifest,
+        services: &std::collections::BTreeMap<String, crate::Service>,
+        accessories: &std::collections::BTreeMap<String, crate::Service>,
+    ) -> Vec<crate::Threshold> {
+        let mut thresholds = Vec::new();
+        for (name, raw_threshold) in &raw.thresholds {
+            let threshold = raw_threshold.get_ref();
+            let label = format!("[thresholds.{}]", name.get_ref());
+            if !valid_name(name.get_ref(), 63) {
+                self.error_help(
+                    format!("threshold name `{}` is not valid", name.get_ref()),
+                    span(name),
+                    NAME_HELP,
+                );
+            }
+            let condition = match crate::parse_condition(threshold.when.get_ref()) {
+                Ok(condition) => condition,
+                Err(reason) => {
+                    self.error_help(
+                        format!("{label}: when = \"{}\": {reason}", threshold.when.get_ref()),
+                        span(&threshold.when),
+                        "such as \"cpu > 80% for 10m\", \"memory > 90%\", \"host.memory > 90% for 5m\" or \"disk > 85%\"",
+                    );
+                    continue;
+                }
+            };
+            let severity = match &threshold.severity {
+                None => Severity::Warning,
+                Some(text) => Severity::parse(text.get_ref()).unwrap_or_else(|| {
+                    self.error_help(
+                        format!("{label}: severity `{}` is not a severity", text.get_ref()),
+                        span(text),
+                        "use info, warning or critical",
+                    );
+                    Severity::Warning
+                }),
+            };
+            let service = threshold.service.as_ref().map(|s| s.get_ref().clone());
+            if let Some(service_name) = &threshold.service {
+                if !condition.metric.per_service() {
+                    self.error_help(
+                        format!(
+                            "{label}: {} is the host's, not a service's",
+                            condition.metric.name()
+                        ),
+                        span(service_name),
+                        "remove `service`, or watch cpu or memory",
+                    );
+                } else if !services.contains_key(service_name.get_ref())
+                    && !accessories.contains_key(service_name.get_ref())
+                {
+                    self.error_help(
+                        format!(
+                            "{label}: there is no service or accessory `{}`",
+                            service_name.get_ref()
+                        ),
+                        span(service_name),
+                        "name one of [services] or [accessories]",
+                    );
+                }
+            }
+            // A percentage of a limit needs the limit, on every service it watches.
+            let watched: Vec<(&String, &crate::Service)> = services
+                .iter()
+                .chain(accessories)
+                .filter(|(n, _)| service.as_ref().is_none_or(|s| s == *n))
+                .collect();
+            if let crate::Limit::Percent(_) = condition.limit
+                && condition.metric == crate::Metric::Memory
+            {
+                for (service_name, _) in watched.iter().filter(|(_, s)| s.memory.is_none()) {
+                    self.error_help(
+                        format!(
+                            "{label}: `{service_name}` has no memory limit to take a percentage of"
+                        ),
+                        span(&threshold.when),
+                        format!(
+                            "set memory = \"512m\" on {service_name}, name another service, or compare with a size (memory > 400MB)"
+                        ),
+                    );
+                }
+            }
+            thresholds.push(crate::Threshold {
+                name: name.get_ref().clone(),
+                condition,
+                service,
+                severity,
+            });
+        }
+        thresholds
+    }
+}

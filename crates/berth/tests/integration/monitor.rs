@@ -1063,3 +1063,94 @@ fn a_share_of_server_errors_fires_an_error_rate_alert() {
     assert!(summary.contains("with a server error (5xx)"), "{summary}");
     assert_eq!(firing.body["alert"]["app"], app.name.as_str());
 }
+
+#[test]
+fn thresholds_and_error_log_lines_fire_and_a_removed_threshold_resolves() {
+    let agent = Agent::start();
+    let receiver = WebhookReceiver::start(KEY).unwrap();
+    let app = agent.app("limits");
+    // A disk over 1 % used stands for a full one (the issue's "configured threshold"), and
+    // web's memory over 1 KiB for a leak.
+    let thresholds = r#"
+[thresholds.disk]
+when = "disk > 1%"
+severity = "critical"
+
+[thresholds.web-memory]
+service = "web"
+when = "memory > 1k"
+"#;
+    app.write(&format!("{}{}{thresholds}", web(""), hook(&receiver.url)));
+    set_key(&agent, &app);
+    agent.berth_in(app.path(), &["deploy"]).success();
+    agent.wait_serving("hello");
+    // 40 log lines, 30 of them at error level (JSON lines the example app writes).
+    for i in 0..40 {
+        let _ = agent.get(if i % 4 == 0 {
+            "/log/info"
+        } else {
+            "/log/error"
+        });
+    }
+    let about = |subject: String, status: &'static str| {
+        move |b: &serde_json::Value| b["status"] == status && b["alert"]["subject"] == subject
+    };
+    let disk = format!("{} disk (berth data)", app.name);
+    let memory = format!("{}/web web-memory", app.name);
+    let wait = |what: &dyn Fn(&serde_json::Value) -> bool, label: &str| {
+        receiver
+            .wait_for(Duration::from_secs(90), what)
+            .unwrap_or_else(|| panic!("no {label}: {:?}\n{}", receiver.received(), agent.log()))
+    };
+    let fired = wait(&about(disk.clone(), "firing"), "disk threshold alert");
+    assert_eq!(fired.body["alert"]["rule"], "threshold");
+    assert_eq!(fired.body["alert"]["severity"], "critical");
+    let summary = fired.body["alert"]["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("the use of berth's data filesystem is") && summary.contains("disk > 1%"),
+        "{summary}"
+    );
+    let fired = wait(&about(memory.clone(), "firing"), "memory threshold alert");
+    assert_eq!(fired.body["alert"]["severity"], "warning");
+    let logged = wait(
+        &|b: &serde_json::Value| is(b, "firing", "log_errors"),
+        "error log lines alert",
+    );
+    let summary = logged.body["alert"]["summary"].as_str().unwrap();
+    assert!(summary.contains("at error level"), "{summary}");
+    // `berth alerts` lists what fires.
+    let listed = agent.berth_in(app.path(), &["alerts"]);
+    listed.success();
+    assert!(
+        listed.stdout.contains(&memory) && listed.stdout.contains("error log lines"),
+        "{}",
+        listed.stdout
+    );
+
+    // Without the thresholds in berth.toml, their alerts resolve, saying why.
+    app.write(&format!("{}{}", web(""), hook(&receiver.url)));
+    agent.berth_in(app.path(), &["deploy"]).success();
+    for subject in [disk, memory] {
+        let resolved = wait(
+            &about(subject.clone(), "resolved"),
+            "resolved threshold alert",
+        );
+        let summary = resolved.body["alert"]["summary"].as_str().unwrap();
+        assert!(
+            summary.contains("no longer watched"),
+            "{subject}: {summary}"
+        );
+    }
+    // One alert per subject, never one per sample.
+    let mut firings: Vec<String> = receiver
+        .received()
+        .iter()
+        .filter(|r| is(&r.body, "firing", "threshold"))
+        .map(|r| r.body["alert"]["subject"].as_str().unwrap_or("").to_owned())
+        .collect();
+    let all = firings.len();
+    firings.dedup();
+    firings.sort();
+    firings.dedup();
+    assert_eq!(all, firings.len(), "{:?}", receiver.received());
+}
