@@ -161,6 +161,71 @@ async fn top(State(state): State<ApiState>, Query(query): Query<StatusQuery>) ->
     ))
 }
 
+#[derive(Deserialize)]
+struct ResourcesQuery {
+    app: Option<String>,
+    window: Option<String>,
+}
+
+/// `berth top --history`: from the state file's resource buckets, about 60 points a window.
+async fn resources(
+    State(state): State<ApiState>,
+    Query(query): Query<ResourcesQuery>,
+) -> ApiResult<Json<berth_api::ResourceHistory>> {
+    if let Some(app) = &query.app {
+        check_app_name(app)?;
+        state.engine.require_app(app)?;
+    }
+    let window_text = query.window.as_deref().unwrap_or("24h");
+    let window = berth_manifest::units::parse_duration(window_text)
+        .ok()
+        .filter(|w| (60..=90 * 86_400).contains(&w.as_secs()))
+        .ok_or_else(|| {
+            OpError::invalid(format!("`{window_text}` is not a window berth keeps"))
+                .hint("from 1m to 90d, such as 1h, 24h, 7d or 30d")
+        })?;
+    let until = berth_state::now_ms();
+    let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+    let since = until - window_ms;
+    let step = (window_ms / 60).max(60_000);
+    let store = state.engine.store().clone();
+    let app = query.app.clone();
+    let series = tokio::task::spawn_blocking(move || {
+        store.resource_history(app.as_deref(), since, until, step)
+    })
+    .await
+    .map_err(|e| OpError::failed(format!("reading the resource history stopped: {e}")))??;
+    let step_seconds = series
+        .iter()
+        .find_map(|s| {
+            let points = &s.points;
+            (points.len() >= 2).then(|| points[1].at - points[0].at)
+        })
+        .unwrap_or(step)
+        / 1000;
+    Ok(Json(berth_api::ResourceHistory {
+        since,
+        until,
+        step_seconds: u64::try_from(step_seconds).unwrap_or(60),
+        series: series
+            .into_iter()
+            .map(|s| berth_api::ResourceSeries {
+                subject: s.subject,
+                metric: s.metric,
+                points: s
+                    .points
+                    .into_iter()
+                    .map(|p| berth_api::ResourcePoint {
+                        at: p.at,
+                        mean: p.mean,
+                        peak: p.peak,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }))
+}
+
 /// `berth uptime`: from the state file's history and alert log.
 async fn uptime(
     State(state): State<ApiState>,
@@ -195,6 +260,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/alerts/mutes/{id}", axum::routing::delete(remove_mute))
         .route("/v1/top", get(top))
         .route("/v1/uptime", get(uptime))
+        .route("/v1/resources", get(resources))
         .route("/v1/apps/{app}/alerts/test", post(test_alert))
         .route("/v1/metrics", get(metrics_endpoint))
         .route("/v1/agent/upgrade", post(upgrade_agent))

@@ -546,6 +546,14 @@ async fn serve(
         container_metrics.clone(),
         alerts.clone(),
     );
+    let recorded = (
+        engine.clone(),
+        host_metrics.clone(),
+        container_metrics.clone(),
+    );
+    background.spawn("resource history", |report, stop| {
+        berth_monitor::history::recorder(recorded.0, recorded.1, recorded.2, report, stop.stopped())
+    });
     background.spawn("thresholds", |report, stop| {
         berth_monitor::thresholds::watch(
             thresholds.0,

@@ -13,6 +13,7 @@
 //! | `GET /v1/alerts[?app=A&limit=N]` | | [`AlertsAnswer`] |
 //! | `GET /v1/top[?app=A]` | | [`TopAnswer`] |
 //! | `GET /v1/uptime[?app=A]` | | [`UptimeAnswer`] |
+//! | `GET /v1/resources?window=24h[&app=A]` | | [`ResourceHistory`] |
 //! | `POST /v1/apps/A/alerts/test` | [`AlertTestRequest`] | [`DeliveryInfo`] |
 //! | `POST /v1/alerts/mutes` | [`MuteRequest`] | [`MuteInfo`] |
 //! | `DELETE /v1/alerts/mutes/N` | | |
@@ -548,6 +549,35 @@ pub struct ContainerTop {
     pub disk_read_rate: Option<f64>,
     pub disk_write_rate: Option<f64>,
     pub oom_kills: Option<u64>,
+}
+
+/// `berth top --history`: the host's and each service's resources over a window, in points
+/// of `step_seconds` (from the state file's minute buckets for the last 48 hours, hour
+/// buckets beyond).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ResourceHistory {
+    pub since: i64,
+    pub until: i64,
+    pub step_seconds: u64,
+    pub series: Vec<ResourceSeries>,
+}
+
+/// One subject's metric: `host` or `APP/SERVICE`; `cpu_percent` (the host's of all cores, a
+/// service's of one core, its replicas together), `memory_bytes`, `swap_bytes`, `load1`,
+/// `disk_percent PURPOSE`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ResourceSeries {
+    pub subject: String,
+    pub metric: String,
+    pub points: Vec<ResourcePoint>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct ResourcePoint {
+    /// The point's start, Unix ms.
+    pub at: i64,
+    pub mean: f64,
+    pub peak: f64,
 }
 
 /// `berth uptime`: availability and latency of each service and monitor, and the incidents.

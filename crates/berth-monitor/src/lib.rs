@@ -14,6 +14,8 @@
 //!   node_exporter's metric names;
 //! - [`checks`]: berth's own records every 15 s: failed or overdue backups, certificates
 //!   near expiry or failing to renew, failed deploys;
+//! - [`history`]: the host's and each service's resources every 15 s into the state file's
+//!   minute and hour buckets, for `berth top --history`;
 //! - [`uptime`]: every probe and check recorded (raw, then in minute and hour buckets) for
 //!   `berth uptime`;
 //! - [`alerts`]: what those notice, turned into alerts by built-in rules, recorded, and sent
@@ -30,6 +32,7 @@ pub mod containers;
 pub mod errors;
 pub mod events;
 pub mod external;
+pub mod history;
 pub mod host;
 pub mod metrics;
 pub mod replicas;

@@ -9,8 +9,10 @@
 //! - Secret values are stored only encrypted; this crate never sees plaintext.
 
 mod model;
+mod resources;
 
 pub use model::*;
+pub use resources::*;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
@@ -1202,6 +1204,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("migration5.sql")),
         M::up(include_str!("migration6.sql")),
         M::up(include_str!("migration7.sql")),
+        M::up(include_str!("migration8.sql")),
     ])
 }
 

@@ -464,3 +464,93 @@ fn a_mute_covers_what_it_names_until_it_ends() {
     assert!(!store.remove_alert_mute(shop_down).unwrap());
     assert!(store.alert_mutes(600).unwrap().is_empty());
 }
+
+#[test]
+fn resource_history_keeps_means_and_peaks_in_minutes_then_hours_and_prunes_by_age() {
+    let store = Store::in_memory().unwrap();
+    let minute = 60_000;
+    let hour = 60 * minute;
+    let day = 24 * hour;
+    let now = 100 * day;
+    let sample = |subject: &str, metric: &str, at: i64, value: f64| ResourceSample {
+        subject: subject.into(),
+        metric: metric.into(),
+        at,
+        value,
+    };
+    // 100 days ago (past every keeping time), then 3 days ago (hours only).
+    store
+        .add_resource_samples(&[sample("shop/web", "cpu_percent", 0, 99.0)], 15_000)
+        .unwrap();
+    store
+        .add_resource_samples(
+            &[sample("shop/web", "cpu_percent", now - 3 * day, 70.0)],
+            now - 3 * day,
+        )
+        .unwrap();
+    // The last minutes: four samples a minute; another app whose name starts the same.
+    for (i, value) in [10.0, 20.0, 30.0, 40.0, 50.0, 50.0].into_iter().enumerate() {
+        let at = now - 2 * minute + i as i64 * 15_000;
+        store
+            .add_resource_samples(
+                &[
+                    sample("shop/web", "cpu_percent", at, value),
+                    sample("host", "load1", at, 1.0),
+                    sample("shopping/web", "cpu_percent", at, 5.0),
+                    sample("shop/web", "memory_bytes", at, f64::NAN),
+                ],
+                at,
+            )
+            .unwrap();
+    }
+    let last_hour = store
+        .resource_history(Some("shop"), now - hour, now, minute)
+        .unwrap();
+    let names: Vec<(&str, &str)> = last_hour
+        .iter()
+        .map(|s| (s.subject.as_str(), s.metric.as_str()))
+        .collect();
+    assert_eq!(
+        names,
+        [("host", "load1"), ("shop/web", "cpu_percent")],
+        "the host and this app's services; not a NaN"
+    );
+    let cpu = &last_hour[1].points;
+    assert_eq!(cpu.len(), 2);
+    assert_eq!(
+        (cpu[0].at, cpu[0].mean, cpu[0].peak),
+        (now - 2 * minute, 25.0, 40.0)
+    );
+    assert_eq!((cpu[1].mean, cpu[1].peak), (50.0, 50.0));
+    // Coarser points: one for the whole two minutes.
+    let coarse = store
+        .resource_history(Some("shop"), now - hour, now, 10 * minute)
+        .unwrap();
+    assert_eq!(coarse[1].points.len(), 1);
+    assert_eq!(
+        (coarse[1].points[0].mean, coarse[1].points[0].peak),
+        (100.0 / 3.0, 50.0)
+    );
+    // A week: from hour buckets, the old sample pruned.
+    let week = store
+        .resource_history(None, now - 7 * day, now, 6 * hour)
+        .unwrap();
+    let web = week
+        .iter()
+        .find(|s| s.subject == "shop/web" && s.metric == "cpu_percent")
+        .unwrap();
+    assert_eq!(web.points.len(), 2);
+    assert_eq!(web.points[0].peak, 70.0);
+    assert!(
+        store
+            .resource_history(None, 0, now, day)
+            .unwrap()
+            .iter()
+            .all(|s| s.points.iter().all(|p| p.peak < 99.0)),
+        "100 days ago is gone"
+    );
+    assert!(
+        week.iter().any(|s| s.subject == "shopping/web"),
+        "every app without one"
+    );
+}

@@ -265,7 +265,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => exec(&ctx, &resolve_app(&app)?, &service, command).await,
         Command::Secrets { action } => secrets(&ctx, action).await,
         Command::Audit { limit, app } => audit(&ctx, limit, app).await,
-        Command::Top { app } => alerts::top(&ctx, app).await,
+        Command::Top {
+            app,
+            history: Some(window),
+        } => alerts::top_history(&ctx, app, &window).await,
+        Command::Top { app, history: None } => alerts::top(&ctx, app).await,
         Command::Uptime { app } => alerts::uptime(&ctx, app).await,
         Command::Alerts {
             action: None,

@@ -309,6 +309,10 @@ enum Command {
         /// Only this app's containers.
         #[arg(long, value_name = "APP")]
         app: Option<String>,
+        /// The history instead: mean, peak and trend of the host's and each service's CPU
+        /// and memory over a window (default 24h; kept 90 days).
+        #[arg(long, value_name = "WINDOW", num_args = 0..=1, default_missing_value = "24h")]
+        history: Option<String>,
     },
     /// Availability over 24 hours, 7 and 30 days and response times of each service and
     /// monitor, and the incidents of the last 30 days.

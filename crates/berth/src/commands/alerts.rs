@@ -384,6 +384,84 @@ pub(super) fn top_screen(answer: &TopAnswer) -> String {
     out
 }
 
+/// `berth top --history [WINDOW]`.
+pub(super) async fn top_history(
+    ctx: &Ctx,
+    app: Option<String>,
+    window: &str,
+) -> anyhow::Result<ExitCode> {
+    let mut path = format!("/v1/resources?window={window}");
+    if let Some(app) = &app {
+        path.push_str(&format!("&app={app}"));
+    }
+    let answer: berth_api::ResourceHistory = ctx.client()?.get(&path).await?;
+    if ctx.json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    print!("{}", history_screen(&answer, window));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A row per subject and metric: its mean and peak over the window, and a sparkline of the
+/// points' peaks.
+pub(super) fn history_screen(answer: &berth_api::ResourceHistory, window: &str) -> String {
+    if answer.series.is_empty() {
+        return "no history yet: the host and each service are recorded every 15 s\n".into();
+    }
+    let step =
+        berth_manifest::units::format_duration(std::time::Duration::from_secs(answer.step_seconds));
+    let mut out = format!("the last {window}, in points of {step} (trend: each point's peak)\n\n");
+    let rows: Vec<Vec<String>> = answer
+        .series
+        .iter()
+        .map(|series| {
+            let (name, show): (String, fn(f64) -> String) = match series.metric.as_str() {
+                "cpu_percent" => ("cpu".into(), |v| format!("{v:.1}%")),
+                "memory_bytes" => ("memory".into(), |v| output::bytes(v as u64)),
+                "swap_bytes" => ("swap".into(), |v| output::bytes(v as u64)),
+                "load1" => ("load (1m)".into(), |v| format!("{v:.2}")),
+                other => match other.strip_prefix("disk_percent ") {
+                    Some(purpose) => (format!("disk ({purpose} data)"), |v| format!("{v:.1}%")),
+                    None => (other.to_owned(), |v| format!("{v:.2}")),
+                },
+            };
+            let samples: f64 = series.points.len() as f64;
+            let mean = series.points.iter().map(|p| p.mean).sum::<f64>() / samples.max(1.0);
+            let peak = series.points.iter().map(|p| p.peak).fold(0.0, f64::max);
+            vec![
+                series.subject.clone(),
+                name,
+                show(mean),
+                show(peak),
+                sparkline(&series.points.iter().map(|p| p.peak).collect::<Vec<_>>()),
+            ]
+        })
+        .collect();
+    out.push_str(&output::table(
+        &["SUBJECT", "METRIC", "MEAN", "PEAK", "TREND"],
+        &rows,
+    ));
+    out
+}
+
+/// `▁▂▃▅▇` from zero to the largest value (at most 60 characters: later points win).
+fn sparkline(values: &[f64]) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let top = values.iter().copied().fold(0.0, f64::max);
+    values
+        .iter()
+        .skip(values.len().saturating_sub(60))
+        .map(|v| {
+            if top <= 0.0 {
+                BARS[0]
+            } else {
+                BARS[((v / top) * 7.0).round().clamp(0.0, 7.0) as usize]
+            }
+        })
+        .collect()
+}
+
 /// `berth uptime [APP]`.
 pub(super) async fn uptime(ctx: &Ctx, app: Option<String>) -> anyhow::Result<ExitCode> {
     let path = match &app {

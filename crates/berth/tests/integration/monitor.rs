@@ -419,30 +419,65 @@ stop_timeout = "1s"
     assert!(received.iter().all(|r| r.signed));
 }
 
+/// A real SMTP server (Debian's aiosmtpd) on loopback, delivering to a maildir; `tls`
+/// adds its TLS arguments (`--tlscert`/`--tlskey` for STARTTLS, `--smtpscert`/`--smtpskey`
+/// for implicit TLS).
+struct SmtpServer {
+    port: u16,
+    maildir: tempfile::TempDir,
+    _process: KillOnDrop,
+}
+
+impl SmtpServer {
+    fn start(tls: &[&str]) -> SmtpServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let maildir = tempfile::tempdir().unwrap();
+        let process = KillOnDrop(
+            std::process::Command::new("/usr/bin/python3")
+                .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
+                .args(tls)
+                .args(["-c", "aiosmtpd.handlers.Mailbox"])
+                .arg(maildir.path().join("box"))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("Debian's python3-aiosmtpd (scripts/install-test-peers installs it)"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "aiosmtpd did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        SmtpServer {
+            port,
+            maildir,
+            _process: process,
+        }
+    }
+
+    /// The first message delivered, waiting up to 10 s.
+    fn message(&self) -> String {
+        let new = self.maildir.path().join("box/new");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(entry) = std::fs::read_dir(&new).ok().and_then(|mut d| d.next()) {
+                return std::fs::read_to_string(entry.unwrap().path()).unwrap();
+            }
+            assert!(Instant::now() < deadline, "no message arrived in {new:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 #[test]
 fn alerts_test_sends_an_email_through_a_real_smtp_server() {
     let agent = Agent::start();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mail_dir = tempfile::tempdir().unwrap();
-    let _smtp = KillOnDrop(
-        std::process::Command::new("/usr/bin/python3")
-            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
-            .args(["-c", "aiosmtpd.handlers.Mailbox"])
-            .arg(mail_dir.path().join("box"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("Debian's python3-aiosmtpd (scripts/install-test-peers installs it)"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "aiosmtpd did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let smtp = SmtpServer::start(&[]);
+    let port = smtp.port;
     let app = agent.app("mail");
     app.write(&format!(
         r#"app = "{{app}}"
@@ -469,15 +504,7 @@ to = ["ops@example.com", "oncall@example.com"]
         "{}",
         sent.stdout
     );
-    let new = mail_dir.path().join("box/new");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let message = loop {
-        if let Some(entry) = std::fs::read_dir(&new).ok().and_then(|mut d| d.next()) {
-            break std::fs::read_to_string(entry.unwrap().path()).unwrap();
-        }
-        assert!(Instant::now() < deadline, "no message arrived in {new:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let message = smtp.message();
     assert!(message.contains("From: berth@example.com"), "{message}");
     assert!(
         message.contains("ops@example.com") && message.contains("oncall@example.com"),
@@ -503,6 +530,62 @@ to = ["ops@example.com", "oncall@example.com"]
     let alerts = agent.berth_in(app.path(), &["alerts", "--json"]).json();
     assert_eq!(alerts["deliveries"][0]["channel"], "mail", "{alerts}");
     assert_eq!(alerts["deliveries"][0]["what"], "test", "{alerts}");
+}
+
+#[test]
+fn email_goes_over_starttls_and_implicit_tls_and_an_untrusted_certificate_is_named() {
+    // The agent trusts the test CA through SSL_CERT_FILE, as the platform verifier reads it.
+    let ca = berth_testkit::TestCa::new();
+    let certs = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = certs.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let ca_file = write("ca.pem", &ca.cert_pem);
+    let (cert, key) = ca.leaf(&["localhost"]);
+    let (cert, key) = (write("cert.pem", &cert), write("key.pem", &key));
+    let stranger = berth_testkit::TestCa::new();
+    let (other_cert, other_key) = stranger.leaf(&["localhost"]);
+    let (other_cert, other_key) = (
+        write("other-cert.pem", &other_cert),
+        write("other-key.pem", &other_key),
+    );
+    let starttls = SmtpServer::start(&["--tlscert", &cert, "--tlskey", &key]);
+    let implicit = SmtpServer::start(&["--smtpscert", &cert, "--smtpskey", &key]);
+    let untrusted = SmtpServer::start(&["--tlscert", &other_cert, "--tlskey", &other_key]);
+    let agent = Agent::start_with_env(&[("SSL_CERT_FILE", &ca_file)]);
+    let app = agent.app("tlsmail");
+    let channel = |name: &str, port: u16, tls: &str| {
+        format!(
+            "\n[alerts.{name}]\ntype = \"email\"\nsmtp = \"localhost:{port}\"\ntls = \"{tls}\"\nfrom = \"berth@example.com\"\nto = [\"ops@example.com\"]\n"
+        )
+    };
+    app.write(&format!(
+        "{}{}{}{}",
+        web(""),
+        channel("starttls", starttls.port, "starttls"),
+        channel("implicit", implicit.port, "implicit"),
+        channel("untrusted", untrusted.port, "starttls"),
+    ));
+    agent.berth_in(app.path(), &["deploy"]).success();
+    for (name, server) in [("starttls", &starttls), ("implicit", &implicit)] {
+        let sent = agent.berth_in(app.path(), &["alerts", "test", name]);
+        sent.success();
+        let message = server.message();
+        assert!(
+            message.contains("Subject: [TEST info] a test message from berth"),
+            "{name}: {message}"
+        );
+    }
+    // A server whose certificate no trusted authority signed: refused, and said so.
+    let refused = agent.berth_in(app.path(), &["alerts", "test", "untrusted"]);
+    refused.failure(1);
+    let said = format!("{}{}", refused.stdout, refused.stderr).to_lowercase();
+    assert!(
+        said.contains("certificate") && said.contains("localhost"),
+        "{said}"
+    );
 }
 
 /// A child process killed and reaped when the test ends, passed or not.
@@ -646,6 +729,52 @@ route = { domains = [] }
             "{family} in {text}"
         );
     }
+    // The history: the service's memory and the host's load recorded, kept across a restart.
+    let recorded = |agent: &Agent| {
+        let answer = agent
+            .berth_in(app.path(), &["top", "--history", "1h", "--json"])
+            .json();
+        let series = answer["series"].as_array().unwrap().clone();
+        let find = |subject: &str, metric: &str| {
+            series
+                .iter()
+                .find(|s| s["subject"] == subject && s["metric"] == metric)
+                .map(|s| s["points"].as_array().unwrap().clone())
+        };
+        (
+            find(&format!("{}/web", app.name), "memory_bytes"),
+            find("host", "load1"),
+            answer,
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let memory_points = loop {
+        if let (Some(points), Some(_), _) = recorded(&agent) {
+            break points;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no history: {:?}\n{}",
+            recorded(&agent).2,
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    let peak = memory_points[0]["peak"].as_f64().unwrap();
+    assert!(peak > 0.0 && peak < (64 << 20) as f64, "{memory_points:?}");
+    let shown = agent.berth_in(app.path(), &["top", "--history"]);
+    shown.success();
+    assert!(
+        shown.stdout.contains("the last 24h") && shown.stdout.contains("load (1m)"),
+        "{}",
+        shown.stdout
+    );
+    let mut agent = agent;
+    agent.restart();
+    assert!(recorded(&agent).0.is_some(), "kept across a restart");
+    agent
+        .berth_in(app.path(), &["top", "--history", "1s"])
+        .failure(2);
 }
 
 #[test]
