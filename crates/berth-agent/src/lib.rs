@@ -501,16 +501,39 @@ async fn serve(
         data_dir.join("logs").join("apps"),
         berth_logs::Retention::default(),
     ));
+    // ... and sent on to the log host of an app's `[logging] syslog`, as its live release says.
+    let forwarding = engine.clone();
+    let targets: berth_logs::forward::Targets = Arc::new(move |app: &str| {
+        let release = forwarding.store().live_release(app).ok()??;
+        let forward = berth_core::release_manifest(&release).ok()?.log_forward?;
+        let host = if forward.host.contains(':') {
+            format!("[{}]", forward.host)
+        } else {
+            forward.host
+        };
+        Some(berth_logs::forward::SyslogTarget {
+            transport: if forward.transport == "tcp" {
+                berth_logs::forward::Transport::Tcp
+            } else {
+                berth_logs::forward::Transport::Udp
+            },
+            address: format!("{host}:{}", forward.port),
+            facility: forward.facility,
+        })
+    });
     let collected = (
         engine.runtime().clone(),
         log_store.clone(),
         engine.agent_id().to_owned(),
+        targets,
     );
     background.spawn("container logs", |report, stop| {
         berth_logs::collector::collect(
             collected.0,
             collected.1,
             collected.2,
+            collected.3,
+            berth_core::names::host_name(),
             report,
             stop.stopped(),
         )

@@ -55,3 +55,13 @@ pub fn base_labels(agent: &str, app: &str) -> Labels {
         (APP.to_owned(), app.to_owned()),
     ])
 }
+
+/// This server's name (the kernel's host name), for what berth sends elsewhere: alerts, log
+/// lines to a syslog host.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "berth".to_owned())
+}

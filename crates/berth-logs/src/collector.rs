@@ -96,15 +96,19 @@ impl Cursors {
 /// How often batches are written.
 const WRITE_EVERY: Duration = Duration::from_millis(200);
 
-/// The collector worker, until `stop`.
+/// The collector worker, until `stop`; what it keeps also goes to each app's log host, when
+/// `targets` names one (`host` names this server in those messages).
 pub async fn collect(
     runtime: Arc<dyn ContainerRuntime>,
     store: Arc<LogStore>,
     agent_id: String,
+    targets: crate::forward::Targets,
+    host: String,
     report: berth_workers::Reporter,
     stop: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(stop);
+    let forwarder = crate::forward::Forwarder::start(targets, host);
     let cursors = Arc::new(Cursors::default());
     let (sender, mut receiver) = mpsc::channel::<(String, LogRecord)>(10_000);
     let mut following: HashSet<String> = HashSet::new();
@@ -144,7 +148,7 @@ pub async fn collect(
                 while let Ok((app, record)) = receiver.try_recv() {
                     batch.entry(app).or_default().push(record);
                 }
-                write(&store, &cursors, &mut batch);
+                write(&store, &cursors, &forwarder, &mut batch);
                 return;
             }
             Some((app, record)) = receiver.recv() => {
@@ -183,7 +187,7 @@ pub async fn collect(
                 }
             }
             _ = tick.tick() => {
-                write(&store, &cursors, &mut batch);
+                write(&store, &cursors, &forwarder, &mut batch);
                 let now = now_ms();
                 if now >= prune_at {
                     prune_at = now + 600_000;
@@ -196,9 +200,15 @@ pub async fn collect(
     }
 }
 
-fn write(store: &LogStore, cursors: &Cursors, batch: &mut BTreeMap<String, Vec<LogRecord>>) {
+fn write(
+    store: &LogStore,
+    cursors: &Cursors,
+    forwarder: &crate::forward::Forwarder,
+    batch: &mut BTreeMap<String, Vec<LogRecord>>,
+) {
     for (app, mut records) in std::mem::take(batch) {
         records.sort_by_key(|r| r.at);
+        forwarder.send(&app, &records);
         match store.append(&app, &records, now_ms()) {
             Ok(()) => {
                 for record in &records {

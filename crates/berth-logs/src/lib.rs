@@ -10,6 +10,7 @@
 //! written by anyone but berth (the directory is in berth's own data directory, 0700).
 
 pub mod collector;
+pub mod forward;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

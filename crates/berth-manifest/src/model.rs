@@ -36,6 +36,20 @@ pub struct Manifest {
     /// Alerts on measurements past a limit.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub thresholds: Vec<crate::thresholds::Threshold>,
+    /// Where every line the app logs is also sent (`[logging] syslog`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_forward: Option<LogForward>,
+}
+
+/// `[logging] syslog`: a log host that gets every line as an RFC 5424 message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogForward {
+    /// `udp` or `tcp`.
+    pub transport: String,
+    pub host: String,
+    pub port: u16,
+    /// The syslog facility's number (`user` 1, `daemon` 3, `local0` 16 ... `local7` 23).
+    pub facility: u8,
 }
 
 /// A registry and the credentials berth pulls from it with.

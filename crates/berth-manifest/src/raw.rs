@@ -294,6 +294,11 @@ pub struct RawLogging {
     pub max_size: Option<SpannedString>,
     /// Keep this many rotated files (default 3).
     pub max_files: Option<Spanned<i64>>,
+    /// Top level only: also send every line to a log host, `udp://HOST:PORT` or
+    /// `tcp://HOST:PORT` (RFC 5424 syslog; port 514 when left out).
+    pub syslog: Option<SpannedString>,
+    /// Top level only: the syslog facility, `user` (default), `daemon` or `local0`..`local7`.
+    pub syslog_facility: Option<SpannedString>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -149,6 +149,7 @@ impl<'a> Checker<'a> {
         };
 
         let deploy = self.deploy(raw.deploy.as_ref());
+        let log_forward = raw.logging.as_ref().and_then(|l| self.log_forward(l));
         let default_logging = self.logging(
             raw.logging.as_ref(),
             &Logging {
@@ -235,6 +236,7 @@ impl<'a> Checker<'a> {
             alerts,
             monitors,
             thresholds,
+            log_forward,
         })
     }
 
@@ -312,6 +314,88 @@ impl<'a> Checker<'a> {
                 24 * hour,
             ),
         }
+    }
+
+    /// `[logging] syslog` and `syslog_facility` of the top level.
+    fn log_forward(&mut self, raw: &RawLogging) -> Option<crate::LogForward> {
+        const HELP: &str =
+            "such as syslog = \"udp://logs.example.com:514\" or \"tcp://10.0.0.5:601\"";
+        let facility = match &raw.syslog_facility {
+            None => 1,
+            Some(name) => match name.get_ref().as_str() {
+                "user" => 1,
+                "daemon" => 3,
+                other => match other
+                    .strip_prefix("local")
+                    .and_then(|n| n.parse::<u8>().ok())
+                    .filter(|n| *n <= 7)
+                {
+                    Some(n) => 16 + n,
+                    None => {
+                        self.error_help(
+                            format!("`logging.syslog_facility` `{other}` is not a facility berth sends as"),
+                            span(name),
+                            "use user (the default), daemon or local0 to local7",
+                        );
+                        1
+                    }
+                },
+            },
+        };
+        let text = raw.syslog.as_ref()?;
+        let Some((transport, rest)) = text.get_ref().split_once("://") else {
+            self.error_help(
+                format!("`logging.syslog` `{}` has no transport", text.get_ref()),
+                span(text),
+                HELP,
+            );
+            return None;
+        };
+        if transport != "udp" && transport != "tcp" {
+            self.error_help(
+                format!("`logging.syslog` sends over udp or tcp, not `{transport}`"),
+                span(text),
+                format!(
+                    "{HELP}; for TLS, run a local relay (rsyslog, vector) and point berth at it"
+                ),
+            );
+            return None;
+        }
+        // `host`, `host:port`, `[v6]` or `[v6]:port`.
+        let (host, port) = match rest.strip_prefix('[').and_then(|r| r.split_once(']')) {
+            Some((host, after)) => (host, after.strip_prefix(':').unwrap_or(after)),
+            None if rest.matches(':').count() > 1 => (rest, "?"),
+            None => rest.split_once(':').unwrap_or((rest, "")),
+        };
+        let port = if port.is_empty() {
+            514
+        } else {
+            match port.parse::<u16>() {
+                Ok(port) if port > 0 => port,
+                _ => {
+                    self.error_help(
+                        format!("`logging.syslog` `{}` has no valid port", text.get_ref()),
+                        span(text),
+                        format!("{HELP}; an IPv6 address goes in brackets, [2001:db8::5]:514"),
+                    );
+                    return None;
+                }
+            }
+        };
+        if host.is_empty() || host.contains(['/', ' ', '@']) {
+            self.error_help(
+                format!("`logging.syslog`: `{host}` is not a host"),
+                span(text),
+                HELP,
+            );
+            return None;
+        }
+        Some(crate::LogForward {
+            transport: transport.to_owned(),
+            host: host.to_owned(),
+            port,
+            facility,
+        })
     }
 
     fn logging(&mut self, raw: Option<&RawLogging>, defaults: &Logging) -> Logging {
@@ -690,6 +774,21 @@ impl<'a> Checker<'a> {
             },
         };
 
+        if let Some(syslog) = svc
+            .logging
+            .as_ref()
+            .and_then(|l| l.syslog.as_ref().or(l.syslog_facility.as_ref()))
+        {
+            self.error_help(
+                format!(
+                    "[{}.{}] logging: syslog is set for the whole app",
+                    if accessory { "accessories" } else { "services" },
+                    name.get_ref()
+                ),
+                span(syslog),
+                "move it to the top-level [logging] table",
+            );
+        }
         let logging = self.logging(svc.logging.as_ref(), default_logging);
 
         if self.diagnostics.len() > errors_before {

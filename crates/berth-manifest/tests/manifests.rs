@@ -1504,3 +1504,67 @@ when = "host.load > 4"
         );
     }
 }
+
+#[test]
+fn syslog_forwarding_is_set_for_the_whole_app_and_broken_targets_are_named() {
+    let text = r#"app = "shop"
+[logging]
+syslog = "tcp://logs.example.com:601"
+syslog_facility = "local3"
+[services.web]
+image = "a:1"
+"#;
+    let manifest = load(source(text), None).unwrap();
+    assert_eq!(
+        manifest.log_forward,
+        Some(LogForward {
+            transport: "tcp".into(),
+            host: "logs.example.com".into(),
+            port: 601,
+            facility: 19,
+        })
+    );
+    let target = |syslog: &str| {
+        let text = format!(
+            "app = \"shop\"\n[logging]\nsyslog = \"{syslog}\"\n[services.web]\nimage = \"a:1\"\n"
+        );
+        load(source(&text), None)
+            .map(|m| {
+                m.log_forward
+                    .map(|f| (f.transport, f.host, f.port, f.facility))
+            })
+            .map_err(|e| e.located()[0].message.clone())
+    };
+    assert_eq!(
+        target("udp://10.0.0.5"),
+        Ok(Some(("udp".into(), "10.0.0.5".into(), 514, 1)))
+    );
+    assert_eq!(
+        target("udp://[2001:db8::5]:1514"),
+        Ok(Some(("udp".into(), "2001:db8::5".into(), 1514, 1)))
+    );
+    for (syslog, message) in [
+        ("logs.example.com:514", "has no transport"),
+        ("tls://logs.example.com:6514", "over udp or tcp, not `tls`"),
+        ("udp://2001:db8::5:514", "has no valid port"),
+        ("tcp://logs.example.com:http", "has no valid port"),
+        ("udp://:514", "is not a host"),
+    ] {
+        let error = target(syslog).expect_err(syslog);
+        assert!(error.contains(message), "{syslog}: {error}");
+    }
+    let per_service =
+        "app = \"shop\"\n[services.web]\nimage = \"a:1\"\nlogging = { syslog = \"udp://h\" }\n";
+    let error = load(source(per_service), None).expect_err("per service");
+    assert!(
+        error.located()[0]
+            .message
+            .contains("syslog is set for the whole app"),
+        "{}",
+        error.located()[0].message
+    );
+    let facility =
+        "app = \"shop\"\n[logging]\nsyslog_facility = \"kern\"\n[services.web]\nimage = \"a:1\"\n";
+    let error = load(source(facility), None).expect_err("kern");
+    assert!(error.located()[0].message.contains("not a facility"));
+}

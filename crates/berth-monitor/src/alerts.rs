@@ -587,7 +587,7 @@ pub async fn deliver(
     stop: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(stop);
-    let sender = match Sender::new(agent_name()) {
+    let sender = match Sender::new(berth_core::names::host_name()) {
         Ok(sender) => Arc::new(sender),
         Err(error) => {
             report.failed_run(error);
@@ -890,14 +890,6 @@ pub async fn send_with_retries(
 }
 
 /// The name messages give the server: its host name, else "berth".
-fn agent_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "berth".to_owned())
-}
-
 /// The alert channels of every app, by app (for `berth status`).
 pub fn all_channels(engine: &Engine) -> BTreeMap<String, Vec<AlertChannel>> {
     engine

@@ -220,12 +220,8 @@ pub(super) async fn test_alert(
                 format!("its channels: {}", known.join(", "))
             })
         })?;
-    let sender = berth_monitor::channels::Sender::new(
-        std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
-            .unwrap_or_else(|_| "berth".into()),
-    )
-    .map_err(OpError::failed)?;
+    let sender = berth_monitor::channels::Sender::new(berth_core::names::host_name())
+        .map_err(OpError::failed)?;
     let message =
         berth_monitor::channels::Message::test(&app, &channel.name, berth_state::now_ms());
     let delivery = berth_monitor::alerts::send_with_retries(

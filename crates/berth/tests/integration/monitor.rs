@@ -588,6 +588,90 @@ fn email_goes_over_starttls_and_implicit_tls_and_an_untrusted_certificate_is_nam
     );
 }
 
+#[test]
+fn every_line_also_goes_to_the_apps_syslog_host_over_udp_then_tcp() {
+    let agent = Agent::start();
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    tcp.set_nonblocking(true).unwrap();
+    let app = agent.app("syslog");
+    let syslog = |target: String| {
+        format!(
+            "{}\n[logging]\nsyslog = \"{target}\"\nsyslog_facility = \"local0\"\n",
+            web("")
+        )
+    };
+    app.write(&syslog(format!("udp://{}", udp.local_addr().unwrap())));
+    agent.berth_in(app.path(), &["deploy"]).success();
+    agent.wait_serving("hello");
+    let _ = agent.get("/log/error");
+    // local0 (16) * 8 + error (3) = 131; the service is the PROCID, the stream the MSGID.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    let message = loop {
+        let mut datagram = [0u8; 9000];
+        if let Ok(n) = udp.recv(&mut datagram) {
+            let text = String::from_utf8_lossy(&datagram[..n]).into_owned();
+            if text.contains("a error line, as asked") {
+                break text;
+            }
+            seen.push(text);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no line over UDP: {seen:?}\n{}",
+            agent.log()
+        );
+    };
+    assert!(message.starts_with("<131>1 "), "{message}");
+    assert!(
+        message.contains(&format!(" {} web stdout - {{\"level\":\"error\"", app.name)),
+        "{message}"
+    );
+    // A deploy that moves the app to a TCP log host is followed (within 15 s).
+    app.write(&syslog(format!("tcp://{}", tcp.local_addr().unwrap())));
+    agent.berth_in(app.path(), &["deploy"]).success();
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let mut stream = loop {
+        let _ = agent.get("/log/warn");
+        if let Ok((stream, _)) = tcp.accept() {
+            break stream;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no TCP connection\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    stream.set_nonblocking(false).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    // Octet counting: "LENGTH MESSAGE", one after another.
+    let mut received = Vec::new();
+    let frame = loop {
+        let mut chunk = [0u8; 4096];
+        let n = std::io::Read::read(&mut stream, &mut chunk).expect("a frame within 20 s");
+        assert!(n > 0, "the agent closed the connection");
+        received.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&received).into_owned();
+        if let Some((length, rest)) = text.split_once(' ') {
+            let length: usize = length
+                .parse()
+                .unwrap_or_else(|_| panic!("not framed: {text}"));
+            if rest.len() >= length {
+                break rest[..length].to_owned();
+            }
+        }
+    };
+    assert!(
+        frame.starts_with('<') && frame.contains(&format!(" {} web ", app.name)),
+        "{frame}"
+    );
+}
+
 /// A child process killed and reaped when the test ends, passed or not.
 struct KillOnDrop(std::process::Child);
 
