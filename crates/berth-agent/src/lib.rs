@@ -459,12 +459,17 @@ async fn serve(
     proxy.metrics().register(&mut registry);
     edge.metrics.register(&mut registry);
     engine.backups().metrics().register(&mut registry);
-    // The host's CPU, load, memory and the filesystems of berth's data and Docker's (at its
-    // default root), sampled by a worker so a scrape only reads the last sample.
+    // The host's CPU, load, memory and the filesystems of berth's data and Docker's, sampled by a worker so a scrape only reads the last sample.
     let host_metrics = Arc::new(berth_monitor::HostMetrics::default());
     host_metrics.register(&mut registry);
     let mut watched = vec![("berth".to_owned(), data_dir.to_owned())];
-    let docker_root = PathBuf::from("/var/lib/docker");
+    // Docker's data root as the engine names it (a daemon.json may move it), else its default.
+    let named_root = tokio::time::timeout(Duration::from_secs(3), engine.runtime().info())
+        .await
+        .ok()
+        .and_then(|info| info.ok())
+        .and_then(|info| info.data_root);
+    let docker_root = PathBuf::from(named_root.as_deref().unwrap_or("/var/lib/docker"));
     if docker_root.is_dir() {
         watched.push(("docker".to_owned(), docker_root));
     }

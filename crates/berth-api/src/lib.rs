@@ -549,6 +549,9 @@ pub struct ContainerTop {
     pub disk_read_rate: Option<f64>,
     pub disk_write_rate: Option<f64>,
     pub oom_kills: Option<u64>,
+    /// Times Docker restarted it (its restart policy).
+    #[serde(default)]
+    pub restarts: u64,
 }
 
 /// `berth top --history`: the host's and each service's resources over a window, in points

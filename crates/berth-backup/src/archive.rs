@@ -165,7 +165,16 @@ pub fn check(input: &mut dyn Read) -> std::result::Result<ArchiveInfo, String> {
         info.bytes += io::copy(&mut entry, &mut io::sink())
             .map_err(|e| format!("the archive is cut short in {path}: {e}"))?;
     }
+    drain(archive.into_inner())
+        .map_err(|e| format!("reading past the archive's end failed: {e}"))?;
     Ok(info)
+}
+
+/// Reads what follows a tar archive's end marker (the writer's padding) to the end. A reader
+/// that stopped at the marker would leave the stream's writer with a broken pipe, and the
+/// backup or restore failing for a reason that is no fault of its data.
+pub fn drain(mut rest: impl Read) -> io::Result<u64> {
+    io::copy(&mut rest, &mut io::sink())
 }
 
 /// Unpacks a tar stream into `dest`, which must exist. Entries may not escape `dest`. Files
@@ -205,6 +214,7 @@ pub fn unpack(input: &mut dyn Read, dest: &Path, keep_setuid: bool) -> Result<Ar
             info.bytes += size;
         }
     }
+    drain(archive.into_inner()).map_err(|e| BackupError::io("cannot read the archive", e))?;
     Ok(info)
 }
 
@@ -248,6 +258,31 @@ mod tests {
         assert_eq!(
             std::fs::read_link(dest.path().join("link")).unwrap(),
             Path::new("a/b/file.txt")
+        );
+    }
+
+    #[test]
+    fn checking_and_unpacking_read_the_stream_to_its_end_past_the_archive() {
+        let src = tempfile::tempdir().unwrap();
+        std::fs::write(src.path().join("file.txt"), b"hello").unwrap();
+        let mut tar = Vec::new();
+        write_dir(src.path(), &mut tar).unwrap();
+        // A writer may pad past the end marker (tar pads to 10 KiB records).
+        tar.extend_from_slice(&[0u8; 20 * 1024]);
+        let mut checked = std::io::Cursor::new(&tar);
+        check(&mut checked).unwrap();
+        assert_eq!(
+            checked.position(),
+            tar.len() as u64,
+            "check read to the end"
+        );
+        let dest = tempfile::tempdir().unwrap();
+        let mut unpacked = std::io::Cursor::new(&tar);
+        unpack(&mut unpacked, dest.path(), false).unwrap();
+        assert_eq!(
+            unpacked.position(),
+            tar.len() as u64,
+            "unpack read to the end"
         );
     }
 

@@ -469,6 +469,8 @@ fn check_state(reader: &mut dyn io::Read) -> std::result::Result<String, String>
             .map_err(|e| format!("the archive is cut short in {name}: {e}"))?;
         names.push(name);
     }
+    crate::archive::drain(archive.into_inner())
+        .map_err(|e| format!("reading past the archive's end failed: {e}"))?;
     if !names.iter().any(|n| n == "state.db") {
         return Err("it holds no state.db".to_owned());
     }

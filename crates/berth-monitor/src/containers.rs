@@ -34,6 +34,8 @@ pub struct ContainerSample {
     pub write_bytes: u64,
     /// Processes the kernel killed for exceeding the memory limit, when the kernel says.
     pub oom_kills: Option<u64>,
+    /// Times Docker restarted the container (its restart policy), as Docker counts them.
+    pub restarts: u64,
 }
 
 /// Where a container's cgroup files are, under the cgroup root (`/sys/fs/cgroup`).
@@ -223,6 +225,7 @@ pub struct ContainerMetrics {
     reads: Family<ContainerLabels, FloatCounter>,
     writes: Family<ContainerLabels, FloatCounter>,
     ooms: Family<ContainerLabels, FloatCounter>,
+    restarts: Family<ContainerLabels, FloatCounter>,
     /// By container id: the previous and the last sample, with their times (Unix ms).
     samples: Mutex<HashMap<String, Samples>>,
 }
@@ -276,6 +279,11 @@ impl ContainerMetrics {
             "Processes of the container the kernel killed for exceeding its memory limit",
             self.ooms.clone(),
         );
+        registry.register(
+            "berth_container_restarts",
+            "Times Docker restarted the container after it stopped",
+            self.restarts.clone(),
+        );
     }
 
     /// Puts a round of samples in (by container id, at `now` Unix ms); containers not in it
@@ -302,6 +310,7 @@ impl ContainerMetrics {
                     &self.reads,
                     &self.writes,
                     &self.ooms,
+                    &self.restarts,
                 ] {
                     family.remove(&labels);
                 }
@@ -338,6 +347,11 @@ impl ContainerMetrics {
                 &self.ooms,
                 sample.oom_kills.unwrap_or(0) as f64,
                 before.oom_kills.unwrap_or(0) as f64,
+            );
+            grow(
+                &self.restarts,
+                sample.restarts as f64,
+                before.restarts as f64,
             );
             let bytes = |b: u64| i64::try_from(b).unwrap_or(i64::MAX);
             self.memory
@@ -386,13 +400,9 @@ pub async fn sampler(
         let mut round = Vec::new();
         for (id, health) in &watched {
             // Asked each round: a container Docker restarted has a new main process.
-            let pid = engine
-                .runtime()
-                .inspect_container(id)
-                .await
-                .ok()
-                .flatten()
-                .and_then(|info| info.pid);
+            let info = engine.runtime().inspect_container(id).await.ok().flatten();
+            let pid = info.as_ref().and_then(|info| info.pid);
+            let restarts = info.map_or(0, |info| u64::try_from(info.restart_count).unwrap_or(0));
             let cpu_limit = health.cpu_limit;
             let root = Path::new("/sys/fs/cgroup");
             let Some(files) = cgroup_of(root, id) else {
@@ -405,6 +415,7 @@ pub async fn sampler(
             sample.service = health.service.clone();
             sample.container = health.container.clone();
             sample.cpu_limit = cpu_limit;
+            sample.restarts = restarts;
             round.push((id.clone(), sample));
         }
         metrics.record(&round, berth_state::now_ms());

@@ -113,6 +113,7 @@ mod tests {
             disk_read_rate: None,
             disk_write_rate: None,
             oom_kills: None,
+            restarts: 0,
         };
         let mut top = TopAnswer {
             sampled_at: Some(1),

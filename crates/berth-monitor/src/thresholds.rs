@@ -304,6 +304,7 @@ mod tests {
             disk_read_rate: None,
             disk_write_rate: None,
             oom_kills: None,
+            restarts: 0,
         }
     }
 

@@ -104,6 +104,7 @@ pub fn container_top(samples: &Samples) -> Option<ContainerTop> {
         disk_read_rate: rate(last.read_bytes as f64, |s| s.read_bytes as f64),
         disk_write_rate: rate(last.write_bytes as f64, |s| s.write_bytes as f64),
         oom_kills: last.oom_kills,
+        restarts: last.restarts,
     })
 }
 

@@ -361,9 +361,16 @@ impl ContainerRuntime for DockerRuntime {
             .version()
             .await
             .map_err(|e| self.classify(e, "read the Docker version"))?;
+        // The data root is a nicety (a disk to watch): not knowing it is no error.
+        let data_root = docker
+            .info()
+            .await
+            .ok()
+            .and_then(|info| info.docker_root_dir);
         Ok(RuntimeInfo {
             version: version.version.unwrap_or_default(),
             api_version: version.api_version.unwrap_or_default(),
+            data_root,
         })
     }
 

@@ -370,6 +370,7 @@ impl ContainerRuntime for FakeRuntime {
         Ok(RuntimeInfo {
             version: "fake".into(),
             api_version: "1.47".into(),
+            data_root: None,
         })
     }
 

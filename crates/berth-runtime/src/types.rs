@@ -13,6 +13,9 @@ pub type Labels = BTreeMap<String, String>;
 pub struct RuntimeInfo {
     pub version: String,
     pub api_version: String,
+    /// Where the engine keeps images, containers and volumes (`/var/lib/docker`), when it
+    /// says.
+    pub data_root: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -66,6 +66,11 @@ async fn builds_runs_inspects_execs_and_removes_a_container() {
     let cleanup = Cleanup::new(&runtime);
     let info = runtime.info().await.unwrap();
     assert!(!info.version.is_empty());
+    let data_root = info.data_root.expect("Docker names its data root");
+    assert!(
+        std::path::Path::new(&data_root).is_absolute(),
+        "{data_root}"
+    );
 
     let name = unique_name("rt");
     let test_labels = labels(&name);

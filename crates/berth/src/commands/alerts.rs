@@ -360,6 +360,7 @@ pub(super) fn top_screen(answer: &TopAnswer) -> String {
                 c.oom_kills
                     .map(|n| n.to_string())
                     .unwrap_or_else(|| "-".into()),
+                c.restarts.to_string(),
             ]
         })
         .collect();
@@ -375,6 +376,7 @@ pub(super) fn top_screen(answer: &TopAnswer) -> String {
             "NET IN / OUT",
             "DISK READ / WRITE",
             "OOM",
+            "RESTARTS",
         ],
         &rows,
     ));

@@ -417,6 +417,23 @@ stop_timeout = "1s"
         "no alert per restart while it loops: {received:?}"
     );
     assert!(received.iter().all(|r| r.signed));
+    // `berth top` counts the restarts Docker made (sampled while the container runs).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let top = agent.berth_in(app.path(), &["top", "--json"]).json();
+        let restarts = top["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["service"] == "hog")
+            .filter_map(|c| c["restarts"].as_u64())
+            .max();
+        if restarts.is_some_and(|r| r >= 2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no restarts counted: {top}");
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
 
 /// A real SMTP server (Debian's aiosmtpd) on loopback, delivering to a maildir; `tls`
