@@ -506,10 +506,14 @@ async fn serve(
         data_dir.join("logs").join("apps"),
         berth_logs::Retention::default(),
     ));
-    // ... and sent on to the log host of an app's `[logging] syslog`, as its live release says.
+    // ... and sent on to the log host of an app's `[logging] syslog`, as the release that
+    // wrote a line says (the first lines of a release come before it is live).
     let forwarding = engine.clone();
-    let targets: berth_logs::forward::Targets = Arc::new(move |app: &str| {
-        let release = forwarding.store().live_release(app).ok()??;
+    let targets: berth_logs::forward::Targets = Arc::new(move |app: &str, release| {
+        let release = match release {
+            Some(number) => forwarding.store().release(app, number).ok()??,
+            None => forwarding.store().live_release(app).ok()??,
+        };
         let forward = berth_core::release_manifest(&release).ok()?.log_forward?;
         let host = if forward.host.contains(':') {
             format!("[{}]", forward.host)

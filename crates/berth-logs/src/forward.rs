@@ -29,14 +29,15 @@ pub struct SyslogTarget {
     pub facility: u8,
 }
 
-/// An app's target, as its live release says (`None`: not forwarded).
-pub type Targets = Arc<dyn Fn(&str) -> Option<SyslogTarget> + Send + Sync>;
+/// The target of an app's lines, as the release that wrote them says (the live release for a
+/// line without one); `None`: not forwarded.
+pub type Targets = Arc<dyn Fn(&str, Option<i64>) -> Option<SyslogTarget> + Send + Sync>;
 
 /// A UDP message longer than this is cut (RFC 5426 asks receivers for at least 2,048 bytes;
 /// common ones take 8 KiB).
 const UDP_MAX: usize = 8 * 1024;
-/// Targets are asked again this often, so a deploy that changes `[logging] syslog` is
-/// followed without a restart.
+/// A release's target never changes; the live release's (for lines without a release) is
+/// asked again this often.
 const TARGETS_FOR: Duration = Duration::from_secs(15);
 /// Lines waiting to be sent, beyond which they are dropped.
 const QUEUE: usize = 20_000;
@@ -91,12 +92,15 @@ pub fn format(record: &LogRecord, app: &str, host: &str, facility: u8) -> String
     )
 }
 
+/// An app and the release that wrote a line (none for a container without the label).
+type ReleaseOf = (String, Option<i64>);
+
 /// The forwarder: [`Forwarder::send`] queues, a task sends.
 pub struct Forwarder {
     targets: Targets,
     host: String,
-    /// Each app's target as last asked, and when.
-    known: std::sync::Mutex<HashMap<String, (Instant, Option<SyslogTarget>)>>,
+    /// Each (app, release)'s target as last asked, and when.
+    known: std::sync::Mutex<HashMap<ReleaseOf, (Instant, Option<SyslogTarget>)>>,
     queue: mpsc::Sender<(SyslogTarget, String)>,
     pub dropped: Arc<AtomicU64>,
     pub sent: Arc<AtomicU64>,
@@ -120,27 +124,35 @@ impl Forwarder {
         }
     }
 
-    /// The app's target, asked again every [`TARGETS_FOR`].
-    fn target(&self, app: &str) -> Option<SyslogTarget> {
+    /// The target of a release's lines: asked once per release (a release never changes),
+    /// every [`TARGETS_FOR`] for lines without one.
+    fn target(&self, app: &str, release: Option<i64>) -> Option<SyslogTarget> {
         let now = Instant::now();
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-        match known.get(app) {
-            Some((at, target)) if now.duration_since(*at) < TARGETS_FOR => target.clone(),
+        let key = (app.to_owned(), release);
+        match known.get(&key) {
+            Some((at, target)) if release.is_some() || now.duration_since(*at) < TARGETS_FOR => {
+                target.clone()
+            }
             _ => {
-                let target = (self.targets)(app);
-                known.insert(app.to_owned(), (now, target.clone()));
+                let target = (self.targets)(app, release);
+                // Bounded: an agent that ran through many releases starts over.
+                if known.len() >= 4096 {
+                    known.clear();
+                }
+                known.insert(key, (now, target.clone()));
                 target
             }
         }
     }
 
-    /// Queues an app's records for its log host, if it has one; those that do not fit are
-    /// dropped and counted.
+    /// Queues an app's records for the log host of the release that wrote each, if it has
+    /// one; those that do not fit are dropped and counted.
     pub fn send(&self, app: &str, records: &[LogRecord]) {
-        let Some(target) = self.target(app) else {
-            return;
-        };
         for record in records {
+            let Some(target) = self.target(app, record.release) else {
+                continue;
+            };
             let message = format(record, app, &self.host, target.facility);
             if self.queue.try_send((target.clone(), message)).is_err() {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -319,7 +331,7 @@ mod tests {
                 },
             ),
         ]);
-        let lookup: Targets = Arc::new(move |app: &str| targets.get(app).cloned());
+        let lookup: Targets = Arc::new(move |app: &str, _| targets.get(app).cloned());
         let forwarder = Forwarder::start(lookup, "testhost".into());
         forwarder.send("udp-app", &[record("stdout", "over udp")]);
         forwarder.send(

@@ -763,11 +763,29 @@ fn remind(
     let Ok(firing) = engine.store().firing_alerts() else {
         return;
     };
+    let firing: Vec<AlertRecord> = firing
+        .into_iter()
+        .filter(|alert| !muted(engine, alert, now))
+        .collect();
+    for (app, channel, alert) in
+        reminders_due(&firing, |alert| channels_for(engine, alert), last_sent, now)
+    {
+        deliveries.enqueue(engine, sender, app, channel, alert, "reminder");
+    }
+}
+
+/// The reminders due at `now`: each firing alert again to each of its channels with a
+/// `remind_every`, once that long has passed since it was last sent there (or since it
+/// started); `last_sent` is brought up to date.
+fn reminders_due(
+    firing: &[AlertRecord],
+    channels: impl Fn(&AlertRecord) -> Vec<(String, AlertChannel)>,
+    last_sent: &mut HashMap<(i64, String, String), i64>,
+    now: i64,
+) -> Vec<(String, AlertChannel, AlertRecord)> {
+    let mut due = Vec::new();
     for alert in firing {
-        if muted(engine, &alert, now) {
-            continue;
-        }
-        for (app, channel) in channels_for(engine, &alert) {
+        for (app, channel) in channels(alert) {
             let every = millis(channel.remind_every);
             if every == 0 {
                 continue;
@@ -776,10 +794,11 @@ fn remind(
             let last = *last_sent.entry(key.clone()).or_insert(alert.started_at);
             if now - last >= every {
                 last_sent.insert(key, now);
-                deliveries.enqueue(engine, sender, app, channel, alert.clone(), "reminder");
+                due.push((app, channel, alert.clone()));
             }
         }
     }
+    due
 }
 
 /// One message for one channel.
@@ -1193,5 +1212,50 @@ mod tests {
                 == 1,
             "forgotten, so it may fire anew"
         );
+    }
+
+    #[test]
+    fn reminders_come_every_remind_every_while_firing_and_never_when_zero() {
+        let hour = 3_600_000;
+        let channel = |name: &str, every: u64| AlertChannel {
+            name: name.into(),
+            kind: berth_manifest::ChannelKind::Ntfy {
+                url: "https://ntfy.example/x".into(),
+                token_secret: None,
+            },
+            min_severity: Severity::Info,
+            send_resolved: true,
+            remind_every: Duration::from_secs(every),
+        };
+        let alert = AlertRecord {
+            id: 7,
+            key: "service_down:shop/web".into(),
+            rule: "service_down".into(),
+            severity: "critical".into(),
+            app: Some("shop".into()),
+            subject: "shop/web".into(),
+            summary: "down".into(),
+            event: false,
+            started_at: 10 * hour,
+            resolved_at: None,
+        };
+        let channels = |_: &AlertRecord| {
+            vec![
+                ("shop".to_owned(), channel("pager", 4 * 3600)),
+                ("shop".to_owned(), channel("quiet", 0)),
+            ]
+        };
+        let mut last_sent = HashMap::new();
+        let mut due_at = |now: i64| -> Vec<String> {
+            reminders_due(std::slice::from_ref(&alert), channels, &mut last_sent, now)
+                .into_iter()
+                .map(|(_, channel, _)| channel.name)
+                .collect()
+        };
+        assert!(due_at(13 * hour).is_empty(), "3 hours in");
+        assert_eq!(due_at(14 * hour), ["pager"], "4 hours in");
+        assert!(due_at(15 * hour).is_empty(), "once, not every tick");
+        assert!(due_at(18 * hour - 1).is_empty());
+        assert_eq!(due_at(18 * hour), ["pager"], "4 hours after the last");
     }
 }

@@ -1,6 +1,8 @@
 //! A webhook receiver for alert tests: an HTTP/1.1 server on loopback that checks each POST's
 //! `X-Berth-Signature` (HMAC-SHA256 of `TIMESTAMP.BODY` under the key it was given), answers
-//! 200 to a valid one and 401 otherwise, and keeps every request for the test to read.
+//! 200 to a valid one at `/hook` and 401 otherwise, and keeps every request for the test to
+//! read. Other paths stand in for chat services (Slack, Discord, ntfy), which sign nothing:
+//! they get 200 whatever comes.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -15,7 +17,11 @@ pub struct Received {
     /// When it arrived.
     pub at: Instant,
     pub path: String,
+    /// Header names lower-cased.
+    pub headers: Vec<(String, String)>,
+    /// The body as JSON (`Null` when it is not JSON) and as text.
     pub body: serde_json::Value,
+    pub text: String,
     /// Whether its signature was present and valid.
     pub signed: bool,
 }
@@ -82,6 +88,7 @@ fn serve(
         .unwrap_or_default()
         .to_owned();
     let (mut length, mut signature, mut timestamp) = (0usize, None, None);
+    let mut headers = Vec::new();
     loop {
         let mut line = String::new();
         reader.read_line(&mut line)?;
@@ -91,6 +98,7 @@ fn serve(
         }
         if let Some((name, value)) = line.split_once(':') {
             let value = value.trim().to_owned();
+            headers.push((name.trim().to_ascii_lowercase(), value.clone()));
             match name.trim().to_ascii_lowercase().as_str() {
                 "content-length" => length = value.parse().unwrap_or(0),
                 "x-berth-signature" => signature = Some(value),
@@ -113,16 +121,23 @@ fn serve(
         }
         _ => false,
     };
+    let text = String::from_utf8_lossy(&body).into_owned();
     let body = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    let status = if signed || path != "/hook" {
+        "200 OK"
+    } else {
+        "401 Unauthorized"
+    };
     if let Ok(mut store) = store.lock() {
         store.push(Received {
             at: Instant::now(),
             path,
+            headers,
             body,
+            text,
             signed,
         });
     }
-    let status = if signed { "200 OK" } else { "401 Unauthorized" };
     let mut stream = reader.into_inner();
     write!(
         stream,

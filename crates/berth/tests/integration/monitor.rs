@@ -689,6 +689,84 @@ fn every_line_also_goes_to_the_apps_syslog_host_over_udp_then_tcp() {
     );
 }
 
+#[test]
+fn slack_discord_and_ntfy_channels_post_what_each_service_reads() {
+    let agent = Agent::start();
+    // The receiver's other paths stand in for the services (they sign nothing).
+    let receiver = WebhookReceiver::start(KEY).unwrap();
+    let base = receiver.url.trim_end_matches("/hook").to_owned();
+    let app = agent.app("chat");
+    app.write(&format!(
+        "{}\n[alerts.slack]\ntype = \"slack\"\nurl_secret = \"SLACK_URL\"\n\n[alerts.discord]\ntype = \"discord\"\nurl_secret = \"DISCORD_URL\"\n\n[alerts.ntfy]\ntype = \"ntfy\"\nurl = \"{base}/ntfy\"\ntoken_secret = \"NTFY_TOKEN\"\n",
+        web("")
+    ));
+    for (name, value) in [
+        ("SLACK_URL", format!("{base}/slack")),
+        ("DISCORD_URL", format!("{base}/discord")),
+        ("NTFY_TOKEN", "tk_test_token".to_owned()),
+    ] {
+        agent
+            .berth_in(
+                app.path(),
+                &["secrets", "set", name, "--value", &value, "--yes"],
+            )
+            .success();
+    }
+    agent.berth_in(app.path(), &["deploy"]).success();
+    for channel in ["slack", "discord", "ntfy"] {
+        agent
+            .berth_in(app.path(), &["alerts", "test", channel])
+            .success();
+    }
+    let received = receiver.received();
+    let at = |path: &str| {
+        received
+            .iter()
+            .find(|r| r.path == path)
+            .unwrap_or_else(|| panic!("nothing at {path}: {received:?}"))
+            .clone()
+    };
+    let header = |request: &berth_testkit::webhook::Received, name: &str| {
+        request
+            .headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let slack = at("/slack");
+    assert!(
+        slack.body["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("a test message from berth")),
+        "{slack:?}"
+    );
+    let discord = at("/discord");
+    assert!(
+        discord.body["content"]
+            .as_str()
+            .is_some_and(|t| t.contains("a test message from berth")),
+        "{discord:?}"
+    );
+    let ntfy = at("/ntfy");
+    assert!(ntfy.text.contains("a test message from berth"), "{ntfy:?}");
+    assert!(
+        header(&ntfy, "title").contains("a test message from berth"),
+        "{ntfy:?}"
+    );
+    assert_eq!(
+        header(&ntfy, "priority"),
+        "3",
+        "info: ntfy's default priority"
+    );
+    assert_eq!(header(&ntfy, "tags"), "berth,test");
+    assert_eq!(header(&ntfy, "authorization"), "Bearer tk_test_token");
+    assert!(
+        received.iter().all(|r| !r.signed),
+        "chat services get no signature"
+    );
+}
+
 /// A child process killed and reaped when the test ends, passed or not.
 struct KillOnDrop(std::process::Child);
 

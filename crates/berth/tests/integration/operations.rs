@@ -521,7 +521,7 @@ fn version_names_the_cli_and_the_agent_and_completions_cover_the_commands() {
 }
 
 #[test]
-fn logs_follow_the_service_across_a_restart() {
+fn logs_follow_the_service_across_a_restart_and_a_deploy() {
     let agent = Agent::start();
     let app = agent.app("follow");
     app.write(&web(""));
@@ -558,6 +558,28 @@ fn logs_follow_the_service_across_a_restart() {
         );
         std::thread::sleep(Duration::from_millis(200));
     };
+    // A deploy replaces the containers too: the follower goes on with the new release's.
+    agent
+        .berth_in(app.path(), &["deploy", "--version", "v2"])
+        .success();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(log_file.path()).unwrap_or_default();
+        if text.matches("following the new container").count() >= 2
+            && text.contains("hello v2: listening on port")
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new release's container was not followed:\n{text}"
+        );
+        assert!(
+            follower.try_wait().unwrap().is_none(),
+            "`logs -f` ended at the deploy:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let _ = follower.kill();
     let _ = follower.wait();
     assert!(followed.contains("listening on port 8080"), "{followed}");
