@@ -226,6 +226,11 @@ pub fn round(
             }
         }
     }
+    // Before the host's first sample its filesystems are unknown: a disk alert that fired
+    // before a restart is not "gone" yet.
+    if top.host.memory_total_bytes == 0 {
+        return signals;
+    }
     for (subject, app) in sustained.forget_except(&seen) {
         signals.push(Signal::Gone {
             rule: RULE.into(),
@@ -422,6 +427,28 @@ mod tests {
         );
         assert_eq!(gone.len(), 3);
         assert!(gone.iter().all(|g| matches!(g, Signal::Gone { .. })));
+    }
+
+    #[test]
+    fn a_resumed_disk_alert_waits_for_the_hosts_first_sample() {
+        let manifests = BTreeMap::from([(
+            "shop".to_owned(),
+            manifest("[thresholds.disk]\nwhen = \"disk > 80%\"\n"),
+        )]);
+        let mut sustained = Sustained::default();
+        sustained.resume([("shop disk (berth data)".to_owned(), Some("shop".to_owned()))]);
+        let mut unsampled = top(vec![], 90.0);
+        unsampled.host = HostTop::default();
+        assert!(round(&manifests, &unsampled, &mut sustained, 0).is_empty());
+        assert!(
+            round(&manifests, &top(vec![], 90.0), &mut sustained, 15_000).is_empty(),
+            "still full: it keeps firing"
+        );
+        let resolved = round(&manifests, &top(vec![], 50.0), &mut sustained, 30_000);
+        assert_eq!(
+            summary(&resolved[0]),
+            ("shop disk (berth data)".to_owned(), None)
+        );
     }
 
     #[test]

@@ -418,14 +418,21 @@ pub(super) fn history_screen(answer: &berth_api::ResourceHistory, window: &str) 
         .series
         .iter()
         .map(|series| {
-            let (name, show): (String, fn(f64) -> String) = match series.metric.as_str() {
-                "cpu_percent" => ("cpu".into(), |v| format!("{v:.1}%")),
-                "memory_bytes" => ("memory".into(), |v| output::bytes(v as u64)),
-                "swap_bytes" => ("swap".into(), |v| output::bytes(v as u64)),
-                "load1" => ("load (1m)".into(), |v| format!("{v:.2}")),
+            // The trend's full height: its peak, but at least 1 % (or a load of 1), so an
+            // idle line stays low instead of filling the column with noise.
+            let (name, show, floor): (String, fn(f64) -> String, f64) = match series.metric.as_str()
+            {
+                "cpu_percent" => ("cpu".into(), |v| format!("{v:.1}%"), 1.0),
+                "memory_bytes" => ("memory".into(), |v| output::bytes(v as u64), 0.0),
+                "swap_bytes" => ("swap".into(), |v| output::bytes(v as u64), 0.0),
+                "load1" => ("load (1m)".into(), |v| format!("{v:.2}"), 1.0),
                 other => match other.strip_prefix("disk_percent ") {
-                    Some(purpose) => (format!("disk ({purpose} data)"), |v| format!("{v:.1}%")),
-                    None => (other.to_owned(), |v| format!("{v:.2}")),
+                    Some(purpose) => (
+                        format!("disk ({purpose} data)"),
+                        |v| format!("{v:.1}%"),
+                        1.0,
+                    ),
+                    None => (other.to_owned(), |v| format!("{v:.2}"), 0.0),
                 },
             };
             let samples: f64 = series.points.len() as f64;
@@ -436,7 +443,10 @@ pub(super) fn history_screen(answer: &berth_api::ResourceHistory, window: &str) 
                 name,
                 show(mean),
                 show(peak),
-                sparkline(&series.points.iter().map(|p| p.peak).collect::<Vec<_>>()),
+                sparkline(
+                    &series.points.iter().map(|p| p.peak).collect::<Vec<_>>(),
+                    floor,
+                ),
             ]
         })
         .collect();
@@ -447,10 +457,11 @@ pub(super) fn history_screen(answer: &berth_api::ResourceHistory, window: &str) 
     out
 }
 
-/// `▁▂▃▅▇` from zero to the largest value (at most 60 characters: later points win).
-fn sparkline(values: &[f64]) -> String {
+/// `▁▂▃▅▇` from zero to the largest value or `floor`, whichever is more (at most 60
+/// characters: later points win).
+fn sparkline(values: &[f64], floor: f64) -> String {
     const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
-    let top = values.iter().copied().fold(0.0, f64::max);
+    let top = values.iter().copied().fold(floor, f64::max);
     values
         .iter()
         .skip(values.len().saturating_sub(60))
@@ -600,4 +611,21 @@ pub(super) async fn unmute(ctx: &Ctx, id: i64) -> anyhow::Result<ExitCode> {
         println!("{} mute {id} ended", style("✓").green());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trend_is_scaled_to_its_peak_but_an_idle_one_stays_low() {
+        assert_eq!(sparkline(&[0.0, 5.0, 10.0], 0.0), "▁▅█");
+        assert_eq!(
+            sparkline(&[0.01, 0.02, 0.04], 1.0),
+            "▁▁▁",
+            "0.04 % of a core is idle"
+        );
+        assert_eq!(sparkline(&[], 1.0), "");
+        assert_eq!(sparkline(&vec![1.0; 100], 0.0).chars().count(), 60);
+    }
 }
