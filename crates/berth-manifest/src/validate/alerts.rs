@@ -12,6 +12,21 @@ const SECRET_NAME_HELP: &str = "name the berth secret holding it (letters, digit
 const DEFAULT_REMIND_EVERY: Duration = Duration::from_secs(4 * 3600);
 
 impl Checker<'_> {
+    /// A severity as written (`info`, `warning`, `critical`); `warning` when absent.
+    fn severity(&mut self, field: &str, text: &Option<SpannedString>) -> Severity {
+        let Some(text) = text else {
+            return Severity::Warning;
+        };
+        Severity::parse(text.get_ref()).unwrap_or_else(|| {
+            self.error_help(
+                format!("{field} `{}` is not a severity", text.get_ref()),
+                span(text),
+                "use info, warning or critical",
+            );
+            Severity::Warning
+        })
+    }
+
     pub(super) fn alert_channels(&mut self, raw: &RawManifest) -> Vec<AlertChannel> {
         raw.alerts
             .iter()
@@ -88,23 +103,7 @@ impl Checker<'_> {
                 return None;
             }
         };
-        let min_severity = match &channel.min_severity {
-            None => Severity::Warning,
-            Some(text) => match Severity::parse(text.get_ref()) {
-                Some(severity) => severity,
-                None => {
-                    self.error_help(
-                        format!(
-                            "{label} min_severity `{}` is not a severity",
-                            text.get_ref()
-                        ),
-                        span(text),
-                        "use info, warning or critical",
-                    );
-                    Severity::Warning
-                }
-            },
-        };
+        let min_severity = self.severity(&format!("{label} min_severity"), &channel.min_severity);
         let remind_every = match &channel.remind_every {
             None => DEFAULT_REMIND_EVERY,
             Some(text) => match parse_duration(text.get_ref()) {
@@ -567,17 +566,7 @@ impl Checker<'_> {
                     continue;
                 }
             };
-            let severity = match &threshold.severity {
-                None => Severity::Warning,
-                Some(text) => Severity::parse(text.get_ref()).unwrap_or_else(|| {
-                    self.error_help(
-                        format!("{label}: severity `{}` is not a severity", text.get_ref()),
-                        span(text),
-                        "use info, warning or critical",
-                    );
-                    Severity::Warning
-                }),
-            };
+            let severity = self.severity(&format!("{label} severity"), &threshold.severity);
             let service = threshold.service.as_ref().map(|s| s.get_ref().clone());
             if let Some(service_name) = &threshold.service {
                 if !condition.metric.per_service() {
