@@ -933,6 +933,9 @@ async fn destroy_app(
     let engine = state.engine.clone();
     let (app2, actor2) = (app.clone(), actor.clone());
     let wait = request.wait_for_lock;
+    // The logs berth kept go with the app: a new app of the same name starts at release 1
+    // again, and its `logs --release 1` must not show the old one's lines.
+    let logs = state.logs.clone();
     start_operation(
         &state,
         &app,
@@ -940,7 +943,15 @@ async fn destroy_app(
         &actor,
         wait,
         Vec::new(),
-        move |progress| engine.destroy_app(app2, request, actor2, progress),
+        move |progress| async move {
+            let outcome = engine
+                .destroy_app(app2.clone(), request, actor2, progress)
+                .await;
+            if outcome.ok {
+                logs.remove_app(&app2);
+            }
+            outcome
+        },
     )
 }
 

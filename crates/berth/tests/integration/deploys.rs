@@ -2,6 +2,7 @@
 //! logs and exec.
 
 use crate::harness::{Agent, web};
+use std::time::Duration;
 
 fn names_of(agent: &Agent, app: &str, service: &str) -> Vec<String> {
     let mut names: Vec<String> = agent
@@ -617,6 +618,22 @@ fn destroy_asks_first_keeps_volumes_secrets_and_backups_unless_told_and_can_take
         .json();
     assert_eq!(outcome["release"], 1, "{outcome}");
     assert_eq!(agent.get("/").unwrap(), (200, "here v2\n".into()));
+    // The logs berth kept went with the old app: release 1 is the new one's alone.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let logs = loop {
+        let run = agent.berth_in(app.path(), &["logs", "web", "--release", "1"]);
+        if run.stdout.contains("hello v2: listening") {
+            break run.stdout.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no line of the new release 1: {}{}",
+            run.stdout,
+            run.stderr
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(!logs.contains("hello v1"), "{logs}");
 
     agent
         .berth_in(
