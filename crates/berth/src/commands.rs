@@ -370,6 +370,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(e) => Err(anyhow!("cannot write the completion script: {e}")),
             }
         }
+        Command::Man { dir } => {
+            let pages = write_man_pages(&dir)?;
+            if ctx.json {
+                println!("{}", serde_json::json!({ "dir": dir, "pages": pages }));
+            } else {
+                println!(
+                    "{} {pages} man pages in {}: try `man -l {}`",
+                    style("✓").green(),
+                    dir.display(),
+                    dir.join("berth.1").display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::DialStdio => {
             crate::client::dial_stdio(&ctx.target()?)
                 .await
@@ -2249,4 +2263,25 @@ fn backup_status_rows(backups: &[BackupStatus]) -> Vec<Vec<String>> {
             ]
         })
         .collect()
+}
+
+/// `berth man DIR`: a page per command (`berth.1`, `berth-deploy.1`, `berth-alerts-mute.1`,
+/// ...); how many were written.
+pub(crate) fn write_man_pages(dir: &std::path::Path) -> anyhow::Result<usize> {
+    std::fs::create_dir_all(dir).map_err(|e| anyhow!("cannot create {}: {e}", dir.display()))?;
+    let command = <crate::Cli as clap::CommandFactory>::command();
+    clap_mangen::generate_to(command, dir)
+        .map_err(|e| anyhow!("cannot write the man pages into {}: {e}", dir.display()))?;
+    let pages = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.starts_with("berth") && name.ends_with(".1")
+                })
+                .count()
+        })
+        .unwrap_or(0);
+    Ok(pages)
 }

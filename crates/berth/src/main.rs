@@ -381,6 +381,13 @@ enum Command {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
+    /// Write a man page for berth and for each of its commands into DIR:
+    /// `berth man /usr/local/share/man/man1 && man berth-deploy`.
+    Man {
+        /// Where the pages go (made when missing).
+        #[arg(value_name = "DIR")]
+        dir: std::path::PathBuf,
+    },
     /// Connect stdin/stdout to the local agent (used by `--agent ssh://`).
     #[command(hide = true)]
     DialStdio,
@@ -704,6 +711,21 @@ mod tests {
             let parsed = super::command_line().try_get_matches_from(args);
             assert!(parsed.is_ok(), "{args:?}: {parsed:?}");
         }
+    }
+
+    #[test]
+    fn man_pages_are_written_for_berth_and_each_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let pages = crate::commands::write_man_pages(&dir.path().join("man1")).unwrap();
+        assert!(pages > 30, "{pages} pages");
+        let page = |name: &str| {
+            std::fs::read_to_string(dir.path().join("man1").join(name))
+                .unwrap_or_else(|e| panic!("{name}: {e}"))
+        };
+        assert!(page("berth.1").contains(".TH berth 1"));
+        let deploy = page("berth-deploy.1");
+        assert!(deploy.contains(".TH berth-deploy 1"), "{deploy}");
+        assert!(page("berth-alerts-mute.1").contains("\\-\\-for"));
     }
 
     /// `--help` never shows an argument without saying what it is for.
