@@ -462,23 +462,29 @@ async fn serve(
     // The host's CPU, load, memory and the filesystems of berth's data and Docker's, sampled by a worker so a scrape only reads the last sample.
     let host_metrics = Arc::new(berth_monitor::HostMetrics::default());
     host_metrics.register(&mut registry);
-    let mut watched = vec![("berth".to_owned(), data_dir.to_owned())];
-    // Docker's data root as the engine names it (a daemon.json may move it), else its default.
-    let named_root = tokio::time::timeout(Duration::from_secs(3), engine.runtime().info())
-        .await
-        .ok()
-        .and_then(|info| info.ok())
-        .and_then(|info| info.data_root);
-    let docker_root = PathBuf::from(named_root.as_deref().unwrap_or("/var/lib/docker"));
-    if docker_root.is_dir() {
-        watched.push(("docker".to_owned(), docker_root));
-    }
     // The monitors: what they notice goes to the alerts worker through one queue.
     let (alerts, alert_signals) = berth_monitor::Alerts::new();
-    let sampled = host_metrics.clone();
-    let host_alerts = alerts.clone();
-    background.spawn("host metrics", |report, stop| {
-        berth_monitor::host::sampler(sampled, watched, host_alerts, report, stop.stopped())
+    let sampled = (
+        host_metrics.clone(),
+        alerts.clone(),
+        engine.runtime().clone(),
+        data_dir.to_owned(),
+    );
+    background.spawn("host metrics", |report, stop| async move {
+        let (metrics, host_alerts, runtime, data_dir) = sampled;
+        // Docker's data root as the engine names it (a daemon.json may move it), else its
+        // default; asked here, off the start-up path a restart's handover waits on.
+        let named_root = tokio::time::timeout(Duration::from_secs(3), runtime.info())
+            .await
+            .ok()
+            .and_then(|info| info.ok())
+            .and_then(|info| info.data_root);
+        let docker_root = PathBuf::from(named_root.as_deref().unwrap_or("/var/lib/docker"));
+        let mut watched = vec![("berth".to_owned(), data_dir)];
+        if docker_root.is_dir() {
+            watched.push(("docker".to_owned(), docker_root));
+        }
+        berth_monitor::host::sampler(metrics, watched, host_alerts, report, stop.stopped()).await
     });
     // Every probe and check, written to the state file every 15 s (`berth uptime`).
     let uptime = Arc::new(berth_monitor::uptime::Uptime::default());
