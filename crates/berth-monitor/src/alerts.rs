@@ -742,12 +742,7 @@ fn muted(engine: &Engine, alert: &AlertRecord, now: i64) -> bool {
 
 /// An app's alert channels, from its live release's manifest.
 pub fn app_channels(engine: &Engine, app: &str) -> Vec<AlertChannel> {
-    engine
-        .store()
-        .live_release(app)
-        .ok()
-        .flatten()
-        .and_then(|release| berth_core::release_manifest(&release).ok())
+    crate::live::manifest(engine, app)
         .map(|manifest| manifest.alerts)
         .unwrap_or_default()
 }

@@ -458,16 +458,9 @@ pub fn signals_for(
 /// Every monitor of every live release, by (app, name).
 fn live_monitors(engine: &Engine) -> HashMap<(String, String), Monitor> {
     let mut monitors = HashMap::new();
-    for app in engine.store().apps().unwrap_or_default() {
-        if app.stopped {
-            continue;
-        }
-        if let Ok(Some(release)) = engine.store().live_release(&app.name)
-            && let Ok(manifest) = berth_core::release_manifest(&release)
-        {
-            for monitor in manifest.monitors {
-                monitors.insert((app.name.clone(), monitor.name.clone()), monitor);
-            }
+    for (app, manifest) in crate::live::manifests(engine) {
+        for monitor in manifest.monitors {
+            monitors.insert((app.clone(), monitor.name.clone()), monitor);
         }
     }
     monitors

@@ -16,6 +16,7 @@
 //!   near expiry or failing to renew, failed deploys;
 //! - [`history`]: the host's and each service's resources every 15 s into the state file's
 //!   minute and hour buckets, for `berth top --history`;
+//! - [`live`]: the live releases' manifests the others read their settings from;
 //! - [`uptime`]: every probe and check recorded (raw, then in minute and hour buckets) for
 //!   `berth uptime`;
 //! - [`alerts`]: what those notice, turned into alerts by built-in rules, recorded, and sent
@@ -34,6 +35,7 @@ pub mod events;
 pub mod external;
 pub mod history;
 pub mod host;
+pub mod live;
 pub mod metrics;
 pub mod replicas;
 pub mod thresholds;

@@ -162,22 +162,6 @@ impl Sustained {
     }
 }
 
-/// The live manifest of each app berth runs (stopped ones are not watched).
-fn live_manifests(engine: &Engine) -> BTreeMap<String, Manifest> {
-    engine
-        .store()
-        .apps()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|app| !app.stopped)
-        .filter_map(|app| {
-            let release = engine.store().live_release(&app.name).ok()??;
-            let manifest = berth_core::release_manifest(&release).ok()?;
-            Some((app.name, manifest))
-        })
-        .collect()
-}
-
 /// One round: every threshold of every live app against `top`; the signals to send.
 pub fn round(
     manifests: &BTreeMap<String, Manifest>,
@@ -263,7 +247,7 @@ pub async fn watch(
     }
     loop {
         let now = berth_state::now_ms();
-        let manifests = live_manifests(&engine);
+        let manifests = crate::live::manifests(&engine);
         let top = crate::top::top(&host, &containers, None);
         let signals = round(&manifests, &top, &mut sustained, now);
         let count: usize = manifests.values().map(|m| m.thresholds.len()).sum();
