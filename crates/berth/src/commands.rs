@@ -2,12 +2,13 @@
 
 mod alerts;
 mod attach;
+mod ops;
 
 use crate::client::{Client, ClientError, Target};
 use crate::output::{self, Mode, OperationView};
 use crate::{
     AgentCommand, AlertsCommand, AppArgs, BackupCommand, CertsCommand, Cli, Command, EdgeArgs,
-    MaintenanceCommand, ManifestArgs, SecretsCommand,
+    ImportCommand, MaintenanceCommand, ManifestArgs, SecretsCommand,
 };
 use anyhow::{Context, anyhow};
 use berth_api::*;
@@ -151,6 +152,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     match cli.command {
         Command::Check { manifest } => check(&ctx, &manifest),
+        Command::Init { file, app, force } => ops::init(&ctx, &file, app, force),
+        Command::Import {
+            what:
+                ImportCommand::Compose {
+                    file,
+                    output,
+                    app,
+                    profile,
+                    force,
+                },
+        } => ops::import_compose(
+            &ctx,
+            ops::ComposeImport {
+                file,
+                output,
+                app,
+                profiles: profile,
+                force,
+            },
+        ),
         Command::Agent {
             action: Some(AgentCommand::Upgrade { binary }),
             ..
@@ -1893,6 +1914,12 @@ async fn secrets(ctx: &Ctx, action: SecretsCommand) -> anyhow::Result<ExitCode> 
         }
     };
     match action {
+        SecretsCommand::Import {
+            env_file,
+            all,
+            app,
+            yes,
+        } => return ops::secrets_import(ctx, &env_file, &app, all, yes).await,
         SecretsCommand::Set {
             name,
             value,

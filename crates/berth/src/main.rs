@@ -78,6 +78,29 @@ enum AgentCommand {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Write a first berth.toml from what this directory holds: its Compose file if it has
+    /// one, else its Dockerfiles (ports, health routes and dependencies detected and explained).
+    Init {
+        /// Where to write the manifest; its directory is the one looked at.
+        #[arg(
+            short = 'f',
+            long = "file",
+            default_value = "berth.toml",
+            value_name = "FILE"
+        )]
+        file: PathBuf,
+        /// The app's name (default: the directory's, or the Compose file's `name`).
+        #[arg(long, value_name = "APP")]
+        app: Option<String>,
+        /// Replace an existing manifest.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Convert another tool's configuration into a berth.toml.
+    Import {
+        #[command(subcommand)]
+        what: ImportCommand,
+    },
     /// Check a manifest: every problem with file:line:column and a fix.
     Check {
         #[command(flatten)]
@@ -576,6 +599,30 @@ enum MaintenanceCommand {
 }
 
 #[derive(Subcommand)]
+enum ImportCommand {
+    /// A Compose file: databases and other long-lived state become accessories, published
+    /// HTTP ports routes, env files and secret-looking values secrets (names only). What
+    /// cannot be carried over is listed with its line.
+    Compose {
+        /// The Compose file (docker-compose.yml, compose.yaml, ...).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Where to write the manifest (default: berth.toml beside the Compose file).
+        #[arg(short = 'o', long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// The app's name (default: the Compose file's `name`, else its directory's).
+        #[arg(long, value_name = "APP")]
+        app: Option<String>,
+        /// Include the services of this Compose profile too. Repeatable.
+        #[arg(long, value_name = "PROFILE")]
+        profile: Vec<String>,
+        /// Replace an existing manifest.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum SecretsCommand {
     /// Set a secret (the value is read from stdin unless --value is given).
     Set {
@@ -610,6 +657,21 @@ enum SecretsCommand {
         #[command(flatten)]
         app: AppArgs,
     },
+    /// Set secrets from a .env file (KEY=value lines; quotes, `export` and comments as
+    /// Compose reads them). With a berth.toml here, only the secrets it names, unless --all.
+    Import {
+        /// The .env file.
+        #[arg(value_name = "ENV_FILE")]
+        env_file: PathBuf,
+        /// Set every variable of the file, also ones the manifest does not name.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        app: AppArgs,
+        /// Set them even for an app berth knows nothing of yet, without asking.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Set a secret to 32 random bytes (64 hex characters).
     Generate {
         /// The secret's name.
@@ -639,6 +701,16 @@ fn command_line() -> clap::Command {
     };
     <Cli as clap::CommandFactory>::command()
         .mut_subcommand("check", |sub| sub.arg(hidden("agent", "agent", true)))
+        .mut_subcommand("init", |sub| {
+            sub.arg(hidden("agent", "agent", true))
+                .arg(hidden("data_dir", "data-dir", true))
+        })
+        .mut_subcommand("import", |sub| {
+            sub.mut_subcommand("compose", |sub| {
+                sub.arg(hidden("agent", "agent", true))
+                    .arg(hidden("data_dir", "data-dir", true))
+            })
+        })
         .mut_subcommand("completions", |sub| {
             sub.arg(hidden("agent", "agent", true))
                 .arg(hidden("data_dir", "data-dir", true))

@@ -8,6 +8,7 @@ mod edge;
 mod exec;
 mod failures;
 mod harness;
+mod imports;
 mod monitor;
 mod operations;
 mod pebble;

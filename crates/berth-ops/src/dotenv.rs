@@ -1,0 +1,151 @@
+//! `.env` files as Compose and most tools read them: `KEY=value`, `export KEY=value`,
+//! comments, single quotes (literal), double quotes (with `\n`, `\"`, `\\` escapes and
+//! multi-line values), and `# comments` after unquoted values.
+
+/// One variable of a `.env` file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub key: String,
+    pub value: String,
+    pub line: usize,
+}
+
+/// A line that is not an assignment.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {reason}")]
+pub struct DotenvError {
+    pub line: usize,
+    pub reason: String,
+}
+
+pub fn parse(text: &str) -> Result<Vec<Entry>, DotenvError> {
+    let mut entries = Vec::new();
+    let mut lines = text.lines().enumerate();
+    while let Some((index, raw)) = lines.next() {
+        let line = index + 1;
+        let trimmed = raw.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let assignment = trimmed.strip_prefix("export ").unwrap_or(trimmed);
+        let Some((key, rest)) = assignment.split_once('=') else {
+            return Err(DotenvError {
+                line,
+                reason: format!("`{}` is not KEY=value", trimmed.trim_end()),
+            });
+        };
+        let key = key.trim();
+        if !valid_key(key) {
+            return Err(DotenvError {
+                line,
+                reason: format!(
+                    "`{key}` is not a variable name (letters, digits, underscores, dots and dashes)"
+                ),
+            });
+        }
+        let rest = rest.trim_start();
+        let value = if let Some(body) = rest.strip_prefix('\'') {
+            let mut text = body.to_owned();
+            while !text.contains('\'') {
+                match lines.next() {
+                    Some((_, more)) => {
+                        text.push('\n');
+                        text.push_str(more);
+                    }
+                    None => {
+                        return Err(DotenvError {
+                            line,
+                            reason: format!("the single quote of {key} is not closed"),
+                        });
+                    }
+                }
+            }
+            text.split('\'').next().unwrap_or_default().to_owned()
+        } else if let Some(body) = rest.strip_prefix('"') {
+            let mut text = body.to_owned();
+            loop {
+                if let Some(value) = closed_double_quoted(&text) {
+                    break value;
+                }
+                match lines.next() {
+                    Some((_, more)) => {
+                        text.push('\n');
+                        text.push_str(more);
+                    }
+                    None => {
+                        return Err(DotenvError {
+                            line,
+                            reason: format!("the double quote of {key} is not closed"),
+                        });
+                    }
+                }
+            }
+        } else {
+            let value = match rest.find(" #") {
+                Some(at) => &rest[..at],
+                None => rest,
+            };
+            value.trim_end().to_owned()
+        };
+        entries.retain(|e: &Entry| e.key != key);
+        entries.push(Entry {
+            key: key.to_owned(),
+            value,
+            line,
+        });
+    }
+    Ok(entries)
+}
+
+/// The value up to the closing quote with escapes applied, or `None` if not closed yet.
+fn closed_double_quoted(text: &str) -> Option<String> {
+    let mut value = String::new();
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => return Some(value),
+            '\\' => match chars.next() {
+                Some('n') => value.push('\n'),
+                Some('t') => value.push('\t'),
+                Some('r') => value.push('\r'),
+                Some(other) => value.push(other),
+                None => return None,
+            },
+            c => value.push(c),
+        }
+    }
+    None
+}
+
+fn valid_key(key: &str) -> bool {
+    let mut chars = key.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_forms_people_write() {
+        let text = "# settings\nPLAIN=value\nexport EXPORTED=yes\nSPACED = padded  # note\nSINGLE='a $b # c'\nDOUBLE=\"line\\none\"\nMULTI=\"first\nsecond\"\nEMPTY=\nPLAIN=again\n";
+        let entries = parse(text).unwrap();
+        let get = |k: &str| entries.iter().find(|e| e.key == k).unwrap().value.clone();
+        assert_eq!(get("PLAIN"), "again");
+        assert_eq!(get("EXPORTED"), "yes");
+        assert_eq!(get("SPACED"), "padded");
+        assert_eq!(get("SINGLE"), "a $b # c");
+        assert_eq!(get("DOUBLE"), "line\none");
+        assert_eq!(get("MULTI"), "first\nsecond");
+        assert_eq!(get("EMPTY"), "");
+        assert_eq!(entries.len(), 7);
+    }
+
+    #[test]
+    fn broken_lines_are_named() {
+        assert_eq!(parse("A=1\njust words\n").unwrap_err().line, 2);
+        assert_eq!(parse("1A=x\n").unwrap_err().line, 1);
+        assert!(parse("A=\"open\n").is_err());
+    }
+}

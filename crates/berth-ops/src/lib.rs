@@ -1,0 +1,13 @@
+//! berth's operations that need no agent: `berth init` writes a manifest from what a directory
+//! holds, `berth import compose` converts a Compose file, and both read `.env` files the way
+//! Compose does. Every manifest written here is checked with `berth_manifest::load` first.
+//!
+//! Must not: talk to the agent or Docker (the CLI does that), or write a secret's value into a
+//! manifest.
+
+pub mod compose;
+pub mod dotenv;
+pub mod draft;
+pub mod init;
+pub mod interpolate;
+mod yaml;

@@ -1,0 +1,120 @@
+//! `berth import compose` and `berth init` end to end: the manifest they write is deployed by
+//! the real agent on the real Docker Engine, and serves.
+
+use crate::harness::Agent;
+
+#[test]
+fn a_compose_file_is_imported_its_secrets_loaded_and_deployed() {
+    let agent = Agent::start();
+    let app = agent.app("compose");
+    let compose = r#"
+name: {app}
+services:
+  web:
+    build: .
+    ports: ["8080:8080"]
+    environment:
+      GREETING: hello from compose
+      HELLO_DEBUG: "1"
+      DATA_DIR: /data
+      API_TOKEN: ${API_TOKEN}
+    volumes: [data:/data]
+    depends_on:
+      migrate:
+        condition: service_completed_successfully
+    healthcheck:
+      test: ["CMD-SHELL", "wget -qO- http://localhost:8080/health || exit 1"]
+      interval: 2s
+  migrate:
+    build: .
+    command: ["migrate"]
+    environment:
+      DATA_DIR: /data
+    volumes: [data:/data]
+  worker:
+    build: .
+    command: ["worker"]
+    environment:
+      DATA_DIR: /data
+    volumes: [data:/data]
+  adminer:
+    image: adminer:4
+    profiles: [debug]
+volumes:
+  data:
+"#
+    .replace("{app}", &app.name);
+    std::fs::write(app.path().join("compose.yaml"), compose).unwrap();
+    std::fs::write(
+        app.path().join(".env"),
+        "API_TOKEN=tok-from-dotenv\nUNUSED=x\n",
+    )
+    .unwrap();
+
+    let imported = agent.berth_in(app.path(), &["import", "compose", "compose.yaml", "--json"]);
+    imported.success();
+    let report = imported.json();
+    assert_eq!(report["services"], serde_json::json!(["web", "worker"]));
+    let became: Vec<(String, String)> = report["converted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["compose"].as_str().unwrap().to_owned(),
+                c["became"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        became.contains(&("migrate".into(), "release_command".into())),
+        "{became:?}"
+    );
+    assert!(
+        became.contains(&("adminer".into(), "left_out".into())),
+        "{became:?}"
+    );
+    let manifest = std::fs::read_to_string(app.manifest_path()).unwrap();
+    assert!(!manifest.contains("tok-from-dotenv"), "{manifest}");
+
+    // A second import does not overwrite the manifest.
+    let again = agent.berth_in(app.path(), &["import", "compose", "compose.yaml"]);
+    again.failure(2);
+    assert!(again.stderr.contains("--force"), "{}", again.stderr);
+
+    agent.berth_in(app.path(), &["check"]).success();
+    let loaded = agent.berth_in(app.path(), &["secrets", "import", ".env", "--json"]);
+    loaded.success();
+    let loaded = loaded.json();
+    assert_eq!(loaded["set"], serde_json::json!(["API_TOKEN"]));
+    assert_eq!(loaded["skipped"][0]["name"], "UNUSED");
+
+    agent
+        .berth_in(app.path(), &["deploy", "--version", "v1"])
+        .success();
+    agent.wait_serving("hello from compose");
+    assert_eq!(
+        agent.get("/env/API_TOKEN").unwrap(),
+        (200, "tok-from-dotenv".to_owned())
+    );
+    let status = agent.berth_in(app.path(), &["status", "--json"]);
+    status.success();
+    let text = status.stdout;
+    assert!(text.contains("worker"), "{text}");
+}
+
+#[test]
+fn berth_init_writes_a_manifest_that_deploys() {
+    let agent = Agent::start();
+    let app = agent.app("init");
+    let written = agent.berth_in(app.path(), &["init", "--app", &app.name]);
+    written.success();
+    assert!(written.stdout.contains("port 8080"), "{}", written.stdout);
+    let manifest = std::fs::read_to_string(app.manifest_path()).unwrap();
+    assert!(manifest.contains("port = 8080"), "{manifest}");
+    agent.berth_in(app.path(), &["init"]).failure(2);
+    agent
+        .berth_in(app.path(), &["deploy", "--version", "v1"])
+        .success();
+    agent.wait_serving("hello");
+}
