@@ -520,6 +520,19 @@ pub struct HostTop {
     pub swap_used_bytes: u64,
     pub swap_total_bytes: u64,
     pub filesystems: Vec<FilesystemTop>,
+    /// NVIDIA GPUs (`nvidia-smi`); empty where there are none.
+    #[serde(default)]
+    pub gpus: Vec<GpuTop>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GpuTop {
+    pub index: u32,
+    pub name: String,
+    pub memory_total_bytes: u64,
+    pub memory_used_bytes: u64,
+    /// Busy share over the last sample period, 0 to 100, when the driver says.
+    pub utilization_percent: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

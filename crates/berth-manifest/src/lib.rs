@@ -24,6 +24,9 @@ pub use diagnostic::{Diagnostic, LocatedDiagnostic, ManifestError, line_column};
 pub use diff::changes;
 pub use model::*;
 pub use risks::{Risk, risks};
+/// Splits a command line into words as a POSIX shell would (quotes, backslashes; no
+/// expansion): how a `command` written as one string is read.
+pub use shell::split as split_command_line;
 pub use thresholds::*;
 
 use serde::Deserialize;

@@ -88,6 +88,20 @@ impl Manifest {
         names
     }
 
+    /// Each secret the services and accessories use, with the names of those that use it.
+    pub fn secret_users(&self) -> BTreeMap<String, Vec<String>> {
+        let mut users: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for service in self.services.values().chain(self.accessories.values()) {
+            for secret in &service.secrets {
+                users
+                    .entry(secret.name.clone())
+                    .or_default()
+                    .push(service.name.clone());
+            }
+        }
+        users
+    }
+
     /// Names of the services in an order that respects `depends_on` among services.
     pub fn service_start_order(&self) -> Vec<&str> {
         topological_order(&self.services)

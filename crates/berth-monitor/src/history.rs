@@ -151,6 +151,7 @@ mod tests {
                 used_percent: 40.0,
                 avail_bytes: 1,
             }],
+            gpus: Vec::new(),
         };
         top.containers[0].cpu_percent = None;
         let host: Vec<_> = recorded(&top)

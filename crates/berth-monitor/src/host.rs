@@ -24,6 +24,8 @@ pub struct HostSample {
     /// Seconds each CPU spent in each mode since boot: (`0`, `user`) -> seconds.
     pub cpu_seconds: BTreeMap<(String, String), f64>,
     pub filesystems: Vec<FilesystemUse>,
+    /// NVIDIA GPUs as `nvidia-smi` reports them; empty where it is not installed.
+    pub gpus: Vec<berth_api::GpuTop>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -106,6 +108,68 @@ pub fn parse_cpu_stat(text: &str, ticks_per_second: f64) -> BTreeMap<(String, St
     seconds
 }
 
+/// The query `nvidia-smi` answers, one CSV line per GPU (memory in MiB).
+const NVIDIA_QUERY: &str = "--query-gpu=index,name,memory.total,memory.used,utilization.gpu";
+
+/// Asks `nvidia-smi` when it is on the PATH, for at most 5 seconds (a wedged driver can make
+/// it hang); nothing when it is absent or fails.
+fn sample_gpus() -> Vec<berth_api::GpuTop> {
+    let Some(path) = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("nvidia-smi"))
+            .find(|candidate| candidate.is_file())
+    }) else {
+        return Vec::new();
+    };
+    let child = std::process::Command::new(path)
+        .args([NVIDIA_QUERY, "--format=csv,noheader,nounits"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else {
+        return Vec::new();
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                tracing::warn!("nvidia-smi did not answer within 5 seconds");
+                return Vec::new();
+            }
+        }
+    }
+    let mut text = String::new();
+    if let Some(mut out) = child.stdout.take() {
+        let _ = std::io::Read::read_to_string(&mut out, &mut text);
+    }
+    parse_nvidia_smi(&text)
+}
+
+/// `nvidia-smi`'s CSV answer to [`NVIDIA_QUERY`]; lines it cannot read are skipped.
+pub fn parse_nvidia_smi(text: &str) -> Vec<berth_api::GpuTop> {
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+            let [index, name, total, used, utilization] = fields.as_slice() else {
+                return None;
+            };
+            Some(berth_api::GpuTop {
+                index: index.parse().ok()?,
+                name: (*name).to_owned(),
+                memory_total_bytes: total.parse::<u64>().ok()? << 20,
+                memory_used_bytes: used.parse::<u64>().ok()? << 20,
+                utilization_percent: utilization.parse().ok(),
+            })
+        })
+        .collect()
+}
+
 /// Reads the host now. `filesystems` are (purpose, directory) pairs; a directory that cannot
 /// be read is left out (logged), never fatal.
 pub fn sample_host(proc_root: &Path, filesystems: &[(String, PathBuf)]) -> HostSample {
@@ -117,6 +181,7 @@ pub fn sample_host(proc_root: &Path, filesystems: &[(String, PathBuf)]) -> HostS
         memory: parse_meminfo(&read("meminfo")),
         cpu_seconds: parse_cpu_stat(&read("stat"), USER_HZ),
         filesystems: Vec::new(),
+        gpus: sample_gpus(),
     };
     for (purpose, dir) in filesystems {
         match rustix::fs::statvfs(dir) {
@@ -351,6 +416,18 @@ pub async fn sampler(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nvidia_smi_answers_are_read() {
+        let gpus = parse_nvidia_smi(
+            "0, NVIDIA GeForce RTX 4090, 24564, 1024, 7\n1, NVIDIA A100-SXM4-80GB, 81920, 0, [N/A]\nnot a line\n",
+        );
+        assert_eq!(gpus.len(), 2);
+        assert_eq!(gpus[0].memory_total_bytes, 24564 << 20);
+        assert_eq!(gpus[0].utilization_percent, Some(7.0));
+        assert_eq!(gpus[1].name, "NVIDIA A100-SXM4-80GB");
+        assert_eq!(gpus[1].utilization_percent, None);
+    }
 
     #[test]
     fn proc_files_are_read_in_the_units_prometheus_expects() {

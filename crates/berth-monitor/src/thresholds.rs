@@ -314,6 +314,7 @@ mod tests {
                     used_percent: disk,
                     avail_bytes: 1,
                 }],
+                gpus: Vec::new(),
             },
             containers,
         }

@@ -70,6 +70,7 @@ fn host_top(previous: Option<&HostSample>, last: &HostSample) -> HostTop {
                 avail_bytes: fs.avail_bytes,
             })
             .collect(),
+        gpus: last.gpus.clone(),
     }
 }
 
@@ -160,6 +161,7 @@ mod tests {
             .into_iter()
             .collect(),
             filesystems: Vec::new(),
+            gpus: Vec::new(),
         };
         let row = host_top(Some(&sample(10.0, 10.0)), &sample(13.0, 11.0));
         assert_eq!(row.cpu_percent, Some(75.0));

@@ -1,6 +1,7 @@
 //! berth's operations that need no agent: `berth init` writes a manifest from what a directory
 //! holds, `berth import compose` converts a Compose file, and both read `.env` files the way
 //! Compose does. Every manifest written here is checked with `berth_manifest::load` first.
+//! `plan` decides whether a manifest fits on a server, from the agent's `berth top` sample.
 //!
 //! Must not: talk to the agent or Docker (the CLI does that), or write a secret's value into a
 //! manifest.
@@ -10,4 +11,6 @@ pub mod dotenv;
 pub mod draft;
 pub mod init;
 pub mod interpolate;
+pub mod plan;
+pub mod runbook;
 mod yaml;

@@ -35,6 +35,15 @@ fn invalid(message: impl Into<String>, hint: Option<&str>) -> anyhow::Error {
     })
 }
 
+/// An operation the CLI refused before starting it, for a reason of the server's (a release
+/// that does not fit): exit code 1, with a hint.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Refused {
+    pub message: String,
+    pub hint: String,
+}
+
 /// Prints an error the way the user needs it and picks the exit code.
 pub fn report(error: &anyhow::Error, json: bool) -> ExitCode {
     let cause = error.downcast_ref::<ClientError>().and_then(|e| match e {
@@ -56,6 +65,8 @@ pub fn report(error: &anyhow::Error, json: bool) -> ExitCode {
     };
     let (code, message, hint, details) = if let Some(e) = error.downcast_ref::<Invalid>() {
         (2, e.message.clone(), e.hint.clone(), Vec::new())
+    } else if let Some(e) = error.downcast_ref::<Refused>() {
+        (1, e.message.clone(), Some(e.hint.clone()), Vec::new())
     } else if let Some(e) = error.downcast_ref::<ClientError>() {
         let code = match e {
             ClientError::Api { error, .. } if error.kind.is_request_error() => 2,
@@ -209,7 +220,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             wait,
             wait_drain,
             load,
-        } => deploy(&ctx, &manifest, version, (wait, wait_drain), &load).await,
+            force,
+        } => deploy(&ctx, &manifest, version, (wait, wait_drain), &load, force).await,
+        Command::Plan { manifest } => ops::plan(&ctx, &manifest).await,
+        Command::Runbook { manifest } => ops::runbook(&ctx, &manifest).await,
         Command::Rollback {
             release,
             app,
@@ -1228,9 +1242,11 @@ async fn deploy(
     version: Option<String>,
     waits: (bool, bool),
     archives: &[PathBuf],
+    force: bool,
 ) -> anyhow::Result<ExitCode> {
     let loaded = load_manifest(args)?;
     let client = ctx.client()?;
+    ops::preflight(ctx, &client, &loaded.manifest, force).await?;
     deploy_with(ctx, &client, loaded, version, waits, archives).await
 }
 
@@ -1914,6 +1930,20 @@ async fn secrets(ctx: &Ctx, action: SecretsCommand) -> anyhow::Result<ExitCode> 
         }
     };
     match action {
+        SecretsCommand::Rotate {
+            name,
+            value,
+            stdin,
+            force,
+            app,
+        } => {
+            let value = match (value, stdin) {
+                (Some(v), _) => Some(v),
+                (None, true) => Some(read_secret_value(&name)?),
+                (None, false) => None,
+            };
+            return ops::secrets_rotate(ctx, &name, value, &app, force).await;
+        }
         SecretsCommand::Import {
             env_file,
             all,

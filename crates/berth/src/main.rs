@@ -96,6 +96,13 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Write an operations runbook in Markdown from the manifest and what is live: where the
+    /// app runs, how to deploy, roll back, restart, read logs, restore each backup (a new
+    /// server too), rotate each secret, renew certificates, and what each alert means.
+    Runbook {
+        #[command(flatten)]
+        manifest: ManifestArgs,
+    },
     /// Convert another tool's configuration into a berth.toml.
     Import {
         #[command(subcommand)]
@@ -164,6 +171,17 @@ enum Command {
         /// without a registry). Repeatable.
         #[arg(long = "load", value_name = "ARCHIVE")]
         load: Vec<PathBuf>,
+        /// Deploy even when the release does not fit on the server (`berth plan`), for
+        /// example while the old release runs beside the new one.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Whether the manifest fits on the server: memory now, deployed, and at the peak of a
+    /// deploy (old and new replicas side by side), CPUs, GPUs, Docker's disk, and whether each
+    /// routed domain resolves to the server. Exits 1 when a deploy would be refused.
+    Plan {
+        #[command(flatten)]
+        manifest: ManifestArgs,
     },
     /// Return to the previous (or the named) release, with zero downtime.
     Rollback {
@@ -671,6 +689,24 @@ enum SecretsCommand {
         /// Set them even for an app berth knows nothing of yet, without asking.
         #[arg(long)]
         yes: bool,
+    },
+    /// Give a secret a new value (32 random bytes, or --value / stdin) and restart the
+    /// services of the live release that use it, with zero downtime, so they read it.
+    Rotate {
+        /// The secret's name.
+        name: String,
+        /// The new value instead of a generated one (prefer stdin: `... | berth secrets
+        /// rotate NAME --stdin`).
+        #[arg(long, value_name = "VALUE", conflicts_with = "stdin")]
+        value: Option<String>,
+        /// Read the new value from stdin.
+        #[arg(long)]
+        stdin: bool,
+        /// Rotate even when an accessory uses it (one that reads it on every start).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        app: AppArgs,
     },
     /// Set a secret to 32 random bytes (64 hex characters).
     Generate {

@@ -25,29 +25,13 @@ fn check_secret_name(name: &str) -> Result<(), OpError> {
 impl Engine {
     /// The services and accessories of the live release that use each secret.
     pub fn secret_users(&self, app: &str) -> BTreeMap<String, Vec<String>> {
-        let mut users: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        let Some(manifest) = self
-            .store
+        self.store
             .live_release(app)
             .ok()
             .flatten()
             .and_then(|r| release_manifest(&r).ok())
-        else {
-            return users;
-        };
-        for service in manifest
-            .services
-            .values()
-            .chain(manifest.accessories.values())
-        {
-            for secret in &service.secrets {
-                users
-                    .entry(secret.name.clone())
-                    .or_default()
-                    .push(service.name.clone());
-            }
-        }
-        users
+            .map(|manifest| manifest.secret_users())
+            .unwrap_or_default()
     }
 
     /// Every secret of `app`, by name, with who uses it (never a value).

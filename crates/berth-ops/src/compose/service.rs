@@ -383,7 +383,7 @@ impl Context<'_> {
             Value::Null => Ok(None),
             _ => {
                 let text = self.text(node, svc)?;
-                match split_words(&text) {
+                match berth_manifest::split_command_line(&text) {
                     Ok(words) if !words.is_empty() => Ok(Some(words)),
                     Ok(_) => Ok(None),
                     Err(reason) => {
@@ -1157,64 +1157,6 @@ fn valid_env_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// Splits a command line as a POSIX shell would for the simple cases (quotes, backslashes),
-/// without expansion: what Compose does with a string `command`.
-fn split_words(text: &str) -> Result<Vec<String>, String> {
-    let mut words = Vec::new();
-    let mut word = String::new();
-    let mut in_word = false;
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            c if c.is_whitespace() => {
-                if in_word {
-                    words.push(std::mem::take(&mut word));
-                    in_word = false;
-                }
-            }
-            '\'' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some('\'') => break,
-                        Some(c) => word.push(c),
-                        None => return Err("a single quote is not closed".into()),
-                    }
-                }
-            }
-            '"' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some('"') => break,
-                        Some('\\') => match chars.next() {
-                            Some(c) => word.push(c),
-                            None => return Err("a backslash ends the text".into()),
-                        },
-                        Some(c) => word.push(c),
-                        None => return Err("a double quote is not closed".into()),
-                    }
-                }
-            }
-            '\\' => {
-                in_word = true;
-                match chars.next() {
-                    Some(c) => word.push(c),
-                    None => return Err("a backslash ends the text".into()),
-                }
-            }
-            c => {
-                in_word = true;
-                word.push(c);
-            }
-        }
-    }
-    if in_word {
-        words.push(word);
-    }
-    Ok(words)
-}
-
 fn absolute_dir(dir: &Path) -> PathBuf {
     dir.canonicalize().unwrap_or_else(|_| {
         if dir.is_absolute() {
@@ -1283,15 +1225,6 @@ mod tests {
             None
         );
         assert_eq!(local_http_path("pg_isready -U app", 5432), None);
-    }
-
-    #[test]
-    fn words_split_like_compose() {
-        assert_eq!(
-            split_words("gunicorn -b 0.0.0.0:8000 'app:create()'").unwrap(),
-            ["gunicorn", "-b", "0.0.0.0:8000", "app:create()"]
-        );
-        assert!(split_words("echo 'open").is_err());
     }
 
     #[test]

@@ -405,3 +405,624 @@ pub(super) async fn secrets_import(
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// Asks the agent for its newest sample of the server; `None` before the first one.
+async fn server_sample(
+    client: &crate::client::Client,
+) -> anyhow::Result<Option<berth_api::TopAnswer>> {
+    let top: berth_api::TopAnswer = client.get("/v1/top").await?;
+    Ok((top.host.memory_total_bytes > 0).then_some(top))
+}
+
+fn gib(bytes: u64) -> String {
+    if bytes < 1 << 30 {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{:.1} GiB", bytes as f64 / f64::from(1u32 << 30))
+    }
+}
+
+fn verdict_line(plan: &berth_ops::plan::Plan) -> String {
+    use berth_ops::plan::Verdict;
+    let (mark, text) = match plan.verdict {
+        Verdict::Fits => (style("✓").green(), "fits, during a deploy too"),
+        Verdict::Tight => (
+            style("!").yellow(),
+            "fits, with little room during a deploy",
+        ),
+        Verdict::FitsOnlyOutsideDeploy => (
+            style("✗").red(),
+            "fits once deployed, but not while the old release runs beside the new one",
+        ),
+        Verdict::DoesNotFit => (style("✗").red(), "does not fit on this server"),
+    };
+    format!("{mark} {}: {text}", plan.app)
+}
+
+/// `berth plan`: what the manifest asks for against what the server has, and whether each
+/// routed domain points at the server.
+pub(super) async fn plan(ctx: &Ctx, args: &ManifestArgs) -> anyhow::Result<ExitCode> {
+    let loaded = load_manifest(args)?;
+    let client = ctx.client()?;
+    let Some(top) = server_sample(&client).await? else {
+        return Err(anyhow!(
+            "the agent has not sampled the server yet (it does every 15 s after it starts): try again in a few seconds"
+        ));
+    };
+    let plan = berth_ops::plan::plan(&loaded.manifest, &top);
+    let domains = domain_checks(&loaded.manifest, &client.target).await;
+    if ctx.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "plan": plan, "domains": domains }))?
+        );
+    } else {
+        println!("{}", verdict_line(&plan));
+        println!(
+            "  memory: {} used outside the app; {} with it deployed, {} at the peak of a deploy; the server has {}",
+            gib(plan.system + plan.other_apps),
+            gib(plan.steady),
+            gib(plan.peak),
+            gib(plan.memory_total)
+        );
+        for ask in &plan.asks {
+            let memory = match ask.memory_each {
+                Some(m) => format!("{} each ({})", gib(m), ask.memory_from),
+                None => "memory unknown".to_owned(),
+            };
+            let cpus = ask
+                .cpus_each
+                .map(|c| format!(", {c} CPUs each"))
+                .unwrap_or_default();
+            let gpus = ask
+                .gpus
+                .as_ref()
+                .map(|g| format!(", GPUs: {g}"))
+                .unwrap_or_default();
+            println!(
+                "    {}{} × {}: {memory}{cpus}{gpus}",
+                ask.name,
+                if ask.accessory { " (accessory)" } else { "" },
+                ask.replicas
+            );
+        }
+        if plan.cpus_asked > 0.0 {
+            println!("  CPUs: {} asked of {}", plan.cpus_asked, plan.cpus_total);
+        } else {
+            println!("  CPUs: no limits set; the server has {}", plan.cpus_total);
+        }
+        for reason in &plan.reasons {
+            println!("  {} {reason}", style("→").yellow());
+        }
+        for check in &domains {
+            let mark = if check.ok {
+                style("✓").green()
+            } else {
+                style("!").yellow()
+            };
+            println!("  {mark} {}: {}", check.domain, check.says);
+        }
+    }
+    Ok(if plan.verdict.deploy_allowed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Before a deploy: refuse one that cannot fit (unless forced), warn about a tight one. Says
+/// nothing, and lets the deploy go, while the agent has no sample of the server yet.
+pub(super) async fn preflight(
+    ctx: &Ctx,
+    client: &crate::client::Client,
+    manifest: &berth_manifest::Manifest,
+    force: bool,
+) -> anyhow::Result<()> {
+    use berth_ops::plan::Verdict;
+    let top = match server_sample(client).await {
+        Ok(Some(top)) => top,
+        Ok(None) => return Ok(()),
+        Err(error) => {
+            tracing::debug!(%error, "no sample of the server for the fit check");
+            return Ok(());
+        }
+    };
+    let plan = berth_ops::plan::plan(manifest, &top);
+    match plan.verdict {
+        Verdict::Fits => Ok(()),
+        Verdict::Tight => {
+            if !ctx.json {
+                eprintln!("{}", verdict_line(&plan));
+                for reason in &plan.reasons {
+                    eprintln!("  {} {reason}", style("→").yellow());
+                }
+            }
+            Ok(())
+        }
+        Verdict::FitsOnlyOutsideDeploy | Verdict::DoesNotFit if force => {
+            if !ctx.json {
+                eprintln!("{} (deploying anyway: --force)", verdict_line(&plan));
+            }
+            Ok(())
+        }
+        Verdict::FitsOnlyOutsideDeploy | Verdict::DoesNotFit => {
+            let reason = plan.reasons.first().cloned().unwrap_or_default();
+            Err(anyhow::Error::new(super::Refused {
+                message: format!(
+                    "{} does not fit on the server: {reason}",
+                    manifest.app
+                ),
+                hint: "`berth plan` shows the numbers; lower `memory` or `replicas`, or pass --force to deploy anyway".into(),
+            }))
+        }
+    }
+}
+
+/// Whether a routed domain resolves to the server, the commonest cause of failed issuance.
+#[derive(Debug, serde::Serialize)]
+struct DomainCheck {
+    domain: String,
+    ok: bool,
+    addresses: Vec<std::net::IpAddr>,
+    says: String,
+}
+
+async fn domain_checks(
+    manifest: &berth_manifest::Manifest,
+    target: &crate::client::Target,
+) -> Vec<DomainCheck> {
+    let mut domains: Vec<String> = Vec::new();
+    for service in manifest.services.values() {
+        let Some(route) = &service.route else {
+            continue;
+        };
+        if !matches!(route.tls, berth_manifest::Tls::Auto) {
+            continue;
+        }
+        for domain in &route.domains {
+            if !domain.starts_with("*.")
+                && !domain.ends_with(".localhost")
+                && !domains.contains(domain)
+            {
+                domains.push(domain.clone());
+            }
+        }
+    }
+    if domains.is_empty() {
+        return Vec::new();
+    }
+    let server = server_addresses(target).await;
+    let mut checks = Vec::new();
+    for domain in domains {
+        let lookup = tokio::time::timeout(
+            std::time::Duration::from_secs(3),
+            tokio::net::lookup_host(format!("{domain}:443")),
+        )
+        .await;
+        let addresses: Vec<std::net::IpAddr> = match lookup {
+            Ok(Ok(found)) => {
+                let mut ips: Vec<_> = found.map(|a| a.ip()).collect();
+                ips.sort();
+                ips.dedup();
+                ips
+            }
+            _ => Vec::new(),
+        };
+        let (ok, says) = if addresses.is_empty() {
+            (false, "does not resolve: add an A (and AAAA) record pointing at this server before berth asks for its certificate".to_owned())
+        } else if server.is_empty() {
+            (
+                true,
+                format!(
+                    "resolves to {}; make sure that is this server",
+                    join(&addresses)
+                ),
+            )
+        } else if addresses.iter().any(|a| server.contains(a)) {
+            (
+                true,
+                format!("resolves to this server ({})", join(&addresses)),
+            )
+        } else {
+            (
+                false,
+                format!(
+                    "resolves to {}, not this server ({}): the ACME challenge will fail until it points here (a CDN in front needs its own certificate setup)",
+                    join(&addresses),
+                    join(&server)
+                ),
+            )
+        };
+        checks.push(DomainCheck {
+            domain,
+            ok,
+            addresses,
+            says,
+        });
+    }
+    checks
+}
+
+fn join(addresses: &[std::net::IpAddr]) -> String {
+    addresses
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The server's addresses: the remote agent's host resolved, or this machine's own.
+async fn server_addresses(target: &crate::client::Target) -> Vec<std::net::IpAddr> {
+    use crate::client::Target;
+    let host = match target {
+        Target::Tcp(address) | Target::Tls(address) => address
+            .rsplit_once(':')
+            .map(|(host, _)| host.trim_matches(['[', ']']).to_owned()),
+        Target::Ssh { destination, .. } => Some(
+            destination
+                .rsplit_once('@')
+                .map_or(destination.as_str(), |(_, host)| host)
+                .to_owned(),
+        ),
+        Target::Unix(_) => None,
+    };
+    match host {
+        Some(host) => match tokio::net::lookup_host((host.as_str(), 0)).await {
+            Ok(found) => found
+                .map(|a| a.ip())
+                .filter(|ip| !ip.is_loopback())
+                .collect(),
+            Err(_) => Vec::new(),
+        },
+        None => local_addresses(),
+    }
+}
+
+/// This machine's global addresses, from /proc (IPv4 from the routing table's local
+/// entries, IPv6 from `if_inet6`).
+fn local_addresses() -> Vec<std::net::IpAddr> {
+    let mut out = Vec::new();
+    if let Ok(trie) = std::fs::read_to_string("/proc/net/fib_trie") {
+        let mut last: Option<std::net::Ipv4Addr> = None;
+        for line in trie.lines() {
+            let line = line.trim();
+            if let Some(address) = line.strip_prefix("|-- ") {
+                last = address.parse().ok();
+            } else if line.contains("/32 host LOCAL")
+                && let Some(ip) = last
+                && !ip.is_loopback()
+                && !out.contains(&std::net::IpAddr::V4(ip))
+            {
+                out.push(std::net::IpAddr::V4(ip));
+            }
+        }
+    }
+    if let Ok(inet6) = std::fs::read_to_string("/proc/net/if_inet6") {
+        for line in inet6.lines() {
+            let Some(hex) = line.split_whitespace().next() else {
+                continue;
+            };
+            if let Ok(bits) = u128::from_str_radix(hex, 16) {
+                let ip = std::net::Ipv6Addr::from(bits);
+                // Global unicast only: 2000::/3.
+                if ip.segments()[0] & 0xe000 == 0x2000 {
+                    out.push(std::net::IpAddr::V6(ip));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `berth secrets rotate NAME`: a new value (generated, or given), then the services of the
+/// live release that use it restarted one after another through the zero-downtime path, so
+/// the new value is in use when the command returns. An accessory that uses it is refused
+/// unless forced: databases read their password variables only when they first create their
+/// data, so a new value would lock the app out.
+pub(super) async fn secrets_rotate(
+    ctx: &Ctx,
+    name: &str,
+    value: Option<String>,
+    app_args: &AppArgs,
+    force: bool,
+) -> anyhow::Result<ExitCode> {
+    let app = resolve_app(app_args)?;
+    let client = ctx.client()?;
+    let secrets: Vec<SecretInfo> = client.get(&format!("/v1/apps/{app}/secrets")).await?;
+    let Some(current) = secrets.iter().find(|s| s.name == name) else {
+        return Err(invalid(
+            format!("app {app} has no secret {name}: nothing to rotate"),
+            Some("set it first: `berth secrets generate NAME` or `berth secrets set NAME`"),
+        ));
+    };
+    let status: berth_api::Status = client.get(&format!("/v1/status?app={app}")).await?;
+    let roles: std::collections::BTreeMap<String, String> = status
+        .apps
+        .iter()
+        .filter(|a| a.name == app)
+        .flat_map(|a| a.services.iter().map(|s| (s.name.clone(), s.role.clone())))
+        .collect();
+    let accessories: Vec<&String> = current
+        .used_by
+        .iter()
+        .filter(|s| roles.get(*s).map(String::as_str) == Some("accessory"))
+        .collect();
+    if !accessories.is_empty() && !force {
+        let names: Vec<&str> = accessories.iter().map(|s| s.as_str()).collect();
+        return Err(invalid(
+            format!(
+                "{name} is used by the accessory {}: a database reads such a variable only when it first creates its data, so a new value would not change its password and the app could no longer connect",
+                names.join(", ")
+            ),
+            Some(
+                "change the password inside the database first (ALTER USER ... PASSWORD ...), then `berth secrets set NAME` and `berth restart SERVICE`; or pass --force if the accessory does read it on every start",
+            ),
+        ));
+    }
+    let info: SecretInfo = match value {
+        Some(value) if value.is_empty() => {
+            return Err(invalid("the new value is empty", None));
+        }
+        Some(value) => {
+            client
+                .request(
+                    http::Method::PUT,
+                    &format!("/v1/apps/{app}/secrets/{name}"),
+                    &SecretValue { value },
+                )
+                .await?
+        }
+        None => {
+            client
+                .request(
+                    http::Method::POST,
+                    &format!("/v1/apps/{app}/secrets/{name}/generate?force=true"),
+                    &(),
+                )
+                .await?
+        }
+    };
+    if !ctx.json {
+        println!("{} {name} of {app} has a new value", style("✓").green());
+    }
+    let mut restarted = Vec::new();
+    for service in &info.used_by {
+        if !ctx.json {
+            eprintln!("restarting {service} so it reads the new value");
+        }
+        let path = format!("/v1/apps/{app}/services/{service}/restart");
+        let request = berth_api::RestartRequest {
+            wait_for_lock: true,
+        };
+        let ok = if ctx.json {
+            // The outcome goes into this command's one JSON answer, not printed on its own.
+            let mut lines = client
+                .stream(http::Method::POST, &path, Some(&request))
+                .await?;
+            loop {
+                match lines.next::<berth_api::OperationEvent>().await? {
+                    Some(berth_api::OperationEvent::Finished(outcome)) => break outcome.ok,
+                    Some(_) => {}
+                    None => break false,
+                }
+            }
+        } else {
+            let code = super::operation(
+                ctx,
+                &path,
+                &request,
+                &format!("restarting {service} of {app}"),
+            )
+            .await?;
+            code == ExitCode::SUCCESS
+        };
+        if !ok {
+            return Err(anyhow!(
+                "{name} has its new value, but restarting {service} failed (its old containers keep serving with the old value): fix the cause and run `berth restart {service}`{}",
+                if restarted.is_empty() {
+                    String::new()
+                } else {
+                    format!("; already restarted: {}", restarted.join(", "))
+                }
+            ));
+        }
+        restarted.push(service.clone());
+    }
+    if ctx.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "app": app, "secret": name, "restarted": restarted })
+            )?
+        );
+    } else if restarted.is_empty() {
+        println!("  no service of the live release uses it: the next deploy reads it");
+    } else {
+        println!(
+            "{} {} now run{} with the new value",
+            style("✓").green(),
+            restarted.join(", "),
+            if restarted.len() == 1 { "s" } else { "" }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `berth runbook`: Markdown on stdout, from the manifest and what the agent says is live
+/// (without an answering agent, from the manifest alone, and it says so).
+pub(super) async fn runbook(ctx: &Ctx, args: &ManifestArgs) -> anyhow::Result<ExitCode> {
+    let loaded = load_manifest(args)?;
+    let app = loaded.manifest.app.clone();
+    let live = match ctx.client() {
+        Ok(client) => {
+            let target = client.target.to_string();
+            match client
+                .get::<berth_api::Status>(&format!("/v1/status?app={app}"))
+                .await
+            {
+                Ok(status) => Some(berth_ops::runbook::Live {
+                    agent: target,
+                    agent_version: status.agent.version.clone(),
+                    status: status.apps.into_iter().find(|a| a.name == app),
+                }),
+                // Not deployed yet: the agent's own facts, and no live release.
+                Err(crate::client::ClientError::Api { error, .. })
+                    if error.kind == berth_api::ErrorKind::NotFound =>
+                {
+                    let status: Option<berth_api::Status> = client.get("/v1/status").await.ok();
+                    Some(berth_ops::runbook::Live {
+                        agent: target,
+                        agent_version: status.map(|s| s.agent.version).unwrap_or_default(),
+                        status: None,
+                    })
+                }
+                Err(error) => {
+                    eprintln!(
+                        "{} the agent did not answer ({error}): the runbook has the manifest only",
+                        style("!").yellow()
+                    );
+                    None
+                }
+            }
+        }
+        Err(_) => None,
+    };
+    let today = jiff::Zoned::now().date().to_string();
+    let text = berth_ops::runbook::runbook(
+        &loaded.manifest,
+        &args.file.display().to_string(),
+        &loaded.base_dir,
+        live.as_ref(),
+        &today,
+    );
+    if ctx.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "app": app, "markdown": text }))?
+        );
+    } else {
+        print!("{text}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    /// Words of a command line: whitespace-separated, double quotes grouping.
+    fn words(line: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut word = String::new();
+        let mut quoted = false;
+        for c in line.chars() {
+            match c {
+                '"' => quoted = !quoted,
+                c if c.is_whitespace() && !quoted => {
+                    if !word.is_empty() {
+                        out.push(std::mem::take(&mut word));
+                    }
+                }
+                c => word.push(c),
+            }
+        }
+        if !word.is_empty() {
+            out.push(word);
+        }
+        out
+    }
+
+    /// Every `berth …` line of the runbook's command blocks is a command this CLI takes.
+    #[test]
+    fn the_runbook_only_names_commands_berth_has() {
+        let text = r#"
+app = "memo"
+[services.web]
+image = "memo:1"
+port = 8000
+secrets = ["JWT_SECRET"]
+volumes = ["uploads:/app/uploads"]
+route = { domains = ["memo.example.com"] }
+[services.worker]
+image = "memo:1"
+command = ["worker"]
+[accessories.db]
+image = "postgres:17"
+secrets = ["POSTGRES_PASSWORD"]
+volumes = ["pgdata:/var/lib/postgresql/data"]
+[backups.db]
+source = { postgres = { service = "db", database = "memo", password_secret = "POSTGRES_PASSWORD" } }
+schedule = "0 3 * * *"
+keep = { daily = 7, weekly = 4 }
+[backups.uploads]
+source = { volume = { name = "uploads" } }
+[alerts.ops]
+type = "webhook"
+url = "https://hooks.example.com/berth"
+"#;
+        let source = berth_manifest::ManifestSource {
+            file: "berth.toml",
+            text,
+            base_dir: std::path::Path::new("/tmp"),
+        };
+        let manifest = berth_manifest::load(source, None).unwrap();
+        let runbook = berth_ops::runbook::runbook(
+            &manifest,
+            "berth.toml",
+            std::path::Path::new("/tmp"),
+            None,
+            "2026-12-03",
+        );
+        let mut in_block = false;
+        let mut checked = 0;
+        for line in runbook.lines() {
+            if line.starts_with("```") {
+                in_block = !in_block;
+                continue;
+            }
+            // Commands in blocks, and `berth …` quoted in the tables.
+            let mut commands: Vec<String> = Vec::new();
+            if in_block && line.starts_with("berth ") {
+                let command = line.split(" # ").next().unwrap_or(line);
+                commands.extend(command.split("; ").map(str::to_owned));
+            } else {
+                for quoted in line.split('`').skip(1).step_by(2) {
+                    if quoted.starts_with("berth ")
+                        && !quoted.contains("NAME")
+                        && !quoted.contains("SERVICE")
+                        && !quoted.contains("CHANNEL")
+                        && !quoted.contains("DOMAIN")
+                        && !quoted.contains(" > ")
+                    {
+                        commands.push(quoted.to_owned());
+                    }
+                }
+            }
+            for command in commands {
+                let args = words(command.trim());
+                if let Err(error) = crate::Cli::try_parse_from(&args) {
+                    panic!("the runbook says `{command}`, which berth does not take:\n{error}");
+                }
+                checked += 1;
+            }
+        }
+        assert!(
+            checked > 30,
+            "only {checked} commands were found in:\n{runbook}"
+        );
+        for needle in [
+            "berth restore db --identity ~/keys/old-server-backup.key",
+            "`JWT_SECRET` | web | `berth secrets rotate JWT_SECRET`",
+            "`POSTGRES_PASSWORD` | db | change it inside the database first",
+            "`memo.example.com`: from the agent's ACME CA",
+            "| db | PostgreSQL `memo` | 0 3 * * * | 7 daily, 4 weekly | local |",
+            "Sent to: `ops` (from warning)",
+            "- `uploads`: web at `/app/uploads`",
+        ] {
+            assert!(
+                runbook.contains(needle),
+                "`{needle}` is missing from:\n{runbook}"
+            );
+        }
+    }
+}

@@ -118,3 +118,30 @@ fn berth_init_writes_a_manifest_that_deploys() {
         .success();
     agent.wait_serving("hello");
 }
+
+#[test]
+fn the_runbook_describes_the_live_app() {
+    let agent = Agent::start();
+    let app = agent.app("runbook");
+    app.write(&(crate::harness::web("") + "secrets = [\"JWT_SECRET\"]\n"));
+    agent
+        .berth_in(
+            app.path(),
+            &["secrets", "set", "JWT_SECRET", "--value", "s3cret-value"],
+        )
+        .success();
+    agent
+        .berth_in(app.path(), &["deploy", "--version", "v7"])
+        .success();
+    let runbook = agent.berth_in(app.path(), &["runbook"]);
+    runbook.success();
+    let text = runbook.stdout;
+    assert!(
+        text.starts_with(&format!("# Runbook: {}", app.name)),
+        "{text}"
+    );
+    assert!(text.contains("- Live release: 1 (version `v7`)"), "{text}");
+    assert!(text.contains("`berth secrets rotate JWT_SECRET`"), "{text}");
+    assert!(text.contains("No `[backups.*]` in the manifest"), "{text}");
+    assert!(!text.contains("s3cret-value"), "{text}");
+}

@@ -13,6 +13,7 @@ mod monitor;
 mod operations;
 mod pebble;
 mod peers;
+mod plan;
 mod registry;
 mod secrets;
 mod security;

@@ -371,3 +371,59 @@ fn secret_files_are_in_memory_readable_only_by_the_images_user_and_survive_a_reb
         "release 1's secret files outlived its containers"
     );
 }
+
+#[test]
+fn rotate_gives_a_new_value_and_restarts_its_users_but_not_an_accessory_that_uses_it() {
+    let agent = Agent::start();
+    let app = agent.app("rotate");
+    app.write(&(web("HELLO_DEBUG = \"1\"") + "replicas = 2\nsecrets = [\"API_TOKEN\"]\n"));
+    agent
+        .berth_in(
+            app.path(),
+            &["secrets", "set", "API_TOKEN", "--value", "first-value"],
+        )
+        .success();
+    agent
+        .berth_in(app.path(), &["deploy", "--version", "v1"])
+        .success();
+    assert_eq!(
+        agent.get("/env/API_TOKEN").unwrap(),
+        (200, "first-value".to_owned())
+    );
+
+    let rotated = agent.berth_in(app.path(), &["secrets", "rotate", "API_TOKEN", "--json"]);
+    rotated.success();
+    assert_eq!(rotated.json()["restarted"], serde_json::json!(["web"]));
+    // Both replicas read the new value: a generated 64-hex-character one.
+    for _ in 0..4 {
+        let (status, value) = agent.get("/env/API_TOKEN").unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(value.len(), 64, "{value}");
+        assert!(value.chars().all(|c| c.is_ascii_hexdigit()), "{value}");
+    }
+    let audit = agent.berth_in(app.path(), &["audit", "--json"]).stdout;
+    assert!(audit.contains("restart"), "{audit}");
+
+    // An accessory that uses the secret: refused, unless forced.
+    app.write(
+        &(web("HELLO_DEBUG = \"1\"")
+            + "secrets = [\"API_TOKEN\"]\n\n[accessories.store]\nbuild = \".\"\nsecrets = [\"API_TOKEN\"]\n"),
+    );
+    agent
+        .berth_in(app.path(), &["deploy", "--version", "v2"])
+        .success();
+    let refused = agent.berth_in(app.path(), &["secrets", "rotate", "API_TOKEN"]);
+    refused.failure(2);
+    assert!(
+        refused.stderr.contains("accessory store"),
+        "{}",
+        refused.stderr
+    );
+    let missing = agent.berth_in(app.path(), &["secrets", "rotate", "NOPE"]);
+    missing.failure(2);
+    assert!(
+        missing.stderr.contains("nothing to rotate"),
+        "{}",
+        missing.stderr
+    );
+}
