@@ -178,10 +178,17 @@ pub fn image_name(reference: &str) -> String {
     last.split(':').next().unwrap_or(last).to_ascii_lowercase()
 }
 
-/// Reads `.env` beside the Compose file (what Compose interpolates with), if there is one.
+/// What Compose interpolates with: `.env` beside the Compose file, if there is one, with the
+/// shell's environment over it (as `docker compose` does).
 pub fn project_env(compose_dir: &Path) -> Result<BTreeMap<String, String>, ImportError> {
+    let mut vars = dotenv_file(compose_dir)?;
+    vars.extend(std::env::vars());
+    Ok(vars)
+}
+
+fn dotenv_file(compose_dir: &Path) -> Result<BTreeMap<String, String>, ImportError> {
     let path = compose_dir.join(".env");
-    match std::fs::read_to_string(&path) {
+    match crate::files::read_text(&path, crate::files::MAX_TEXT_FILE) {
         Ok(text) => dotenv::parse(&text)
             .map(|entries| entries.into_iter().map(|e| (e.key, e.value)).collect())
             .map_err(|e| ImportError::Dotenv {
@@ -216,10 +223,13 @@ pub fn import(text: &str, options: &ImportOptions) -> Result<Import, ImportError
             reason: "there is no `services:` mapping: is this a Compose file?".into(),
         });
     };
+    let in_dotenv: BTreeSet<String> = dotenv_file(&options.compose_dir)?.into_keys().collect();
     let vars = project_env(&options.compose_dir)?;
     let mut cx = Context {
         options,
         vars,
+        in_dotenv,
+        literal_secrets: BTreeMap::new(),
         findings: Vec::new(),
         secrets: BTreeMap::new(),
         volumes: BTreeMap::new(),
@@ -271,7 +281,7 @@ pub fn import(text: &str, options: &ImportOptions) -> Result<Import, ImportError
             continue;
         }
         names.insert(compose_name.clone(), berth_name.clone());
-        if let Some(done) = cx.service(&compose_name, &berth_name, node)? {
+        if let Some(done) = cx.service(&compose_name, &berth_name, key.line, node)? {
             drafts.push(done);
         } else {
             names.remove(&compose_name);
@@ -318,8 +328,11 @@ pub fn import(text: &str, options: &ImportOptions) -> Result<Import, ImportError
             format!("Imported from {file} by `berth import compose`."),
             "Each table names the Compose service it came from; the import printed what it could not carry over."
                 .into(),
-            "Check it with `berth check`, set the secrets it names (`berth secrets import .env`), then `berth deploy`."
-                .into(),
+            if options.compose_dir.join(".env").is_file() {
+                "Check it with `berth check`, set the secrets it names (`berth secrets import .env`), then `berth deploy`.".into()
+            } else {
+                "Check it with `berth check`, set the secrets it names (`berth secrets set NAME`), then `berth deploy`.".into()
+            },
         ],
         ..Draft::default()
     };
@@ -348,9 +361,19 @@ pub fn import(text: &str, options: &ImportOptions) -> Result<Import, ImportError
         });
     }
     if draft.services.is_empty() && draft.accessories.is_empty() {
+        let why: Vec<String> = cx
+            .findings
+            .iter()
+            .filter(|f| f.message.starts_with("left out"))
+            .map(|f| f.display(&file).to_string())
+            .collect();
         return Err(ImportError::NotCompose {
             file,
-            reason: "no service could be converted (see the notes above)".into(),
+            reason: if why.is_empty() {
+                "it defines no service".into()
+            } else {
+                format!("no service could be converted:\n  {}", why.join("\n  "))
+            },
         });
     }
     draft.footer = backup_suggestions(&draft);
@@ -362,6 +385,10 @@ pub fn import(text: &str, options: &ImportOptions) -> Result<Import, ImportError
         })?;
     converted.sort_by(|a, b| a.compose.cmp(&b.compose));
     cx.findings.sort_by_key(|f| f.line);
+    // A value merged into several services (an anchor) is said once, at its line.
+    let mut said = BTreeSet::new();
+    cx.findings
+        .retain(|f| said.insert((f.line, f.message.clone())));
     Ok(Import {
         draft,
         manifest,
@@ -479,6 +506,59 @@ pub fn looks_secret(name: &str) -> bool {
     .any(|word| upper.contains(word))
         || upper.ends_with("_KEY")
         || upper.ends_with("_DSN")
+        || upper.ends_with("PASS")
+        || upper.ends_with("_PWD")
+}
+
+/// Whether a value is a credential by its shape: API keys of well-known services, JSON web
+/// tokens, a password in a URL.
+pub fn value_looks_secret(value: &str) -> bool {
+    let prefixes = [
+        "sk-",
+        "sk_live_",
+        "rk_live_",
+        "ghp_",
+        "gho_",
+        "ghs_",
+        "github_pat_",
+        "glpat-",
+        "xoxb-",
+        "xoxp-",
+        "AKIA",
+        "AIza",
+        "hf_",
+    ];
+    let jwt = value.starts_with("eyJ") && value.split('.').count() == 3;
+    (prefixes.iter().any(|p| value.starts_with(p)) && value.len() >= 16)
+        || jwt
+        || value_has_credentials(value)
+}
+
+/// A flag such as `MYSQL_RANDOM_ROOT_PASSWORD: "1"`: not a secret, whatever its name.
+pub fn is_flag(value: &str) -> bool {
+    matches!(
+        value.to_ascii_lowercase().as_str(),
+        "" | "0" | "1" | "true" | "false" | "yes" | "no" | "on" | "off"
+    )
+}
+
+/// Words of a command that carry a password in the clear (`--requirepass x`, `-u user:pw`,
+/// `PASSWORD=x`), for a warning: berth writes commands into the manifest as they are.
+pub fn command_reveals_secret(words: &[String]) -> bool {
+    words.iter().enumerate().any(|(i, word)| {
+        let lower = word.to_ascii_lowercase();
+        let next_is_value = words.get(i + 1).is_some_and(|n| !n.starts_with('-'));
+        (matches!(
+            lower.as_str(),
+            "--requirepass" | "--password" | "--pass" | "-u" | "--user" | "--token" | "--api-key"
+        ) && next_is_value
+            && (lower != "-u" && lower != "--user" || words[i + 1].contains(':')))
+            || lower.starts_with("--password=")
+            || lower.starts_with("--requirepass=")
+            || lower.starts_with("--token=")
+            || (lower.contains("password=") && !lower.ends_with('='))
+            || value_has_credentials(word)
+    })
 }
 
 /// Whether a value carries a password in a URL (`scheme://user:password@host`).
@@ -494,6 +574,10 @@ fn value_has_credentials(value: &str) -> bool {
 struct Context<'a> {
     options: &'a ImportOptions,
     vars: BTreeMap<String, String>,
+    /// The names `.env` sets (the values to load with `berth secrets import .env`).
+    in_dotenv: BTreeSet<String>,
+    /// Secrets whose value is written in the Compose file: the value, its service and line.
+    literal_secrets: BTreeMap<String, (String, String, u64)>,
     findings: Vec<Finding>,
     secrets: BTreeMap<String, SecretToSet>,
     /// Top-level named volumes: their berth name and whether berth can own them.
@@ -594,7 +678,7 @@ impl Context<'_> {
                             format!("berth secrets set {} < {path}", secret_name(&name.name))
                         } else if let Some(var) = def.get("environment") {
                             let var = var.scalar().unwrap_or_default();
-                            if self.vars.contains_key(&var) {
+                            if self.in_dotenv.contains(&var) {
                                 format!(
                                     "the value of {var} in .env: berth secrets set {}",
                                     secret_name(&name.name)

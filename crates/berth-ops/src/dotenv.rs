@@ -31,16 +31,15 @@ pub fn parse(text: &str) -> Result<Vec<Entry>, DotenvError> {
         let Some((key, rest)) = assignment.split_once('=') else {
             return Err(DotenvError {
                 line,
-                reason: format!("`{}` is not KEY=value", trimmed.trim_end()),
+                // The line itself is not repeated: it may hold a secret.
+                reason: "is not KEY=value (a variable, `=`, its value)".into(),
             });
         };
         let key = key.trim();
         if !valid_key(key) {
             return Err(DotenvError {
                 line,
-                reason: format!(
-                    "`{key}` is not a variable name (letters, digits, underscores, dots and dashes)"
-                ),
+                reason: "does not start with a variable name (letters, digits, underscores, dots and dashes)".into(),
             });
         }
         let rest = rest.trim_start();

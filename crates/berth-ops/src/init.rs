@@ -61,10 +61,13 @@ pub fn init(dir: &Path, app: Option<String>) -> Result<Init, InitError> {
     for name in COMPOSE_FILES {
         let path = dir.join(name);
         if path.is_file() {
-            let text = std::fs::read_to_string(&path).map_err(|source| InitError::Read {
-                path: path.display().to_string(),
-                source,
-            })?;
+            let text =
+                crate::files::read_text(&path, crate::files::MAX_TEXT_FILE).map_err(|source| {
+                    InitError::Read {
+                        path: path.display().to_string(),
+                        source,
+                    }
+                })?;
             let options = ImportOptions {
                 file_name: (*name).to_owned(),
                 compose_dir: dir.to_path_buf(),
@@ -107,10 +110,12 @@ pub fn init(dir: &Path, app: Option<String>) -> Result<Init, InitError> {
     let mut web_services = Vec::new();
     let mut hints = Hints::default();
     for found in &dockerfiles {
-        let text = std::fs::read_to_string(&found.path).map_err(|source| InitError::Read {
-            path: found.path.display().to_string(),
-            source,
-        })?;
+        let text = crate::files::read_text(&found.path, crate::files::MAX_TEXT_FILE).map_err(
+            |source| InitError::Read {
+                path: found.path.display().to_string(),
+                source,
+            },
+        )?;
         let facts = dockerfile_facts(&text);
         let context_dir = dir.join(&found.context);
         hints.read(&context_dir);
@@ -150,6 +155,12 @@ pub fn init(dir: &Path, app: Option<String>) -> Result<Init, InitError> {
                     found.name
                 ));
             }
+        }
+        if let Some(warning) = loopback_only(&facts.command) {
+            service.comment.push(format!(
+                "Warning: {warning}, or the health gate never sees it."
+            ));
+            found_lines.push(format!("  ! {warning}"));
         }
         if let Some(port) = service.port {
             let path = facts
@@ -312,6 +323,26 @@ fn skipped_dir(name: &str) -> bool {
 struct DockerfileFacts {
     port: Option<(u16, &'static str)>,
     healthcheck: Option<String>,
+    /// The last stage's CMD and ENTRYPOINT, as written.
+    command: String,
+}
+
+/// A server the command starts on loopback only, where berth's proxy cannot reach it.
+fn loopback_only(command: &str) -> Option<&'static str> {
+    let has = |word: &str| command.contains(word);
+    if has("uvicorn") && !has("--host") {
+        Some(
+            "uvicorn listens on 127.0.0.1 unless told otherwise: add `--host 0.0.0.0` to its command",
+        )
+    } else if has("flask") && has(" run") && !has("--host") {
+        Some("`flask run` listens on 127.0.0.1 unless told otherwise: add `--host 0.0.0.0`")
+    } else if (has("manage.py") && has("runserver")) && !has("0.0.0.0") {
+        Some(
+            "`manage.py runserver` listens on 127.0.0.1 unless told otherwise: run it on 0.0.0.0:8000 (or use gunicorn)",
+        )
+    } else {
+        None
+    }
 }
 
 impl DockerfileFacts {
@@ -377,6 +408,8 @@ fn dockerfile_facts(text: &str) -> DockerfileFacts {
                 expose = value.parse::<u16>().ok().filter(|p| *p > 0);
             }
             "CMD" | "ENTRYPOINT" => {
+                facts.command.push_str(rest);
+                facts.command.push(' ');
                 if let Some(port) = port_in_command(rest) {
                     command_port = Some(port);
                 }
@@ -428,7 +461,7 @@ fn port_in_command(command: &str) -> Option<u16> {
 fn framework_port(dir: &Path) -> Option<(u16, &'static str)> {
     let has = |name: &str| dir.join(name).is_file();
     let contains = |name: &str, needle: &str| {
-        std::fs::read_to_string(dir.join(name))
+        crate::files::read_text(&dir.join(name), crate::files::MAX_TEXT_FILE)
             .is_ok_and(|t| t.to_ascii_lowercase().contains(needle))
     };
     if has("manage.py") {
@@ -497,7 +530,7 @@ fn source_health_path(dir: &Path) -> Option<(String, String)> {
         {
             continue;
         }
-        let Ok(text) = std::fs::read_to_string(path) else {
+        let Ok(text) = crate::files::read_text(path, 512 * 1024) else {
             continue;
         };
         for (rank, candidate) in HEALTH_PATHS.iter().enumerate() {
@@ -547,7 +580,7 @@ impl Hints {
             "Cargo.toml",
             "composer.json",
         ] {
-            if let Ok(t) = std::fs::read_to_string(dir.join(file)) {
+            if let Ok(t) = crate::files::read_text(&dir.join(file), crate::files::MAX_TEXT_FILE) {
                 text.push_str(&t.to_ascii_lowercase());
             }
         }

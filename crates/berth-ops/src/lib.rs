@@ -6,9 +6,12 @@
 //! Must not: talk to the agent or Docker (the CLI does that), or write a secret's value into a
 //! manifest.
 
+pub mod ci;
 pub mod compose;
+pub mod contexts;
 pub mod dotenv;
 pub mod draft;
+pub mod files;
 pub mod init;
 pub mod interpolate;
 pub mod plan;

@@ -69,6 +69,8 @@ pub struct Plan {
     pub running_now: u64,
     pub cpus_total: usize,
     pub cpus_asked: f64,
+    /// Free space on Docker's file system, when the agent measured it.
+    pub docker_disk_free: Option<u64>,
     pub asks: Vec<Ask>,
     /// Why the verdict, and what else deserves attention, one sentence each.
     pub reasons: Vec<String>,
@@ -276,6 +278,12 @@ pub fn plan(manifest: &Manifest, top: &TopAnswer) -> Plan {
         running_now,
         cpus_total: top.host.cpus,
         cpus_asked,
+        docker_disk_free: top
+            .host
+            .filesystems
+            .iter()
+            .find(|f| f.purpose == "docker")
+            .map(|f| f.avail_bytes),
         asks,
         reasons,
     }

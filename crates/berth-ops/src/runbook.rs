@@ -13,6 +13,8 @@ pub struct Live {
     /// How the CLI reached the agent: `unix:/var/lib/berth/berth.sock`, `ssh://deploy@host`.
     pub agent: String,
     pub agent_version: String,
+    /// Where the agent serves HTTPS; `None`: it serves none (no certificate is requested).
+    pub https: Option<String>,
     pub status: Option<AppStatus>,
 }
 
@@ -342,8 +344,12 @@ pub fn runbook(
             "No route names a domain: the app is served over plain HTTP on every host name. Add `domains` to a route for automatic HTTPS.",
         );
     } else {
+        let no_https = live.is_some_and(|l| l.https.is_none());
         for (domain, tls) in &domains {
             let how = match tls {
+                Tls::Auto if no_https => {
+                    "plain HTTP only: the agent serves no HTTPS (started with `--https off`), so no certificate is requested"
+                }
                 Tls::Auto => "from the agent's ACME CA, renewed 30 days before expiry",
                 Tls::Off => "plain HTTP only (`tls = \"off\"`)",
                 _ => "certificate files on the server, reloaded when they change",

@@ -112,13 +112,19 @@ pub fn parse(text: &str) -> Result<Node, ParseError> {
                 .next()
                 .unwrap_or("not valid YAML")
                 .to_owned();
+            let message = if message.contains("budget breached") {
+                "too large, or too many aliases expanding into each other (a YAML bomb?)".to_owned()
+            } else {
+                message
+            };
             Err(ParseError { line, message })
         }
     }
 }
 
 fn node(tree: Spanned<Tree>) -> Node {
-    let line = tree.referenced.line();
+    // Where the value is written, also when a merge key (`<<: *defaults`) brought it here.
+    let line = tree.defined.line();
     let value = match tree.value {
         Tree::Null => Value::Null,
         Tree::Bool(b) => Value::Bool(b),
@@ -132,7 +138,7 @@ fn node(tree: Spanned<Tree>) -> Node {
                 .map(|(k, v)| {
                     let key = Key {
                         name: k.value.text(),
-                        line: k.referenced.line(),
+                        line: k.defined.line(),
                     };
                     (key, node(v))
                 })

@@ -324,10 +324,18 @@ fn not_sent(error: hyper::Error) -> std::io::Error {
 
 fn sent(error: hyper::Error) -> std::io::Error {
     if error.is_canceled() {
-        not_sent(error)
-    } else {
-        std::io::Error::other(error)
+        return not_sent(error);
     }
+    // The whole chain (hyper's own text is only its kind, such as "connection error"), so a
+    // rare failure in a long run can be told apart from another.
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    std::io::Error::other(text)
 }
 
 impl TlsConnection {

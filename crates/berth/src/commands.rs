@@ -7,8 +7,9 @@ mod ops;
 use crate::client::{Client, ClientError, Target};
 use crate::output::{self, Mode, OperationView};
 use crate::{
-    AgentCommand, AlertsCommand, AppArgs, BackupCommand, CertsCommand, Cli, Command, EdgeArgs,
-    ImportCommand, MaintenanceCommand, ManifestArgs, SecretsCommand,
+    AgentCommand, AlertsCommand, AppArgs, BackupCommand, CertsCommand, CiAccess, CiCommand,
+    CiProvider, Cli, Command, EdgeArgs, ImportCommand, MaintenanceCommand, ManifestArgs,
+    SecretsCommand,
 };
 use anyhow::{Context, anyhow};
 use berth_api::*;
@@ -42,6 +43,19 @@ fn invalid(message: impl Into<String>, hint: Option<&str>) -> anyhow::Error {
 pub struct Refused {
     pub message: String,
     pub hint: String,
+}
+
+/// A contexts file berth cannot use, with what to do about it.
+fn contexts_error(error: &berth_ops::contexts::ContextError) -> anyhow::Error {
+    use berth_ops::contexts::ContextError;
+    let hint = match error {
+        ContextError::Exposed { path } => format!("make it yours alone: chmod 600 {path}"),
+        ContextError::Parse { path, .. } => {
+            format!("fix it, or move it away (mv {path} {path}.broken) and add the contexts again")
+        }
+        _ => "`berth context list` shows the contexts".to_owned(),
+    };
+    invalid(error.to_string(), Some(&hint))
 }
 
 /// Prints an error the way the user needs it and picks the exit code.
@@ -123,6 +137,10 @@ pub fn default_data_dir() -> PathBuf {
 
 struct Ctx {
     agent: Option<String>,
+    /// The selected remote context's token and fingerprint (BERTH_TOKEN and
+    /// BERTH_AGENT_FINGERPRINT win over them).
+    context_token: Option<String>,
+    context_fingerprint: Option<String>,
     data_dir: PathBuf,
     mode: Mode,
     json: bool,
@@ -142,6 +160,7 @@ impl Ctx {
         let token = std::env::var("BERTH_TOKEN")
             .ok()
             .filter(|t| !t.is_empty())
+            .or_else(|| self.context_token.clone())
             .or_else(|| {
                 std::fs::read_to_string(self.data_dir.join("api-token"))
                     .ok()
@@ -149,21 +168,79 @@ impl Ctx {
             });
         let fingerprint = std::env::var("BERTH_AGENT_FINGERPRINT")
             .ok()
-            .filter(|f| !f.is_empty());
+            .filter(|f| !f.is_empty())
+            .or_else(|| self.context_fingerprint.clone());
         Ok(Client::new(self.target()?, token, fingerprint))
     }
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let ctx = Ctx {
+    let mut ctx = Ctx {
         agent: cli.agent.clone(),
+        context_token: None,
+        context_fingerprint: None,
         data_dir: cli.data_dir.clone().unwrap_or_else(default_data_dir),
         mode: Mode::detect(cli.json),
         json: cli.json,
     };
+    // --agent (or BERTH_AGENT) wins; else the named or current context; else the local agent.
+    let manages_contexts = matches!(cli.command, Command::Context { .. });
+    if ctx.agent.is_none() && !manages_contexts {
+        let contexts = berth_ops::contexts::Contexts::load(&berth_ops::contexts::config_dir())
+            .map_err(|e| {
+                invalid(
+                    e.to_string(),
+                    Some("fix or remove the file (`berth context list` reads it)"),
+                )
+            })?;
+        if let Some((_, context)) = contexts.selected(cli.context.as_deref()).map_err(|e| {
+            invalid(
+                e.to_string(),
+                Some("`berth context list` shows them; `berth context add NAME AGENT` adds one"),
+            )
+        })? {
+            ctx.agent = Some(context.agent.clone());
+            ctx.context_token = context.token.clone();
+            ctx.context_fingerprint = context.fingerprint.clone();
+        }
+    }
     match cli.command {
+        Command::Context { action } => ops::context(&ctx, action).await,
         Command::Check { manifest } => check(&ctx, &manifest),
         Command::Init { file, app, force } => ops::init(&ctx, &file, app, force),
+        Command::Ci {
+            action:
+                CiCommand::Init {
+                    provider,
+                    access,
+                    test_command,
+                    branch,
+                    environment,
+                    force,
+                },
+        } => ops::ci_init(
+            &ctx,
+            berth_ops::ci::Workflow {
+                provider: match provider {
+                    CiProvider::Github => berth_ops::ci::Provider::GitHub,
+                    CiProvider::Gitlab => berth_ops::ci::Provider::GitLab,
+                },
+                access: match access {
+                    CiAccess::Token => berth_ops::ci::Access::Token,
+                    CiAccess::Ssh => berth_ops::ci::Access::Ssh,
+                },
+                test_command: test_command.clone().unwrap_or_default(),
+                test_from: if test_command.is_some() {
+                    "given with --test-command".into()
+                } else {
+                    String::new()
+                },
+                branch,
+                environment,
+                test_image: String::new(),
+            },
+            force,
+        ),
         Command::Import {
             what:
                 ImportCommand::Compose {

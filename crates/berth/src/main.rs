@@ -19,6 +19,10 @@ struct Cli {
     /// agent's socket in the data directory).
     #[arg(long, global = true, env = "BERTH_AGENT", value_name = "ADDR")]
     agent: Option<String>,
+    /// The remote context to use (`berth context add`); default: the one `berth context use`
+    /// chose. --agent / BERTH_AGENT win over it.
+    #[arg(long, global = true, env = "BERTH_CONTEXT", value_name = "NAME")]
+    context: Option<String>,
     /// The agent's data directory (default: /var/lib/berth for root, else
     /// ~/.local/share/berth).
     #[arg(long, global = true, env = "BERTH_DATA_DIR", value_name = "DIR")]
@@ -102,6 +106,18 @@ enum Command {
     Runbook {
         #[command(flatten)]
         manifest: ManifestArgs,
+    },
+    /// Named remote agents: `berth context add prod ssh://deploy@host`, `berth context use
+    /// prod`, then every command talks to it (or `--context prod` for one command).
+    Context {
+        #[command(subcommand)]
+        action: ContextCommand,
+    },
+    /// Continuous delivery: write a CI workflow that tests every pull request and deploys
+    /// the main branch with berth.
+    Ci {
+        #[command(subcommand)]
+        action: CiCommand,
     },
     /// Convert another tool's configuration into a berth.toml.
     Import {
@@ -617,6 +633,85 @@ enum MaintenanceCommand {
 }
 
 #[derive(Subcommand)]
+enum ContextCommand {
+    /// Add (or with --force replace) a context and check that its agent answers.
+    Add {
+        /// Its name: lower-case letters, digits and dashes.
+        name: String,
+        /// ssh://USER@HOST[:PORT][/path/to/berth.sock], https://HOST:PORT (with the token and
+        /// the fingerprint) or unix:PATH.
+        #[arg(value_name = "AGENT")]
+        address: String,
+        /// Read the agent's API token from stdin (for https://; else BERTH_TOKEN).
+        #[arg(long)]
+        token_stdin: bool,
+        /// The agent's certificate fingerprint, sha256:... (for https://; else
+        /// BERTH_AGENT_FINGERPRINT).
+        #[arg(long, value_name = "SHA256")]
+        fingerprint: Option<String>,
+        /// Make it the current context too.
+        #[arg(long = "use")]
+        use_it: bool,
+        /// Replace a context of the same name.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Use this context from now on (`default`: the local agent).
+    Use {
+        /// The context's name, or `default`.
+        name: String,
+    },
+    /// List the contexts (tokens never shown).
+    #[command(alias = "ls")]
+    List,
+    /// Remove a context.
+    Rm {
+        /// The context's name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum CiCommand {
+    /// Write the workflow (.github/workflows/berth.yml or .gitlab-ci.yml) in this directory:
+    /// tests on every pull request; on the main branch, `berth deploy` with the credentials
+    /// kept in the CI system's secrets.
+    Init {
+        /// github or gitlab.
+        #[arg(value_enum)]
+        provider: CiProvider,
+        /// How the job reaches the agent: token (its TLS API, the token and the pinned
+        /// fingerprint) or ssh (ssh://deploy@HOST with a key for the job).
+        #[arg(long, value_enum, default_value = "token")]
+        access: CiAccess,
+        /// The test command (default: from the files here, such as package.json or Cargo.toml).
+        #[arg(long, value_name = "COMMAND")]
+        test_command: Option<String>,
+        /// The branch that deploys.
+        #[arg(long, default_value = "main", value_name = "BRANCH")]
+        branch: String,
+        /// Deploy this `[environments.ENV]` overlay.
+        #[arg(long = "env", value_name = "ENV")]
+        environment: Option<String>,
+        /// Replace an existing workflow file.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CiProvider {
+    Github,
+    Gitlab,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CiAccess {
+    Token,
+    Ssh,
+}
+
+#[derive(Subcommand)]
 enum ImportCommand {
     /// A Compose file: databases and other long-lived state become accessories, published
     /// HTTP ports routes, env files and secret-looking values secrets (names only). What
@@ -736,19 +831,32 @@ fn command_line() -> clap::Command {
         }
     };
     <Cli as clap::CommandFactory>::command()
-        .mut_subcommand("check", |sub| sub.arg(hidden("agent", "agent", true)))
+        .mut_subcommand("check", |sub| {
+            sub.arg(hidden("agent", "agent", true))
+                .arg(hidden("context", "context", true))
+        })
         .mut_subcommand("init", |sub| {
             sub.arg(hidden("agent", "agent", true))
+                .arg(hidden("context", "context", true))
                 .arg(hidden("data_dir", "data-dir", true))
+        })
+        .mut_subcommand("ci", |sub| {
+            sub.mut_subcommand("init", |sub| {
+                sub.arg(hidden("agent", "agent", true))
+                    .arg(hidden("context", "context", true))
+                    .arg(hidden("data_dir", "data-dir", true))
+            })
         })
         .mut_subcommand("import", |sub| {
             sub.mut_subcommand("compose", |sub| {
                 sub.arg(hidden("agent", "agent", true))
+                    .arg(hidden("context", "context", true))
                     .arg(hidden("data_dir", "data-dir", true))
             })
         })
         .mut_subcommand("completions", |sub| {
             sub.arg(hidden("agent", "agent", true))
+                .arg(hidden("context", "context", true))
                 .arg(hidden("data_dir", "data-dir", true))
                 .arg(hidden("json", "json", false))
         })
@@ -795,8 +903,9 @@ mod tests {
                 .render_long_help()
                 .to_string()
         };
-        for name in ["check", "completions"] {
+        for name in ["check", "completions", "init"] {
             assert!(!help(&mut command, name).contains("--agent"), "{name}");
+            assert!(!help(&mut command, name).contains("--context"), "{name}");
         }
         for name in ["deploy", "status", "exec", "destroy"] {
             assert!(help(&mut command, name).contains("--agent"), "{name}");

@@ -2,8 +2,8 @@
 
 use super::ports::{self, PortMapping};
 use super::{
-    ACCESSORY_IMAGES, Context, ImportError, PROXY_IMAGES, image_name, local_http_path,
-    looks_secret, secret_name, value_has_credentials,
+    ACCESSORY_IMAGES, Context, ImportError, PROXY_IMAGES, command_reveals_secret, image_name,
+    is_flag, local_http_path, looks_secret, secret_name, value_looks_secret,
 };
 use crate::draft::{DraftBuild, DraftHealthcheck, DraftLogging, DraftService, Gpus};
 use crate::interpolate;
@@ -37,6 +37,7 @@ impl Context<'_> {
         &mut self,
         compose_name: &str,
         name: &str,
+        key_line: u64,
         node: &Node,
     ) -> Result<Option<Converted>, ImportError> {
         let svc = Some(compose_name);
@@ -65,11 +66,12 @@ impl Context<'_> {
             return Ok(None);
         }
         if image.is_none() && build.is_none() {
-            self.warn(
-                node.line,
-                svc,
-                "left out: it has neither `image` nor `build`".into(),
-            );
+            let why = if node.get("extends").is_some() {
+                "left out: it `extends` another service, which berth does not follow; copy the keys it takes from there (image or build first) into this service"
+            } else {
+                "left out: it has neither `image` nor `build`"
+            };
+            self.warn(key_line, svc, why.into());
             return Ok(None);
         }
         let accessory = build.is_none()
@@ -80,7 +82,7 @@ impl Context<'_> {
             comment: vec![format!(
                 "Compose service `{compose_name}` ({}:{}){}",
                 self.options.file_name,
-                node.line,
+                key_line,
                 if accessory {
                     ": long-lived state, so an accessory (started once, kept across deploys)"
                 } else {
@@ -127,6 +129,16 @@ impl Context<'_> {
             let line = key.line;
             match key.name.as_str() {
                 "image" | "build" | "profiles" => {}
+                "extends" => self.warn(
+                    line,
+                    svc,
+                    "`extends` is not followed: copy the keys of the extended service into this one".into(),
+                ),
+                "volumes_from" => self.warn(
+                    line,
+                    svc,
+                    "`volumes_from` is not carried over: name the volumes it shares in this service's `volumes`".into(),
+                ),
                 "command" => out.draft.command = self.words(value, svc)?,
                 "entrypoint" => entrypoint = Some((line, self.words(value, svc)?)),
                 "environment" => self.environment(&mut out, value)?,
@@ -212,7 +224,7 @@ impl Context<'_> {
                 | "cpuset" | "oom_score_adj" | "group_add" | "configs" | "domainname"
                 | "mac_address" | "storage_opt" | "runtime" | "cpu_quota" | "cpu_period"
                 | "blkio_config" | "pids_limit" | "annotations" | "attach" | "develop"
-                | "extends" | "post_start" | "pre_stop" | "scale" => {
+                | "post_start" | "pre_stop" | "scale" => {
                     if key.name == "scale"
                         && let Some(n) = value.as_int().and_then(|n| u32::try_from(n).ok()) {
                             out.draft.replicas = Some(n);
@@ -248,6 +260,21 @@ impl Context<'_> {
         }
         if let Some(check) = healthcheck_node {
             self.healthcheck(&mut out, check)?;
+        }
+        for (what, words) in [
+            ("command", out.draft.command.clone()),
+            (
+                "healthcheck",
+                out.draft
+                    .healthcheck
+                    .as_ref()
+                    .and_then(|h| h.command.clone()),
+            ),
+        ] {
+            if words.as_deref().is_some_and(command_reveals_secret) {
+                let line = node.get(what).map_or(key_line, |n| n.line);
+                self.warn(line, svc, format!("its {what} holds what looks like a password, and berth.toml will hold it too: have the program read it from a secret's variable or file instead"));
+            }
         }
         if out.accessory {
             if out.draft.replicas.is_some_and(|r| r != 1) {
@@ -465,7 +492,7 @@ impl Context<'_> {
             }
             let Some((raw, line)) = raw else {
                 self.add_secret(out, &key);
-                let how = if self.vars.contains_key(&key) {
+                let how = if self.in_dotenv.contains(&key) {
                     "from .env: berth secrets import .env".to_owned()
                 } else {
                     format!("from the shell that ran Compose: berth secrets set {key}")
@@ -488,25 +515,41 @@ impl Context<'_> {
             let unresolved = !interpolated.missing.is_empty();
             // `DB_PASSWORD_FILE=/run/secrets/db_password` names where a secret is, not the secret.
             let names_a_file = key.ends_with("_FILE") && interpolated.text.starts_with('/');
-            let sensitive =
-                (looks_secret(&key) && !names_a_file) || value_has_credentials(&interpolated.text);
+            let sensitive = (looks_secret(&key) && !names_a_file && !is_flag(&interpolated.text))
+                || value_looks_secret(&interpolated.text);
             if !sensitive && !references_secret && !unresolved {
                 out.draft.env.insert(key, interpolated.text);
                 continue;
             }
             self.add_secret(out, &key);
             let how = match interpolate::sole_reference(&raw) {
-                Some(var) if var == key && self.vars.contains_key(var) => {
+                Some(var) if var == key && self.in_dotenv.contains(var) => {
                     "from .env: berth secrets import .env".to_owned()
                 }
                 Some(var) if var == key => format!("berth secrets set {key}"),
-                Some(var) if self.vars.contains_key(var) => {
+                Some(var) if self.in_dotenv.contains(var) => {
                     format!("the value of {var} in .env: berth secrets set {key}")
                 }
                 _ if raw.contains('$') => {
                     format!("`{raw}` with the variables filled in: berth secrets set {key}")
                 }
                 _ => {
+                    // One value per secret name in an app: two services that wrote two values
+                    // under one name cannot both have theirs.
+                    match self.literal_secrets.get(&key) {
+                        Some((value, other, other_line))
+                            if value != &raw && other != &out.compose_name =>
+                        {
+                            let other = other.clone();
+                            let other_line = *other_line;
+                            self.warn(line, svc, format!("{key} has another value here than in `{other}` (line {other_line}): berth keeps one value per secret name in an app, so rename one of them (and the variable the service reads)"));
+                        }
+                        Some(_) => {}
+                        None => {
+                            self.literal_secrets
+                                .insert(key.clone(), (raw.clone(), out.compose_name.clone(), line));
+                        }
+                    }
                     self.warn(line, svc, format!("{key} is written in the Compose file: it became the secret {key}, and its value is not copied into berth.toml; set it (and remove it from the Compose file)"));
                     format!(
                         "the value written in {} line {line}: berth secrets set {key}",
@@ -548,7 +591,13 @@ impl Context<'_> {
         }
         for (path, required, line) in files {
             let full = self.options.compose_dir.join(&path);
-            let text = match std::fs::read_to_string(&full) {
+            // A repository is anyone's: an env file that leads out of it (`../`, a link to
+            // /etc/shadow) is not read, so nothing of it can reach a message or a log.
+            if full.exists() && !crate::files::inside(&self.options.compose_dir, &full) {
+                self.warn(line, svc, format!("env_file `{path}` leads outside the project: not read; list its variables in `secrets` by hand"));
+                continue;
+            }
+            let text = match crate::files::read_text(&full, crate::files::MAX_TEXT_FILE) {
                 Ok(text) => text,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     if required {
@@ -562,7 +611,7 @@ impl Context<'_> {
                 }
             };
             let entries = crate::dotenv::parse(&text).map_err(|e| ImportError::Dotenv {
-                file: full.display().to_string(),
+                file: path.clone(),
                 reason: e.to_string(),
             })?;
             let mut names = Vec::new();
@@ -582,7 +631,7 @@ impl Context<'_> {
                 names.push(entry.key);
             }
             if !names.is_empty() {
-                self.note(line, svc, format!("the {} variables of env_file `{path}` became secrets (names only in berth.toml): load them with `berth secrets import {path}`", names.len()));
+                self.note(line, svc, format!("the {} of env_file `{path}` became secrets (names only in berth.toml): load them with `berth secrets import {path}`", if names.len() == 1 { "variable".to_owned() } else { format!("{} variables", names.len()) }));
             }
         }
         Ok(())
@@ -727,6 +776,9 @@ impl Context<'_> {
                 ("volume", Some(source)) if !source.is_empty() => {
                     let name = super::berth_name(&source).replace('-', "_");
                     let name = if name.is_empty() { "data".to_owned() } else { name };
+                    if name != source {
+                        self.note(item.line, svc, format!("volume `{source}` is named `{name}` in berth.toml (letters, digits and underscores)"));
+                    }
                     if !self.volumes.contains_key(&source) {
                         self.note(item.line, svc, format!("volume `{source}` is not declared under the top-level `volumes:`; berth makes it anyway"));
                     }

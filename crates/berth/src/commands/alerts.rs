@@ -332,6 +332,16 @@ pub(super) fn top_screen(answer: &TopAnswer) -> String {
             output::bytes(fs.avail_bytes)
         ));
     }
+    for gpu in &host.gpus {
+        out.push_str(&format!(
+            "gpu {}: {} · {} · memory {} of {}\n",
+            gpu.index,
+            gpu.name,
+            percent(gpu.utilization_percent),
+            output::bytes(gpu.memory_used_bytes),
+            output::bytes(gpu.memory_total_bytes)
+        ));
+    }
     if answer.sampled_at.is_none() && answer.containers.is_empty() {
         out.push_str("no container sampled yet (every 15 s)\n");
         return out;
@@ -627,5 +637,30 @@ mod tests {
         );
         assert_eq!(sparkline(&[], 1.0), "");
         assert_eq!(sparkline(&vec![1.0; 100], 0.0).chars().count(), 60);
+    }
+
+    #[test]
+    fn the_top_screen_shows_each_gpu() {
+        let mut answer = TopAnswer {
+            sampled_at: Some(0),
+            host: berth_api::HostTop::default(),
+            containers: Vec::new(),
+        };
+        answer.host.gpus.push(berth_api::GpuTop {
+            index: 0,
+            name: "NVIDIA L4".into(),
+            memory_total_bytes: 24 << 30,
+            memory_used_bytes: 6 << 30,
+            utilization_percent: Some(37.0),
+        });
+        let screen = top_screen(&answer);
+        let line = screen
+            .lines()
+            .find(|l| l.starts_with("gpu 0"))
+            .unwrap_or_default();
+        assert!(
+            line.contains("NVIDIA L4") && line.contains("37"),
+            "{screen}"
+        );
     }
 }

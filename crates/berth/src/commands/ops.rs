@@ -13,6 +13,25 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+/// An `--app` name berth accepts, checked before anything is written.
+fn check_app_name(app: Option<&str>) -> anyhow::Result<()> {
+    match app {
+        Some(name)
+            if berth_ops::compose::berth_name(name) != name
+                || name.is_empty()
+                || name.len() > 40 =>
+        {
+            Err(invalid(
+                format!("`{name}` is not an app name"),
+                Some(
+                    "use lower-case letters, digits and dashes, starting with a letter; at most 40 characters",
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Writes `text` to `path`: refused when it exists unless `force`, and never half-written
 /// (a new file is created exclusively; a replacement goes through a temporary file).
 fn write_manifest(path: &Path, text: &str, force: bool) -> anyhow::Result<()> {
@@ -218,16 +237,17 @@ pub(super) struct ComposeImport {
 }
 
 pub(super) fn import_compose(ctx: &Ctx, args: ComposeImport) -> anyhow::Result<ExitCode> {
-    let text = std::fs::read_to_string(&args.file).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            invalid(
-                format!("there is no Compose file at {}", args.file.display()),
-                Some("name it: berth import compose docker-compose.yml"),
-            )
-        } else {
-            anyhow!("cannot read {}: {e}", args.file.display())
-        }
-    })?;
+    let text =
+        berth_ops::files::read_text(&args.file, berth_ops::files::MAX_TEXT_FILE).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                invalid(
+                    format!("there is no Compose file at {}", args.file.display()),
+                    Some("name it: berth import compose docker-compose.yml"),
+                )
+            } else {
+                anyhow!("cannot read {}: {e}", args.file.display())
+            }
+        })?;
     let compose_dir = std::path::absolute(
         args.file
             .parent()
@@ -250,6 +270,7 @@ pub(super) fn import_compose(ctx: &Ctx, args: ComposeImport) -> anyhow::Result<E
             Some("pass --force to replace it, or --output FILE to write elsewhere"),
         ));
     }
+    check_app_name(args.app.as_deref())?;
     let file = args.file.display().to_string();
     let options = ImportOptions {
         file_name: file.clone(),
@@ -296,7 +317,7 @@ pub(super) async fn secrets_import(
     all: bool,
     yes: bool,
 ) -> anyhow::Result<ExitCode> {
-    let text = std::fs::read_to_string(file).map_err(|e| {
+    let text = berth_ops::files::read_text(file, berth_ops::files::MAX_TEXT_FILE).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             invalid(format!("there is no file at {}", file.display()), None)
         } else {
@@ -436,6 +457,14 @@ fn verdict_line(plan: &berth_ops::plan::Plan) -> String {
         ),
         Verdict::DoesNotFit => (style("✗").red(), "does not fit on this server"),
     };
+    let unknown = plan.asks.iter().filter(|a| a.memory_each.is_none()).count();
+    if unknown > 0 && plan.verdict.deploy_allowed() {
+        return format!(
+            "{} {}: {text}, as far as berth can tell ({unknown} without a memory limit or a running container to measure)",
+            style("?").yellow(),
+            plan.app
+        );
+    }
     format!("{mark} {}: {text}", plan.app)
 }
 
@@ -484,6 +513,12 @@ pub(super) async fn plan(ctx: &Ctx, args: &ManifestArgs) -> anyhow::Result<ExitC
                 ask.name,
                 if ask.accessory { " (accessory)" } else { "" },
                 ask.replicas
+            );
+        }
+        if let Some(docker) = &plan.docker_disk_free {
+            println!(
+                "  disk: {} free for Docker's images and volumes",
+                gib(*docker)
             );
         }
         if plan.cpus_asked > 0.0 {
@@ -863,6 +898,7 @@ pub(super) async fn runbook(ctx: &Ctx, args: &ManifestArgs) -> anyhow::Result<Ex
                 Ok(status) => Some(berth_ops::runbook::Live {
                     agent: target,
                     agent_version: status.agent.version.clone(),
+                    https: status.agent.https.clone(),
                     status: status.apps.into_iter().find(|a| a.name == app),
                 }),
                 // Not deployed yet: the agent's own facts, and no live release.
@@ -872,7 +908,11 @@ pub(super) async fn runbook(ctx: &Ctx, args: &ManifestArgs) -> anyhow::Result<Ex
                     let status: Option<berth_api::Status> = client.get("/v1/status").await.ok();
                     Some(berth_ops::runbook::Live {
                         agent: target,
-                        agent_version: status.map(|s| s.agent.version).unwrap_or_default(),
+                        agent_version: status
+                            .as_ref()
+                            .map(|s| s.agent.version.clone())
+                            .unwrap_or_default(),
+                        https: status.and_then(|s| s.agent.https),
                         status: None,
                     })
                 }
@@ -902,6 +942,298 @@ pub(super) async fn runbook(ctx: &Ctx, args: &ManifestArgs) -> anyhow::Result<Ex
         );
     } else {
         print!("{text}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `berth ci init`: the workflow file, written beside the manifest (the repository's root).
+pub(super) fn ci_init(
+    ctx: &Ctx,
+    mut workflow: berth_ops::ci::Workflow,
+    force: bool,
+) -> anyhow::Result<ExitCode> {
+    let dir = std::env::current_dir()?;
+    if !berth_ops::ci::valid_branch(&workflow.branch) {
+        return Err(invalid(
+            format!(
+                "`{}` is not a branch name the workflow can use",
+                workflow.branch
+            ),
+            Some("one branch, as git names it: letters, digits, `.`, `_`, `-` and `/` (no glob)"),
+        ));
+    }
+    if let Some(env) = &workflow.environment
+        && berth_ops::compose::berth_name(env) != *env
+    {
+        return Err(invalid(
+            format!("`{env}` is not an environment name"),
+            Some("an [environments.NAME] of berth.toml: lower-case letters, digits and dashes"),
+        ));
+    }
+    if !dir.join("berth.toml").is_file() {
+        eprintln!(
+            "{} there is no berth.toml here: the deploy job runs `berth deploy` in the repository's root, so write it there (`berth init`)",
+            style("!").yellow()
+        );
+    }
+    workflow.test_image = berth_ops::ci::detect_test_image(&dir).to_owned();
+    if workflow.test_command.is_empty() {
+        let (command, from) = berth_ops::ci::detect_tests(&dir);
+        workflow.test_command = command;
+        workflow.test_from = from;
+    }
+    let path = dir.join(workflow.provider.path());
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| anyhow!("cannot create {}: {e}", parent.display()))?;
+    }
+    if path.exists() && !force {
+        return Err(invalid(
+            format!(
+                "{} already exists: not overwritten",
+                workflow.provider.path()
+            ),
+            Some("pass --force to replace it"),
+        ));
+    }
+    write_manifest(&path, &workflow.render(), force)?;
+    let secrets: &[&str] = match workflow.access {
+        berth_ops::ci::Access::Token => &["BERTH_AGENT", "BERTH_TOKEN", "BERTH_AGENT_FINGERPRINT"],
+        berth_ops::ci::Access::Ssh => &["BERTH_AGENT", "SSH_PRIVATE_KEY", "SSH_KNOWN_HOSTS"],
+    };
+    if ctx.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "written": workflow.provider.path(),
+                "test_command": workflow.test_command,
+                "secrets": secrets,
+                "variables": ["BERTH_DOWNLOAD_URL", "BERTH_SHA256"],
+            }))?
+        );
+    } else {
+        println!(
+            "{} wrote {}: tests `{}` ({}); pushes to {} deploy",
+            style("✓").green(),
+            workflow.provider.path(),
+            workflow.test_command,
+            workflow.test_from,
+            workflow.branch
+        );
+        println!(
+            "Store these as the CI system's secrets (never in the file): {}",
+            secrets.join(", ")
+        );
+        println!(
+            "and the variables BERTH_DOWNLOAD_URL (where the job downloads berth) and BERTH_SHA256 (its checksum)."
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `berth context add|use|list|rm`.
+pub(super) async fn context(ctx: &Ctx, action: crate::ContextCommand) -> anyhow::Result<ExitCode> {
+    use crate::ContextCommand;
+    use berth_ops::contexts::{Context, Contexts, config_dir, valid_name};
+    let dir = config_dir();
+    let mut contexts = Contexts::load(&dir).map_err(|e| super::contexts_error(&e))?;
+    match action {
+        ContextCommand::Add {
+            name,
+            address,
+            token_stdin,
+            fingerprint,
+            use_it,
+            force,
+        } => {
+            if !valid_name(&name) || name == "default" {
+                return Err(invalid(
+                    format!("`{name}` is not a context name"),
+                    Some(
+                        "use lower-case letters, digits and dashes, starting with a letter (`default` means the local agent)",
+                    ),
+                ));
+            }
+            if contexts.contexts.contains_key(&name) && !force {
+                return Err(invalid(
+                    format!("context `{name}` exists"),
+                    Some("pass --force to replace it, or `berth context rm` it first"),
+                ));
+            }
+            let target = crate::client::Target::parse(&address).map_err(|e| invalid(e, None))?;
+            let env = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
+            let token = if token_stdin {
+                Some(super::read_secret_value("the API token")?)
+            } else {
+                env("BERTH_TOKEN")
+            };
+            let fingerprint = fingerprint.or_else(|| env("BERTH_AGENT_FINGERPRINT"));
+            if let Some(pin) = &fingerprint {
+                let hex = pin.strip_prefix("sha256:").unwrap_or_default();
+                if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                    return Err(invalid(
+                        format!("`{pin}` is not a certificate fingerprint"),
+                        Some(
+                            "it looks like sha256: and 64 hex digits, as the agent prints it at start (api_fingerprint in DATA_DIR/agent.json)",
+                        ),
+                    ));
+                }
+            }
+            let needs_pin = matches!(target, crate::client::Target::Tls(_));
+            if needs_pin && (token.is_none() || fingerprint.is_none()) {
+                return Err(invalid(
+                    format!(
+                        "{address} needs the agent's API token and its certificate fingerprint"
+                    ),
+                    Some(
+                        "on the server: `cat DATA_DIR/api-token` and `grep api_fingerprint DATA_DIR/agent.json`; then `berth context add NAME https://HOST:PORT --fingerprint sha256:... --token-stdin < token-file`",
+                    ),
+                ));
+            }
+            let keeps_secrets = needs_pin || matches!(target, crate::client::Target::Tcp(_));
+            let context = Context {
+                agent: address.clone(),
+                token: token.filter(|_| keeps_secrets),
+                fingerprint: fingerprint.filter(|_| needs_pin),
+            };
+            // Does it answer? A context is saved either way: the server may be down now.
+            let client = crate::client::Client::new(
+                target,
+                context.token.clone(),
+                context.fingerprint.clone(),
+            );
+            let reached = tokio::time::timeout(
+                std::time::Duration::from_secs(20),
+                client.get::<berth_api::AgentInfo>("/v1/info"),
+            )
+            .await;
+            contexts.contexts.insert(name.clone(), context);
+            if use_it {
+                contexts.current = Some(name.clone());
+            }
+            contexts.save(&dir).map_err(|e| anyhow!(e))?;
+            let reached = match reached {
+                Ok(Ok(info)) => Ok(info.version),
+                Ok(Err(error)) => Err(error.to_string()),
+                Err(_) => Err("no answer within 20 s".to_owned()),
+            };
+            if ctx.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "name": name, "agent": address, "current": use_it,
+                        "reached": reached.is_ok(),
+                        "agent_version": reached.as_ref().ok(),
+                        "error": reached.as_ref().err(),
+                    }))?
+                );
+            } else {
+                match &reached {
+                    Ok(version) => println!(
+                        "{} context {name}: {address} answers (berth {version}){}",
+                        style("✓").green(),
+                        if use_it { "; in use now" } else { "" }
+                    ),
+                    Err(error) => eprintln!(
+                        "{} context {name} saved, but {address} did not answer: {error}",
+                        style("!").yellow()
+                    ),
+                }
+                if !use_it {
+                    println!("  use it with `berth context use {name}` or `--context {name}`");
+                }
+            }
+        }
+        ContextCommand::Use { name } => {
+            if name == "default" {
+                contexts.current = None;
+            } else {
+                contexts
+                    .get(&name)
+                    .map_err(|e| invalid(e.to_string(), Some("`berth context list` shows them")))?;
+                contexts.current = Some(name.clone());
+            }
+            contexts.save(&dir).map_err(|e| anyhow!(e))?;
+            if ctx.json {
+                println!("{}", serde_json::json!({ "current": contexts.current }));
+            } else if name == "default" {
+                println!(
+                    "{} commands talk to the local agent again",
+                    style("✓").green()
+                );
+            } else {
+                println!(
+                    "{} commands talk to {name} ({}) now",
+                    style("✓").green(),
+                    contexts
+                        .contexts
+                        .get(&name)
+                        .map(|c| c.agent.as_str())
+                        .unwrap_or_default()
+                );
+            }
+        }
+        ContextCommand::List => {
+            if ctx.json {
+                let list: Vec<_> = contexts
+                    .contexts
+                    .iter()
+                    .map(|(name, c)| {
+                        serde_json::json!({
+                            "name": name,
+                            "agent": c.agent,
+                            "current": contexts.current.as_deref() == Some(name.as_str()),
+                            "has_token": c.token.is_some(),
+                            "fingerprint": c.fingerprint,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else if contexts.contexts.is_empty() {
+                println!(
+                    "no contexts: commands talk to the local agent (`berth context add NAME ssh://USER@HOST` adds one)"
+                );
+            } else {
+                let mark = |name: &str| {
+                    if contexts.current.as_deref() == Some(name) {
+                        "*"
+                    } else {
+                        " "
+                    }
+                };
+                println!(
+                    "{} default  the local agent",
+                    if contexts.current.is_none() { "*" } else { " " }
+                );
+                for (name, c) in &contexts.contexts {
+                    println!(
+                        "{} {name}  {}{}",
+                        mark(name),
+                        c.agent,
+                        if c.token.is_some() {
+                            "  (token kept)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+            }
+        }
+        ContextCommand::Rm { name } => {
+            contexts
+                .get(&name)
+                .map_err(|e| invalid(e.to_string(), None))?;
+            contexts.contexts.remove(&name);
+            if contexts.current.as_deref() == Some(name.as_str()) {
+                contexts.current = None;
+            }
+            contexts.save(&dir).map_err(|e| anyhow!(e))?;
+            if ctx.json {
+                println!("{}", serde_json::json!({ "removed": name }));
+            } else {
+                println!("{} context {name} removed", style("✓").green());
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

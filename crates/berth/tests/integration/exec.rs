@@ -8,7 +8,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Runs `berth ARGS` with `input` on its standard input; returns (exit code, stdout, stderr).
-fn piped(agent: &Agent, env: &[(&str, &str)], args: &[&str], input: &str) -> (i32, String, String) {
+pub(crate) fn piped(
+    agent: &Agent,
+    env: &[(&str, &str)],
+    args: &[&str],
+    input: &str,
+) -> (i32, String, String) {
     let mut child = Command::new(BERTH)
         .args(args)
         .envs(env.iter().copied())
@@ -34,12 +39,12 @@ fn piped(agent: &Agent, env: &[(&str, &str)], args: &[&str], input: &str) -> (i3
 }
 
 /// A detached tmux session running one command: keys in, screen out.
-struct Terminal {
+pub(crate) struct Terminal {
     socket: String,
 }
 
 impl Terminal {
-    fn start(command: &str, cols: u16, rows: u16) -> Terminal {
+    pub(crate) fn start(command: &str, cols: u16, rows: u16) -> Terminal {
         let socket = berth_testkit::unique_name("tmux");
         let status = Command::new("tmux")
             .args(["-L", &socket, "new-session", "-d", "-x"])
@@ -70,13 +75,13 @@ impl Terminal {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
-    fn type_line(&self, line: &str) {
+    pub(crate) fn type_line(&self, line: &str) {
         self.tmux(&["send-keys", "-l", line]);
         self.tmux(&["send-keys", "Enter"]);
     }
 
     #[track_caller]
-    fn wait_for(&self, text: &str) -> String {
+    pub(crate) fn wait_for(&self, text: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let screen = self.screen();

@@ -297,6 +297,33 @@ impl Agent {
             .to_owned()
     }
 
+    /// An agent whose API is also served over TLS: the agent, its `https://` address, its
+    /// certificate's fingerprint and its token, as a remote client (a CI job) holds them.
+    pub fn start_with_tls_api() -> (Agent, String, String, String) {
+        let agent = Agent::start_with(
+            &[],
+            &[
+                "--api",
+                "unix:{dir}/berth.sock",
+                "--api",
+                "https://127.0.0.1:0",
+            ],
+        );
+        let file = agent.agent_file();
+        let address = file["api"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a.as_str())
+            .find(|a| a.starts_with("https://"))
+            .expect("the agent serves its API over TLS")
+            .to_owned();
+        let fingerprint = file["api_fingerprint"].as_str().unwrap().to_owned();
+        let token = std::fs::read_to_string(agent.dir.path().join("api-token")).unwrap();
+        let token = token.trim().to_owned();
+        (agent, address, fingerprint, token)
+    }
+
     pub fn berth(&self, args: &[&str]) -> Run {
         self.berth_in(self.dir.path(), args)
     }

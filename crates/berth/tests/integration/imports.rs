@@ -145,3 +145,73 @@ fn the_runbook_describes_the_live_app() {
     assert!(text.contains("No `[backups.*]` in the manifest"), "{text}");
     assert!(!text.contains("s3cret-value"), "{text}");
 }
+
+/// The deploy step `berth ci init` writes, run as the CI job runs it: against the agent's TLS
+/// API with the token and the pinned fingerprint from the CI system's secrets.
+#[test]
+fn the_ci_deploy_step_deploys_over_tls_with_the_token_and_fails_on_a_refused_release() {
+    let (agent, api, fingerprint, token) = Agent::start_with_tls_api();
+    let app = agent.app("ci");
+    app.write(&crate::harness::web("GREETING = \"deployed by ci\""));
+    let written = agent.berth_in(
+        app.path(),
+        &["ci", "init", "github", "--test-command", "true"],
+    );
+    written.success();
+    let workflow = std::fs::read_to_string(app.path().join(".github/workflows/berth.yml")).unwrap();
+
+    let berth_dir = std::path::Path::new(env!("CARGO_BIN_EXE_berth"))
+        .parent()
+        .unwrap()
+        .to_owned();
+    let path = format!(
+        "{}:{}",
+        berth_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run_step = |token: &str| {
+        let script = berth_ops::ci::deploy_script("GITHUB_SHA", None).join("\n");
+        assert!(
+            workflow.contains(&script.replace('\n', "\n          ")),
+            "{workflow}"
+        );
+        std::process::Command::new("bash")
+            .args(["-euo", "pipefail", "-c", &script])
+            .current_dir(app.path())
+            .env_clear()
+            .env("PATH", &path)
+            .env("HOME", app.path())
+            .env("CI", "true")
+            .env("GITHUB_SHA", "0123abcd")
+            .env("BERTH_AGENT", &api)
+            .env("BERTH_TOKEN", token.trim())
+            .env("BERTH_AGENT_FINGERPRINT", &fingerprint)
+            .output()
+            .unwrap()
+    };
+    let deployed = run_step(&token);
+    assert!(
+        deployed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&deployed.stderr)
+    );
+    agent.wait_serving("deployed by ci");
+    let releases = agent.berth_in(app.path(), &["releases", "--json"]).json();
+    assert!(releases.to_string().contains("0123abcd"), "{releases}");
+
+    // A token that is not the agent's is refused: the job fails, nothing is deployed.
+    let refused = run_step("not-the-token");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.to_lowercase().contains("token"), "{stderr}");
+
+    // A release its health gate refuses fails the job with the reason; the old one serves.
+    app.write(&crate::harness::web(
+        "GREETING = \"broken\", FAIL_HEALTH = \"1\"",
+    ));
+    let failed = run_step(&token);
+    assert_eq!(failed.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(stderr.contains("health"), "the reason is named: {stderr}");
+    agent.wait_serving("deployed by ci");
+}

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failure report
 
 mod backups;
+mod contexts;
 mod crash;
 mod deploys;
 mod edge;
