@@ -190,6 +190,7 @@ fn dotenv_file(compose_dir: &Path) -> Result<BTreeMap<String, String>, ImportErr
     let path = compose_dir.join(".env");
     match crate::files::read_text(&path, crate::files::MAX_TEXT_FILE) {
         Ok(text) => dotenv::parse(&text)
+            .and_then(|entries| dotenv::expanded(entries, &std::env::vars().collect()))
             .map(|entries| entries.into_iter().map(|e| (e.key, e.value)).collect())
             .map_err(|e| ImportError::Dotenv {
                 file: path.display().to_string(),

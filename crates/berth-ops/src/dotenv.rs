@@ -8,6 +8,8 @@ pub struct Entry {
     pub key: String,
     pub value: String,
     pub line: usize,
+    /// Whether `${VAR}` in the value is expanded: not in single quotes, as Compose reads it.
+    pub expands: bool,
 }
 
 /// A line that is not an assignment.
@@ -43,6 +45,7 @@ pub fn parse(text: &str) -> Result<Vec<Entry>, DotenvError> {
             });
         }
         let rest = rest.trim_start();
+        let expands = !rest.starts_with('\'');
         let value = if let Some(body) = rest.strip_prefix('\'') {
             let mut text = body.to_owned();
             while !text.contains('\'') {
@@ -91,9 +94,33 @@ pub fn parse(text: &str) -> Result<Vec<Entry>, DotenvError> {
             key: key.to_owned(),
             value,
             line,
+            expands,
         });
     }
     Ok(entries)
+}
+
+/// The entries with `${VAR}` expanded as Compose does: from the file's earlier variables, else
+/// from `environment` (the shell's). A variable set nowhere becomes empty, as in Compose.
+pub fn expanded(
+    entries: Vec<Entry>,
+    environment: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<Entry>, DotenvError> {
+    let mut known = environment.clone();
+    let mut out = Vec::with_capacity(entries.len());
+    for mut entry in entries {
+        if entry.expands && entry.value.contains('$') {
+            entry.value = crate::interpolate::interpolate(&entry.value, &known)
+                .map_err(|reason| DotenvError {
+                    line: entry.line,
+                    reason,
+                })?
+                .text;
+        }
+        known.insert(entry.key.clone(), entry.value.clone());
+        out.push(entry);
+    }
+    Ok(out)
 }
 
 /// The value up to the closing quote with escapes applied, or `None` if not closed yet.
@@ -139,6 +166,19 @@ mod tests {
         assert_eq!(get("MULTI"), "first\nsecond");
         assert_eq!(get("EMPTY"), "");
         assert_eq!(entries.len(), 7);
+    }
+
+    #[test]
+    fn values_expand_like_compose_reads_them() {
+        let entries = parse("USER=app\nPASS='p$w'\nURL=postgres://${USER}:${PASS}@db/${DB:-main}\nLIT='${USER}'\nHOME_DIR=\"$HOME/x\"\n").unwrap();
+        let env = [("HOME".to_owned(), "/home/me".to_owned())]
+            .into_iter()
+            .collect();
+        let out = expanded(entries, &env).unwrap();
+        let get = |k: &str| out.iter().find(|e| e.key == k).unwrap().value.clone();
+        assert_eq!(get("URL"), "postgres://app:p$w@db/main");
+        assert_eq!(get("LIT"), "${USER}");
+        assert_eq!(get("HOME_DIR"), "/home/me/x");
     }
 
     #[test]

@@ -258,6 +258,10 @@ fn env_files_and_compose_secrets() {
         Some("/run/secrets/db_password")
     );
     assert!(!import.manifest.contains("hunter2"));
+    // Published on 127.0.0.1 only: an admin's tool, not routed to the world.
+    assert!(app.get("route").is_none(), "{}", import.manifest);
+    assert_eq!(app["port"].as_integer(), Some(8080));
+    assert_eq!(finding(&import, "loopback only").line, Some(6));
     assert!(!import.manifest.contains("s3cret"));
     assert_eq!(finding(&import, "stripe_key").line, Some(16));
     let db = import

@@ -1324,6 +1324,7 @@ async fn deploy(
     let loaded = load_manifest(args)?;
     let client = ctx.client()?;
     ops::preflight(ctx, &client, &loaded.manifest, force).await?;
+    ops::dns_preflight(ctx, &client, &loaded.manifest).await;
     deploy_with(ctx, &client, loaded, version, waits, archives).await
 }
 

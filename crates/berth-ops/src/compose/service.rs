@@ -683,6 +683,17 @@ impl Context<'_> {
                     .push(format!("{ip}:{host_port}:{}", mapping.container_port));
                 continue;
             }
+            // Published on loopback only: meant for the server's own user (an admin tool, a
+            // database console), not for the world. A route would make it public.
+            let loopback = mapping.host_ip.as_deref().is_some_and(|ip| {
+                ip.parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+            });
+            if loopback && out.draft.port.is_none() {
+                out.draft.port = Some(mapping.container_port);
+                self.warn(item.line, svc, format!("port {} was published on loopback only: it is not routed, since a route would make it public; give it a route with a domain once it is protected, or reach it with `berth exec`", mapping.container_port));
+                continue;
+            }
             if out.draft.port.is_none() {
                 out.draft.port = Some(mapping.container_port);
                 out.published_http = Some(Published {

@@ -324,12 +324,15 @@ pub(super) async fn secrets_import(
             anyhow!("cannot read {}: {e}", file.display())
         }
     })?;
-    let entries = berth_ops::dotenv::parse(&text).map_err(|e| {
-        invalid(
-            format!("{}: {e}", file.display()),
-            Some("each line is KEY=value, # a comment, or empty"),
-        )
-    })?;
+    let environment: std::collections::BTreeMap<String, String> = std::env::vars().collect();
+    let entries = berth_ops::dotenv::parse(&text)
+        .and_then(|entries| berth_ops::dotenv::expanded(entries, &environment))
+        .map_err(|e| {
+            invalid(
+                format!("{}: {e}", file.display()),
+                Some("each line is KEY=value, # a comment, or empty"),
+            )
+        })?;
     let app = resolve_app(app_args)?;
     let named: Option<Vec<String>> = if all || !app_args.file.exists() {
         None
@@ -589,6 +592,30 @@ pub(super) async fn preflight(
                 ),
                 hint: "`berth plan` shows the numbers; lower `memory` or `replicas`, or pass --force to deploy anyway".into(),
             }))
+        }
+    }
+}
+
+/// Before a deploy to an agent that serves HTTPS: a warning for each routed domain that does
+/// not resolve to the server, before the agent asks a CA for its certificate. Never refuses:
+/// a CDN or a DNS change in flight is the user's call.
+pub(super) async fn dns_preflight(
+    ctx: &Ctx,
+    client: &crate::client::Client,
+    manifest: &berth_manifest::Manifest,
+) {
+    if ctx.json {
+        return;
+    }
+    let Ok(info) = client.get::<berth_api::AgentInfo>("/v1/info").await else {
+        return;
+    };
+    if info.https.is_none() {
+        return;
+    }
+    for check in domain_checks(manifest, &client.target).await {
+        if !check.ok {
+            eprintln!("{} {}: {}", style("!").yellow(), check.domain, check.says);
         }
     }
 }

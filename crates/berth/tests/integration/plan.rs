@@ -110,3 +110,31 @@ fn plan_says_what_fits_and_deploy_refuses_what_does_not() {
         forced.stderr
     );
 }
+
+#[test]
+fn a_domain_that_does_not_point_here_is_named_by_plan_and_deploy() {
+    let agent = Agent::start_with(&[], &["--https", "127.0.0.1:0"]);
+    memory_total(&agent);
+    let app = agent.app("dns");
+    app.write(&web("").replace(
+        "route = { domains = [] }",
+        "route = { domains = [\"nowhere.berth-test.invalid\"] }",
+    ));
+    let plan = agent.berth_in(app.path(), &["plan", "--json"]);
+    plan.success();
+    let plan = plan.json();
+    assert_eq!(
+        plan["domains"][0]["domain"], "nowhere.berth-test.invalid",
+        "{plan:#}"
+    );
+    assert_eq!(plan["domains"][0]["ok"], false, "{plan:#}");
+    let deployed = agent.berth_in(app.path(), &["deploy", "--version", "v1"]);
+    deployed.success();
+    assert!(
+        deployed
+            .stderr
+            .contains("nowhere.berth-test.invalid: does not resolve"),
+        "{}",
+        deployed.stderr
+    );
+}
