@@ -28,6 +28,8 @@ pub use risks::{Risk, risks};
 /// expansion): how a `command` written as one string is read.
 pub use shell::split as split_command_line;
 pub use thresholds::*;
+/// `a/./b/../c` → `a/c`, without touching the file system.
+pub use validate::normalize as normalize_path;
 
 use serde::Deserialize;
 use std::path::Path;

@@ -1534,7 +1534,7 @@ fn parse_publish(spec: &str) -> Result<PortBinding, String> {
 }
 
 /// Lexical normalization (no file system access): removes `.` and resolves `..`.
-fn normalize(path: &Path) -> PathBuf {
+pub fn normalize(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for component in path.components() {
         match component {

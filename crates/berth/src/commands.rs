@@ -2,6 +2,8 @@
 
 mod alerts;
 mod attach;
+mod contexts;
+mod fit;
 mod ops;
 
 use crate::client::{Client, ClientError, Target};
@@ -205,7 +207,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     match cli.command {
-        Command::Context { action } => ops::context(&ctx, action).await,
+        Command::Context { action } => contexts::context(&ctx, action).await,
         Command::Check { manifest } => check(&ctx, &manifest),
         Command::Init { file, app, force } => ops::init(&ctx, &file, app, force),
         Command::Ci {
@@ -299,7 +301,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             load,
             force,
         } => deploy(&ctx, &manifest, version, (wait, wait_drain), &load, force).await,
-        Command::Plan { manifest } => ops::plan(&ctx, &manifest).await,
+        Command::Plan { manifest } => fit::plan(&ctx, &manifest).await,
         Command::Runbook { manifest } => ops::runbook(&ctx, &manifest).await,
         Command::Rollback {
             release,
@@ -1323,8 +1325,8 @@ async fn deploy(
 ) -> anyhow::Result<ExitCode> {
     let loaded = load_manifest(args)?;
     let client = ctx.client()?;
-    ops::preflight(ctx, &client, &loaded.manifest, force).await?;
-    ops::dns_preflight(ctx, &client, &loaded.manifest).await;
+    fit::preflight(ctx, &client, &loaded.manifest, force).await?;
+    fit::dns_preflight(ctx, &client, &loaded.manifest).await;
     deploy_with(ctx, &client, loaded, version, waits, archives).await
 }
 

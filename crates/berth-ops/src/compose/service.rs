@@ -376,8 +376,9 @@ impl Context<'_> {
         if Path::new(path).is_absolute() {
             return path.to_owned();
         }
-        let absolute = normalize(&absolute_dir(&self.options.compose_dir).join(path));
-        let base = normalize(&absolute_dir(&self.options.output_dir));
+        let absolute =
+            berth_manifest::normalize_path(&absolute_dir(&self.options.compose_dir).join(path));
+        let base = berth_manifest::normalize_path(&absolute_dir(&self.options.output_dir));
         match relative_to(&absolute, &base) {
             Some(relative) if relative.as_os_str().is_empty() => ".".into(),
             Some(relative) => {
@@ -1232,21 +1233,6 @@ fn absolute_dir(dir: &Path) -> PathBuf {
     })
 }
 
-/// `a/./b/../c` → `a/c`, without touching the file system.
-fn normalize(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for component in path.components() {
-        match component {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                out.pop();
-            }
-            other => out.push(other),
-        }
-    }
-    out
-}
-
 /// `path` relative to `base`, with `..` where it leaves `base`.
 fn relative_to(path: &Path, base: &Path) -> Option<PathBuf> {
     let path: Vec<Component> = path.components().collect();
@@ -1300,6 +1286,9 @@ mod tests {
             relative_to(Path::new("/a/x"), Path::new("/a/b")).unwrap(),
             PathBuf::from("../x")
         );
-        assert_eq!(normalize(Path::new("/a/./b/../c")), PathBuf::from("/a/c"));
+        assert_eq!(
+            berth_manifest::normalize_path(Path::new("/a/./b/../c")),
+            PathBuf::from("/a/c")
+        );
     }
 }
