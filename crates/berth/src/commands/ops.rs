@@ -13,23 +13,26 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-/// An `--app` name berth accepts, checked before anything is written.
+/// An `--app` name berth accepts, checked before anything is written: lower-case letters,
+/// digits and dashes, starting with a letter, at most 40 characters (as `berth check` wants).
 fn check_app_name(app: Option<&str>) -> anyhow::Result<()> {
-    match app {
-        Some(name)
-            if berth_ops::compose::berth_name(name) != name
-                || name.is_empty()
-                || name.len() > 40 =>
-        {
-            Err(invalid(
-                format!("`{name}` is not an app name"),
-                Some(
-                    "use lower-case letters, digits and dashes, starting with a letter; at most 40 characters",
-                ),
-            ))
-        }
-        _ => Ok(()),
+    let Some(name) = app else {
+        return Ok(());
+    };
+    let mut chars = name.chars();
+    let valid = matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
+        && name.len() <= 40
+        && !name.ends_with('-')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if valid {
+        return Ok(());
     }
+    Err(invalid(
+        format!("`{name}` is not an app name"),
+        Some(
+            "use lower-case letters, digits and dashes, starting with a letter; at most 40 characters",
+        ),
+    ))
 }
 
 /// Writes `text` to `path`: refused when it exists unless `force`, and never half-written
@@ -720,6 +723,16 @@ pub(super) fn ci_init(
 #[cfg(test)]
 mod tests {
     use clap::Parser;
+
+    #[test]
+    fn app_names_are_checked_as_berth_check_does() {
+        assert!(super::check_app_name(Some("shop")).is_ok());
+        assert!(super::check_app_name(Some(&format!("a{}", "b".repeat(39)))).is_ok());
+        assert!(super::check_app_name(Some(&format!("a{}", "b".repeat(40)))).is_err());
+        for bad in ["", "Bad Name!", "1shop", "shop-", "shop_1"] {
+            assert!(super::check_app_name(Some(bad)).is_err(), "{bad}");
+        }
+    }
 
     /// Words of a command line: whitespace-separated, double quotes grouping.
     fn words(line: &str) -> Vec<String> {
