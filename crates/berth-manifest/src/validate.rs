@@ -1304,7 +1304,9 @@ fn sorted_names(all: &HashMap<String, (bool, Range<usize>)>) -> String {
     names.join(", ")
 }
 
-pub(crate) fn valid_name(name: &str, max: usize) -> bool {
+/// A name berth gives apps, services and environments: lower-case letters, digits and dashes,
+/// starting with a letter, not ending with a dash, at most `max` characters.
+pub fn valid_name(name: &str, max: usize) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
         && name.len() <= max
@@ -1312,7 +1314,9 @@ pub(crate) fn valid_name(name: &str, max: usize) -> bool {
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
-fn valid_env_name(name: &str) -> bool {
+/// An environment variable's (and a secret's) name: letters, digits and underscores, not
+/// starting with a digit.
+pub fn valid_env_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')

@@ -178,14 +178,7 @@ pub fn image_name(reference: &str) -> String {
     last.split(':').next().unwrap_or(last).to_ascii_lowercase()
 }
 
-/// What Compose interpolates with: `.env` beside the Compose file, if there is one, with the
-/// shell's environment over it (as `docker compose` does).
-pub fn project_env(compose_dir: &Path) -> Result<BTreeMap<String, String>, ImportError> {
-    let mut vars = dotenv_file(compose_dir)?;
-    vars.extend(std::env::vars());
-    Ok(vars)
-}
-
+/// `.env` beside the Compose file, its values expanded; empty when there is none.
 fn dotenv_file(compose_dir: &Path) -> Result<BTreeMap<String, String>, ImportError> {
     let path = compose_dir.join(".env");
     match crate::files::read_text(&path, crate::files::MAX_TEXT_FILE) {
@@ -224,8 +217,12 @@ pub fn import(text: &str, options: &ImportOptions) -> Result<Import, ImportError
             reason: "there is no `services:` mapping: is this a Compose file?".into(),
         });
     };
-    let in_dotenv: BTreeSet<String> = dotenv_file(&options.compose_dir)?.into_keys().collect();
-    let vars = project_env(&options.compose_dir)?;
+    // What Compose interpolates with: `.env` beside the Compose file, the shell's environment
+    // over it.
+    let dotenv = dotenv_file(&options.compose_dir)?;
+    let in_dotenv: BTreeSet<String> = dotenv.keys().cloned().collect();
+    let mut vars = dotenv;
+    vars.extend(std::env::vars());
     let mut cx = Context {
         options,
         vars,

@@ -69,11 +69,9 @@ pub fn config_dir() -> PathBuf {
     }
 }
 
+/// A context's name: as an app's, lower-case letters, digits and dashes.
 pub fn valid_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
-        && name.len() <= 40
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    berth_manifest::valid_name(name, 40)
 }
 
 impl Contexts {

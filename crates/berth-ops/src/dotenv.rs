@@ -46,27 +46,19 @@ pub fn parse(text: &str) -> Result<Vec<Entry>, DotenvError> {
         }
         let rest = rest.trim_start();
         let expands = !rest.starts_with('\'');
-        let value = if let Some(body) = rest.strip_prefix('\'') {
-            let mut text = body.to_owned();
-            while !text.contains('\'') {
-                match lines.next() {
-                    Some((_, more)) => {
-                        text.push('\n');
-                        text.push_str(more);
-                    }
-                    None => {
-                        return Err(DotenvError {
-                            line,
-                            reason: format!("the single quote of {key} is not closed"),
-                        });
-                    }
-                }
-            }
-            text.split('\'').next().unwrap_or_default().to_owned()
-        } else if let Some(body) = rest.strip_prefix('"') {
+        let quoted = rest
+            .strip_prefix('\'')
+            .map(|body| (body, '\''))
+            .or_else(|| rest.strip_prefix('"').map(|body| (body, '"')));
+        let value = if let Some((body, quote)) = quoted {
+            // A quoted value may go on over the next lines until its quote closes.
+            let close = |text: &str| match quote {
+                '\'' => text.split_once('\'').map(|(value, _)| value.to_owned()),
+                _ => closed_double_quoted(text),
+            };
             let mut text = body.to_owned();
             loop {
-                if let Some(value) = closed_double_quoted(&text) {
+                if let Some(value) = close(&text) {
                     break value;
                 }
                 match lines.next() {
@@ -75,9 +67,10 @@ pub fn parse(text: &str) -> Result<Vec<Entry>, DotenvError> {
                         text.push_str(more);
                     }
                     None => {
+                        let kind = if quote == '"' { "double" } else { "single" };
                         return Err(DotenvError {
                             line,
-                            reason: format!("the double quote of {key} is not closed"),
+                            reason: format!("the {kind} quote of {key} is not closed"),
                         });
                     }
                 }

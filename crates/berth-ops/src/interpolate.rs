@@ -36,7 +36,7 @@ pub fn interpolate(text: &str, vars: &BTreeMap<String, String>) -> Result<Interp
                 matching_brace(braced).ok_or_else(|| format!("`${{` is not closed in `{text}`"))?;
             let inner = &braced[..end];
             let (name, op, word) = split_expression(inner);
-            if !valid_name(name) {
+            if !berth_manifest::valid_env_name(name) {
                 return Err(format!("`${{{inner}}}` does not name a variable"));
             }
             references.push(Reference {
@@ -85,7 +85,7 @@ pub fn interpolate(text: &str, vars: &BTreeMap<String, String>) -> Result<Interp
                 .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
                 .unwrap_or(after.len());
             let name = &after[..len];
-            if valid_name(name) {
+            if berth_manifest::valid_env_name(name) {
                 references.push(Reference {
                     name: name.to_owned(),
                 });
@@ -115,7 +115,7 @@ pub fn sole_reference(text: &str) -> Option<&str> {
         .strip_prefix("${")
         .and_then(|t| t.strip_suffix('}'))
         .or_else(|| text.strip_prefix('$'))?;
-    valid_name(name).then_some(name)
+    berth_manifest::valid_env_name(name).then_some(name)
 }
 
 fn matching_brace(text: &str) -> Option<usize> {
@@ -142,12 +142,6 @@ fn split_expression(inner: &str) -> (&str, &str, &str) {
         }
     }
     (name, rest, "")
-}
-
-fn valid_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 #[cfg(test)]

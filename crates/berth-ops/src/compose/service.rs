@@ -487,7 +487,7 @@ impl Context<'_> {
             _ => Vec::new(),
         };
         for (key, raw) in entries {
-            if !valid_env_name(&key) {
+            if !berth_manifest::valid_env_name(&key) {
                 self.warn(node.line, svc, format!("environment variable `{key}` is not a name berth accepts (letters, digits, underscores): not carried over"));
                 continue;
             }
@@ -620,7 +620,7 @@ impl Context<'_> {
                 if out.draft.env.contains_key(&entry.key) {
                     continue; // `environment` wins over `env_file`, as in Compose.
                 }
-                if !valid_env_name(&entry.key) {
+                if !berth_manifest::valid_env_name(&entry.key) {
                     self.warn(line, svc, format!("`{}` in env_file `{path}` is not a name berth accepts: not carried over", entry.key));
                     continue;
                 }
@@ -1213,12 +1213,6 @@ fn kind_of(source: &str) -> String {
     } else {
         "volume".into()
     }
-}
-
-fn valid_env_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn absolute_dir(dir: &Path) -> PathBuf {

@@ -19,12 +19,7 @@ fn check_app_name(app: Option<&str>) -> anyhow::Result<()> {
     let Some(name) = app else {
         return Ok(());
     };
-    let mut chars = name.chars();
-    let valid = matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
-        && name.len() <= 40
-        && !name.ends_with('-')
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if valid {
+    if berth_manifest::valid_name(name, 40) {
         return Ok(());
     }
     Err(invalid(
@@ -364,12 +359,7 @@ pub(super) async fn secrets_import(
     let mut skipped = Vec::new();
     let mut used_by: Vec<String> = Vec::new();
     for entry in entries {
-        let valid = entry
-            .key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_')
-            && !entry.key.starts_with(|c: char| c.is_ascii_digit());
-        if !valid {
+        if !berth_manifest::valid_env_name(&entry.key) {
             skipped.push((
                 entry.key,
                 "not a secret name (letters, digits, underscores)",
@@ -652,7 +642,7 @@ pub(super) fn ci_init(
         ));
     }
     if let Some(env) = &workflow.environment
-        && berth_ops::compose::berth_name(env) != *env
+        && !berth_manifest::valid_name(env, 24)
     {
         return Err(invalid(
             format!("`{env}` is not an environment name"),
