@@ -95,6 +95,9 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// API listeners; the default is `unix:DATA_DIR/berth.sock`.
     pub api: Vec<ListenAddr>,
+    /// A group whose members may use the unix sockets (mode 0660) as well as their owner:
+    /// `berth server bootstrap` gives the deploy user `/run/berth.sock` this way.
+    pub api_group: Option<String>,
     /// Where the proxy serves HTTP; `None` disables it.
     pub http: Option<SocketAddr>,
     /// Where the proxy serves HTTPS; `None` disables it.
@@ -142,12 +145,44 @@ pub enum AgentError {
     TlsConfig(String),
     #[error("cannot take over from the running agent: {0}")]
     Handover(String),
+    #[error(
+        "--api-group {group}: {message}; create it first (`groupadd --system {group}`) or leave the option out"
+    )]
+    ApiGroup { group: String, message: String },
     #[error("cannot listen on {addr}: {message}; {hint}")]
     Listen {
         addr: String,
         message: String,
         hint: String,
     },
+}
+
+/// The id of a group named in `/etc/group` (the agent runs as root on a server whose groups
+/// are local; no NSS lookup is needed for the one group the bootstrap creates).
+fn group_id(name: &str) -> Result<u32, String> {
+    let text = std::fs::read_to_string("/etc/group")
+        .map_err(|e| format!("cannot read /etc/group: {e}"))?;
+    group_id_in(&text, name).ok_or_else(|| "no such group in /etc/group".to_owned())
+}
+
+fn group_id_in(etc_group: &str, name: &str) -> Option<u32> {
+    etc_group.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next()? == name)
+            .then(|| fields.nth(1)?.parse().ok())
+            .flatten()
+    })
+}
+
+/// Owner only, or owner and `group` (0660) when the operator named one.
+fn socket_access(path: &Path, group: Option<u32>) -> std::io::Result<()> {
+    match group {
+        None => std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)),
+        Some(gid) => {
+            rustix::fs::chown(path, None, Some(rustix::fs::Gid::from_raw(gid)))?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        }
+    }
 }
 
 /// How long the proxy holds new connections at start while the routes are rebuilt.
@@ -662,6 +697,13 @@ async fn serve(
         });
     }
 
+    let api_group = match &config.api_group {
+        Some(name) => Some(group_id(name).map_err(|message| AgentError::ApiGroup {
+            group: name.clone(),
+            message,
+        })?),
+        None => None,
+    };
     let api_addrs = if config.api.is_empty() {
         vec![ListenAddr::Unix(AgentConfig::socket_path(data_dir))]
     } else {
@@ -690,8 +732,9 @@ async fn serve(
                         let _ = std::fs::remove_file(path);
                         let listener = tokio::net::UnixListener::bind(path)
                             .map_err(|e| listen_error(&addr.to_string(), e))?;
-                        // Owner only: whoever can talk to the agent controls the server.
-                        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                        // Owner only (or the operator's group): whoever can talk to the agent
+                        // controls the server.
+                        socket_access(path, api_group)
                             .map_err(|e| listen_error(&addr.to_string(), e))?;
                         listener
                     }
@@ -1087,6 +1130,15 @@ fn api_token(data_dir: &Path) -> Result<String, AgentError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn groups_are_found_by_exact_name() {
+        let etc_group = "root:x:0:\nberth-old:x:998:\nberth:x:999:deploy\nbroken:x:nan:\n";
+        assert_eq!(group_id_in(etc_group, "berth"), Some(999));
+        assert_eq!(group_id_in(etc_group, "root"), Some(0));
+        assert_eq!(group_id_in(etc_group, "bert"), None);
+        assert_eq!(group_id_in(etc_group, "broken"), None);
+    }
 
     #[test]
     fn listen_addresses_parse() {

@@ -5,13 +5,14 @@ mod attach;
 mod contexts;
 mod fit;
 mod ops;
+mod server;
 
 use crate::client::{Client, ClientError, Target};
 use crate::output::{self, Mode, OperationView};
 use crate::{
     AgentCommand, AlertsCommand, AppArgs, BackupCommand, CertsCommand, CiAccess, CiCommand,
     CiProvider, Cli, Command, EdgeArgs, ImportCommand, MaintenanceCommand, ManifestArgs,
-    SecretsCommand,
+    SecretsCommand, ServerCommand,
 };
 use anyhow::{Context, anyhow};
 use berth_api::*;
@@ -144,17 +145,32 @@ struct Ctx {
     context_token: Option<String>,
     context_fingerprint: Option<String>,
     data_dir: PathBuf,
+    /// The data directory came from the defaults, not --data-dir or BERTH_DATA_DIR.
+    default_data_dir: bool,
     mode: Mode,
     json: bool,
 }
+
+/// The socket `berth server bootstrap` has the agent open for the `berth` group, found when
+/// the caller's own default socket is not there (a deploy user on the server, `ssh … berth
+/// dial-stdio`).
+const SHARED_SOCKET: &str = "/run/berth.sock";
 
 impl Ctx {
     fn target(&self) -> anyhow::Result<Target> {
         match &self.agent {
             Some(text) => Target::parse(text).map_err(|e| invalid(e, None)),
-            None => Ok(Target::Unix(berth_agent::AgentConfig::socket_path(
-                &self.data_dir,
-            ))),
+            None => {
+                let own = berth_agent::AgentConfig::socket_path(&self.data_dir);
+                let shared = Path::new(SHARED_SOCKET);
+                Ok(Target::Unix(
+                    if self.default_data_dir && !own.exists() && shared.exists() {
+                        shared.to_path_buf()
+                    } else {
+                        own
+                    },
+                ))
+            }
         }
     }
 
@@ -182,11 +198,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         context_token: None,
         context_fingerprint: None,
         data_dir: cli.data_dir.clone().unwrap_or_else(default_data_dir),
+        default_data_dir: cli.data_dir.is_none(),
         mode: Mode::detect(cli.json),
         json: cli.json,
     };
     // --agent (or BERTH_AGENT) wins; else the named or current context; else the local agent.
-    let manages_contexts = matches!(cli.command, Command::Context { .. });
+    // Neither needs an agent, so a broken contexts file does not stop them.
+    let manages_contexts = matches!(
+        cli.command,
+        Command::Context { .. } | Command::Server { .. }
+    );
     if ctx.agent.is_none() && !manages_contexts {
         let contexts = berth_ops::contexts::Contexts::load(&berth_ops::contexts::config_dir())
             .map_err(|e| {
@@ -208,6 +229,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     match cli.command {
         Command::Context { action } => contexts::context(&ctx, action).await,
+        Command::Server {
+            action: ServerCommand::Bootstrap(args),
+        } => server::bootstrap(&ctx, args).await,
         Command::Check { manifest } => check(&ctx, &manifest),
         Command::Init { file, app, force } => ops::init(&ctx, &file, app, force),
         Command::Ci {
@@ -281,10 +305,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Agent {
             action: None,
             api,
+            api_group,
             http,
             edge,
             log_json,
-        } => agent(&ctx, api, http, edge, log_json).await,
+        } => agent(&ctx, api, api_group, http, edge, log_json).await,
         Command::Maintenance { action } => maintenance(&ctx, action).await,
         Command::Certs { action } => certs(&ctx, action.unwrap_or(CertsCommand::List)).await,
         Command::Up {
@@ -1021,8 +1046,9 @@ fn check(ctx: &Ctx, args: &ManifestArgs) -> anyhow::Result<ExitCode> {
 async fn agent(
     ctx: &Ctx,
     api: Vec<String>,
+    api_group: Option<String>,
     http: Option<String>,
-    edge: EdgeArgs,
+    edge: Box<EdgeArgs>,
     log_json: bool,
 ) -> anyhow::Result<ExitCode> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
@@ -1150,6 +1176,7 @@ async fn agent(
     let config = berth_agent::AgentConfig {
         data_dir: ctx.data_dir.clone(),
         api,
+        api_group,
         http,
         https,
         acme,

@@ -113,6 +113,12 @@ enum Command {
         #[command(subcommand)]
         action: ContextCommand,
     },
+    /// The server itself: `berth server bootstrap ssh://root@HOST` makes a fresh Debian or
+    /// Ubuntu server ready for berth.
+    Server {
+        #[command(subcommand)]
+        action: ServerCommand,
+    },
     /// Continuous delivery: write a CI workflow that tests every pull request and deploys
     /// the main branch with berth.
     Ci {
@@ -139,12 +145,16 @@ enum Command {
         /// the token in DATA_DIR/api-token). Repeat for several.
         #[arg(long = "api", value_name = "ADDR")]
         api: Vec<String>,
+        /// Let this group's members use the API's unix sockets too (mode 0660 instead of
+        /// 0600). Membership is as powerful as root: the agent runs what they deploy.
+        #[arg(long, value_name = "GROUP")]
+        api_group: Option<String>,
         /// Where the proxy serves HTTP (default 0.0.0.0:80 for root, else 127.0.0.1:8080;
         /// `off` to disable).
         #[arg(long, env = "BERTH_HTTP", value_name = "ADDR")]
         http: Option<String>,
         #[command(flatten)]
-        edge: EdgeArgs,
+        edge: Box<EdgeArgs>,
         /// Log as JSON lines.
         #[arg(long)]
         log_json: bool,
@@ -672,6 +682,57 @@ enum ContextCommand {
 }
 
 #[derive(Subcommand)]
+enum ServerCommand {
+    /// Make a fresh Debian or Ubuntu server ready, over ssh (idempotent): Docker Engine from
+    /// the distribution, a deploy user with your key in the group that may use berth, the
+    /// agent as a systemd service, ufw allowing only 22/80/443 (and --api-port), fail2ban for
+    /// sshd, unattended security upgrades, journald and Docker log limits, time sync, a swap
+    /// file on small servers, and last sshd without root or password logins. Each step says
+    /// what it found and what it changed; run it again and nothing changes.
+    Bootstrap(BootstrapArgs),
+}
+
+/// `berth server bootstrap`'s options.
+#[derive(Args)]
+pub(crate) struct BootstrapArgs {
+    /// ssh://root@HOST[:PORT], or ssh://USER@HOST for a user with passwordless sudo. Once
+    /// root may no longer log in, the same command goes on as the deploy user.
+    #[arg(value_name = "SERVER")]
+    pub server: String,
+    /// Only look and print what would change; change nothing.
+    #[arg(long)]
+    pub check: bool,
+    /// The deploy user to create (it logs in with --ssh-key and may use the agent).
+    #[arg(long, default_value = "deploy", value_name = "NAME")]
+    pub user: String,
+    /// The public key the deploy user logs in with (default: ~/.ssh/id_ed25519.pub,
+    /// id_ecdsa.pub or id_rsa.pub).
+    #[arg(long, value_name = "FILE")]
+    pub ssh_key: Option<PathBuf>,
+    /// Also serve the agent's API over TLS on this port and open it in the firewall (for
+    /// `berth context add NAME https://HOST:PORT` and CI jobs with a token). A later run
+    /// keeps the port an earlier one set; `off` closes it.
+    #[arg(long, value_name = "PORT")]
+    pub api_port: Option<String>,
+    /// An email address for the certificate authority's expiry notices (the agent's
+    /// --acme-email; a later run keeps the one an earlier run set).
+    #[arg(long, value_name = "EMAIL")]
+    pub acme_email: Option<String>,
+    /// A swap file: `auto` (2 GiB when the server has less than 4 GiB of memory and no
+    /// swap), `off`, or a size such as 4GiB.
+    #[arg(long, default_value = "auto", value_name = "SIZE")]
+    pub swap: String,
+    /// Do not let the deploy user use sudo. Running the bootstrap again then needs
+    /// another way in as root.
+    #[arg(long)]
+    pub no_sudo: bool,
+    /// The berth binary to install on the server (default: this one), for a server of
+    /// another CPU.
+    #[arg(long, value_name = "FILE")]
+    pub berth_binary: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
 enum CiCommand {
     /// Write the workflow (.github/workflows/berth.yml or .gitlab-ci.yml) in this directory:
     /// tests on every pull request; on the main branch, `berth deploy` with the credentials
@@ -849,6 +910,13 @@ fn command_line() -> clap::Command {
         })
         .mut_subcommand("import", |sub| {
             sub.mut_subcommand("compose", |sub| {
+                sub.arg(hidden("agent", "agent", true))
+                    .arg(hidden("context", "context", true))
+                    .arg(hidden("data_dir", "data-dir", true))
+            })
+        })
+        .mut_subcommand("server", |sub| {
+            sub.mut_subcommand("bootstrap", |sub| {
                 sub.arg(hidden("agent", "agent", true))
                     .arg(hidden("context", "context", true))
                     .arg(hidden("data_dir", "data-dir", true))

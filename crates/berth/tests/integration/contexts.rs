@@ -178,20 +178,7 @@ impl Sshd {
         )
         .unwrap();
         // The client: the real ssh, told where the test's key and known hosts are.
-        std::fs::write(
-            dir.path().join("ssh_config"),
-            format!("Host *\n  IdentityFile {d}/client_key\n  IdentitiesOnly yes\n  UserKnownHostsFile {d}/known_hosts\n  StrictHostKeyChecking accept-new\n  LogLevel ERROR\n"),
-        )
-        .unwrap();
-        std::fs::create_dir_all(dir.path().join("bin")).unwrap();
-        let wrapper = dir.path().join("bin/ssh");
-        std::fs::write(
-            &wrapper,
-            format!("#!/bin/sh\nexec /usr/bin/ssh -F {d}/ssh_config \"$@\"\n"),
-        )
-        .unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        crate::peers::ssh_client(dir.path(), "client_key");
         // sshd's privilege separation directory.
         let _ = std::fs::create_dir_all("/run/sshd");
         let child = Command::new("/usr/sbin/sshd")

@@ -18,6 +18,7 @@ mod plan;
 mod registry;
 mod secrets;
 mod security;
+mod server;
 mod tls;
 mod upgrade;
 mod zero_downtime;

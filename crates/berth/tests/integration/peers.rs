@@ -459,3 +459,26 @@ impl Drop for Registry {
         self.stop();
     }
 }
+
+/// The real `ssh` client for a test: `dir/bin/ssh` runs it with `dir/ssh_config`, which names
+/// the key `dir/KEY_NAME`, keeps known hosts in `dir` and accepts a new host's key. Put
+/// `dir/bin` first on PATH.
+pub fn ssh_client(dir: &Path, key_name: &str) {
+    let d = dir.display();
+    std::fs::write(
+        dir.join("ssh_config"),
+        format!(
+            "Host *\n  IdentityFile {d}/{key_name}\n  IdentitiesOnly yes\n  UserKnownHostsFile {d}/known_hosts\n  StrictHostKeyChecking accept-new\n  LogLevel ERROR\n"
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    let wrapper = dir.join("bin/ssh");
+    std::fs::write(
+        &wrapper,
+        format!("#!/bin/sh\nexec /usr/bin/ssh -F {d}/ssh_config \"$@\"\n"),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
