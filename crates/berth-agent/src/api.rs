@@ -75,12 +75,14 @@ impl Metrics {
 }
 
 /// The router of the optional plain-HTTP metrics listener (`--metrics ADDR`).
+mod access;
 mod alerts;
 mod backups;
 mod exec;
 mod secret_values;
 mod uploads;
 
+use access::*;
 use alerts::*;
 use backups::*;
 use exec::*;
@@ -250,9 +252,10 @@ async fn metrics_endpoint(State(state): State<ApiState>) -> Response {
 }
 
 pub fn router(state: ApiState) -> Router {
-    let token = state.token.clone();
     Router::new()
         .route("/v1/info", get(info))
+        .route("/v1/tokens", get(list_tokens).post(add_token))
+        .route("/v1/tokens/{name}", axum::routing::delete(revoke_token))
         .route("/v1/status", get(status))
         .route("/v1/audit", get(audit))
         .route("/v1/alerts", get(alerts))
@@ -289,46 +292,21 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/apps/{app}/backups/prune", post(backup_prune))
         .route("/v1/apps/{app}/restore", post(restore))
         .route("/v1/apps/{app}/secrets", get(list_secrets))
-        .route("/v1/apps/{app}/secrets/{name}", get(get_secret).put(set_secret).delete(delete_secret))
-        .route("/v1/apps/{app}/secrets/{name}/generate", post(generate_secret))
+        .route(
+            "/v1/apps/{app}/secrets/{name}",
+            get(get_secret).put(set_secret).delete(delete_secret),
+        )
+        .route(
+            "/v1/apps/{app}/secrets/{name}/generate",
+            post(generate_secret),
+        )
         // Everything but build contexts (above) is small JSON: manifests, secret values, keys.
         .layer(axum::extract::DefaultBodyLimit::max(JSON_LIMIT))
-        .layer(axum::middleware::from_fn(move |request: axum::extract::Request, next: axum::middleware::Next| {
-            let token = token.clone();
-            async move {
-                if let Some(expected) = token {
-                    let presented = request
-                        .headers()
-                        .get(http::header::AUTHORIZATION)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.strip_prefix("Bearer "))
-                        .unwrap_or("");
-                    if !constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
-                        let mut refused = ApiFailure(
-                            OpError::new(ErrorKind::Unauthorized, "missing or wrong API token")
-                                .hint("pass the token from the agent's api-token file (BERTH_TOKEN)"),
-                            StatusCode::UNAUTHORIZED,
-                        )
-                        .into_response();
-                        // An unauthenticated client does not keep its connection.
-                        refused.headers_mut().insert(
-                            http::header::CONNECTION,
-                            http::HeaderValue::from_static("close"),
-                        );
-                        return refused;
-                    }
-                }
-                next.run(request).await
-            }
-        }))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authorize,
+        ))
         .with_state(state)
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// An error answer: the operation's error with its HTTP status.
@@ -365,7 +343,38 @@ fn actor(state: &ApiState, headers: &HeaderMap) -> String {
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 200)
         .unwrap_or("unknown");
-    format!("{claimed} via {}", state.transport)
+    match headers.get(TOKEN_HEADER).and_then(|v| v.to_str().ok()) {
+        // The token first: what the client says of itself comes after, as a claim.
+        Some(token) => format!("token {token} via {} (says {claimed})", state.transport),
+        None => format!("{claimed} via {}", state.transport),
+    }
+}
+
+/// What in a manifest reaches past its containers into the server: a mount of the Docker
+/// socket or a system path, or a backup of the agent's own data or of a server path. A token
+/// below admin may not deploy it: the agent would act on it with its own rights.
+fn reaches_the_host(manifest: &berth_manifest::Manifest) -> Option<String> {
+    if let Some(risk) = berth_manifest::risks(manifest)
+        .into_iter()
+        .find(|r| r.host_mount)
+    {
+        return Some(format!("{} {}", risk.service, risk.message));
+    }
+    manifest
+        .backup
+        .backups
+        .values()
+        .find_map(|backup| match &backup.source {
+            berth_manifest::BackupSource::Berth => Some(format!(
+                "backup {} copies the agent's own data",
+                backup.name
+            )),
+            berth_manifest::BackupSource::Directory { .. }
+            | berth_manifest::BackupSource::Sqlite { service: None, .. } => {
+                Some(format!("backup {} reads a path on the server", backup.name))
+            }
+            _ => None,
+        })
 }
 
 fn check_app_name(app: &str) -> ApiResult<()> {
@@ -757,6 +766,33 @@ async fn deploy(
         &request.base_dir,
         request.environment.as_deref(),
     )?;
+    // A token limited to one app deploys that app only (the access check cannot read bodies).
+    if let Some(own) = headers
+        .get(TOKEN_APP_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|own| *own != manifest.app)
+    {
+        let message = format!(
+            "this API token is for the app {own} only, not {}",
+            manifest.app
+        );
+        state
+            .engine
+            .audit(&actor, "refused", &manifest.app, "refused", &message);
+        return Err(OpError::new(ErrorKind::Forbidden, message).into());
+    }
+    if below_admin(&headers)
+        && let Some(reach) = reaches_the_host(&manifest)
+    {
+        let message =
+            format!("this API token may deploy only what stays inside its containers, and {reach}");
+        state
+            .engine
+            .audit(&actor, "refused", &manifest.app, "refused", &message);
+        return Err(OpError::new(ErrorKind::Forbidden, message)
+            .hint("deploy this manifest with an admin token (or on the server)")
+            .into());
+    }
     let mut contexts = BTreeMap::new();
     let mut used_uploads = Vec::new();
     for service in manifest

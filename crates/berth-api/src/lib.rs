@@ -41,10 +41,15 @@
 //! | `POST /v1/apps/A/destroy` | [`DestroyRequest`] | NDJSON [`OperationEvent`]s |
 //! | `POST /v1/agent/upgrade` | [`UpgradeRequest`] | NDJSON [`OperationEvent`]s |
 //! | `POST /v1/agent/stop` | | [`StopAnswer`] |
+//! | `GET /v1/tokens` | | `Vec<`[`TokenInfo`]`>` |
+//! | `POST /v1/tokens` | [`TokenRequest`] | [`TokenIssued`] |
+//! | `DELETE /v1/tokens/N` (N: its name) | | 204 |
 //!
 //! Errors are a non-2xx status with an [`ApiError`] body. Requests carry the caller's
 //! identity in the `x-berth-actor` header for the audit log; over TCP they need
-//! `Authorization: Bearer TOKEN`.
+//! `Authorization: Bearer TOKEN`: the agent's own token (admin) or one of `/v1/tokens`,
+//! whose scope (read < deploy < admin) and app decide what it may call (401 for a missing,
+//! wrong, revoked or expired token; 403 for one that may not).
 
 mod health;
 pub use health::{HEALTH_JSON, HealthCheck, HealthReport, Verdict, disk_verdict};
@@ -1039,6 +1044,41 @@ pub struct AuditEntry {
     pub target: String,
     pub result: String,
     pub detail: String,
+}
+
+// ---- API tokens -------------------------------------------------------------------------
+
+/// `POST /v1/tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenRequest {
+    pub name: String,
+    /// `read`, `deploy` or `admin`.
+    pub scope: String,
+    /// The one app the token may act on.
+    #[serde(default)]
+    pub app: Option<String>,
+    #[serde(default)]
+    pub expires_in_seconds: Option<u64>,
+}
+
+/// A token as listed: never the token itself.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenInfo {
+    pub name: String,
+    pub scope: String,
+    pub app: Option<String>,
+    pub created_at: i64,
+    pub created_by: String,
+    pub expires_at: Option<i64>,
+    pub last_used_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+/// The answer to `POST /v1/tokens`: the token, shown this once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenIssued {
+    pub token: String,
+    pub info: TokenInfo,
 }
 
 // ---- backups ----------------------------------------------------------------------------

@@ -12,6 +12,8 @@ use std::path::Path;
 pub struct Risk {
     /// The service or accessory.
     pub service: String,
+    /// A mount that hands the container the host (not a published port).
+    pub host_mount: bool,
     pub message: String,
     pub help: String,
 }
@@ -58,6 +60,7 @@ pub fn risks(manifest: &Manifest) -> Vec<Risk> {
             if docker_socket(&normalized) {
                 found.push(Risk {
                     service: service.name.clone(),
+                    host_mount: true,
                     message: format!(
                         "mounts the Docker socket {}{writable}: whoever controls this container controls every container and is root on the host",
                         path.display()
@@ -70,6 +73,7 @@ pub fn risks(manifest: &Manifest) -> Vec<Risk> {
             {
                 found.push(Risk {
                     service: service.name.clone(),
+                    host_mount: true,
                     message: format!(
                         "mounts the host's {}{writable} into the container",
                         path.display()
@@ -82,6 +86,7 @@ pub fn risks(manifest: &Manifest) -> Vec<Risk> {
             if binding.host_ip.is_none() {
                 found.push(Risk {
                     service: service.name.clone(),
+                    host_mount: false,
                     message: format!(
                         "publishes port {} on every address of the host: Docker opens it past a host firewall such as UFW",
                         binding.host_port

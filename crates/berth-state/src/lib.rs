@@ -10,6 +10,7 @@
 
 mod model;
 mod resources;
+mod tokens;
 
 pub use model::*;
 pub use resources::*;
@@ -1205,6 +1206,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("migration6.sql")),
         M::up(include_str!("migration7.sql")),
         M::up(include_str!("migration8.sql")),
+        M::up(include_str!("migration9.sql")),
     ])
 }
 

@@ -554,3 +554,53 @@ fn resource_history_keeps_means_and_peaks_in_minutes_then_hours_and_prunes_by_ag
         "every app without one"
     );
 }
+
+#[test]
+fn api_tokens_are_kept_as_hashes_revoked_by_name_and_a_live_name_is_unique() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("state.db")).unwrap();
+    let issued = berth_auth::tokens::issue(
+        "ci",
+        berth_auth::Scope::Deploy,
+        Some("shop".into()),
+        1_000,
+        "root via unix",
+        None,
+    );
+    store.add_token(&issued.record).unwrap();
+    let again = berth_auth::tokens::issue("ci", berth_auth::Scope::Read, None, 2_000, "x", None);
+    let taken = store.add_token(&again.record).unwrap_err().to_string();
+    assert!(taken.contains("revoke it first"), "{taken}");
+
+    let found = store.token_by_id(&issued.record.id).unwrap().unwrap();
+    assert_eq!(found, issued.record);
+    let (caller, _) =
+        berth_auth::authenticate(&store, &issued.text, 3_000).expect("the token checks");
+    assert_eq!(caller.app.as_deref(), Some("shop"));
+
+    store.touch_token(&issued.record.id, 4_000).unwrap();
+    assert_eq!(store.tokens().unwrap()[0].last_used_ms, Some(4_000));
+    assert!(store.revoke_token("ci", 5_000).unwrap());
+    assert!(
+        !store.revoke_token("ci", 6_000).unwrap(),
+        "nothing live left"
+    );
+    assert!(matches!(
+        berth_auth::authenticate(&store, &issued.text, 7_000),
+        Err(berth_auth::AuthError::Refused(
+            berth_auth::Refusal::Revoked { .. }
+        ))
+    ));
+    // The name is free again; the revoked record stays listed.
+    store.add_token(&again.record).unwrap();
+    assert_eq!(store.tokens().unwrap().len(), 2);
+    // Nothing of the token itself is stored.
+    let secret = issued.text.rsplit('_').next().unwrap();
+    for file in ["state.db", "state.db-wal"] {
+        let raw = std::fs::read(dir.path().join(file)).unwrap_or_default();
+        assert!(
+            !raw.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{file}"
+        );
+    }
+}

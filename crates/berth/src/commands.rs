@@ -6,6 +6,7 @@ mod contexts;
 mod fit;
 mod ops;
 mod server;
+mod tokens;
 
 use crate::client::{Client, ClientError, Target};
 use crate::output::{self, Mode, OperationView};
@@ -229,6 +230,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     match cli.command {
         Command::Context { action } => contexts::context(&ctx, action).await,
+        Command::Tokens { action } => tokens::tokens(&ctx, action).await,
         Command::Server {
             action: ServerCommand::Bootstrap(args),
         } => server::bootstrap(&ctx, args).await,

@@ -107,6 +107,12 @@ enum Command {
         #[command(flatten)]
         manifest: ManifestArgs,
     },
+    /// Scoped API tokens for the agent's TCP API (CI jobs, other machines): `berth tokens
+    /// add ci --scope deploy --app shop`, `berth tokens list`, `berth tokens revoke ci`.
+    Tokens {
+        #[command(subcommand)]
+        action: TokensCommand,
+    },
     /// Named remote agents: `berth context add prod ssh://deploy@host`, `berth context use
     /// prod`, then every command talks to it (or `--context prod` for one command).
     Context {
@@ -677,6 +683,33 @@ enum ContextCommand {
     /// Remove a context.
     Rm {
         /// The context's name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokensCommand {
+    /// Make a token and print it once (only the token when piped).
+    Add {
+        /// Its name, recorded in the audit log with every action it takes.
+        name: String,
+        /// `read` (status, logs, releases), `deploy` (also deploy, rollback, restart,
+        /// maintenance, backups and restores) or `admin` (everything: secrets, exec, tokens).
+        #[arg(long, value_name = "SCOPE")]
+        scope: String,
+        /// Limit it to one app.
+        #[arg(long, value_name = "APP")]
+        app: Option<String>,
+        /// How long it lives, such as 90d (default: until revoked).
+        #[arg(long, value_name = "DURATION")]
+        expires: Option<String>,
+    },
+    /// The tokens: scope, app, state, last use (never the tokens themselves).
+    #[command(alias = "ls")]
+    List,
+    /// Revoke a token: requests with it are refused at once.
+    Revoke {
+        /// The token's name.
         name: String,
     },
 }

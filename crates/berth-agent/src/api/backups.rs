@@ -40,7 +40,9 @@ pub(super) async fn backup_run(
     Json(request): Json<BackupRunRequest>,
 ) -> ApiResult<Response> {
     let actor = actor(&state, &headers);
-    let manifest = backup_manifest(&state, &app, request.manifest.as_ref())?;
+    // A token below admin runs the live release's backups, never a manifest of its own.
+    let given = request.manifest.as_ref().filter(|_| !below_admin(&headers));
+    let manifest = backup_manifest(&state, &app, given)?;
     let names = Backups::backup_names(&manifest, &request.names)?;
     let backups = state.engine.backups().clone();
     let locks = backups.locks().clone();
@@ -68,9 +70,12 @@ pub(super) async fn backup_run(
 pub(super) async fn backup_list(
     State(state): State<ApiState>,
     Path(app): Path<String>,
+    headers: HeaderMap,
     Json(request): Json<BackupListRequest>,
 ) -> ApiResult<Json<BackupList>> {
-    let manifest = backup_manifest(&state, &app, request.manifest.as_ref())?;
+    // A token below admin lists the live release's storages, never ones it names itself.
+    let given = request.manifest.as_ref().filter(|_| !below_admin(&headers));
+    let manifest = backup_manifest(&state, &app, given)?;
     if let Some(name) = &request.name {
         Backups::backup_named(&manifest, name)?;
     }

@@ -189,7 +189,19 @@ fn the_ci_deploy_step_deploys_over_tls_with_the_token_and_fails_on_a_refused_rel
             .output()
             .unwrap()
     };
-    let deployed = run_step(&token);
+    // The CI system's secret: a deploy token for this app, made on the server.
+    let add_token = |name: &str, scope: &str, app_name: Option<&str>| {
+        let mut args = vec!["tokens", "add", name, "--scope", scope];
+        if let Some(app_name) = app_name {
+            args.extend(["--app", app_name]);
+        }
+        let out = agent.berth_in(app.path(), &args);
+        out.success();
+        out.stdout.trim().to_owned()
+    };
+    let deploy_token = add_token("github-ci", "deploy", Some(&app.name));
+    assert!(deploy_token.starts_with("berth_"), "{deploy_token}");
+    let deployed = run_step(&deploy_token);
     assert!(
         deployed.status.success(),
         "{}",
@@ -198,6 +210,101 @@ fn the_ci_deploy_step_deploys_over_tls_with_the_token_and_fails_on_a_refused_rel
     agent.wait_serving("deployed by ci");
     let releases = agent.berth_in(app.path(), &["releases", "--json"]).json();
     assert!(releases.to_string().contains("0123abcd"), "{releases}");
+    let audit = agent
+        .berth_in(app.path(), &["audit", "--json"])
+        .json()
+        .to_string();
+    assert!(audit.contains("token github-ci via tls"), "{audit}");
+
+    // A token of another scope is refused, and the refusal is audited.
+    let read_token = add_token("dashboard", "read", None);
+    let refused = run_step(&read_token);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("read scope") && stderr.contains("needs deploy"),
+        "{stderr}"
+    );
+    // So is a deploy token of another app.
+    let other_token = add_token("other-ci", "deploy", Some("other-app"));
+    let refused = run_step(&other_token);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("for the app other-app only"), "{stderr}");
+    let audit = agent
+        .berth_in(app.path(), &["audit", "-n", "100", "--json"])
+        .json()
+        .to_string();
+    assert!(
+        audit.contains("token dashboard via tls") && audit.contains("refused"),
+        "{audit}"
+    );
+
+    // berth as the token's holder runs it, over TLS.
+    let as_token = |token: &str, args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(args)
+            .current_dir(app.path())
+            .env("CI", "true")
+            .env("BERTH_AGENT", &api)
+            .env("BERTH_TOKEN", token)
+            .env("BERTH_AGENT_FINGERPRINT", &fingerprint)
+            .output()
+            .unwrap()
+    };
+    // A deploy token cannot deploy what reaches the host (the agent would mount it).
+    let manifest = std::fs::read_to_string(app.manifest_path()).unwrap();
+    app.write(&manifest.replace(
+        "[services.web]",
+        "[services.web]\nvolumes = [\"/var/run/docker.sock:/var/run/docker.sock\"]",
+    ));
+    let refused = run_step(&deploy_token);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("only what stays inside its containers"),
+        "{stderr}"
+    );
+    app.write(&manifest);
+    // An admin token limited to the app reaches neither tokens nor the agent.
+    let app_admin = add_token("shop-admin", "admin", Some(&app.name));
+    let out = as_token(&app_admin, &["tokens", "list"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("for the app"), "{stderr}");
+    // A read token reads.
+    let out = as_token(&read_token, &["releases", "--app", &app.name, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A revoked token stops working at once.
+    agent
+        .berth_in(app.path(), &["tokens", "revoke", "github-ci"])
+        .success();
+    let refused = run_step(&deploy_token);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("`github-ci` was revoked"), "{stderr}");
+    let list = agent
+        .berth_in(app.path(), &["tokens", "list", "--json"])
+        .json();
+    let revoked = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "github-ci")
+        .unwrap();
+    assert!(
+        revoked["revoked_at"].is_i64() && revoked["last_used_at"].is_i64(),
+        "{list}"
+    );
+    assert!(
+        !list.to_string().contains(&deploy_token[18..]),
+        "a token is never listed"
+    );
 
     // A token that is not the agent's is refused: the job fails, nothing is deployed.
     let refused = run_step("not-the-token");

@@ -471,7 +471,7 @@ fn bootstrap_hardens_a_fresh_debian_server_twice_without_change_and_the_agent_se
     );
     assert!(said.contains("Permission denied (publickey)"), "{said}");
 
-    let started = Instant::now();
+    // fail2ban reads the journal on its own time: its count lags the refusals under load.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let status = text(&server.exec(&["fail2ban-client", "status", "sshd"]));
@@ -481,7 +481,6 @@ fn bootstrap_hardens_a_fresh_debian_server_twice_without_change_and_the_agent_se
             .map(|(_, n)| n.trim().parse().unwrap())
             .unwrap_or_else(|| panic!("{status}"));
         if failed >= 2 {
-            eprintln!("COUNTED after {:?}", started.elapsed());
             break;
         }
         if Instant::now() > deadline {
