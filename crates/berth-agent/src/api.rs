@@ -781,6 +781,18 @@ async fn deploy(
             .audit(&actor, "refused", &manifest.app, "refused", &message);
         return Err(OpError::new(ErrorKind::Forbidden, message).into());
     }
+    if below_admin(&headers) && !request.image_archives.is_empty() {
+        // `docker load` tags what the archive says, over any image of any app.
+        let message =
+            "this API token may not load image archives: they can replace the images of other apps"
+                .to_owned();
+        state
+            .engine
+            .audit(&actor, "refused", &manifest.app, "refused", &message);
+        return Err(OpError::new(ErrorKind::Forbidden, message)
+            .hint("build from the source (`build =`), pull from a registry, or load with an admin token")
+            .into());
+    }
     if below_admin(&headers)
         && let Some(reach) = reaches_the_host(&manifest)
     {

@@ -56,7 +56,14 @@ impl Store {
             ],
         )
         .map(|_| ())
-        .map_err(sql("store an API token"))
+        .map_err(|error| match error.sqlite_error_code() {
+            // Another request took the name between the check and the insert.
+            Some(rusqlite::ErrorCode::ConstraintViolation) => StateError::Conflict(format!(
+                "an API token named `{}` exists; revoke it first or pick another name",
+                token.name
+            )),
+            _ => sql("store an API token")(error),
+        })
     }
 
     pub fn token_by_id(&self, id: &str) -> Result<Option<TokenRecord>> {

@@ -266,6 +266,17 @@ fn the_ci_deploy_step_deploys_over_tls_with_the_token_and_fails_on_a_refused_rel
         "{stderr}"
     );
     app.write(&manifest);
+    // Nor load an image archive, which could re-tag another app's images.
+    let archive = app.path().join("image.tar");
+    std::fs::write(&archive, [0u8; 1024]).unwrap();
+    let out = as_token(
+        &deploy_token,
+        &["deploy", "--load", archive.to_str().unwrap()],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("may not load image archives"), "{stderr}");
+    std::fs::remove_file(&archive).unwrap();
     // An admin token limited to the app reaches neither tokens nor the agent.
     let app_admin = add_token("shop-admin", "admin", Some(&app.name));
     let out = as_token(&app_admin, &["tokens", "list"]);
