@@ -110,8 +110,9 @@ pub(super) async fn authorize(
                 caller
             }
             Err(berth_auth::AuthError::Refused(refusal)) => {
-                if let berth_auth::Refusal::Revoked { name }
-                | berth_auth::Refusal::Expired { name } = &refusal
+                if let berth_auth::Refusal::Revoked { name } | berth_auth::Refusal::Expired { name } =
+                    &refusal
+                    && refusal_is_new(name, berth_state::now_ms())
                 {
                     let path = request.uri().path().to_owned();
                     state.engine.audit(
@@ -173,19 +174,37 @@ pub(super) async fn authorize(
         http::HeaderValue::from_static(caller.scope.as_str()),
     );
     if let Some(message) = refusal {
-        state.engine.audit(
-            &actor(&state, request.headers()),
-            "refused",
-            &path,
-            "refused",
-            &message,
-        );
+        if refusal_is_new(&caller.name, now) {
+            state.engine.audit(
+                &actor(&state, request.headers()),
+                "refused",
+                &path,
+                "refused",
+                &message,
+            );
+        }
         return ApiFailure::from(OpError::new(ErrorKind::Forbidden, message).hint(
             "use a token of a wider scope, or ask an admin for one: `berth tokens add NAME --scope deploy`",
         ))
         .into_response();
     }
     next.run(request).await
+}
+
+/// Whether a refusal of this token is the first within a minute: one audit entry per token
+/// and minute, so a holder of a known token cannot fill the audit log with refused requests.
+fn refusal_is_new(token: &str, now: i64) -> bool {
+    static LAST: std::sync::Mutex<BTreeMap<String, i64>> = std::sync::Mutex::new(BTreeMap::new());
+    let Ok(mut last) = LAST.lock() else {
+        return true;
+    };
+    // Forget the old ones, so the map stays as small as the tokens refused this minute.
+    last.retain(|_, at| now - *at < 60_000);
+    if last.contains_key(token) {
+        return false;
+    }
+    last.insert(token.to_owned(), now);
+    true
 }
 
 /// 401, and the connection is not kept: an unauthenticated client does not hold a slot.
@@ -357,5 +376,13 @@ mod tests {
         ] {
             assert!(!app_token_may_call(spanning), "{spanning}");
         }
+    }
+
+    #[test]
+    fn refusals_are_audited_once_a_minute_per_token() {
+        assert!(refusal_is_new("flood-a", 1_000_000));
+        assert!(!refusal_is_new("flood-a", 1_030_000));
+        assert!(refusal_is_new("flood-b", 1_030_000));
+        assert!(refusal_is_new("flood-a", 1_061_000));
     }
 }
