@@ -539,9 +539,29 @@ impl Client {
                 chunk.map(Frame::data)
             });
         let body = StreamBody::new(stream).boxed_unsync();
-        let response = self
+        let response = match self
             .send(http::Method::POST, path, body, "application/x-tar")
-            .await?;
+            .await
+        {
+            Ok(response) => response,
+            // An agent that refuses the request (a token without the scope) answers before it
+            // reads the body, and the connection may end while the body is still being
+            // written: ask again without a body to learn its reason.
+            Err(error @ ClientError::Unreachable { .. }) => {
+                return match self
+                    .send(http::Method::POST, path, Self::empty(), "application/x-tar")
+                    .await
+                {
+                    Err(
+                        refused @ ClientError::Api {
+                            status: 401 | 403, ..
+                        },
+                    ) => Err(refused),
+                    _ => Err(error),
+                };
+            }
+            Err(error) => return Err(error),
+        };
         self.read_json(response).await
     }
 }
@@ -667,5 +687,48 @@ mod tests {
         );
         let error = Target::parse("ssh://-oProxyCommand=touch /tmp/pwned").unwrap_err();
         assert!(error.contains("option"), "{error}");
+    }
+}
+
+#[cfg(test)]
+mod upload_tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An agent that refuses an upload answers before reading the body and closes: the CLI
+    /// reports the refusal, not the broken connection.
+    #[tokio::test]
+    async fn a_refused_upload_reports_the_refusal_not_the_broken_connection() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut head = vec![0u8; 4096];
+                let _ = socket.read(&mut head).await;
+                let body = r#"{"message":"the API token `dashboard` has the read scope; POST /v1/uploads needs deploy","hint":null,"kind":"forbidden","details":[]}"#;
+                let answer = format!(
+                    "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+                // Closed with the body unread: the client's writes meet a reset.
+                drop(socket);
+            }
+        });
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), vec![7u8; 64 << 20]).unwrap();
+        let client = Client::new(Target::Tcp(addr.to_string()), Some("t".into()), None);
+        let error = client
+            .upload::<serde_json::Value>("/v1/uploads", file.path())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&error, ClientError::Api { status: 403, .. }),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("read scope"), "{error}");
     }
 }
