@@ -289,6 +289,7 @@ impl Step {
             ),
             ("SUDO", if options.sudo { "yes" } else { "no" }.to_owned()),
             ("GROUP", GROUP.to_owned()),
+            ("SOCKET", SHARED_SOCKET.to_owned()),
             (
                 "BINARY_CHANGED",
                 if binary_changed { "1" } else { "0" }.to_owned(),
@@ -651,9 +652,9 @@ if [ "$MODE" = apply ] && [ -n "$API_PORT" ]; then
 fi
 if [ "$MODE" = apply ]; then
   i=0
-  while [ ! -S /run/berth.sock ] && [ $i -lt 60 ]; do sleep 0.5; i=$((i + 1)); done
-  if [ ! -S /run/berth.sock ]; then
-    echo "the agent did not open /run/berth.sock within 30 s; its log: journalctl -u berth" >&2
+  while [ ! -S "$SOCKET" ] && [ $i -lt 60 ]; do sleep 0.5; i=$((i + 1)); done
+  if [ ! -S "$SOCKET" ]; then
+    echo "the agent did not open $SOCKET within 30 s; its log: journalctl -u berth" >&2
     journalctl -u berth -n 20 --no-pager >&2 || true
     exit 1
   fi

@@ -152,18 +152,15 @@ struct Ctx {
     json: bool,
 }
 
-/// The socket `berth server bootstrap` has the agent open for the `berth` group, found when
-/// the caller's own default socket is not there (a deploy user on the server, `ssh … berth
-/// dial-stdio`).
-const SHARED_SOCKET: &str = "/run/berth.sock";
-
 impl Ctx {
     fn target(&self) -> anyhow::Result<Target> {
         match &self.agent {
             Some(text) => Target::parse(text).map_err(|e| invalid(e, None)),
             None => {
                 let own = berth_agent::AgentConfig::socket_path(&self.data_dir);
-                let shared = Path::new(SHARED_SOCKET);
+                // The socket `berth server bootstrap` opens for the `berth` group: a deploy user
+                // on the server (`ssh … berth dial-stdio`) has no socket of its own.
+                let shared = Path::new(berth_ops::bootstrap::SHARED_SOCKET);
                 Ok(Target::Unix(
                     if self.default_data_dir && !own.exists() && shared.exists() {
                         shared.to_path_buf()

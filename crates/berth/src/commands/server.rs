@@ -75,6 +75,19 @@ impl Remote {
         self.run(self.shell(), script.as_bytes()).await
     }
 
+    /// The same server as another user.
+    fn as_user(&self, user: &str, sudo: bool) -> Remote {
+        Remote {
+            destination: format!("{user}@{}", self.host()),
+            port: self.port,
+            sudo,
+        }
+    }
+
+    fn is_user(&self, user: &str) -> bool {
+        self.destination.rsplit_once('@').map(|(u, _)| u) == Some(user)
+    }
+
     fn host(&self) -> &str {
         self.destination
             .rsplit_once('@')
@@ -190,9 +203,7 @@ pub(crate) async fn bootstrap(ctx: &Ctx, args: BootstrapArgs) -> anyhow::Result<
         bootstrap::Mode::Apply
     };
     let remote = connect(ctx, destination, port, &mut options).await?;
-    let as_deploy_user = remote
-        .destination
-        .starts_with(&format!("{}@", options.deploy_user));
+    let as_deploy_user = remote.is_user(&options.deploy_user);
     if as_deploy_user && remote.sudo && !options.sudo {
         return Err(invalid(
             format!(
@@ -237,11 +248,7 @@ pub(crate) async fn bootstrap(ctx: &Ctx, args: BootstrapArgs) -> anyhow::Result<
             }
         );
     }
-    let deploy = Remote {
-        destination: format!("{}@{}", options.deploy_user, remote.host()),
-        port: remote.port,
-        sudo: options.sudo,
-    };
+    let deploy = remote.as_user(&options.deploy_user, options.sudo);
     let mut binary_changed = false;
     let mut failure: Option<(Step, String)> = None;
     for step in Step::ALL {
@@ -418,19 +425,11 @@ async fn connect(
     // Who we are, the port sshd took this connection on (the one the firewall must keep
     // open, whatever a NAT in between calls it), and whether sudo works.
     let probe = "id -u; echo \"${SSH_CONNECTION:-}\" | cut -d' ' -f4; if [ \"$(id -u)\" != 0 ]; then sudo -n true && echo sudo; fi";
-    let user = remote
-        .destination
-        .rsplit_once('@')
-        .map(|(user, _)| user.to_owned());
     // Once a bootstrap has run, root may no longer log in and the deploy user goes in
     // instead. Which to try first is what this machine remembers of its earlier runs, so
     // neither a fresh server nor a second run costs a refused login (fail2ban counts them).
-    let deploy = Remote {
-        destination: format!("{}@{}", options.deploy_user, remote.host()),
-        port,
-        sudo: true,
-    };
-    let is_root = user.as_deref() == Some("root");
+    let deploy = remote.as_user(&options.deploy_user, true);
+    let is_root = remote.is_user("root");
     let usable =
         |f: &Finished| f.code == Some(0) && f.stdout.lines().nth(2).map(str::trim) == Some("sudo");
     let remembered = is_root
@@ -463,8 +462,7 @@ async fn connect(
             }
         }
     };
-    let went_as_deploy = remote.destination == format!("{}@{}", options.deploy_user, remote.host());
-    if is_root && went_as_deploy && ctx.mode != Mode::Json {
+    if is_root && remote.is_user(&options.deploy_user) && ctx.mode != Mode::Json {
         eprintln!(
             "{} root may not log in (an earlier bootstrap's doing): going on as {} with sudo",
             style("!").yellow(),
@@ -780,6 +778,10 @@ mod tests {
             sudo: false,
         };
         assert_eq!(remote.host(), "203.0.113.7");
+        assert!(remote.is_user("root") && !remote.is_user("roo"));
+        let deploy = remote.as_user("deploy", true);
+        assert_eq!(deploy.destination, "deploy@203.0.113.7");
+        assert!(deploy.is_user("deploy") && deploy.sudo && deploy.port == Some(2222));
         assert_eq!(remote.url("deploy"), "ssh://deploy@203.0.113.7:2222");
         let v6 = Remote {
             destination: "root@2001:db8::1".into(),
