@@ -754,6 +754,33 @@ fn parse_manifest(
     })
 }
 
+/// Why a caller below admin may not load this archive: a name in it outside the app's
+/// uploaded images, or an archive whose names cannot all be read. `None` when it may.
+async fn archive_outside_app(path: &std::path::Path, app: &str) -> Option<String> {
+    let owned = path.to_owned();
+    let names = match tokio::task::spawn_blocking(move || {
+        berth_runtime::archive::image_names(&owned)
+    })
+    .await
+    {
+        Ok(Ok(names)) => names,
+        Ok(Err(error)) => {
+            return Some(format!(
+                "this API token may load only archives berth can read through: {error}"
+            ));
+        }
+        Err(error) => return Some(format!("the image archive could not be checked: {error}")),
+    };
+    names
+        .iter()
+        .find(|name| !berth_core::names::is_uploaded_image(app, name))
+        .map(|name| {
+            format!(
+                "this API token may load only images of the app {app} built by `berth deploy --build local`, and the archive names {name}"
+            )
+        })
+}
+
 async fn deploy(
     State(state): State<ApiState>,
     headers: HeaderMap,
@@ -781,17 +808,23 @@ async fn deploy(
             .audit(&actor, "refused", &manifest.app, "refused", &message);
         return Err(OpError::new(ErrorKind::Forbidden, message).into());
     }
-    if below_admin(&headers) && !request.image_archives.is_empty() {
-        // `docker load` tags what the archive says, over any image of any app.
-        let message =
-            "this API token may not load image archives: they can replace the images of other apps"
-                .to_owned();
-        state
-            .engine
-            .audit(&actor, "refused", &manifest.app, "refused", &message);
-        return Err(OpError::new(ErrorKind::Forbidden, message)
-            .hint("build from the source (`build =`), pull from a registry, or load with an admin token")
-            .into());
+    let mut image_archives = Vec::new();
+    for id in &request.image_archives {
+        let path = upload_path(&state, id).ok_or_else(|| {
+            OpError::invalid(format!("the image archive upload {id} is not on the agent"))
+        })?;
+        if below_admin(&headers)
+            && let Some(message) = archive_outside_app(&path, &manifest.app).await
+        {
+            // `docker load` tags what the archive says, over any image of any app.
+            state
+                .engine
+                .audit(&actor, "refused", &manifest.app, "refused", &message);
+            return Err(OpError::new(ErrorKind::Forbidden, message)
+                .hint("send images built by `berth deploy --build local` (named berth/APP/SERVICE:local-…), or load other archives with an admin token")
+                .into());
+        }
+        image_archives.push(path);
     }
     if below_admin(&headers)
         && let Some(reach) = reaches_the_host(&manifest)
@@ -812,7 +845,9 @@ async fn deploy(
         .values()
         .chain(manifest.accessories.values())
     {
-        if let ImageSource::Build(_) = service.source {
+        if let ImageSource::Build(_) = service.source
+            && !request.prebuilt.contains_key(&service.name)
+        {
             let path = request
                 .contexts
                 .get(&service.name)
@@ -828,19 +863,13 @@ async fn deploy(
             contexts.insert(service.name.clone(), path);
         }
     }
-    let mut image_archives = Vec::new();
-    for id in &request.image_archives {
-        let path = upload_path(&state, id).ok_or_else(|| {
-            OpError::invalid(format!("the image archive upload {id} is not on the agent"))
-        })?;
-        used_uploads.push(path.clone());
-        image_archives.push(path);
-    }
+    used_uploads.extend(image_archives.iter().cloned());
     let app = manifest.app.clone();
     let plan = state.engine.plan_deploy(crate::engine::DeployRequest {
         manifest,
         manifest_toml: request.manifest.clone(),
         contexts,
+        prebuilt: request.prebuilt.clone(),
         image_archives,
         version: request.version.clone(),
         actor: actor.clone(),

@@ -184,6 +184,10 @@ pub struct DeployRequest {
     /// Uploaded `docker save` archives to load before images are resolved.
     #[serde(default)]
     pub image_archives: Vec<String>,
+    /// Images built by the client (`berth deploy --build local`) and sent in
+    /// `image_archives`, by service: used instead of building on the server.
+    #[serde(default)]
+    pub prebuilt: BTreeMap<String, String>,
     /// Wait for a deploy in progress instead of failing at once.
     #[serde(default)]
     pub wait_for_lock: bool,

@@ -127,10 +127,20 @@ const CLOSING_GRACE: Duration = Duration::from_secs(12);
 
 /// Where a release's images come from.
 pub enum ImagePlan {
-    /// Build from uploaded contexts (service -> context archive); pull `image` references.
-    Build(BTreeMap<String, PathBuf>),
+    /// Build from uploaded contexts, or take images built elsewhere; pull `image` references.
+    Build(BuildInputs),
     /// Reuse the images of an earlier release (service -> image id), for rollback.
     Existing(BTreeMap<String, String>),
+}
+
+/// What the services that `build` are made from.
+#[derive(Debug, Default)]
+pub struct BuildInputs {
+    /// Uploaded build context archives by service.
+    pub contexts: BTreeMap<String, PathBuf>,
+    /// Images already built elsewhere (`berth deploy --build local`) by service: used as they
+    /// are instead of building on this server.
+    pub prebuilt: BTreeMap<String, String>,
 }
 
 pub struct ReleasePlan {
@@ -511,10 +521,10 @@ impl Engine {
         self.store
             .set_release_images(&manifest.app, release.number, &images)?;
 
-        if let ImagePlan::Build(contexts) = &plan.images {
+        if let ImagePlan::Build(inputs) = &plan.images {
             for name in manifest.accessory_start_order() {
                 if let Some(accessory) = manifest.accessories.get(name) {
-                    self.ensure_accessory(&ctx, accessory, contexts, progress)
+                    self.ensure_accessory(&ctx, accessory, inputs, progress)
                         .await?;
                 }
             }
@@ -595,7 +605,7 @@ impl Engine {
                 }
                 step.done(None);
             }
-            ImagePlan::Build(contexts) => {
+            ImagePlan::Build(inputs) => {
                 // Services built from the same context and options share one build.
                 let mut built: Vec<(String, String)> = Vec::new();
                 for name in ctx.manifest.service_start_order() {
@@ -604,13 +614,16 @@ impl Engine {
                     };
                     let image = match &service.source {
                         ImageSource::Build(spec) => {
-                            let key = serde_json::to_string(&(contexts.get(name), spec))
-                                .unwrap_or_default();
+                            let key = serde_json::to_string(&(
+                                inputs.contexts.get(name),
+                                inputs.prebuilt.get(name),
+                                spec,
+                            ))
+                            .unwrap_or_default();
                             match built.iter().find(|(k, _)| *k == key) {
                                 Some((_, image)) => image.clone(),
                                 None => {
-                                    let image =
-                                        self.build(ctx, service, contexts, progress).await?;
+                                    let image = self.build(ctx, service, inputs, progress).await?;
                                     built.push((key, image.clone()));
                                     image
                                 }
@@ -634,6 +647,15 @@ impl Engine {
                 )
                 .await?;
         }
+        // An image built elsewhere now has its release's tag; its upload name would only
+        // keep it from being pruned with that release.
+        if let ImagePlan::Build(inputs) = plan {
+            for reference in inputs.prebuilt.values() {
+                if let Err(error) = self.runtime.remove_image(reference).await {
+                    tracing::debug!(%error, reference, "upload name not removed");
+                }
+            }
+        }
         Ok(images)
     }
 
@@ -641,7 +663,7 @@ impl Engine {
         &self,
         ctx: &ReleaseContext<'_>,
         service: &Service,
-        contexts: &BTreeMap<String, PathBuf>,
+        inputs: &BuildInputs,
         progress: &Progress,
     ) -> Result<String, OpError> {
         let ImageSource::Build(spec) = &service.source else {
@@ -650,8 +672,31 @@ impl Engine {
                 service.name
             )));
         };
+        if let Some(reference) = inputs.prebuilt.get(&service.name) {
+            let step = progress.step(format!("take {} as built", service.name));
+            return match self.runtime.inspect_image(reference).await {
+                Ok(Some(image)) => {
+                    step.done(Some(format!("{reference} ({})", short_id(&image.id))));
+                    Ok(image.id)
+                }
+                Ok(None) => {
+                    let error = OpError::invalid(format!(
+                        "service {} was built elsewhere as {reference}, but no uploaded archive holds that image",
+                        service.name
+                    ))
+                    .hint("deploy with `berth deploy --build local`, which builds, saves and uploads the image in one go");
+                    step.fail(&error.message);
+                    Err(error)
+                }
+                Err(other) => {
+                    let error = OpError::from(other);
+                    step.fail(&error.message);
+                    Err(error)
+                }
+            };
+        }
         let step = progress.step(format!("build {}", service.name));
-        let Some(context) = contexts.get(&service.name) else {
+        let Some(context) = inputs.contexts.get(&service.name) else {
             let error = OpError::invalid(format!(
                 "no build context was uploaded for service {}",
                 service.name

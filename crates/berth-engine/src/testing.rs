@@ -16,7 +16,6 @@ use berth_manifest::{Manifest, ManifestSource};
 use berth_proxy::{Proxy, ProxyConfig};
 use berth_runtime::fake::FakeRuntime;
 use berth_state::{ReleaseKind, Store};
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tempfile::TempDir;
@@ -149,7 +148,7 @@ impl Harness {
             image_archives: Vec::new(),
             manifest_toml: text.to_owned(),
             version: version.to_owned(),
-            images: ImagePlan::Build(BTreeMap::new()),
+            images: ImagePlan::Build(Default::default()),
             kind: ReleaseKind::Deploy,
             rollback_of: None,
             actor: "test".into(),

@@ -1,6 +1,7 @@
 //! `berth ci init github|gitlab`: a workflow that runs the tests on every pull request and, on
-//! the main branch, deploys with `berth deploy`: the build context streams to the agent, which
-//! builds the image on the server (no registry anywhere), and the job fails with the deploy's
+//! the main branch, deploys with `berth deploy --build local`: the job builds the images with
+//! the runner's Docker and streams them to the agent (no registry anywhere, no build load on
+//! the server), and the job fails with the deploy's
 //! reason and the failing container's last log lines when the health gate refuses the release.
 //! Credentials are the CI system's secrets, never the file's: the agent's TLS API with its token
 //! and pinned certificate fingerprint, or an SSH key for `ssh://`.
@@ -133,7 +134,7 @@ pub fn deploy_script(revision_variable: &str, environment: Option<&str>) -> Vec<
         .unwrap_or_default();
     vec![
         "berth version".to_owned(),
-        format!("berth deploy{env_flag} --version \"${revision_variable}\" --wait"),
+        format!("berth deploy{env_flag} --build local --version \"${revision_variable}\" --wait"),
     ]
 }
 
@@ -169,7 +170,7 @@ impl Workflow {
             }
         };
         format!(
-            "# Written by `berth ci init`. Tests run on every pull request; a push to {} deploys.\n# The deploy streams the build context to the agent, which builds the image on the server:\n# no registry. It fails the job, with the reason and the failing container's last log\n# lines, when the new release does not pass its health gate (the old one keeps serving).\n#\n# {place}:\n{list}#   BERTH_DOWNLOAD_URL       where the job downloads the berth binary (a variable, not secret)\n#   BERTH_SHA256             that binary's SHA-256 (a variable): the job refuses any other\n",
+            "# Written by `berth ci init`. Tests run on every pull request; a push to {} deploys.\n# The deploy job builds the images on the runner and streams them to the agent: no registry,\n# no build on the server. It fails the job, with the reason and the failing container's last log\n# lines, when the new release does not pass its health gate (the old one keeps serving).\n#\n# {place}:\n{list}#   BERTH_DOWNLOAD_URL       where the job downloads the berth binary (a variable, not secret)\n#   BERTH_SHA256             that binary's SHA-256 (a variable): the job refuses any other\n",
             self.branch
         )
     }
@@ -242,7 +243,7 @@ impl Workflow {
                 .collect::<String>()
         };
         out.push_str(&format!(
-            "stages: [test, deploy]\n\ntest:\n  stage: test\n  image: {image}\n  # {from}\n  script:\n    - {test}\n  rules:\n    - if: $CI_PIPELINE_SOURCE == \"merge_request_event\"\n    - if: $CI_COMMIT_BRANCH == \"{branch}\"\n\ndeploy:\n  stage: deploy\n  image: debian:bookworm-slim\n  # One deploy at a time.\n  resource_group: {environment}\n  environment: {environment}\n  timeout: 20 minutes\n  rules:\n    - if: $CI_COMMIT_BRANCH == \"{branch}\"\n  before_script:\n    - apt-get update -qq && apt-get install -y -qq curl ca-certificates{ssh}\n{install}  script:\n{deploy}  after_script:\n    - if [ \"$CI_JOB_STATUS\" = failed ]; then berth status || true; fi\n",
+            "stages: [test, deploy]\n\ntest:\n  stage: test\n  image: {image}\n  # {from}\n  script:\n    - {test}\n  rules:\n    - if: $CI_PIPELINE_SOURCE == \"merge_request_event\"\n    - if: $CI_COMMIT_BRANCH == \"{branch}\"\n\ndeploy:\n  stage: deploy\n  image: debian:bookworm-slim\n  # The images are built with Docker in Docker (a runner that allows privileged services).\n  services:\n    - name: docker:27-dind\n      alias: docker\n  variables:\n    DOCKER_HOST: tcp://docker:2375\n    DOCKER_TLS_CERTDIR: \"\"\n  # One deploy at a time.\n  resource_group: {environment}\n  environment: {environment}\n  timeout: 20 minutes\n  rules:\n    - if: $CI_COMMIT_BRANCH == \"{branch}\"\n  before_script:\n    - apt-get update -qq && apt-get install -y -qq --no-install-recommends curl ca-certificates docker.io{ssh}\n{install}  script:\n{deploy}  after_script:\n    - if [ \"$CI_JOB_STATUS\" = failed ]; then berth status || true; fi\n",
             from = self.test_from,
             test = yaml_string(&self.test_command),
             branch = self.branch,

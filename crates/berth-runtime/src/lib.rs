@@ -5,6 +5,7 @@
 //! the Docker Engine API through bollard (never the `docker` CLI). Errors are classified into
 //! [`RuntimeError`] variants that tell the operator the cause and the fix.
 
+pub mod archive;
 mod docker;
 mod error;
 #[cfg(feature = "fake")]

@@ -4,6 +4,7 @@ mod alerts;
 mod attach;
 mod contexts;
 mod fit;
+mod local_build;
 mod ops;
 mod server;
 mod tokens;
@@ -323,8 +324,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             wait,
             wait_drain,
             load,
+            build,
             force,
-        } => deploy(&ctx, &manifest, version, (wait, wait_drain), &load, force).await,
+        } => {
+            let build_here = build == crate::BuildPlace::Local;
+            deploy(
+                &ctx,
+                &manifest,
+                version,
+                (wait, wait_drain),
+                (&load, build_here),
+                force,
+            )
+            .await
+        }
         Command::Plan { manifest } => fit::plan(&ctx, &manifest).await,
         Command::Runbook { manifest } => ops::runbook(&ctx, &manifest).await,
         Command::Rollback {
@@ -1346,14 +1359,14 @@ async fn deploy(
     args: &ManifestArgs,
     version: Option<String>,
     waits: (bool, bool),
-    archives: &[PathBuf],
+    images: (&[PathBuf], bool),
     force: bool,
 ) -> anyhow::Result<ExitCode> {
     let loaded = load_manifest(args)?;
     let client = ctx.client()?;
     fit::preflight(ctx, &client, &loaded.manifest, force).await?;
     fit::dns_preflight(ctx, &client, &loaded.manifest).await;
-    deploy_with(ctx, &client, loaded, version, waits, archives).await
+    deploy_with(ctx, &client, loaded, version, waits, images).await
 }
 
 async fn up(
@@ -1365,7 +1378,15 @@ async fn up(
 ) -> anyhow::Result<ExitCode> {
     let loaded = load_manifest(args)?;
     let client = ensure_agent(ctx, http).await?;
-    deploy_with(ctx, &client, loaded, version, (true, false), archives).await
+    deploy_with(
+        ctx,
+        &client,
+        loaded,
+        version,
+        (true, false),
+        (archives, false),
+    )
+    .await
 }
 
 async fn deploy_with(
@@ -1374,7 +1395,7 @@ async fn deploy_with(
     loaded: LoadedManifest,
     version: Option<String>,
     (wait, wait_drain): (bool, bool),
-    archives: &[PathBuf],
+    (archives, build_here): (&[PathBuf], bool),
 ) -> anyhow::Result<ExitCode> {
     let manifest = &loaded.manifest;
     if ctx.mode != Mode::Json {
@@ -1384,13 +1405,28 @@ async fn deploy_with(
             client.target
         );
     }
-    // Pack and upload each distinct build context once.
+    let mut image_archives = Vec::new();
+    let mut prebuilt = BTreeMap::new();
+    if build_here && let Some(built) = local_build::build(ctx, manifest).await? {
+        let upload: Upload = client.upload("/v1/uploads", built.archive.path()).await?;
+        if ctx.mode != Mode::Json {
+            eprintln!(
+                "  {} images built here ({})",
+                style("↑").dim(),
+                output::bytes(upload.bytes)
+            );
+        }
+        image_archives.push(upload.id);
+        prebuilt = built.images;
+    }
+    // Pack and upload each distinct build context once (unless built here).
     let mut contexts = BTreeMap::new();
     let mut uploaded: Vec<((PathBuf, String), String)> = Vec::new();
     for service in manifest
         .services
         .values()
         .chain(manifest.accessories.values())
+        .filter(|service| !prebuilt.contains_key(&service.name))
     {
         let ImageSource::Build(spec) = &service.source else {
             continue;
@@ -1429,7 +1465,6 @@ async fn deploy_with(
         contexts.insert(service.name.clone(), upload.id.clone());
         uploaded.push((key, upload.id));
     }
-    let mut image_archives = Vec::new();
     for archive in archives {
         if !archive.is_file() {
             return Err(invalid(
@@ -1450,6 +1485,7 @@ async fn deploy_with(
     }
     let request = DeployRequest {
         image_archives,
+        prebuilt,
         manifest: loaded.text.clone(),
         manifest_path: loaded.path.display().to_string(),
         base_dir: loaded.base_dir.display().to_string(),

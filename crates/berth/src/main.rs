@@ -7,7 +7,7 @@ mod commands;
 mod context;
 mod output;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -61,6 +61,15 @@ struct AppArgs {
     /// The environment overlay whose app is meant.
     #[arg(long = "env", value_name = "ENV")]
     environment: Option<String>,
+}
+
+/// Where `berth deploy` builds images.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BuildPlace {
+    /// On the server, from the build context streamed to the agent.
+    Server,
+    /// Here, with this machine's Docker; the images stream to the agent.
+    Local,
 }
 
 /// What to do with a running agent.
@@ -203,6 +212,11 @@ enum Command {
         /// without a registry). Repeatable.
         #[arg(long = "load", value_name = "ARCHIVE")]
         load: Vec<PathBuf>,
+        /// Where the images of services with `build =` are built: on the server from the
+        /// uploaded context (default), or here with this machine's Docker and sent to the
+        /// server as an image archive (for CI runners; no registry either way).
+        #[arg(long, value_enum, default_value_t = BuildPlace::Server)]
+        build: BuildPlace,
         /// Deploy even when the release does not fit on the server (`berth plan`), for
         /// example while the old release runs beside the new one.
         #[arg(long)]

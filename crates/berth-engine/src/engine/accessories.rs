@@ -9,7 +9,7 @@ impl Engine {
         &self,
         ctx: &ReleaseContext<'_>,
         accessory: &Service,
-        contexts: &BTreeMap<String, PathBuf>,
+        inputs: &BuildInputs,
         progress: &Progress,
     ) -> Result<(), OpError> {
         let image = match &accessory.source {
@@ -17,7 +17,7 @@ impl Engine {
                 self.ensure_image(ctx, accessory, reference, *pull, progress)
                     .await?
             }
-            ImageSource::Build(_) => self.build(ctx, accessory, contexts, progress).await?,
+            ImageSource::Build(_) => self.build(ctx, accessory, inputs, progress).await?,
         };
         // What the accessory is made of, secret values included: keyed with a secret of the
         // agent's, because labels are public to whoever can `docker inspect`, and a plain hash

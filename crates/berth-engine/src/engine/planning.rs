@@ -1,7 +1,7 @@
 //! Deciding what a deploy or rollback will do before it starts: the checks that refuse it
 //! early (a stopped app, a missing secret, a route another app serves) and its plan.
 
-use super::{Engine, ImagePlan, ReleasePlan, release_manifest};
+use super::{BuildInputs, Engine, ImagePlan, ReleasePlan, release_manifest};
 use crate::error::OpError;
 use berth_manifest::Manifest;
 use berth_state::ReleaseKind;
@@ -14,12 +14,42 @@ pub struct DeployRequest {
     pub manifest_toml: String,
     /// Build context archives by service.
     pub contexts: BTreeMap<String, PathBuf>,
+    /// Images built elsewhere and loaded from `image_archives`, by service.
+    pub prebuilt: BTreeMap<String, String>,
     /// `docker save` archives to load first.
     pub image_archives: Vec<PathBuf>,
     /// The version to record; a timestamp when empty.
     pub version: Option<String>,
     pub actor: String,
     pub wait_drain: bool,
+}
+
+/// An image built elsewhere must stand in for a service that builds, and be one of this
+/// app's uploaded images: never another app's image or a release's.
+fn check_prebuilt(manifest: &Manifest, prebuilt: &BTreeMap<String, String>) -> Result<(), OpError> {
+    for (service, reference) in prebuilt {
+        let builds = manifest
+            .services
+            .get(service)
+            .or_else(|| manifest.accessories.get(service))
+            .is_some_and(|s| matches!(s.source, berth_manifest::ImageSource::Build(_)));
+        if !builds {
+            return Err(OpError::invalid(format!(
+                "an image built elsewhere was sent for {service}, which the manifest does not build"
+            ))
+            .hint(
+                "only services with `build =` take an image built by `berth deploy --build local`",
+            ));
+        }
+        if !berth_core::names::is_uploaded_image(&manifest.app, reference) {
+            return Err(OpError::invalid(format!(
+                "the image built elsewhere for {service} is named {reference}, outside this app's uploaded images (berth/{}/SERVICE:{}…)",
+                manifest.app,
+                berth_core::names::UPLOADED_TAG_PREFIX
+            )));
+        }
+    }
+    Ok(())
 }
 
 impl Engine {
@@ -30,6 +60,7 @@ impl Engine {
         self.ensure_not_stopped(&manifest.app, "deploy")?;
         self.secret_values(&manifest)?;
         self.check_route_conflicts(&manifest)?;
+        check_prebuilt(&manifest, &request.prebuilt)?;
         let version = request
             .version
             .filter(|v| !v.trim().is_empty())
@@ -39,7 +70,10 @@ impl Engine {
             image_archives: request.image_archives,
             manifest_toml: request.manifest_toml,
             version,
-            images: ImagePlan::Build(request.contexts),
+            images: ImagePlan::Build(BuildInputs {
+                contexts: request.contexts,
+                prebuilt: request.prebuilt,
+            }),
             kind: ReleaseKind::Deploy,
             rollback_of: None,
             actor: request.actor,

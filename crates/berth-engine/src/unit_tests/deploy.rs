@@ -395,3 +395,69 @@ async fn a_stopped_app_refuses_a_deploy_and_starts_nothing() {
     assert!(h.fake.calls_to("create_container").is_empty());
     assert!(h.fake.running().is_empty());
 }
+
+#[tokio::test]
+async fn an_image_built_elsewhere_is_taken_as_built_and_keeps_only_its_release_tag() {
+    let h = Harness::new();
+    let text = web_app("shop", "").replace("image = \"example/web:1\"", "build = \".\"");
+    let uploaded = berth_core::names::uploaded_image("shop", "web", "1-2");
+    let image = h.fake.add_image(&uploaded, "");
+    let mut plan = h.plan(&text, "v1");
+    let crate::engine::ImagePlan::Build(inputs) = &mut plan.images else {
+        panic!("a deploy builds");
+    };
+    inputs.prebuilt.insert("web".into(), uploaded.clone());
+    let (outcome, events) = h.run(plan).await;
+    assert!(outcome.ok, "{:?} {events:?}", outcome.error);
+    assert!(
+        steps(&events).contains(&"take web as built".to_owned()),
+        "{events:?}"
+    );
+    assert!(h.fake.calls_to("build_image").is_empty());
+    let tags: Vec<String> = h
+        .fake
+        .images()
+        .into_iter()
+        .find(|i| i.id == image.id)
+        .map(|i| i.tags)
+        .unwrap_or_default();
+    assert_eq!(tags, ["berth/shop/web:r1"]);
+}
+
+#[tokio::test]
+async fn an_image_built_elsewhere_must_be_the_apps_own_upload() {
+    let h = Harness::new();
+    let text = web_app("shop", "").replace("image = \"example/web:1\"", "build = \".\"");
+    for (service, reference, says) in [
+        (
+            "web",
+            "berth/other/web:local-1",
+            "outside this app's uploaded images",
+        ),
+        (
+            "web",
+            "berth/shop/web:r1",
+            "outside this app's uploaded images",
+        ),
+        (
+            "db",
+            "berth/shop/db:local-1",
+            "which the manifest does not build",
+        ),
+    ] {
+        let request = crate::engine::DeployRequest {
+            manifest: crate::testing::manifest(&text),
+            manifest_toml: text.clone(),
+            contexts: Default::default(),
+            prebuilt: [(service.to_owned(), reference.to_owned())].into(),
+            image_archives: Vec::new(),
+            version: None,
+            actor: "test".into(),
+            wait_drain: false,
+        };
+        let Err(error) = h.engine.plan_deploy(request) else {
+            panic!("{reference} was taken for {service}");
+        };
+        assert!(error.message.contains(says), "{}", error.message);
+    }
+}

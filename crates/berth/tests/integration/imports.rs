@@ -210,6 +210,20 @@ fn the_ci_deploy_step_deploys_over_tls_with_the_token_and_fails_on_a_refused_rel
     agent.wait_serving("deployed by ci");
     let releases = agent.berth_in(app.path(), &["releases", "--json"]).json();
     assert!(releases.to_string().contains("0123abcd"), "{releases}");
+    // The image was built on the runner and streamed: the server took it as built, and only
+    // the release's tag remains on it, so pruning can remove it later.
+    let log = String::from_utf8_lossy(&deployed.stderr);
+    assert!(
+        log.contains("images built here") && log.contains("take web as built"),
+        "{log}"
+    );
+    let tags = std::process::Command::new("docker")
+        .args(["images", "--format", "{{.Tag}}"])
+        .arg(format!("berth/{}/web", app.name))
+        .output()
+        .unwrap();
+    let tags = String::from_utf8_lossy(&tags.stdout).into_owned();
+    assert_eq!(tags.trim(), "r1", "{tags}");
     let audit = agent
         .berth_in(app.path(), &["audit", "--json"])
         .json()
@@ -266,8 +280,26 @@ fn the_ci_deploy_step_deploys_over_tls_with_the_token_and_fails_on_a_refused_rel
         "{stderr}"
     );
     app.write(&manifest);
-    // Nor load an image archive, which could re-tag another app's images.
+    // Nor load an image archive naming anything but this app's uploaded images: loading it
+    // would re-tag another app's image, a base image or a release's image.
     let archive = app.path().join("image.tar");
+    let saved = std::process::Command::new("docker")
+        .args(["save", "--output"])
+        .arg(&archive)
+        .arg(format!("berth/{}/web:r1", app.name))
+        .output()
+        .unwrap();
+    assert!(saved.status.success(), "{saved:?}");
+    let out = as_token(
+        &deploy_token,
+        &["deploy", "--load", archive.to_str().unwrap()],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("the archive names berth/{}/web:r1", app.name)),
+        "{stderr}"
+    );
     std::fs::write(&archive, [0u8; 1024]).unwrap();
     let out = as_token(
         &deploy_token,
@@ -275,7 +307,7 @@ fn the_ci_deploy_step_deploys_over_tls_with_the_token_and_fails_on_a_refused_rel
     );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("may not load image archives"), "{stderr}");
+    assert!(stderr.contains("not an uncompressed tar file"), "{stderr}");
     std::fs::remove_file(&archive).unwrap();
     // An admin token limited to the app reaches neither tokens nor the agent.
     let app_admin = add_token("shop-admin", "admin", Some(&app.name));
