@@ -1319,20 +1319,36 @@ async fn serve_client(
     };
     let handshake =
         tokio::time::timeout(proxy.config.tls_handshake_timeout, acceptor.accept(stream));
+    tokio::pin!(handshake);
+    // A shutdown (a restart or upgrade of the agent) that comes during the handshake does not
+    // drop the connection: this process accepted it, so it finishes the handshake and serves
+    // what the client sends, as `until_closed` does for any connection at a shutdown. Only
+    // the edge's own verdicts (silent, slow, evicted clients) close it here.
+    let mut shutting_down = false;
     let tls = tokio::select! {
-        tls = handshake => match tls {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(error)) => {
-                tracing::debug!(client = %connection.addr, %error, "TLS handshake failed");
-                return Ok(None);
-            }
-            Err(_) => {
-                tracing::debug!(client = %connection.addr, "TLS handshake timed out");
-                return Ok(None);
+        tls = &mut handshake => tls,
+        verdict = &mut watchdog => match verdict {
+            Some(verdict) => return Ok(Some(verdict)),
+            None => {
+                shutting_down = true;
+                handshake.await
             }
         },
-        verdict = &mut watchdog => return Ok(verdict),
     };
+    let tls = match tls {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(error)) => {
+            tracing::debug!(client = %connection.addr, %error, "TLS handshake failed");
+            return Ok(None);
+        }
+        Err(_) => {
+            tracing::debug!(client = %connection.addr, "TLS handshake timed out");
+            return Ok(None);
+        }
+    };
+    // Once the watchdog has spoken it is not asked again: a shutdown stays a shutdown.
+    let watchdog = async move { if shutting_down { None } else { watchdog.await } };
+    tokio::pin!(watchdog);
     // ALPN already chose the protocol: no sniffing (HTTP/2 over TLS needs ALPN, so a client
     // that names nothing speaks HTTP/1.1).
     match tls.get_ref().1.alpn_protocol() {
@@ -1340,8 +1356,15 @@ async fn serve_client(
         Some(b"acme-tls/1") => Ok(None),
         Some(b"h2") => {
             let serving = builders.http2.serve_connection(TokioIo::new(tls), service);
-            // HTTP/2 says GOAWAY at once: the client knows which requests were served.
-            until_closed(serving, |c| c.graceful_shutdown(), watchdog, Duration::ZERO).await
+            // HTTP/2 says GOAWAY at once: the client knows which requests were served. A
+            // connection whose handshake ended after the shutdown began has sent nothing yet:
+            // its first requests, on their way, are taken before the GOAWAY.
+            let linger = if shutting_down {
+                RETIRE_LINGER
+            } else {
+                Duration::ZERO
+            };
+            until_closed(serving, |c| c.graceful_shutdown(), watchdog, linger).await
         }
         _ => {
             let io = TokioIo::new(framing::Watched::new(tls, flag));

@@ -399,3 +399,50 @@ fn the_shipped_systemd_unit_is_valid_and_reloads_by_handing_over() {
         "systemd-analyze verify: {said}"
     );
 }
+
+/// A client that connected just before a restart, and starts its TLS handshake only after the
+/// old process was told to go, is still served: the process that accepted the connection
+/// finishes the handshake and answers (a shutdown used to drop it mid-handshake).
+#[test]
+fn a_connection_accepted_before_a_restart_is_served_after_it() {
+    let agent = Agent::start_with(&[], &["--https", "127.0.0.1:0"]);
+    let secure = agent.app("secure");
+    let ca = TestCa::new();
+    let (cert, key) = ca.leaf(&["tls.test"]);
+    std::fs::write(secure.path().join("cert.pem"), cert).unwrap();
+    std::fs::write(secure.path().join("key.pem"), key).unwrap();
+    secure.write(&web("GREETING = \"secure\"").replace(
+        "route = { domains = [] }",
+        "route = { domains = [\"tls.test\"], tls = { cert = \"./cert.pem\", key = \"./key.pem\" } }",
+    ));
+    agent
+        .berth_in(secure.path(), &["deploy", "--version", "v1"])
+        .success();
+    let https = agent.https();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for alpn in [&b"http/1.1"[..], &b"h2"[..]] {
+        let tcp = runtime
+            .block_on(tokio::net::TcpStream::connect(&https))
+            .unwrap();
+        // The old process accepts it and waits for the client's hello.
+        std::thread::sleep(Duration::from_millis(300));
+        let old_pid = agent.pid().unwrap();
+        agent.berth(&["agent", "upgrade"]).success();
+        assert_ne!(agent.pid().unwrap(), old_pid);
+        let client = TlsClient::new(&ca.cert_pem, &[alpn]);
+        let answer = runtime.block_on(async {
+            let mut connection = client.handshake(tcp, "tls.test").await?;
+            connection.get("tls.test", "/").await
+        });
+        match answer {
+            Ok((200, _, body)) => assert!(body.contains("secure"), "{body}"),
+            other => panic!(
+                "{} after a restart: {other:?}",
+                String::from_utf8_lossy(alpn)
+            ),
+        }
+    }
+}
