@@ -81,13 +81,16 @@ mod backups;
 mod exec;
 mod secret_values;
 mod uploads;
+mod users;
 
+pub(crate) use access::CONSOLE;
 use access::*;
 use alerts::*;
 use backups::*;
 use exec::*;
 use secret_values::*;
 use uploads::*;
+pub(crate) use users::make_link as make_user_link;
 
 /// The plain-HTTP listener for outside monitoring: Prometheus metrics at `/metrics` and the
 /// health report at `/health`. Neither needs a token, and neither reveals more than counts and
@@ -256,6 +259,19 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/info", get(info))
         .route("/v1/tokens", get(list_tokens).post(add_token))
         .route("/v1/tokens/{name}", axum::routing::delete(revoke_token))
+        .route("/v1/users", get(users::list_users).post(users::add_user))
+        .route(
+            "/v1/console/two-factor",
+            get(users::two_factor_policy).post(users::set_two_factor_policy),
+        )
+        .route("/v1/users/{name}/reset", post(users::reset_user))
+        .route("/v1/users/{name}/disable", post(users::disable_user))
+        .route("/v1/users/{name}/enable", post(users::enable_user))
+        .route("/v1/users/{name}/role", post(users::set_role))
+        .route(
+            "/v1/users/{name}/sessions",
+            axum::routing::delete(users::end_sessions),
+        )
         .route("/v1/status", get(status))
         .route("/v1/audit", get(audit))
         .route("/v1/alerts", get(alerts))
@@ -310,7 +326,7 @@ pub fn router(state: ApiState) -> Router {
 }
 
 /// An error answer: the operation's error with its HTTP status.
-struct ApiFailure(OpError, StatusCode);
+pub(crate) struct ApiFailure(pub(crate) OpError, StatusCode);
 // (OpError is a box, so this stays small.)
 
 impl From<OpError> for ApiFailure {
@@ -343,6 +359,9 @@ fn actor(state: &ApiState, headers: &HeaderMap) -> String {
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 200)
         .unwrap_or("unknown");
+    if let Some(user) = headers.get(USER_HEADER).and_then(|v| v.to_str().ok()) {
+        return format!("user {user} via {}", state.transport);
+    }
     match headers.get(TOKEN_HEADER).and_then(|v| v.to_str().ok()) {
         // The token first: what the client says of itself comes after, as a claim.
         Some(token) => format!("token {token} via {} (says {claimed})", state.transport),
@@ -592,17 +611,27 @@ struct LimitQuery {
 #[derive(Deserialize)]
 struct AuditQuery {
     limit: Option<usize>,
+    offset: Option<usize>,
     app: Option<String>,
+    /// Part of the actor (`alice`, `token ci`).
+    actor: Option<String>,
+    action: Option<String>,
+    result: Option<String>,
 }
 
 async fn audit(
     State(state): State<ApiState>,
     Query(query): Query<AuditQuery>,
 ) -> ApiResult<Json<Vec<AuditEntry>>> {
-    let entries = state
-        .engine
-        .store()
-        .audit(query.limit.unwrap_or(50).min(10_000), query.app.as_deref())?;
+    let filter = berth_state::AuditFilter {
+        limit: query.limit.unwrap_or(50).min(10_000),
+        offset: query.offset.unwrap_or(0).min(1_000_000),
+        app: query.app.filter(|a| !a.is_empty()),
+        actor: query.actor.filter(|a| !a.is_empty()),
+        action: query.action.filter(|a| !a.is_empty()),
+        result: query.result.filter(|a| !a.is_empty()),
+    };
+    let entries = state.engine.store().audit_filtered(&filter)?;
     Ok(Json(
         entries
             .into_iter()

@@ -9,6 +9,7 @@ use berth_engine::{edge, engine, routing, secret_files, status, subnets};
 
 mod api;
 mod api_tcp;
+mod console;
 mod succession;
 #[cfg(test)]
 mod testing;
@@ -90,6 +91,17 @@ impl std::fmt::Display for ListenAddr {
     }
 }
 
+/// Where the console listens.
+#[derive(Debug, Clone, Copy)]
+pub struct DashboardListen {
+    pub addr: SocketAddr,
+    /// Login attempts allowed per client address and minute.
+    pub login_rate_per_minute: u32,
+    /// Whether the operator asked for this address: if it is taken, the agent refuses to
+    /// start; the default address, taken, only costs the console (with a warning).
+    pub required: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub data_dir: PathBuf,
@@ -107,6 +119,8 @@ pub struct AgentConfig {
     /// A plain HTTP listener serving Prometheus metrics at `/metrics` and the health report at
     /// `/health`.
     pub metrics: Option<SocketAddr>,
+    /// The console (web dashboard); `None` disables it.
+    pub dashboard: Option<DashboardListen>,
     /// The JSON access log (rotated at 100 MB, 5 kept); `None` disables it.
     pub access_log: Option<PathBuf>,
     /// Listener limits.
@@ -477,7 +491,30 @@ async fn serve(
     let engine = Arc::new(engine);
     engine.set_self();
 
+    // The console's listener first: its address goes into what the agent says of itself.
+    let mut dashboard_listener = None;
+    if let Some(listen) = config.dashboard {
+        match tcp_listener(
+            predecessor,
+            "dashboard",
+            &listen.addr.to_string(),
+            listen.addr,
+        )
+        .await
+        {
+            Ok(listener) => dashboard_listener = Some(listener),
+            Err(error) if !listen.required => tracing::warn!(
+                %error,
+                "the console is off: its default address is taken (give it another with --dashboard ADDR)"
+            ),
+            Err(error) => return Err(error),
+        }
+    }
+    let dashboard_addr = dashboard_listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok());
     let info = AgentInfo {
+        dashboard: dashboard_addr.map(|a| format!("http://{a}")),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         data_dir: data_dir.display().to_string(),
         pid: std::process::id(),
@@ -805,6 +842,39 @@ async fn serve(
             }
         }
     }
+    if let Some(listener) = dashboard_listener {
+        let addr = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        succession.add_listener(handover_listener("dashboard", addr.clone(), &listener));
+        let api_state = api::ApiState {
+            engine: engine.clone(),
+            info: info.clone(),
+            uploads: uploads.clone(),
+            upload_quota: config.upload_quota,
+            uploads_in_progress: Arc::clone(&uploads_in_progress),
+            transport: api::CONSOLE,
+            token: None,
+            metrics: metrics.clone(),
+            succession: succession.clone(),
+            logs: log_store.clone(),
+        };
+        console::first_admin_link(&api_state, predecessor.is_some());
+        let router = console::router(api_state, config.dashboard.map(|d| d.login_rate_per_minute));
+        let stop = stopped(stop.clone());
+        tasks.spawn(async move {
+            if let Err(error) = axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(stop)
+            .await
+            {
+                tracing::error!(%error, "the console stopped");
+            }
+        });
+    }
     if let Some(fingerprint) = &api_fingerprint {
         tracing::info!(
             fingerprint = %fingerprint,
@@ -819,6 +889,7 @@ async fn serve(
         "http": http_addr.map(|a| a.to_string()),
         "https": https_addr.map(|a| a.to_string()),
         "metrics": metrics_addr.map(|a| a.to_string()),
+        "dashboard": dashboard_addr.map(|a| format!("http://{a}")),
         "api_fingerprint": api_fingerprint,
     });
     berth_fs::write_replacing(
@@ -836,6 +907,7 @@ async fn serve(
         api = %bound.join(" "),
         http = %http_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
         https = %https_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
+        console = %dashboard_addr.map_or_else(|| "off".to_owned(), |a| format!("http://{a}")),
         pid = std::process::id(),
         took_over = predecessor.is_some(),
         "agent started"

@@ -50,6 +50,7 @@ fn agent_info(h: &Harness) -> berth_api::AgentInfo {
         pid: std::process::id(),
         http: None,
         https: None,
+        dashboard: None,
         docker: berth_api::DockerStatus {
             endpoint: "fake://".into(),
             version: None,

@@ -26,7 +26,7 @@
 //! | `GET /v1/apps/A/secrets/N` | | [`SecretValue`] |
 //! | `DELETE /v1/apps/A/secrets/N` | | 204 |
 //! | `POST /v1/apps/A/secrets/N/generate` | | [`SecretInfo`] |
-//! | `GET /v1/audit[?limit=N]` | | `Vec<`[`AuditEntry`]`>` |
+//! | `GET /v1/audit[?limit=N&offset=N&app=A&actor=X&action=X&result=X]` | | `Vec<`[`AuditEntry`]`>` (newest first; `actor` matches a part) |
 //! | `POST /v1/apps/A/maintenance` | [`MaintenanceRequest`] | [`AppStatus`] |
 //! | `POST /v1/certificates/D/renew` | | 202 (the renewal runs in the background; [`Status`]'s certificates show it) |
 //! | `GET /v1/metrics` | | Prometheus text |
@@ -44,6 +44,15 @@
 //! | `GET /v1/tokens` | | `Vec<`[`TokenInfo`]`>` |
 //! | `POST /v1/tokens` | [`TokenRequest`] | [`TokenIssued`] |
 //! | `DELETE /v1/tokens/N` (N: its name) | | 204 |
+//! | `GET /v1/users` | | `Vec<`[`UserInfo`]`>` |
+//! | `POST /v1/users` | [`UserRequest`] | [`UserLink`] (a setup link, shown once) |
+//! | `POST /v1/users/N/reset` | | [`UserLink`] (a reset link, shown once) |
+//! | `POST /v1/users/N/disable` | | [`UserInfo`] (its sessions end) |
+//! | `POST /v1/users/N/enable` | | [`UserInfo`] |
+//! | `POST /v1/users/N/role` | [`UserRoleRequest`] | [`UserInfo`] (its sessions end) |
+//! | `DELETE /v1/users/N/sessions` | | [`SessionsEnded`] |
+//! | `GET /v1/console/two-factor` | | [`TwoFactorPolicy`] |
+//! | `POST /v1/console/two-factor` | [`TwoFactorPolicy`] | [`TwoFactorPolicy`] |
 //!
 //! Errors are a non-2xx status with an [`ApiError`] body. Requests carry the caller's
 //! identity in the `x-berth-actor` header for the audit log; over TCP they need
@@ -153,6 +162,9 @@ pub struct AgentInfo {
     #[serde(default)]
     pub https: Option<String>,
     pub docker: DockerStatus,
+    /// The console's address (`http://127.0.0.1:9000`), when it is served.
+    #[serde(default)]
+    pub dashboard: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -1048,6 +1060,67 @@ pub struct AuditEntry {
     pub target: String,
     pub result: String,
     pub detail: String,
+}
+
+// ---- console users ----------------------------------------------------------------------
+
+/// A console user, as `GET /v1/users` lists them: never a password or its hash.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UserInfo {
+    pub name: String,
+    /// `viewer`, `deployer` or `admin`.
+    pub role: String,
+    /// `active` or `disabled`.
+    pub status: String,
+    /// Whether a password is set (a new user's setup link sets it).
+    pub has_password: bool,
+    pub created_at: i64,
+    pub created_by: String,
+    pub last_login_at: Option<i64>,
+    /// Locked after failed logins until then.
+    pub locked_until: Option<i64>,
+    /// Whether logins ask for a code from an authenticator app.
+    #[serde(default)]
+    pub two_factor: bool,
+}
+
+/// `GET`/`POST /v1/console/two-factor`: whether every console user must log in with a
+/// second factor.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TwoFactorPolicy {
+    pub required: bool,
+}
+
+/// `POST /v1/users`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserRequest {
+    pub name: String,
+    pub role: String,
+}
+
+/// `POST /v1/users/{name}/role`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserRoleRequest {
+    pub role: String,
+}
+
+/// A one-time link that sets a user's password: shown once, kept only hashed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UserLink {
+    pub user: String,
+    /// `setup` or `reset`.
+    pub purpose: String,
+    /// The console path (`/link/SECRET`).
+    pub path: String,
+    /// The whole URL, when the agent serves the console.
+    pub url: Option<String>,
+    pub expires_at: i64,
+}
+
+/// `DELETE /v1/users/{name}/sessions`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SessionsEnded {
+    pub ended: usize,
 }
 
 // ---- API tokens -------------------------------------------------------------------------

@@ -8,6 +8,7 @@
 //!   serves whatever it says.
 //! - Secret values are stored only encrypted; this crate never sees plaintext.
 
+mod accounts;
 mod model;
 mod resources;
 mod tokens;
@@ -64,6 +65,19 @@ pub fn now_ms() -> i64 {
 
 pub struct Store {
     connection: Mutex<Connection>,
+}
+
+/// Which audit entries to read: newest first, `limit` from `offset` on.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub limit: usize,
+    pub offset: usize,
+    /// An app: its own entries and its services' and backups'.
+    pub app: Option<String>,
+    /// A part of the actor.
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub result: Option<String>,
 }
 
 impl Store {
@@ -478,29 +492,50 @@ impl Store {
             .map_err(sql("record an audit entry"))
     }
 
-    /// The newest audit entries first.
     /// The newest `limit` entries, of one app (its own and its services' and backups') when
     /// `app` is given.
     pub fn audit(&self, limit: usize, app: Option<&str>) -> Result<Vec<AuditEntry>> {
+        self.audit_filtered(&AuditFilter {
+            limit,
+            app: app.map(str::to_owned),
+            ..AuditFilter::default()
+        })
+    }
+
+    /// The newest entries first, filtered and paged.
+    pub fn audit_filtered(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>> {
         let conn = self.conn();
         let mut statement = conn
             .prepare(
                 "SELECT at, actor, action, target, result, detail FROM audit
-                 WHERE ?2 IS NULL OR target = ?2 OR substr(target, 1, length(?2) + 1) = ?2 || '/'
-                 ORDER BY id DESC LIMIT ?1",
+                 WHERE (?2 IS NULL OR target = ?2 OR substr(target, 1, length(?2) + 1) = ?2 || '/')
+                   AND (?4 IS NULL OR instr(actor, ?4) > 0)
+                   AND (?5 IS NULL OR action = ?5)
+                   AND (?6 IS NULL OR result = ?6)
+                 ORDER BY id DESC LIMIT ?1 OFFSET ?3",
             )
             .map_err(sql("read the audit log"))?;
         let rows = statement
-            .query_map(rusqlite::params![limit as i64, app], |row| {
-                Ok(AuditEntry {
-                    at: row.get(0)?,
-                    actor: row.get(1)?,
-                    action: row.get(2)?,
-                    target: row.get(3)?,
-                    result: row.get(4)?,
-                    detail: row.get(5)?,
-                })
-            })
+            .query_map(
+                rusqlite::params![
+                    filter.limit as i64,
+                    filter.app,
+                    filter.offset as i64,
+                    filter.actor,
+                    filter.action,
+                    filter.result
+                ],
+                |row| {
+                    Ok(AuditEntry {
+                        at: row.get(0)?,
+                        actor: row.get(1)?,
+                        action: row.get(2)?,
+                        target: row.get(3)?,
+                        result: row.get(4)?,
+                        detail: row.get(5)?,
+                    })
+                },
+            )
             .map_err(sql("read the audit log"))?;
         rows.collect::<Result<_, _>>()
             .map_err(sql("read the audit log"))
@@ -1207,6 +1242,8 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("migration7.sql")),
         M::up(include_str!("migration8.sql")),
         M::up(include_str!("migration9.sql")),
+        M::up(include_str!("migration10.sql")),
+        M::up(include_str!("migration11.sql")),
     ])
 }
 

@@ -8,6 +8,7 @@ mod local_build;
 mod ops;
 mod server;
 mod tokens;
+mod users;
 
 use crate::client::{Client, ClientError, Target};
 use crate::output::{self, Mode, OperationView};
@@ -229,6 +230,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Context { action } => contexts::context(&ctx, action).await,
         Command::Tokens { action } => tokens::tokens(&ctx, action).await,
+        Command::Users { action } => users::users(&ctx, action).await,
         Command::Server {
             action: ServerCommand::Bootstrap(args),
         } => server::bootstrap(&ctx, args).await,
@@ -1158,6 +1160,19 @@ async fn agent(
         None | Some("off") => None,
         Some(text) => Some(address("metrics", text)?),
     };
+    let dashboard = match edge.dashboard.as_deref() {
+        Some("off") => None,
+        Some(text) => Some(berth_agent::DashboardListen {
+            addr: address("dashboard", text)?,
+            login_rate_per_minute: edge.console_login_rate.max(1),
+            required: true,
+        }),
+        None => Some(berth_agent::DashboardListen {
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], 9000)),
+            login_rate_per_minute: edge.console_login_rate.max(1),
+            required: false,
+        }),
+    };
     let access_log = match edge.access_log.as_deref() {
         Some("off") => None,
         Some(path) => Some(PathBuf::from(path)),
@@ -1193,6 +1208,7 @@ async fn agent(
         https,
         acme,
         metrics,
+        dashboard,
         access_log,
         proxy,
         proxy_threads: match edge.proxy_threads {

@@ -122,6 +122,12 @@ enum Command {
         #[command(subcommand)]
         action: TokensCommand,
     },
+    /// The console's users: `berth users add alice --role deployer` prints a one-time setup
+    /// link; `list`, `reset`, `disable`, `enable`, `role`, `logout`.
+    Users {
+        #[command(subcommand)]
+        action: UsersCommand,
+    },
     /// Named remote agents: `berth context add prod ssh://deploy@host`, `berth context use
     /// prod`, then every command talks to it (or `--context prod` for one command).
     Context {
@@ -512,6 +518,15 @@ struct EdgeArgs {
     /// and the health report for uptime monitors at http://ADDR/health (application/health+json).
     #[arg(long, env = "BERTH_METRICS", value_name = "ADDR")]
     metrics: Option<String>,
+    /// Serve the console (the web dashboard) at http://ADDR (default 127.0.0.1:9000; `off`
+    /// to disable). Keep it on loopback and reach it through an SSH tunnel, or route a
+    /// domain to it.
+    #[arg(long, env = "BERTH_DASHBOARD", value_name = "ADDR")]
+    dashboard: Option<String>,
+    /// Console login attempts allowed per client address and minute (a locked account is
+    /// also refused: 5 wrong passwords lock it for 15 minutes).
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    console_login_rate: u32,
     /// The JSON access log (default DATA_DIR/logs/access.log; `off` to disable).
     #[arg(long, value_name = "PATH")]
     access_log: Option<String>,
@@ -725,6 +740,57 @@ enum TokensCommand {
     Revoke {
         /// The token's name.
         name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// Add a user and print their one-time setup link (valid an hour; only the link when
+    /// piped).
+    Add {
+        /// 2 to 64 lower-case letters, digits, `-`, `_` and `.`, starting with a letter.
+        name: String,
+        /// `viewer` (reads), `deployer` (also deploys, rolls back, restarts, maintenance,
+        /// backups) or `admin` (everything, users included).
+        #[arg(long, value_name = "ROLE")]
+        role: String,
+    },
+    /// The users: role, state, last login.
+    #[command(alias = "ls")]
+    List,
+    /// Print a one-time link that sets a new password (valid an hour).
+    Reset {
+        /// The user's name.
+        name: String,
+    },
+    /// Stop a user from logging in; their sessions end at once.
+    Disable {
+        /// The user's name.
+        name: String,
+    },
+    /// Let a disabled user log in again.
+    Enable {
+        /// The user's name.
+        name: String,
+    },
+    /// Change a user's role; their sessions end, so the new role applies at once.
+    Role {
+        /// The user's name.
+        name: String,
+        /// `viewer`, `deployer` or `admin`.
+        role: String,
+    },
+    /// End every session of a user (they log in again).
+    Logout {
+        /// The user's name.
+        name: String,
+    },
+    /// Whether every user must log in with a code from an authenticator app: `required`
+    /// (those without one set it up after their password) or `optional`; alone, shows it.
+    TwoFactor {
+        /// `required` or `optional`.
+        #[arg(value_parser = ["required", "optional"])]
+        policy: Option<String>,
     },
 }
 

@@ -10,6 +10,8 @@ use http::Method;
 pub(crate) const TOKEN_HEADER: &str = "x-berth-token";
 pub(crate) const TOKEN_APP_HEADER: &str = "x-berth-token-app";
 pub(crate) const TOKEN_SCOPE_HEADER: &str = "x-berth-token-scope";
+/// Set for a console user's request: their name, for the audit log.
+pub(crate) const USER_HEADER: &str = "x-berth-user";
 
 /// Whether the request came with a token below admin (set by `authorize` only): such a caller
 /// may not hand the agent a manifest of its own for backups, nor deploy one that reaches the
@@ -31,7 +33,7 @@ pub(crate) fn required_scope(method: &Method, path: &str) -> Scope {
     match segments(path).as_slice() {
         // Tokens, the agent itself, secrets (values), a shell in a container, destroying an
         // app: whoever holds these holds the server.
-        ["v1", "tokens", ..] | ["v1", "agent", ..] => Scope::Admin,
+        ["v1", "tokens" | "users" | "console" | "agent", ..] => Scope::Admin,
         ["v1", "apps", _, "secrets", ..] | ["v1", "apps", _, "destroy"] => Scope::Admin,
         ["v1", "apps", _, "services", _, "exec" | "attach"] => Scope::Admin,
         _ if reads => Scope::Read,
@@ -76,8 +78,28 @@ pub(super) async fn authorize(
     mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    for internal in [TOKEN_HEADER, TOKEN_APP_HEADER, TOKEN_SCOPE_HEADER] {
+    for internal in [
+        TOKEN_HEADER,
+        TOKEN_APP_HEADER,
+        TOKEN_SCOPE_HEADER,
+        USER_HEADER,
+    ] {
         request.headers_mut().remove(internal);
+    }
+    // The console calls this router in-process with the logged-in user as an extension,
+    // which no network client can set; its router accepts nothing else.
+    let console_user = request
+        .extensions()
+        .get::<berth_dashboard::ConsoleUser>()
+        .cloned();
+    if let Some(user) = console_user {
+        return authorize_console_user(&state, user, request, next).await;
+    }
+    if state.transport == CONSOLE {
+        return unauthenticated(OpError::new(
+            ErrorKind::Unauthorized,
+            "the console's API takes only logged-in users",
+        ));
     }
     let Some(agent_token) = state.token.clone() else {
         return next.run(request).await;
@@ -186,6 +208,57 @@ pub(super) async fn authorize(
         return ApiFailure::from(OpError::new(ErrorKind::Forbidden, message).hint(
             "use a token of a wider scope, or ask an admin for one: `berth tokens add NAME --scope deploy`",
         ))
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// The transport name of the router the console calls in-process.
+pub(crate) const CONSOLE: &str = "console";
+
+/// A console user's request: their role's scope against the same table as a token's.
+async fn authorize_console_user(
+    state: &ApiState,
+    user: berth_dashboard::ConsoleUser,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let scope = user.role.scope();
+    let Ok(name) = http::HeaderValue::from_str(&user.name) else {
+        return unauthenticated(OpError::new(ErrorKind::Unauthorized, "not a user name"));
+    };
+    request.headers_mut().insert(USER_HEADER, name);
+    request.headers_mut().insert(
+        TOKEN_SCOPE_HEADER,
+        http::HeaderValue::from_static(scope.as_str()),
+    );
+    let path = request.uri().path().to_owned();
+    let needed = required_scope(request.method(), &path);
+    if !scope.allows(needed) {
+        let message = format!(
+            "the user {} is a {}; {} {path} needs the {} role",
+            user.name,
+            user.role,
+            request.method(),
+            match needed {
+                Scope::Read => "viewer",
+                Scope::Deploy => "deployer",
+                Scope::Admin => "admin",
+            }
+        );
+        if refusal_is_new(&format!("user {}", user.name), berth_state::now_ms()) {
+            state.engine.audit(
+                &actor(state, request.headers()),
+                "refused",
+                &path,
+                "refused",
+                &message,
+            );
+        }
+        return ApiFailure::from(
+            OpError::new(ErrorKind::Forbidden, message)
+                .hint("ask an admin for a wider role (`berth users role NAME deployer`)"),
+        )
         .into_response();
     }
     next.run(request).await
@@ -338,6 +411,8 @@ mod tests {
             (&post, "/v1/apps/shop/backups/prune", Scope::Admin),
             (&post, "/v1/certificates/example.com/renew", Scope::Deploy),
             (&post, "/v1/some/new/route", Scope::Admin),
+            (&get, "/v1/users", Scope::Admin),
+            (&post, "/v1/users/alice/role", Scope::Admin),
             (&Method::PUT, "/v1/apps/shop/anything", Scope::Admin),
             (&post, "/v1/deploy", Scope::Deploy),
             (&post, "/v1/uploads", Scope::Deploy),

@@ -153,6 +153,12 @@ impl Agent {
             } else {
                 vec!["--acme-directory", "off"]
             })
+            // Parallel agents would share the console's default port.
+            .args(if self.args.iter().any(|a| a == "--dashboard") {
+                vec![]
+            } else {
+                vec!["--dashboard", "off"]
+            })
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("BERTH_LOG", "info,berth_agent=debug")
             .stdin(Stdio::null())

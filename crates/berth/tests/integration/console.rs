@@ -1,0 +1,553 @@
+//! The console against a real agent: the first admin's setup link, logins and lockout,
+//! sessions and CSRF, roles checked by the API's own scope table, escaping, and actions that
+//! land in the audit log.
+
+use crate::harness::Agent;
+use berth_testkit::{HttpAnswer, form, http_request};
+use std::time::{Duration, Instant};
+
+const ADMIN_PASSWORD: &str = "tide pool lantern";
+const VIEWER_PASSWORD: &str = "quiet orchard lamp";
+
+struct Console {
+    addr: String,
+}
+
+impl Console {
+    fn get(&self, path: &str, cookie: Option<&str>) -> HttpAnswer {
+        let cookie = cookie.map(|c| format!("berth_session={c}"));
+        let mut headers = Vec::new();
+        if let Some(cookie) = &cookie {
+            headers.push(("cookie", cookie.as_str()));
+        }
+        http_request(&self.addr, "GET", path, &headers, "").unwrap()
+    }
+
+    fn post(&self, path: &str, cookies: &str, pairs: &[(&str, &str)]) -> HttpAnswer {
+        http_request(
+            &self.addr,
+            "POST",
+            path,
+            &[
+                ("cookie", cookies),
+                ("content-type", "application/x-www-form-urlencoded"),
+            ],
+            &form(pairs),
+        )
+        .unwrap()
+    }
+
+    /// Logs in through the form, as a browser does: the login page's cookie and token first.
+    fn login(&self, name: &str, password: &str) -> HttpAnswer {
+        let page = self.get("/login", None);
+        assert_eq!(page.status, 200, "{page:?}");
+        let login_cookie = page.cookie("berth_login").expect("a login cookie");
+        let token = hidden(&page.body, "csrf");
+        assert_eq!(token, login_cookie);
+        self.post(
+            "/login",
+            &format!("berth_login={login_cookie}"),
+            &[
+                ("name", name),
+                ("password", password),
+                ("csrf", &token),
+                ("next", "/"),
+            ],
+        )
+    }
+
+    fn session(&self, name: &str, password: &str) -> String {
+        let answer = self.login(name, password);
+        assert_eq!(answer.status, 303, "{answer:?}");
+        answer.cookie("berth_session").expect("a session cookie")
+    }
+}
+
+/// The value of a hidden form field.
+fn hidden(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {name} field in {html}"))
+        + marker.len();
+    html[start..]
+        .split('"')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn link_secret(text: &str) -> String {
+    let start = text.find("/link/").expect("a setup link") + "/link/".len();
+    text[start..].chars().take(64).collect()
+}
+
+fn assert_headers(answer: &HttpAnswer) {
+    let csp = answer.header("content-security-policy").unwrap_or("");
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{answer:?}"
+    );
+    assert_eq!(answer.header("x-frame-options"), Some("DENY"));
+    assert_eq!(answer.header("cache-control"), Some("no-store"));
+}
+
+#[test]
+fn the_console_logs_in_checks_roles_and_csrf_and_audits_what_it_does() {
+    let agent = Agent::start_with(
+        &[],
+        &["--dashboard", "127.0.0.1:0", "--console-login-rate", "30"],
+    );
+    let url = agent.agent_file()["dashboard"]
+        .as_str()
+        .expect("the agent names its console")
+        .to_owned();
+    let console = Console {
+        addr: url.trim_start_matches("http://").to_owned(),
+    };
+
+    // First start: the agent printed a one-time link for the admin.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !agent.log().contains("/link/") {
+        assert!(Instant::now() < deadline, "{}", agent.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let secret = link_secret(&agent.log());
+    let page = console.get(&format!("/link/{secret}"), None);
+    assert_eq!(page.status, 200, "{page:?}");
+    assert!(page.body.contains("Welcome, admin"), "{}", page.body);
+    assert_headers(&page);
+    // The policy refuses a weak password and the link stays usable.
+    let weak = console.post(
+        &format!("/link/{secret}"),
+        "",
+        &[("password", "password1234"), ("again", "password1234")],
+    );
+    assert_eq!(weak.status, 400);
+    assert!(weak.body.contains("attackers try first"), "{}", weak.body);
+    let set = console.post(
+        &format!("/link/{secret}"),
+        "",
+        &[("password", ADMIN_PASSWORD), ("again", ADMIN_PASSWORD)],
+    );
+    assert_eq!(set.status, 303, "{set:?}");
+    let flags = set.headers_named("set-cookie").join(" | ");
+    assert!(
+        flags.contains("berth_session=")
+            && flags.contains("HttpOnly")
+            && flags.contains("SameSite=Strict"),
+        "{flags}"
+    );
+    // Used once, the link is spent.
+    assert_eq!(console.get(&format!("/link/{secret}"), None).status, 404);
+
+    // Anonymous requests go to the login page.
+    let anonymous = console.get("/", None);
+    assert_eq!(anonymous.status, 303);
+    assert_eq!(anonymous.header("location"), Some("/login?next=/"));
+
+    // Each login gets a new session id.
+    let admin = console.session("admin", ADMIN_PASSWORD);
+    let again = console.session("admin", ADMIN_PASSWORD);
+    assert_ne!(admin, again);
+
+    // An app whose version carries markup is shown escaped.
+    let app = agent.app("console");
+    app.write(&crate::harness::web("GREETING = \"one\""));
+    agent
+        .berth_in(
+            app.path(),
+            &["deploy", "--version", "<script>alert(1)</script>"],
+        )
+        .success();
+    app.write(&crate::harness::web("GREETING = \"two\""));
+    agent
+        .berth_in(app.path(), &["deploy", "--version", "v2"])
+        .success();
+    let overview = console.get("/", Some(&admin));
+    assert_eq!(overview.status, 200, "{overview:?}");
+    assert_headers(&overview);
+    assert!(overview.body.contains(&app.name), "{}", overview.body);
+    let page = console.get(&format!("/apps/{}", app.name), Some(&admin));
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body
+            .contains("&#60;script&#62;alert(1)&#60;/script&#62;")
+            && !page.body.contains("<script>alert"),
+        "{}",
+        page.body
+    );
+
+    // A viewer, added with the CLI and set up from the link it printed.
+    let added = agent.berth_in(app.path(), &["users", "add", "vera", "--role", "viewer"]);
+    added.success();
+    let viewer_secret = link_secret(&added.stdout);
+    assert_eq!(
+        console
+            .post(
+                &format!("/link/{viewer_secret}"),
+                "",
+                &[("password", VIEWER_PASSWORD), ("again", VIEWER_PASSWORD)],
+            )
+            .status,
+        303
+    );
+    let viewer = console.session("vera", VIEWER_PASSWORD);
+    let viewer_page = console.get(&format!("/apps/{}", app.name), Some(&viewer));
+    assert_eq!(viewer_page.status, 200);
+    assert!(
+        !viewer_page.body.contains("Deploy again"),
+        "a viewer sees no buttons"
+    );
+    let viewer_csrf = hidden(&viewer_page.body, "csrf");
+
+    // A viewer cannot deploy: the API's scope table refuses it, and the refusal is audited.
+    let rollback = format!("/apps/{}/rollback", app.name);
+    let refused = console.post(
+        &rollback,
+        &format!("berth_session={viewer}"),
+        &[("csrf", &viewer_csrf), ("release", "1")],
+    );
+    assert_eq!(refused.status, 403, "{refused:?}");
+    assert!(
+        refused.body.contains("needs the deployer role"),
+        "{}",
+        refused.body
+    );
+    let audit = agent
+        .berth_in(app.path(), &["audit", "-n", "50", "--json"])
+        .json()
+        .to_string();
+    assert!(
+        audit.contains("user vera via console") && audit.contains("refused"),
+        "{audit}"
+    );
+
+    // CSRF: no token, or another session's token, is refused before anything happens.
+    let admin_page = console.get(&format!("/apps/{}", app.name), Some(&admin));
+    let admin_csrf = hidden(&admin_page.body, "csrf");
+    for token in ["", viewer_csrf.as_str()] {
+        let answer = console.post(
+            &rollback,
+            &format!("berth_session={admin}"),
+            &[("csrf", token), ("release", "1")],
+        );
+        assert_eq!(answer.status, 403, "{answer:?}");
+    }
+    // Another origin is refused even with the token.
+    let cross = http_request(
+        &console.addr,
+        "POST",
+        &rollback,
+        &[
+            ("cookie", &format!("berth_session={admin}")),
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("origin", "https://evil.example"),
+        ],
+        &form(&[("csrf", &admin_csrf), ("release", "1")]),
+    )
+    .unwrap();
+    assert_eq!(cross.status, 403);
+
+    // The admin deploys release 1 again from the app page; the audit page shows it.
+    let confirm = console.get(&format!("{rollback}?release=1"), Some(&admin));
+    assert_eq!(confirm.status, 200, "{confirm:?}");
+    assert!(
+        confirm.body.contains("Deploy release 1"),
+        "{}",
+        confirm.body
+    );
+    let done = console.post(
+        &rollback,
+        &format!("berth_session={admin}"),
+        &[("csrf", &admin_csrf), ("release", "1")],
+    );
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert!(done.body.contains("done"), "{}", done.body);
+    agent.wait_serving("one");
+    let audit_page = console.get("/audit?user=admin", Some(&admin));
+    assert_eq!(audit_page.status, 200);
+    assert!(
+        audit_page.body.contains("user admin via console") && audit_page.body.contains("rollback"),
+        "{}",
+        audit_page.body
+    );
+    let csv = console.get("/audit.csv?action=login", Some(&admin));
+    assert_eq!(csv.status, 200);
+    assert!(
+        csv.body.starts_with("at,actor,action,target,result,detail"),
+        "{}",
+        csv.body
+    );
+    assert!(csv.body.contains("user/vera"), "{}", csv.body);
+
+    // A secret set from the console never comes back in a page.
+    let value = "s3cr3t-value-that-must-not-show";
+    let secrets_path = format!("/apps/{}/secrets", app.name);
+    let page = console.get(&secrets_path, Some(&admin));
+    assert_eq!(page.status, 200, "{page:?}");
+    let csrf = hidden(&page.body, "csrf");
+    let set = console.post(
+        &secrets_path,
+        &format!("berth_session={admin}"),
+        &[("csrf", &csrf), ("name", "API_KEY"), ("value", value)],
+    );
+    assert_eq!(set.status, 200, "{set:?}");
+    assert!(set.body.contains("API_KEY is set"), "{}", set.body);
+    for path in [
+        secrets_path.as_str(),
+        &format!("/apps/{}", app.name),
+        "/audit",
+    ] {
+        let page = console.get(path, Some(&admin));
+        assert!(!page.body.contains(value), "{path} shows the value");
+    }
+    assert_eq!(
+        agent
+            .berth_in(
+                app.path(),
+                &["secrets", "get", "API_KEY", "--app", &app.name]
+            )
+            .stdout
+            .trim(),
+        value
+    );
+    // Only admins reach secrets: a viewer is refused by the API.
+    assert_eq!(console.get(&secrets_path, Some(&viewer)).status, 403);
+
+    // A token made in the console is shown once and works; revoked, it stops.
+    let page = console.get("/tokens", Some(&admin));
+    assert_eq!(page.status, 200);
+    let made = console.post(
+        "/tokens",
+        &format!("berth_session={admin}"),
+        &[
+            ("csrf", &hidden(&page.body, "csrf")),
+            ("name", "from-console"),
+            ("scope", "read"),
+            ("app", ""),
+            ("days", "30"),
+        ],
+    );
+    assert_eq!(made.status, 200, "{made:?}");
+    assert!(made.body.contains("berth_"), "{}", made.body);
+    let listed = console.get("/tokens", Some(&admin));
+    assert!(listed.body.contains("from-console") && !listed.body.contains("<code>berth_"));
+    let revoked = console.post(
+        "/tokens/from-console/revoke",
+        &format!("berth_session={admin}"),
+        &[("csrf", &hidden(&listed.body, "csrf"))],
+    );
+    assert_eq!(revoked.status, 303);
+    let tokens = agent
+        .berth_in(app.path(), &["tokens", "list", "--json"])
+        .json();
+    assert!(
+        tokens
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "from-console" && t["revoked_at"].is_i64()),
+        "{tokens}"
+    );
+
+    // A viewer does not reach the users page (admin only).
+    assert_eq!(console.get("/users", Some(&viewer)).status, 403);
+
+    // Five wrong passwords lock the account: the right one is then refused too, with the
+    // same words as a wrong one.
+    for _ in 0..5 {
+        assert_eq!(console.login("vera", "not the password").status, 401);
+    }
+    let locked = console.login("vera", VIEWER_PASSWORD);
+    assert_eq!(locked.status, 401);
+    assert!(
+        locked.body.contains("wrong name or password"),
+        "{}",
+        locked.body
+    );
+    let audit = agent
+        .berth_in(app.path(), &["audit", "-n", "100", "--json"])
+        .json()
+        .to_string();
+    assert!(audit.contains("the account is locked"), "{audit}");
+
+    // Disabling a user ends their sessions at once.
+    agent
+        .berth_in(app.path(), &["users", "disable", "vera"])
+        .success();
+    assert_eq!(console.get("/", Some(&viewer)).status, 303);
+    let list = agent
+        .berth_in(app.path(), &["users", "list", "--json"])
+        .json();
+    let vera = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "vera")
+        .unwrap();
+    assert_eq!(vera["status"], "disabled", "{list}");
+
+    // Logging out ends the session.
+    let logout = console.post(
+        "/logout",
+        &format!("berth_session={admin}"),
+        &[("csrf", &admin_csrf)],
+    );
+    assert_eq!(logout.status, 303);
+    assert_eq!(console.get("/", Some(&admin)).status, 303);
+
+    two_factor(&agent, &console, app.path());
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Enrolment by QR code (its key read from the page), a login with a code, a recovery code
+/// that works once, and the policy that requires a second factor of everyone.
+fn two_factor(agent: &Agent, console: &Console, dir: &std::path::Path) {
+    let admin = console.session("admin", ADMIN_PASSWORD);
+    let account = console.get("/account", Some(&admin));
+    assert_eq!(account.status, 200);
+    let csrf = hidden(&account.body, "csrf");
+    let cookie = format!("berth_session={admin}");
+    let begun = console.post("/account/totp/begin", &cookie, &[("csrf", &csrf)]);
+    assert_eq!(begun.status, 200, "{begun:?}");
+    assert!(
+        begun.body.contains("<svg"),
+        "the QR code is drawn on the server"
+    );
+    assert_headers(&begun);
+    let key_at = begun.body.find("Key: <code>").unwrap() + "Key: <code>".len();
+    let key: String = begun.body[key_at..]
+        .chars()
+        .take_while(|c| *c != '<')
+        .collect();
+    let secret = berth_auth::totp::secret_from_text(&key).expect("a base32 key");
+    let code = berth_auth::totp::code_at_step(&secret, berth_auth::totp::step_of(now_ms()));
+    let wrong = console.post(
+        "/account/totp/confirm",
+        &cookie,
+        &[("csrf", &csrf), ("code", "000000x")],
+    );
+    assert_eq!(wrong.status, 400);
+    let confirmed = console.post(
+        "/account/totp/confirm",
+        &cookie,
+        &[("csrf", &csrf), ("code", &code)],
+    );
+    assert_eq!(confirmed.status, 200, "{confirmed:?}");
+    let recovery: Vec<String> = confirmed
+        .body
+        .split("<li><code>")
+        .skip(1)
+        .map(|part| part.split('<').next().unwrap().to_owned())
+        .collect();
+    assert_eq!(recovery.len(), 10, "{}", confirmed.body);
+
+    // The password alone now opens only the code form.
+    let half = console.login("admin", ADMIN_PASSWORD);
+    assert_eq!(half.status, 303);
+    assert!(
+        half.header("location").unwrap().starts_with("/login/code"),
+        "{half:?}"
+    );
+    let half_cookie = half.cookie("berth_session").unwrap();
+    assert_eq!(console.get("/", Some(&half_cookie)).status, 303);
+    let form = console.get("/login/code", Some(&half_cookie));
+    let code_csrf = hidden(&form.body, "csrf");
+    // A code from two steps ahead is refused.
+    let far = berth_auth::totp::code_at_step(&secret, berth_auth::totp::step_of(now_ms()) + 3);
+    let refused = console.post(
+        "/login/code",
+        &format!("berth_session={half_cookie}"),
+        &[("csrf", &code_csrf), ("code", &far), ("next", "/")],
+    );
+    assert_eq!(refused.status, 401);
+    let whole = console.post(
+        "/login/code",
+        &format!("berth_session={half_cookie}"),
+        &[("csrf", &code_csrf), ("code", &recovery[0]), ("next", "/")],
+    );
+    assert_eq!(whole.status, 303, "{whole:?}");
+    let session = whole.cookie("berth_session").unwrap();
+    assert_ne!(
+        session, half_cookie,
+        "a new session id after the second factor"
+    );
+    assert_eq!(console.get("/", Some(&session)).status, 200);
+    // The recovery code worked once.
+    let half = console
+        .login("admin", ADMIN_PASSWORD)
+        .cookie("berth_session")
+        .unwrap();
+    let form = console.get("/login/code", Some(&half));
+    let again = console.post(
+        "/login/code",
+        &format!("berth_session={half}"),
+        &[
+            ("csrf", &hidden(&form.body, "csrf")),
+            ("code", &recovery[0]),
+            ("next", "/"),
+        ],
+    );
+    assert_eq!(again.status, 401);
+    let users = agent.berth_in(dir, &["users", "list", "--json"]).json();
+    let admin_info = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "admin")
+        .unwrap();
+    assert_eq!(admin_info["two_factor"], true, "{users}");
+
+    // Required of everyone: a user without it is sent to set it up.
+    agent
+        .berth_in(dir, &["users", "two-factor", "required"])
+        .success();
+    let added = agent.berth_in(dir, &["users", "add", "otto", "--role", "viewer"]);
+    added.success();
+    let otto_secret = link_secret(&added.stdout);
+    console.post(
+        &format!("/link/{otto_secret}"),
+        "",
+        &[("password", VIEWER_PASSWORD), ("again", VIEWER_PASSWORD)],
+    );
+    let otto = console.session("otto", VIEWER_PASSWORD);
+    let sent = console.get("/", Some(&otto));
+    assert_eq!(sent.status, 303);
+    assert_eq!(sent.header("location"), Some("/account"));
+    let page = console.get("/account", Some(&otto));
+    assert!(
+        page.body.contains("required on this console"),
+        "{}",
+        page.body
+    );
+    let audit = agent
+        .berth_in(dir, &["audit", "-n", "100", "--json"])
+        .json()
+        .to_string();
+    assert!(
+        audit.contains("two-factor on") && audit.contains("with a second factor"),
+        "{audit}"
+    );
+
+    // An address that keeps trying is slowed down: 429 past the rate, audited.
+    let mut limited = false;
+    for _ in 0..40 {
+        if console.login("nobody", "whatever it is").status == 429 {
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "never rate limited");
+    let audit = agent
+        .berth_in(dir, &["audit", "-n", "20", "--json"])
+        .json()
+        .to_string();
+    assert!(audit.contains("attempts a minute from"), "{audit}");
+}
