@@ -264,6 +264,12 @@ pub fn router(state: ApiState) -> Router {
             "/v1/console/two-factor",
             get(users::two_factor_policy).post(users::set_two_factor_policy),
         )
+        .route(
+            "/v1/console/sign-up",
+            get(users::sign_up_policy).post(users::set_sign_up_policy),
+        )
+        .route("/v1/users/{name}/approve", post(users::approve_user))
+        .route("/v1/users/{name}/deny", post(users::deny_user))
         .route("/v1/users/{name}/reset", post(users::reset_user))
         .route("/v1/users/{name}/disable", post(users::disable_user))
         .route("/v1/users/{name}/enable", post(users::enable_user))

@@ -513,6 +513,14 @@ async fn serve(
     let dashboard_addr = dashboard_listener
         .as_ref()
         .and_then(|l| l.local_addr().ok());
+    if let Some(addr) = dashboard_addr
+        && !addr.ip().is_loopback()
+    {
+        tracing::warn!(
+            %addr,
+            "the console listens beyond this machine over plain HTTP: passwords and sessions cross the network unencrypted; keep it on 127.0.0.1 and reach it through an SSH tunnel"
+        );
+    }
     let info = AgentInfo {
         dashboard: dashboard_addr.map(|a| format!("http://{a}")),
         version: env!("CARGO_PKG_VERSION").to_owned(),

@@ -51,6 +51,10 @@
 //! | `POST /v1/users/N/enable` | | [`UserInfo`] |
 //! | `POST /v1/users/N/role` | [`UserRoleRequest`] | [`UserInfo`] (its sessions end) |
 //! | `DELETE /v1/users/N/sessions` | | [`SessionsEnded`] |
+//! | `POST /v1/users/N/approve` | | [`UserInfo`] (a sign-up request becomes an account) |
+//! | `POST /v1/users/N/deny` | | [`UserInfo`] (the request, now removed) |
+//! | `GET /v1/console/sign-up` | | [`SignUpPolicy`] |
+//! | `POST /v1/console/sign-up` | [`SignUpPolicy`] | [`SignUpPolicy`] |
 //! | `GET /v1/console/two-factor` | | [`TwoFactorPolicy`] |
 //! | `POST /v1/console/two-factor` | [`TwoFactorPolicy`] | [`TwoFactorPolicy`] |
 //!
@@ -1082,6 +1086,13 @@ pub struct UserInfo {
     /// Whether logins ask for a code from an authenticator app.
     #[serde(default)]
     pub two_factor: bool,
+}
+
+/// `GET`/`POST /v1/console/sign-up`: whether the login page offers a form to ask for an
+/// account (each request waits for an admin's approval).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SignUpPolicy {
+    pub open: bool,
 }
 
 /// `GET`/`POST /v1/console/two-factor`: whether every console user must log in with a

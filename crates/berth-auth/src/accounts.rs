@@ -67,6 +67,8 @@ pub enum UserStatus {
     Active,
     /// Cannot log in; sessions were revoked when it was disabled.
     Disabled,
+    /// Asked for an account from the sign-up form: waits for an admin's approval.
+    Pending,
 }
 
 impl UserStatus {
@@ -74,6 +76,7 @@ impl UserStatus {
         match self {
             UserStatus::Active => "active",
             UserStatus::Disabled => "disabled",
+            UserStatus::Pending => "pending",
         }
     }
 }
@@ -84,6 +87,7 @@ impl std::str::FromStr for UserStatus {
         match text {
             "active" => Ok(UserStatus::Active),
             "disabled" => Ok(UserStatus::Disabled),
+            "pending" => Ok(UserStatus::Pending),
             _ => Err(format!("`{text}` is not a user status")),
         }
     }
@@ -190,6 +194,17 @@ pub struct LinkRecord {
     pub used_ms: Option<i64>,
 }
 
+/// Held across every read-check-write of an account (a login, a second factor, a link, an
+/// admin's change), so two of them never interleave: a login that checked a password cannot
+/// write back a role or status an admin changed meanwhile, and parallel wrong passwords or a
+/// code sent twice at once cannot slip past the counters. One agent process owns the state
+/// file, so a process-wide lock is enough.
+pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Where accounts are kept.
 pub trait AccountStore {
     type Error: fmt::Display;
@@ -199,6 +214,10 @@ pub trait AccountStore {
     fn insert_user(&self, user: &UserRecord) -> Result<bool, Self::Error>;
     /// Replaces a user's record.
     fn update_user(&self, user: &UserRecord) -> Result<(), Self::Error>;
+    /// Removes a user (a denied sign-up request), with their sessions and links.
+    fn delete_user(&self, name: &str) -> Result<(), Self::Error>;
+    /// Spends every link of a user (one was used: the others must not work after it).
+    fn delete_links_of(&self, user: &str) -> Result<(), Self::Error>;
     fn insert_session(&self, session: &SessionRecord) -> Result<(), Self::Error>;
     fn session(&self, id_hash: &str) -> Result<Option<SessionRecord>, Self::Error>;
     fn touch_session(&self, id_hash: &str, at_ms: i64) -> Result<(), Self::Error>;
@@ -217,6 +236,64 @@ pub trait AccountStore {
 
 /// The setting that makes two-factor logins compulsory.
 pub const REQUIRE_2FA: &str = "require_2fa";
+
+/// The setting that opens the sign-up form (`open`); closed unless set.
+pub const SIGN_UP: &str = "sign_up";
+
+/// Whether the login page offers a form to ask for an account.
+pub fn sign_up_open<S: AccountStore>(store: &S) -> Result<bool, S::Error> {
+    Ok(store.setting(SIGN_UP)?.as_deref() == Some("open"))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SignUpError {
+    #[error("sign-up is closed on this console: ask an admin for an account")]
+    Closed,
+    #[error(
+        "a name is 2 to 64 lower-case letters, digits, `-`, `_` and `.`, starting with a letter"
+    )]
+    Name,
+    /// The name is someone's already; the form answers as for a request taken, so it tells
+    /// nobody which names exist.
+    #[error("the name is taken")]
+    Taken,
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("{0}")]
+    Store(String),
+}
+
+/// A request for an account: a viewer with the chosen password, pending until an admin
+/// approves it. A taken name says the same as an invalid one, so the form tells nobody which
+/// names exist.
+pub fn sign_up<S: AccountStore>(
+    store: &S,
+    settings: &Settings,
+    name: &str,
+    password: &str,
+    now_ms: i64,
+    from: &str,
+) -> Result<UserRecord, SignUpError> {
+    let _exclusive = exclusive();
+    if !sign_up_open(store).map_err(|e| SignUpError::Store(e.to_string()))? {
+        return Err(SignUpError::Closed);
+    }
+    if !valid_user_name(name) {
+        return Err(SignUpError::Name);
+    }
+    settings.policy.check(name, password)?;
+    let hash = passwords::hash_password(password).map_err(|e| SignUpError::Store(e.to_string()))?;
+    let mut user = UserRecord::new(name, Role::Viewer, now_ms, &format!("sign-up from {from}"));
+    user.status = UserStatus::Pending;
+    user.password_hash = Some(hash);
+    if !store
+        .insert_user(&user)
+        .map_err(|e| SignUpError::Store(e.to_string()))?
+    {
+        return Err(SignUpError::Taken);
+    }
+    Ok(user)
+}
 
 /// Whether every user must log in with a second factor.
 pub fn two_factor_required<S: AccountStore>(store: &S) -> Result<bool, S::Error> {
@@ -296,6 +373,8 @@ pub enum LoginError {
     Locked { until_ms: i64 },
     #[error("the account is disabled")]
     Disabled,
+    #[error("the account waits for an admin's approval")]
+    Pending,
     #[error("the account has no password yet (its setup link sets one)")]
     NoPassword,
     #[error("cannot read the accounts: {0}")]
@@ -329,6 +408,7 @@ pub fn login<S: AccountStore>(
     client: &Client,
     now_ms: i64,
 ) -> Result<NewSession, LoginError> {
+    let _exclusive = exclusive();
     let Some(mut user) = store.user(name).map_err(store_error)? else {
         passwords::verify_password(passwords::decoy_hash(), password);
         return Err(LoginError::UnknownUser);
@@ -336,6 +416,8 @@ pub fn login<S: AccountStore>(
     if let Some(until) = user.locked_until_ms
         && until > now_ms
     {
+        // As slow as any other answer: the time says nothing of which names exist.
+        passwords::verify_password(passwords::decoy_hash(), password);
         return Err(LoginError::Locked { until_ms: until });
     }
     let Some(stored) = user.password_hash.clone() else {
@@ -352,17 +434,23 @@ pub fn login<S: AccountStore>(
         store.update_user(&user).map_err(store_error)?;
         return Err(LoginError::WrongPassword { locked_now });
     }
-    if user.status == UserStatus::Disabled {
-        return Err(LoginError::Disabled);
+    match user.status {
+        UserStatus::Disabled => return Err(LoginError::Disabled),
+        UserStatus::Pending => return Err(LoginError::Pending),
+        UserStatus::Active => {}
     }
-    user.failed_logins = 0;
+    let pending = user.totp_secret.is_some();
+    // With a second factor, the failures count on until the code is right: a password alone
+    // never clears the way for more guesses at the code.
+    if !pending {
+        user.failed_logins = 0;
+    }
     user.locked_until_ms = None;
     if passwords::needs_rehash(&stored)
         && let Ok(upgraded) = passwords::hash_password(password)
     {
         user.password_hash = Some(upgraded);
     }
-    let pending = user.totp_secret.is_some();
     if !pending {
         user.last_login_ms = Some(now_ms);
     }
@@ -389,6 +477,7 @@ pub fn second_factor<S: AccountStore>(
     client: &Client,
     now_ms: i64,
 ) -> Result<NewSession, LoginError> {
+    let _exclusive = exclusive();
     let Some((session, mut user)) = pending_session(store, cookie, now_ms).map_err(store_error)?
     else {
         return Err(LoginError::UnknownUser);
@@ -465,16 +554,23 @@ pub enum TotpError {
     NotStarted,
     #[error("two-factor logins are not on for this account")]
     NotOn,
+    #[error("two-factor logins are on already: turn them off first (that takes a current code)")]
+    AlreadyOn,
     #[error("{0}")]
     Store(String),
 }
 
 /// Starts enrolment: a new secret, kept aside until a code confirms it.
 pub fn begin_totp<S: AccountStore>(store: &S, user: &str) -> Result<Vec<u8>, TotpError> {
+    let _exclusive = exclusive();
     let mut record = store
         .user(user)
         .map_err(|e| TotpError::Store(e.to_string()))?
         .ok_or(TotpError::NotStarted)?;
+    // Replacing the authenticator takes the old one: turn it off first, with a code.
+    if record.totp_secret.is_some() {
+        return Err(TotpError::AlreadyOn);
+    }
     let secret = totp::new_secret();
     record.totp_pending = Some(secret.clone());
     store
@@ -491,6 +587,7 @@ pub fn confirm_totp<S: AccountStore>(
     code: &str,
     now_ms: i64,
 ) -> Result<Vec<String>, TotpError> {
+    let _exclusive = exclusive();
     let mut record = store
         .user(user)
         .map_err(|e| TotpError::Store(e.to_string()))?
@@ -515,6 +612,7 @@ pub fn disable_totp<S: AccountStore>(
     code: &str,
     now_ms: i64,
 ) -> Result<(), TotpError> {
+    let _exclusive = exclusive();
     let mut record = store
         .user(user)
         .map_err(|e| TotpError::Store(e.to_string()))?
@@ -651,6 +749,7 @@ pub fn redeem_link<S: AccountStore>(
     password: &str,
     now_ms: i64,
 ) -> Result<UserRecord, LinkError> {
+    let _exclusive = exclusive();
     let Some(link) =
         usable_link(store, secret, now_ms).map_err(|e| LinkError::Store(e.to_string()))?
     else {
@@ -670,6 +769,13 @@ pub fn redeem_link<S: AccountStore>(
         .map_err(|e| LinkError::Store(e.to_string()))?
         .filter(|u| u.status == UserStatus::Active)
         .ok_or(LinkError::NoUser)?;
+    // A setup link sets a first password, never a later one (a reset link does that).
+    if link.purpose == LinkPurpose::Setup && user.password_hash.is_some() {
+        return Err(LinkError::Spent);
+    }
+    store
+        .delete_links_of(&user.name)
+        .map_err(|e| LinkError::Store(e.to_string()))?;
     user.password_hash = Some(hash);
     user.failed_logins = 0;
     user.locked_until_ms = None;
@@ -734,6 +840,21 @@ pub mod memory {
             }
             users.insert(user.name.clone(), user.clone());
             Ok(true)
+        }
+        fn delete_user(&self, name: &str) -> Result<(), Poisoned> {
+            self.users.lock().map_err(|_| Poisoned)?.remove(name);
+            self.sessions
+                .lock()
+                .map_err(|_| Poisoned)?
+                .retain(|_, s| s.user != name);
+            Ok(())
+        }
+        fn delete_links_of(&self, user: &str) -> Result<(), Poisoned> {
+            self.links
+                .lock()
+                .map_err(|_| Poisoned)?
+                .retain(|_, l| l.user != user);
+            Ok(())
         }
         fn update_user(&self, user: &UserRecord) -> Result<(), Poisoned> {
             self.users
@@ -861,6 +982,13 @@ mod tests {
             redeem_link(&store, &settings, &late, GOOD, settings.link_ms + 1),
             Err(LinkError::Spent)
         ));
+        // A setup link does nothing once the user has a password (a reset link does that).
+        let (other, link) = issue_link("alice", LinkPurpose::Setup, 0, &settings);
+        store.insert_link(&link).unwrap();
+        assert!(matches!(
+            redeem_link(&store, &settings, &other, GOOD, 25),
+            Err(LinkError::Spent)
+        ));
         let session = login(&store, &settings, "alice", GOOD, &Client::default(), 30).unwrap();
         assert_eq!(session.record.user, "alice");
         assert_ne!(session.record.id_hash, session.cookie);
@@ -985,6 +1113,66 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+        // A new authenticator needs the old one turned off first.
+        assert!(matches!(
+            begin_totp(&store, "alice"),
+            Err(TotpError::AlreadyOn)
+        ));
+        // The right password does not clear the way for more guesses at the code: five wrong
+        // codes over two logins lock the account.
+        let mut fresh = store.user("alice").unwrap().unwrap();
+        fresh.failed_logins = 0;
+        store.update_user(&fresh).unwrap();
+        for round in 0..2 {
+            let half = login(&store, &settings, "alice", GOOD, &Client::default(), now).unwrap();
+            let tries = if round == 0 { 4 } else { 1 };
+            for attempt in 0..tries {
+                let locked_now = round == 1 && attempt == 0;
+                assert!(
+                    matches!(
+                        second_factor(&store, &settings, &half.cookie, "999999x", &Client::default(), now),
+                        Err(LoginError::WrongCode { locked_now: l }) if l == locked_now
+                    ),
+                    "round {round} attempt {attempt}"
+                );
+            }
+        }
+        assert!(matches!(
+            login(&store, &settings, "alice", GOOD, &Client::default(), now),
+            Err(LoginError::Locked { .. })
+        ));
+    }
+
+    #[test]
+    fn a_sign_up_waits_for_approval_and_needs_the_form_open() {
+        let store = MemoryAccounts::default();
+        let settings = Settings::default();
+        assert!(matches!(
+            sign_up(&store, &settings, "sam", GOOD, 0, "127.0.0.1"),
+            Err(SignUpError::Closed)
+        ));
+        store.set_setting(SIGN_UP, "open").unwrap();
+        assert!(matches!(
+            sign_up(&store, &settings, "sam", "short", 0, "127.0.0.1"),
+            Err(SignUpError::Policy(_))
+        ));
+        let user = sign_up(&store, &settings, "sam", GOOD, 0, "127.0.0.1").unwrap();
+        assert_eq!(
+            (user.status, user.role),
+            (UserStatus::Pending, Role::Viewer)
+        );
+        assert!(matches!(
+            sign_up(&store, &settings, "sam", GOOD, 0, "127.0.0.1"),
+            Err(SignUpError::Taken)
+        ));
+        assert!(matches!(
+            login(&store, &settings, "sam", GOOD, &Client::default(), 10),
+            Err(LoginError::Pending)
+        ));
+        let mut approved = store.user("sam").unwrap().unwrap();
+        approved.status = UserStatus::Active;
+        store.update_user(&approved).unwrap();
+        assert!(login(&store, &settings, "sam", GOOD, &Client::default(), 10).is_ok());
     }
 
     #[test]

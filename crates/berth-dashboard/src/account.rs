@@ -88,6 +88,18 @@ pub(crate) async fn code<S: AccountStore + Send + Sync + 'static>(
         return Redirect::to("/login").into_response();
     };
     let now = jiff::Timestamp::now().as_millisecond();
+    // Codes share the login's per-address budget.
+    if !console.login_allowed(ip, now) {
+        return render(
+            &CodePage {
+                nav: None,
+                csrf: session.csrf,
+                next: web::safe_next(Some(&form.next)),
+                error: Some("Too many attempts from this address: wait a minute.".to_owned()),
+            },
+            StatusCode::TOO_MANY_REQUESTS,
+        );
+    }
     let client = Client {
         ip: ip.to_string(),
         user_agent: agent.clone(),

@@ -147,3 +147,79 @@ pub async fn operation(
     }
     Ok(Operation { events, outcome })
 }
+
+/// The lines of an NDJSON answer read whole (logs without `follow`).
+pub async fn lines(
+    api: &axum::Router,
+    user: &ConsoleUser,
+    path: &str,
+) -> Result<Vec<Vec<u8>>, Refused> {
+    let (status, bytes) = send(api, user, Method::GET, path, None).await?;
+    if !status.is_success() {
+        return Err(refusal(status, &bytes));
+    }
+    Ok(bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect())
+}
+
+/// An answer that goes on (logs with `follow`): its body as it arrives.
+pub async fn follow(
+    api: &axum::Router,
+    user: &ConsoleUser,
+    path: &str,
+) -> Result<axum::body::Body, Refused> {
+    let mut request = Request::builder()
+        .method(Method::GET)
+        .uri(path)
+        .body(Body::empty())
+        .map_err(|e| Refused::internal(format!("cannot build the request for {path}: {e}")))?;
+    request.extensions_mut().insert(user.clone());
+    let response = api
+        .clone()
+        .oneshot(request)
+        .await
+        .map_err(|e| Refused::internal(format!("{path} failed: {e}")))?;
+    let status = response.status();
+    if !status.is_success() {
+        let bytes = http_body_util::Limited::new(response.into_body(), 64 * 1024)
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        return Err(refusal(status, &bytes));
+    }
+    Ok(response.into_body())
+}
+
+/// A body's lines as they complete; a line longer than 64 KiB is cut there.
+pub fn split_lines(body: axum::body::Body) -> impl futures_util::Stream<Item = Vec<u8>> {
+    use futures_util::StreamExt;
+    const LONGEST: usize = 64 * 1024;
+    let chunks = body.into_data_stream();
+    futures_util::stream::unfold(
+        (
+            chunks,
+            Vec::<u8>::new(),
+            std::collections::VecDeque::<Vec<u8>>::new(),
+        ),
+        |(mut chunks, mut partial, mut ready)| async move {
+            loop {
+                if let Some(line) = ready.pop_front() {
+                    return Some((line, (chunks, partial, ready)));
+                }
+                let chunk = chunks.next().await?.ok()?;
+                for byte in chunk {
+                    if byte == b'\n' {
+                        ready.push_back(std::mem::take(&mut partial));
+                    } else if partial.len() < LONGEST {
+                        partial.push(byte);
+                    }
+                }
+            }
+        },
+    )
+    .filter(|line| std::future::ready(!line.is_empty()))
+}

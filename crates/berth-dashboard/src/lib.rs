@@ -9,6 +9,7 @@
 
 mod account;
 mod api;
+mod logs;
 mod manage;
 mod pages;
 mod view;
@@ -88,6 +89,10 @@ where
         )
         .route("/logout", post(pages::logout::<S>))
         .route(
+            "/signup",
+            get(pages::sign_up_form::<S>).post(pages::sign_up::<S>),
+        )
+        .route(
             "/login/code",
             get(account::code_form::<S>).post(account::code::<S>),
         )
@@ -124,12 +129,15 @@ where
             get(manage::tokens::<S>).post(manage::add_token::<S>),
         )
         .route("/tokens/{name}/revoke", post(manage::revoke_token::<S>))
+        .route("/apps/{app}/logs", get(logs::logs::<S>))
+        .route("/apps/{app}/logs/stream", get(logs::stream::<S>))
         .route("/audit", get(pages::audit::<S>))
         .route("/audit.csv", get(pages::audit_csv::<S>))
         .route("/audit.json", get(pages::audit_json::<S>))
         .route("/users", get(pages::users::<S>).post(pages::add_user::<S>))
         .route("/users/{name}/{action}", post(pages::user_action::<S>))
         .route("/assets/console.css", get(stylesheet))
+        .route("/assets/console.js", get(script))
         .fallback(not_found)
         .layer(middleware::from_fn(web::same_origin_posts))
         .layer(middleware::from_fn(web::security_headers))
@@ -137,6 +145,19 @@ where
 }
 
 const STYLESHEET: &str = include_str!("../assets/console.css");
+
+const SCRIPT: &str = include_str!("../assets/console.js");
+
+async fn script() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        SCRIPT,
+    )
+        .into_response()
+}
 
 async fn stylesheet() -> Response {
     (

@@ -4,7 +4,7 @@
 use crate::Console;
 use crate::api::{self, ConsoleUser, Refused};
 use crate::view::{Nav, message, query_escape, render, when};
-use crate::web::{self, Signed, check_csrf, client_ip, signed};
+use crate::web::{self, Signed, client_ip, signed};
 use askama::Template;
 use axum::Form;
 use axum::extract::{Path, Query, State};
@@ -50,6 +50,7 @@ struct LoginPage {
     csrf: String,
     next: String,
     error: Option<String>,
+    sign_up: bool,
 }
 
 #[derive(Deserialize)]
@@ -61,7 +62,7 @@ fn random_hex() -> String {
     hex::encode(rand::random::<[u8; 32]>())
 }
 
-fn login_page<S>(
+fn login_page<S: AccountStore>(
     console: &Console<S>,
     next: String,
     error: Option<String>,
@@ -76,6 +77,7 @@ fn login_page<S>(
             csrf: csrf.clone(),
             next,
             error,
+            sign_up: accounts::sign_up_open(&*console.accounts).unwrap_or(false),
         },
         status,
     );
@@ -249,19 +251,21 @@ pub(crate) struct CsrfForm {
 pub(crate) async fn logout<S: AccountStore + Send + Sync + 'static>(
     State(console): State<Arc<Console<S>>>,
     headers: HeaderMap,
-    extensions: http::Extensions,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let signed = match signed(&console, &headers, client_ip(&extensions), "/") {
-        Ok(signed) => signed,
-        Err(_) => return Redirect::to("/login").into_response(),
+    // The session itself, not `signed`: a user sent to enrol a second factor may still leave.
+    let now = jiff::Timestamp::now().as_millisecond();
+    let Some(cookie) = web::cookie(&headers, web::session_cookie(&console)) else {
+        return Redirect::to("/login").into_response();
     };
-    if let Err(refusal) = check_csrf(&signed, &form.csrf) {
-        return refusal;
+    let session = match accounts::session_user(&*console.accounts, &console.settings, cookie, now) {
+        Ok(Some((session, _))) => session,
+        _ => return Redirect::to("/login").into_response(),
+    };
+    if !accounts::csrf_matches(&session, &form.csrf) {
+        return web::forbidden_form();
     }
-    if let Some(cookie) = web::cookie(&headers, web::session_cookie(&console)) {
-        let _ = accounts::close_session(&*console.accounts, cookie);
-    }
+    let _ = accounts::close_session(&*console.accounts, cookie);
     let mut response = Redirect::to("/login").into_response();
     response.headers_mut().append(
         header::SET_COOKIE,
@@ -1100,7 +1104,7 @@ async fn audit_export<S: AccountStore + Send + Sync + 'static>(
 /// spreadsheet never runs an audit entry as a formula.
 fn csv_field(text: &str) -> String {
     let mut text = text.to_owned();
-    if text.starts_with(['=', '+', '-', '@']) {
+    if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
         text.insert(0, '\'');
     }
     if text.contains([',', '"', '\n', '\r']) || text.starts_with('\'') {
@@ -1147,6 +1151,7 @@ struct UsersPage {
     link: Option<(String, String)>,
     roles: Vec<&'static str>,
     two_factor_required: bool,
+    sign_up_open: bool,
 }
 
 async fn users_page<S: AccountStore>(
@@ -1160,6 +1165,11 @@ async fn users_page<S: AccountStore>(
     };
     let policy: berth_api::TwoFactorPolicy =
         match api::get(&console.api, &signed.as_user, "/v1/console/two-factor").await {
+            Ok(policy) => policy,
+            Err(error) => return refused(signed, error),
+        };
+    let sign_up: berth_api::SignUpPolicy =
+        match api::get(&console.api, &signed.as_user, "/v1/console/sign-up").await {
             Ok(policy) => policy,
             Err(error) => return refused(signed, error),
         };
@@ -1190,6 +1200,7 @@ async fn users_page<S: AccountStore>(
             link,
             roles: vec!["viewer", "deployer", "admin"],
             two_factor_required: policy.required,
+            sign_up_open: sign_up.open,
         },
         StatusCode::OK,
     )
@@ -1216,18 +1227,12 @@ pub(crate) struct AddUserForm {
     role: String,
 }
 
-fn link_text(headers: &HeaderMap, link: &UserLink) -> (String, String) {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("127.0.0.1:9000");
+fn link_text(link: &UserLink) -> (String, String) {
+    // The agent's own idea of the console's address, never the request's Host header.
+    let url = link.url.clone().unwrap_or_else(|| link.path.clone());
     (
         link.user.clone(),
-        format!(
-            "http://{host}{} (valid until {}, once)",
-            link.path,
-            when(link.expires_at)
-        ),
+        format!("{url} (valid until {}, once)", when(link.expires_at)),
     )
 }
 
@@ -1251,7 +1256,7 @@ pub(crate) async fn add_user<S: AccountStore + Send + Sync + 'static>(
     )
     .await
     {
-        Ok(link) => users_page(&console, &signed, Some(link_text(&headers, &link))).await,
+        Ok(link) => users_page(&console, &signed, Some(link_text(&link))).await,
         Err(error) => refused(&signed, error),
     }
 }
@@ -1288,6 +1293,12 @@ pub(crate) async fn user_action<S: AccountStore + Send + Sync + 'static>(
             Some(serde_json::json!({ "role": form.role })),
         ),
         "sessions" => (Method::DELETE, format!("/v1/users/{name}/sessions"), None),
+        "approve" | "deny" => (Method::POST, format!("/v1/users/{name}/{action}"), None),
+        "sign-up" if name == "everyone" => (
+            Method::POST,
+            "/v1/console/sign-up".to_owned(),
+            Some(serde_json::json!({ "open": form.role == "open" })),
+        ),
         "two-factor" if name == "everyone" => (
             Method::POST,
             "/v1/console/two-factor".to_owned(),
@@ -1299,7 +1310,7 @@ pub(crate) async fn user_action<S: AccountStore + Send + Sync + 'static>(
     };
     match api::call::<serde_json::Value>(&console.api, &signed.as_user, method, &path, body).await {
         Ok(answer) if action == "reset" => match serde_json::from_value::<UserLink>(answer) {
-            Ok(link) => users_page(&console, &signed, Some(link_text(&headers, &link))).await,
+            Ok(link) => users_page(&console, &signed, Some(link_text(&link))).await,
             Err(_) => Redirect::to("/users").into_response(),
         },
         Ok(_) => Redirect::to("/users").into_response(),
@@ -1325,6 +1336,154 @@ mod tests {
         assert_eq!(web::safe_next(Some("//evil.example/")), "/");
         assert_eq!(web::safe_next(Some("https://evil.example/")), "/");
         assert_eq!(web::safe_next(Some("/\\evil.example")), "/");
+        assert_eq!(web::safe_next(Some("/\t/evil.example")), "/");
+        assert_eq!(
+            web::safe_next(Some("/audit?user=alice&page=2")),
+            "/audit?user=alice&page=2"
+        );
         assert_eq!(web::safe_next(None), "/");
+    }
+}
+
+// ---- sign-up ------------------------------------------------------------------------------
+
+#[derive(Template)]
+#[template(path = "signup.html")]
+struct SignUpPage {
+    nav: Option<Nav>,
+    csrf: String,
+    error: Option<String>,
+    done: bool,
+    min_length: usize,
+}
+
+fn sign_up_page<S: AccountStore>(
+    console: &Console<S>,
+    error: Option<String>,
+    done: bool,
+    status: StatusCode,
+) -> Response {
+    let csrf = random_hex();
+    let mut response = render(
+        &SignUpPage {
+            nav: None,
+            csrf: csrf.clone(),
+            error,
+            done,
+            min_length: console.settings.policy.min_length,
+        },
+        status,
+    );
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        web::set_cookie(console, web::login_cookie(console), Some(&csrf)),
+    );
+    response
+}
+
+pub(crate) async fn sign_up_form<S: AccountStore + Send + Sync + 'static>(
+    State(console): State<Arc<Console<S>>>,
+) -> Response {
+    if !accounts::sign_up_open(&*console.accounts).unwrap_or(false) {
+        return not_found("page");
+    }
+    sign_up_page(&console, None, false, StatusCode::OK)
+}
+
+#[derive(Deserialize)]
+pub(crate) struct SignUpForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    again: String,
+}
+
+pub(crate) async fn sign_up<S: AccountStore + Send + Sync + 'static>(
+    State(console): State<Arc<Console<S>>>,
+    headers: HeaderMap,
+    extensions: http::Extensions,
+    Form(form): Form<SignUpForm>,
+) -> Response {
+    let expected = web::cookie(&headers, web::login_cookie(&console)).unwrap_or("");
+    if expected.is_empty()
+        || !berth_auth::tokens::constant_time_eq(expected.as_bytes(), form.csrf.as_bytes())
+    {
+        return web::forbidden_form();
+    }
+    let ip = client_ip(&extensions);
+    let now = jiff::Timestamp::now().as_millisecond();
+    // Requests share the login's per-address budget: nobody fills the users page.
+    if !console.login_allowed(ip, now) {
+        return sign_up_page(
+            &console,
+            Some("Too many attempts from this address: wait a minute.".to_owned()),
+            false,
+            StatusCode::TOO_MANY_REQUESTS,
+        );
+    }
+    if form.password != form.again {
+        return sign_up_page(
+            &console,
+            Some("The two passwords differ.".to_owned()),
+            false,
+            StatusCode::BAD_REQUEST,
+        );
+    }
+    let name = form.name.trim().to_owned();
+    let worker = console.clone();
+    let from = ip.to_string();
+    let result = tokio::task::spawn_blocking(move || {
+        accounts::sign_up(
+            &*worker.accounts,
+            &worker.settings,
+            &name,
+            &form.password,
+            now,
+            &from,
+        )
+    })
+    .await;
+    match result {
+        Ok(Ok(user)) => {
+            (console.audit)(
+                &format!("{ip} via console"),
+                "sign-up request",
+                &format!("user/{}", user.name),
+                "ok",
+                &format!(
+                    "waits for an admin's approval; from {ip}, {}",
+                    web::user_agent(&headers)
+                ),
+            );
+            sign_up_page(&console, None, true, StatusCode::OK)
+        }
+        Ok(Err(accounts::SignUpError::Taken)) => {
+            // Answered as a request taken: the form tells nobody which names exist.
+            (console.audit)(
+                &format!("{ip} via console"),
+                "sign-up request",
+                "console",
+                "refused",
+                &format!("the name asked for is taken; from {ip}"),
+            );
+            sign_up_page(&console, None, true, StatusCode::OK)
+        }
+        Ok(Err(accounts::SignUpError::Closed)) => not_found("page"),
+        Ok(Err(error)) => sign_up_page(
+            &console,
+            Some(capitalize(&error.to_string())),
+            false,
+            StatusCode::BAD_REQUEST,
+        ),
+        Err(error) => message(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "The request failed",
+            &error.to_string(),
+            None,
+        ),
     }
 }

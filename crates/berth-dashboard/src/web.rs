@@ -27,9 +27,12 @@ pub(crate) async fn security_headers(request: Request, next: Next) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    // Not `no-referrer`: browsers then send `Origin: null` with every form, which the
+    // same-origin check refuses. `same-origin` still keeps this console's URLs (setup links
+    // among them) from other sites.
     headers.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     if !headers.contains_key(header::CACHE_CONTROL) {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -215,8 +218,16 @@ pub(crate) fn nav(signed: &Signed) -> Nav {
 /// Where to go after login: only a path on this console, never `//elsewhere` or a scheme.
 pub(crate) fn safe_next(next: Option<&str>) -> String {
     match next {
-        // Only a path on this console: never `//elsewhere` or a scheme.
-        Some(path) if path.starts_with('/') && !path.starts_with("//") && !path.contains('\\') => {
+        // A path of plain characters only: no `//host`, no scheme, no backslash, and no tab or
+        // newline, which browsers drop from a Location (`/\t/evil.example` is `//evil.example`).
+        Some(path)
+            if path.starts_with('/')
+                && !path.starts_with("//")
+                && path.len() <= 512
+                && path
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"/_.-~?=&%+".contains(&b)) =>
+        {
             path.to_owned()
         }
         _ => "/".to_owned(),

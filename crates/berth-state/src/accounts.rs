@@ -142,6 +142,24 @@ impl AccountStore for Store {
             .map_err(sql("update a user"))
     }
 
+    fn delete_user(&self, name: &str) -> Result<()> {
+        // Sessions and links go with it (ON DELETE CASCADE).
+        self.conn()
+            .execute("DELETE FROM users WHERE name = ?1", params![name])
+            .map(|_| ())
+            .map_err(sql("remove a user"))
+    }
+
+    fn delete_links_of(&self, name: &str) -> Result<()> {
+        self.conn()
+            .execute(
+                "DELETE FROM account_links WHERE user_name = ?1",
+                params![name],
+            )
+            .map(|_| ())
+            .map_err(sql("spend a user's links"))
+    }
+
     fn insert_session(&self, record: &SessionRecord) -> Result<()> {
         self.conn()
             .execute(

@@ -3,7 +3,7 @@
 CREATE TABLE users (
     name            TEXT PRIMARY KEY,
     role            TEXT NOT NULL CHECK (role IN ('viewer', 'deployer', 'admin')),
-    status          TEXT NOT NULL CHECK (status IN ('active', 'disabled')),
+    status          TEXT NOT NULL CHECK (status IN ('active', 'disabled', 'pending')),
     password_hash   TEXT,
     created_at      INTEGER NOT NULL,
     created_by      TEXT NOT NULL,

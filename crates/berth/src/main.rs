@@ -785,6 +785,23 @@ enum UsersCommand {
         /// The user's name.
         name: String,
     },
+    /// Approve a sign-up request: the account may log in (as a viewer).
+    Approve {
+        /// The user's name.
+        name: String,
+    },
+    /// Deny a sign-up request: it is removed.
+    Deny {
+        /// The user's name.
+        name: String,
+    },
+    /// Whether the console's login page offers a form to ask for an account (`open`; each
+    /// request waits for an admin's approval) or not (`closed`, the default); alone, shows it.
+    SignUp {
+        /// `open` or `closed`.
+        #[arg(value_parser = ["open", "closed"])]
+        policy: Option<String>,
+    },
     /// Whether every user must log in with a code from an authenticator app: `required`
     /// (those without one set it up after their password) or `optional`; alone, shows it.
     TwoFactor {

@@ -148,6 +148,8 @@ async fn set_status(
     headers: HeaderMap,
     status: UserStatus,
 ) -> ApiResult<Json<UserInfo>> {
+    // Not while a login reads and writes this account back.
+    let _exclusive = auth::exclusive();
     let mut user = existing(&state, &name)?;
     let actor = actor(&state, &headers);
     if status == UserStatus::Disabled
@@ -207,6 +209,8 @@ pub(super) async fn set_role(
     headers: HeaderMap,
     Json(request): Json<UserRoleRequest>,
 ) -> ApiResult<Json<UserInfo>> {
+    // Not while a login reads and writes this account back.
+    let _exclusive = auth::exclusive();
     let role: Role = request
         .role
         .parse()
@@ -246,4 +250,84 @@ pub(super) async fn end_sessions(
         &format!("{ended} session(s) ended"),
     );
     Ok(Json(SessionsEnded { ended }))
+}
+
+pub(super) async fn sign_up_policy(State(state): State<ApiState>) -> ApiResult<Json<SignUpPolicy>> {
+    Ok(Json(SignUpPolicy {
+        open: auth::sign_up_open(&**state.engine.store())?,
+    }))
+}
+
+pub(super) async fn set_sign_up_policy(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Json(policy): Json<SignUpPolicy>,
+) -> ApiResult<Json<SignUpPolicy>> {
+    state
+        .engine
+        .store()
+        .set_setting(auth::SIGN_UP, if policy.open { "open" } else { "closed" })?;
+    state.engine.audit(
+        &actor(&state, &headers),
+        "sign-up policy",
+        "console",
+        "ok",
+        if policy.open {
+            "the login page offers a form to ask for an account"
+        } else {
+            "accounts only from an admin"
+        },
+    );
+    Ok(Json(policy))
+}
+
+fn pending(state: &ApiState, name: &str) -> ApiResult<UserRecord> {
+    let user = existing(state, name)?;
+    if user.status != UserStatus::Pending {
+        return Err(OpError::invalid(format!(
+            "{name} did not ask for an account: there is nothing to approve or deny"
+        ))
+        .hint("`berth users list` shows the requests as `pending`")
+        .into());
+    }
+    Ok(user)
+}
+
+pub(super) async fn approve_user(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<UserInfo>> {
+    // Not while a login reads and writes this account back.
+    let _exclusive = auth::exclusive();
+    let mut user = pending(&state, &name)?;
+    user.status = UserStatus::Active;
+    state.engine.store().update_user(&user)?;
+    state.engine.audit(
+        &actor(&state, &headers),
+        "user approve",
+        &format!("user/{name}"),
+        "ok",
+        &format!("sign-up request approved as a {}", user.role),
+    );
+    Ok(Json(info(&user)))
+}
+
+pub(super) async fn deny_user(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<UserInfo>> {
+    // Not while a login reads and writes this account back.
+    let _exclusive = auth::exclusive();
+    let user = pending(&state, &name)?;
+    state.engine.store().delete_user(&name)?;
+    state.engine.audit(
+        &actor(&state, &headers),
+        "user deny",
+        &format!("user/{name}"),
+        "ok",
+        "sign-up request denied and removed",
+    );
+    Ok(Json(info(&user)))
 }

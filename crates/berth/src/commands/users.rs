@@ -4,7 +4,9 @@
 use super::Ctx;
 use crate::UsersCommand;
 use crate::output;
-use berth_api::{SessionsEnded, TwoFactorPolicy, UserInfo, UserLink, UserRequest, UserRoleRequest};
+use berth_api::{
+    SessionsEnded, SignUpPolicy, TwoFactorPolicy, UserInfo, UserLink, UserRequest, UserRoleRequest,
+};
 use console::style;
 use std::process::ExitCode;
 
@@ -132,6 +134,56 @@ pub(crate) async fn users(ctx: &Ctx, action: UsersCommand) -> anyhow::Result<Exi
                 &user,
                 &format!("now has the {} role; they log in again", user.role),
             )?;
+        }
+        UsersCommand::Approve { name } => {
+            let user: UserInfo = client
+                .request(
+                    http::Method::POST,
+                    &format!("/v1/users/{name}/approve"),
+                    &serde_json::json!({}),
+                )
+                .await?;
+            done(ctx, &user, "approved: they can log in now")?;
+        }
+        UsersCommand::Deny { name } => {
+            let _: UserInfo = client
+                .request(
+                    http::Method::POST,
+                    &format!("/v1/users/{name}/deny"),
+                    &serde_json::json!({}),
+                )
+                .await?;
+            if ctx.json {
+                println!("{}", serde_json::json!({ "denied": name }));
+            } else {
+                println!(
+                    "{} {name}'s request was denied and removed",
+                    style("✓").green()
+                );
+            }
+        }
+        UsersCommand::SignUp { policy } => {
+            let policy: SignUpPolicy = match policy.as_deref() {
+                Some(choice) => {
+                    client
+                        .request(
+                            http::Method::POST,
+                            "/v1/console/sign-up",
+                            &SignUpPolicy {
+                                open: choice == "open",
+                            },
+                        )
+                        .await?
+                }
+                None => client.get("/v1/console/sign-up").await?,
+            };
+            if ctx.json {
+                println!("{}", serde_json::to_string_pretty(&policy)?);
+            } else if policy.open {
+                println!("sign-up is open: requests wait for `berth users approve NAME`");
+            } else {
+                println!("sign-up is closed: accounts come from `berth users add`");
+            }
         }
         UsersCommand::TwoFactor { policy } => {
             let policy: TwoFactorPolicy = match policy.as_deref() {

@@ -178,6 +178,14 @@ fn the_console_logs_in_checks_roles_and_csrf_and_audits_what_it_does() {
         page.body
     );
 
+    // The logs page shows the service's last lines; its stream needs a login too.
+    let logs = console.get(&format!("/apps/{}/logs", app.name), Some(&admin));
+    assert_eq!(logs.status, 200, "{logs:?}");
+    assert!(logs.body.contains("listening on port"), "{}", logs.body);
+    assert_headers(&logs);
+    let anonymous = console.get(&format!("/apps/{}/logs/stream?service=web", app.name), None);
+    assert_eq!(anonymous.status, 303);
+
     // A viewer, added with the CLI and set up from the link it printed.
     let added = agent.berth_in(app.path(), &["users", "add", "vera", "--role", "viewer"]);
     added.success();
@@ -349,6 +357,45 @@ fn the_console_logs_in_checks_roles_and_csrf_and_audits_what_it_does() {
             .iter()
             .any(|t| t["name"] == "from-console" && t["revoked_at"].is_i64()),
         "{tokens}"
+    );
+
+    // Sign-up: closed by default; once open, a request waits for an admin's approval.
+    assert_eq!(console.get("/signup", None).status, 404);
+    agent
+        .berth_in(app.path(), &["users", "sign-up", "open"])
+        .success();
+    let form_page = console.get("/signup", None);
+    assert_eq!(form_page.status, 200);
+    let signup_cookie = form_page.cookie("berth_login").unwrap();
+    let asked = console.post(
+        "/signup",
+        &format!("berth_login={signup_cookie}"),
+        &[
+            ("csrf", &hidden(&form_page.body, "csrf")),
+            ("name", "sam"),
+            ("password", VIEWER_PASSWORD),
+            ("again", VIEWER_PASSWORD),
+        ],
+    );
+    assert_eq!(asked.status, 200, "{asked:?}");
+    assert!(asked.body.contains("Your request is in"), "{}", asked.body);
+    assert_eq!(console.login("sam", VIEWER_PASSWORD).status, 401);
+    let users_page = console.get("/users", Some(&admin));
+    assert!(users_page.body.contains("Approve"), "{}", users_page.body);
+    let approved = console.post(
+        "/users/sam/approve",
+        &format!("berth_session={admin}"),
+        &[("csrf", &hidden(&users_page.body, "csrf"))],
+    );
+    assert_eq!(approved.status, 303, "{approved:?}");
+    assert_eq!(console.login("sam", VIEWER_PASSWORD).status, 303);
+    let audit = agent
+        .berth_in(app.path(), &["audit", "-n", "50", "--json"])
+        .json()
+        .to_string();
+    assert!(
+        audit.contains("sign-up request") && audit.contains("user approve"),
+        "{audit}"
     );
 
     // A viewer does not reach the users page (admin only).

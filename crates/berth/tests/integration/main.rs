@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a panic is a failure report
 
 mod backups;
+mod browser;
 mod console;
 mod contexts;
 mod crash;
