@@ -65,7 +65,7 @@ pub(crate) fn first_admin_link(state: &ApiState, took_over: bool) {
 }
 
 /// The console's routes.
-pub(crate) fn router(state: ApiState, login_rate: Option<u32>) -> axum::Router {
+pub(crate) fn router(state: ApiState, listen: Option<crate::DashboardListen>) -> axum::Router {
     let engine = state.engine.clone();
     let audit: berth_dashboard::AuditSink =
         Arc::new(move |actor, action, target, result, detail| {
@@ -74,8 +74,12 @@ pub(crate) fn router(state: ApiState, login_rate: Option<u32>) -> axum::Router {
     let accounts = state.engine.store().clone();
     let api = crate::api::router(state);
     let mut console = berth_dashboard::Console::new(accounts, api, audit);
-    if let Some(rate) = login_rate {
-        console.login_rate_per_minute = rate;
+    if let Some(listen) = listen {
+        console.login_rate_per_minute = listen.login_rate_per_minute;
+        console.settings.max_failures = listen.lockout_after.max(1);
+        console.settings.lockout_ms =
+            i64::try_from(listen.lockout_for.as_millis()).unwrap_or(i64::MAX);
+        console.settings.policy.require_classes = listen.password_classes;
     }
     berth_dashboard::router(Arc::new(console))
 }

@@ -97,6 +97,11 @@ pub struct DashboardListen {
     pub addr: SocketAddr,
     /// Login attempts allowed per client address and minute.
     pub login_rate_per_minute: u32,
+    /// Failed logins in a row that lock an account, and for how long.
+    pub lockout_after: u32,
+    pub lockout_for: Duration,
+    /// New passwords need upper and lower case, a digit and a symbol.
+    pub password_classes: bool,
     /// Whether the operator asked for this address: if it is taken, the agent refuses to
     /// start; the default address, taken, only costs the console (with a warning).
     pub required: bool,
@@ -869,7 +874,7 @@ async fn serve(
             logs: log_store.clone(),
         };
         console::first_admin_link(&api_state, predecessor.is_some());
-        let router = console::router(api_state, config.dashboard.map(|d| d.login_rate_per_minute));
+        let router = console::router(api_state, config.dashboard);
         let stop = stopped(stop.clone());
         tasks.spawn(async move {
             if let Err(error) = axum::serve(

@@ -1164,11 +1164,17 @@ async fn agent(
         Some("off") => None,
         Some(text) => Some(berth_agent::DashboardListen {
             addr: address("dashboard", text)?,
+            lockout_after: edge.console_lockout_after,
+            lockout_for: duration("console-lockout-for", &edge.console_lockout_for)?,
+            password_classes: edge.console_password_classes,
             login_rate_per_minute: edge.console_login_rate.max(1),
             required: true,
         }),
         None => Some(berth_agent::DashboardListen {
             addr: std::net::SocketAddr::from(([127, 0, 0, 1], 9000)),
+            lockout_after: edge.console_lockout_after,
+            lockout_for: duration("console-lockout-for", &edge.console_lockout_for)?,
+            password_classes: edge.console_password_classes,
             login_rate_per_minute: edge.console_login_rate.max(1),
             required: false,
         }),

@@ -527,6 +527,16 @@ struct EdgeArgs {
     /// also refused: 5 wrong passwords lock it for 15 minutes).
     #[arg(long, default_value_t = 10, value_name = "N")]
     console_login_rate: u32,
+    /// Failed console logins in a row that lock an account.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    console_lockout_after: u32,
+    /// How long a locked console account stays locked.
+    #[arg(long, default_value = "15m", value_name = "DURATION")]
+    console_lockout_for: String,
+    /// New console passwords need an upper- and a lower-case letter, a digit and a symbol
+    /// (besides 12 characters, not a common password, not the user's name).
+    #[arg(long)]
+    console_password_classes: bool,
     /// The JSON access log (default DATA_DIR/logs/access.log; `off` to disable).
     #[arg(long, value_name = "PATH")]
     access_log: Option<String>,

@@ -96,7 +96,14 @@ fn assert_headers(answer: &HttpAnswer) {
 fn the_console_logs_in_checks_roles_and_csrf_and_audits_what_it_does() {
     let agent = Agent::start_with(
         &[],
-        &["--dashboard", "127.0.0.1:0", "--console-login-rate", "30"],
+        &[
+            "--dashboard",
+            "127.0.0.1:0",
+            "--console-login-rate",
+            "30",
+            "--console-lockout-after",
+            "4",
+        ],
     );
     let url = agent.agent_file()["dashboard"]
         .as_str()
@@ -401,9 +408,9 @@ fn the_console_logs_in_checks_roles_and_csrf_and_audits_what_it_does() {
     // A viewer does not reach the users page (admin only).
     assert_eq!(console.get("/users", Some(&viewer)).status, 403);
 
-    // Five wrong passwords lock the account: the right one is then refused too, with the
-    // same words as a wrong one.
-    for _ in 0..5 {
+    // Wrong passwords lock the account (four here, `--console-lockout-after 4`; five by
+    // default): the right one is then refused too, with the same words as a wrong one.
+    for _ in 0..4 {
         assert_eq!(console.login("vera", "not the password").status, 401);
     }
     let locked = console.login("vera", VIEWER_PASSWORD);
