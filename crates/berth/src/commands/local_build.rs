@@ -113,23 +113,29 @@ async fn docker_build(
     // The build's own output shows its progress, in a terminal and in a CI log; with --json
     // it is kept and only its tail is shown when the build fails.
     let shown = ctx.mode != Mode::Json;
+    let failed = |error: std::io::Error| {
+        invalid(
+            format!("cannot run `docker build` for service {service}: {error}"),
+            Some(
+                "`--build local` builds with this machine's Docker: install it, or leave the build to the server (`--build server`)",
+            ),
+        )
+    };
+    let mut message = format!("building service {service} here failed");
     if shown {
-        // Both to standard error: standard output stays the command's result.
+        // `status`, not `output`: `output` would capture what is meant to be seen. Both
+        // streams go to standard error; standard output stays the command's result.
         command
             .stdout(Stdio::from(std::io::stderr()))
             .stderr(Stdio::inherit());
-    }
-    let output = command.output().await.map_err(|e| {
-        invalid(
-            format!("cannot run `docker build` for service {service}: {e}"),
-            Some("`--build local` builds with this machine's Docker: install it, or leave the build to the server (`--build server`)"),
-        )
-    })?;
-    if output.status.success() {
-        return Ok(());
-    }
-    let mut message = format!("building service {service} here failed");
-    if !shown {
+        if command.status().await.map_err(failed)?.success() {
+            return Ok(());
+        }
+    } else {
+        let output = command.output().await.map_err(failed)?;
+        if output.status.success() {
+            return Ok(());
+        }
         let text = String::from_utf8_lossy(&output.stderr).into_owned()
             + &String::from_utf8_lossy(&output.stdout);
         let tail: Vec<&str> = text.lines().rev().take(20).collect();

@@ -217,6 +217,8 @@ fn the_ci_deploy_step_deploys_over_tls_with_the_token_and_fails_on_a_refused_rel
         log.contains("images built here") && log.contains("take web as built"),
         "{log}"
     );
+    // The build's own output is in the job's log (standard error), step by step.
+    assert!(log.contains("COPY hello /hello"), "{log}");
     let tags = std::process::Command::new("docker")
         .args(["images", "--format", "{{.Tag}}"])
         .arg(format!("berth/{}/web", app.name))
