@@ -420,8 +420,32 @@ fn capitalize(text: &str) -> String {
 
 // ---- apps ---------------------------------------------------------------------------------
 
+/// An uptime share as people read it: `99.95 %`, or `—` without checks.
+fn percent(value: Option<f64>) -> String {
+    match value {
+        Some(p) if p >= 99.995 => "100 %".to_owned(),
+        Some(p) => format!("{p:.2} %"),
+        None => "—".to_owned(),
+    }
+}
+
+/// The worst 30-day uptime of an app's services (its monitors included), from the history.
+fn app_uptime(uptime: &berth_api::UptimeAnswer, app: &str) -> String {
+    let prefix = format!("{app}/");
+    let worst = uptime
+        .subjects
+        .iter()
+        .filter(|s| s.subject.starts_with(&prefix))
+        .filter_map(|s| s.month_percent.or(s.week_percent).or(s.day_percent))
+        .fold(None, |worst: Option<f64>, p| {
+            Some(worst.map_or(p, |w| w.min(p)))
+        });
+    percent(worst)
+}
+
 pub(crate) struct AppRow {
     pub name: String,
+    pub uptime: String,
     pub live: String,
     pub version: String,
     pub deployed: String,
@@ -445,6 +469,7 @@ fn app_row(app: &AppStatus) -> AppRow {
         String::new()
     };
     AppRow {
+        uptime: String::new(),
         name: app.name.clone(),
         live: app
             .live_release
@@ -491,10 +516,25 @@ pub(crate) async fn overview<S: AccountStore + Send + Sync + 'static>(
         Ok(status) => status,
         Err(error) => return refused(&signed, error),
     };
+    // Uptime is extra: without it (no history yet, or an error) the page still renders.
+    let uptime: Option<berth_api::UptimeAnswer> =
+        api::get(&console.api, &signed.as_user, "/v1/uptime")
+            .await
+            .ok();
     render(
         &OverviewPage {
             nav: Some(web::nav(&signed)),
-            apps: status.apps.iter().map(app_row).collect(),
+            apps: status
+                .apps
+                .iter()
+                .map(|app| AppRow {
+                    uptime: uptime
+                        .as_ref()
+                        .map(|u| app_uptime(u, &app.name))
+                        .unwrap_or_else(|| "—".to_owned()),
+                    ..app_row(app)
+                })
+                .collect(),
             problems: status.problems.clone(),
             alerts: status.firing_alerts.len(),
             agent: format!("berth {}", status.agent.version),
@@ -519,6 +559,8 @@ pub(crate) struct ServiceRow {
     pub name: String,
     pub role: String,
     pub health: String,
+    /// Uptime over a day, a week and 30 days.
+    pub uptime: String,
 }
 
 #[derive(Template)]
@@ -579,6 +621,28 @@ pub(crate) async fn app<S: AccountStore + Send + Sync + 'static>(
         Err(error) => return refused(&signed, error),
     };
     let live = state.live_release.as_ref().map(|r| r.number);
+    let uptime: Option<berth_api::UptimeAnswer> = api::get(
+        &console.api,
+        &signed.as_user,
+        &format!("/v1/uptime?app={app}"),
+    )
+    .await
+    .ok();
+    let service_uptime = |service: &str| {
+        let subject = format!("{app}/{service}");
+        uptime
+            .as_ref()
+            .and_then(|u| u.subjects.iter().find(|s| s.subject == subject))
+            .map(|s| {
+                format!(
+                    "{} · {} · {}",
+                    percent(s.day_percent),
+                    percent(s.week_percent),
+                    percent(s.month_percent)
+                )
+            })
+            .unwrap_or_else(|| "—".to_owned())
+    };
     render(
         &AppPage {
             nav: Some(web::nav(&signed)),
@@ -592,6 +656,7 @@ pub(crate) async fn app<S: AccountStore + Send + Sync + 'static>(
                     name: s.name.clone(),
                     role: s.role.clone(),
                     health: format!("{}/{} healthy", s.healthy_replicas(), s.desired_replicas),
+                    uptime: service_uptime(&s.name),
                 })
                 .collect(),
             releases: releases

@@ -175,6 +175,21 @@ fn the_console_logs_in_checks_roles_and_csrf_and_audits_what_it_does() {
     assert_eq!(overview.status, 200, "{overview:?}");
     assert_headers(&overview);
     assert!(overview.body.contains(&app.name), "{}", overview.body);
+    assert!(
+        overview.body.contains("Uptime, 30 days"),
+        "{}",
+        overview.body
+    );
+    // The health probes' history gives each service its uptime on the app's page.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let page = console.get(&format!("/apps/{}", app.name), Some(&admin));
+        if page.body.contains("100 % · 100 % · 100 %") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", page.body);
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let page = console.get(&format!("/apps/{}", app.name), Some(&admin));
     assert_eq!(page.status, 200);
     assert!(
