@@ -9,9 +9,12 @@
 
 mod account;
 mod api;
+mod apps;
+mod audit;
+mod login;
 mod logs;
 mod manage;
-mod pages;
+mod users;
 mod view;
 mod web;
 
@@ -82,15 +85,15 @@ where
     S: AccountStore + Send + Sync + 'static,
 {
     axum::Router::new()
-        .route("/", get(pages::overview::<S>))
+        .route("/", get(apps::overview::<S>))
         .route(
             "/login",
-            get(pages::login_form::<S>).post(pages::login::<S>),
+            get(login::login_form::<S>).post(login::login::<S>),
         )
-        .route("/logout", post(pages::logout::<S>))
+        .route("/logout", post(login::logout::<S>))
         .route(
             "/signup",
-            get(pages::sign_up_form::<S>).post(pages::sign_up::<S>),
+            get(login::sign_up_form::<S>).post(login::sign_up::<S>),
         )
         .route(
             "/login/code",
@@ -100,18 +103,18 @@ where
         .route("/account/totp/{step}", post(account::totp::<S>))
         .route(
             "/link/{secret}",
-            get(pages::link_form::<S>).post(pages::link_set::<S>),
+            get(login::link_form::<S>).post(login::link_set::<S>),
         )
-        .route("/apps/{app}", get(pages::app::<S>))
+        .route("/apps/{app}", get(apps::app::<S>))
         .route(
             "/apps/{app}/rollback",
-            get(pages::confirm_rollback::<S>).post(pages::rollback::<S>),
+            get(apps::confirm_rollback::<S>).post(apps::rollback::<S>),
         )
         .route(
             "/apps/{app}/services/{service}/restart",
-            get(pages::confirm_restart::<S>).post(pages::restart::<S>),
+            get(apps::confirm_restart::<S>).post(apps::restart::<S>),
         )
-        .route("/apps/{app}/maintenance", post(pages::maintenance::<S>))
+        .route("/apps/{app}/maintenance", post(apps::maintenance::<S>))
         .route(
             "/apps/{app}/secrets",
             get(manage::secrets::<S>).post(manage::add_secret::<S>),
@@ -131,11 +134,11 @@ where
         .route("/tokens/{name}/revoke", post(manage::revoke_token::<S>))
         .route("/apps/{app}/logs", get(logs::logs::<S>))
         .route("/apps/{app}/logs/stream", get(logs::stream::<S>))
-        .route("/audit", get(pages::audit::<S>))
-        .route("/audit.csv", get(pages::audit_csv::<S>))
-        .route("/audit.json", get(pages::audit_json::<S>))
-        .route("/users", get(pages::users::<S>).post(pages::add_user::<S>))
-        .route("/users/{name}/{action}", post(pages::user_action::<S>))
+        .route("/audit", get(audit::audit::<S>))
+        .route("/audit.csv", get(audit::audit_csv::<S>))
+        .route("/audit.json", get(audit::audit_json::<S>))
+        .route("/users", get(users::users::<S>).post(users::add_user::<S>))
+        .route("/users/{name}/{action}", post(users::user_action::<S>))
         .route("/assets/console.css", get(stylesheet))
         .route("/assets/console.js", get(script))
         .fallback(not_found)

@@ -2,9 +2,9 @@
 //! rendered on the server; new lines follow over server-sent events (`assets/console.js`).
 
 use crate::Console;
-use crate::api::{self, Refused};
+use crate::api::{self};
 use crate::view::{Nav, render, when};
-use crate::web::{self, Signed, client_ip};
+use crate::web::{self, client_ip, refused, valid_app};
 use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -15,18 +15,6 @@ use futures_util::StreamExt;
 use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use std::sync::Arc;
-
-fn refused(signed: &Signed, error: Refused) -> Response {
-    crate::view::refused(Some(web::nav(signed)), error)
-}
-
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
-}
 
 fn escape(text: &str) -> String {
     crate::view::query_escape(text)
@@ -78,7 +66,7 @@ pub(crate) async fn logs<S: AccountStore + Send + Sync + 'static>(
         Ok(signed) => signed,
         Err(response) => return response,
     };
-    if !valid_name(&app) {
+    if !valid_app(&app) {
         return crate::view::message(
             StatusCode::NOT_FOUND,
             "Not found",
@@ -176,7 +164,7 @@ pub(crate) async fn stream<S: AccountStore + Send + Sync + 'static>(
         Ok(signed) => signed,
         Err(response) => return response,
     };
-    if !valid_name(&app) || !valid_name(&query.service) {
+    if !valid_app(&app) || !valid_app(&query.service) {
         return StatusCode::NOT_FOUND.into_response();
     }
     let path = format!(

@@ -1,9 +1,9 @@
 //! Admin pages: an app's secrets (names only: a value goes in, never out) and API tokens.
 
 use crate::Console;
-use crate::api::{self, Refused};
+use crate::api::{self};
 use crate::view::{Nav, message, render, when};
-use crate::web::{self, Signed, client_ip};
+use crate::web::{self, Signed, client_ip, refused, valid_app};
 use askama::Template;
 use axum::Form;
 use axum::extract::{Path, State};
@@ -13,18 +13,6 @@ use berth_auth::accounts::AccountStore;
 use http::{HeaderMap, Method, StatusCode};
 use serde::Deserialize;
 use std::sync::Arc;
-
-fn refused(signed: &Signed, error: Refused) -> Response {
-    crate::view::refused(Some(web::nav(signed)), error)
-}
-
-fn valid_app(app: &str) -> bool {
-    !app.is_empty()
-        && app.len() <= 63
-        && app
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-}
 
 fn valid_secret_name(name: &str) -> bool {
     !name.is_empty()

@@ -247,3 +247,53 @@ pub(crate) fn posted<S: AccountStore>(
     check_csrf(&signed, csrf)?;
     Ok(signed)
 }
+
+/// A form that carries nothing but its CSRF token.
+#[derive(serde::Deserialize)]
+pub(crate) struct CsrfForm {
+    #[serde(default)]
+    pub csrf: String,
+}
+
+/// An API refusal as a page: 403 stays 403 (a viewer pressing deploy), and so on.
+pub(crate) fn refused(signed: &Signed, error: crate::api::Refused) -> axum::response::Response {
+    view::refused(Some(nav(signed)), error)
+}
+
+pub(crate) fn not_found(what: &str) -> axum::response::Response {
+    view::message(
+        StatusCode::NOT_FOUND,
+        "Not found",
+        &format!("There is no such {what}."),
+        None,
+    )
+}
+
+/// A name that may go into an API path: an app's, a service's (lower-case letters, digits,
+/// `-` and `_`); anything else is no such thing, and never reaches another route.
+pub(crate) fn valid_app(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_next_page_after_login_stays_on_this_console() {
+        assert_eq!(safe_next(Some("/apps/shop")), "/apps/shop");
+        assert_eq!(safe_next(Some("//evil.example/")), "/");
+        assert_eq!(safe_next(Some("https://evil.example/")), "/");
+        assert_eq!(safe_next(Some("/\\evil.example")), "/");
+        assert_eq!(safe_next(Some("/\t/evil.example")), "/");
+        assert_eq!(
+            safe_next(Some("/audit?user=alice&page=2")),
+            "/audit?user=alice&page=2"
+        );
+        assert_eq!(safe_next(None), "/");
+    }
+}
