@@ -9,7 +9,7 @@ use axum::Form;
 use axum::extract::State;
 use axum::response::{IntoResponse, Redirect, Response};
 use berth_auth::accounts::{self, AccountStore, Client, LoginError};
-use http::{HeaderMap, StatusCode, header};
+use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -121,12 +121,7 @@ pub(crate) async fn code<S: AccountStore + Send + Sync + 'static>(
                 "ok",
                 &format!("with a second factor; from {ip}, {agent}"),
             );
-            let mut response = Redirect::to(&next).into_response();
-            response.headers_mut().append(
-                header::SET_COOKIE,
-                web::set_cookie(&console, web::session_cookie(&console), Some(&whole.cookie)),
-            );
-            response
+            web::redirect_with_session(&console, &next, Some(&whole.cookie))
         }
         Err(error) => {
             let detail = match &error {
@@ -154,12 +149,7 @@ pub(crate) async fn code<S: AccountStore + Send + Sync + 'static>(
                     StatusCode::UNAUTHORIZED,
                 );
             }
-            let mut response = Redirect::to("/login").into_response();
-            response.headers_mut().append(
-                header::SET_COOKIE,
-                web::set_cookie(&console, web::session_cookie(&console), None),
-            );
-            response
+            web::redirect_with_session(&console, "/login", None)
         }
     }
 }

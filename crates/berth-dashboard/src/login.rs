@@ -142,22 +142,11 @@ pub(crate) async fn login<S: AccountStore + Send + Sync + 'static>(
         Ok(Ok(session)) if session.record.second_factor_pending => {
             // The password was right; the code comes next, on a session that opens nothing
             // else.
-            let mut response =
-                Redirect::to(&format!("/login/code?next={}", query_escape(&next))).into_response();
-            let headers = response.headers_mut();
-            headers.append(
-                header::SET_COOKIE,
-                web::set_cookie(
-                    &console,
-                    web::session_cookie(&console),
-                    Some(&session.cookie),
-                ),
-            );
-            headers.append(
-                header::SET_COOKIE,
-                web::set_cookie(&console, web::login_cookie(&console), None),
-            );
-            response
+            web::redirect_with_session(
+                &console,
+                &format!("/login/code?next={}", query_escape(&next)),
+                Some(&session.cookie),
+            )
         }
         Ok(Ok(session)) => {
             (console.audit)(
@@ -167,21 +156,7 @@ pub(crate) async fn login<S: AccountStore + Send + Sync + 'static>(
                 "ok",
                 &format!("from {ip}, {agent}"),
             );
-            let mut response = Redirect::to(&next).into_response();
-            let headers = response.headers_mut();
-            headers.append(
-                header::SET_COOKIE,
-                web::set_cookie(
-                    &console,
-                    web::session_cookie(&console),
-                    Some(&session.cookie),
-                ),
-            );
-            headers.append(
-                header::SET_COOKIE,
-                web::set_cookie(&console, web::login_cookie(&console), None),
-            );
-            response
+            web::redirect_with_session(&console, &next, Some(&session.cookie))
         }
         Ok(Err(error)) => {
             let detail = match &error {
@@ -232,12 +207,7 @@ pub(crate) async fn logout<S: AccountStore + Send + Sync + 'static>(
         return web::forbidden_form();
     }
     let _ = accounts::close_session(&*console.accounts, cookie);
-    let mut response = Redirect::to("/login").into_response();
-    response.headers_mut().append(
-        header::SET_COOKIE,
-        web::set_cookie(&console, web::session_cookie(&console), None),
-    );
-    response
+    web::redirect_with_session(&console, "/login", None)
 }
 
 // ---- setup and reset links ----------------------------------------------------------------
@@ -343,18 +313,7 @@ pub(crate) async fn link_set<S: AccountStore + Send + Sync + 'static>(
                 user_agent: web::user_agent(&headers),
             };
             match accounts::open_session(&*console.accounts, &user.name, &client, now) {
-                Ok(session) => {
-                    let mut response = Redirect::to("/").into_response();
-                    response.headers_mut().append(
-                        header::SET_COOKIE,
-                        web::set_cookie(
-                            &console,
-                            web::session_cookie(&console),
-                            Some(&session.cookie),
-                        ),
-                    );
-                    response
-                }
+                Ok(session) => web::redirect_with_session(&console, "/", Some(&session.cookie)),
                 Err(_) => Redirect::to("/login").into_response(),
             }
         }

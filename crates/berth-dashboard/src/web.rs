@@ -248,6 +248,28 @@ pub(crate) fn posted<S: AccountStore>(
     Ok(signed)
 }
 
+/// A redirect that sets the session cookie (`Some`) or clears it (`None`); after a login it
+/// also clears the login form's own cookie.
+pub(crate) fn redirect_with_session<S>(
+    console: &Console<S>,
+    to: &str,
+    session: Option<&str>,
+) -> axum::response::Response {
+    let mut response = Redirect::to(to).into_response();
+    let headers = response.headers_mut();
+    headers.append(
+        header::SET_COOKIE,
+        set_cookie(console, session_cookie(console), session),
+    );
+    if session.is_some() {
+        headers.append(
+            header::SET_COOKIE,
+            set_cookie(console, login_cookie(console), None),
+        );
+    }
+    response
+}
+
 /// A form that carries nothing but its CSRF token.
 #[derive(serde::Deserialize)]
 pub(crate) struct CsrfForm {
