@@ -2,7 +2,9 @@
 //! as the logged-in user, and its accounts live in the agent's state file.
 
 use crate::api::ApiState;
-use berth_auth::accounts::{AccountStore, LinkPurpose, Role, UserRecord};
+use berth_auth::accounts::{self, AccountStore, LinkPurpose, Role, Settings, UserRecord};
+use berth_auth::app_login::{self, Tickets};
+use berth_proxy::{LoginGate, LoginVerdict, Proxy, RouteAuth};
 use std::sync::Arc;
 
 /// The user the first-start setup link is for.
@@ -64,16 +66,22 @@ pub(crate) fn first_admin_link(state: &ApiState, took_over: bool) {
     }
 }
 
-/// The console's routes.
-pub(crate) fn router(state: ApiState, listen: Option<crate::DashboardListen>) -> axum::Router {
+/// The console's routes; routes with `auth = "berth"` log in through it, so the proxy gets
+/// its login gate here.
+pub(crate) fn router(
+    state: ApiState,
+    listen: Option<crate::DashboardListen>,
+    proxy: &Arc<Proxy>,
+) -> axum::Router {
     let engine = state.engine.clone();
     let audit: berth_dashboard::AuditSink =
         Arc::new(move |actor, action, target, result, detail| {
             engine.audit(actor, action, target, result, detail);
         });
     let accounts = state.engine.store().clone();
+    let console_url = state.info.dashboard.clone();
     let api = crate::api::router(state);
-    let mut console = berth_dashboard::Console::new(accounts, api, audit);
+    let mut console = berth_dashboard::Console::new(Arc::clone(&accounts), api, audit.clone());
     if let Some(listen) = listen {
         console.login_rate_per_minute = listen.login_rate_per_minute;
         console.settings.max_failures = listen.lockout_after.max(1);
@@ -81,5 +89,109 @@ pub(crate) fn router(state: ApiState, listen: Option<crate::DashboardListen>) ->
             i64::try_from(listen.lockout_for.as_millis()).unwrap_or(i64::MAX);
         console.settings.policy.require_classes = listen.password_classes;
     }
+    let tickets = Arc::new(Tickets::default());
+    let lookup_in = Arc::clone(proxy);
+    console.app_logins = Some(berth_dashboard::AppLogins {
+        tickets: Arc::clone(&tickets),
+        routes: Arc::new(move |host, path| {
+            let (prefix, auth) = lookup_in.route_login(host, path)?;
+            Some(berth_dashboard::AppRoute {
+                prefix,
+                role: route_role(&auth),
+                two_factor: auth.two_factor,
+            })
+        }),
+    });
+    proxy.set_login_gate(Arc::new(RouteGate {
+        accounts,
+        settings: console.settings.clone(),
+        tickets,
+        console_url,
+        audit,
+    }));
     berth_dashboard::router(Arc::new(console))
+}
+
+/// The role a route asks for; one this agent does not know (a newer manifest) asks for the
+/// most.
+fn route_role(auth: &RouteAuth) -> Role {
+    auth.role.parse().unwrap_or(Role::Admin)
+}
+
+/// Routes with `auth = "berth"`, answered from the console's accounts.
+struct RouteGate {
+    accounts: Arc<berth_state::Store>,
+    settings: Settings,
+    tickets: Arc<Tickets>,
+    console_url: Option<String>,
+    audit: berth_dashboard::AuditSink,
+}
+
+impl LoginGate for RouteGate {
+    fn check(&self, host: &str, cookie: &str, auth: &RouteAuth) -> LoginVerdict {
+        let now = berth_state::now_ms();
+        match accounts::app_session_user(&*self.accounts, &self.settings, cookie, host, now) {
+            Ok(Some((_, user))) => {
+                match app_login::allowed(&user, route_role(auth), auth.two_factor) {
+                    Ok(()) => LoginVerdict::Allow {
+                        role: user.role.as_str().to_owned(),
+                        user: user.name,
+                    },
+                    Err(denied) => LoginVerdict::Denied(denied.to_string()),
+                }
+            }
+            Ok(None) => LoginVerdict::Login,
+            // Closed, not open: a page that needs a login is not served while logins cannot
+            // be read.
+            Err(error) => {
+                tracing::warn!(%error, host, "cannot read a route's login session");
+                LoginVerdict::Denied(
+                    "the server cannot check logins just now; try again in a moment".to_owned(),
+                )
+            }
+        }
+    }
+
+    fn redeem(
+        &self,
+        host: &str,
+        ticket: &str,
+        client_ip: &str,
+        user_agent: &str,
+    ) -> Option<String> {
+        let client = accounts::Client {
+            ip: client_ip.to_owned(),
+            user_agent: user_agent.to_owned(),
+        };
+        let now = berth_state::now_ms();
+        match app_login::redeem(&*self.accounts, &self.tickets, ticket, host, &client, now) {
+            Ok(Some((session, user))) => {
+                (self.audit)(
+                    &format!("user {} from {client_ip}", user.name),
+                    "route login",
+                    host,
+                    "ok",
+                    &user_agent.chars().take(200).collect::<String>(),
+                );
+                Some(session.cookie)
+            }
+            Ok(None) => None,
+            Err(error) => {
+                tracing::warn!(%error, host, "cannot open a route's login session");
+                None
+            }
+        }
+    }
+
+    fn logout(&self, cookie: &str) {
+        if let Err(error) = accounts::close_session(&*self.accounts, cookie) {
+            tracing::warn!(%error, "cannot end a route's login session");
+        }
+    }
+
+    fn login_url(&self, return_to: &str) -> Option<String> {
+        self.console_url
+            .as_ref()
+            .map(|console| format!("{console}/handoff?to={return_to}"))
+    }
 }

@@ -874,7 +874,7 @@ async fn serve(
             logs: log_store.clone(),
         };
         console::first_admin_link(&api_state, predecessor.is_some());
-        let router = console::router(api_state, config.dashboard);
+        let router = console::router(api_state, config.dashboard, &proxy);
         let stop = stopped(stop.clone());
         tasks.spawn(async move {
             if let Err(error) = axum::serve(

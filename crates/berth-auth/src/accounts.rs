@@ -150,6 +150,9 @@ pub struct SessionRecord {
     /// The password was right and the second factor is still to come: this session opens
     /// nothing but the code form, and only for [`SECOND_FACTOR_MS`].
     pub second_factor_pending: bool,
+    /// The app host this session opens (a route with `auth = "berth"`), never the console;
+    /// `None` for a console session, which opens no app host.
+    pub host: Option<String>,
 }
 
 /// How long the code form waits after the password.
@@ -328,11 +331,11 @@ impl Default for Settings {
     }
 }
 
-fn sha256_hex(text: &str) -> String {
+pub(crate) fn sha256_hex(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
 }
 
-fn random_hex() -> String {
+pub(crate) fn random_hex() -> String {
     hex::encode(rand::random::<[u8; 32]>())
 }
 
@@ -534,7 +537,10 @@ pub fn pending_session<S: AccountStore>(
     let Some(session) = store.session(&sha256_hex(cookie))? else {
         return Ok(None);
     };
-    if !session.second_factor_pending || now_ms - session.created_ms > SECOND_FACTOR_MS {
+    if !session.second_factor_pending
+        || session.host.is_some()
+        || now_ms - session.created_ms > SECOND_FACTOR_MS
+    {
         return Ok(None);
     }
     Ok(store
@@ -634,6 +640,17 @@ pub fn open_session<S: AccountStore>(
     client: &Client,
     now_ms: i64,
 ) -> Result<NewSession, S::Error> {
+    open_scoped_session(store, user, client, None, now_ms)
+}
+
+/// A fresh session that opens the app host `host` only, or the console when `None`.
+pub(crate) fn open_scoped_session<S: AccountStore>(
+    store: &S,
+    user: &str,
+    client: &Client,
+    host: Option<String>,
+    now_ms: i64,
+) -> Result<NewSession, S::Error> {
     let cookie = random_hex();
     let record = SessionRecord {
         id_hash: sha256_hex(&cookie),
@@ -644,6 +661,7 @@ pub fn open_session<S: AccountStore>(
         ip: client.ip.chars().take(64).collect(),
         user_agent: client.user_agent.chars().take(256).collect(),
         second_factor_pending: false,
+        host,
     };
     store.insert_session(&record)?;
     Ok(NewSession { cookie, record })
@@ -657,6 +675,27 @@ pub fn session_user<S: AccountStore>(
     cookie: &str,
     now_ms: i64,
 ) -> Result<Option<(SessionRecord, UserRecord)>, S::Error> {
+    scoped_session_user(store, settings, cookie, None, now_ms)
+}
+
+/// Like [`session_user`], for a session that opens the app host `host` (and nothing else).
+pub fn app_session_user<S: AccountStore>(
+    store: &S,
+    settings: &Settings,
+    cookie: &str,
+    host: &str,
+    now_ms: i64,
+) -> Result<Option<(SessionRecord, UserRecord)>, S::Error> {
+    scoped_session_user(store, settings, cookie, Some(host), now_ms)
+}
+
+fn scoped_session_user<S: AccountStore>(
+    store: &S,
+    settings: &Settings,
+    cookie: &str,
+    host: Option<&str>,
+    now_ms: i64,
+) -> Result<Option<(SessionRecord, UserRecord)>, S::Error> {
     if cookie.len() != 64 || !cookie.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Ok(None);
     }
@@ -664,7 +703,9 @@ pub fn session_user<S: AccountStore>(
     let Some(session) = store.session(&id_hash)? else {
         return Ok(None);
     };
-    if session.second_factor_pending {
+    // A console cookie opens no app, and an app's cookie (which its app could read, were it
+    // not stripped) never opens the console or another app.
+    if session.second_factor_pending || session.host.as_deref() != host {
         return Ok(None);
     }
     let expired = now_ms - session.last_seen_ms > settings.idle_ms

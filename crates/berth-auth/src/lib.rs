@@ -12,6 +12,7 @@
 //! agent's router says), or anything of HTTP (the console's crate holds cookies and forms).
 
 pub mod accounts;
+pub mod app_login;
 pub mod passwords;
 pub mod tokens;
 pub mod totp;

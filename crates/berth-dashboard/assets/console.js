@@ -1,5 +1,15 @@
-// The console's only script: new log lines as they are written, over server-sent events.
-// Every page works without it; the lines already on the page came from the server.
+// The console's only script: new log lines as they are written, over server-sent events,
+// and the hop back to an app after its login. Every page works without it; the lines
+// already on the page came from the server, and the hop is a link to follow.
+(function () {
+  "use strict";
+  // A link, not a redirect, because a redirect to another site after the login form is
+  // what the page's `form-action 'self'` forbids the browser to follow.
+  var handoff = document.getElementById("handoff");
+  if (handoff) {
+    window.location.replace(handoff.getAttribute("href"));
+  }
+})();
 (function () {
   "use strict";
   var live = document.getElementById("live-log");

@@ -11,6 +11,7 @@ mod account;
 mod api;
 mod apps;
 mod audit;
+mod handoff;
 mod login;
 mod logs;
 mod manage;
@@ -28,6 +29,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 pub use api::ConsoleUser;
+pub use handoff::{AppLogins, AppRoute, RouteLookup};
 
 /// Records an event in the agent's audit log: actor, action, target, result, detail.
 pub type AuditSink = Arc<dyn Fn(&str, &str, &str, &str, &str) + Send + Sync>;
@@ -43,6 +45,8 @@ pub struct Console<S> {
     pub secure_cookies: bool,
     /// Login attempts allowed per client address and minute.
     pub login_rate_per_minute: u32,
+    /// Logins for routes with `auth = "berth"` (none: such routes cannot be logged into).
+    pub app_logins: Option<AppLogins>,
     attempts: Mutex<HashMap<IpAddr, (i64, u32)>>,
 }
 
@@ -55,6 +59,7 @@ impl<S> Console<S> {
             audit,
             secure_cookies: false,
             login_rate_per_minute: 10,
+            app_logins: None,
             attempts: Mutex::new(HashMap::new()),
         }
     }
@@ -91,6 +96,7 @@ where
             get(login::login_form::<S>).post(login::login::<S>),
         )
         .route("/logout", post(login::logout::<S>))
+        .route("/handoff", get(handoff::handoff::<S>))
         .route(
             "/signup",
             get(login::sign_up_form::<S>).post(login::sign_up::<S>),

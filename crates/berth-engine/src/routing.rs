@@ -140,5 +140,9 @@ fn route_settings(
         redirect_https: tls && route.redirect_http,
         hsts: tls && route.hsts,
         maintenance: maintenance.map(str::to_owned),
+        auth: route.auth.as_ref().map(|auth| berth_proxy::RouteAuth {
+            role: auth.role.as_str().to_owned(),
+            two_factor: auth.two_factor,
+        }),
     }
 }

@@ -423,6 +423,38 @@ pub struct Route {
     pub max_concurrent: Option<u32>,
     #[serde(default)]
     pub balance: Balance,
+    /// Requests must come from a logged-in console user (checked by the proxy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<RouteAuth>,
+}
+
+/// Who may open a route's pages: console users with at least `role`, and a second factor
+/// when `two_factor` is set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteAuth {
+    pub role: AuthRole,
+    #[serde(default)]
+    pub two_factor: bool,
+}
+
+/// A console role, least first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthRole {
+    #[default]
+    Viewer,
+    Deployer,
+    Admin,
+}
+
+impl AuthRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthRole::Viewer => "viewer",
+            AuthRole::Deployer => "deployer",
+            AuthRole::Admin => "admin",
+        }
+    }
 }
 
 fn yes() -> bool {

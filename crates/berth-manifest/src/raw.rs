@@ -452,6 +452,46 @@ pub struct RawRoute {
     pub max_concurrent: Option<Spanned<i64>>,
     /// `"round-robin"` (default) or `"least-connections"`.
     pub balance: Option<SpannedString>,
+    /// `"berth"` (a console login), or `{ login = "berth", role = "...", two_factor = true }`.
+    pub auth: Option<Spanned<RawAuth>>,
+}
+
+#[derive(Debug)]
+pub enum RawAuth {
+    Mode(String),
+    Table(RawAuthTable),
+}
+
+// Hand-written like `RawTls`: a string or a table, with spans kept inside the table.
+impl<'de> Deserialize<'de> for RawAuth {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RawAuth;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("\"berth\" or { login = \"berth\", role = \"...\", two_factor = true }")
+            }
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<RawAuth, E> {
+                Ok(RawAuth::Mode(value.to_owned()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawAuth, A::Error> {
+                RawAuthTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawAuth::Table)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuthTable {
+    /// `"berth"`: the console's accounts.
+    pub login: SpannedString,
+    /// The least role let in: `"viewer"` (default), `"deployer"` or `"admin"`.
+    pub role: Option<SpannedString>,
+    /// Only users who log in with a second factor (default false).
+    pub two_factor: Option<bool>,
 }
 
 #[derive(Debug)]

@@ -1164,6 +1164,17 @@ impl<'a> Checker<'a> {
                 Balance::RoundRobin
             }
         };
+        let auth = route.auth.as_ref().and_then(|auth| self.route_auth(auth));
+        if let Some(raw) = &route.auth
+            && auth.is_some()
+            && (domains.is_empty() || domains.iter().any(|d| d.starts_with("*.")))
+        {
+            self.error_help(
+                "a route with `auth` must name its domains, without wildcards".to_owned(),
+                span(raw),
+                "the console sends a login only to a host a route names: add domains = [\"admin.example.com\"]",
+            );
+        }
         Some(Route {
             domains,
             path,
@@ -1176,7 +1187,38 @@ impl<'a> Checker<'a> {
             rate_limit,
             max_concurrent,
             balance,
+            auth,
         })
+    }
+
+    fn route_auth(&mut self, auth: &Spanned<RawAuth>) -> Option<RouteAuth> {
+        const HELP: &str = "use auth = \"berth\" (any console user) or auth = { login = \"berth\", role = \"deployer\", two_factor = true }";
+        let (login, role, two_factor) = match auth.get_ref() {
+            RawAuth::Mode(mode) => (mode.as_str(), None, false),
+            RawAuth::Table(table) => (
+                table.login.get_ref().as_str(),
+                table.role.as_ref(),
+                table.two_factor.unwrap_or(false),
+            ),
+        };
+        if login != "berth" {
+            self.error_help(format!("`{login}` is not a route login"), span(auth), HELP);
+            return None;
+        }
+        let role = match role.map(|r| (r, r.get_ref().as_str())) {
+            None | Some((_, "viewer")) => AuthRole::Viewer,
+            Some((_, "deployer")) => AuthRole::Deployer,
+            Some((_, "admin")) => AuthRole::Admin,
+            Some((r, other)) => {
+                self.error_help(
+                    format!("`{other}` is not a console role"),
+                    span(r),
+                    "use \"viewer\", \"deployer\" or \"admin\"",
+                );
+                return None;
+            }
+        };
+        Some(RouteAuth { role, two_factor })
     }
 
     fn check_cycles(&mut self, raw: &RawManifest) {

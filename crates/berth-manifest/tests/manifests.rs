@@ -894,6 +894,53 @@ route = { domains = ["b.com"] }
 }
 
 #[test]
+fn a_route_login_resolves_and_broken_ones_are_named() {
+    let text = r#"
+app = "a"
+[services.admin]
+image = "x"
+port = 80
+route = { domains = ["admin.a.com"], auth = "berth" }
+[services.db]
+image = "x"
+port = 80
+route = { domains = ["db.a.com"], auth = { login = "berth", role = "deployer", two_factor = true } }
+[services.open]
+image = "x"
+port = 80
+route = { domains = ["a.com"] }
+"#;
+    let m = load(source(text), None).unwrap();
+    let admin = m.services["admin"].route.clone().unwrap().auth.unwrap();
+    assert_eq!((admin.role, admin.two_factor), (AuthRole::Viewer, false));
+    let db = m.services["db"].route.clone().unwrap().auth.unwrap();
+    assert_eq!((db.role, db.two_factor), (AuthRole::Deployer, true));
+    assert_eq!(m.services["open"].route.clone().unwrap().auth, None);
+
+    for (route, wanted) in [
+        (
+            r#"{ domains = ["a.com"], auth = "oauth" }"#,
+            "`oauth` is not a route login",
+        ),
+        (
+            r#"{ domains = ["a.com"], auth = { login = "berth", role = "root" } }"#,
+            "`root` is not a console role",
+        ),
+        (r#"{ auth = "berth" }"#, "must name its domains"),
+        (
+            r#"{ domains = ["a.com"], auth = { login = "berth", roles = "admin" } }"#,
+            "roles",
+        ),
+    ] {
+        let text =
+            format!("app = \"a\"\n[services.web]\nimage = \"x\"\nport = 80\nroute = {route}\n");
+        let error = load(source(&text), None).unwrap_err().to_string();
+        assert!(error.contains(wanted), "{route}: {error}");
+        assert!(error.contains(":5:"), "names the line: {error}");
+    }
+}
+
+#[test]
 fn a_concurrency_limit_out_of_range_is_named_with_its_place() {
     let text =
         "app = \"a\"\n[services.web]\nimage = \"x\"\nport = 80\nroute = { max_concurrent = 0 }\n";

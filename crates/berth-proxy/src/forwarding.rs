@@ -26,12 +26,16 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 /// Headers a client may send that the edge states itself: never passed on as sent.
-const EDGE_STATED: [HeaderName; 5] = [
+/// `X-Berth-User` and `X-Berth-Role` are among them on every route: an app behind a route with
+/// `auth = "berth"` trusts them, and one without it must never see a client's forgery either.
+const EDGE_STATED: [HeaderName; 7] = [
     X_FORWARDED_FOR,
     X_FORWARDED_HOST,
     X_FORWARDED_PROTO,
     X_REAL_IP,
     header::FORWARDED,
+    crate::login::USER_HEADER,
+    crate::login::ROLE_HEADER,
 ];
 
 /// Fields a Connection header may name but never removes: what routes the request and what
@@ -90,7 +94,7 @@ pub(crate) struct ClientIdentity {
 /// A request's host: its name for routing and logs, and the header values that state it.
 pub(crate) struct RequestHost {
     /// What the client sent (the Host header, or the URI's host for HTTP/2).
-    sent: Box<str>,
+    pub(crate) sent: Box<str>,
     /// Lower-case, without the port.
     pub(crate) name: Arc<str>,
     /// `name` as a header value (Host for HTTP/2 requests, and X-Forwarded-Host).
@@ -243,6 +247,28 @@ mod tests {
         let identity = ClientIdentity::new(client.parse().unwrap(), scheme);
         prepare_request_headers(&mut headers, &identity.host(host), &identity);
         headers
+    }
+
+    #[test]
+    fn a_client_cannot_say_who_is_logged_in_on_any_route() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-berth-user", HeaderValue::from_static("admin"));
+        headers.insert("x-berth-role", HeaderValue::from_static("admin"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        let identity = ClientIdentity::new("10.0.0.1:5".parse().unwrap(), "http");
+        let host = identity.host("a.test");
+        let mut direct = Vec::new();
+        for_each_upstream_header(&headers, &host, &identity, |name, _| {
+            direct.push(name.as_str().to_owned())
+        });
+        assert!(direct.contains(&"x-kept".to_owned()));
+        assert!(
+            !direct.iter().any(|n| n.starts_with("x-berth-")),
+            "{direct:?}"
+        );
+        prepare_request_headers(&mut headers, &host, &identity);
+        assert!(headers.get("x-berth-user").is_none());
+        assert!(headers.get("x-berth-role").is_none());
     }
 
     #[test]

@@ -24,6 +24,7 @@ mod framing;
 mod h1;
 mod limits;
 mod listeners;
+mod login;
 mod metrics;
 mod pages;
 mod routes;
@@ -32,6 +33,7 @@ mod upstream;
 
 pub use access_log::{AccessLog, AccessRecord};
 pub use limits::RateLimit;
+pub use login::{LoginGate, RouteAuth, Verdict as LoginVerdict};
 pub use metrics::ProxyMetrics;
 pub use routes::{Balance, RouteSettings, RouteSpec, RouteSummary};
 pub use upstream::Upstream;
@@ -246,6 +248,8 @@ pub struct Proxy {
     unrouted: metrics::AppMetrics,
     access_log: OnceLock<AccessLog>,
     tls: OnceLock<Arc<dyn TlsHooks>>,
+    /// Answers for routes with `auth` (unset: such routes refuse everyone).
+    login_gate: OnceLock<Arc<dyn LoginGate>>,
     /// Where HTTPS is served, for redirects (unset: no redirects).
     https_port: OnceLock<u16>,
     admission: Arc<Admission>,
@@ -277,6 +281,7 @@ impl Proxy {
             metrics,
             access_log: OnceLock::new(),
             tls: OnceLock::new(),
+            login_gate: OnceLock::new(),
             https_port: OnceLock::new(),
             admission,
             ready: tokio::sync::watch::Sender::new(true),
@@ -527,6 +532,26 @@ impl Proxy {
         let _ = self.tls.set(hooks);
     }
 
+    /// Connects the accounts that routes with `auth` check (once).
+    pub fn set_login_gate(&self, gate: Arc<dyn LoginGate>) {
+        let _ = self.login_gate.set(gate);
+    }
+
+    /// The path prefix and login rule of the route that serves `host` and `path`, when that
+    /// route asks for a login and names `host` among its domains. Only a named domain counts:
+    /// a route for every host (or a wildcard) would make any host a place the console sends
+    /// a login ticket to.
+    pub fn route_login(&self, host: &str, path: &str) -> Option<(String, RouteAuth)> {
+        let host = host.to_ascii_lowercase();
+        let route = self.table.load().lookup(&host, path)?;
+        let auth = route.spec.settings.auth.clone()?;
+        route
+            .spec
+            .domains
+            .contains(&host)
+            .then(|| (route.spec.path.clone(), auth))
+    }
+
     /// Replaces all routes of one app in a single atomic step.
     pub fn set_app_routes(&self, app: &str, routes: Vec<RouteSpec>) {
         let mut apps = self.apps.lock().unwrap_or_else(|p| p.into_inner());
@@ -752,6 +777,95 @@ impl Proxy {
         }
     }
 
+    /// A route with `auth`: the logged-in user's name and role for the app, or the response
+    /// that stands instead of the app's (a login redirect, a refusal, or the end of a login
+    /// hand-off from the console). The route's session cookie is taken out of the request.
+    async fn check_login(
+        &self,
+        request: &mut Request<Incoming>,
+        route: &routes::Route,
+        auth: &RouteAuth,
+        host: &forwarding::RequestHost,
+        scheme: &'static str,
+        client: SocketAddr,
+    ) -> Result<(HeaderValue, HeaderValue), Response<ProxyBody>> {
+        let https = scheme == "https";
+        let Some(gate) = self.login_gate.get().cloned() else {
+            return Err(pages::login_unavailable());
+        };
+        let path = request.uri().path();
+        let below_route = match route.spec.path.as_str() {
+            "/" => path,
+            prefix => path.strip_prefix(prefix).unwrap_or(path),
+        };
+        let query = request.uri().query().unwrap_or_default();
+        let target = request
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
+        let name = host.name.to_string();
+        if below_route == login::LOGIN_PATH {
+            let ticket = login::query_param(query, "ticket").unwrap_or_default();
+            let back_to = login::query_param(query, "to")
+                .filter(|to| login::local_target(to).is_some())
+                .unwrap_or_else(|| "/".to_owned());
+            let user_agent = request
+                .headers()
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            let ip = client.ip().to_string();
+            let redeemed =
+                tokio::task::spawn_blocking(move || gate.redeem(&name, &ticket, &ip, &user_agent))
+                    .await
+                    .ok()
+                    .flatten();
+            return Err(match redeemed {
+                Some(cookie) => {
+                    pages::see_other(&back_to, Some(&login::set_cookie(&cookie, https)))
+                }
+                None => pages::login_link_spent(&back_to),
+            });
+        }
+        let cookie = login::session_cookie(request.headers(), https);
+        if below_route == login::LOGOUT_PATH {
+            if let Some(cookie) = cookie {
+                let _ = tokio::task::spawn_blocking(move || gate.logout(&cookie)).await;
+            }
+            return Err(pages::logged_out(&login::set_cookie("", https)));
+        }
+        let verdict = match cookie {
+            None => login::Verdict::Login,
+            Some(cookie) => {
+                let (auth, gate) = (auth.clone(), Arc::clone(&gate));
+                tokio::task::spawn_blocking(move || gate.check(&name, &cookie, &auth))
+                    .await
+                    .unwrap_or(login::Verdict::Login)
+            }
+        };
+        match verdict {
+            login::Verdict::Allow { user, role } => {
+                login::strip_session_cookie(request.headers_mut());
+                match (login::header_value(&user), login::header_value(&role)) {
+                    (Some(user), Some(role)) => Ok((user, role)),
+                    _ => Err(pages::denied("this account's name cannot be passed on")),
+                }
+            }
+            login::Verdict::Denied(reason) => Err(pages::denied(&reason)),
+            login::Verdict::Login => {
+                let navigable = matches!(*request.method(), Method::GET | Method::HEAD);
+                let return_to = format!("{scheme}://{}{target}", host.sent);
+                match gate.login_url(&login::percent_encode(&return_to)) {
+                    Some(url) if navigable => Err(pages::see_other(&url, None)),
+                    Some(_) => Err(pages::login_required()),
+                    None => Err(pages::login_unavailable()),
+                }
+            }
+        }
+    }
+
     /// Proxies one request. Never fails: problems become error pages.
     /// `activity` counts the request as in progress on its connection: it rides on the
     /// response body, or on an upgraded connection's splice.
@@ -832,13 +946,26 @@ impl Proxy {
             );
             return self.finish_local(pages::redirect(&target), log);
         }
-        if let Some(message) = &settings.maintenance {
-            return self.finish_local(pages::maintenance(&route.spec.app, message), log);
-        }
         if let Some(limiter) = &route.limiter
             && let Err(wait) = limiter.check(client.ip(), Instant::now())
         {
             return self.finish_local(pages::too_many_requests(wait), log);
+        }
+        // Before the maintenance page and the app: an anonymous client learns nothing more.
+        let logged_in = match &settings.auth {
+            None => None,
+            Some(auth) => {
+                let checked = self
+                    .check_login(&mut request, &route, auth, &request_host, scheme, client)
+                    .await;
+                match checked {
+                    Ok(user) => Some(user),
+                    Err(response) => return self.finish_local(response, log),
+                }
+            }
+        };
+        if let Some(message) = &settings.maintenance {
+            return self.finish_local(pages::maintenance(&route.spec.app, message), log);
         }
         // Held until the response (or the upgraded connection) ends, by the in-flight guard.
         let mut permit = match &route.concurrency {
@@ -876,12 +1003,20 @@ impl Proxy {
                 &connection.identity,
                 |name, value| head.field(name, value),
             );
+            if let Some((user, role)) = &logged_in {
+                head.field(&login::USER_HEADER, user);
+                head.field(&login::ROLE_HEADER, role);
+            }
             Outgoing::Direct {
                 head: head.finish(&parts.method),
                 method: parts.method,
             }
         } else {
             prepare_request_headers(&mut parts.headers, &request_host, &connection.identity);
+            if let Some((user, role)) = logged_in {
+                parts.headers.insert(login::USER_HEADER, user);
+                parts.headers.insert(login::ROLE_HEADER, role);
+            }
             parts.version = http::Version::HTTP_11;
             let limited = http_body_util::Limited::new(
                 body,

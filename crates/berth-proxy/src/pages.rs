@@ -169,3 +169,78 @@ pub(crate) fn bad_request(problem: &str) -> Response<ProxyBody> {
     );
     response
 }
+
+/// A redirect that makes the browser GET `target` (after a login hand-off, or to the login),
+/// setting a cookie on the way when `cookie` is given.
+pub(crate) fn see_other(target: &str, cookie: Option<&str>) -> Response<ProxyBody> {
+    let mut response = page(StatusCode::SEE_OTHER, "See Other", "Continue to the login.");
+    let headers = response.headers_mut();
+    if let Ok(location) = header::HeaderValue::from_str(target) {
+        headers.insert(header::LOCATION, location);
+    }
+    if let Some(cookie) = cookie.and_then(|c| header::HeaderValue::from_str(c).ok()) {
+        headers.insert(header::SET_COOKIE, cookie);
+    }
+    headers.remove("x-berth-error");
+    response
+}
+
+/// A request that is not a page load (a form post, an API call) with no login.
+pub(crate) fn login_required() -> Response<ProxyBody> {
+    let mut response = page(
+        StatusCode::UNAUTHORIZED,
+        "Unauthorized",
+        "This page needs a berth console login: open it in a browser to log in, then try again.",
+    );
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("berth-console"),
+    );
+    response
+}
+
+/// Logged in, but not let in.
+pub(crate) fn denied(reason: &str) -> Response<ProxyBody> {
+    page(StatusCode::FORBIDDEN, "Forbidden", reason)
+}
+
+/// A route asks for a login and no console serves logins.
+pub(crate) fn login_unavailable() -> Response<ProxyBody> {
+    page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Service Unavailable",
+        "This page needs a berth console login, and the console is off: the server's operator can start it with berth agent --dashboard.",
+    )
+}
+
+/// A login hand-off whose ticket was used already or expired (a reload, the back button).
+pub(crate) fn login_link_spent(back_to: &str) -> Response<ProxyBody> {
+    let mut response = page(
+        StatusCode::FORBIDDEN,
+        "Login link used",
+        "This login link was used already or has expired. Open the page again to log in.",
+    );
+    let html = format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>403 Login link used</title></head>\
+         <body style=\"font-family:system-ui,sans-serif;max-width:40em;margin:4em auto\">\
+         <h1>Login link used</h1><p>This login link was used already or has expired.</p>\
+         <p><a href=\"{href}\">Open the page again</a> to log in.</p></body></html>\n",
+        href = escape(back_to),
+    );
+    *response.body_mut() = ProxyBody::full(html);
+    response
+}
+
+/// The route's session ended.
+pub(crate) fn logged_out(clear_cookie: &str) -> Response<ProxyBody> {
+    let mut response = page(
+        StatusCode::OK,
+        "Logged out",
+        "You are logged out of this site.",
+    );
+    if let Ok(cookie) = header::HeaderValue::from_str(clear_cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, cookie);
+    }
+    response.headers_mut().remove("x-berth-error");
+    response
+}

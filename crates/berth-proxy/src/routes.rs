@@ -41,6 +41,8 @@ pub struct RouteSettings {
     pub hsts: bool,
     /// Serve a 503 maintenance page with this message instead of proxying.
     pub maintenance: Option<String>,
+    /// Only logged-in console users may pass (checked by the proxy's [`crate::LoginGate`]).
+    pub auth: Option<crate::login::RouteAuth>,
 }
 
 impl Default for RouteSettings {
@@ -55,6 +57,7 @@ impl Default for RouteSettings {
             redirect_https: true,
             hsts: true,
             maintenance: None,
+            auth: None,
         }
     }
 }

@@ -7,8 +7,7 @@ use berth_auth::accounts::{
 use rusqlite::{OptionalExtension, params};
 
 const USER_COLUMNS: &str = "name, role, status, password_hash, created_at, created_by, failed_logins, locked_until, last_login_at, totp_secret, totp_pending, totp_last_step, recovery_codes";
-const SESSION_COLUMNS: &str =
-    "id_hash, user_name, csrf, created_at, last_seen_at, ip, user_agent, second_factor_pending";
+const SESSION_COLUMNS: &str = "id_hash, user_name, csrf, created_at, last_seen_at, ip, user_agent, second_factor_pending, host";
 
 fn secret_column(secret: Option<&Vec<u8>>) -> Option<String> {
     secret.map(|s| berth_auth::totp::secret_text(s))
@@ -55,6 +54,7 @@ fn session(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
         ip: row.get(5)?,
         user_agent: row.get(6)?,
         second_factor_pending: row.get(7)?,
+        host: row.get(8)?,
     })
 }
 
@@ -164,7 +164,7 @@ impl AccountStore for Store {
         self.conn()
             .execute(
                 &format!(
-                    "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+                    "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
                 ),
                 params![
                     record.id_hash,
@@ -174,7 +174,8 @@ impl AccountStore for Store {
                     record.last_seen_ms,
                     record.ip,
                     record.user_agent,
-                    record.second_factor_pending
+                    record.second_factor_pending,
+                    record.host
                 ],
             )
             .map(|_| ())

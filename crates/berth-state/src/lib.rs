@@ -1244,6 +1244,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("migration9.sql")),
         M::up(include_str!("migration10.sql")),
         M::up(include_str!("migration11.sql")),
+        M::up(include_str!("migration12.sql")),
     ])
 }
 

@@ -77,6 +77,21 @@ fn hidden(html: &str, name: &str) -> String {
         .to_owned()
 }
 
+/// The `href` of the element with this id, its entities decoded.
+fn link_to(html: &str, id: &str) -> String {
+    let marker = format!("id=\"{id}\"");
+    let element = &html[html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no #{id} in {html}"))..];
+    let start = element.find("href=\"").expect("an href") + "href=\"".len();
+    element[start..]
+        .split('"')
+        .next()
+        .unwrap_or_default()
+        .replace("&#38;", "&")
+        .replace("&amp;", "&")
+}
+
 fn link_secret(text: &str) -> String {
     let start = text.find("/link/").expect("a setup link") + "/link/".len();
     text[start..].chars().take(64).collect()
@@ -619,4 +634,187 @@ fn two_factor(agent: &Agent, console: &Console, dir: &std::path::Path) {
         .json()
         .to_string();
     assert!(audit.contains("attempts a minute from"), "{audit}");
+}
+
+const ROUTE_USER_PASSWORD: &str = "amber kettle harbour";
+
+/// An app's pages behind `auth = "berth"`: the proxy sends anonymous browsers to the console,
+/// the console hands a logged-in user back with a one-time ticket, and the app sees the user's
+/// name in a header no client can forge and never the session cookie.
+#[test]
+fn a_route_with_auth_berth_lets_in_console_users_only() {
+    let agent = Agent::start_with(&[], &["--dashboard", "127.0.0.1:0"]);
+    let url = agent.agent_file()["dashboard"]
+        .as_str()
+        .expect("the agent names its console")
+        .to_owned();
+    let console = Console {
+        addr: url.trim_start_matches("http://").to_owned(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !agent.log().contains("/link/") {
+        assert!(Instant::now() < deadline, "{}", agent.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let app = agent.app("guarded");
+    let added = agent.berth_in(app.path(), &["users", "add", "rita", "--role", "viewer"]);
+    added.success();
+    let set = console.post(
+        &format!("/link/{}", link_secret(&added.stdout)),
+        "",
+        &[
+            ("password", ROUTE_USER_PASSWORD),
+            ("again", ROUTE_USER_PASSWORD),
+        ],
+    );
+    assert_eq!(set.status, 303, "{set:?}");
+    let rita = console.session("rita", ROUTE_USER_PASSWORD);
+
+    let service = |name: &str, route: &str| {
+        format!(
+            "[services.{name}]\nbuild = \".\"\nport = 8080\nhealthcheck = {{ path = \"/health\", interval = \"1s\", start_timeout = \"20s\" }}\nroute = {route}\nstop_timeout = \"2s\"\n"
+        )
+    };
+    app.write(&format!(
+        "app = \"{{app}}\"\n\n{}\n{}",
+        service("web", r#"{ domains = ["admin.test"], auth = "berth" }"#),
+        service(
+            "ops",
+            r#"{ domains = ["ops.test"], auth = { login = "berth", role = "admin" } }"#
+        ),
+    ));
+    agent.berth_in(app.path(), &["deploy"]).success();
+    let proxy = |host: &str, method: &str, path: &str, headers: &[(&str, &str)]| {
+        berth_testkit::http_request_to(&agent.http, host, method, path, headers, "").unwrap()
+    };
+
+    // Anonymous: a page load goes to the console's login hand-off; anything else gets 401.
+    let anonymous = proxy("admin.test", "GET", "/echo?x=1", &[]);
+    assert_eq!(anonymous.status, 303, "{anonymous:?}");
+    assert_eq!(
+        anonymous.header("location"),
+        Some(format!("{url}/handoff?to=http%3A%2F%2Fadmin.test%2Fecho%3Fx%3D1").as_str())
+    );
+    let posted = proxy("admin.test", "POST", "/echo", &[]);
+    assert_eq!(posted.status, 401, "{posted:?}");
+    // A forged cookie is no login.
+    let forged = proxy(
+        "admin.test",
+        "GET",
+        "/echo",
+        &[("cookie", &format!("berth-login={}", "ab".repeat(32)))],
+    );
+    assert_eq!(forged.status, 303);
+
+    // The console: without a session, its login first, coming back to the hand-off.
+    let handoff = "/handoff?to=http%3A%2F%2Fadmin.test%2Fecho%3Fx%3D1";
+    let to_login = console.get(handoff, None);
+    assert_eq!(to_login.status, 303);
+    assert!(
+        to_login
+            .header("location")
+            .is_some_and(|l| l.starts_with("/login?next=/handoff")),
+        "{to_login:?}"
+    );
+    // Only a host a route with auth names is ever a destination.
+    let elsewhere = console.get("/handoff?to=http%3A%2F%2Fevil.test%2F", Some(&rita));
+    assert_eq!(elsewhere.status, 404, "{elsewhere:?}");
+    // A viewer cannot open a route that asks for admins.
+    let too_low = console.get("/handoff?to=http%3A%2F%2Fops.test%2F", Some(&rita));
+    assert_eq!(too_low.status, 403, "{too_low:?}");
+    assert!(
+        too_low.body.contains("needs the admin role"),
+        "{}",
+        too_low.body
+    );
+
+    // Logged in: back to the app's host with a one-time ticket, by a link the page's script
+    // follows (a redirect after the login form would break the console's form-action).
+    let back = console.get(handoff, Some(&rita));
+    assert_eq!(back.status, 200, "{back:?}");
+    assert_headers(&back);
+    let landing = link_to(&back.body, "handoff");
+    let landing_path = landing
+        .strip_prefix("http://admin.test")
+        .unwrap_or_else(|| panic!("{landing}"));
+    assert!(
+        landing_path.starts_with("/.berth/login?ticket="),
+        "{landing}"
+    );
+    // The ticket is traded for the route's cookie, once.
+    let traded = proxy("admin.test", "GET", landing_path, &[]);
+    assert_eq!(traded.status, 303, "{traded:?}");
+    assert_eq!(traded.header("location"), Some("/echo?x=1"));
+    let flags = traded.headers_named("set-cookie").join(" | ");
+    assert!(
+        flags.contains("HttpOnly") && flags.contains("SameSite=Lax") && flags.contains("Path=/"),
+        "{flags}"
+    );
+    let cookie = traded
+        .cookie("berth-login")
+        .expect("a route session cookie");
+    let again = proxy("admin.test", "GET", landing_path, &[]);
+    assert_eq!(again.status, 403, "a ticket works once: {again:?}");
+    // Shown on another host, a ticket opens nothing.
+    let ticket_elsewhere = proxy("ops.test", "GET", landing_path, &[]);
+    assert_eq!(ticket_elsewhere.status, 403, "{ticket_elsewhere:?}");
+
+    // In: the app sees who, from the proxy, and neither a client's forgery nor the cookie.
+    let cookies = format!("theirs=1; berth-login={cookie}");
+    let page = proxy(
+        "admin.test",
+        "GET",
+        "/echo",
+        &[
+            ("cookie", &cookies),
+            ("x-berth-user", "admin"),
+            ("x-berth-role", "admin"),
+        ],
+    );
+    assert_eq!(page.status, 200, "{page:?}");
+    let seen = page.body.to_ascii_lowercase();
+    assert!(seen.contains("x-berth-user: rita"), "{}", page.body);
+    assert!(seen.contains("x-berth-role: viewer"), "{}", page.body);
+    assert!(!seen.contains("x-berth-user: admin"), "{}", page.body);
+    assert!(seen.contains("theirs=1"), "{}", page.body);
+    assert!(
+        !seen.contains(&cookie),
+        "the app never sees the session: {}",
+        page.body
+    );
+    // The cookie opens its own host only.
+    let other_host = proxy("ops.test", "GET", "/echo", &[("cookie", &cookies)]);
+    assert_eq!(other_host.status, 303, "{other_host:?}");
+    // And it is no console session.
+    assert_eq!(console.get("/", Some(&cookie)).status, 303);
+
+    // The hand-off and the trade are in the audit log.
+    let audit = agent
+        .berth_in(app.path(), &["audit", "-n", "30", "--json"])
+        .json()
+        .to_string();
+    assert!(
+        audit.contains("app login") && audit.contains("route login"),
+        "{audit}"
+    );
+
+    // Disabling the user ends the route's session too; so does logging out of it.
+    agent
+        .berth_in(app.path(), &["users", "disable", "rita"])
+        .success();
+    let disabled = proxy("admin.test", "GET", "/echo", &[("cookie", &cookies)]);
+    assert_eq!(disabled.status, 303, "{disabled:?}");
+    let out = proxy(
+        "admin.test",
+        "GET",
+        "/.berth/logout",
+        &[("cookie", &cookies)],
+    );
+    assert_eq!(out.status, 200);
+    assert!(
+        out.headers_named("set-cookie")
+            .join(" ")
+            .contains("Max-Age=0"),
+        "{out:?}"
+    );
 }

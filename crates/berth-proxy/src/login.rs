@@ -1,0 +1,240 @@
+//! Routes that only logged-in console users may open (`auth = "berth"`), checked at the edge
+//! so the app never sees an anonymous request. The proxy knows nothing of accounts: a
+//! [`LoginGate`] (the agent, over its state file) answers who a session cookie belongs to and
+//! trades the console's one-time tickets for sessions. The session cookie is the proxy's own:
+//! it is removed from the request before the app sees it, so an app cannot replay it, and the
+//! user's name reaches the app in `X-Berth-User`, a header the proxy removes from every
+//! client's request on every route.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// The header that tells the app who is logged in.
+pub const USER_HEADER: HeaderName = HeaderName::from_static("x-berth-user");
+/// The header that tells the app the user's console role.
+pub const ROLE_HEADER: HeaderName = HeaderName::from_static("x-berth-role");
+
+/// The session cookie over HTTPS: `__Host-` pins it to this host, path `/` and `Secure`.
+pub const SECURE_COOKIE: &str = "__Host-berth-login";
+/// The session cookie over plain HTTP (a local test or a route with `tls = "off"`).
+pub const PLAIN_COOKIE: &str = "berth-login";
+
+/// Where the browser lands with a console ticket, below the route's path.
+pub const LOGIN_PATH: &str = "/.berth/login";
+/// Ends the route's session, below the route's path.
+pub const LOGOUT_PATH: &str = "/.berth/logout";
+
+/// Who may open a route: console users with at least `role`, with a second factor when
+/// `two_factor`. The role is the gate's to interpret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteAuth {
+    pub role: String,
+    pub two_factor: bool,
+}
+
+/// What the gate says of a request to a route with [`RouteAuth`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// A logged-in user who may open the route.
+    Allow { user: String, role: String },
+    /// No session, or one that ended: log in first.
+    Login,
+    /// Logged in, but not allowed (their role, or no second factor): the reason to show.
+    Denied(String),
+}
+
+/// The agent's side of route logins. Calls may block on the state file: the proxy makes them
+/// off its event loops.
+pub trait LoginGate: Send + Sync + 'static {
+    /// Whose session `cookie` is on `host`, and whether they may open a route asking `auth`.
+    fn check(&self, host: &str, cookie: &str, auth: &RouteAuth) -> Verdict;
+    /// Trades a console ticket for a session cookie value that opens `host`.
+    fn redeem(&self, host: &str, ticket: &str, client_ip: &str, user_agent: &str)
+    -> Option<String>;
+    /// Ends the session `cookie` names.
+    fn logout(&self, cookie: &str);
+    /// The console page that logs the browser in and sends it back to a whole URL, given
+    /// percent-encoded for a query parameter (`return_to`); `None` while no console serves
+    /// logins.
+    fn login_url(&self, return_to: &str) -> Option<String>;
+}
+
+/// The value of the route session cookie among the request's `Cookie` headers.
+pub(crate) fn session_cookie(headers: &HeaderMap, https: bool) -> Option<String> {
+    let wanted = if https { SECURE_COOKIE } else { PLAIN_COOKIE };
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == wanted)
+        .map(|(_, value)| value.trim_matches('"').to_owned())
+}
+
+/// Removes both route session cookies from the request, keeping the app's own.
+pub(crate) fn strip_session_cookie(headers: &mut HeaderMap) {
+    let values: Vec<HeaderValue> = headers.get_all(header::COOKIE).iter().cloned().collect();
+    if values.is_empty() {
+        return;
+    }
+    let kept: Vec<String> = values
+        .iter()
+        .map(|value| {
+            // A value that is not text cannot hold our cookie; it goes on as sent.
+            let Ok(text) = value.to_str() else {
+                return String::from_utf8_lossy(value.as_bytes()).into_owned();
+            };
+            text.split(';')
+                .map(str::trim)
+                .filter(|pair| {
+                    let name = pair.split_once('=').map_or(*pair, |(name, _)| name);
+                    name != SECURE_COOKIE && name != PLAIN_COOKIE
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+        .filter(|kept| !kept.is_empty())
+        .collect();
+    headers.remove(header::COOKIE);
+    for value in kept {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.append(header::COOKIE, value);
+        }
+    }
+}
+
+/// The `Set-Cookie` value that carries a new route session (or ends one, when `value` is
+/// empty). `Lax`, not `Strict`: the browser arrives from the console, another site, and a
+/// strict cookie set on that navigation would not be sent on the redirect that follows it.
+pub(crate) fn set_cookie(value: &str, https: bool) -> String {
+    let (name, secure) = if https {
+        (SECURE_COOKIE, "; Secure")
+    } else {
+        (PLAIN_COOKIE, "")
+    };
+    let lifetime = if value.is_empty() { "; Max-Age=0" } else { "" };
+    format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax{secure}{lifetime}")
+}
+
+/// A path on this host to go back to after a login: one that starts with a single `/`, so
+/// the login cannot send the browser elsewhere.
+pub(crate) fn local_target(target: &str) -> Option<&str> {
+    let local = target.starts_with('/')
+        && !target.starts_with("//")
+        && !target.starts_with("/\\")
+        && !target.chars().any(|c| c.is_control());
+    local.then_some(target)
+}
+
+/// One query parameter, percent-decoded.
+pub(crate) fn query_param(query: &str, name: &str) -> Option<String> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| percent_decode(value))
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&high), Some(&low)) if hex(high).is_some() && hex(low).is_some() => {
+                let value = hex(high).unwrap_or(0) * 16 + hex(low).unwrap_or(0);
+                out.push(value as u8);
+                i += 3;
+            }
+            (b'+', _, _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (byte, _, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Percent-encodes a whole URL for a query parameter.
+pub(crate) fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 3);
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// A header value for the user's name or role (names are plain ASCII; anything else is left
+/// out rather than passed on).
+pub(crate) fn header_value(text: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(text).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cookies(values: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append(header::COOKIE, HeaderValue::from_str(value).unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn the_session_cookie_is_read_by_scheme_and_never_passed_on() {
+        let mut headers = cookies(&["a=1; berth-login=abc; b=2", "__Host-berth-login=def"]);
+        assert_eq!(session_cookie(&headers, false).as_deref(), Some("abc"));
+        assert_eq!(session_cookie(&headers, true).as_deref(), Some("def"));
+        strip_session_cookie(&mut headers);
+        let left: Vec<_> = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(left, vec!["a=1; b=2"]);
+        let mut only_ours = cookies(&["berth-login=abc"]);
+        strip_session_cookie(&mut only_ours);
+        assert!(only_ours.get(header::COOKIE).is_none());
+    }
+
+    #[test]
+    fn a_login_goes_back_only_to_a_path_on_the_same_host() {
+        assert_eq!(local_target("/admin?x=1"), Some("/admin?x=1"));
+        assert_eq!(local_target("//evil.test/"), None);
+        assert_eq!(local_target("/\\evil.test/"), None);
+        assert_eq!(local_target("https://evil.test/"), None);
+        assert_eq!(local_target("/a\nb"), None);
+    }
+
+    #[test]
+    fn query_parameters_round_trip_through_percent_encoding() {
+        let url = "http://admin.test:8080/a b?x=1&y=é";
+        let query = format!("to={}&ticket=t", percent_encode(url));
+        assert_eq!(query_param(&query, "to").as_deref(), Some(url));
+        assert_eq!(query_param(&query, "ticket").as_deref(), Some("t"));
+        assert_eq!(query_param("to=%zz%4", "to").as_deref(), Some("%zz%4"));
+    }
+
+    #[test]
+    fn cookies_are_host_only_http_only_and_lax() {
+        assert_eq!(
+            set_cookie("abc", true),
+            "__Host-berth-login=abc; Path=/; HttpOnly; SameSite=Lax; Secure"
+        );
+        assert_eq!(
+            set_cookie("", false),
+            "berth-login=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0"
+        );
+    }
+}
