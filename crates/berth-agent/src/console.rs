@@ -80,9 +80,14 @@ pub(crate) fn router(
         });
     let accounts = state.engine.store().clone();
     let console_url = state.info.dashboard.clone();
+    let https = state.info.https.is_some();
     let api = crate::api::router(state);
     let mut console = berth_dashboard::Console::new(Arc::clone(&accounts), api, audit.clone());
     if let Some(listen) = listen {
+        // Served on a domain: through the proxy (its requests come from loopback and state
+        // the client's address) and over HTTPS when the agent serves it.
+        console.behind_proxy = listen.domain.is_some();
+        console.secure_cookies = listen.domain.is_some() && https;
         console.login_rate_per_minute = listen.login_rate_per_minute;
         console.settings.max_failures = listen.lockout_after.max(1);
         console.settings.lockout_ms =
@@ -193,5 +198,61 @@ impl LoginGate for RouteGate {
         self.console_url
             .as_ref()
             .map(|console| format!("{console}/handoff?to={return_to}"))
+    }
+}
+
+/// The proxy's name for the console's route (not an app name, so no app can take it).
+const CONSOLE_ROUTE: &str = ".console";
+
+/// Routes `domain` to the console's listener through the proxy, and asks for its certificate
+/// like an app route's.
+pub(crate) fn route_domain(
+    proxy: &Proxy,
+    edge: &berth_engine::edge::Edge,
+    domain: &str,
+    listener: std::net::SocketAddr,
+    https: bool,
+) {
+    let mut upstream = listener;
+    if upstream.ip().is_unspecified() {
+        upstream.set_ip(if upstream.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    proxy.set_app_routes(
+        CONSOLE_ROUTE,
+        vec![berth_proxy::RouteSpec {
+            app: CONSOLE_ROUTE.to_owned(),
+            service: "console".to_owned(),
+            release: 0,
+            domains: vec![domain.to_owned()],
+            path: "/".to_owned(),
+            upstreams: vec![berth_proxy::Upstream::new(upstream, "console")],
+            settings: berth_proxy::RouteSettings {
+                max_body: 1 << 20,
+                redirect_https: https,
+                hsts: https,
+                ..Default::default()
+            },
+        }],
+    );
+    edge.set_own_domains(std::iter::once(domain.to_owned()).collect());
+}
+
+/// The console's address on its domain: HTTPS when the agent serves it, with the listener's
+/// port unless it is the scheme's own.
+pub(crate) fn domain_url(
+    domain: &str,
+    http: Option<std::net::SocketAddr>,
+    https: Option<std::net::SocketAddr>,
+) -> String {
+    match (https, http) {
+        (Some(addr), _) if addr.port() == 443 => format!("https://{domain}"),
+        (Some(addr), _) => format!("https://{domain}:{}", addr.port()),
+        (None, Some(addr)) if addr.port() == 80 => format!("http://{domain}"),
+        (None, Some(addr)) => format!("http://{domain}:{}", addr.port()),
+        (None, None) => format!("http://{domain}"),
     }
 }

@@ -92,9 +92,11 @@ impl std::fmt::Display for ListenAddr {
 }
 
 /// Where the console listens.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct DashboardListen {
     pub addr: SocketAddr,
+    /// A domain the proxy also serves the console on (with a certificate, like an app's).
+    pub domain: Option<String>,
     /// Login attempts allowed per client address and minute.
     pub login_rate_per_minute: u32,
     /// Failed logins in a row that lock an account, and for how long.
@@ -498,7 +500,7 @@ async fn serve(
 
     // The console's listener first: its address goes into what the agent says of itself.
     let mut dashboard_listener = None;
-    if let Some(listen) = config.dashboard {
+    if let Some(listen) = &config.dashboard {
         match tcp_listener(
             predecessor,
             "dashboard",
@@ -526,8 +528,20 @@ async fn serve(
             "the console listens beyond this machine over plain HTTP: passwords and sessions cross the network unencrypted; keep it on 127.0.0.1 and reach it through an SSH tunnel"
         );
     }
+    let console_domain = config
+        .dashboard
+        .as_ref()
+        .and_then(|listen| listen.domain.clone())
+        .filter(|_| dashboard_addr.is_some());
+    if let (Some(domain), Some(addr)) = (&console_domain, dashboard_addr) {
+        console::route_domain(&proxy, &edge, domain, addr, https_addr.is_some());
+    }
+    let console_url = dashboard_addr.map(|addr| match &console_domain {
+        Some(domain) => console::domain_url(domain, http_addr, https_addr),
+        None => format!("http://{addr}"),
+    });
     let info = AgentInfo {
-        dashboard: dashboard_addr.map(|a| format!("http://{a}")),
+        dashboard: console_url.clone(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         data_dir: data_dir.display().to_string(),
         pid: std::process::id(),
@@ -874,7 +888,7 @@ async fn serve(
             logs: log_store.clone(),
         };
         console::first_admin_link(&api_state, predecessor.is_some());
-        let router = console::router(api_state, config.dashboard, &proxy);
+        let router = console::router(api_state, config.dashboard.clone(), &proxy);
         let stop = stopped(stop.clone());
         tasks.spawn(async move {
             if let Err(error) = axum::serve(
@@ -902,7 +916,7 @@ async fn serve(
         "http": http_addr.map(|a| a.to_string()),
         "https": https_addr.map(|a| a.to_string()),
         "metrics": metrics_addr.map(|a| a.to_string()),
-        "dashboard": dashboard_addr.map(|a| format!("http://{a}")),
+        "dashboard": console_url.clone(),
         "api_fingerprint": api_fingerprint,
     });
     berth_fs::write_replacing(
@@ -920,7 +934,7 @@ async fn serve(
         api = %bound.join(" "),
         http = %http_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
         https = %https_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
-        console = %dashboard_addr.map_or_else(|| "off".to_owned(), |a| format!("http://{a}")),
+        console = %console_url.clone().unwrap_or_else(|| "off".to_owned()),
         pid = std::process::id(),
         took_over = predecessor.is_some(),
         "agent started"

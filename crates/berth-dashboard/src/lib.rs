@@ -47,6 +47,10 @@ pub struct Console<S> {
     pub login_rate_per_minute: u32,
     /// Logins for routes with `auth = "berth"` (none: such routes cannot be logged into).
     pub app_logins: Option<AppLogins>,
+    /// Served through berth's proxy on a domain: a request from loopback takes its client's
+    /// address from `X-Real-IP`, which the proxy states (for the login rate limit and the
+    /// audit log).
+    pub behind_proxy: bool,
     attempts: Mutex<HashMap<IpAddr, (i64, u32)>>,
 }
 
@@ -60,6 +64,7 @@ impl<S> Console<S> {
             secure_cookies: false,
             login_rate_per_minute: 10,
             app_logins: None,
+            behind_proxy: false,
             attempts: Mutex::new(HashMap::new()),
         }
     }
@@ -150,6 +155,10 @@ where
         .fallback(not_found)
         .layer(middleware::from_fn(web::same_origin_posts))
         .layer(middleware::from_fn(web::security_headers))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&console),
+            web::proxied_client::<S>,
+        ))
         .with_state(console)
 }
 

@@ -74,6 +74,36 @@ pub(crate) fn forbidden_form() -> Response {
 }
 
 /// The address the browser connects from.
+/// Behind berth's proxy, the client is the one the proxy names, not the proxy: a request
+/// from loopback with `X-Real-IP` gets that address as its peer. (Only loopback: a client
+/// elsewhere cannot claim an address. One on this machine could, but still meets each
+/// account's lockout.)
+pub(crate) async fn proxied_client<S>(
+    axum::extract::State(console): axum::extract::State<std::sync::Arc<Console<S>>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    if console.behind_proxy {
+        let peer = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|info| info.0);
+        let stated = request
+            .headers()
+            .get("x-real-ip")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<IpAddr>().ok());
+        if let (Some(peer), Some(client)) = (peer, stated)
+            && peer.ip().is_loopback()
+        {
+            request
+                .extensions_mut()
+                .insert(ConnectInfo(SocketAddr::new(client, peer.port())));
+        }
+    }
+    next.run(request).await
+}
+
 pub(crate) fn client_ip(request_extensions: &http::Extensions) -> IpAddr {
     request_extensions
         .get::<ConnectInfo<SocketAddr>>()

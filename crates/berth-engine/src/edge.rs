@@ -29,6 +29,10 @@ pub struct Edge {
     /// Whether the agent serves HTTPS at all.
     pub https: bool,
     pub metrics: CertificateMetrics,
+    /// Domains the agent serves itself (the console's), certified like an app's.
+    own_domains: Mutex<BTreeSet<String>>,
+    /// The ACME domains of the apps' routes, as last computed.
+    app_domains: Mutex<BTreeSet<String>>,
 }
 
 impl Edge {
@@ -49,6 +53,38 @@ impl Edge {
             renew,
             https,
             metrics: CertificateMetrics::default(),
+            own_domains: Mutex::new(BTreeSet::new()),
+            app_domains: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    /// Domains the agent serves itself, which get ACME certificates like the apps' routes.
+    pub fn set_own_domains(&self, domains: BTreeSet<String>) {
+        *self.own_domains.lock().unwrap_or_else(|p| p.into_inner()) = domains;
+        let apps = self
+            .app_domains
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        self.want_acme(apps);
+    }
+
+    fn want_acme(&self, apps: BTreeSet<String>) {
+        let mut acme = apps.clone();
+        acme.extend(
+            self.own_domains
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .cloned(),
+        );
+        *self.app_domains.lock().unwrap_or_else(|p| p.into_inner()) = apps;
+        if let Some(sender) = &self.acme_domains {
+            sender.send_if_modified(|current| {
+                let changed = *current != acme;
+                *current = acme;
+                changed
+            });
         }
     }
 
@@ -89,13 +125,7 @@ impl Edge {
         }
         self.files.sync(&self.store, &files);
         *self.wanted_files.lock().unwrap_or_else(|p| p.into_inner()) = files;
-        if let Some(sender) = &self.acme_domains {
-            sender.send_if_modified(|current| {
-                let changed = *current != acme;
-                *current = acme;
-                changed
-            });
-        }
+        self.want_acme(acme);
     }
 
     /// Reloads certificate files that changed on disk.

@@ -30,7 +30,7 @@ pub use shell::split as split_command_line;
 pub use thresholds::*;
 /// `a/./b/../c` → `a/c`, without touching the file system.
 pub use validate::normalize as normalize_path;
-pub use validate::{valid_env_name, valid_name};
+pub use validate::{check_domain, valid_env_name, valid_name};
 
 use serde::Deserialize;
 use std::path::Path;

@@ -1438,7 +1438,8 @@ pub(crate) fn parse_status(value: &Scalar) -> Result<StatusRange, String> {
     }
 }
 
-fn check_domain(domain: &str) -> Result<String, String> {
+/// A host name as a route or the console may name it, lower-cased; the fix when it is not.
+pub fn check_domain(domain: &str) -> Result<String, String> {
     if domain.contains("://") {
         return Err(
             "write just the host name, without a scheme, such as \"app.example.com\"".into(),

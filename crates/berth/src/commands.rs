@@ -1160,10 +1160,20 @@ async fn agent(
         None | Some("off") => None,
         Some(text) => Some(address("metrics", text)?),
     };
+    let dashboard_domain = match edge.dashboard_domain.as_deref() {
+        None => None,
+        Some(domain) => Some(berth_manifest::check_domain(domain).map_err(|help| {
+            invalid(
+                format!("--dashboard-domain `{domain}` is not a domain"),
+                Some(&help),
+            )
+        })?),
+    };
     let dashboard = match edge.dashboard.as_deref() {
         Some("off") => None,
         Some(text) => Some(berth_agent::DashboardListen {
             addr: address("dashboard", text)?,
+            domain: dashboard_domain.clone(),
             lockout_after: edge.console_lockout_after,
             lockout_for: duration("console-lockout-for", &edge.console_lockout_for)?,
             password_classes: edge.console_password_classes,
@@ -1172,6 +1182,7 @@ async fn agent(
         }),
         None => Some(berth_agent::DashboardListen {
             addr: std::net::SocketAddr::from(([127, 0, 0, 1], 9000)),
+            domain: dashboard_domain,
             lockout_after: edge.console_lockout_after,
             lockout_for: duration("console-lockout-for", &edge.console_lockout_for)?,
             password_classes: edge.console_password_classes,

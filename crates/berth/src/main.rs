@@ -523,6 +523,11 @@ struct EdgeArgs {
     /// domain to it.
     #[arg(long, env = "BERTH_DASHBOARD", value_name = "ADDR")]
     dashboard: Option<String>,
+    /// Also serve the console on this domain through berth's proxy, with an automatic
+    /// certificate when the agent serves HTTPS (as an app's route gets one). Logins for
+    /// routes with `auth = "berth"` then go through it.
+    #[arg(long, env = "BERTH_DASHBOARD_DOMAIN", value_name = "DOMAIN")]
+    dashboard_domain: Option<String>,
     /// Console login attempts allowed per client address and minute (a locked account is
     /// also refused: 5 wrong passwords lock it for 15 minutes).
     #[arg(long, default_value_t = 10, value_name = "N")]

@@ -3,7 +3,7 @@
 //! land in the audit log.
 
 use crate::harness::Agent;
-use berth_testkit::{HttpAnswer, form, http_request};
+use berth_testkit::{HttpAnswer, form, http_request, http_request_to};
 use std::time::{Duration, Instant};
 
 const ADMIN_PASSWORD: &str = "tide pool lantern";
@@ -11,6 +11,8 @@ const VIEWER_PASSWORD: &str = "quiet orchard lamp";
 
 struct Console {
     addr: String,
+    /// The Host header: the address itself, or the console's domain through the proxy.
+    host: String,
 }
 
 impl Console {
@@ -20,12 +22,13 @@ impl Console {
         if let Some(cookie) = &cookie {
             headers.push(("cookie", cookie.as_str()));
         }
-        http_request(&self.addr, "GET", path, &headers, "").unwrap()
+        http_request_to(&self.addr, &self.host, "GET", path, &headers, "").unwrap()
     }
 
     fn post(&self, path: &str, cookies: &str, pairs: &[(&str, &str)]) -> HttpAnswer {
-        http_request(
+        http_request_to(
             &self.addr,
+            &self.host,
             "POST",
             path,
             &[
@@ -124,8 +127,10 @@ fn the_console_logs_in_checks_roles_and_csrf_and_audits_what_it_does() {
         .as_str()
         .expect("the agent names its console")
         .to_owned();
+    let addr = url.trim_start_matches("http://").to_owned();
     let console = Console {
-        addr: url.trim_start_matches("http://").to_owned(),
+        host: addr.clone(),
+        addr,
     };
 
     // First start: the agent printed a one-time link for the admin.
@@ -643,19 +648,39 @@ const ROUTE_USER_PASSWORD: &str = "amber kettle harbour";
 /// name in a header no client can forge and never the session cookie.
 #[test]
 fn a_route_with_auth_berth_lets_in_console_users_only() {
-    let agent = Agent::start_with(&[], &["--dashboard", "127.0.0.1:0"]);
+    let agent = Agent::start_with(
+        &[],
+        &[
+            "--dashboard",
+            "127.0.0.1:0",
+            "--dashboard-domain",
+            "console.test",
+        ],
+    );
     let url = agent.agent_file()["dashboard"]
         .as_str()
         .expect("the agent names its console")
         .to_owned();
+    // The console on its own domain, through the proxy.
+    let port = agent.http.rsplit(':').next().unwrap().to_owned();
+    assert_eq!(url, format!("http://console.test:{port}"));
     let console = Console {
-        addr: url.trim_start_matches("http://").to_owned(),
+        addr: agent.http.clone(),
+        host: format!("console.test:{port}"),
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     while !agent.log().contains("/link/") {
         assert!(Instant::now() < deadline, "{}", agent.log());
         std::thread::sleep(Duration::from_millis(100));
     }
+    assert!(
+        agent.log().contains(&format!("{url}/link/")),
+        "the setup link names the console's domain: {}",
+        agent.log()
+    );
+    let login_page = console.get("/login", None);
+    assert_eq!(login_page.status, 200, "{login_page:?}");
+    assert_headers(&login_page);
     let app = agent.app("guarded");
     let added = agent.berth_in(app.path(), &["users", "add", "rita", "--role", "viewer"]);
     added.success();

@@ -134,6 +134,10 @@ fn certificate_files_serve_https_with_http2_redirects_and_hsts() {
 /// An agent whose HTTP and HTTPS ports are the ones pebble validates against (unless
 /// `validate_elsewhere`, which points pebble's HTTP-01 checks at a port nobody serves).
 fn acme_agent(challenge: &str, validate_elsewhere: bool) -> (Agent, Pebble) {
+    acme_agent_with(challenge, validate_elsewhere, &[])
+}
+
+fn acme_agent_with(challenge: &str, validate_elsewhere: bool, extra: &[&str]) -> (Agent, Pebble) {
     let (http_port, https_port) = (free_port(), free_port());
     let validated_http = if validate_elsewhere {
         free_port()
@@ -145,7 +149,7 @@ fn acme_agent(challenge: &str, validate_elsewhere: bool) -> (Agent, Pebble) {
     let ca_root = pebble.listener_ca_path.display().to_string();
     let mut agent = Agent::unstarted();
     agent.http = format!("127.0.0.1:{http_port}");
-    agent.spawn_with(&[
+    let mut args = vec![
         "--https",
         &https,
         "--acme-directory",
@@ -156,8 +160,68 @@ fn acme_agent(challenge: &str, validate_elsewhere: bool) -> (Agent, Pebble) {
         challenge,
         "--acme-email",
         "ops@example.com",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    agent.spawn_with(&args);
     (agent, pebble)
+}
+
+/// The console on a domain gets its certificate like an app's route, plain HTTP is sent to
+/// HTTPS, and its cookies are `Secure` with the `__Host-` prefix.
+#[test]
+fn the_console_is_served_on_its_domain_with_an_acme_certificate() {
+    let (agent, pebble) = acme_agent_with(
+        "http-01",
+        false,
+        &[
+            "--dashboard",
+            "127.0.0.1:0",
+            "--dashboard-domain",
+            "console-acme.test",
+        ],
+    );
+    let https = agent.https();
+    let port = https.rsplit(':').next().unwrap().to_owned();
+    assert_eq!(
+        agent.agent_file()["dashboard"],
+        format!("https://console-acme.test:{port}")
+    );
+    let cert = wait_for_certificate(&agent, "console-acme.test");
+    assert_eq!(cert["source"], "acme");
+    let (status, headers, body) = block_on(async {
+        let client = TlsClient::new(&pebble.issuing_root, &[b"h2", b"http/1.1"]);
+        let mut connection = client
+            .connect(&https, "console-acme.test")
+            .await
+            .expect("the chain verifies against pebble's root");
+        connection
+            .get(&format!("console-acme.test:{port}"), "/login")
+            .await
+            .unwrap()
+    });
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("Log in"), "{body}");
+    let cookies: Vec<_> = headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        cookies
+            .iter()
+            .any(|c| c.starts_with("__Host-berth_login=") && c.contains("; Secure")),
+        "{cookies:?}"
+    );
+    assert!(headers.get("strict-transport-security").is_some());
+    // Plain HTTP goes to HTTPS.
+    let plain =
+        berth_testkit::http_request_to(&agent.http, "console-acme.test", "GET", "/login", &[], "")
+            .unwrap();
+    assert_eq!(plain.status, 308, "{plain:?}");
+    assert_eq!(
+        plain.header("location"),
+        Some(format!("https://console-acme.test:{port}/login").as_str())
+    );
 }
 
 #[test]
