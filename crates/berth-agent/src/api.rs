@@ -300,6 +300,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/deploy", post(deploy))
         .route("/v1/apps/{app}/rollback", post(rollback))
         .route("/v1/apps/{app}/rollback/plan", get(rollback_plan))
+        .route("/v1/apps/{app}/releases/compare", get(compare_releases))
         .route("/v1/apps/{app}/stop", post(stop_app))
         .route("/v1/apps/{app}/start", post(start_app))
         .route("/v1/apps/{app}/destroy", post(destroy_app))
@@ -959,6 +960,25 @@ async fn rollback_plan(
 ) -> ApiResult<Json<RollbackPlan>> {
     check_app_name(&app)?;
     Ok(Json(state.engine.rollback_plan(&app, query.release)?))
+}
+
+#[derive(Deserialize)]
+struct CompareQuery {
+    from: i64,
+    to: i64,
+}
+
+/// How one release's manifest differs from another's (any two, in either order).
+async fn compare_releases(
+    State(state): State<ApiState>,
+    Path(app): Path<String>,
+    Query(query): Query<CompareQuery>,
+) -> ApiResult<Json<RollbackPlan>> {
+    check_app_name(&app)?;
+    state.engine.require_app(&app)?;
+    Ok(Json(
+        state.engine.compare_releases(&app, query.from, query.to)?,
+    ))
 }
 
 async fn restart(

@@ -687,9 +687,17 @@ async fn serve(
         engine.clone(),
         host_metrics.clone(),
         container_metrics.clone(),
+        proxy.clone(),
     );
     background.spawn("resource history", |report, stop| {
-        berth_monitor::history::recorder(recorded.0, recorded.1, recorded.2, report, stop.stopped())
+        berth_monitor::history::recorder(
+            recorded.0,
+            recorded.1,
+            recorded.2,
+            recorded.3,
+            report,
+            stop.stopped(),
+        )
     });
     background.spawn("thresholds", |report, stop| {
         berth_monitor::thresholds::watch(

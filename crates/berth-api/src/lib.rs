@@ -9,6 +9,7 @@
 //! | `POST /v1/deploy` | [`DeployRequest`] | NDJSON [`OperationEvent`]s |
 //! | `POST /v1/apps/A/rollback` | [`RollbackRequest`] | NDJSON [`OperationEvent`]s |
 //! | `GET /v1/apps/A/rollback/plan[?release=N]` | | [`RollbackPlan`] |
+//! | `GET /v1/apps/A/releases/compare?from=N&to=M` | | [`RollbackPlan`] (release M's manifest against N's) |
 //! | `GET /v1/workers` | | `Vec<`[`WorkerInfo`]`>` |
 //! | `GET /v1/alerts[?app=A&limit=N]` | | [`AlertsAnswer`] |
 //! | `GET /v1/top[?app=A]` | | [`TopAnswer`] |

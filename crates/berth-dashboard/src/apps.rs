@@ -2,6 +2,7 @@
 
 use crate::Console;
 use crate::api::{self};
+use crate::charts;
 use crate::view::{Nav, message, render, when};
 use crate::web::{self, Signed, client_ip, signed};
 use crate::web::{CsrfForm, not_found, refused, valid_app};
@@ -43,12 +44,63 @@ fn app_uptime(uptime: &berth_api::UptimeAnswer, app: &str) -> String {
 pub(crate) struct AppRow {
     pub name: String,
     pub uptime: String,
+    /// The last hour: requests and 5xx answers a minute, CPU and memory, each with a sparkline.
+    pub activity: Option<Activity>,
     pub live: String,
     pub version: String,
     pub deployed: String,
     pub health: String,
     pub healthy: bool,
     pub note: String,
+}
+
+/// An app's last hour in figures and sparklines.
+pub(crate) struct Activity {
+    pub requests: String,
+    pub errors: String,
+    pub cpu: String,
+    pub memory: String,
+    pub requests_line: String,
+    pub cpu_line: String,
+    pub memory_line: String,
+}
+
+fn activity(history: &berth_api::ResourceHistory, app: &str) -> Activity {
+    let step_ms = i64::try_from(history.step_seconds).unwrap_or(60) * 1000;
+    let of_app = |metric: &'static str| {
+        let prefix = format!("{app}/");
+        charts::sum(
+            history
+                .series
+                .iter()
+                .filter(move |s| s.metric == metric && s.subject.starts_with(&prefix)),
+        )
+    };
+    let spark = |points: &[berth_api::ResourcePoint]| {
+        charts::line(
+            points,
+            history.since,
+            history.until,
+            None,
+            (120, 24),
+            step_ms,
+        )
+        .replacen("class=\"chart\"", "class=\"chart spark\"", 1)
+    };
+    let last = |points: &[berth_api::ResourcePoint], show: fn(f64) -> String| {
+        points.last().map_or("—".to_owned(), |p| show(p.mean))
+    };
+    let (requests, errors) = (of_app("requests_per_minute"), of_app("errors_per_minute"));
+    let (cpu, memory) = (of_app("cpu_percent"), of_app("memory_bytes"));
+    Activity {
+        requests: last(&requests, |v| format!("{v:.1}/min")),
+        errors: last(&errors, |v| format!("{v:.1}/min")),
+        cpu: last(&cpu, |v| format!("{v:.1} %")),
+        memory: last(&memory, charts::bytes),
+        requests_line: spark(&requests),
+        cpu_line: spark(&cpu),
+        memory_line: spark(&memory),
+    }
 }
 
 fn app_row(app: &AppStatus) -> AppRow {
@@ -67,6 +119,7 @@ fn app_row(app: &AppStatus) -> AppRow {
     };
     AppRow {
         uptime: String::new(),
+        activity: None,
         name: app.name.clone(),
         live: app
             .live_release
@@ -118,6 +171,11 @@ pub(crate) async fn overview<S: AccountStore + Send + Sync + 'static>(
         api::get(&console.api, &signed.as_user, "/v1/uptime")
             .await
             .ok();
+    // So are the last hour's requests and resources.
+    let history: Option<berth_api::ResourceHistory> =
+        api::get(&console.api, &signed.as_user, "/v1/resources?window=1h")
+            .await
+            .ok();
     render(
         &OverviewPage {
             nav: Some(web::nav(&signed)),
@@ -129,6 +187,7 @@ pub(crate) async fn overview<S: AccountStore + Send + Sync + 'static>(
                         .as_ref()
                         .map(|u| app_uptime(u, &app.name))
                         .unwrap_or_else(|| "—".to_owned()),
+                    activity: history.as_ref().map(|h| activity(h, &app.name)),
                     ..app_row(app)
                 })
                 .collect(),
@@ -339,6 +398,62 @@ pub(crate) async fn confirm_rollback<S: AccountStore + Send + Sync + 'static>(
 }
 
 #[derive(Template)]
+#[template(path = "compare.html")]
+struct ComparePage {
+    nav: Option<Nav>,
+    app: String,
+    from: i64,
+    from_version: String,
+    to: i64,
+    to_version: String,
+    changes: Vec<String>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct CompareQuery {
+    from: i64,
+    to: i64,
+}
+
+/// The manifest of one recorded release against another's.
+pub(crate) async fn compare<S: AccountStore + Send + Sync + 'static>(
+    State(console): State<Arc<Console<S>>>,
+    Path(app): Path<String>,
+    Query(query): Query<CompareQuery>,
+    headers: HeaderMap,
+    extensions: http::Extensions,
+) -> Response {
+    let here = format!("/apps/{app}");
+    let signed = match signed(&console, &headers, client_ip(&extensions), &here) {
+        Ok(signed) => signed,
+        Err(response) => return response,
+    };
+    if !valid_app(&app) {
+        return not_found("app");
+    }
+    let path = format!(
+        "/v1/apps/{app}/releases/compare?from={}&to={}",
+        query.from, query.to
+    );
+    let plan: RollbackPlan = match api::get(&console.api, &signed.as_user, &path).await {
+        Ok(plan) => plan,
+        Err(error) => return refused(&signed, error),
+    };
+    render(
+        &ComparePage {
+            nav: Some(web::nav(&signed)),
+            app,
+            from: plan.from,
+            from_version: plan.from_version,
+            to: plan.to,
+            to_version: plan.to_version,
+            changes: plan.changes,
+        },
+        StatusCode::OK,
+    )
+}
+
+#[derive(Template)]
 #[template(path = "operation.html")]
 struct OperationPage {
     nav: Option<Nav>,
@@ -350,7 +465,7 @@ struct OperationPage {
     back: String,
 }
 
-fn operation_page(
+pub(crate) fn operation_page(
     signed: &Signed,
     title: String,
     operation: api::Operation,

@@ -11,12 +11,15 @@ mod account;
 mod api;
 mod apps;
 mod audit;
+mod backups;
+mod charts;
 mod handoff;
 mod login;
 mod logs;
 mod manage;
 mod users;
 mod view;
+mod watch;
 mod web;
 
 use axum::middleware;
@@ -145,6 +148,20 @@ where
         .route("/tokens/{name}/revoke", post(manage::revoke_token::<S>))
         .route("/apps/{app}/logs", get(logs::logs::<S>))
         .route("/apps/{app}/logs/stream", get(logs::stream::<S>))
+        .route("/apps/{app}/compare", get(apps::compare::<S>))
+        .route("/apps/{app}/backups", get(backups::backups::<S>))
+        .route("/apps/{app}/backups/run", post(backups::run::<S>))
+        .route("/apps/{app}/backups/verify", post(backups::verify::<S>))
+        .route(
+            "/apps/{app}/backups/restore",
+            get(backups::confirm_restore::<S>).post(backups::restore::<S>),
+        )
+        .route("/server", get(watch::server::<S>))
+        .route("/alerts", get(watch::alerts::<S>))
+        .route("/alerts/mute", post(watch::mute::<S>))
+        .route("/alerts/mutes/{id}/remove", post(watch::unmute::<S>))
+        .route("/certificates", get(watch::certificates::<S>))
+        .route("/certificates/{domain}/renew", post(watch::renew::<S>))
         .route("/audit", get(audit::audit::<S>))
         .route("/audit.csv", get(audit::audit_csv::<S>))
         .route("/audit.json", get(audit::audit_json::<S>))

@@ -1,6 +1,7 @@
 //! Resource history: every 15 s the host's and each service's resources, as `berth top`
 //! computes them from the samplers' last samples, go into the state file's minute and hour
-//! buckets (`berth top --history`, later the console's charts).
+//! buckets (`berth top --history`, the console's charts), with each app's requests and 5xx
+//! answers a minute as the proxy counted them (subject `APP/*`, which no service name can be).
 
 use berth_api::TopAnswer;
 use berth_engine::Engine;
@@ -60,19 +61,71 @@ pub fn samples(top: &TopAnswer, now: i64) -> Vec<ResourceSample> {
     samples
 }
 
+/// An app's proxy counters at one moment: all answers and 5xx ones.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestCount {
+    pub at: i64,
+    pub total: u64,
+    pub errors: u64,
+}
+
+/// Requests and 5xx answers a minute since the previous count of the app (none for its first
+/// count, or when the counters went back: the proxy restarted).
+pub fn request_samples(
+    app: &str,
+    previous: Option<RequestCount>,
+    now: RequestCount,
+) -> Vec<ResourceSample> {
+    let Some(previous) = previous else {
+        return Vec::new();
+    };
+    let elapsed = now.at - previous.at;
+    if elapsed <= 0 || now.total < previous.total || now.errors < previous.errors {
+        return Vec::new();
+    }
+    let per_minute = |count: u64| count as f64 * 60_000.0 / elapsed as f64;
+    let subject = format!("{app}/*");
+    vec![
+        ResourceSample {
+            subject: subject.clone(),
+            metric: "requests_per_minute".to_owned(),
+            at: now.at,
+            value: per_minute(now.total - previous.total),
+        },
+        ResourceSample {
+            subject,
+            metric: "errors_per_minute".to_owned(),
+            at: now.at,
+            value: per_minute(now.errors - previous.errors),
+        },
+    ]
+}
+
 /// The history worker, until `stop`.
 pub async fn recorder(
     engine: Arc<Engine>,
     host: Arc<crate::HostMetrics>,
     containers: Arc<crate::ContainerMetrics>,
+    proxy: Arc<berth_proxy::Proxy>,
     report: berth_workers::Reporter,
     stop: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(stop);
+    let mut counted: std::collections::HashMap<String, RequestCount> = Default::default();
     loop {
         let now = berth_state::now_ms();
         let top = crate::top::top(&host, &containers, None);
-        let samples = samples(&top, now);
+        let mut samples = samples(&top, now);
+        for app in engine.store().apps().unwrap_or_default() {
+            let counts = proxy.metrics().requests_by_class(&app.name);
+            let count = RequestCount {
+                at: now,
+                total: counts.iter().sum(),
+                errors: counts[5],
+            };
+            let previous = counted.insert(app.name.clone(), count);
+            samples.extend(request_samples(&app.name, previous, count));
+        }
         let store = engine.clone();
         let written =
             tokio::task::spawn_blocking(move || store.store().add_resource_samples(&samples, now))
@@ -96,6 +149,40 @@ pub async fn recorder(
 mod tests {
     use super::*;
     use berth_api::{ContainerTop, FilesystemTop, HostTop};
+
+    #[test]
+    fn requests_are_recorded_a_minute_from_the_proxys_counters() {
+        let first = RequestCount {
+            at: 0,
+            total: 100,
+            errors: 1,
+        };
+        assert!(request_samples("shop", None, first).is_empty());
+        let later = RequestCount {
+            at: 15_000,
+            total: 130,
+            errors: 4,
+        };
+        let samples = request_samples("shop", Some(first), later);
+        let values: Vec<_> = samples
+            .iter()
+            .map(|s| (s.subject.as_str(), s.metric.as_str(), s.value))
+            .collect();
+        assert_eq!(
+            values,
+            vec![
+                ("shop/*", "requests_per_minute", 120.0),
+                ("shop/*", "errors_per_minute", 12.0)
+            ]
+        );
+        // Counters that went back (a restart) record nothing rather than a negative rate.
+        let restarted = RequestCount {
+            at: 30_000,
+            total: 5,
+            errors: 0,
+        };
+        assert!(request_samples("shop", Some(later), restarted).is_empty());
+    }
 
     #[test]
     fn a_service_is_the_sum_of_its_replicas_and_the_host_is_recorded_once_sampled() {

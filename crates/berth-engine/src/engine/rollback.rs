@@ -47,6 +47,30 @@ impl Engine {
         Ok((live, target))
     }
 
+    /// How release `to`'s manifest differs from release `from`'s, for any two recorded
+    /// releases of `app` (the console's release comparison).
+    pub fn compare_releases(&self, app: &str, from: i64, to: i64) -> Result<RollbackPlan, OpError> {
+        let store = self.store();
+        let find = |number: i64| {
+            store.release(app, number)?.ok_or_else(|| {
+                OpError::not_found(format!("app {app} has no release {number}"))
+                    .hint("`berth releases` lists them")
+            })
+        };
+        let (older, newer) = (find(from)?, find(to)?);
+        Ok(RollbackPlan {
+            app: app.to_owned(),
+            from: older.number,
+            from_version: older.version.clone(),
+            to: newer.number,
+            to_version: newer.version.clone(),
+            changes: berth_manifest::changes(
+                &release_manifest(&older)?,
+                &release_manifest(&newer)?,
+            ),
+        })
+    }
+
     /// What `berth rollback` shows before it asks: a rollback brings the old release's whole
     /// manifest back (its environment, secrets wiring, routes and backups), not only its code.
     pub fn rollback_plan(&self, app: &str, release: Option<i64>) -> Result<RollbackPlan, OpError> {

@@ -436,6 +436,8 @@ pub(super) fn history_screen(answer: &berth_api::ResourceHistory, window: &str) 
                 "memory_bytes" => ("memory".into(), |v| output::bytes(v as u64), 0.0),
                 "swap_bytes" => ("swap".into(), |v| output::bytes(v as u64), 0.0),
                 "load1" => ("load (1m)".into(), |v| format!("{v:.2}"), 1.0),
+                "requests_per_minute" => ("requests/min".into(), |v| format!("{v:.1}"), 1.0),
+                "errors_per_minute" => ("5xx/min".into(), |v| format!("{v:.1}"), 0.0),
                 other => match other.strip_prefix("disk_percent ") {
                     Some(purpose) => (
                         format!("disk ({purpose} data)"),

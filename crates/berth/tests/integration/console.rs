@@ -843,3 +843,178 @@ fn a_route_with_auth_berth_lets_in_console_users_only() {
         "{out:?}"
     );
 }
+
+const OPERATOR_PASSWORD: &str = "granite meadow compass";
+
+/// The pages around the apps: backups (run, verify, a restore that asks for the app's name),
+/// the server's charts, alerts and their mutes, certificates, and two releases compared.
+#[test]
+fn the_console_runs_backups_and_shows_the_server_alerts_and_release_differences() {
+    let agent = Agent::start_with(&[], &["--dashboard", "127.0.0.1:0"]);
+    let url = agent.agent_file()["dashboard"].as_str().unwrap().to_owned();
+    let addr = url.trim_start_matches("http://").to_owned();
+    let console = Console {
+        host: addr.clone(),
+        addr,
+    };
+    let app = agent.app("pages");
+    let added = agent.berth_in(app.path(), &["users", "add", "olga", "--role", "admin"]);
+    added.success();
+    let set = console.post(
+        &format!("/link/{}", link_secret(&added.stdout)),
+        "",
+        &[
+            ("password", OPERATOR_PASSWORD),
+            ("again", OPERATOR_PASSWORD),
+        ],
+    );
+    assert_eq!(set.status, 303, "{set:?}");
+    let olga = console.session("olga", OPERATOR_PASSWORD);
+    let cookie = format!("berth_session={olga}");
+
+    let manifest = |greeting: &str| {
+        format!(
+            "{}\n[backups.state]\nsource = \"berth\"\n",
+            crate::harness::web(&format!("GREETING = \"{greeting}\""))
+        )
+    };
+    app.write(&manifest("one"));
+    agent
+        .berth_in(app.path(), &["deploy", "--version", "v1"])
+        .success();
+    app.write(&manifest("two"));
+    agent
+        .berth_in(app.path(), &["deploy", "--version", "v2"])
+        .success();
+
+    // Two releases compared, either way round.
+    let compared = console.get(
+        &format!("/apps/{}/compare?from=1&to=2", app.name),
+        Some(&olga),
+    );
+    assert_eq!(compared.status, 200, "{compared:?}");
+    assert!(
+        compared.body.contains("~ services.web.env.GREETING"),
+        "{}",
+        compared.body
+    );
+    let missing = console.get(
+        &format!("/apps/{}/compare?from=1&to=9", app.name),
+        Some(&olga),
+    );
+    assert_eq!(missing.status, 404, "{missing:?}");
+    assert!(missing.body.contains("no release 9"), "{}", missing.body);
+
+    // Backups: none yet, one taken from the page, read back and checked, then verified again.
+    let backups = format!("/apps/{}/backups", app.name);
+    let empty = console.get(&backups, Some(&olga));
+    assert_eq!(empty.status, 200, "{empty:?}");
+    assert!(empty.body.contains("No backup yet"), "{}", empty.body);
+    let csrf = hidden(&empty.body, "csrf");
+    let ran = console.post(&format!("{backups}/run"), &cookie, &[("csrf", &csrf)]);
+    assert_eq!(ran.status, 200, "{ran:?}");
+    assert!(ran.body.contains("✓"), "{}", ran.body);
+    let listed = console.get(&backups, Some(&olga));
+    assert!(listed.body.contains("checked"), "{}", listed.body);
+    let id = hidden(&listed.body, "id");
+    let verified = console.post(
+        &format!("{backups}/verify"),
+        &cookie,
+        &[("csrf", &csrf), ("name", "state"), ("id", &id)],
+    );
+    assert_eq!(verified.status, 200, "{verified:?}");
+    assert!(verified.body.contains("✓"), "{}", verified.body);
+    // A restore asks for the app's name; anything else restores nothing.
+    let confirm = console.get(
+        &format!("{backups}/restore?name=state&id={id}"),
+        Some(&olga),
+    );
+    assert_eq!(confirm.status, 200, "{confirm:?}");
+    assert!(confirm.body.contains("safety backup"), "{}", confirm.body);
+    let mistyped = console.post(
+        &format!("{backups}/restore"),
+        &cookie,
+        &[
+            ("csrf", &csrf),
+            ("name", "state"),
+            ("id", &id),
+            ("confirm", "yes"),
+        ],
+    );
+    assert_eq!(mistyped.status, 400, "{mistyped:?}");
+    assert!(
+        mistyped.body.contains("nothing was restored"),
+        "{}",
+        mistyped.body
+    );
+    let unknown = console.get(
+        &format!("{backups}/restore?name=state&id=not-a-backup"),
+        Some(&olga),
+    );
+    assert_eq!(unknown.status, 404);
+
+    // The server's charts, drawn on the server.
+    for window in ["1h", "24h", "7d"] {
+        let server = console.get(&format!("/server?window={window}"), Some(&olga));
+        assert_eq!(server.status, 200, "{server:?}");
+        assert_headers(&server);
+        assert!(
+            server.body.contains("<svg class=\"chart\"") && server.body.contains("Memory"),
+            "{}",
+            server.body
+        );
+    }
+    // The overview's last hour per app.
+    let overview = console.get("/", Some(&olga));
+    assert!(overview.body.contains("Requests, 5xx"), "{}", overview.body);
+
+    // Alerts: a mute made from the page is listed, audited and removed.
+    let alerts = console.get("/alerts", Some(&olga));
+    assert_eq!(alerts.status, 200, "{alerts:?}");
+    assert!(alerts.body.contains("Nothing is firing"), "{}", alerts.body);
+    let muted = console.post(
+        "/alerts/mute",
+        &cookie,
+        &[
+            ("csrf", &csrf),
+            ("app", &app.name),
+            ("rule", "service_down"),
+            ("subject", ""),
+            ("hours", "4"),
+        ],
+    );
+    assert_eq!(muted.status, 303, "{muted:?}");
+    let alerts = console.get("/alerts", Some(&olga));
+    let scope = format!("app {}, rule service_down", app.name);
+    assert!(alerts.body.contains(&scope), "{}", alerts.body);
+    let remove = alerts
+        .body
+        .split("action=\"/alerts/mutes/")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("an unmute button")
+        .to_owned();
+    let unmuted = console.post(
+        &format!("/alerts/mutes/{remove}"),
+        &cookie,
+        &[("csrf", &csrf)],
+    );
+    assert_eq!(unmuted.status, 303, "{unmuted:?}");
+    assert!(!console.get("/alerts", Some(&olga)).body.contains(&scope));
+
+    // Certificates: none on a plain-HTTP agent, and the page says how to get one.
+    let certificates = console.get("/certificates", Some(&olga));
+    assert_eq!(certificates.status, 200);
+    assert!(
+        certificates.body.contains("--https"),
+        "{}",
+        certificates.body
+    );
+
+    let audit = agent
+        .berth_in(app.path(), &["audit", "-n", "40", "--json"])
+        .json()
+        .to_string();
+    assert!(audit.contains("user olga via console"), "{audit}");
+    assert!(audit.contains("backup"), "{audit}");
+}
