@@ -4,6 +4,7 @@
 use crate::api::ApiState;
 use berth_auth::accounts::{self, AccountStore, LinkPurpose, Role, Settings, UserRecord};
 use berth_auth::app_login::{self, Tickets};
+use berth_engine::engine::CONSOLE_ROUTE;
 use berth_proxy::{LoginGate, LoginVerdict, Proxy, RouteAuth};
 use std::sync::Arc;
 
@@ -79,7 +80,13 @@ pub(crate) fn router(
             engine.audit(actor, action, target, result, detail);
         });
     let accounts = state.engine.store().clone();
-    let console_url = state.info.dashboard.clone();
+    // Only an address a browser elsewhere can open: not 0.0.0.0 (a domain, or loopback for
+    // an SSH tunnel).
+    let console_url = state
+        .info
+        .dashboard
+        .clone()
+        .filter(|url| !url.contains("://0.0.0.0") && !url.contains("://[::]"));
     let https = state.info.https.is_some();
     let api = crate::api::router(state);
     let mut console = berth_dashboard::Console::new(Arc::clone(&accounts), api, audit.clone());
@@ -99,11 +106,12 @@ pub(crate) fn router(
     console.app_logins = Some(berth_dashboard::AppLogins {
         tickets: Arc::clone(&tickets),
         routes: Arc::new(move |host, path| {
-            let (prefix, auth) = lookup_in.route_login(host, path)?;
+            let login = lookup_in.route_login(host, path)?;
             Some(berth_dashboard::AppRoute {
-                prefix,
-                role: route_role(&auth),
-                two_factor: auth.two_factor,
+                role: route_role(&login.auth),
+                two_factor: login.auth.two_factor,
+                prefix: login.prefix,
+                origin: login.origin,
             })
         }),
     });
@@ -136,8 +144,13 @@ impl LoginGate for RouteGate {
     fn check(&self, host: &str, cookie: &str, auth: &RouteAuth) -> LoginVerdict {
         let now = berth_state::now_ms();
         match accounts::app_session_user(&*self.accounts, &self.settings, cookie, host, now) {
-            Ok(Some((_, user))) => {
-                match app_login::allowed(&user, route_role(auth), auth.two_factor) {
+            Ok(Some((session, user))) => {
+                match app_login::allowed(
+                    &user,
+                    session.second_factor,
+                    route_role(auth),
+                    auth.two_factor,
+                ) {
                     Ok(()) => LoginVerdict::Allow {
                         role: user.role.as_str().to_owned(),
                         user: user.name,
@@ -161,6 +174,7 @@ impl LoginGate for RouteGate {
         &self,
         host: &str,
         ticket: &str,
+        state: &str,
         client_ip: &str,
         user_agent: &str,
     ) -> Option<String> {
@@ -169,7 +183,15 @@ impl LoginGate for RouteGate {
             user_agent: user_agent.to_owned(),
         };
         let now = berth_state::now_ms();
-        match app_login::redeem(&*self.accounts, &self.tickets, ticket, host, &client, now) {
+        match app_login::redeem(
+            &*self.accounts,
+            &self.tickets,
+            ticket,
+            host,
+            state,
+            &client,
+            now,
+        ) {
             Ok(Some((session, user))) => {
                 (self.audit)(
                     &format!("user {} from {client_ip}", user.name),
@@ -194,15 +216,12 @@ impl LoginGate for RouteGate {
         }
     }
 
-    fn login_url(&self, return_to: &str) -> Option<String> {
+    fn login_url(&self, return_to: &str, state: &str) -> Option<String> {
         self.console_url
             .as_ref()
-            .map(|console| format!("{console}/handoff?to={return_to}"))
+            .map(|console| format!("{console}/handoff?to={return_to}&state={state}"))
     }
 }
-
-/// The proxy's name for the console's route (not an app name, so no app can take it).
-const CONSOLE_ROUTE: &str = ".console";
 
 /// Routes `domain` to the console's listener through the proxy, and asks for its certificate
 /// like an app route's.
@@ -234,6 +253,9 @@ pub(crate) fn route_domain(
                 max_body: 1 << 20,
                 redirect_https: https,
                 hsts: https,
+                // The login form is never served in clear text, not even before the
+                // certificate comes.
+                https_only: https,
                 ..Default::default()
             },
         }],

@@ -415,6 +415,7 @@ async fn serve(
             )?;
             succession.add_listener(proxy_listener("http", addr, &http));
             let bound = http.addr;
+            proxy.set_http_port(bound.port());
             workers.push(http);
             Some(bound)
         }

@@ -153,6 +153,9 @@ pub struct SessionRecord {
     /// The app host this session opens (a route with `auth = "berth"`), never the console;
     /// `None` for a console session, which opens no app host.
     pub host: Option<String>,
+    /// The login behind it took a second factor (routes with `two_factor = true` ask this, not
+    /// merely that the account has one: enrolling takes only a session).
+    pub second_factor: bool,
 }
 
 /// How long the code form waits after the password.
@@ -522,7 +525,7 @@ pub fn second_factor<S: AccountStore>(
     store
         .delete_session(&session.id_hash)
         .map_err(store_error)?;
-    open_session(store, &user.name, client, now_ms).map_err(store_error)
+    open_scoped_session(store, &user.name, client, None, true, now_ms).map_err(store_error)
 }
 
 /// The half-open session a cookie names (password right, code to come), within its time.
@@ -640,7 +643,7 @@ pub fn open_session<S: AccountStore>(
     client: &Client,
     now_ms: i64,
 ) -> Result<NewSession, S::Error> {
-    open_scoped_session(store, user, client, None, now_ms)
+    open_scoped_session(store, user, client, None, false, now_ms)
 }
 
 /// A fresh session that opens the app host `host` only, or the console when `None`.
@@ -649,6 +652,7 @@ pub(crate) fn open_scoped_session<S: AccountStore>(
     user: &str,
     client: &Client,
     host: Option<String>,
+    second_factor: bool,
     now_ms: i64,
 ) -> Result<NewSession, S::Error> {
     let cookie = random_hex();
@@ -662,6 +666,7 @@ pub(crate) fn open_scoped_session<S: AccountStore>(
         user_agent: client.user_agent.chars().take(256).collect(),
         second_factor_pending: false,
         host,
+        second_factor,
     };
     store.insert_session(&record)?;
     Ok(NewSession { cookie, record })
@@ -1110,6 +1115,10 @@ mod tests {
         assert_ne!(
             whole.cookie, half.cookie,
             "a new session id after the second factor"
+        );
+        assert!(
+            whole.record.second_factor && !half.record.second_factor,
+            "the session says its login took a code"
         );
         assert!(
             session_user(&store, &settings, &whole.cookie, now + 30_000)

@@ -27,14 +27,33 @@ pub struct Tickets {
 struct Ticket {
     user: String,
     host: String,
+    /// The browser's login state (a cookie of the app's host): only that browser may trade it.
+    state: String,
+    /// The console login behind it took a second factor.
+    second_factor: bool,
     expires_ms: i64,
+}
+
+/// Who a traded ticket was for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Traded {
+    pub user: String,
+    pub second_factor: bool,
 }
 
 const MAX_WAITING: usize = 10_000;
 
 impl Tickets {
-    /// A ticket for `user` to open `host`; the secret goes into the redirect, once.
-    pub fn issue(&self, user: &str, host: &str, now_ms: i64) -> String {
+    /// A ticket for `user` to open `host` from the browser holding login `state`; the secret
+    /// goes into the link, once.
+    pub fn issue(
+        &self,
+        user: &str,
+        host: &str,
+        state: &str,
+        second_factor: bool,
+        now_ms: i64,
+    ) -> String {
         let secret = random_hex();
         let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
         waiting.retain(|_, t| t.expires_ms > now_ms);
@@ -54,15 +73,17 @@ impl Tickets {
             Ticket {
                 user: user.to_owned(),
                 host: host.to_ascii_lowercase(),
+                state: state.to_owned(),
+                second_factor,
                 expires_ms: now_ms + TICKET_MS,
             },
         );
         secret
     }
 
-    /// The user a ticket was issued to, if it is unspent, unexpired and for `host`. A ticket
-    /// works once, even when presented on the wrong host.
-    fn take(&self, secret: &str, host: &str, now_ms: i64) -> Option<String> {
+    /// Who a ticket was issued to, if it is unspent, unexpired, for `host` and for the
+    /// browser holding `state`. A ticket works once, even when shown wrongly.
+    fn take(&self, secret: &str, host: &str, state: &str, now_ms: i64) -> Option<Traded> {
         if secret.len() != 64 || !secret.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
@@ -73,7 +94,12 @@ impl Tickets {
             .remove(&sha256_hex(secret))?;
         let right_host =
             constant_time_eq(ticket.host.as_bytes(), host.to_ascii_lowercase().as_bytes());
-        (right_host && ticket.expires_ms > now_ms).then_some(ticket.user)
+        let right_state =
+            !state.is_empty() && constant_time_eq(ticket.state.as_bytes(), state.as_bytes());
+        (right_host && right_state && ticket.expires_ms > now_ms).then_some(Traded {
+            user: ticket.user,
+            second_factor: ticket.second_factor,
+        })
     }
 }
 
@@ -87,14 +113,19 @@ pub enum Denied {
         needed: Role,
     },
     #[error(
-        "this page needs a login with a second factor: turn two-factor login on in the console's account page, then log in again"
+        "this page needs a login with a second factor: turn two-factor login on in the console's account page if it is off, log out of the console and log in again with a code"
     )]
     SecondFactor,
 }
 
-/// Whether `user` may open a route that asks for `role` and, when `two_factor`, a second
-/// factor.
-pub fn allowed(user: &UserRecord, role: Role, two_factor: bool) -> Result<(), Denied> {
+/// Whether `user`, logged in with a second factor or not (`second_factor`), may open a
+/// route that asks for `role` and, when `two_factor`, a login with a second factor.
+pub fn allowed(
+    user: &UserRecord,
+    second_factor: bool,
+    role: Role,
+    two_factor: bool,
+) -> Result<(), Denied> {
     if user.status != UserStatus::Active {
         return Err(Denied::Role {
             user: user.name.clone(),
@@ -109,7 +140,7 @@ pub fn allowed(user: &UserRecord, role: Role, two_factor: bool) -> Result<(), De
             needed: role,
         });
     }
-    if two_factor && user.totp_secret.is_none() {
+    if two_factor && (!second_factor || user.totp_secret.is_none()) {
         return Err(Denied::SecondFactor);
     }
     Ok(())
@@ -122,20 +153,28 @@ pub fn redeem<S: AccountStore>(
     tickets: &Tickets,
     secret: &str,
     host: &str,
+    state: &str,
     client: &Client,
     now_ms: i64,
 ) -> Result<Option<(NewSession, UserRecord)>, S::Error> {
-    let Some(name) = tickets.take(secret, host, now_ms) else {
+    let Some(traded) = tickets.take(secret, host, state, now_ms) else {
         return Ok(None);
     };
     let Some(user) = store
-        .user(&name)?
+        .user(&traded.user)?
         .filter(|u| u.status == UserStatus::Active)
     else {
         return Ok(None);
     };
     let host = Some(host.to_ascii_lowercase());
-    let session = open_scoped_session(store, &name, client, host, now_ms)?;
+    let session = open_scoped_session(
+        store,
+        &user.name,
+        client,
+        host,
+        traded.second_factor,
+        now_ms,
+    )?;
     Ok(Some((session, user)))
 }
 
@@ -159,12 +198,13 @@ mod tests {
         let tickets = Tickets::default();
         let settings = Settings::default();
         let client = Client::default();
-        let secret = tickets.issue("ann", "Admin.Example.com", 1_000);
+        let secret = tickets.issue("ann", "Admin.Example.com", "st", false, 1_000);
         let (session, user) = redeem(
             &store,
             &tickets,
             &secret,
             "admin.example.com",
+            "st",
             &client,
             2_000,
         )
@@ -172,6 +212,7 @@ mod tests {
         .expect("a fresh ticket is traded");
         assert_eq!(user.name, "ann");
         assert_eq!(session.record.host.as_deref(), Some("admin.example.com"));
+        assert!(!session.record.second_factor);
         // Once only.
         assert!(
             redeem(
@@ -179,6 +220,7 @@ mod tests {
                 &tickets,
                 &secret,
                 "admin.example.com",
+                "st",
                 &client,
                 2_000
             )
@@ -218,65 +260,57 @@ mod tests {
     }
 
     #[test]
-    fn a_ticket_for_another_host_or_past_its_minute_is_refused_and_spent() {
+    fn a_ticket_shown_elsewhere_late_or_by_another_browser_is_refused_and_spent() {
         let store = store_with("ann", Role::Admin);
         let tickets = Tickets::default();
         let client = Client::default();
-        let secret = tickets.issue("ann", "admin.example.com", 0);
-        assert!(
-            redeem(&store, &tickets, &secret, "evil.example.com", &client, 10)
+        let trade = |secret: &str, host: &str, state: &str, at: i64| {
+            redeem(&store, &tickets, secret, host, state, &client, at)
                 .unwrap()
-                .is_none()
-        );
+                .map(|(session, _)| session)
+        };
+        let secret = tickets.issue("ann", "admin.example.com", "mine", false, 0);
+        assert!(trade(&secret, "evil.example.com", "mine", 10).is_none());
         assert!(
-            redeem(&store, &tickets, &secret, "admin.example.com", &client, 10)
-                .unwrap()
-                .is_none(),
+            trade(&secret, "admin.example.com", "mine", 10).is_none(),
             "a ticket shown on the wrong host is spent"
         );
-        let late = tickets.issue("ann", "admin.example.com", 0);
-        assert!(
-            redeem(
-                &store,
-                &tickets,
-                &late,
-                "admin.example.com",
-                &client,
-                TICKET_MS
-            )
-            .unwrap()
-            .is_none()
-        );
-        assert!(
-            redeem(
-                &store,
-                &tickets,
-                "not-a-ticket",
-                "admin.example.com",
-                &client,
-                1
-            )
-            .unwrap()
-            .is_none()
-        );
+        // Another browser (another login state) cannot use someone's ticket.
+        let fixed = tickets.issue("ann", "admin.example.com", "mine", false, 0);
+        assert!(trade(&fixed, "admin.example.com", "victims", 10).is_none());
+        assert!(trade(&fixed, "admin.example.com", "mine", 10).is_none());
+        let stateless = tickets.issue("ann", "admin.example.com", "", false, 0);
+        assert!(trade(&stateless, "admin.example.com", "", 10).is_none());
+        let late = tickets.issue("ann", "admin.example.com", "mine", false, 0);
+        assert!(trade(&late, "admin.example.com", "mine", TICKET_MS).is_none());
+        assert!(trade("not-a-ticket", "admin.example.com", "mine", 1).is_none());
+        // The second factor of the console login goes with the ticket.
+        let strong = tickets.issue("ann", "admin.example.com", "mine", true, 0);
+        let session = trade(&strong, "admin.example.com", "mine", 10).unwrap();
+        assert!(session.record.second_factor);
     }
 
     #[test]
-    fn a_route_admits_by_role_and_second_factor() {
+    fn a_route_admits_by_role_and_a_login_with_a_second_factor() {
         let mut user = UserRecord::new("ann", Role::Deployer, 0, "test");
-        assert_eq!(allowed(&user, Role::Viewer, false), Ok(()));
-        assert_eq!(allowed(&user, Role::Deployer, false), Ok(()));
+        assert_eq!(allowed(&user, false, Role::Viewer, false), Ok(()));
+        assert_eq!(allowed(&user, false, Role::Deployer, false), Ok(()));
         assert!(matches!(
-            allowed(&user, Role::Admin, false),
+            allowed(&user, false, Role::Admin, false),
             Err(Denied::Role { .. })
         ));
         assert_eq!(
-            allowed(&user, Role::Viewer, true),
+            allowed(&user, false, Role::Viewer, true),
             Err(Denied::SecondFactor)
         );
         user.totp_secret = Some(vec![1; 20]);
-        assert_eq!(allowed(&user, Role::Viewer, true), Ok(()));
+        // Enrolled, but this login took no code: not enough.
+        assert_eq!(
+            allowed(&user, false, Role::Viewer, true),
+            Err(Denied::SecondFactor)
+        );
+        assert_eq!(allowed(&user, true, Role::Viewer, true), Ok(()));
         user.status = UserStatus::Disabled;
-        assert!(allowed(&user, Role::Viewer, false).is_err());
+        assert!(allowed(&user, true, Role::Viewer, false).is_err());
     }
 }

@@ -23,6 +23,9 @@ pub struct AppRoute {
     pub prefix: String,
     pub role: Role,
     pub two_factor: bool,
+    /// `scheme://host[:port]` of the proxy that serves it: where the ticket goes, whatever
+    /// scheme or port the link asked for.
+    pub origin: String,
 }
 
 /// Looks up the route that serves a host and path, if it asks for a console login.
@@ -37,12 +40,13 @@ pub struct AppLogins {
 #[derive(Deserialize)]
 pub(crate) struct HandoffQuery {
     to: Option<String>,
+    /// The browser's login state on the app's host, which the ticket is bound to.
+    state: Option<String>,
 }
 
-/// A page's URL taken apart: `scheme://authority/path?query`.
+/// What of a page's URL (`scheme://authority/path?query`) the hand-off uses: its host and its
+/// path. The scheme and port are the proxy's own, never the link's.
 struct Target<'a> {
-    scheme: &'a str,
-    authority: &'a str,
     host: String,
     path: &'a str,
 }
@@ -68,8 +72,6 @@ fn parse_target(url: &str) -> Option<Target<'_>> {
         None => authority.split(':').next().unwrap_or_default(),
     };
     Some(Target {
-        scheme,
-        authority,
         host: host.to_ascii_lowercase(),
         path,
     })
@@ -89,22 +91,39 @@ pub(crate) async fn handoff<S: AccountStore + Send + Sync + 'static>(
             Some("Open the app's page itself: it sends you here when it needs a login."),
         )
     };
+    let to = query.to.unwrap_or_default();
+    let state = query.state.unwrap_or_default();
+    // Logged in first: an anonymous visitor learns nothing of which routes ask for a login.
+    let here = format!(
+        "/handoff?to={}&state={}",
+        query_escape(&to),
+        query_escape(&state)
+    );
+    let signed = match signed(&console, &headers, client_ip(&extensions), &here) {
+        Ok(signed) => signed,
+        Err(response) => return response,
+    };
     let Some(logins) = &console.app_logins else {
         return not_served();
     };
-    let to = query.to.unwrap_or_default();
     let Some(target) = parse_target(&to) else {
         return not_served();
     };
     let Some(route) = (logins.routes)(&target.host, path_only(target.path)) else {
         return not_served();
     };
-    let here = format!("/handoff?to={}", query_escape(&to));
-    let signed = match signed(&console, &headers, client_ip(&extensions), &here) {
-        Ok(signed) => signed,
-        Err(response) => return response,
-    };
-    if let Err(denied) = app_login::allowed(&signed.user, route.role, route.two_factor) {
+    if state.len() != 32 || !state.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return view::message(
+            StatusCode::BAD_REQUEST,
+            "This login link is incomplete",
+            "The link lacks the login state the app's site gave your browser.",
+            Some("Open the app's page itself: it sends you here with a complete link."),
+        );
+    }
+    let second_factor = signed.session.second_factor;
+    if let Err(denied) =
+        app_login::allowed(&signed.user, second_factor, route.role, route.two_factor)
+    {
         (console.audit)(
             &format!("user {} via console", signed.user.name),
             "app login",
@@ -120,7 +139,9 @@ pub(crate) async fn handoff<S: AccountStore + Send + Sync + 'static>(
         );
     }
     let now = jiff::Timestamp::now().as_millisecond();
-    let ticket = logins.tickets.issue(&signed.user.name, &target.host, now);
+    let ticket = logins
+        .tickets
+        .issue(&signed.user.name, &target.host, &state, second_factor, now);
     (console.audit)(
         &format!("user {} via console", signed.user.name),
         "app login",
@@ -134,9 +155,8 @@ pub(crate) async fn handoff<S: AccountStore + Send + Sync + 'static>(
         route.prefix.as_str()
     };
     let landing = format!(
-        "{}://{}{prefix}/.berth/login?ticket={ticket}&to={}",
-        target.scheme,
-        target.authority,
+        "{}{prefix}/.berth/login?ticket={ticket}&to={}",
+        route.origin,
         query_escape(target.path),
     );
     // A page with the link rather than a redirect: after the login form, the page's
@@ -173,18 +193,8 @@ mod tests {
     fn only_plain_http_urls_are_destinations() {
         let target = parse_target("https://Admin.Example.com:8443/x/y?z=1").unwrap();
         assert_eq!(
-            (
-                target.scheme,
-                target.authority,
-                target.host.as_str(),
-                target.path
-            ),
-            (
-                "https",
-                "Admin.Example.com:8443",
-                "admin.example.com",
-                "/x/y?z=1"
-            )
+            (target.host.as_str(), target.path),
+            ("admin.example.com", "/x/y?z=1")
         );
         assert_eq!(parse_target("http://[::1]:80").unwrap().host, "::1");
         for bad in [

@@ -54,7 +54,16 @@ pub(crate) async fn same_origin_posts(request: Request, next: Next) -> Response 
             .and_then(|v| v.to_str().ok());
         if let Some(origin) = origin {
             let same = host.is_some_and(|host| {
-                origin == format!("http://{host}") || origin == format!("https://{host}")
+                origin == format!("http://{host}")
+                    || origin == format!("https://{host}")
+                    // HTTP/2 through the proxy: its Host is the name without the port.
+                    || (!host.contains(':')
+                        && origin
+                            .split_once("://")
+                            .and_then(|(_, rest)| rest.rsplit_once(':'))
+                            .is_some_and(|(name, port)| {
+                                name == host && port.bytes().all(|b| b.is_ascii_digit())
+                            }))
             });
             if !same {
                 return forbidden_form();

@@ -50,7 +50,7 @@ mod reconcile;
 mod rollback;
 pub mod secret_files;
 pub mod status;
-pub use planning::DeployRequest;
+pub use planning::{CONSOLE_ROUTE, DeployRequest};
 mod replicas;
 mod restart;
 mod specs;

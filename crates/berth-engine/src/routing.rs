@@ -144,5 +144,6 @@ fn route_settings(
             role: auth.role.as_str().to_owned(),
             two_factor: auth.two_factor,
         }),
+        https_only: false,
     }
 }

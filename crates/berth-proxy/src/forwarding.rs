@@ -164,6 +164,21 @@ fn quoted_string_content(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// An edge-stated header spelled with `_` for `-` (`X_Berth_User`): servers behind CGI-style
+/// gateways read both spellings as one variable, so neither may pass.
+fn edge_stated_with_underscores(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    name.contains('_')
+        && EDGE_STATED.iter().any(|stated| {
+            let stated = stated.as_str();
+            stated.len() == name.len()
+                && stated
+                    .bytes()
+                    .zip(name.bytes())
+                    .all(|(a, b)| a == b || (a == b'-' && b == b'_'))
+        })
+}
+
 /// Makes a client's request headers fit to send upstream. berth is the edge: whatever a
 /// client claims about earlier hops is replaced, never passed on.
 pub(crate) fn prepare_request_headers(
@@ -173,6 +188,14 @@ pub(crate) fn prepare_request_headers(
 ) {
     strip_hop_by_hop(headers);
     for name in &EDGE_STATED {
+        headers.remove(name);
+    }
+    let spelled_otherwise: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| edge_stated_with_underscores(name))
+        .cloned()
+        .collect();
+    for name in spelled_otherwise {
         headers.remove(name);
     }
     let sent_host = headers.contains_key(header::HOST);
@@ -205,6 +228,7 @@ pub(crate) fn for_each_upstream_header(
         let dropped = name == header::UPGRADE
             || HOP_BY_HOP.contains(name)
             || EDGE_STATED.contains(name)
+            || edge_stated_with_underscores(name)
             || named_by_connection(name);
         if !dropped {
             emit(name, value);
@@ -254,6 +278,8 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("x-berth-user", HeaderValue::from_static("admin"));
         headers.insert("x-berth-role", HeaderValue::from_static("admin"));
+        headers.insert("x_berth_user", HeaderValue::from_static("admin"));
+        headers.insert("x_forwarded_for", HeaderValue::from_static("6.6.6.6"));
         headers.insert("x-kept", HeaderValue::from_static("1"));
         let identity = ClientIdentity::new("10.0.0.1:5".parse().unwrap(), "http");
         let host = identity.host("a.test");

@@ -34,6 +34,16 @@ mod upstream;
 pub use access_log::{AccessLog, AccessRecord};
 pub use limits::RateLimit;
 pub use login::{LoginGate, RouteAuth, Verdict as LoginVerdict};
+
+/// Where a route with `auth` takes its logins ([`Proxy::route_login`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteLogin {
+    /// The route's path prefix (`/` or `/admin`).
+    pub prefix: String,
+    pub auth: RouteAuth,
+    /// `scheme://host[:port]` of this proxy for the host.
+    pub origin: String,
+}
 pub use metrics::ProxyMetrics;
 pub use routes::{Balance, RouteSettings, RouteSpec, RouteSummary};
 pub use upstream::Upstream;
@@ -252,6 +262,8 @@ pub struct Proxy {
     login_gate: OnceLock<Arc<dyn LoginGate>>,
     /// Where HTTPS is served, for redirects (unset: no redirects).
     https_port: OnceLock<u16>,
+    /// Where plain HTTP is served, for the address of a route's login landing.
+    http_port: OnceLock<u16>,
     admission: Arc<Admission>,
     /// Whether the listeners accept connections yet: the agent holds them off until its
     /// routes are rebuilt, so a restart never answers "no app is routed" (clients wait in
@@ -283,6 +295,7 @@ impl Proxy {
             tls: OnceLock::new(),
             login_gate: OnceLock::new(),
             https_port: OnceLock::new(),
+            http_port: OnceLock::new(),
             admission,
             ready: tokio::sync::watch::Sender::new(true),
             last_sweep: std::sync::atomic::AtomicU64::new(0),
@@ -359,6 +372,11 @@ impl Proxy {
     /// Says where HTTPS is served, so plain HTTP can redirect there (once).
     pub fn set_https_port(&self, port: u16) {
         let _ = self.https_port.set(port);
+    }
+
+    /// Where plain HTTP is served (for the address a route's login comes back to).
+    pub fn set_http_port(&self, port: u16) {
+        let _ = self.http_port.set(port);
     }
 
     /// Serves `scheme` on `addr` with `threads` event loops, each on its own thread with its
@@ -541,15 +559,32 @@ impl Proxy {
     /// route asks for a login and names `host` among its domains. Only a named domain counts:
     /// a route for every host (or a wildcard) would make any host a place the console sends
     /// a login ticket to.
-    pub fn route_login(&self, host: &str, path: &str) -> Option<(String, RouteAuth)> {
+    ///
+    /// The answer's origin is where the login lands: this proxy's own scheme and port for the
+    /// host (HTTPS once it has a certificate), never what a link asked for, so a ticket only
+    /// ever goes to the proxy that serves the route.
+    pub fn route_login(&self, host: &str, path: &str) -> Option<RouteLogin> {
         let host = host.to_ascii_lowercase();
         let route = self.table.load().lookup(&host, path)?;
         let auth = route.spec.settings.auth.clone()?;
-        route
-            .spec
-            .domains
-            .contains(&host)
-            .then(|| (route.spec.path.clone(), auth))
+        if !route.spec.domains.contains(&host) {
+            return None;
+        }
+        let https = self.https_port.get().copied().filter(|_| {
+            route.spec.settings.redirect_https
+                && self.tls.get().is_some_and(|tls| tls.serves_https(&host))
+        });
+        let origin = match (https, self.http_port.get().copied()) {
+            (Some(443), _) => format!("https://{host}"),
+            (Some(port), _) => format!("https://{host}:{port}"),
+            (None, Some(80) | None) => format!("http://{host}"),
+            (None, Some(port)) => format!("http://{host}:{port}"),
+        };
+        Some(RouteLogin {
+            prefix: route.spec.path.clone(),
+            auth,
+            origin,
+        })
     }
 
     /// Replaces all routes of one app in a single atomic step.
@@ -610,6 +645,7 @@ impl Proxy {
                     .iter()
                     .map(|u| format!("{} ({})", u.name(), u.addr()))
                     .collect(),
+                auth: spec.settings.auth.is_some(),
             })
             .collect()
     }
@@ -817,15 +853,26 @@ impl Proxy {
                 .unwrap_or_default()
                 .to_owned();
             let ip = client.ip().to_string();
-            let redeemed =
-                tokio::task::spawn_blocking(move || gate.redeem(&name, &ticket, &ip, &user_agent))
-                    .await
-                    .ok()
-                    .flatten();
+            let state =
+                login::request_cookie(request.headers(), login::STATE_COOKIE).unwrap_or_default();
+            let redeemed = if login::plausible_session(&ticket) && !state.is_empty() {
+                tokio::task::spawn_blocking(move || {
+                    gate.redeem(&name, &ticket, &state, &ip, &user_agent)
+                })
+                .await
+                .ok()
+                .flatten()
+            } else {
+                None
+            };
             return Err(match redeemed {
-                Some(cookie) => {
-                    pages::see_other(&back_to, Some(&login::set_cookie(&cookie, https)))
-                }
+                Some(cookie) => pages::see_other(
+                    &back_to,
+                    &[
+                        &login::set_cookie(&cookie, https),
+                        &login::clear_state_cookie(https),
+                    ],
+                ),
                 None => pages::login_link_spent(&back_to),
             });
         }
@@ -837,13 +884,13 @@ impl Proxy {
             return Err(pages::logged_out(&login::set_cookie("", https)));
         }
         let verdict = match cookie {
-            None => login::Verdict::Login,
-            Some(cookie) => {
+            Some(cookie) if login::plausible_session(&cookie) => {
                 let (auth, gate) = (auth.clone(), Arc::clone(&gate));
                 tokio::task::spawn_blocking(move || gate.check(&name, &cookie, &auth))
                     .await
                     .unwrap_or(login::Verdict::Login)
             }
+            _ => login::Verdict::Login,
         };
         match verdict {
             login::Verdict::Allow { user, role } => {
@@ -857,8 +904,12 @@ impl Proxy {
             login::Verdict::Login => {
                 let navigable = matches!(*request.method(), Method::GET | Method::HEAD);
                 let return_to = format!("{scheme}://{}{target}", host.sent);
-                match gate.login_url(&login::percent_encode(&return_to)) {
-                    Some(url) if navigable => Err(pages::see_other(&url, None)),
+                let state = login::new_state();
+                match gate.login_url(&login::percent_encode(&return_to), &state) {
+                    Some(url) if navigable => Err(pages::see_other(
+                        &url,
+                        &[&login::set_state_cookie(&state, https)],
+                    )),
                     Some(_) => Err(pages::login_required()),
                     None => Err(pages::login_unavailable()),
                 }
@@ -946,6 +997,9 @@ impl Proxy {
             );
             return self.finish_local(pages::redirect(&target), log);
         }
+        if scheme == "http" && settings.https_only {
+            return self.finish_local(pages::certificate_pending(host), log);
+        }
         if let Some(limiter) = &route.limiter
             && let Err(wait) = limiter.check(client.ip(), Instant::now())
         {
@@ -964,6 +1018,8 @@ impl Proxy {
                 }
             }
         };
+        // No app is sent a login of its host, whatever its route.
+        login::strip_session_cookie(request.headers_mut());
         if let Some(message) = &settings.maintenance {
             return self.finish_local(pages::maintenance(&route.spec.app, message), log);
         }
@@ -1049,8 +1105,10 @@ impl Proxy {
                 }
                 tokio::time::sleep(Duration::from_millis(25)).await;
                 match self.table.load().lookup(host, path) {
-                    Some(fresh) => route = fresh,
-                    None => return self.finish_local(pages::no_route(host), log),
+                    // A route that now asks for a login (or another one) is not this
+                    // request's: it was let in under the old rule.
+                    Some(fresh) if fresh.spec.settings.auth == settings.auth => route = fresh,
+                    _ => return self.finish_local(pages::no_route(host), log),
                 }
                 tried.clear();
                 continue;
@@ -1257,6 +1315,7 @@ impl Proxy {
         hsts: bool,
     ) -> Response<ProxyBody> {
         strip_hop_by_hop(&mut parts.headers);
+        login::strip_login_set_cookie(&mut parts.headers);
         if hsts {
             parts.headers.insert(
                 header::STRICT_TRANSPORT_SECURITY,

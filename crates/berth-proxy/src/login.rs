@@ -47,60 +47,149 @@ pub enum Verdict {
 pub trait LoginGate: Send + Sync + 'static {
     /// Whose session `cookie` is on `host`, and whether they may open a route asking `auth`.
     fn check(&self, host: &str, cookie: &str, auth: &RouteAuth) -> Verdict;
-    /// Trades a console ticket for a session cookie value that opens `host`.
-    fn redeem(&self, host: &str, ticket: &str, client_ip: &str, user_agent: &str)
-    -> Option<String>;
+    /// Trades a console ticket for a session cookie value that opens `host`; `state` is the
+    /// browser's login state cookie, which the ticket must have been issued for.
+    fn redeem(
+        &self,
+        host: &str,
+        ticket: &str,
+        state: &str,
+        client_ip: &str,
+        user_agent: &str,
+    ) -> Option<String>;
     /// Ends the session `cookie` names.
     fn logout(&self, cookie: &str);
     /// The console page that logs the browser in and sends it back to a whole URL, given
-    /// percent-encoded for a query parameter (`return_to`); `None` while no console serves
-    /// logins.
-    fn login_url(&self, return_to: &str) -> Option<String>;
+    /// percent-encoded for a query parameter (`return_to`), with the browser's login `state`;
+    /// `None` while no console serves logins.
+    fn login_url(&self, return_to: &str, state: &str) -> Option<String>;
+}
+
+/// The login state cookie: set on the way to the console, and required back with the ticket,
+/// so a ticket someone else obtained cannot log this browser in as them.
+pub const STATE_COOKIE: &str = "berth-login-state";
+
+fn cookie_pairs(value: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    value.split(|b| *b == b';').filter_map(|pair| {
+        let pair = pair.trim_ascii();
+        let at = pair.iter().position(|b| *b == b'=')?;
+        Some((&pair[..at], &pair[at + 1..]))
+    })
+}
+
+/// A cookie's value among the request's `Cookie` headers, read as bytes (another cookie that
+/// is not text must not hide this one).
+pub(crate) fn request_cookie(headers: &HeaderMap, wanted: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .flat_map(|v| cookie_pairs(v.as_bytes()))
+        .find(|(name, _)| *name == wanted.as_bytes())
+        .and_then(|(_, value)| std::str::from_utf8(value).ok())
+        .map(|value| value.trim_matches('"').to_owned())
 }
 
 /// The value of the route session cookie among the request's `Cookie` headers.
 pub(crate) fn session_cookie(headers: &HeaderMap, https: bool) -> Option<String> {
-    let wanted = if https { SECURE_COOKIE } else { PLAIN_COOKIE };
+    request_cookie(headers, if https { SECURE_COOKIE } else { PLAIN_COOKIE })
+}
+
+fn ours(name: &[u8]) -> bool {
+    name == SECURE_COOKIE.as_bytes()
+        || name == PLAIN_COOKIE.as_bytes()
+        || name == STATE_COOKIE.as_bytes()
+}
+
+/// Whether the request carries any of the proxy's login cookies (a cheap look first: nearly
+/// every request carries none).
+pub(crate) fn carries_login_cookies(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == wanted)
-        .map(|(_, value)| value.trim_matches('"').to_owned())
+        .any(|v| v.as_bytes().windows(11).any(|w| w == b"berth-login"))
 }
 
-/// Removes both route session cookies from the request, keeping the app's own.
+/// Removes the proxy's login cookies from the request, keeping every other cookie byte for
+/// byte. Done on every route: no app is ever sent a login of the host.
 pub(crate) fn strip_session_cookie(headers: &mut HeaderMap) {
-    let values: Vec<HeaderValue> = headers.get_all(header::COOKIE).iter().cloned().collect();
-    if values.is_empty() {
+    if !carries_login_cookies(headers) {
         return;
     }
-    let kept: Vec<String> = values
-        .iter()
-        .map(|value| {
-            // A value that is not text cannot hold our cookie; it goes on as sent.
-            let Ok(text) = value.to_str() else {
-                return String::from_utf8_lossy(value.as_bytes()).into_owned();
-            };
-            text.split(';')
-                .map(str::trim)
-                .filter(|pair| {
-                    let name = pair.split_once('=').map_or(*pair, |(name, _)| name);
-                    name != SECURE_COOKIE && name != PLAIN_COOKIE
-                })
-                .collect::<Vec<_>>()
-                .join("; ")
-        })
-        .filter(|kept| !kept.is_empty())
-        .collect();
+    let values: Vec<HeaderValue> = headers.get_all(header::COOKIE).iter().cloned().collect();
     headers.remove(header::COOKIE);
-    for value in kept {
-        if let Ok(value) = HeaderValue::from_str(&value) {
+    for value in values {
+        let kept: Vec<&[u8]> = value
+            .as_bytes()
+            .split(|b| *b == b';')
+            .map(<[u8]>::trim_ascii)
+            .filter(|pair| {
+                let name = pair.split(|b| *b == b'=').next().unwrap_or_default();
+                !pair.is_empty() && !ours(name)
+            })
+            .collect();
+        if kept.is_empty() {
+            continue;
+        }
+        if let Ok(value) = HeaderValue::from_bytes(&kept.join(&b"; "[..])) {
             headers.append(header::COOKIE, value);
         }
     }
+}
+
+/// Removes any `Set-Cookie` of the proxy's login cookies from an app's response: an app may
+/// not log its visitors in (or out) as someone.
+pub(crate) fn strip_login_set_cookie(headers: &mut HeaderMap) {
+    let touches = headers.get_all(header::SET_COOKIE).iter().any(|v| {
+        let name = v
+            .as_bytes()
+            .split(|b| *b == b'=')
+            .next()
+            .unwrap_or_default();
+        ours(name.trim_ascii())
+    });
+    if !touches {
+        return;
+    }
+    let kept: Vec<HeaderValue> = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter(|v| {
+            let name = v
+                .as_bytes()
+                .split(|b| *b == b'=')
+                .next()
+                .unwrap_or_default();
+            !ours(name.trim_ascii())
+        })
+        .cloned()
+        .collect();
+    headers.remove(header::SET_COOKIE);
+    for value in kept {
+        headers.append(header::SET_COOKIE, value);
+    }
+}
+
+/// A fresh login state: 128 random bits, hex.
+pub(crate) fn new_state() -> String {
+    let bytes: [u8; 16] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The `Set-Cookie` of a login state: this host, ten minutes (a login and a code, with time).
+pub(crate) fn set_state_cookie(state: &str, https: bool) -> String {
+    let secure = if https { "; Secure" } else { "" };
+    format!("{STATE_COOKIE}={state}; Path=/; HttpOnly; SameSite=Lax; Max-Age=600{secure}")
+}
+
+/// Ends the login state once it was used.
+pub(crate) fn clear_state_cookie(https: bool) -> String {
+    let secure = if https { "; Secure" } else { "" };
+    format!("{STATE_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{secure}")
+}
+
+/// Whether a session cookie's value is worth looking up (the form the agent issues).
+pub(crate) fn plausible_session(value: &str) -> bool {
+    value.len() == 64 && value.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// The `Set-Cookie` value that carries a new route session (or ends one, when `value` is
@@ -193,16 +282,41 @@ mod tests {
 
     #[test]
     fn the_session_cookie_is_read_by_scheme_and_never_passed_on() {
-        let mut headers = cookies(&["a=1; berth-login=abc; b=2", "__Host-berth-login=def"]);
+        let mut headers = cookies(&[
+            "a=1; berth-login=abc; b=2; berth-login-state=s",
+            "__Host-berth-login=def",
+        ]);
+        // A cookie that is not text (an app's `name=José`) hides nothing.
+        headers.append(
+            header::COOKIE,
+            HeaderValue::from_bytes(b"name=Jos\xc3\xa9").unwrap(),
+        );
         assert_eq!(session_cookie(&headers, false).as_deref(), Some("abc"));
         assert_eq!(session_cookie(&headers, true).as_deref(), Some("def"));
+        assert_eq!(request_cookie(&headers, STATE_COOKIE).as_deref(), Some("s"));
         strip_session_cookie(&mut headers);
         let left: Vec<_> = headers
             .get_all(header::COOKIE)
             .iter()
-            .map(|v| v.to_str().unwrap().to_owned())
+            .map(|v| v.as_bytes().to_vec())
             .collect();
-        assert_eq!(left, vec!["a=1; b=2"]);
+        assert_eq!(
+            left,
+            vec![b"a=1; b=2".to_vec(), b"name=Jos\xc3\xa9".to_vec()]
+        );
+        let mut answer = HeaderMap::new();
+        answer.append(header::SET_COOKIE, HeaderValue::from_static("app=1"));
+        answer.append(
+            header::SET_COOKIE,
+            HeaderValue::from_static("__Host-berth-login=x; Path=/"),
+        );
+        answer.append(
+            header::SET_COOKIE,
+            HeaderValue::from_static("berth-login-state=y"),
+        );
+        strip_login_set_cookie(&mut answer);
+        let kept: Vec<_> = answer.get_all(header::SET_COOKIE).iter().collect();
+        assert_eq!(kept, vec![HeaderValue::from_static("app=1")]);
         let mut only_ours = cookies(&["berth-login=abc"]);
         strip_session_cookie(&mut only_ours);
         assert!(only_ours.get(header::COOKIE).is_none());

@@ -172,14 +172,16 @@ pub(crate) fn bad_request(problem: &str) -> Response<ProxyBody> {
 
 /// A redirect that makes the browser GET `target` (after a login hand-off, or to the login),
 /// setting a cookie on the way when `cookie` is given.
-pub(crate) fn see_other(target: &str, cookie: Option<&str>) -> Response<ProxyBody> {
+pub(crate) fn see_other(target: &str, cookies: &[&str]) -> Response<ProxyBody> {
     let mut response = page(StatusCode::SEE_OTHER, "See Other", "Continue to the login.");
     let headers = response.headers_mut();
     if let Ok(location) = header::HeaderValue::from_str(target) {
         headers.insert(header::LOCATION, location);
     }
-    if let Some(cookie) = cookie.and_then(|c| header::HeaderValue::from_str(c).ok()) {
-        headers.insert(header::SET_COOKIE, cookie);
+    for cookie in cookies {
+        if let Ok(cookie) = header::HeaderValue::from_str(cookie) {
+            headers.append(header::SET_COOKIE, cookie);
+        }
     }
     headers.remove("x-berth-error");
     response
@@ -242,5 +244,21 @@ pub(crate) fn logged_out(clear_cookie: &str) -> Response<ProxyBody> {
         response.headers_mut().insert(header::SET_COOKIE, cookie);
     }
     response.headers_mut().remove("x-berth-error");
+    response
+}
+
+/// A route served over HTTPS only, asked over plain HTTP before its certificate came: nothing
+/// (a login form, above all) is served in clear text meanwhile.
+pub(crate) fn certificate_pending(host: &str) -> Response<ProxyBody> {
+    let mut response = page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Service Unavailable",
+        &format!(
+            "{host} is served over HTTPS only, and its certificate is not there yet. Try again in a minute."
+        ),
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("60"));
     response
 }

@@ -43,6 +43,9 @@ pub struct RouteSettings {
     pub maintenance: Option<String>,
     /// Only logged-in console users may pass (checked by the proxy's [`crate::LoginGate`]).
     pub auth: Option<crate::login::RouteAuth>,
+    /// Plain HTTP gets a 503 until HTTPS can be served (then a redirect): for the console,
+    /// whose login form must never be served in clear text.
+    pub https_only: bool,
 }
 
 impl Default for RouteSettings {
@@ -58,6 +61,7 @@ impl Default for RouteSettings {
             hsts: true,
             maintenance: None,
             auth: None,
+            https_only: false,
         }
     }
 }
@@ -151,6 +155,8 @@ pub struct RouteSummary {
     pub domains: Vec<String>,
     pub path: String,
     pub upstreams: Vec<String>,
+    /// Only logged-in console users may pass.
+    pub auth: bool,
 }
 
 type LimiterKey = (String, String, String);

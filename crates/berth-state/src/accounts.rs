@@ -7,7 +7,7 @@ use berth_auth::accounts::{
 use rusqlite::{OptionalExtension, params};
 
 const USER_COLUMNS: &str = "name, role, status, password_hash, created_at, created_by, failed_logins, locked_until, last_login_at, totp_secret, totp_pending, totp_last_step, recovery_codes";
-const SESSION_COLUMNS: &str = "id_hash, user_name, csrf, created_at, last_seen_at, ip, user_agent, second_factor_pending, host";
+const SESSION_COLUMNS: &str = "id_hash, user_name, csrf, created_at, last_seen_at, ip, user_agent, second_factor_pending, host, second_factor";
 
 fn secret_column(secret: Option<&Vec<u8>>) -> Option<String> {
     secret.map(|s| berth_auth::totp::secret_text(s))
@@ -55,6 +55,7 @@ fn session(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
         user_agent: row.get(6)?,
         second_factor_pending: row.get(7)?,
         host: row.get(8)?,
+        second_factor: row.get(9)?,
     })
 }
 
@@ -164,7 +165,7 @@ impl AccountStore for Store {
         self.conn()
             .execute(
                 &format!(
-                    "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+                    "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
                 ),
                 params![
                     record.id_hash,
@@ -175,7 +176,8 @@ impl AccountStore for Store {
                     record.ip,
                     record.user_agent,
                     record.second_factor_pending,
-                    record.host
+                    record.host,
+                    record.second_factor
                 ],
             )
             .map(|_| ())

@@ -8,6 +8,12 @@ use berth_state::ReleaseKind;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+/// An app and one of its services, as a clash names them.
+type AppService<'a> = (&'a str, &'a str);
+
+/// The proxy's name for the console's own route (not an app name: no app can take it).
+pub const CONSOLE_ROUTE: &str = ".console";
+
 /// What a client sent for a deploy, once its uploads are found on disk.
 pub struct DeployRequest {
     pub manifest: Manifest,
@@ -144,7 +150,10 @@ impl Engine {
         Ok(values)
     }
 
-    /// Refuses a manifest whose routes another app on this agent already serves.
+    /// Refuses a manifest whose routes another app on this agent already serves, that reach
+    /// into the console's domain, or that mix routes with and without `auth` on one domain
+    /// (the login cookie is the host's: a route without `auth` beside one with it would be
+    /// sent it, and could set it).
     pub(crate) fn check_route_conflicts(&self, manifest: &Manifest) -> Result<(), OpError> {
         let mut claimed = Vec::new();
         for service in manifest.web_services() {
@@ -155,20 +164,70 @@ impl Engine {
                     route.domains.clone()
                 };
                 for host in hosts {
-                    claimed.push((host, route.path.clone(), service.name.clone()));
+                    claimed.push((
+                        host,
+                        route.path.clone(),
+                        service.name.clone(),
+                        route.auth.is_some(),
+                    ));
                 }
             }
         }
-        for other in self.routing.routes() {
-            if other.app == manifest.app {
-                continue;
+        let others: Vec<_> = self
+            .routing
+            .routes()
+            .into_iter()
+            .filter(|other| other.app != manifest.app)
+            .collect();
+        let everyone = claimed
+            .iter()
+            .map(|(host, _, service, auth)| {
+                (
+                    host.as_str(),
+                    manifest.app.as_str(),
+                    service.as_str(),
+                    *auth,
+                )
+            })
+            .chain(others.iter().flat_map(|other| {
+                other.domains.iter().map(move |d| {
+                    (
+                        d.as_str(),
+                        other.app.as_str(),
+                        other.service.as_str(),
+                        other.auth,
+                    )
+                })
+            }));
+        // Per host: the first route with auth and the first without, as (app, service).
+        let mut by_host: BTreeMap<&str, (Option<AppService<'_>>, Option<AppService<'_>>)> =
+            BTreeMap::new();
+        for (host, app, service, auth) in everyone {
+            let entry = by_host.entry(host).or_default();
+            let slot = if auth { &mut entry.0 } else { &mut entry.1 };
+            slot.get_or_insert((app, service));
+        }
+        for (host, sides) in &by_host {
+            if let (Some((auth_app, auth_service)), Some((open_app, open_service))) = sides {
+                return Err(OpError::invalid(format!(
+                    "{host} mixes a route with auth (service {auth_service} of {auth_app}) and one without (service {open_service} of {open_app})"
+                ))
+                .hint("give every route on a domain with auth = \"berth\" auth too, or move the open one to a domain of its own"));
             }
+        }
+        for other in &others {
             let other_hosts = if other.domains.is_empty() {
                 vec!["*".to_owned()]
             } else {
                 other.domains.clone()
             };
-            for (host, path, service) in &claimed {
+            for (host, path, service, _) in &claimed {
+                if other.app == CONSOLE_ROUTE && other_hosts.contains(host) {
+                    return Err(OpError::invalid(format!(
+                        "{host} is the console's domain (berth agent --dashboard-domain): no app may route any path of it (service {service})"
+                    ))
+                    .hint("give this route another domain"));
+                }
                 if other_hosts.contains(host) && &other.path == path {
                     let shown = if host == "*" {
                         format!("every host at {path}")

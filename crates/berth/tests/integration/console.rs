@@ -713,13 +713,21 @@ fn a_route_with_auth_berth_lets_in_console_users_only() {
         berth_testkit::http_request_to(&agent.http, host, method, path, headers, "").unwrap()
     };
 
-    // Anonymous: a page load goes to the console's login hand-off; anything else gets 401.
+    // Anonymous: a page load goes to the console's login hand-off, with a login state the
+    // browser keeps as a cookie of the app's host; anything else gets 401.
     let anonymous = proxy("admin.test", "GET", "/echo?x=1", &[]);
     assert_eq!(anonymous.status, 303, "{anonymous:?}");
+    let state = anonymous
+        .cookie("berth-login-state")
+        .expect("a login state");
     assert_eq!(
         anonymous.header("location"),
-        Some(format!("{url}/handoff?to=http%3A%2F%2Fadmin.test%2Fecho%3Fx%3D1").as_str())
+        Some(
+            format!("{url}/handoff?to=http%3A%2F%2Fadmin.test%2Fecho%3Fx%3D1&state={state}")
+                .as_str()
+        )
     );
+    let state_cookie = format!("berth-login-state={state}");
     let posted = proxy("admin.test", "POST", "/echo", &[]);
     assert_eq!(posted.status, 401, "{posted:?}");
     // A forged cookie is no login.
@@ -732,7 +740,8 @@ fn a_route_with_auth_berth_lets_in_console_users_only() {
     assert_eq!(forged.status, 303);
 
     // The console: without a session, its login first, coming back to the hand-off.
-    let handoff = "/handoff?to=http%3A%2F%2Fadmin.test%2Fecho%3Fx%3D1";
+    let handoff = format!("/handoff?to=http%3A%2F%2Fadmin.test%3A1%2Fecho%3Fx%3D1&state={state}");
+    let handoff = handoff.as_str();
     let to_login = console.get(handoff, None);
     assert_eq!(to_login.status, 303);
     assert!(
@@ -742,10 +751,19 @@ fn a_route_with_auth_berth_lets_in_console_users_only() {
         "{to_login:?}"
     );
     // Only a host a route with auth names is ever a destination.
-    let elsewhere = console.get("/handoff?to=http%3A%2F%2Fevil.test%2F", Some(&rita));
+    let elsewhere = console.get(
+        &format!("/handoff?to=http%3A%2F%2Fevil.test%2F&state={state}"),
+        Some(&rita),
+    );
     assert_eq!(elsewhere.status, 404, "{elsewhere:?}");
+    // Without the browser's login state there is no ticket.
+    let stateless = console.get("/handoff?to=http%3A%2F%2Fadmin.test%2F", Some(&rita));
+    assert_eq!(stateless.status, 400, "{stateless:?}");
     // A viewer cannot open a route that asks for admins.
-    let too_low = console.get("/handoff?to=http%3A%2F%2Fops.test%2F", Some(&rita));
+    let too_low = console.get(
+        &format!("/handoff?to=http%3A%2F%2Fops.test%2F&state={state}"),
+        Some(&rita),
+    );
     assert_eq!(too_low.status, 403, "{too_low:?}");
     assert!(
         too_low.body.contains("needs the admin role"),
@@ -759,15 +777,29 @@ fn a_route_with_auth_berth_lets_in_console_users_only() {
     assert_eq!(back.status, 200, "{back:?}");
     assert_headers(&back);
     let landing = link_to(&back.body, "handoff");
+    // The ticket goes to this proxy's own scheme and port, whatever port the link named.
     let landing_path = landing
-        .strip_prefix("http://admin.test")
+        .strip_prefix(&format!("http://admin.test:{port}"))
         .unwrap_or_else(|| panic!("{landing}"));
     assert!(
         landing_path.starts_with("/.berth/login?ticket="),
         "{landing}"
     );
+    // Another browser (without this login state) cannot use the ticket, and spends it.
+    let fixation = proxy("admin.test", "GET", landing_path, &[]);
+    assert_eq!(fixation.status, 403, "{fixation:?}");
+    let back = console.get(handoff, Some(&rita));
+    let landing = link_to(&back.body, "handoff");
+    let landing_path = landing
+        .strip_prefix(&format!("http://admin.test:{port}"))
+        .unwrap_or_else(|| panic!("{landing}"));
     // The ticket is traded for the route's cookie, once.
-    let traded = proxy("admin.test", "GET", landing_path, &[]);
+    let traded = proxy(
+        "admin.test",
+        "GET",
+        landing_path,
+        &[("cookie", &state_cookie)],
+    );
     assert_eq!(traded.status, 303, "{traded:?}");
     assert_eq!(traded.header("location"), Some("/echo?x=1"));
     let flags = traded.headers_named("set-cookie").join(" | ");
@@ -778,10 +810,20 @@ fn a_route_with_auth_berth_lets_in_console_users_only() {
     let cookie = traded
         .cookie("berth-login")
         .expect("a route session cookie");
-    let again = proxy("admin.test", "GET", landing_path, &[]);
+    let again = proxy(
+        "admin.test",
+        "GET",
+        landing_path,
+        &[("cookie", &state_cookie)],
+    );
     assert_eq!(again.status, 403, "a ticket works once: {again:?}");
     // Shown on another host, a ticket opens nothing.
-    let ticket_elsewhere = proxy("ops.test", "GET", landing_path, &[]);
+    let ticket_elsewhere = proxy(
+        "ops.test",
+        "GET",
+        landing_path,
+        &[("cookie", &state_cookie)],
+    );
     assert_eq!(ticket_elsewhere.status, 403, "{ticket_elsewhere:?}");
 
     // In: the app sees who, from the proxy, and neither a client's forgery nor the cookie.
@@ -822,6 +864,29 @@ fn a_route_with_auth_berth_lets_in_console_users_only() {
         audit.contains("app login") && audit.contains("route login"),
         "{audit}"
     );
+
+    // No app may route a path of the console's domain, nor put an open route beside one
+    // with auth on a domain (it would be sent the host's login cookie).
+    let clash = agent.app("clash");
+    for (route, wanted) in [
+        (
+            r#"{ domains = ["console.test"], path = "/x" }"#,
+            "the console's domain",
+        ),
+        (
+            r#"{ domains = ["admin.test"], path = "/open" }"#,
+            "mixes a route with auth",
+        ),
+    ] {
+        clash.write(&format!("app = \"{{app}}\"\n\n{}", service("web", route)));
+        let refused = agent.berth_in(clash.path(), &["deploy"]);
+        refused.failure(2);
+        assert!(
+            refused.stderr.contains(wanted),
+            "{route}: {}",
+            refused.stderr
+        );
+    }
 
     // Disabling the user ends the route's session too; so does logging out of it.
     agent
