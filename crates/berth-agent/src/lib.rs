@@ -10,6 +10,7 @@ use berth_engine::{edge, engine, routing, secret_files, status, subnets};
 mod api;
 mod api_tcp;
 mod console;
+mod status_page;
 mod succession;
 #[cfg(test)]
 mod testing;
@@ -498,6 +499,7 @@ async fn serve(
     }
     let engine = Arc::new(engine);
     engine.set_self();
+    proxy.set_status_pages(Arc::new(status_page::StatusPageSource::new(engine.clone())));
 
     // The console's listener first: its address goes into what the agent says of itself.
     let mut dashboard_listener = None;

@@ -17,6 +17,7 @@ mod handoff;
 mod login;
 mod logs;
 mod manage;
+pub mod status;
 mod users;
 mod view;
 mod watch;

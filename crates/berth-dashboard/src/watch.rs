@@ -18,6 +18,8 @@ use std::sync::Arc;
 // ---- the server ---------------------------------------------------------------------------
 
 pub(crate) struct ChartView {
+    /// No sample in the window yet.
+    pub empty: bool,
     pub title: String,
     pub now: String,
     pub peak: String,
@@ -79,6 +81,7 @@ pub(crate) async fn server<S: AccountStore + Send + Sync + 'static>(
             .map(|s| s.points.clone())
             .unwrap_or_default();
         ChartView {
+            empty: points.is_empty(),
             title,
             now: points.last().map_or("—".to_owned(), |p| show(p.mean)),
             peak: points

@@ -96,6 +96,9 @@ impl Edge {
         let mut acme = BTreeSet::new();
         let mut files: BTreeMap<CertificateFiles, Vec<String>> = BTreeMap::new();
         for live in apps.values() {
+            if let Some(page) = &live.manifest.status_page {
+                acme.extend(page.domains.iter().cloned());
+            }
             for service in live.manifest.web_services() {
                 let Some(route) = &service.route else {
                     continue;

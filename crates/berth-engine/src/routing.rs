@@ -96,6 +96,24 @@ impl Routing {
 
 /// The proxy routes for an app's live state.
 pub(crate) fn routes_for(live: &LiveApp, maintenance: Option<&str>, https: bool) -> Vec<RouteSpec> {
+    // The status page is the proxy's own answer: shown in maintenance too.
+    let status_page = live.manifest.status_page.as_ref().map(|page| {
+        let tls = https && !page.domains.is_empty();
+        RouteSpec {
+            app: live.manifest.app.clone(),
+            service: STATUS_PAGE_SERVICE.to_owned(),
+            release: live.release,
+            domains: page.domains.clone(),
+            path: page.path.clone(),
+            upstreams: Vec::new(),
+            settings: RouteSettings {
+                redirect_https: tls,
+                hsts: tls,
+                status_page: true,
+                ..RouteSettings::default()
+            },
+        }
+    });
     live.manifest
         .web_services()
         .filter_map(|service| {
@@ -114,8 +132,13 @@ pub(crate) fn routes_for(live: &LiveApp, maintenance: Option<&str>, https: bool)
                 settings: route_settings(route, maintenance, https),
             })
         })
+        .chain(status_page)
         .collect()
 }
+
+/// The service name the proxy's routes give an app's status page (no service's name can
+/// start with a dot).
+pub const STATUS_PAGE_SERVICE: &str = ".status";
 
 /// The proxy's behaviour for a manifest route.
 fn route_settings(
@@ -145,5 +168,6 @@ fn route_settings(
             two_factor: auth.two_factor,
         }),
         https_only: false,
+        status_page: false,
     }
 }

@@ -39,6 +39,22 @@ pub struct Manifest {
     /// Where every line the app logs is also sent (`[logging] syslog`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_forward: Option<LogForward>,
+    /// The public status page (`[status_page]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_page: Option<StatusPage>,
+}
+
+/// `[status_page]`: a public, read-only page of the services' state and 90 days of uptime,
+/// served by the proxy itself. It shows what is listed here and nothing else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusPage {
+    /// Lower-case host names; empty serves it on every host at `path`.
+    pub domains: Vec<String>,
+    /// `/` or a prefix without a trailing slash.
+    pub path: String,
+    pub title: String,
+    /// Services and accessories shown, in order.
+    pub services: Vec<String>,
 }
 
 /// `[logging] syslog`: a log host that gets every line as an RFC 5424 message.

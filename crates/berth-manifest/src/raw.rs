@@ -42,6 +42,22 @@ pub struct RawManifest {
     /// Alerts on measurements past a limit, by name.
     #[serde(default)]
     pub thresholds: BTreeMap<SpannedString, Spanned<RawThreshold>>,
+    /// A public, read-only page of the services' state and 90 days of uptime.
+    pub status_page: Option<Spanned<RawStatusPage>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStatusPage {
+    /// Host names it is served on (empty: every host, at `path`).
+    #[serde(default)]
+    pub domains: Vec<SpannedString>,
+    /// Path it is served at (default `/`).
+    pub path: Option<SpannedString>,
+    /// The heading (default the app's name).
+    pub title: Option<SpannedString>,
+    /// The services and accessories shown, in this order (default every service).
+    pub services: Option<Vec<SpannedString>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -221,6 +221,10 @@ impl<'a> Checker<'a> {
         let alerts = self.alert_channels(&raw);
         let monitors = self.monitors(&raw);
         let thresholds = self.thresholds(&raw, &services, &accessories);
+        let status_page = raw
+            .status_page
+            .as_ref()
+            .and_then(|page| self.status_page(page, &app, &services, &accessories));
 
         if !self.diagnostics.is_empty() {
             return None;
@@ -237,6 +241,113 @@ impl<'a> Checker<'a> {
             monitors,
             thresholds,
             log_forward,
+            status_page,
+        })
+    }
+
+    fn status_page(
+        &mut self,
+        raw: &Spanned<RawStatusPage>,
+        app: &str,
+        services: &BTreeMap<String, Service>,
+        accessories: &BTreeMap<String, Service>,
+    ) -> Option<StatusPage> {
+        let page = raw.get_ref();
+        let mut domains = Vec::new();
+        for domain in &page.domains {
+            match check_domain(domain.get_ref()) {
+                Ok(d) if d.starts_with("*.") => self.error_help(
+                    format!("the status page cannot be served on a wildcard, `{d}`"),
+                    span(domain),
+                    "name the host, such as \"status.example.com\"",
+                ),
+                Ok(d) => domains.push(d),
+                Err(help) => self.error_help(
+                    format!("`{}` is not a valid domain", domain.get_ref()),
+                    span(domain),
+                    help,
+                ),
+            }
+        }
+        let path = match &page.path {
+            None => "/".to_owned(),
+            Some(p) => {
+                let text = p.get_ref();
+                if !text.starts_with('/') || text.contains(['?', '#', ' ']) {
+                    self.error_help(
+                        format!("status page path `{text}` must be a path starting with `/`"),
+                        span(p),
+                        "such as path = \"/status\"",
+                    );
+                }
+                match text.trim_end_matches('/') {
+                    "" => "/".to_owned(),
+                    trimmed => trimmed.to_owned(),
+                }
+            }
+        };
+        if domains.is_empty() && path == "/" {
+            self.error_help(
+                "a status page on every host at `/` would hide the app".to_owned(),
+                span(raw),
+                "give it domains = [\"status.example.com\"], or a path such as path = \"/status\"",
+            );
+        }
+        let clash = services.iter().find(|(_, service)| {
+            service.route.as_ref().is_some_and(|route| {
+                route.path == path
+                    && (route.domains.is_empty() && domains.is_empty()
+                        || route.domains.iter().any(|d| domains.contains(d)))
+            })
+        });
+        if let Some((name, _)) = clash {
+            self.error_help(
+                format!("the status page is at the same place as service `{name}`'s route"),
+                span(raw),
+                "give the status page its own domain or path",
+            );
+        }
+        let title = match &page.title {
+            Some(title)
+                if title.get_ref().trim().is_empty() || title.get_ref().chars().count() > 80 =>
+            {
+                self.error(
+                    "the status page's title must be 1 to 80 characters".to_owned(),
+                    span(title),
+                );
+                app.to_owned()
+            }
+            Some(title) => title.get_ref().trim().to_owned(),
+            None => app.to_owned(),
+        };
+        let shown = match &page.services {
+            None => services.keys().cloned().collect(),
+            Some(names) => {
+                let mut shown = Vec::new();
+                for name in names {
+                    let known = services.contains_key(name.get_ref())
+                        || accessories.contains_key(name.get_ref());
+                    if known {
+                        shown.push(name.get_ref().clone());
+                    } else {
+                        self.error_help(
+                            format!(
+                                "the status page lists `{}`, which is no service or accessory",
+                                name.get_ref()
+                            ),
+                            span(name),
+                            "list names from [services] or [accessories]",
+                        );
+                    }
+                }
+                shown
+            }
+        };
+        Some(StatusPage {
+            domains,
+            path,
+            title,
+            services: shown,
         })
     }
 

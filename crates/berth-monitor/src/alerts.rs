@@ -123,6 +123,9 @@ pub const MEMORY_FOR: Duration = Duration::from_secs(5 * 60);
 pub struct Rules {
     deaths: HashMap<(String, String), VecDeque<i64>>,
     looping: HashSet<(String, String)>,
+    /// Services that went down while crash-looping: the loop's alert says it already; their
+    /// own alert fires if they are still down when the loop is over.
+    down_while_looping: HashSet<(String, String)>,
     /// Containers just OOM-killed: their next death is that kill, not another alert.
     oom_killed: HashMap<String, i64>,
     disk_full: HashSet<String>,
@@ -133,6 +136,19 @@ pub struct Rules {
     conditions: HashMap<String, Severity>,
 }
 
+fn service_down(app: &String, service: &str) -> AlertChange {
+    change(
+        Action::Fire,
+        "service_down",
+        Severity::Critical,
+        Some(app),
+        format!("{app}/{service}"),
+        format!(
+            "{app}/{service} is down: none of its containers passes its health check (`berth status {app}` shows why)"
+        ),
+    )
+}
+
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -140,24 +156,26 @@ fn millis(d: Duration) -> i64 {
 impl Rules {
     pub fn on_signal(&mut self, signal: &Signal, now: i64) -> Vec<AlertChange> {
         match signal {
-            Signal::ServiceDown { app, service } => vec![change(
-                Action::Fire,
-                "service_down",
-                Severity::Critical,
-                Some(app),
-                format!("{app}/{service}"),
-                format!(
-                    "{app}/{service} is down: none of its containers passes its health check (`berth status {app}` shows why)"
-                ),
-            )],
-            Signal::ServiceUp { app, service } => vec![change(
-                Action::Resolve,
-                "service_down",
-                Severity::Critical,
-                Some(app),
-                format!("{app}/{service}"),
-                format!("{app}/{service} is up again"),
-            )],
+            Signal::ServiceDown { app, service } => {
+                let key = (app.clone(), service.clone());
+                if self.looping.contains(&key) {
+                    self.down_while_looping.insert(key);
+                    return Vec::new();
+                }
+                vec![service_down(app, service)]
+            }
+            Signal::ServiceUp { app, service } => {
+                self.down_while_looping
+                    .remove(&(app.clone(), service.clone()));
+                vec![change(
+                    Action::Resolve,
+                    "service_down",
+                    Severity::Critical,
+                    Some(app),
+                    format!("{app}/{service}"),
+                    format!("{app}/{service} is up again"),
+                )]
+            }
             Signal::ReplicaUnhealthy { .. } | Signal::ReplicaRecovered { .. } => Vec::new(),
             Signal::ReplicaReplaced {
                 app,
@@ -451,6 +469,9 @@ impl Rules {
         for (app, service) in over {
             self.looping.remove(&(app.clone(), service.clone()));
             self.deaths.remove(&(app.clone(), service.clone()));
+            let still_down = self
+                .down_while_looping
+                .remove(&(app.clone(), service.clone()));
             changes.push(change(
                 Action::Resolve,
                 "crash_loop",
@@ -462,6 +483,9 @@ impl Rules {
                     berth_manifest::units::format_duration(CRASH_WINDOW)
                 ),
             ));
+            if still_down {
+                changes.push(service_down(&app, &service));
+            }
         }
         self.oom_killed.retain(|_, at| now - *at < 60_000);
         changes
@@ -973,6 +997,52 @@ mod tests {
             actions(&rules.on_signal(&died("c1", 1), last_death + 6 * minute)),
             [(Action::Event, "container_died")],
             "a new window starts afresh"
+        );
+    }
+
+    #[test]
+    fn a_service_down_while_it_crash_loops_is_said_once_the_loop_is_over() {
+        let mut rules = Rules::default();
+        let minute = 60_000;
+        let (down, up) = (
+            Signal::ServiceDown {
+                app: "shop".into(),
+                service: "web".into(),
+            },
+            Signal::ServiceUp {
+                app: "shop".into(),
+                service: "web".into(),
+            },
+        );
+        for i in 0..3 {
+            rules.on_signal(&died("c1", 137), i * 10_000);
+        }
+        assert!(
+            rules.on_signal(&down, 30_000).is_empty(),
+            "the crash loop's alert says it already"
+        );
+        assert_eq!(
+            actions(&rules.on_tick(20_000 + 5 * minute + 1)),
+            [
+                (Action::Resolve, "crash_loop"),
+                (Action::Fire, "service_down")
+            ],
+            "still down once the loop is over"
+        );
+        // Down and back up within a loop: nothing more to say after it.
+        for i in 0..3 {
+            rules.on_signal(&died("c1", 137), 10 * minute + i * 10_000);
+        }
+        assert!(rules.on_signal(&down, 11 * minute).is_empty());
+        rules.on_signal(&up, 11 * minute + 1);
+        assert_eq!(
+            actions(&rules.on_tick(20 * minute)),
+            [(Action::Resolve, "crash_loop")]
+        );
+        // Without a loop, down is said at once.
+        assert_eq!(
+            actions(&rules.on_signal(&down, 30 * minute)),
+            [(Action::Fire, "service_down")]
         );
     }
 

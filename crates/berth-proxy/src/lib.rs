@@ -35,6 +35,13 @@ pub use access_log::{AccessLog, AccessRecord};
 pub use limits::RateLimit;
 pub use login::{LoginGate, RouteAuth, Verdict as LoginVerdict};
 
+/// The apps' public status pages, which the proxy serves itself.
+pub trait StatusPages: Send + Sync + 'static {
+    /// The status page of `app` as HTML; `None` when it has none. May block (the proxy calls
+    /// it off its event loops).
+    fn page(&self, app: &str) -> Option<String>;
+}
+
 /// Where a route with `auth` takes its logins ([`Proxy::route_login`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteLogin {
@@ -260,6 +267,8 @@ pub struct Proxy {
     tls: OnceLock<Arc<dyn TlsHooks>>,
     /// Answers for routes with `auth` (unset: such routes refuse everyone).
     login_gate: OnceLock<Arc<dyn LoginGate>>,
+    /// The apps' status pages (unset: their routes answer 404).
+    status_pages: OnceLock<Arc<dyn StatusPages>>,
     /// Where HTTPS is served, for redirects (unset: no redirects).
     https_port: OnceLock<u16>,
     /// Where plain HTTP is served, for the address of a route's login landing.
@@ -294,6 +303,7 @@ impl Proxy {
             access_log: OnceLock::new(),
             tls: OnceLock::new(),
             login_gate: OnceLock::new(),
+            status_pages: OnceLock::new(),
             https_port: OnceLock::new(),
             http_port: OnceLock::new(),
             admission,
@@ -548,6 +558,11 @@ impl Proxy {
     /// Connects the TLS side (once).
     pub fn set_tls_hooks(&self, hooks: Arc<dyn TlsHooks>) {
         let _ = self.tls.set(hooks);
+    }
+
+    /// Connects the apps' status pages (once).
+    pub fn set_status_pages(&self, pages: Arc<dyn StatusPages>) {
+        let _ = self.status_pages.set(pages);
     }
 
     /// Connects the accounts that routes with `auth` check (once).
@@ -813,6 +828,32 @@ impl Proxy {
         }
     }
 
+    /// An app's public status page, at its route's path exactly (and with a trailing `/`).
+    async fn status_page(
+        &self,
+        request: &Request<Incoming>,
+        route: &routes::Route,
+    ) -> Response<ProxyBody> {
+        let path = request.uri().path();
+        let prefix = route.spec.path.as_str();
+        let exact = path == prefix || (prefix != "/" && path.strip_prefix(prefix) == Some("/"));
+        let host = host_sent(request).unwrap_or_default().to_owned();
+        if !exact {
+            return pages::no_route(&host);
+        }
+        if !matches!(*request.method(), Method::GET | Method::HEAD) {
+            return pages::method_not_allowed(request.method().as_str());
+        }
+        let Some(pages) = self.status_pages.get().cloned() else {
+            return pages::no_route(&host);
+        };
+        let app = route.spec.app.clone();
+        match tokio::task::spawn_blocking(move || pages.page(&app)).await {
+            Ok(Some(html)) => pages::status_page(html),
+            _ => pages::no_route(&host),
+        }
+    }
+
     /// A route with `auth`: the logged-in user's name and role for the app, or the response
     /// that stands instead of the app's (a login redirect, a refusal, or the end of a login
     /// hand-off from the console). The route's session cookie is taken out of the request.
@@ -1004,6 +1045,10 @@ impl Proxy {
             && let Err(wait) = limiter.check(client.ip(), Instant::now())
         {
             return self.finish_local(pages::too_many_requests(wait), log);
+        }
+        if settings.status_page {
+            let response = self.status_page(&request, &route).await;
+            return self.finish_local(response, log);
         }
         // Before the maintenance page and the app: an anonymous client learns nothing more.
         let logged_in = match &settings.auth {

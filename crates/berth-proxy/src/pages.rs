@@ -262,3 +262,33 @@ pub(crate) fn certificate_pending(host: &str) -> Response<ProxyBody> {
         .insert(header::RETRY_AFTER, header::HeaderValue::from_static("60"));
     response
 }
+
+/// An app's public status page: nothing of anyone's but what the page says, no script, no
+/// framing, cacheable for half a minute.
+pub(crate) fn status_page(html: String) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::full(html));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+        ),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        header::HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("public, max-age=30"),
+    );
+    response
+}

@@ -46,6 +46,9 @@ pub struct RouteSettings {
     /// Plain HTTP gets a 503 until HTTPS can be served (then a redirect): for the console,
     /// whose login form must never be served in clear text.
     pub https_only: bool,
+    /// The proxy answers with the app's public status page ([`crate::StatusPages`]) instead
+    /// of proxying (the route has no upstreams).
+    pub status_page: bool,
 }
 
 impl Default for RouteSettings {
@@ -62,6 +65,7 @@ impl Default for RouteSettings {
             maintenance: None,
             auth: None,
             https_only: false,
+            status_page: false,
         }
     }
 }

@@ -1060,6 +1060,41 @@ impl Store {
         tx.commit().map_err(sql("record uptime"))
     }
 
+    /// A subject's checks and ups per UTC day since `since` (Unix ms), oldest first: days with
+    /// no check are absent. (From the hour buckets, kept 90 days.)
+    pub fn uptime_days(&self, subject: &str, since: i64) -> Result<Vec<UptimeDay>> {
+        let conn = self.conn();
+        let mut statement = conn
+            .prepare_cached(
+                "SELECT hour / 24, sum(checks), sum(ups) FROM uptime_hours
+                 WHERE subject = ?1 AND hour >= ?2 GROUP BY hour / 24 ORDER BY hour / 24",
+            )
+            .map_err(sql("read uptime"))?;
+        let rows = statement
+            .query_map(params![subject, since.div_euclid(HOUR)], |r| {
+                Ok(UptimeDay {
+                    day_start: r.get::<_, i64>(0)? * DAY,
+                    checks: r.get(1)?,
+                    ups: r.get(2)?,
+                })
+            })
+            .map_err(sql("read uptime"))?;
+        rows.collect::<rusqlite::Result<_>>()
+            .map_err(sql("read uptime"))
+    }
+
+    /// A subject's last check: when, and whether it was up.
+    pub fn uptime_latest(&self, subject: &str) -> Result<Option<(i64, bool)>> {
+        self.conn()
+            .query_row(
+                "SELECT at, up FROM uptime_raw WHERE subject = ?1 ORDER BY at DESC LIMIT 1",
+                params![subject],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(sql("read uptime"))
+    }
+
     /// Every subject with history that belongs to `app` (`APP/...`), or every subject.
     pub fn uptime_subjects(&self, app: Option<&str>) -> Result<Vec<String>> {
         let conn = self.conn();
@@ -1126,6 +1161,15 @@ impl Store {
             p95_ms: (!latencies.is_empty()).then(|| percentile(&mut latencies, 95)),
         })
     }
+}
+
+/// One UTC day of a subject's uptime record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UptimeDay {
+    /// Midnight UTC of the day, Unix ms.
+    pub day_start: i64,
+    pub checks: i64,
+    pub ups: i64,
 }
 
 const MINUTE: i64 = 60_000;

@@ -419,6 +419,28 @@ fn uptime_is_kept_raw_then_in_minutes_and_hours_and_pruned_by_age() {
     assert_eq!(raw_old.checks, 0);
     assert_eq!(store.uptime_subjects(Some("shop")).unwrap(), ["shop/web"]);
     assert!(store.uptime_subjects(Some("sho")).unwrap().is_empty());
+    // Per day, for the status page: the old day and the last one, each whole.
+    let days = store.uptime_days("shop/web", now - 90 * day).unwrap();
+    assert_eq!(
+        days,
+        vec![
+            UptimeDay {
+                day_start: 70 * day,
+                checks: 4,
+                ups: 3
+            },
+            UptimeDay {
+                day_start: 99 * day,
+                checks: 100,
+                ups: 99
+            }
+        ]
+    );
+    assert_eq!(
+        store.uptime_latest("shop/web").unwrap(),
+        Some((now - hour + 100_000, false))
+    );
+    assert_eq!(store.uptime_latest("shop/api").unwrap(), None);
     // 91 days on, everything is past keeping.
     store.add_uptime_samples(&[], now + 91 * day).unwrap();
     assert!(store.uptime_subjects(None).unwrap().is_empty());

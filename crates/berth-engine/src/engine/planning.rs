@@ -173,6 +173,16 @@ impl Engine {
                 }
             }
         }
+        if let Some(page) = &manifest.status_page {
+            let hosts = if page.domains.is_empty() {
+                vec!["*".to_owned()]
+            } else {
+                page.domains.clone()
+            };
+            for host in hosts {
+                claimed.push((host, page.path.clone(), "the status page".to_owned(), false));
+            }
+        }
         let others: Vec<_> = self
             .routing
             .routes()

@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const PASSWORD: &str = "tide pool lantern";
+const SIGN_UP_PASSWORD: &str = "copper lantern harbor";
 
 struct Driver(Child);
 
@@ -53,7 +54,8 @@ async fn browser(driver: &str) -> Client {
         "goog:chromeOptions".to_owned(),
         serde_json::json!({
             "binary": "/usr/bin/chromium",
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,900"],
+            // `admin.test`, the route with auth = "berth" below, is this machine.
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,900", "--host-resolver-rules=MAP admin.test 127.0.0.1", "--disable-features=HttpsUpgrades,HttpsFirstBalancedModeAutoEnable"],
         }),
     );
     ClientBuilder::rustls()
@@ -156,6 +158,17 @@ fn the_console_works_in_a_real_browser() {
     agent
         .berth_in(app.path(), &["users", "add", "vera", "--role", "viewer"])
         .success();
+    agent
+        .berth_in(app.path(), &["users", "sign-up", "open"])
+        .success();
+    // An admin tool of its own behind the console's login.
+    let guarded = agent.app("guarded");
+    guarded.write(&crate::harness::web("GREETING = \"guarded\"").replace(
+        "route = { domains = [] }",
+        "route = { domains = [\"admin.test\"], auth = \"berth\" }",
+    ));
+    agent.berth_in(guarded.path(), &["deploy"]).success();
+    let proxy_port = agent.http.rsplit(':').next().unwrap().to_owned();
 
     let (_driver, driver_url) = chromedriver();
     crate::harness::block_on(async {
@@ -250,10 +263,78 @@ fn the_console_works_in_a_real_browser() {
         assert_eq!(state, "live");
         shot(&client, "logs").await;
 
+        // The server's charts, alerts, certificates and an app's backups render in a real
+        // browser too (drawn on the server; the CSP allows no inline script).
+        for (path, name, expected) in [
+            ("/server?window=1h".to_owned(), "server", "Memory"),
+            ("/alerts".to_owned(), "alerts", "Nothing is firing"),
+            ("/certificates".to_owned(), "certificates", "Certificates"),
+            (
+                format!("/apps/{}/backups", app.name),
+                "backups",
+                "Backups of",
+            ),
+            (
+                format!("/apps/{}/compare?from=1&to=2", app.name),
+                "compare",
+                "GREETING",
+            ),
+        ] {
+            client.goto(&format!("{base}{path}")).await.unwrap();
+            let page = body(&client).await;
+            assert!(page.contains(expected), "{path}: {page}");
+            shot(&client, name).await;
+        }
+
         // Users.
         client.goto(&format!("{base}/users")).await.unwrap();
         assert!(body(&client).await.contains("vera"));
         shot(&client, "users").await;
+
+        // The app's own page behind the console's login: the browser goes to the console's
+        // hand-off (logging in there first if its console cookie stays home), whose script
+        // takes it back to the app with a ticket; the app sees its user named by the proxy.
+        client
+            .goto(&format!("http://admin.test:{proxy_port}/echo"))
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut logged_in_again = false;
+        loop {
+            let page = body(&client).await;
+            if page.contains("x-berth-user: admin") {
+                assert!(page.contains("x-berth-role: admin"), "{page}");
+                assert!(
+                    !page.contains("berth-login"),
+                    "no login cookie reaches the app: {page}"
+                );
+                break;
+            }
+            let at = client.current_url().await.unwrap().to_string();
+            if at.starts_with(&format!("{base}/login")) && !logged_in_again {
+                fill(&client, "name", "admin").await;
+                fill(&client, "password", PASSWORD).await;
+                press(&client, "Log in").await;
+                logged_in_again = true;
+                continue;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never reached the app (at {at}): {page}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            client
+                .current_url()
+                .await
+                .unwrap()
+                .as_str()
+                .starts_with(&format!("http://admin.test:{proxy_port}/echo")),
+            "back on the app's own address"
+        );
+        shot(&client, "route-login").await;
+        client.goto(&format!("{base}/")).await.unwrap();
 
         // Two-factor: enrol by the key the page shows, then log in with a code.
         client.goto(&format!("{base}/account")).await.unwrap();
@@ -277,6 +358,13 @@ fn the_console_works_in_a_real_browser() {
         .await;
         press(&client, "Turn on").await;
         assert!(body(&client).await.contains("recovery codes"));
+        let recovery = client
+            .find(Locator::Css("ul.codes li code"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         shot(&client, "account").await;
         press(&client, "Log out").await;
         let code_form = log_in(&client, &base, "admin", PASSWORD).await;
@@ -294,6 +382,62 @@ fn the_console_works_in_a_real_browser() {
             "{page}"
         );
         press(&client, "Log out").await;
+
+        // A sign-up request waits for an admin, who approves it on the users page.
+        client.goto(&format!("{base}/login")).await.unwrap();
+        client
+            .find(Locator::LinkText("Ask for one"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        fill(&client, "name", "sam").await;
+        fill(&client, "password", SIGN_UP_PASSWORD).await;
+        fill(&client, "again", SIGN_UP_PASSWORD).await;
+        press(&client, "Ask for an account").await;
+        shot(&client, "sign-up").await;
+        let waiting = log_in(&client, &base, "sam", SIGN_UP_PASSWORD).await;
+        assert!(
+            waiting.contains("wrong name or password"),
+            "not before approval: {waiting}"
+        );
+        let code_form = log_in(&client, &base, "admin", PASSWORD).await;
+        assert!(code_form.contains("Second factor"), "{code_form}");
+        // A recovery code: the authenticator's next code may not be due yet.
+        fill(&client, "code", &recovery).await;
+        press(&client, "Log in").await;
+        client.goto(&format!("{base}/users")).await.unwrap();
+        assert!(body(&client).await.contains("sam"));
+        client
+            .find(Locator::Css("form[action=\"/users/sam/approve\"] button"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while client
+            .find(Locator::Css("form[action=\"/users/sam/approve\"]"))
+            .await
+            .is_ok()
+        {
+            assert!(Instant::now() < deadline, "the approval did not land");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        shot(&client, "approved").await;
+        press(&client, "Log out").await;
+        let page = log_in(&client, &base, "sam", SIGN_UP_PASSWORD).await;
+        assert!(page.contains("Log out") && page.contains("sam"), "{page}");
+        press(&client, "Log out").await;
+        let audit = agent
+            .berth_in(app.path(), &["audit", "-n", "80", "--json"])
+            .json()
+            .to_string();
+        assert!(
+            audit.contains("user approve") && audit.contains("user/sam"),
+            "{audit}"
+        );
 
         // Five wrong passwords lock an account: the right one is then refused too.
         for _ in 0..5 {

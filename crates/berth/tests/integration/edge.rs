@@ -349,3 +349,59 @@ fn the_agent_takes_its_header_size_limit_from_the_command_line() {
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("--max-header-size `lots`"), "{stderr}");
 }
+
+/// `[status_page]`: the proxy serves each listed service's state and 90 days of uptime from
+/// the probes' history, on the domain asked for, and says nothing else of the app.
+#[test]
+fn a_public_status_page_shows_the_services_and_their_uptime_and_nothing_else() {
+    let agent = crate::harness::Agent::start();
+    let app = agent.app("status");
+    app.write(&format!(
+        "{}\n[status_page]\ndomains = [\"status.test\"]\ntitle = \"Shop <Inc>\"\n",
+        crate::harness::web("GREETING = \"secret-greeting\"")
+    ));
+    agent
+        .berth_in(app.path(), &["deploy", "--version", "v-hidden-1"])
+        .success();
+    let get = |method: &str, path: &str| {
+        berth_testkit::http_request_to(&agent.http, "status.test", method, path, &[], "").unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let page = loop {
+        let page = get("GET", "/");
+        assert_eq!(page.status, 200, "{page:?}");
+        if page.body.contains("Operational") {
+            break page;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the probes never showed web up: {}",
+            page.body
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    assert!(page.body.contains("Shop &#60;Inc&#62;"), "{}", page.body);
+    assert!(
+        page.body.contains("All systems operational"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains(">web "), "{}", page.body);
+    assert_eq!(page.body.matches("<rect").count(), 90, "{}", page.body);
+    assert!(
+        page.body.contains("% up</title>"),
+        "today has checks: {}",
+        page.body
+    );
+    for hidden in ["v-hidden-1", "secret-greeting", "berth/", "172.", "<script"] {
+        assert!(!page.body.contains(hidden), "{hidden} shown: {}", page.body);
+    }
+    let csp = page.header("content-security-policy").unwrap_or_default();
+    assert!(csp.contains("default-src 'none'"), "{csp}");
+    assert!(page.header("set-cookie").is_none());
+    // Only the page itself, and only read.
+    assert_eq!(get("POST", "/").status, 405);
+    assert_eq!(get("GET", "/admin").status, 404);
+    // The app itself is still served where it was.
+    agent.wait_serving("secret-greeting");
+}
