@@ -5,7 +5,7 @@ use crate::api::ApiState;
 use berth_auth::accounts::{self, AccountStore, LinkPurpose, Role, Settings, UserRecord};
 use berth_auth::app_login::{self, Tickets};
 use berth_engine::engine::CONSOLE_ROUTE;
-use berth_proxy::{LoginGate, LoginVerdict, Proxy, RouteAuth};
+use berth_proxy::{BasicVerdict, LoginGate, LoginVerdict, Proxy, RouteAuth};
 use std::sync::Arc;
 
 /// The user the first-start setup link is for.
@@ -80,6 +80,7 @@ pub(crate) fn router(
             engine.audit(actor, action, target, result, detail);
         });
     let accounts = state.engine.store().clone();
+    let engine_for_gate = state.engine.clone();
     // Only an address a browser elsewhere can open: not 0.0.0.0 (a domain, or loopback for
     // an SSH tunnel).
     let console_url = state
@@ -121,6 +122,9 @@ pub(crate) fn router(
         tickets,
         console_url,
         audit,
+        engine: engine_for_gate,
+        basic: Default::default(),
+        users_secrets: Default::default(),
     }));
     berth_dashboard::router(Arc::new(console))
 }
@@ -131,13 +135,61 @@ fn route_role(auth: &RouteAuth) -> Role {
     auth.role.parse().unwrap_or(Role::Admin)
 }
 
-/// Routes with `auth = "berth"`, answered from the console's accounts.
+/// Routes with `auth`, answered from the console's accounts (`"berth"`) or an app secret's
+/// users (basic auth).
 struct RouteGate {
     accounts: Arc<berth_state::Store>,
     settings: Settings,
     tickets: Arc<Tickets>,
     console_url: Option<String>,
     audit: berth_dashboard::AuditSink,
+    engine: Arc<berth_engine::Engine>,
+    basic: app_login::BasicLogins,
+    /// Each basic-auth route's users, read from its secret at most every 30 seconds.
+    users_secrets: std::sync::Mutex<std::collections::HashMap<(String, String), (i64, String)>>,
+}
+
+/// The gate of an agent without a console: basic auth works, console logins answer 503.
+pub(crate) fn gate_without_console(engine: &Arc<berth_engine::Engine>, proxy: &Proxy) {
+    let auditing = engine.clone();
+    let audit: berth_dashboard::AuditSink =
+        Arc::new(move |actor, action, target, result, detail| {
+            auditing.audit(actor, action, target, result, detail);
+        });
+    proxy.set_login_gate(Arc::new(RouteGate {
+        accounts: engine.store().clone(),
+        settings: Settings::default(),
+        tickets: Arc::new(Tickets::default()),
+        console_url: None,
+        audit,
+        engine: engine.clone(),
+        basic: Default::default(),
+        users_secrets: Default::default(),
+    }));
+}
+
+const USERS_SECRET_FRESH_MS: i64 = 30_000;
+
+impl RouteGate {
+    fn users_of(&self, app: &str, secret: &str, now: i64) -> Option<String> {
+        let key = (app.to_owned(), secret.to_owned());
+        let mut cached = self.users_secrets.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, users)) = cached.get(&key)
+            && now - at < USERS_SECRET_FRESH_MS
+        {
+            return Some(users.clone());
+        }
+        match self.engine.channel_secret(app, secret) {
+            Ok(users) => {
+                cached.insert(key, (now, users.clone()));
+                Some(users)
+            }
+            Err(error) => {
+                tracing::warn!(app, secret, error = %error.message, "a route's basic-auth users cannot be read: set them with `berth secrets set` (lines made by `berth secrets hash-password NAME`)");
+                None
+            }
+        }
+    }
 }
 
 impl LoginGate for RouteGate {
@@ -206,6 +258,35 @@ impl LoginGate for RouteGate {
             Err(error) => {
                 tracing::warn!(%error, host, "cannot open a route's login session");
                 None
+            }
+        }
+    }
+
+    fn check_basic(
+        &self,
+        app: &str,
+        users_secret: &str,
+        authorization: Option<&str>,
+        client_ip: &str,
+    ) -> BasicVerdict {
+        let now = berth_state::now_ms();
+        let Some(users) = self.users_of(app, users_secret, now) else {
+            return BasicVerdict::Unavailable;
+        };
+        match self.basic.check(app, &users, authorization, client_ip, now) {
+            app_login::BasicOutcome::Allow(user) => BasicVerdict::Allow { user },
+            app_login::BasicOutcome::Refused => BasicVerdict::Refused,
+            app_login::BasicOutcome::Locked(ms) => {
+                (self.audit)(
+                    &format!("basic auth from {client_ip}"),
+                    "route login",
+                    app,
+                    "locked",
+                    "too many wrong passwords",
+                );
+                BasicVerdict::Locked(std::time::Duration::from_millis(
+                    u64::try_from(ms).unwrap_or(0),
+                ))
             }
         }
     }

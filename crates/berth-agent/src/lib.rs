@@ -880,6 +880,9 @@ async fn serve(
             }
         }
     }
+    if dashboard_listener.is_none() {
+        console::gate_without_console(&engine, &proxy);
+    }
     if let Some(listener) = dashboard_listener {
         let addr = listener
             .local_addr()

@@ -314,3 +314,240 @@ mod tests {
         assert!(allowed(&user, true, Role::Viewer, false).is_err());
     }
 }
+
+/// HTTP basic auth for a route (`auth = { login = "basic", users_secret = "..." }`): users
+/// are `name:$argon2id$...` lines of a berth secret. Browsers send the password with every
+/// request, so a right one is remembered for five minutes (by a hash of the stored hash and the
+/// password: a rotated secret or password is checked afresh), and argon2 runs once per user
+/// and password, not per request. Five wrong passwords lock the name for 15 minutes, and an
+/// address may get ten wrong a minute, whatever the names.
+#[derive(Debug, Default)]
+pub struct BasicLogins {
+    verified: Mutex<HashMap<String, i64>>,
+    failures: Mutex<HashMap<(String, String), (u32, i64)>>,
+    by_address: Mutex<HashMap<String, (i64, u32)>>,
+}
+
+/// What a basic-auth check says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BasicOutcome {
+    /// Right, for this user.
+    Allow(String),
+    /// No credentials, or wrong ones: ask again.
+    Refused,
+    /// Too many wrong ones: wait this many milliseconds.
+    Locked(i64),
+}
+
+const BASIC_REMEMBERED_MS: i64 = 5 * 60_000;
+const BASIC_LOCK_AFTER: u32 = 5;
+const BASIC_LOCK_MS: i64 = 15 * 60_000;
+const BASIC_ADDRESS_PER_MINUTE: u32 = 10;
+const BASIC_KEPT: usize = 10_000;
+
+/// The user and password of an `Authorization: Basic ...` header.
+pub fn basic_credentials(header: &str) -> Option<(String, String)> {
+    let (scheme, encoded) = header.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = data_encoding::BASE64
+        .decode(encoded.trim().as_bytes())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    (!user.is_empty()).then(|| (user.to_owned(), password.to_owned()))
+}
+
+/// The stored hash of `user` among a secret's `name:hash` lines (blank lines and `#`
+/// comments skipped).
+fn stored_hash<'a>(users: &'a str, user: &str) -> Option<&'a str> {
+    users
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .filter_map(|line| line.split_once(':'))
+        .find(|(name, _)| *name == user)
+        .map(|(_, hash)| hash.trim())
+}
+
+impl BasicLogins {
+    /// Checks the `Authorization` header (if any) of a request to `app`'s route against the
+    /// `users` lines, from the client at `address`.
+    pub fn check(
+        &self,
+        app: &str,
+        users: &str,
+        header: Option<&str>,
+        address: &str,
+        now_ms: i64,
+    ) -> BasicOutcome {
+        let Some((user, password)) = header.and_then(basic_credentials) else {
+            return BasicOutcome::Refused;
+        };
+        {
+            let by_address = self.by_address.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((start, count)) = by_address.get(address)
+                && now_ms - start < 60_000
+                && *count >= BASIC_ADDRESS_PER_MINUTE
+            {
+                return BasicOutcome::Locked(60_000 - (now_ms - start));
+            }
+        }
+        let user_key = (app.to_owned(), user.clone());
+        if let Some((count, since)) = self
+            .failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&user_key)
+            && *count >= BASIC_LOCK_AFTER
+            && now_ms - since < BASIC_LOCK_MS
+        {
+            return BasicOutcome::Locked(BASIC_LOCK_MS - (now_ms - since));
+        }
+        let stored = stored_hash(users, &user);
+        let remembered =
+            stored.map(|hash| sha256_hex(&format!("{app}\u{0}{hash}\u{0}{user}\u{0}{password}")));
+        if let Some(key) = &remembered
+            && self
+                .verified
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(key)
+                .is_some_and(|until| *until > now_ms)
+        {
+            return BasicOutcome::Allow(user);
+        }
+        // An unknown name costs the same argon2 time as a known one.
+        let right = match stored {
+            Some(hash) => crate::passwords::verify_password(hash, &password),
+            None => {
+                let _ =
+                    crate::passwords::verify_password(crate::passwords::decoy_hash(), &password);
+                false
+            }
+        };
+        if right {
+            self.failures
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&user_key);
+            if let Some(key) = remembered {
+                let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+                if verified.len() >= BASIC_KEPT {
+                    verified.retain(|_, until| *until > now_ms);
+                }
+                if verified.len() < BASIC_KEPT {
+                    verified.insert(key, now_ms + BASIC_REMEMBERED_MS);
+                }
+            }
+            return BasicOutcome::Allow(user);
+        }
+        {
+            let mut by_address = self.by_address.lock().unwrap_or_else(|p| p.into_inner());
+            if by_address.len() >= BASIC_KEPT {
+                by_address.retain(|_, (start, _)| now_ms - *start < 60_000);
+            }
+            let entry = by_address.entry(address.to_owned()).or_insert((now_ms, 0));
+            if now_ms - entry.0 >= 60_000 {
+                *entry = (now_ms, 0);
+            }
+            entry.1 += 1;
+        }
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if failures.len() >= BASIC_KEPT {
+            failures.retain(|_, (_, since)| now_ms - *since < BASIC_LOCK_MS);
+        }
+        let entry = failures.entry(user_key).or_insert((0, now_ms));
+        if now_ms - entry.1 >= BASIC_LOCK_MS {
+            *entry = (0, now_ms);
+        }
+        entry.0 += 1;
+        if entry.0 >= BASIC_LOCK_AFTER {
+            entry.1 = now_ms;
+            return BasicOutcome::Locked(BASIC_LOCK_MS);
+        }
+        BasicOutcome::Refused
+    }
+}
+
+#[cfg(test)]
+mod basic_tests {
+    use super::*;
+
+    fn header(user: &str, password: &str) -> String {
+        format!(
+            "Basic {}",
+            data_encoding::BASE64.encode(format!("{user}:{password}").as_bytes())
+        )
+    }
+
+    #[test]
+    fn basic_auth_lets_in_the_secrets_users_and_locks_a_guessed_name() {
+        let hash = crate::passwords::hash_password("orchard lamp quiet").unwrap();
+        let users = format!("# admins\n\nann:{hash}\n");
+        let logins = BasicLogins::default();
+        let check = |user: &str, password: &str, address: &str, at: i64| {
+            logins.check("shop", &users, Some(&header(user, password)), address, at)
+        };
+        assert_eq!(
+            check("ann", "orchard lamp quiet", "a", 0),
+            BasicOutcome::Allow("ann".into())
+        );
+        // Remembered: the same pair again, without argon2.
+        assert_eq!(
+            check("ann", "orchard lamp quiet", "a", 1),
+            BasicOutcome::Allow("ann".into())
+        );
+        assert_eq!(
+            logins.check("shop", &users, None, "a", 2),
+            BasicOutcome::Refused
+        );
+        assert_eq!(
+            logins.check("shop", &users, Some("Bearer x"), "a", 2),
+            BasicOutcome::Refused
+        );
+        assert_eq!(
+            check("bob", "orchard lamp quiet", "b", 3),
+            BasicOutcome::Refused
+        );
+        for at in 0..4 {
+            assert_eq!(
+                check("ann", "wrong", &format!("c{at}"), 10 + at),
+                BasicOutcome::Refused
+            );
+        }
+        assert!(matches!(
+            check("ann", "wrong", "c9", 20),
+            BasicOutcome::Locked(_)
+        ));
+        // Locked: the right password is refused too, until the lock ends.
+        assert!(matches!(
+            check("ann", "orchard lamp quiet", "d", 30),
+            BasicOutcome::Locked(_)
+        ));
+        assert_eq!(
+            check("ann", "orchard lamp quiet", "d", 20 + BASIC_LOCK_MS),
+            BasicOutcome::Allow("ann".into())
+        );
+        // One address guessing many names is slowed down as well.
+        for n in 0..BASIC_ADDRESS_PER_MINUTE {
+            check(&format!("u{n}"), "x", "e", 100);
+        }
+        assert!(matches!(
+            check("ann", "orchard lamp quiet", "e", 101),
+            BasicOutcome::Locked(_)
+        ));
+    }
+
+    #[test]
+    fn credentials_are_read_from_the_header() {
+        assert_eq!(
+            basic_credentials(&header("ann", "a:b c")),
+            Some(("ann".into(), "a:b c".into()))
+        );
+        assert_eq!(basic_credentials("Basic !!!"), None);
+        assert_eq!(basic_credentials(&header("", "x")), None);
+        assert_eq!(stored_hash("ann:$x\nbob: $y ", "bob"), Some("$y"));
+    }
+}

@@ -114,7 +114,7 @@ pub(crate) async fn backups<S: AccountStore + Send + Sync + 'static>(
     let (list, configured) = match list(&console, &signed, &app).await {
         Ok(list) => (list, true),
         // No `[backups]` in the manifest is a page saying so, not an error.
-        Err(error) if error.status == StatusCode::BAD_REQUEST => (
+        Err(error) if error.message.contains("defines no backups") => (
             BackupList {
                 backups: Vec::new(),
                 warnings: Vec::new(),
@@ -125,10 +125,10 @@ pub(crate) async fn backups<S: AccountStore + Send + Sync + 'static>(
     };
     let mut rows: Vec<&BackupInfo> = list.backups.iter().collect();
     rows.sort_by_key(|b| std::cmp::Reverse(b.created_at));
-    let page = query.page.unwrap_or(0);
+    let page = query.page.unwrap_or(0).min(rows.len() / PAGE + 1);
     let shown = rows
         .iter()
-        .skip(page * PAGE)
+        .skip(page.saturating_mul(PAGE))
         .take(PAGE)
         .map(|b| backup_row(b))
         .collect();
@@ -140,7 +140,7 @@ pub(crate) async fn backups<S: AccountStore + Send + Sync + 'static>(
             warnings: list.warnings.clone(),
             configured,
             previous: page.checked_sub(1),
-            next: (rows.len() > (page + 1) * PAGE).then_some(page + 1),
+            next: (rows.len() > (page + 1).saturating_mul(PAGE)).then_some(page + 1),
         },
         StatusCode::OK,
     )

@@ -12,8 +12,9 @@ pub struct StatusService {
     pub name: String,
     /// The last check: up or down; `None` with no recent check.
     pub up_now: Option<bool>,
-    /// Uptime percent per day, oldest first, `DAYS` of them; `None` for a day without checks.
-    pub days: Vec<Option<f64>>,
+    /// Each day's (checks passed, checks), oldest first, `DAYS` of them; `None` for a day
+    /// without checks.
+    pub days: Vec<Option<(i64, i64)>>,
 }
 
 struct Bar {
@@ -30,11 +31,19 @@ struct ServiceView {
     uptime: String,
 }
 
+#[derive(PartialEq, Eq)]
+enum Overall {
+    Up,
+    Down,
+    /// A service with no recent check (a stopped app): neither claimed up nor down.
+    Unknown,
+}
+
 #[derive(Template)]
 #[template(path = "status.html")]
 struct StatusTemplate {
     title: String,
-    all_up: bool,
+    overall: Overall,
     services: Vec<ServiceView>,
     width: usize,
     bar_width: usize,
@@ -54,6 +63,9 @@ pub fn render(title: &str, services: &[StatusService], now_ms: i64) -> String {
                 .iter()
                 .enumerate()
                 .map(|(index, day)| {
+                    let day = day
+                        .filter(|(_, checks)| *checks > 0)
+                        .map(|(ups, checks)| ups as f64 * 100.0 / checks as f64);
                     let day_number = today - (DAYS - 1 - index) as i64;
                     let date = crate::view::when(day_number * 86_400_000)
                         .split(' ')
@@ -62,8 +74,8 @@ pub fn render(title: &str, services: &[StatusService], now_ms: i64) -> String {
                         .to_owned();
                     let (class, label) = match day {
                         None => ("none", format!("{date}: no data")),
-                        Some(p) if *p >= 99.9 => ("up", format!("{date}: {p:.2} % up")),
-                        Some(p) if *p >= 95.0 => ("degraded", format!("{date}: {p:.2} % up")),
+                        Some(p) if p >= 99.9 => ("up", format!("{date}: {p:.2} % up")),
+                        Some(p) if p >= 95.0 => ("degraded", format!("{date}: {p:.2} % up")),
                         Some(p) => ("down", format!("{date}: {p:.2} % up")),
                     };
                     Bar {
@@ -73,14 +85,17 @@ pub fn render(title: &str, services: &[StatusService], now_ms: i64) -> String {
                     }
                 })
                 .collect();
-            let known: Vec<f64> = service.days.iter().flatten().copied().collect();
-            let uptime = if known.is_empty() {
+            // Of all the checks in the window, not an average of days: a day with one
+            // check weighs as much as that check.
+            let (ups, checks) = service
+                .days
+                .iter()
+                .flatten()
+                .fold((0, 0), |(u, c), (ups, checks)| (u + ups, c + checks));
+            let uptime = if checks == 0 {
                 "no data yet".to_owned()
             } else {
-                format!(
-                    "{:.2} % uptime",
-                    known.iter().sum::<f64>() / known.len() as f64
-                )
+                format!("{:.2} % uptime", ups as f64 * 100.0 / checks as f64)
             };
             let (state, state_class) = match service.up_now {
                 Some(true) => ("Operational", "state-up"),
@@ -98,7 +113,13 @@ pub fn render(title: &str, services: &[StatusService], now_ms: i64) -> String {
         .collect();
     let page = StatusTemplate {
         title: title.to_owned(),
-        all_up: services.iter().all(|s| s.up_now != Some(false)),
+        overall: if services.iter().any(|s| s.up_now == Some(false)) {
+            Overall::Down
+        } else if services.iter().all(|s| s.up_now == Some(true)) {
+            Overall::Up
+        } else {
+            Overall::Unknown
+        },
         services: views,
         width: DAYS * BAR_STEP,
         bar_width: BAR_STEP - 2,
@@ -115,9 +136,9 @@ mod tests {
     #[test]
     fn the_page_shows_each_service_and_its_days_and_escapes_names() {
         let mut days = vec![None; DAYS];
-        days[DAYS - 1] = Some(100.0);
-        days[DAYS - 2] = Some(97.5);
-        days[DAYS - 3] = Some(50.0);
+        days[DAYS - 1] = Some((1000, 1000));
+        days[DAYS - 2] = Some((975, 1000));
+        days[DAYS - 3] = Some((1, 2));
         let html = render(
             "Shop <status>",
             &[
@@ -141,7 +162,19 @@ mod tests {
         assert_eq!(html.matches("<rect").count(), 2 * DAYS);
         assert!(html.contains("class=\"degraded\""));
         assert!(html.contains("1970-01-11: 100.00 % up"), "{html}");
-        assert!(html.contains("82.50 % uptime"), "{html}");
+        // Of all checks: 1976 of 2002, not the average of the days' shares.
+        assert!(html.contains("98.70 % uptime"), "{html}");
         assert!(!html.contains("<script"));
+        let unknown = render(
+            "Shop",
+            &[StatusService {
+                name: "web".into(),
+                up_now: None,
+                days: vec![None; DAYS],
+            }],
+            0,
+        );
+        assert!(unknown.contains("Status unknown"), "{unknown}");
+        assert!(!unknown.contains("All systems operational"));
     }
 }

@@ -244,7 +244,7 @@ pub(crate) async fn alerts<S: AccountStore + Send + Sync + 'static>(
         &AlertsPage {
             nav: Some(web::nav(&signed)),
             firing: answer.firing.iter().map(alert_row).collect(),
-            more: (answer.recent.len() >= limit).then_some(limit * 2),
+            more: (answer.recent.len() >= limit && limit < 5_000).then_some((limit * 2).min(5_000)),
             recent: answer.recent.iter().map(alert_row).collect(),
             mutes,
             failing: answer

@@ -110,6 +110,11 @@ pub(crate) fn routes_for(live: &LiveApp, maintenance: Option<&str>, https: bool)
                 redirect_https: tls,
                 hsts: tls,
                 status_page: true,
+                // Public: a client that asks more than twice a second is asked to wait.
+                rate_limit: Some(berth_proxy::RateLimit {
+                    requests: 120,
+                    per: std::time::Duration::from_secs(60),
+                }),
                 ..RouteSettings::default()
             },
         }
@@ -166,6 +171,7 @@ fn route_settings(
         auth: route.auth.as_ref().map(|auth| berth_proxy::RouteAuth {
             role: auth.role.as_str().to_owned(),
             two_factor: auth.two_factor,
+            basic: auth.basic_users_secret.clone(),
         }),
         https_only: false,
         status_page: false,

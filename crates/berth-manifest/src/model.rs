@@ -53,7 +53,7 @@ pub struct StatusPage {
     /// `/` or a prefix without a trailing slash.
     pub path: String,
     pub title: String,
-    /// Services and accessories shown, in order.
+    /// Services and accessories shown, in order (by default those with a route).
     pub services: Vec<String>,
 }
 
@@ -451,6 +451,10 @@ pub struct RouteAuth {
     pub role: AuthRole,
     #[serde(default)]
     pub two_factor: bool,
+    /// HTTP basic auth instead of a console login: the secret whose value holds one
+    /// `name:$argon2id$...` line per user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_users_secret: Option<String>,
 }
 
 /// A console role, least first.

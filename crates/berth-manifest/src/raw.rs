@@ -56,7 +56,7 @@ pub struct RawStatusPage {
     pub path: Option<SpannedString>,
     /// The heading (default the app's name).
     pub title: Option<SpannedString>,
-    /// The services and accessories shown, in this order (default every service).
+    /// The services and accessories shown, in this order (default every service with a route).
     pub services: Option<Vec<SpannedString>>,
 }
 
@@ -502,8 +502,10 @@ impl<'de> Deserialize<'de> for RawAuth {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAuthTable {
-    /// `"berth"`: the console's accounts.
+    /// `"berth"`: the console's accounts; `"basic"`: HTTP basic auth against `users_secret`.
     pub login: SpannedString,
+    /// With `login = "basic"`: the secret holding `name:$argon2id$...` lines.
+    pub users_secret: Option<SpannedString>,
     /// The least role let in: `"viewer"` (default), `"deployer"` or `"admin"`.
     pub role: Option<SpannedString>,
     /// Only users who log in with a second factor (default false).

@@ -321,7 +321,12 @@ impl<'a> Checker<'a> {
             None => app.to_owned(),
         };
         let shown = match &page.services {
-            None => services.keys().cloned().collect(),
+            // What the public reaches already; workers' names stay private unless listed.
+            None => services
+                .iter()
+                .filter(|(_, service)| service.route.is_some())
+                .map(|(name, _)| name.clone())
+                .collect(),
             Some(names) => {
                 let mut shown = Vec::new();
                 for name in names {
@@ -1303,7 +1308,7 @@ impl<'a> Checker<'a> {
     }
 
     fn route_auth(&mut self, auth: &Spanned<RawAuth>) -> Option<RouteAuth> {
-        const HELP: &str = "use auth = \"berth\" (any console user) or auth = { login = \"berth\", role = \"deployer\", two_factor = true }";
+        const HELP: &str = "use auth = \"berth\" (any console user), auth = { login = \"berth\", role = \"deployer\", two_factor = true }, or auth = { login = \"basic\", users_secret = \"ADMIN_USERS\" }";
         let (login, role, two_factor) = match auth.get_ref() {
             RawAuth::Mode(mode) => (mode.as_str(), None, false),
             RawAuth::Table(table) => (
@@ -1312,6 +1317,47 @@ impl<'a> Checker<'a> {
                 table.two_factor.unwrap_or(false),
             ),
         };
+        if let RawAuth::Table(table) = auth.get_ref()
+            && login == "basic"
+        {
+            if table.role.is_some() || table.two_factor.is_some() {
+                self.error_help(
+                    "`role` and `two_factor` go with login = \"berth\", not basic auth".to_owned(),
+                    span(auth),
+                    "basic auth lets in every user of its secret",
+                );
+            }
+            let Some(secret) = &table.users_secret else {
+                self.error_help(
+                    "basic auth needs `users_secret`: the secret holding its users".to_owned(),
+                    span(auth),
+                    "such as users_secret = \"ADMIN_USERS\", set with `berth secrets hash-password NAME` lines",
+                );
+                return None;
+            };
+            if !valid_env_name(secret.get_ref()) {
+                self.error_help(
+                    format!("`{}` is not a secret name", secret.get_ref()),
+                    span(secret),
+                    "letters, digits and _, not starting with a digit",
+                );
+                return None;
+            }
+            return Some(RouteAuth {
+                role: AuthRole::Viewer,
+                two_factor: false,
+                basic_users_secret: Some(secret.get_ref().clone()),
+            });
+        }
+        if let RawAuth::Table(table) = auth.get_ref()
+            && let Some(secret) = &table.users_secret
+        {
+            self.error_help(
+                "`users_secret` goes with login = \"basic\"".to_owned(),
+                span(secret),
+                HELP,
+            );
+        }
         if login != "berth" {
             self.error_help(format!("`{login}` is not a route login"), span(auth), HELP);
             return None;
@@ -1329,7 +1375,11 @@ impl<'a> Checker<'a> {
                 return None;
             }
         };
-        Some(RouteAuth { role, two_factor })
+        Some(RouteAuth {
+            role,
+            two_factor,
+            basic_users_secret: None,
+        })
     }
 
     fn check_cycles(&mut self, raw: &RawManifest) {

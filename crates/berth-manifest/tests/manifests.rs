@@ -917,6 +917,16 @@ route = { domains = ["a.com"] }
     assert_eq!((db.role, db.two_factor), (AuthRole::Deployer, true));
     assert_eq!(m.services["open"].route.clone().unwrap().auth, None);
 
+    let basic = load(
+        source(
+            "app = \"a\"\n[services.web]\nimage = \"x\"\nport = 80\nroute = { domains = [\"a.com\"], auth = { login = \"basic\", users_secret = \"TOOL_USERS\" } }\n",
+        ),
+        None,
+    )
+    .unwrap();
+    let auth = basic.services["web"].route.clone().unwrap().auth.unwrap();
+    assert_eq!(auth.basic_users_secret.as_deref(), Some("TOOL_USERS"));
+
     for (route, wanted) in [
         (
             r#"{ domains = ["a.com"], auth = "oauth" }"#,
@@ -930,6 +940,18 @@ route = { domains = ["a.com"] }
         (
             r#"{ domains = ["a.com"], auth = { login = "berth", roles = "admin" } }"#,
             "roles",
+        ),
+        (
+            r#"{ domains = ["a.com"], auth = { login = "basic" } }"#,
+            "basic auth needs `users_secret`",
+        ),
+        (
+            r#"{ domains = ["a.com"], auth = { login = "basic", users_secret = "T", role = "admin" } }"#,
+            "`role` and `two_factor` go with login = \"berth\"",
+        ),
+        (
+            r#"{ domains = ["a.com"], auth = { login = "berth", users_secret = "T" } }"#,
+            "`users_secret` goes with login = \"basic\"",
         ),
     ] {
         let text =

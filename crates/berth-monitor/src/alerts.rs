@@ -361,6 +361,16 @@ impl Rules {
                 why,
             } => {
                 self.conditions.remove(&format!("{rule}:{subject}"));
+                // A service stopped, removed or renamed is not down: nothing is held back
+                // for it any more.
+                if let Some((app, service)) = subject.split_once('/') {
+                    let key = (app.to_owned(), service.to_owned());
+                    self.down_while_looping.remove(&key);
+                    if rule == "crash_loop" || rule == "service_down" {
+                        self.looping.remove(&key);
+                        self.deaths.remove(&key);
+                    }
+                }
                 vec![AlertChange {
                     action: Action::Resolve,
                     key: format!("{rule}:{subject}"),
@@ -1038,6 +1048,24 @@ mod tests {
         assert_eq!(
             actions(&rules.on_tick(20 * minute)),
             [(Action::Resolve, "crash_loop")]
+        );
+        // A service removed while it loops and is down is not paged as down later.
+        for i in 0..3 {
+            rules.on_signal(&died("c1", 137), 40 * minute + i * 10_000);
+        }
+        assert!(rules.on_signal(&down, 41 * minute).is_empty());
+        rules.on_signal(
+            &Signal::Gone {
+                rule: "service_down".into(),
+                app: Some("shop".into()),
+                subject: "shop/web".into(),
+                why: "shop/web was removed".into(),
+            },
+            41 * minute + 1,
+        );
+        assert!(
+            rules.on_tick(60 * minute).is_empty(),
+            "nothing held back for it"
         );
         // Without a loop, down is said at once.
         assert_eq!(

@@ -33,7 +33,7 @@ mod upstream;
 
 pub use access_log::{AccessLog, AccessRecord};
 pub use limits::RateLimit;
-pub use login::{LoginGate, RouteAuth, Verdict as LoginVerdict};
+pub use login::{BasicVerdict, LoginGate, RouteAuth, Verdict as LoginVerdict};
 
 /// The apps' public status pages, which the proxy serves itself.
 pub trait StatusPages: Send + Sync + 'static {
@@ -581,7 +581,12 @@ impl Proxy {
     pub fn route_login(&self, host: &str, path: &str) -> Option<RouteLogin> {
         let host = host.to_ascii_lowercase();
         let route = self.table.load().lookup(&host, path)?;
-        let auth = route.spec.settings.auth.clone()?;
+        let auth = route
+            .spec
+            .settings
+            .auth
+            .clone()
+            .filter(|auth| auth.basic.is_none())?;
         if !route.spec.domains.contains(&host) {
             return None;
         }
@@ -870,6 +875,33 @@ impl Proxy {
         let Some(gate) = self.login_gate.get().cloned() else {
             return Err(pages::login_unavailable());
         };
+        if let Some(users_secret) = &auth.basic {
+            let authorization = request
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let (app, users_secret) = (route.spec.app.clone(), users_secret.clone());
+            let ip = client.ip().to_string();
+            let verdict = tokio::task::spawn_blocking(move || {
+                gate.check_basic(&app, &users_secret, authorization.as_deref(), &ip)
+            })
+            .await
+            .unwrap_or(login::BasicVerdict::Unavailable);
+            return match verdict {
+                login::BasicVerdict::Allow { user } => {
+                    // The password stays at the edge.
+                    request.headers_mut().remove(header::AUTHORIZATION);
+                    match login::header_value(&user) {
+                        Some(user) => Ok((user, HeaderValue::from_static("basic"))),
+                        None => Err(pages::denied("this user's name cannot be passed on")),
+                    }
+                }
+                login::BasicVerdict::Refused => Err(pages::basic_required(&route.spec.app)),
+                login::BasicVerdict::Locked(wait) => Err(pages::too_many_requests(wait)),
+                login::BasicVerdict::Unavailable => Err(pages::basic_unavailable()),
+            };
+        }
         let path = request.uri().path();
         let below_route = match route.spec.path.as_str() {
             "/" => path,

@@ -29,6 +29,22 @@ pub const LOGOUT_PATH: &str = "/.berth/logout";
 pub struct RouteAuth {
     pub role: String,
     pub two_factor: bool,
+    /// HTTP basic auth against the users of this app secret, instead of a console login.
+    pub basic: Option<String>,
+}
+
+/// What the gate says of a request's basic-auth credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BasicVerdict {
+    Allow {
+        user: String,
+    },
+    /// None given, or wrong: ask again (401).
+    Refused,
+    /// Too many wrong ones: try again after this long.
+    Locked(std::time::Duration),
+    /// The users cannot be read (their secret is not set): 503, the detail in the log.
+    Unavailable,
 }
 
 /// What the gate says of a request to a route with [`RouteAuth`].
@@ -59,6 +75,15 @@ pub trait LoginGate: Send + Sync + 'static {
     ) -> Option<String>;
     /// Ends the session `cookie` names.
     fn logout(&self, cookie: &str);
+    /// Checks a request's `Authorization` header (if any) against the users in secret
+    /// `users_secret` of `app`.
+    fn check_basic(
+        &self,
+        app: &str,
+        users_secret: &str,
+        authorization: Option<&str>,
+        client_ip: &str,
+    ) -> BasicVerdict;
     /// The console page that logs the browser in and sends it back to a whole URL, given
     /// percent-encoded for a query parameter (`return_to`), with the browser's login `state`;
     /// `None` while no console serves logins.

@@ -292,3 +292,33 @@ pub(crate) fn status_page(html: String) -> Response<ProxyBody> {
     );
     response
 }
+
+/// A route with basic auth, asked without (right) credentials.
+pub(crate) fn basic_required(app: &str) -> Response<ProxyBody> {
+    let mut response = page(
+        StatusCode::UNAUTHORIZED,
+        "Unauthorized",
+        "This page needs a user name and password.",
+    );
+    let realm: String = app
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect();
+    if let Ok(value) =
+        header::HeaderValue::from_str(&format!("Basic realm=\"{realm}\", charset=\"UTF-8\""))
+    {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
+/// A route with basic auth whose users cannot be read (their secret is not set).
+pub(crate) fn basic_unavailable() -> Response<ProxyBody> {
+    page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Service Unavailable",
+        "This page's logins are not set up yet; the server's log says what is missing.",
+    )
+}

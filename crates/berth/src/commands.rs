@@ -2105,6 +2105,22 @@ async fn secrets(ctx: &Ctx, action: SecretsCommand) -> anyhow::Result<ExitCode> 
         }
     };
     match action {
+        SecretsCommand::HashPassword { name } => {
+            if name.is_empty() || name.contains([':', '\n', '\r']) {
+                return Err(invalid(
+                    format!("`{name}` cannot be a basic-auth user name"),
+                    Some("a name without `:` or line breaks"),
+                ));
+            }
+            let password = read_secret_value(&format!("{name}'s password"))?;
+            if let Err(problem) = berth_auth::passwords::Policy::default().check(&name, &password) {
+                return Err(invalid(problem.to_string(), None));
+            }
+            let hash = berth_auth::passwords::hash_password(&password)
+                .map_err(|e| anyhow::anyhow!("cannot hash the password: {e}"))?;
+            println!("{name}:{hash}");
+            return Ok(ExitCode::SUCCESS);
+        }
         SecretsCommand::Rotate {
             name,
             value,

@@ -991,6 +991,12 @@ enum SecretsCommand {
         #[arg(long)]
         yes: bool,
     },
+    /// Print a `NAME:$argon2id$...` line for a route's basic-auth users secret (the password
+    /// is read without echo, or from stdin; nothing is sent to the agent).
+    HashPassword {
+        /// The user's name.
+        name: String,
+    },
     /// Give a secret a new value (32 random bytes, or --value / stdin) and restart the
     /// services of the live release that use it, with zero downtime, so they read it.
     Rotate {

@@ -1083,3 +1083,90 @@ fn the_console_runs_backups_and_shows_the_server_alerts_and_release_differences(
     assert!(audit.contains("user olga via console"), "{audit}");
     assert!(audit.contains("backup"), "{audit}");
 }
+
+/// `auth = { login = "basic", users_secret = "..." }`: HTTP basic auth against argon2 hashes
+/// in a berth secret (lines made by `berth secrets hash-password`), checked by the proxy with
+/// no console running; the password stays at the edge, and guessing locks the name.
+#[test]
+fn a_route_with_basic_auth_lets_in_the_users_of_its_secret_only() {
+    let agent = Agent::start_with(&[], &["--dashboard", "off"]);
+    let app = agent.app("basic");
+    app.write(&crate::harness::web("GREETING = \"tools\"").replace(
+        "route = { domains = [] }",
+        "route = { domains = [\"tools.test\"], auth = { login = \"basic\", users_secret = \"TOOL_USERS\" } }",
+    ));
+    // Without the secret, the route says it is not set up, not who may pass.
+    agent.berth_in(app.path(), &["deploy"]).success();
+    let get = |headers: &[(&str, &str)]| {
+        berth_testkit::http_request_to(&agent.http, "tools.test", "GET", "/echo", headers, "")
+            .unwrap()
+    };
+    let unset = get(&[]);
+    assert_eq!(unset.status, 503, "{unset:?}");
+    assert!(!unset.body.contains("TOOL_USERS"), "{}", unset.body);
+
+    let weak = agent.berth_input(app.path(), "short\n", &["secrets", "hash-password", "ann"]);
+    weak.failure(2);
+    assert!(weak.stderr.contains("12"), "{}", weak.stderr);
+    let line = agent.berth_input(
+        app.path(),
+        "juniper kettle morning\n",
+        &["secrets", "hash-password", "ann"],
+    );
+    line.success();
+    assert!(line.stdout.starts_with("ann:$argon2id$"), "{}", line.stdout);
+    agent
+        .berth_input(app.path(), &line.stdout, &["secrets", "set", "TOOL_USERS"])
+        .success();
+    // The users are read again within 30 seconds of a change.
+    let basic = |user: &str, password: &str| {
+        format!(
+            "Basic {}",
+            data_encoding::BASE64.encode(format!("{user}:{password}").as_bytes())
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let asked = loop {
+        let asked = get(&[]);
+        if asked.status == 401 {
+            break asked;
+        }
+        assert!(Instant::now() < deadline, "{asked:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(
+        asked
+            .header("www-authenticate")
+            .is_some_and(|v| v.starts_with("Basic realm=")),
+        "{asked:?}"
+    );
+    let right = basic("ann", "juniper kettle morning");
+    let page = get(&[("authorization", &right), ("x-berth-user", "root")]);
+    assert_eq!(page.status, 200, "{page:?}");
+    let seen = page.body.to_ascii_lowercase();
+    assert!(seen.contains("x-berth-user: ann"), "{}", page.body);
+    assert!(seen.contains("x-berth-role: basic"), "{}", page.body);
+    assert!(
+        !seen.contains("authorization"),
+        "the password stays at the edge: {}",
+        page.body
+    );
+    assert!(!seen.contains("x-berth-user: root"), "{}", page.body);
+    // Wrong passwords: asked again, then the name is locked, right password or not.
+    let wrong = basic("ann", "not the password");
+    for _ in 0..4 {
+        assert_eq!(get(&[("authorization", &wrong)]).status, 401);
+    }
+    assert_eq!(get(&[("authorization", &wrong)]).status, 429);
+    let locked = get(&[("authorization", &right)]);
+    assert_eq!(locked.status, 429, "{locked:?}");
+    assert!(locked.header("retry-after").is_some(), "{locked:?}");
+    let audit = agent
+        .berth_in(app.path(), &["audit", "-n", "20", "--json"])
+        .json()
+        .to_string();
+    assert!(
+        audit.contains("route login") && audit.contains("locked"),
+        "{audit}"
+    );
+}

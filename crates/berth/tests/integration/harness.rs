@@ -291,6 +291,34 @@ impl Agent {
         }
     }
 
+    /// `berth ARGS` in `dir` with `input` on its standard input (a piped secret).
+    pub fn berth_input(&self, dir: &Path, input: &str, args: &[&str]) -> Run {
+        use std::io::Write;
+        let mut child = Command::new(BERTH)
+            .args(args)
+            .current_dir(dir)
+            .env("BERTH_DATA_DIR", self.dir.path())
+            .env_remove("BERTH_AGENT")
+            .env("CI", "true")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        Run {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
     /// The agent's TCP API address (started with `--api 127.0.0.1:0`).
     pub fn tcp_api(&self) -> String {
         self.agent_file()["api"]
