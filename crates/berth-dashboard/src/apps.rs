@@ -228,11 +228,23 @@ struct AppPage {
     maintenance: Option<String>,
     services: Vec<ServiceRow>,
     releases: Vec<ReleaseRow>,
+    /// Pages of releases, newest first: the page before and after this one, if any.
+    newer: Option<usize>,
+    older: Option<usize>,
+}
+
+/// Releases shown on an app's page at a time.
+const RELEASES_PAGE: usize = 50;
+
+#[derive(Deserialize)]
+pub(crate) struct PageQuery {
+    page: Option<usize>,
 }
 
 pub(crate) async fn app<S: AccountStore + Send + Sync + 'static>(
     State(console): State<Arc<Console<S>>>,
     Path(app): Path<String>,
+    Query(query): Query<PageQuery>,
     headers: HeaderMap,
     extensions: http::Extensions,
 ) -> Response {
@@ -248,6 +260,8 @@ pub(crate) async fn app<S: AccountStore + Send + Sync + 'static>(
     if !valid_app(&app) {
         return not_found("app");
     }
+    // Up to the API's 1,000 releases, 50 a page.
+    let page = query.page.unwrap_or(0).min(1_000 / RELEASES_PAGE - 1);
     let status: Status = match api::get(
         &console.api,
         &signed.as_user,
@@ -269,13 +283,19 @@ pub(crate) async fn app<S: AccountStore + Send + Sync + 'static>(
     let releases: Vec<ReleaseInfo> = match api::get(
         &console.api,
         &signed.as_user,
-        &format!("/v1/apps/{app}/releases?limit=100"),
+        // One more than this page needs, to know whether an older page exists (the API
+        // reads at most 1,000).
+        &format!(
+            "/v1/apps/{app}/releases?limit={}",
+            (page + 1) * RELEASES_PAGE + 1
+        ),
     )
     .await
     {
         Ok(releases) => releases,
         Err(error) => return refused(&signed, error),
     };
+    let older = (releases.len() > (page + 1) * RELEASES_PAGE).then_some(page + 1);
     let live = state.live_release.as_ref().map(|r| r.number);
     let uptime: Option<berth_api::UptimeAnswer> = api::get(
         &console.api,
@@ -315,8 +335,12 @@ pub(crate) async fn app<S: AccountStore + Send + Sync + 'static>(
                     uptime: service_uptime(&s.name),
                 })
                 .collect(),
+            newer: page.checked_sub(1),
+            older,
             releases: releases
                 .iter()
+                .skip(page * RELEASES_PAGE)
+                .take(RELEASES_PAGE)
                 .map(|r| ReleaseRow {
                     number: r.number,
                     version: r.version.clone(),

@@ -963,6 +963,20 @@ fn the_console_runs_backups_and_shows_the_server_alerts_and_release_differences(
         "{}",
         compared.body
     );
+    // Releases come 50 a page, newest first: two fit on the first, none on the second.
+    let first = console.get(&format!("/apps/{}", app.name), Some(&olga));
+    assert!(
+        first.body.contains("<td>r2</td>") && !first.body.contains("Older releases"),
+        "{}",
+        first.body
+    );
+    let second = console.get(&format!("/apps/{}?page=1", app.name), Some(&olga));
+    assert_eq!(second.status, 200);
+    assert!(
+        second.body.contains("Newer releases") && !second.body.contains("<td>r1</td>"),
+        "{}",
+        second.body
+    );
     let missing = console.get(
         &format!("/apps/{}/compare?from=1&to=9", app.name),
         Some(&olga),
