@@ -269,23 +269,7 @@ impl<'a> Checker<'a> {
                 ),
             }
         }
-        let path = match &page.path {
-            None => "/".to_owned(),
-            Some(p) => {
-                let text = p.get_ref();
-                if !text.starts_with('/') || text.contains(['?', '#', ' ']) {
-                    self.error_help(
-                        format!("status page path `{text}` must be a path starting with `/`"),
-                        span(p),
-                        "such as path = \"/status\"",
-                    );
-                }
-                match text.trim_end_matches('/') {
-                    "" => "/".to_owned(),
-                    trimmed => trimmed.to_owned(),
-                }
-            }
-        };
+        let path = self.path_prefix(page.path.as_ref(), "status page path", "/status");
         if domains.is_empty() && path == "/" {
             self.error_help(
                 "a status page on every host at `/` would hide the app".to_owned(),
@@ -1177,25 +1161,7 @@ impl<'a> Checker<'a> {
                 ),
             }
         }
-        let path = match &route.path {
-            None => "/".to_owned(),
-            Some(p) => {
-                let text = p.get_ref();
-                if !text.starts_with('/') || text.contains(['?', '#', ' ']) {
-                    self.error_help(
-                        format!("route path `{text}` must be a path starting with `/`"),
-                        span(p),
-                        "such as path = \"/api\"",
-                    );
-                }
-                let trimmed = text.trim_end_matches('/');
-                if trimmed.is_empty() {
-                    "/".to_owned()
-                } else {
-                    trimmed.to_owned()
-                }
-            }
-        };
+        let path = self.path_prefix(route.path.as_ref(), "route path", "/api");
         let tls = match &route.tls {
             None => Tls::Auto,
             Some(raw_tls) => match raw_tls.get_ref() {
@@ -1305,6 +1271,25 @@ impl<'a> Checker<'a> {
             balance,
             auth,
         })
+    }
+
+    /// A path prefix as the proxy matches it: `/`, or without a trailing slash.
+    fn path_prefix(&mut self, raw: Option<&SpannedString>, what: &str, example: &str) -> String {
+        let Some(raw) = raw else {
+            return "/".to_owned();
+        };
+        let text = raw.get_ref();
+        if !text.starts_with('/') || text.contains(['?', '#', ' ']) {
+            self.error_help(
+                format!("{what} `{text}` must be a path starting with `/`"),
+                span(raw),
+                format!("such as path = \"{example}\""),
+            );
+        }
+        match text.trim_end_matches('/') {
+            "" => "/".to_owned(),
+            trimmed => trimmed.to_owned(),
+        }
     }
 
     fn route_auth(&mut self, auth: &Spanned<RawAuth>) -> Option<RouteAuth> {

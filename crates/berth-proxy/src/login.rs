@@ -202,14 +202,21 @@ pub(crate) fn new_state() -> String {
 
 /// The `Set-Cookie` of a login state: this host, ten minutes (a login and a code, with time).
 pub(crate) fn set_state_cookie(state: &str, https: bool) -> String {
-    let secure = if https { "; Secure" } else { "" };
-    format!("{STATE_COOKIE}={state}; Path=/; HttpOnly; SameSite=Lax; Max-Age=600{secure}")
+    cookie(STATE_COOKIE, state, https, Some(600))
 }
 
 /// Ends the login state once it was used.
 pub(crate) fn clear_state_cookie(https: bool) -> String {
+    cookie(STATE_COOKIE, "", https, Some(0))
+}
+
+/// A `Set-Cookie` value of the proxy's: this host and every path, no script, `Lax`.
+fn cookie(name: &str, value: &str, https: bool, max_age: Option<u32>) -> String {
     let secure = if https { "; Secure" } else { "" };
-    format!("{STATE_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{secure}")
+    let max_age = max_age
+        .map(|seconds| format!("; Max-Age={seconds}"))
+        .unwrap_or_default();
+    format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax{secure}{max_age}")
 }
 
 /// Whether a session cookie's value is worth looking up (the form the agent issues).
@@ -221,13 +228,8 @@ pub(crate) fn plausible_session(value: &str) -> bool {
 /// empty). `Lax`, not `Strict`: the browser arrives from the console, another site, and a
 /// strict cookie set on that navigation would not be sent on the redirect that follows it.
 pub(crate) fn set_cookie(value: &str, https: bool) -> String {
-    let (name, secure) = if https {
-        (SECURE_COOKIE, "; Secure")
-    } else {
-        (PLAIN_COOKIE, "")
-    };
-    let lifetime = if value.is_empty() { "; Max-Age=0" } else { "" };
-    format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax{secure}{lifetime}")
+    let name = if https { SECURE_COOKIE } else { PLAIN_COOKIE };
+    cookie(name, value, https, value.is_empty().then_some(0))
 }
 
 /// A path on this host to go back to after a login: one that starts with a single `/`, so

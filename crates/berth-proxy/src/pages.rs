@@ -6,13 +6,17 @@ use http::{Response, StatusCode, header};
 use std::time::Duration;
 
 fn page(status: StatusCode, title: &str, detail: &str) -> Response<ProxyBody> {
+    page_html(status, title, &format!("<p>{}</p>", escape(detail)))
+}
+
+/// A page whose body is `body_html`, markup the caller escaped.
+fn page_html(status: StatusCode, title: &str, body_html: &str) -> Response<ProxyBody> {
     let html = format!(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{code} {title}</title></head>\
          <body style=\"font-family:system-ui,sans-serif;max-width:40em;margin:4em auto\">\
-         <h1>{code} {title}</h1><p>{detail}</p><hr><p><small>berth</small></p></body></html>\n",
+         <h1>{code} {title}</h1>{body_html}<hr><p><small>berth</small></p></body></html>\n",
         code = status.as_u16(),
         title = escape(title),
-        detail = escape(detail),
     );
     let mut response = Response::new(ProxyBody::full(html));
     *response.status_mut() = status;
@@ -217,20 +221,15 @@ pub(crate) fn login_unavailable() -> Response<ProxyBody> {
 
 /// A login hand-off whose ticket was used already or expired (a reload, the back button).
 pub(crate) fn login_link_spent(back_to: &str) -> Response<ProxyBody> {
-    let mut response = page(
+    page_html(
         StatusCode::FORBIDDEN,
         "Login link used",
-        "This login link was used already or has expired. Open the page again to log in.",
-    );
-    let html = format!(
-        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>403 Login link used</title></head>\
-         <body style=\"font-family:system-ui,sans-serif;max-width:40em;margin:4em auto\">\
-         <h1>Login link used</h1><p>This login link was used already or has expired.</p>\
-         <p><a href=\"{href}\">Open the page again</a> to log in.</p></body></html>\n",
-        href = escape(back_to),
-    );
-    *response.body_mut() = ProxyBody::full(html);
-    response
+        &format!(
+            "<p>This login link was used already or has expired.</p>\
+             <p><a href=\"{}\">Open the page again</a> to log in.</p>",
+            escape(back_to)
+        ),
+    )
 }
 
 /// The route's session ended.
